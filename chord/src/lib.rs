@@ -1,0 +1,1 @@
+//! The sans-I/O Chord core of Cicada.
