@@ -1,0 +1,102 @@
+//! Tunables of a node, and the hard limits that protect it from its input.
+//!
+//! Every number here is either a [`Config`] field (the driver may change it)
+//! or a named constant (a protocol limit), each with the reason it has the
+//! value it has.
+
+use std::time::Duration;
+
+/// The first two bytes of every Cicada datagram; anything else is not ours.
+pub const MAGIC: [u8; 2] = [0xC1, 0xCA];
+/// The wire-format version this core speaks.
+pub const VERSION: u8 = 1;
+/// Largest datagram accepted or produced: the largest UDP payload over IPv4.
+pub const MAX_DATAGRAM: usize = 65_507;
+/// Largest node list accepted in one message: a successor list of the
+/// largest allowed length plus a finger table fits, anything longer is hostile.
+pub const MAX_LIST_ON_WIRE: usize = 96;
+/// Longest successor list a node may be configured with: beyond this the
+/// stabilize reply outgrows a datagram with IPv6 addresses.
+pub const MAX_SUCCESSOR_LIST: usize = 64;
+/// Fingers sent to a joining node: enough for a ring of 2^32 nodes.
+pub const MAX_FINGERS_SENT: usize = 32;
+/// A lookup forwarded more often than this is in a routing loop (a ring of
+/// 2^64 nodes needs 64 hops with a complete finger table) and is dropped.
+pub const MAX_HOPS: u8 = 64;
+
+/// A node's tunables. The defaults suit the internet; tests and the
+/// simulator use the same values unless they say otherwise.
+///
+/// ```
+/// use std::time::Duration;
+/// let cfg = chord::Config { stabilize_interval: Duration::from_millis(200), ..Default::default() };
+/// assert!(cfg.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Length r of the successor list. With r = 16 a ring survives the
+    /// simultaneous loss of half its nodes with probability 1 - 2^-16 per node.
+    pub successor_list_len: usize,
+    /// Period of stabilize, predecessor check and finger repair. The ring heals
+    /// within a few periods of a change; shorter costs more messages.
+    pub stabilize_interval: Duration,
+    /// How long to wait for a reply before sending a request again. Well above
+    /// a round trip on the internet, so a slow peer is not taken for a dead one.
+    pub request_timeout: Duration,
+    /// Retries of an unanswered maintenance request before its peer is
+    /// declared dead; one lost datagram must not evict a live neighbour.
+    pub request_retries: u32,
+    /// How long a lookup may take end to end, across retries, before it fails.
+    pub lookup_timeout: Duration,
+    /// Fingers repaired per stabilize period. A ring of N nodes has about
+    /// log2(N) distinct fingers, so each is refreshed every log2(N) periods.
+    pub fingers_per_tick: usize,
+    /// Most requests and forwarded lookups awaiting a reply at once; past it
+    /// new ones are refused and counted, so a flood costs bounded memory.
+    pub max_pending: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            successor_list_len: 16,
+            stabilize_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(500),
+            request_retries: 2,
+            lookup_timeout: Duration::from_secs(8),
+            fingers_per_tick: 1,
+            max_pending: 4096,
+        }
+    }
+}
+
+/// A [`Config`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config: {0}")]
+pub struct ConfigError(pub &'static str);
+
+impl Config {
+    /// Checks that the values can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.successor_list_len == 0 || self.successor_list_len > MAX_SUCCESSOR_LIST {
+            return Err(ConfigError("successor_list_len must be in 1..=64"));
+        }
+        if self.stabilize_interval.is_zero() || self.request_timeout.is_zero() {
+            return Err(ConfigError("intervals and timeouts must be positive"));
+        }
+        if self.lookup_timeout < self.request_timeout {
+            return Err(ConfigError(
+                "lookup_timeout must be at least request_timeout",
+            ));
+        }
+        if self.max_pending == 0 {
+            return Err(ConfigError("max_pending must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Time after which an unanswered maintenance request declares its peer dead.
+    pub fn failure_timeout(&self) -> Duration {
+        self.request_timeout * (self.request_retries + 1)
+    }
+}

@@ -1,0 +1,110 @@
+//! What a [`crate::LocalNode`] hands out: datagrams to send, events for the
+//! application, and the counters it keeps.
+
+use crate::hash::Hash;
+use crate::wire::NodeRef;
+
+/// A datagram the driver must send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit<A> {
+    /// Where to send it.
+    pub to: A,
+    /// The encoded datagram.
+    pub bytes: Vec<u8>,
+}
+
+/// Names a lookup started with [`crate::LocalNode::lookup`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LookupId(pub u64);
+
+/// Why a join failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The bootstrap address never acknowledged.
+    #[error("the bootstrap peer did not answer")]
+    Unreachable,
+    /// The bootstrap answered but the lookup of our place did not complete.
+    #[error("joining timed out")]
+    Timeout,
+    /// The bootstrap speaks other protocol versions.
+    #[error("the bootstrap peer speaks protocol versions {min}..={max}, this node speaks {ours}")]
+    VersionMismatch {
+        /// Oldest version the bootstrap speaks.
+        min: u8,
+        /// Newest version the bootstrap speaks.
+        max: u8,
+        /// The version this node speaks.
+        ours: u8,
+    },
+    /// Another live node already has this node's id.
+    #[error("another node in the swarm already has this id")]
+    IdInUse,
+}
+
+/// Something the application may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event<A> {
+    /// This node is part of a ring: after [`crate::LocalNode::create`], or a
+    /// join whose successor answered.
+    Joined {
+        /// Our successor (ourselves for a new ring).
+        successor: NodeRef<A>,
+    },
+    /// A join gave up.
+    JoinFailed {
+        /// Why.
+        reason: JoinError,
+    },
+    /// A lookup found the node responsible for its key.
+    LookupDone {
+        /// The lookup.
+        id: LookupId,
+        /// The key looked up.
+        key: Hash,
+        /// The live successor of `key`.
+        owner: NodeRef<A>,
+        /// Forwarding steps it took (0: this node knew).
+        hops: u32,
+    },
+    /// A lookup gave up at its deadline.
+    LookupFailed {
+        /// The lookup.
+        id: LookupId,
+        /// The key looked up.
+        key: Hash,
+    },
+    /// A peer entered this node's routing state (successors, predecessor or
+    /// fingers). Emitted once each time it enters.
+    PeerAdded(NodeRef<A>),
+    /// A peer left this node's routing state: it failed, left, or was replaced.
+    PeerRemoved(NodeRef<A>),
+    /// This node left the ring gracefully; it sends nothing more.
+    Left,
+}
+
+/// Counters a node keeps; they only grow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams handed to [`crate::LocalNode::handle_datagram`].
+    pub datagrams_in: u64,
+    /// Datagrams handed out through [`crate::LocalNode::poll_transmit`].
+    pub datagrams_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Datagrams dropped because they were not Cicada's or did not decode.
+    pub dropped_malformed: u64,
+    /// Datagrams dropped because they spoke another version.
+    pub dropped_version: u64,
+    /// Well-formed datagrams that answered nothing pending (late, duplicate, forged).
+    pub dropped_unexpected: u64,
+    /// Requests refused because too many were pending.
+    pub dropped_overload: u64,
+    /// Lookups dropped for exceeding the hop limit.
+    pub dropped_hop_limit: u64,
+    /// Lookups forwarded on behalf of others.
+    pub lookups_forwarded: u64,
+    /// Peers declared dead after unanswered requests.
+    pub peers_failed: u64,
+}

@@ -1,0 +1,1145 @@
+//! [`LocalNode`]: one Chord node as a state machine without I/O.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError, MAX_FINGERS_SENT, MAX_HOPS, VERSION};
+use crate::event::{Event, JoinError, LookupId, Stats, Transmit};
+use crate::hash::{Hash, Interval};
+use crate::routing::{NextHop, RoutingTable};
+use crate::wire::{
+    DecodeError, FindSuccessor, Found, GetNeighbors, HopAck, Leave, Message, Neighbors, NodeRef,
+    Ping, SuccessorHint, VersionMismatch,
+};
+
+/// What the core needs of an address: it stores, compares, encodes and hands
+/// it back, and never looks inside. `u32` in the simulator, a socket address
+/// over UDP, a name over Ouroboros.
+pub trait Address: Clone + Eq + std::hash::Hash + Debug + Serialize + DeserializeOwned {}
+impl<T: Clone + Eq + std::hash::Hash + Debug + Serialize + DeserializeOwned> Address for T {}
+
+/// How long a node that failed stays out of the tables, so that a neighbour
+/// that has not noticed yet cannot hand it straight back.
+const DEAD_MEMORY_PERIODS: u32 = 3;
+/// How many recently failed nodes are remembered.
+const DEAD_MEMORY_LEN: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase<A> {
+    /// Created, neither `create` nor `join` called yet.
+    Idle,
+    /// Looking up our place through a bootstrap peer.
+    Joining { bootstrap: A },
+    /// Part of a ring.
+    Joined,
+    /// Left gracefully; inert.
+    Left,
+}
+
+#[derive(Clone, Debug)]
+enum Waiting<A> {
+    /// A liveness probe of the predecessor or of a successor-list entry.
+    Ping { peer: NodeRef<A> },
+    /// Stabilize with a successor.
+    Stabilize { peer: NodeRef<A> },
+    /// A lookup handed to the next hop, awaiting its acknowledgement.
+    Forward {
+        msg: FindSuccessor<A>,
+        next: Option<Hash>,
+        exclude: Vec<Hash>,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Pending<A> {
+    to: A,
+    bytes: Vec<u8>,
+    deadline: Instant,
+    retries_left: u32,
+    waiting: Waiting<A>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    User,
+    Join,
+    Finger(u32),
+}
+
+#[derive(Clone, Debug)]
+struct Lookup {
+    key: Hash,
+    purpose: Purpose,
+    retry_at: Instant,
+    deadline: Instant,
+}
+
+/// One Chord node, without I/O.
+///
+/// Feed it every datagram that arrives with [`handle_datagram`], call
+/// [`handle_timeout`] when the instant [`poll_timeout`] gave has passed, and
+/// after each call send what [`poll_transmit`] hands out and act on what
+/// [`poll_event`] reports. It reads no clock (time is passed in), owns no
+/// socket, and draws randomness only from the seed it was given.
+///
+/// ```
+/// use std::time::Instant;
+/// use chord::{Config, Event, Hash, LocalNode, NodeRef};
+///
+/// let now = Instant::now();
+/// let mut a = LocalNode::new(Config::default(), NodeRef::new(Hash::of("a"), 1u32), 1, now).unwrap();
+/// let mut b = LocalNode::new(Config::default(), NodeRef::new(Hash::of("b"), 2u32), 2, now).unwrap();
+/// a.create(now);
+/// b.join(1, now);
+/// // A two-node network, delivering instantly.
+/// for _ in 0..10 {
+///     while let Some(t) = a.poll_transmit() { b.handle_datagram(now, 1, &t.bytes); }
+///     while let Some(t) = b.poll_transmit() { a.handle_datagram(now, 2, &t.bytes); }
+/// }
+/// assert_eq!(b.successor().map(|s| s.addr), Some(1));
+/// assert!(std::iter::from_fn(|| b.poll_event()).any(|e| matches!(e, Event::Joined { .. })));
+/// ```
+///
+/// [`handle_datagram`]: LocalNode::handle_datagram
+/// [`handle_timeout`]: LocalNode::handle_timeout
+/// [`poll_timeout`]: LocalNode::poll_timeout
+/// [`poll_transmit`]: LocalNode::poll_transmit
+/// [`poll_event`]: LocalNode::poll_event
+#[derive(Debug)]
+pub struct LocalNode<A> {
+    cfg: Config,
+    me: NodeRef<A>,
+    phase: Phase<A>,
+    table: RoutingTable<A>,
+    pred_seen: Option<Instant>,
+    finger_cursor: u32,
+    next_tick: Option<Instant>,
+    pending: BTreeMap<u64, Pending<A>>,
+    lookups: BTreeMap<u64, Lookup>,
+    known: Vec<NodeRef<A>>,
+    known_version: u64,
+    dead: VecDeque<(Hash, Instant)>,
+    /// Backup successors probed since the head was suspected, and whether
+    /// each has answered.
+    probed: Vec<(Hash, bool)>,
+    rng: ChaCha8Rng,
+    transmits: VecDeque<Transmit<A>>,
+    events: VecDeque<Event<A>>,
+    stats: Stats,
+}
+
+impl<A: Address> LocalNode<A> {
+    /// A node with identity `me` (its id and the address others reach it
+    /// at), drawing its randomness from `seed`.
+    pub fn new(cfg: Config, me: NodeRef<A>, seed: u64, now: Instant) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let _ = now;
+        Ok(LocalNode {
+            table: RoutingTable::new(me.id, cfg.successor_list_len),
+            cfg,
+            me,
+            phase: Phase::Idle,
+            pred_seen: None,
+            finger_cursor: 0,
+            next_tick: None,
+            pending: BTreeMap::new(),
+            lookups: BTreeMap::new(),
+            known: Vec::new(),
+            known_version: 0,
+            dead: VecDeque::new(),
+            probed: Vec::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    // ----------------------------------------------------------------- accessors
+
+    /// This node's id.
+    pub fn id(&self) -> Hash {
+        self.me.id
+    }
+
+    /// This node's identity as others see it.
+    pub fn me(&self) -> &NodeRef<A> {
+        &self.me
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Whether the node is part of a ring.
+    pub fn is_joined(&self) -> bool {
+        self.phase == Phase::Joined
+    }
+
+    /// The immediate successor; `None` while alone in the ring.
+    pub fn successor(&self) -> Option<&NodeRef<A>> {
+        self.table.successor()
+    }
+
+    /// The successor list, nearest first.
+    pub fn successors(&self) -> &[NodeRef<A>] {
+        self.table.successors()
+    }
+
+    /// The predecessor, when known.
+    pub fn predecessor(&self) -> Option<&NodeRef<A>> {
+        self.table.predecessor()
+    }
+
+    /// The distinct fingers, nearest first.
+    pub fn fingers(&self) -> &[NodeRef<A>] {
+        self.table.fingers()
+    }
+
+    /// Every distinct peer in the routing state, sorted by id.
+    pub fn peers(&self) -> &[NodeRef<A>] {
+        &self.known
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Where a message for `key` would go from here, and whether this node
+    /// already knows the key's owner: `(Some(owner), _)` or `(None, next hop)`.
+    pub fn route(&self, key: &Hash) -> (Option<&NodeRef<A>>, Option<&NodeRef<A>>) {
+        match self.table.next_hop(key, &[]) {
+            NextHop::Owner(Some(o)) => (Some(o), None),
+            NextHop::Owner(None) => (Some(&self.me), None),
+            NextHop::Forward(n) => (None, Some(n)),
+        }
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    /// Starts a new ring with this node as its only member.
+    pub fn create(&mut self, now: Instant) {
+        if self.phase != Phase::Idle {
+            return;
+        }
+        self.phase = Phase::Joined;
+        self.schedule_tick(now);
+        self.events.push_back(Event::Joined {
+            successor: self.me.clone(),
+        });
+    }
+
+    /// Joins the ring that the node at `bootstrap` belongs to. Ends in
+    /// [`Event::Joined`] or [`Event::JoinFailed`].
+    pub fn join(&mut self, bootstrap: A, now: Instant) {
+        if self.phase != Phase::Idle {
+            return;
+        }
+        self.phase = Phase::Joining {
+            bootstrap: bootstrap.clone(),
+        };
+        let lookup = self.start_lookup(self.me.id, Purpose::Join, now);
+        let msg = FindSuccessor {
+            txn: 0,
+            lookup,
+            key: self.me.id,
+            origin: self.me.clone(),
+            hops: 1,
+            joining: true,
+        };
+        self.forward(msg, bootstrap, None, Vec::new(), now);
+    }
+
+    /// Looks up the live node responsible for `key`. Ends in
+    /// [`Event::LookupDone`] or [`Event::LookupFailed`].
+    pub fn lookup(&mut self, key: Hash, now: Instant) -> LookupId {
+        let id = self.start_lookup(key, Purpose::User, now);
+        self.lookup_attempt(id, now);
+        self.sync_known();
+        LookupId(id)
+    }
+
+    /// Leaves the ring gracefully: hands the predecessor and the successors
+    /// to each other, then goes quiet. Pending lookups fail.
+    pub fn leave(&mut self, now: Instant) {
+        if self.phase == Phase::Left {
+            return;
+        }
+        let _ = now;
+        if self.phase == Phase::Joined {
+            let msg = Message::Leave(Leave {
+                sender: self.me.id,
+                predecessor: self.table.predecessor().cloned(),
+                successors: self.table.successors().to_vec(),
+            })
+            .encode();
+            let mut targets: Vec<A> = Vec::new();
+            if let Some(p) = self.table.predecessor() {
+                targets.push(p.addr.clone());
+            }
+            if let Some(s) = self.table.successor() {
+                if !targets.contains(&s.addr) {
+                    targets.push(s.addr.clone());
+                }
+            }
+            for to in targets {
+                self.push_transmit(to, msg.clone());
+            }
+        }
+        for (id, l) in std::mem::take(&mut self.lookups) {
+            if l.purpose == Purpose::User {
+                self.events.push_back(Event::LookupFailed {
+                    id: LookupId(id),
+                    key: l.key,
+                });
+            }
+        }
+        self.pending.clear();
+        self.phase = Phase::Left;
+        self.next_tick = None;
+        self.events.push_back(Event::Left);
+    }
+
+    // ------------------------------------------------------------ driver surface
+
+    /// The next datagram to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
+        let t = self.transmits.pop_front()?;
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += t.bytes.len() as u64;
+        Some(t)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event<A>> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    /// Calling it early or late is harmless.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let pending = self.pending.values().map(|p| p.deadline);
+        let lookups = self.lookups.values().map(|l| l.retry_at.min(l.deadline));
+        pending.chain(lookups).chain(self.next_tick).min()
+    }
+
+    /// Handles the passing of time: retransmits, failure detection, and the
+    /// periodic stabilize, predecessor check and finger repair.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(txn, _)| *txn)
+            .collect();
+        for txn in expired {
+            self.pending_expired(txn, now);
+        }
+        let due: Vec<u64> = self
+            .lookups
+            .iter()
+            .filter(|(_, l)| l.retry_at <= now || l.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(l) = self.lookups.get(&id) else {
+                continue;
+            };
+            if l.deadline <= now {
+                self.lookup_failed(id);
+            } else {
+                self.lookup_attempt(id, now);
+            }
+        }
+        if self.next_tick.is_some_and(|t| t <= now) {
+            self.tick(now);
+        }
+        self.sync_known();
+    }
+
+    /// Handles one datagram from `from`. Malformed or unexpected datagrams
+    /// are counted and dropped; nothing that arrives can make this panic.
+    pub fn handle_datagram(&mut self, now: Instant, from: A, bytes: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        if self.phase == Phase::Left {
+            return;
+        }
+        let msg = match Message::<A>::decode(bytes) {
+            Ok(m) => m,
+            Err(DecodeError::UnsupportedVersion(v)) => {
+                self.stats.dropped_version += 1;
+                tracing::debug!(?from, version = v, "unsupported protocol version");
+                // Answer so the sender learns why; never more bytes than it sent.
+                let reply = Message::<A>::VersionMismatch(VersionMismatch {
+                    min: VERSION,
+                    max: VERSION,
+                })
+                .encode();
+                if reply.len() <= bytes.len() {
+                    self.push_transmit(from, reply);
+                }
+                return;
+            }
+            Err(e) => {
+                self.stats.dropped_malformed += 1;
+                tracing::debug!(?from, error = %e, "dropped datagram");
+                return;
+            }
+        };
+        if self.table.predecessor().is_some_and(|p| p.addr == from) {
+            self.pred_seen = Some(now);
+        }
+        match msg {
+            Message::VersionMismatch(v) => self.on_version_mismatch(from, v),
+            Message::Ping(p) => {
+                let reply = Message::<A>::Pong(Ping { txn: p.txn }).encode();
+                self.push_transmit(from, reply);
+            }
+            Message::Pong(p) => self.on_pong(p.txn, now),
+            Message::GetNeighbors(m) => self.on_get_neighbors(from, m, now),
+            Message::Neighbors(m) => self.on_neighbors(m, now),
+            Message::FindSuccessor(m) => self.on_find_successor(from, m, now),
+            Message::HopAck(a) => self.on_hop_ack(a.txn),
+            Message::Found(m) => self.on_found(m, now),
+            Message::Leave(m) => self.on_leave(m, now),
+            Message::SuccessorHint(m) => self.on_successor_hint(m.node, now),
+        }
+        self.sync_known();
+    }
+
+    // ------------------------------------------------------------------ handlers
+
+    fn on_version_mismatch(&mut self, from: A, v: VersionMismatch) {
+        match &self.phase {
+            Phase::Joining { bootstrap } if *bootstrap == from => {
+                self.fail_join(JoinError::VersionMismatch {
+                    min: v.min,
+                    max: v.max,
+                    ours: VERSION,
+                });
+            }
+            _ => self.stats.dropped_unexpected += 1,
+        }
+    }
+
+    fn on_pong(&mut self, txn: u64, now: Instant) {
+        match self.pending.remove(&txn) {
+            Some(Pending {
+                waiting: Waiting::Ping { peer },
+                ..
+            }) => {
+                if self.table.predecessor().is_some_and(|p| p.id == peer.id) {
+                    self.pred_seen = Some(now);
+                }
+                if let Some(p) = self.probed.iter_mut().find(|(id, _)| *id == peer.id) {
+                    p.1 = true;
+                }
+            }
+            Some(other) => {
+                // A Pong answering something else: put it back, count it.
+                self.pending.insert(txn, other);
+                self.stats.dropped_unexpected += 1;
+            }
+            None => self.stats.dropped_unexpected += 1,
+        }
+    }
+
+    fn on_get_neighbors(&mut self, from: A, m: GetNeighbors<A>, now: Instant) {
+        if self.phase != Phase::Joined {
+            return; // not in a ring: no answer is better than a wrong one
+        }
+        let sender = m.sender;
+        if m.notify && sender.id != self.me.id && !self.is_dead(&sender.id, now) {
+            // A live predecessor stabilizes with us every period; one silent
+            // for longer is probably dead, and the notifier is its successor.
+            let stale = self.pred_seen.is_none_or(|t| {
+                now.saturating_duration_since(t) > self.cfg.stabilize_interval * 3 / 2
+            });
+            let adopt = match self.table.predecessor() {
+                None => true,
+                Some(p) => stale || Interval::open(p.id, self.me.id).contains(&sender.id),
+            };
+            if adopt {
+                let old = self.table.predecessor().cloned();
+                self.table.set_predecessor(Some(sender.clone()));
+                self.pred_seen = Some(now);
+                if let Some(old) = old.filter(|o| o.id != sender.id) {
+                    let hint = Message::SuccessorHint(SuccessorHint {
+                        node: sender.clone(),
+                    });
+                    self.push_transmit(old.addr, hint.encode());
+                }
+            }
+            if self.table.successor().is_none() {
+                // A lone node's successor is itself; a notify tells it of a second.
+                self.table.set_successors([sender.clone()]);
+                self.send_stabilize(now);
+            }
+        }
+        let fingers = if m.want_fingers {
+            let mut f: Vec<NodeRef<A>> = self.table.fingers().to_vec();
+            f.truncate(MAX_FINGERS_SENT);
+            f
+        } else {
+            Vec::new()
+        };
+        let reply = Message::Neighbors(Neighbors {
+            txn: m.txn,
+            predecessor: self.table.predecessor().cloned(),
+            successors: self.table.successors().to_vec(),
+            fingers,
+        })
+        .encode();
+        self.push_transmit(from, reply);
+    }
+
+    fn on_neighbors(&mut self, m: Neighbors<A>, now: Instant) {
+        let peer = match self.pending.remove(&m.txn) {
+            Some(Pending {
+                waiting: Waiting::Stabilize { peer },
+                ..
+            }) => peer,
+            Some(other) => {
+                self.pending.insert(m.txn, other);
+                self.stats.dropped_unexpected += 1;
+                return;
+            }
+            None => {
+                self.stats.dropped_unexpected += 1;
+                return;
+            }
+        };
+        if matches!(self.phase, Phase::Joining { .. }) {
+            self.phase = Phase::Joined;
+            self.schedule_tick(now);
+            self.events.push_back(Event::Joined {
+                successor: peer.clone(),
+            });
+        }
+        if let Some(s) = self.table.successor() {
+            if s.id != peer.id && !Interval::open(self.me.id, s.id).contains(&peer.id) {
+                // A hinted node that a nearer successor overtook meanwhile.
+                return;
+            }
+        }
+        for f in m.fingers {
+            if !self.is_dead(&f.id, now) {
+                self.table.insert_finger(f);
+            }
+        }
+        let mut list: Vec<NodeRef<A>> = Vec::with_capacity(m.successors.len() + 2);
+        let mut better = None;
+        if let Some(p) = m.predecessor {
+            if p.id != self.me.id
+                && Interval::open(self.me.id, peer.id).contains(&p.id)
+                && !self.is_dead(&p.id, now)
+            {
+                list.push(p.clone());
+                better = Some(p);
+            }
+        }
+        list.push(peer);
+        list.extend(
+            m.successors
+                .into_iter()
+                .filter(|n| !self.is_dead(&n.id, now)),
+        );
+        self.table.set_successors(list);
+        if better.is_some() {
+            // A nearer successor appeared: stabilize with it (and notify it) now.
+            self.send_stabilize(now);
+        }
+    }
+
+    fn on_find_successor(&mut self, from: A, m: FindSuccessor<A>, now: Instant) {
+        let ack = Message::<A>::HopAck(HopAck { txn: m.txn }).encode();
+        self.push_transmit(from, ack);
+        if self.phase != Phase::Joined {
+            return;
+        }
+        if m.hops >= MAX_HOPS {
+            self.stats.dropped_hop_limit += 1;
+            return;
+        }
+        self.stats.lookups_forwarded += 1;
+        self.route_lookup(m, Vec::new(), now);
+    }
+
+    fn on_hop_ack(&mut self, txn: u64) {
+        match self.pending.remove(&txn) {
+            Some(Pending {
+                waiting: Waiting::Forward { .. },
+                ..
+            }) => {}
+            Some(other) => {
+                self.pending.insert(txn, other);
+                self.stats.dropped_unexpected += 1;
+            }
+            None => self.stats.dropped_unexpected += 1,
+        }
+    }
+
+    fn on_found(&mut self, m: Found<A>, now: Instant) {
+        let Some(l) = self.lookups.get(&m.lookup) else {
+            self.stats.dropped_unexpected += 1;
+            return;
+        };
+        if l.key != m.key {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        let Some(l) = self.lookups.remove(&m.lookup) else {
+            return;
+        };
+        self.lookup_succeeded(m.lookup, l, m.owner, m.hops as u32, now);
+    }
+
+    fn on_successor_hint(&mut self, node: NodeRef<A>, now: Instant) {
+        if self.phase != Phase::Joined || node.id == self.me.id || self.is_dead(&node.id, now) {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        let nearer = match self.table.successor() {
+            None => true,
+            Some(s) => Interval::open(self.me.id, s.id).contains(&node.id),
+        };
+        if !nearer {
+            return;
+        }
+        // Stabilize with it now; it heads the list only once it answers, so a
+        // false hint costs one unanswered request and changes nothing.
+        let txn = self.fresh_txn();
+        let msg = Message::GetNeighbors(GetNeighbors {
+            txn,
+            sender: self.me.clone(),
+            notify: true,
+            want_fingers: false,
+        });
+        self.request(
+            txn,
+            node.addr.clone(),
+            msg.encode(),
+            Waiting::Stabilize { peer: node },
+            now,
+        );
+    }
+
+    fn on_leave(&mut self, m: Leave<A>, now: Instant) {
+        let was_succ = self.table.successor().is_some_and(|s| s.id == m.sender);
+        let was_pred = self.table.predecessor().is_some_and(|p| p.id == m.sender);
+        self.table.remove(&m.sender);
+        self.remember_dead(m.sender, now);
+        if was_succ {
+            let mut list = m.successors;
+            list.extend(self.table.successors().iter().cloned());
+            list.retain(|n| n.id != m.sender);
+            self.table.set_successors(list);
+            self.send_stabilize(now);
+        }
+        if was_pred {
+            let pred = m.predecessor.filter(|p| p.id != m.sender);
+            self.table.set_predecessor(pred);
+            self.pred_seen = Some(now);
+        }
+    }
+
+    // ------------------------------------------------------------------- lookups
+
+    fn start_lookup(&mut self, key: Hash, purpose: Purpose, now: Instant) -> u64 {
+        let id = self.fresh_id(|n, id| n.lookups.contains_key(&id));
+        self.lookups.insert(
+            id,
+            Lookup {
+                key,
+                purpose,
+                retry_at: now + self.attempt_timeout(),
+                deadline: now + self.cfg.lookup_timeout,
+            },
+        );
+        id
+    }
+
+    /// Time one attempt of a lookup gets before the origin tries again.
+    fn attempt_timeout(&self) -> Duration {
+        self.cfg.failure_timeout() * 2
+    }
+
+    fn lookup_attempt(&mut self, id: u64, now: Instant) {
+        let Some(l) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        l.retry_at = now + self.cfg.failure_timeout() * 2;
+        let (key, purpose) = (l.key, l.purpose);
+        if purpose == Purpose::Join {
+            // Retry through the bootstrap.
+            if let Phase::Joining { bootstrap } = &self.phase {
+                let bootstrap = bootstrap.clone();
+                let msg = FindSuccessor {
+                    txn: 0,
+                    lookup: id,
+                    key,
+                    origin: self.me.clone(),
+                    hops: 1,
+                    joining: true,
+                };
+                self.forward(msg, bootstrap, None, Vec::new(), now);
+            }
+            return;
+        }
+        if self.phase != Phase::Joined {
+            return; // retried once joined, or failed at the deadline
+        }
+        let msg = FindSuccessor {
+            txn: 0,
+            lookup: id,
+            key,
+            origin: self.me.clone(),
+            hops: 0,
+            joining: false,
+        };
+        self.route_lookup(msg, Vec::new(), now);
+    }
+
+    /// Moves a lookup one step: answers it if this node is the key's
+    /// predecessor, forwards it to the closest preceding node otherwise.
+    fn route_lookup(&mut self, msg: FindSuccessor<A>, exclude: Vec<Hash>, now: Instant) {
+        let owner = match self.table.next_hop(&msg.key, &exclude) {
+            NextHop::Forward(n) => {
+                let (to, id) = (n.addr.clone(), n.id);
+                let mut msg = msg;
+                msg.hops = msg.hops.saturating_add(1);
+                self.forward(msg, to, Some(id), exclude, now);
+                return;
+            }
+            NextHop::Owner(o) => o.cloned(),
+        };
+        let owner = if msg.joining {
+            // The joiner asks for its own successor: skip an earlier
+            // incarnation of it (same id) that may still be in our tables.
+            self.table
+                .successors()
+                .iter()
+                .find(|n| n.id != msg.origin.id)
+                .cloned()
+                .unwrap_or_else(|| self.me.clone())
+        } else {
+            owner.unwrap_or_else(|| self.me.clone())
+        };
+        let found = Found {
+            lookup: msg.lookup,
+            key: msg.key,
+            owner,
+            hops: msg.hops,
+        };
+        if msg.origin.id == self.me.id && msg.origin.addr == self.me.addr {
+            self.on_found(found, now);
+        } else {
+            self.push_transmit(msg.origin.addr, Message::Found(found).encode());
+        }
+    }
+
+    fn forward(
+        &mut self,
+        mut msg: FindSuccessor<A>,
+        to: A,
+        next: Option<Hash>,
+        exclude: Vec<Hash>,
+        now: Instant,
+    ) {
+        if self.pending.len() >= self.cfg.max_pending {
+            self.stats.dropped_overload += 1;
+            return;
+        }
+        let txn = self.fresh_txn();
+        msg.txn = txn;
+        let bytes = Message::FindSuccessor(msg.clone()).encode();
+        // A join's first hop is retried (its id is unknown, there is no
+        // other route); later hops are rerouted at once instead.
+        let retries_left = if next.is_none() {
+            self.cfg.request_retries
+        } else {
+            0
+        };
+        self.pending.insert(
+            txn,
+            Pending {
+                to: to.clone(),
+                bytes: bytes.clone(),
+                deadline: now + self.cfg.request_timeout,
+                retries_left,
+                waiting: Waiting::Forward { msg, next, exclude },
+            },
+        );
+        self.push_transmit(to, bytes);
+    }
+
+    fn lookup_succeeded(&mut self, id: u64, l: Lookup, owner: NodeRef<A>, hops: u32, now: Instant) {
+        match l.purpose {
+            Purpose::User => self.events.push_back(Event::LookupDone {
+                id: LookupId(id),
+                key: l.key,
+                owner,
+                hops,
+            }),
+            Purpose::Finger(bucket) => {
+                if !self.is_dead(&owner.id, now) {
+                    self.table.fix_finger(bucket, owner);
+                }
+            }
+            Purpose::Join => {
+                if owner.id == self.me.id {
+                    if owner.addr != self.me.addr {
+                        self.fail_join(JoinError::IdInUse);
+                    } else {
+                        // Only our own earlier incarnation is there: start over.
+                        self.phase = Phase::Idle;
+                        self.create(now);
+                    }
+                    return;
+                }
+                self.table.set_successors([owner]);
+                self.send_stabilize_with(now, true);
+            }
+        }
+    }
+
+    fn lookup_failed(&mut self, id: u64) {
+        let Some(l) = self.lookups.remove(&id) else {
+            return;
+        };
+        match l.purpose {
+            Purpose::User => self.events.push_back(Event::LookupFailed {
+                id: LookupId(id),
+                key: l.key,
+            }),
+            Purpose::Join => {
+                let reason = if self
+                    .pending
+                    .values()
+                    .any(|p| matches!(&p.waiting, Waiting::Forward { next: None, .. }))
+                {
+                    JoinError::Unreachable
+                } else {
+                    JoinError::Timeout
+                };
+                self.fail_join(reason);
+            }
+            Purpose::Finger(_) => {}
+        }
+    }
+
+    fn fail_join(&mut self, reason: JoinError) {
+        if !matches!(self.phase, Phase::Joining { .. }) {
+            return;
+        }
+        self.phase = Phase::Idle;
+        self.lookups.retain(|_, l| l.purpose != Purpose::Join);
+        self.pending.clear();
+        self.table = RoutingTable::new(self.me.id, self.cfg.successor_list_len);
+        self.known_version = u64::MAX; // the fresh table differs: report it
+
+        self.events.push_back(Event::JoinFailed { reason });
+    }
+
+    // ---------------------------------------------------------------- maintenance
+
+    fn schedule_tick(&mut self, now: Instant) {
+        // Jitter of +-20% keeps nodes from falling into lock step.
+        let base = self.cfg.stabilize_interval;
+        let jitter = (self.rng.next_u32() % 401) as f64 / 1000.0 + 0.8;
+        self.next_tick = Some(now + base.mul_f64(jitter));
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.schedule_tick(now);
+        if self.phase != Phase::Joined {
+            return;
+        }
+        self.dead
+            .retain(|(_, at)| now < *at + self.cfg.stabilize_interval * DEAD_MEMORY_PERIODS);
+        self.send_stabilize(now);
+        self.check_predecessor(now);
+        for _ in 0..self.cfg.fingers_per_tick {
+            self.fix_next_finger(now);
+        }
+    }
+
+    fn send_stabilize(&mut self, now: Instant) {
+        self.send_stabilize_with(now, false)
+    }
+
+    fn send_stabilize_with(&mut self, now: Instant, want_fingers: bool) {
+        let Some(succ) = self.table.successor().cloned() else {
+            return;
+        };
+        let already = self
+            .pending
+            .values()
+            .any(|p| matches!(&p.waiting, Waiting::Stabilize { peer } if peer.id == succ.id));
+        if already {
+            return;
+        }
+        let txn = self.fresh_txn();
+        let msg = Message::GetNeighbors(GetNeighbors {
+            txn,
+            sender: self.me.clone(),
+            notify: true,
+            want_fingers,
+        });
+        self.request(
+            txn,
+            succ.addr.clone(),
+            msg.encode(),
+            Waiting::Stabilize { peer: succ },
+            now,
+        );
+    }
+
+    fn check_predecessor(&mut self, now: Instant) {
+        let Some(pred) = self.table.predecessor().cloned() else {
+            return;
+        };
+        // Our predecessor stabilizes with us every period; only a silent one
+        // is probed.
+        let silent = self
+            .pred_seen
+            .is_none_or(|t| now.saturating_duration_since(t) > self.cfg.stabilize_interval * 2);
+        if silent {
+            self.ping(pred, now);
+        }
+    }
+
+    fn ping(&mut self, peer: NodeRef<A>, now: Instant) {
+        let already = self
+            .pending
+            .values()
+            .any(|p| matches!(&p.waiting, Waiting::Ping { peer: q } if q.id == peer.id));
+        if already {
+            return;
+        }
+        let txn = self.fresh_txn();
+        let bytes = Message::<A>::Ping(Ping { txn }).encode();
+        self.request(txn, peer.addr.clone(), bytes, Waiting::Ping { peer }, now);
+    }
+
+    fn fix_next_finger(&mut self, now: Instant) {
+        let Some(low) = self.table.successor_bucket() else {
+            return;
+        };
+        // Fingers in or below the successor's bucket are the successor itself.
+        let first = low + 1;
+        if first >= Hash::BITS {
+            return;
+        }
+        if self.finger_cursor < first || self.finger_cursor >= Hash::BITS {
+            self.finger_cursor = first;
+        }
+        let bucket = self.finger_cursor;
+        self.finger_cursor += 1;
+        if self
+            .lookups
+            .values()
+            .any(|l| l.purpose == Purpose::Finger(bucket))
+        {
+            return;
+        }
+        let key = self.me.id.wrapping_add(&Hash::pow2(bucket));
+        let id = self.start_lookup(key, Purpose::Finger(bucket), now);
+        self.lookup_attempt(id, now);
+    }
+
+    fn request(&mut self, txn: u64, to: A, bytes: Vec<u8>, waiting: Waiting<A>, now: Instant) {
+        if self.pending.len() >= self.cfg.max_pending {
+            self.stats.dropped_overload += 1;
+            return;
+        }
+        self.pending.insert(
+            txn,
+            Pending {
+                to: to.clone(),
+                bytes: bytes.clone(),
+                deadline: now + self.cfg.request_timeout,
+                retries_left: self.cfg.request_retries,
+                waiting,
+            },
+        );
+        self.push_transmit(to, bytes);
+    }
+
+    fn pending_expired(&mut self, txn: u64, now: Instant) {
+        let Some(mut p) = self.pending.remove(&txn) else {
+            return;
+        };
+        if p.retries_left > 0 {
+            let first_retry = p.retries_left == self.cfg.request_retries;
+            if let Waiting::Stabilize { peer } = &p.waiting {
+                if first_retry && self.table.successor().is_some_and(|s| s.id == peer.id) {
+                    self.suspect_successor(now);
+                }
+            }
+            p.retries_left -= 1;
+            p.deadline = now + self.cfg.request_timeout;
+            self.push_transmit(p.to.clone(), p.bytes.clone());
+            self.pending.insert(txn, p);
+            return;
+        }
+        match p.waiting {
+            Waiting::Ping { peer } | Waiting::Stabilize { peer } => self.peer_failed(&peer, now),
+            Waiting::Forward {
+                msg,
+                next,
+                mut exclude,
+            } => match next {
+                None => {
+                    // The bootstrap never acknowledged the join.
+                    self.fail_join(JoinError::Unreachable);
+                }
+                Some(id) => {
+                    // Route around the silent hop; it leaves the fingers and
+                    // the backup successors, the failure detector decides the rest.
+                    self.table.demote(&id);
+                    if self.table.successor().is_some_and(|s| s.id == id) {
+                        self.send_stabilize(now);
+                    }
+                    exclude.push(id);
+                    let mut msg = msg;
+                    msg.hops = msg.hops.saturating_sub(1);
+                    if self.phase == Phase::Joined {
+                        self.route_lookup(msg, exclude, now);
+                    }
+                }
+            },
+        }
+    }
+
+    /// A peer did not answer a request and its retries: it is dead to us.
+    fn peer_failed(&mut self, peer: &NodeRef<A>, now: Instant) {
+        self.stats.peers_failed += 1;
+        let was_succ = self.table.successor().is_some_and(|s| s.id == peer.id);
+        self.table.remove(&peer.id);
+        self.remember_dead(peer.id, now);
+        tracing::debug!(me = %self.me.id.short(), peer = %peer.id.short(), "peer failed");
+        if was_succ {
+            // The backups were probed when the head fell silent. Those probed
+            // before the first one that answered had the same time and kept
+            // quiet: skip them. (A live one skipped by mistake comes back
+            // through the next stabilize, as its successor's predecessor.)
+            let list = self.table.successors();
+            let answered = |id: &Hash| self.probed.iter().any(|(p, ok)| p == id && *ok);
+            if let Some(first) = list.iter().position(|n| answered(&n.id)) {
+                let silent: Vec<Hash> = list[..first]
+                    .iter()
+                    .map(|n| n.id)
+                    .filter(|id| self.probed.iter().any(|(p, ok)| p == id && !*ok))
+                    .collect();
+                for id in silent {
+                    self.table.remove(&id);
+                }
+            } else {
+                self.suspect_successor(now);
+            }
+            self.probed.clear();
+            if self.table.successor().is_none() {
+                // Every successor is gone: the nearest finger is the best
+                // guess, and stabilize walks back from it through predecessors.
+                let fingers = self.table.fingers().to_vec();
+                self.table.set_successors(fingers);
+            }
+            self.send_stabilize(now);
+        }
+    }
+
+    /// The head of the successor list is slow to answer: probe every backup
+    /// at once, so that a run of dead successors costs one timeout, not one
+    /// timeout each.
+    fn suspect_successor(&mut self, now: Instant) {
+        let backups: Vec<NodeRef<A>> = self.table.successors().iter().skip(1).cloned().collect();
+        self.probed = backups.iter().map(|n| (n.id, false)).collect();
+        for n in backups {
+            self.ping(n, now);
+        }
+    }
+
+    fn remember_dead(&mut self, id: Hash, now: Instant) {
+        if self.dead.len() >= DEAD_MEMORY_LEN {
+            self.dead.pop_front();
+        }
+        self.dead.push_back((id, now));
+    }
+
+    fn is_dead(&self, id: &Hash, now: Instant) -> bool {
+        let window = self.cfg.stabilize_interval * DEAD_MEMORY_PERIODS;
+        self.dead
+            .iter()
+            .any(|(d, at)| d == id && now < *at + window)
+    }
+
+    // --------------------------------------------------------------------- misc
+
+    fn push_transmit(&mut self, to: A, bytes: Vec<u8>) {
+        self.transmits.push_back(Transmit { to, bytes });
+    }
+
+    fn fresh_txn(&mut self) -> u64 {
+        self.fresh_id(|n, id| n.pending.contains_key(&id))
+    }
+
+    fn fresh_id(&mut self, taken: impl Fn(&Self, u64) -> bool) -> u64 {
+        loop {
+            let id = self.rng.next_u64();
+            if id != 0 && !taken(self, id) {
+                return id;
+            }
+        }
+    }
+
+    /// Reports peers that entered or left the routing state since last time.
+    fn sync_known(&mut self) {
+        if self.table.version() == self.known_version {
+            return;
+        }
+        self.known_version = self.table.version();
+        let mut now_known: Vec<NodeRef<A>> = self.table.peers().cloned().collect();
+        now_known.sort_by_key(|a| a.id);
+        now_known.dedup_by(|a, b| a.id == b.id);
+        if now_known.len() == self.known.len()
+            && now_known.iter().zip(&self.known).all(|(a, b)| a.id == b.id)
+        {
+            return;
+        }
+        let (mut i, mut j) = (0, 0);
+        while i < self.known.len() || j < now_known.len() {
+            let old = self.known.get(i);
+            let new = now_known.get(j);
+            match (old, new) {
+                (Some(o), Some(n)) if o.id == n.id => {
+                    i += 1;
+                    j += 1;
+                }
+                (Some(o), Some(n)) if o.id < n.id => {
+                    self.events.push_back(Event::PeerRemoved(o.clone()));
+                    i += 1;
+                }
+                (Some(o), None) => {
+                    self.events.push_back(Event::PeerRemoved(o.clone()));
+                    i += 1;
+                }
+                (_, Some(n)) => {
+                    self.events.push_back(Event::PeerAdded(n.clone()));
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        self.known = now_known;
+    }
+}

@@ -1,0 +1,346 @@
+//! A node's routing state: predecessor, successor list and finger table.
+//!
+//! Fingers are kept compactly. Chord's finger `i` is the first node at
+//! distance `>= 2^i`; in a ring of N nodes only about log2(N) of the 256
+//! fingers differ, so the table keeps at most one node per *bucket*
+//! `[2^i, 2^(i+1))` (the first one known there), sorted by distance. The
+//! finger `i` of the paper is then the first entry at or beyond bucket `i`.
+
+use crate::hash::{Hash, Interval};
+use crate::wire::NodeRef;
+
+/// Where a message for a key should go next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextHop<'a, A> {
+    /// This node is the key's predecessor: the key belongs to this node
+    /// (`None`, a lone node) or to the successor given.
+    Owner(Option<&'a NodeRef<A>>),
+    /// The key is further on: forward to the closest preceding node known.
+    Forward(&'a NodeRef<A>),
+}
+
+/// Predecessor, successor list and fingers of one node.
+#[derive(Clone, Debug)]
+pub struct RoutingTable<A> {
+    me: Hash,
+    max_successors: usize,
+    predecessor: Option<NodeRef<A>>,
+    successors: Vec<NodeRef<A>>,
+    fingers: Vec<NodeRef<A>>,
+    version: u64,
+}
+
+impl<A: Clone + PartialEq> RoutingTable<A> {
+    /// An empty table for node `me` that keeps up to `max_successors`.
+    pub fn new(me: Hash, max_successors: usize) -> RoutingTable<A> {
+        RoutingTable {
+            me,
+            max_successors: max_successors.max(1),
+            predecessor: None,
+            successors: Vec::new(),
+            fingers: Vec::new(),
+            version: 0,
+        }
+    }
+
+    /// A number that changes whenever the set of nodes in the table may
+    /// have changed; equal numbers mean nothing changed.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The immediate successor, `None` while this node is alone.
+    pub fn successor(&self) -> Option<&NodeRef<A>> {
+        self.successors.first()
+    }
+
+    /// The successor list, nearest first.
+    pub fn successors(&self) -> &[NodeRef<A>] {
+        &self.successors
+    }
+
+    /// The predecessor, if known.
+    pub fn predecessor(&self) -> Option<&NodeRef<A>> {
+        self.predecessor.as_ref()
+    }
+
+    /// Distinct fingers, nearest first.
+    pub fn fingers(&self) -> &[NodeRef<A>] {
+        &self.fingers
+    }
+
+    /// Sets the predecessor.
+    pub fn set_predecessor(&mut self, pred: Option<NodeRef<A>>) {
+        let pred = pred.filter(|p| p.id != self.me);
+        if pred.as_ref().map(|p| p.id) != self.predecessor.as_ref().map(|p| p.id) {
+            self.version += 1;
+        }
+        self.predecessor = pred;
+    }
+
+    /// Replaces the successor list with `list`, normalised: without this
+    /// node, cut where the list wraps around back to this node, without
+    /// repeats, strictly increasing in distance, at most the configured length.
+    pub fn set_successors(&mut self, list: impl IntoIterator<Item = NodeRef<A>>) {
+        let mut out: Vec<NodeRef<A>> = Vec::with_capacity(self.max_successors);
+        let mut last = Hash::ZERO;
+        for n in list {
+            if n.id == self.me {
+                break; // wrapped around the ring
+            }
+            let d = self.me.distance_to(&n.id);
+            if d <= last {
+                continue; // repeat, or out of order
+            }
+            last = d;
+            out.push(n);
+            if out.len() == self.max_successors {
+                break;
+            }
+        }
+        let same = out.len() == self.successors.len()
+            && out.iter().zip(&self.successors).all(|(a, b)| a.id == b.id);
+        if !same {
+            self.version += 1;
+        }
+        self.successors = out;
+    }
+
+    /// Removes `id` from every part of the table; true if it was anywhere.
+    pub fn remove(&mut self, id: &Hash) -> bool {
+        let mut found = false;
+        if self.predecessor.as_ref().is_some_and(|p| p.id == *id) {
+            self.predecessor = None;
+            found = true;
+        }
+        let before = self.successors.len() + self.fingers.len();
+        self.successors.retain(|n| n.id != *id);
+        self.fingers.retain(|n| n.id != *id);
+        found |= before != self.successors.len() + self.fingers.len();
+        if found {
+            self.version += 1;
+        }
+        found
+    }
+
+    /// Removes `id` from the fingers and from the successor list except its
+    /// head (whose death only the failure detector declares). True if removed.
+    pub fn demote(&mut self, id: &Hash) -> bool {
+        let before = self.successors.len() + self.fingers.len();
+        if self.successors.len() > 1 {
+            let head = self.successors[0].id;
+            self.successors.retain(|n| n.id != *id || n.id == head);
+        }
+        self.fingers.retain(|n| n.id != *id);
+        let changed = before != self.successors.len() + self.fingers.len();
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+
+    /// Offers `n` as a finger: it goes into its bucket if the bucket is empty
+    /// or `n` is nearer the bucket's start than the node there.
+    pub fn insert_finger(&mut self, n: NodeRef<A>) {
+        let Some(bucket) = self.me.bucket_of(&n.id) else {
+            return;
+        };
+        let d = self.me.distance_to(&n.id);
+        let pos = self
+            .fingers
+            .partition_point(|f| self.me.distance_to(&f.id) < d);
+        if self.fingers.get(pos).is_some_and(|f| f.id == n.id) {
+            return;
+        }
+        // The entry after `pos` may share the bucket; `n` is nearer, so it wins.
+        if let Some(next) = self.fingers.get(pos) {
+            if self.me.bucket_of(&next.id) == Some(bucket) {
+                self.fingers[pos] = n;
+                self.version += 1;
+                return;
+            }
+        }
+        // The entry before `pos` may share the bucket and is nearer: keep it.
+        if pos > 0 && self.me.bucket_of(&self.fingers[pos - 1].id) == Some(bucket) {
+            return;
+        }
+        self.fingers.insert(pos, n);
+        self.version += 1;
+    }
+
+    /// Records a finger lookup's answer: `owner` is the successor of
+    /// `me + 2^bucket`, so no live node lies in `[me + 2^bucket, owner)` and
+    /// any finger there is stale.
+    pub fn fix_finger(&mut self, bucket: u32, owner: NodeRef<A>) {
+        if owner.id == self.me {
+            return;
+        }
+        let lo = Hash::pow2(bucket);
+        let hi = self.me.distance_to(&owner.id);
+        if hi >= lo {
+            let before = self.fingers.len();
+            self.fingers.retain(|f| {
+                let d = self.me.distance_to(&f.id);
+                d < lo || d >= hi
+            });
+            if before != self.fingers.len() {
+                self.version += 1;
+            }
+        }
+        self.insert_finger(owner);
+    }
+
+    /// The bucket of the immediate successor: fingers in or below it are the
+    /// successor itself and need no repair.
+    pub fn successor_bucket(&self) -> Option<u32> {
+        self.successor().and_then(|s| self.me.bucket_of(&s.id))
+    }
+
+    /// Where a message for `key` goes next, skipping nodes in `exclude`
+    /// (those that failed to acknowledge it already).
+    pub fn next_hop(&self, key: &Hash, exclude: &[Hash]) -> NextHop<'_, A> {
+        let Some(succ) = self.successor() else {
+            return NextHop::Owner(None);
+        };
+        if Interval::open_closed(self.me, succ.id).contains(key) {
+            return NextHop::Owner(Some(succ));
+        }
+        match self.closest_preceding(key, exclude) {
+            Some(n) => NextHop::Forward(n),
+            None => NextHop::Owner(Some(succ)),
+        }
+    }
+
+    /// The known node in `(me, key)` nearest to `key`, from the fingers and
+    /// the successor list, not in `exclude`.
+    pub fn closest_preceding(&self, key: &Hash, exclude: &[Hash]) -> Option<&NodeRef<A>> {
+        let limit = self.me.distance_to(key);
+        let mut best: Option<(&NodeRef<A>, Hash)> = None;
+        for n in self
+            .fingers
+            .iter()
+            .rev()
+            .chain(self.successors.iter().rev())
+        {
+            let d = self.me.distance_to(&n.id);
+            if d == Hash::ZERO || d >= limit || exclude.contains(&n.id) {
+                continue;
+            }
+            if best.is_none_or(|(_, bd)| d > bd) {
+                best = Some((n, d));
+            }
+        }
+        best.map(|(n, _)| n)
+    }
+
+    /// Every node the table refers to (with repeats).
+    pub fn peers(&self) -> impl Iterator<Item = &NodeRef<A>> {
+        self.predecessor
+            .iter()
+            .chain(self.successors.iter())
+            .chain(self.fingers.iter())
+    }
+
+    /// Finds a node of the table by id.
+    pub fn get(&self, id: &Hash) -> Option<&NodeRef<A>> {
+        self.peers().find(|n| n.id == *id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(x: u64) -> NodeRef<u32> {
+        let mut b = [0u8; 32];
+        b[24..].copy_from_slice(&x.to_be_bytes());
+        NodeRef::new(Hash::from_bytes(b), x as u32)
+    }
+
+    fn table(me: u64) -> RoutingTable<u32> {
+        RoutingTable::new(n(me).id, 4)
+    }
+
+    #[test]
+    fn successor_list_is_normalised() {
+        let mut t = table(100);
+        t.set_successors([n(110), n(105), n(110), n(120), n(100), n(130)]);
+        let ids: Vec<u32> = t.successors().iter().map(|s| s.addr).collect();
+        assert_eq!(ids, vec![110, 120]); // out-of-order 105 dropped, cut at self
+        t.set_successors([n(101), n(102), n(103), n(104), n(105)]);
+        assert_eq!(t.successors().len(), 4);
+    }
+
+    #[test]
+    fn one_finger_per_bucket_nearest_wins() {
+        let mut t = table(0);
+        t.insert_finger(n(9)); // bucket 3: [8, 16)
+        t.insert_finger(n(12));
+        assert_eq!(
+            t.fingers().iter().map(|f| f.addr).collect::<Vec<_>>(),
+            vec![9]
+        );
+        t.insert_finger(n(8));
+        assert_eq!(
+            t.fingers().iter().map(|f| f.addr).collect::<Vec<_>>(),
+            vec![8]
+        );
+        t.insert_finger(n(40)); // bucket 5
+        t.insert_finger(n(3)); // bucket 1
+        assert_eq!(
+            t.fingers().iter().map(|f| f.addr).collect::<Vec<_>>(),
+            vec![3, 8, 40]
+        );
+    }
+
+    #[test]
+    fn fix_finger_drops_stale_entries() {
+        let mut t = table(0);
+        t.insert_finger(n(17)); // bucket 4
+        t.insert_finger(n(40)); // bucket 5
+        t.fix_finger(4, n(50)); // successor(16) is 50: 17 and 40 are stale
+        assert_eq!(
+            t.fingers().iter().map(|f| f.addr).collect::<Vec<_>>(),
+            vec![50]
+        );
+    }
+
+    #[test]
+    fn next_hop_routes_to_closest_preceding() {
+        let mut t = table(0);
+        t.set_successors([n(10), n(20)]);
+        t.insert_finger(n(64));
+        t.insert_finger(n(130));
+        assert_eq!(t.next_hop(&n(5).id, &[]), NextHop::Owner(Some(&n(10))));
+        assert_eq!(t.next_hop(&n(10).id, &[]), NextHop::Owner(Some(&n(10))));
+        assert_eq!(t.next_hop(&n(100).id, &[]), NextHop::Forward(&n(64)));
+        assert_eq!(t.next_hop(&n(130).id, &[]), NextHop::Forward(&n(64)));
+        assert_eq!(t.next_hop(&n(131).id, &[]), NextHop::Forward(&n(130)));
+        assert_eq!(
+            t.next_hop(&n(131).id, &[n(130).id]),
+            NextHop::Forward(&n(64))
+        );
+        assert_eq!(
+            t.next_hop(&n(131).id, &[n(130).id, n(64).id, n(20).id]),
+            NextHop::Forward(&n(10))
+        );
+        assert_eq!(table(0).next_hop(&n(5).id, &[]), NextHop::Owner(None));
+    }
+
+    #[test]
+    fn remove_and_demote() {
+        let mut t = table(0);
+        t.set_successors([n(10), n(20), n(30)]);
+        t.insert_finger(n(20));
+        t.set_predecessor(Some(n(500)));
+        assert!(!t.demote(&n(10).id)); // the head stays
+        assert!(t.demote(&n(20).id));
+        assert_eq!(t.successors().len(), 2);
+        assert!(t.fingers().is_empty());
+        assert!(t.remove(&n(500).id));
+        assert!(t.predecessor().is_none());
+        assert!(t.remove(&n(10).id));
+        assert_eq!(t.successor(), Some(&n(30)));
+        assert!(!t.remove(&n(999).id));
+    }
+}

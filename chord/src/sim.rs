@@ -1,0 +1,563 @@
+//! A deterministic discrete-event simulator: many [`LocalNode`]s in one
+//! process, exchanging real encoded datagrams through a virtual network with
+//! latency, loss and failures, in virtual time.
+//!
+//! It is just another driver of the core: it calls the same
+//! `handle_datagram` / `handle_timeout` / `poll_*` as the UDP driver does.
+//! Given the same seed it produces the same run, event for event.
+//!
+//! ```
+//! use std::time::Duration;
+//! use chord::sim::{Sim, SimConfig};
+//!
+//! let mut sim = Sim::new(SimConfig { seed: 7, ..SimConfig::default() });
+//! let nodes: Vec<u32> = (0..20).map(|_| sim.add_node()).collect();
+//! sim.create(nodes[0]);
+//! for (i, n) in nodes.iter().enumerate().skip(1) {
+//!     sim.schedule_join(*n, Duration::from_millis(100 * i as u64));
+//! }
+//! sim.run_for(Duration::from_secs(30));
+//! assert!(sim.ring_check().is_correct());
+//! ```
+
+mod experiment;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::config::Config;
+use crate::event::{Event, LookupId};
+use crate::hash::Hash;
+use crate::node::LocalNode;
+use crate::wire::NodeRef;
+
+pub use experiment::{run, Params, Report};
+
+/// The virtual network and its nodes' configuration.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Configuration of every node.
+    pub node: Config,
+    /// Smallest one-way latency.
+    pub latency_min: Duration,
+    /// Largest one-way latency (uniform between the two).
+    pub latency_max: Duration,
+    /// Probability that a datagram is lost.
+    pub loss: f64,
+    /// Seed of every random choice: node ids, latencies, losses, nodes' own seeds.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            node: Config::default(),
+            latency_min: Duration::from_millis(10),
+            latency_max: Duration::from_millis(80),
+            loss: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+/// Counters of the virtual network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Datagrams sent by nodes.
+    pub datagrams: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Datagrams lost to the configured loss rate.
+    pub lost: u64,
+    /// Datagrams sent to dead nodes.
+    pub to_dead: u64,
+}
+
+/// How a ring differs from the correct one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RingReport {
+    /// Live nodes in the ring.
+    pub nodes: usize,
+    /// Live nodes whose successor is not the next live node.
+    pub wrong_successor: usize,
+    /// Live nodes whose predecessor is not the previous live node.
+    pub wrong_predecessor: usize,
+}
+
+impl RingReport {
+    /// True when every live node has the right successor and predecessor.
+    pub fn is_correct(&self) -> bool {
+        self.wrong_successor == 0 && self.wrong_predecessor == 0
+    }
+}
+
+/// What became of a lookup started with [`Sim::lookup`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupOutcome {
+    /// The node that started it.
+    pub origin: u32,
+    /// The key.
+    pub key: Hash,
+    /// The owner found, with the hop count; `None` if it failed.
+    pub result: Option<(NodeRef<u32>, u32)>,
+}
+
+/// The true ring at one moment: every live node sorted by id.
+#[derive(Clone, Debug)]
+pub struct Truth {
+    ring: Vec<(Hash, u32)>,
+}
+
+impl Truth {
+    /// The live node responsible for `key` (its successor on the ring).
+    pub fn successor_of(&self, key: &Hash) -> Option<u32> {
+        if self.ring.is_empty() {
+            return None;
+        }
+        let i = self.ring.partition_point(|(id, _)| id < key);
+        Some(self.ring[i % self.ring.len()].1)
+    }
+
+    /// Number of live nodes.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Whether no node is live.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+}
+
+#[derive(Debug)]
+enum Action {
+    Deliver { to: u32, from: u32, bytes: Vec<u8> },
+    Timer { node: u32 },
+    Join { node: u32 },
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: Instant,
+    seq: u64,
+    action: Action,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    node: LocalNode<u32>,
+    alive: bool,
+    joined: bool,
+    timer: Option<Instant>,
+}
+
+/// The simulator. Node addresses are their indices (`u32`).
+#[derive(Debug)]
+pub struct Sim {
+    cfg: SimConfig,
+    base: Instant,
+    now: Instant,
+    slots: Vec<Slot>,
+    queue: BinaryHeap<Reverse<Entry>>,
+    seq: u64,
+    rng: ChaCha8Rng,
+    joined: Vec<u32>,
+    open: BTreeMap<(u32, LookupId), Hash>,
+    join_failures: Vec<u32>,
+    finished: Vec<LookupOutcome>,
+    events: Vec<(u32, Event<u32>)>,
+    keep_events: bool,
+    net: NetStats,
+}
+
+impl Sim {
+    /// An empty network.
+    pub fn new(cfg: SimConfig) -> Sim {
+        // The one clock reading: the origin of virtual time. Everything after
+        // it is `base + virtual duration`, so runs do not depend on it.
+        let base = Instant::now();
+        Sim {
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            cfg,
+            base,
+            now: base,
+            slots: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            joined: Vec::new(),
+            open: BTreeMap::new(),
+            join_failures: Vec::new(),
+            finished: Vec::new(),
+            events: Vec::new(),
+            keep_events: false,
+            net: NetStats::default(),
+        }
+    }
+
+    /// Keeps every event nodes report (beyond lookups), for [`Sim::take_events`].
+    pub fn keep_events(&mut self, keep: bool) {
+        self.keep_events = keep;
+    }
+
+    /// Adds a node (not yet in any ring) and returns its address.
+    pub fn add_node(&mut self) -> u32 {
+        let addr = self.slots.len() as u32;
+        let id = Hash::of(format!("sim:{}:{}", self.cfg.seed, addr));
+        self.add_node_with_id(id)
+    }
+
+    /// Adds a node with a chosen id.
+    pub fn add_node_with_id(&mut self, id: Hash) -> u32 {
+        let addr = self.slots.len() as u32;
+        let seed = self.rng.next_u64();
+        let node = LocalNode::new(
+            self.cfg.node.clone(),
+            NodeRef::new(id, addr),
+            seed,
+            self.now,
+        )
+        .expect("the simulator's node configuration is valid");
+        self.slots.push(Slot {
+            node,
+            alive: true,
+            joined: false,
+            timer: None,
+        });
+        addr
+    }
+
+    /// Virtual time elapsed since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.base
+    }
+
+    /// The current virtual instant.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Number of nodes ever added.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no node was added.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The node at `addr`.
+    pub fn node(&self, addr: u32) -> &LocalNode<u32> {
+        &self.slots[addr as usize].node
+    }
+
+    /// Whether the node at `addr` is alive and has joined.
+    pub fn is_live(&self, addr: u32) -> bool {
+        let s = &self.slots[addr as usize];
+        s.alive && s.joined
+    }
+
+    /// Addresses of live, joined nodes.
+    pub fn live(&self) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|a| self.is_live(*a))
+            .collect()
+    }
+
+    /// Counters of the network.
+    pub fn net_stats(&self) -> &NetStats {
+        &self.net
+    }
+
+    /// Makes `addr` the first node of a ring.
+    pub fn create(&mut self, addr: u32) {
+        let now = self.now;
+        self.slots[addr as usize].node.create(now);
+        self.after(addr);
+    }
+
+    /// Starts `addr` joining through `bootstrap` now.
+    pub fn join(&mut self, addr: u32, bootstrap: u32) {
+        let now = self.now;
+        self.slots[addr as usize].node.join(bootstrap, now);
+        self.after(addr);
+    }
+
+    /// Makes `addr` join after `delay`, through a live member picked at random then.
+    pub fn schedule_join(&mut self, addr: u32, delay: Duration) {
+        let at = self.now + delay;
+        self.push(at, Action::Join { node: addr });
+    }
+
+    /// Kills `addr` at once: it sends and receives nothing more.
+    pub fn kill(&mut self, addr: u32) {
+        self.slots[addr as usize].alive = false;
+    }
+
+    /// Makes `addr` leave gracefully; it is dead once its farewells are sent.
+    pub fn leave(&mut self, addr: u32) {
+        let now = self.now;
+        self.slots[addr as usize].node.leave(now);
+        self.after(addr);
+        self.slots[addr as usize].alive = false;
+    }
+
+    /// Starts a lookup of `key` at `addr`; its outcome shows in
+    /// [`Sim::take_lookups`] once it ends.
+    pub fn lookup(&mut self, addr: u32, key: Hash) -> LookupId {
+        let now = self.now;
+        let id = self.slots[addr as usize].node.lookup(key, now);
+        self.open.insert((addr, id), key);
+        self.after(addr);
+        id
+    }
+
+    /// Lookups that ended since the last call.
+    pub fn take_lookups(&mut self) -> Vec<LookupOutcome> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Lookups started and not yet ended.
+    pub fn open_lookups(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Nodes whose join failed since the last call.
+    pub fn take_join_failures(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.join_failures)
+    }
+
+    /// Events kept since the last call (see [`Sim::keep_events`]).
+    pub fn take_events(&mut self) -> Vec<(u32, Event<u32>)> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Runs the network until virtual time `elapsed` since the start.
+    pub fn run_until(&mut self, elapsed: Duration) {
+        let end = self.base + elapsed;
+        while let Some(Reverse(top)) = self.queue.peek() {
+            if top.at > end {
+                break;
+            }
+            let Some(Reverse(entry)) = self.queue.pop() else {
+                break;
+            };
+            self.now = entry.at;
+            self.dispatch(entry.action);
+        }
+        self.now = self.now.max(end);
+    }
+
+    /// Runs the network for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.elapsed() + d;
+        self.run_until(until);
+    }
+
+    /// Compares every live node's successor and predecessor with the truth.
+    pub fn ring_check(&self) -> RingReport {
+        let ring = self.sorted_live();
+        let n = ring.len();
+        let mut report = RingReport {
+            nodes: n,
+            ..RingReport::default()
+        };
+        for (i, (_, addr)) in ring.iter().enumerate() {
+            let node = self.node(*addr);
+            let (succ, pred) = if n == 1 {
+                (None, None)
+            } else {
+                (Some(ring[(i + 1) % n].1), Some(ring[(i + n - 1) % n].1))
+            };
+            if node.successor().map(|s| s.addr) != succ {
+                report.wrong_successor += 1;
+            }
+            if node.predecessor().map(|p| p.addr) != pred {
+                report.wrong_predecessor += 1;
+            }
+        }
+        report
+    }
+
+    /// The live node truly responsible for `key`, by looking at every node.
+    /// To check many keys, take a [`Sim::truth`] once instead.
+    pub fn true_successor(&self, key: &Hash) -> Option<u32> {
+        self.truth().successor_of(key)
+    }
+
+    /// The true ring of live nodes as it is now, for checking answers.
+    pub fn truth(&self) -> Truth {
+        Truth {
+            ring: self.sorted_live(),
+        }
+    }
+
+    fn sorted_live(&self) -> Vec<(Hash, u32)> {
+        let mut ring: Vec<(Hash, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.alive && s.joined)
+            .map(|(a, s)| (s.node.id(), a as u32))
+            .collect();
+        ring.sort();
+        ring
+    }
+
+    /// A random number from the simulator's generator (for experiments).
+    pub fn random_u64(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    fn push(&mut self, at: Instant, action: Action) {
+        self.seq += 1;
+        self.queue.push(Reverse(Entry {
+            at,
+            seq: self.seq,
+            action,
+        }));
+    }
+
+    fn dispatch(&mut self, action: Action) {
+        let now = self.now;
+        match action {
+            Action::Deliver { to, from, bytes } => {
+                let slot = &mut self.slots[to as usize];
+                if !slot.alive {
+                    self.net.to_dead += 1;
+                    return;
+                }
+                slot.node.handle_datagram(now, from, &bytes);
+                self.after(to);
+            }
+            Action::Timer { node } => {
+                let slot = &mut self.slots[node as usize];
+                if !slot.alive || slot.timer.is_none_or(|t| t > now) {
+                    return; // stale: rescheduled since
+                }
+                slot.timer = None;
+                slot.node.handle_timeout(now);
+                self.after(node);
+            }
+            Action::Join { node } => {
+                if !self.slots[node as usize].alive || self.joined.is_empty() {
+                    return;
+                }
+                let pick = (self.rng.next_u64() % self.joined.len() as u64) as usize;
+                let bootstrap = self.joined[pick];
+                self.join(node, bootstrap);
+            }
+        }
+    }
+
+    /// Carries out what node `addr` asked for after it was called.
+    fn after(&mut self, addr: u32) {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let slot = &mut self.slots[addr as usize];
+        while let Some(t) = slot.node.poll_transmit() {
+            out.push(t);
+        }
+        while let Some(e) = slot.node.poll_event() {
+            events.push(e);
+        }
+        let next = slot.node.poll_timeout();
+        let alive = slot.alive;
+        if next != slot.timer {
+            slot.timer = next;
+            if let Some(t) = next {
+                self.push(t.max(self.now), Action::Timer { node: addr });
+            }
+        }
+        if alive {
+            for t in out {
+                self.net.datagrams += 1;
+                self.net.bytes += t.bytes.len() as u64;
+                if self.cfg.loss > 0.0 && self.unit() < self.cfg.loss {
+                    self.net.lost += 1;
+                    continue;
+                }
+                let at = self.now + self.latency();
+                self.push(
+                    at,
+                    Action::Deliver {
+                        to: t.to,
+                        from: addr,
+                        bytes: t.bytes,
+                    },
+                );
+            }
+        }
+        for e in events {
+            self.on_event(addr, e);
+        }
+    }
+
+    fn on_event(&mut self, addr: u32, e: Event<u32>) {
+        match &e {
+            Event::Joined { .. } => {
+                let slot = &mut self.slots[addr as usize];
+                if !slot.joined {
+                    slot.joined = true;
+                    self.joined.push(addr);
+                }
+            }
+            Event::LookupDone {
+                id, owner, hops, ..
+            } => self.finish_lookup(addr, *id, Some((owner.clone(), *hops))),
+            Event::LookupFailed { id, .. } => self.finish_lookup(addr, *id, None),
+            Event::JoinFailed { .. } => self.join_failures.push(addr),
+            _ => {}
+        }
+        if self.keep_events {
+            self.events.push((addr, e));
+        }
+    }
+
+    fn finish_lookup(&mut self, addr: u32, id: LookupId, result: Option<(NodeRef<u32>, u32)>) {
+        if let Some(key) = self.open.remove(&(addr, id)) {
+            self.finished.push(LookupOutcome {
+                origin: addr,
+                key,
+                result,
+            });
+        }
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn latency(&mut self) -> Duration {
+        let lo = self.cfg.latency_min.as_nanos() as u64;
+        let hi = self.cfg.latency_max.as_nanos() as u64;
+        let span = hi.saturating_sub(lo);
+        let extra = if span == 0 {
+            0
+        } else {
+            self.rng.next_u64() % (span + 1)
+        };
+        Duration::from_nanos(lo + extra)
+    }
+}

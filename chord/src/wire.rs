@@ -1,0 +1,514 @@
+//! The wire format: a 4-byte header, then a postcard-encoded body.
+//!
+//! ```text
+//! +------+------+---------+------+----------------------+
+//! | 0xC1 | 0xCA | version | kind | body (postcard)      |
+//! +------+------+---------+------+----------------------+
+//! ```
+//!
+//! Every message is described in `docs/protocol.md`; golden-byte tests below
+//! pin the encoding so that a change to it cannot go unnoticed.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{MAGIC, MAX_DATAGRAM, MAX_LIST_ON_WIRE, VERSION};
+use crate::hash::Hash;
+
+/// Length of the fixed header.
+pub const HEADER_LEN: usize = 4;
+
+/// A node as other nodes know it: its id and the address it is reached at.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeRef<A> {
+    /// The node's place on the ring.
+    pub id: Hash,
+    /// Where the node receives datagrams; the core never looks inside.
+    pub addr: A,
+}
+
+impl<A> NodeRef<A> {
+    /// Pairs an id with an address.
+    pub fn new(id: Hash, addr: A) -> NodeRef<A> {
+        NodeRef { id, addr }
+    }
+}
+
+/// Why a datagram was not accepted. Each is counted in [`crate::Stats`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Fewer bytes than a header.
+    #[error("datagram of {0} bytes is shorter than the header")]
+    TooShort(usize),
+    /// More bytes than any datagram may have.
+    #[error("datagram of {0} bytes exceeds the limit")]
+    TooLong(usize),
+    /// The first two bytes are not Cicada's.
+    #[error("not a Cicada datagram (bad magic)")]
+    BadMagic,
+    /// A version this node does not speak.
+    #[error("unsupported protocol version {0} (this node speaks {VERSION})")]
+    UnsupportedVersion(u8),
+    /// A message kind this version does not define.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// The body does not decode as the kind says.
+    #[error("malformed {kind} body: {reason}")]
+    Malformed {
+        /// The kind the header announced.
+        kind: &'static str,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The body decoded but breaks a limit (list too long, hop count too high).
+    #[error("{0}")]
+    OverLimit(&'static str),
+}
+
+impl DecodeError {
+    /// A short stable name for counting and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DecodeError::TooShort(_) => "too_short",
+            DecodeError::TooLong(_) => "too_long",
+            DecodeError::BadMagic => "bad_magic",
+            DecodeError::UnsupportedVersion(_) => "unsupported_version",
+            DecodeError::UnknownKind(_) => "unknown_kind",
+            DecodeError::Malformed { .. } => "malformed",
+            DecodeError::OverLimit(_) => "over_limit",
+        }
+    }
+}
+
+/// Liveness probe; answered by [`Message::Pong`] with the same `txn`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Request id, random, echoed in the reply.
+    pub txn: u64,
+}
+
+/// Stabilize: "tell me your predecessor and successors", and with `notify`
+/// "I believe I am your predecessor" (Chord's `notify`, folded in to save a
+/// message per period).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetNeighbors<A> {
+    /// Request id, echoed in [`Neighbors`].
+    pub txn: u64,
+    /// The asking node.
+    pub sender: NodeRef<A>,
+    /// Whether the sender wants to be considered as predecessor.
+    pub notify: bool,
+    /// Whether the reply should carry fingers (a joining node seeds its table).
+    pub want_fingers: bool,
+}
+
+/// Reply to [`GetNeighbors`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Neighbors<A> {
+    /// The request's id.
+    pub txn: u64,
+    /// The responder's predecessor, if it has one.
+    pub predecessor: Option<NodeRef<A>>,
+    /// The responder's successor list, nearest first.
+    pub successors: Vec<NodeRef<A>>,
+    /// The responder's fingers, when asked for.
+    pub fingers: Vec<NodeRef<A>>,
+}
+
+/// A recursive lookup travelling towards the predecessor of `key`. Each hop
+/// acknowledges it with [`Message::HopAck`] so the previous hop can route
+/// around a dead next hop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindSuccessor<A> {
+    /// Per-hop request id, echoed in the hop's acknowledgement.
+    pub txn: u64,
+    /// The origin's id for the lookup, echoed in [`Found`].
+    pub lookup: u64,
+    /// The key whose successor is sought.
+    pub key: Hash,
+    /// Who asked, and receives the answer.
+    pub origin: NodeRef<A>,
+    /// Forwarding steps so far.
+    pub hops: u8,
+    /// Set by a joining node looking up its own id: the answer must not be a
+    /// node with the origin's id (an earlier incarnation of it).
+    pub joining: bool,
+}
+
+/// The answer to a lookup, sent by the key's predecessor to the origin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Found<A> {
+    /// The origin's lookup id.
+    pub lookup: u64,
+    /// The key that was looked up.
+    pub key: Hash,
+    /// The live node responsible for `key` (its successor).
+    pub owner: NodeRef<A>,
+    /// Forwarding steps the lookup took.
+    pub hops: u8,
+}
+
+/// Acknowledges one hop of a forwarded message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopAck {
+    /// The forwarded message's per-hop id.
+    pub txn: u64,
+}
+
+/// A graceful leave: the leaving node hands its neighbours to each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leave<A> {
+    /// The node that leaves.
+    pub sender: Hash,
+    /// Its predecessor, for its successor to adopt.
+    pub predecessor: Option<NodeRef<A>>,
+    /// Its successor list, for its predecessor to adopt.
+    pub successors: Vec<NodeRef<A>>,
+}
+
+/// "A node has appeared between you and your successor": sent by a node to
+/// its old predecessor when a nearer one notified it, so that the old
+/// predecessor stabilizes with the newcomer now instead of a period later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuccessorHint<A> {
+    /// The node that appeared.
+    pub node: NodeRef<A>,
+}
+
+/// Sent in reply to a datagram of an unsupported version. Its layout is
+/// the same in every version: header (with kind 0) and two raw bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionMismatch {
+    /// Oldest version the sender speaks.
+    pub min: u8,
+    /// Newest version the sender speaks.
+    pub max: u8,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message<A> {
+    /// Kind 0: the sender does not speak the version it received.
+    VersionMismatch(VersionMismatch),
+    /// Kind 1.
+    Ping(Ping),
+    /// Kind 2: reply to [`Message::Ping`] (same body).
+    Pong(Ping),
+    /// Kind 3.
+    GetNeighbors(GetNeighbors<A>),
+    /// Kind 4.
+    Neighbors(Neighbors<A>),
+    /// Kind 5.
+    FindSuccessor(FindSuccessor<A>),
+    /// Kind 6.
+    HopAck(HopAck),
+    /// Kind 7.
+    Found(Found<A>),
+    /// Kind 8.
+    Leave(Leave<A>),
+    /// Kind 9.
+    SuccessorHint(SuccessorHint<A>),
+}
+
+fn body<T: DeserializeOwned>(kind: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(bytes).map_err(|e| DecodeError::Malformed {
+            kind,
+            reason: e.to_string(),
+        })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed {
+            kind,
+            reason: format!("{} trailing bytes", rest.len()),
+        });
+    }
+    Ok(value)
+}
+
+fn check_list<A>(list: &[NodeRef<A>]) -> Result<(), DecodeError> {
+    if list.len() > MAX_LIST_ON_WIRE {
+        return Err(DecodeError::OverLimit("node list longer than the limit"));
+    }
+    Ok(())
+}
+
+impl<A: Serialize + DeserializeOwned> Message<A> {
+    /// The kind byte of this message.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::VersionMismatch(_) => 0,
+            Message::Ping(_) => 1,
+            Message::Pong(_) => 2,
+            Message::GetNeighbors(_) => 3,
+            Message::Neighbors(_) => 4,
+            Message::FindSuccessor(_) => 5,
+            Message::HopAck(_) => 6,
+            Message::Found(_) => 7,
+            Message::Leave(_) => 8,
+            Message::SuccessorHint(_) => 9,
+        }
+    }
+
+    /// Encodes the message, header included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(self.kind());
+        let res = match self {
+            Message::VersionMismatch(v) => {
+                out.push(v.min);
+                out.push(v.max);
+                Ok(())
+            }
+            Message::Ping(m) | Message::Pong(m) => append(&mut out, m),
+            Message::GetNeighbors(m) => append(&mut out, m),
+            Message::Neighbors(m) => append(&mut out, m),
+            Message::FindSuccessor(m) => append(&mut out, m),
+            Message::HopAck(m) => append(&mut out, m),
+            Message::Found(m) => append(&mut out, m),
+            Message::Leave(m) => append(&mut out, m),
+            Message::SuccessorHint(m) => append(&mut out, m),
+        };
+        // Serializing our own in-memory values into a Vec cannot fail: postcard
+        // only fails on sequences of unknown length, which we do not have.
+        debug_assert!(res.is_ok(), "postcard encoding failed: {res:?}");
+        out
+    }
+
+    /// Decodes a datagram. Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Message<A>, DecodeError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(DecodeError::TooShort(bytes.len()));
+        }
+        if bytes.len() > MAX_DATAGRAM {
+            return Err(DecodeError::TooLong(bytes.len()));
+        }
+        if bytes[0..2] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let (version, kind, rest) = (bytes[2], bytes[3], &bytes[HEADER_LEN..]);
+        if kind == 0 {
+            // Version-independent by design.
+            return match rest {
+                [min, max] => Ok(Message::VersionMismatch(VersionMismatch {
+                    min: *min,
+                    max: *max,
+                })),
+                _ => Err(DecodeError::Malformed {
+                    kind: "VersionMismatch",
+                    reason: "body must be two bytes".into(),
+                }),
+            };
+        }
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let msg = match kind {
+            1 => Message::Ping(body("Ping", rest)?),
+            2 => Message::Pong(body("Pong", rest)?),
+            3 => Message::GetNeighbors(body("GetNeighbors", rest)?),
+            4 => {
+                let m: Neighbors<A> = body("Neighbors", rest)?;
+                check_list(&m.successors)?;
+                check_list(&m.fingers)?;
+                Message::Neighbors(m)
+            }
+            5 => Message::FindSuccessor(body("FindSuccessor", rest)?),
+            6 => Message::HopAck(body("HopAck", rest)?),
+            7 => Message::Found(body("Found", rest)?),
+            8 => {
+                let m: Leave<A> = body("Leave", rest)?;
+                check_list(&m.successors)?;
+                Message::Leave(m)
+            }
+            9 => Message::SuccessorHint(body("SuccessorHint", rest)?),
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        Ok(msg)
+    }
+}
+
+fn append<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), postcard::Error> {
+    let buf = std::mem::take(out);
+    *out = postcard::to_extend(value, buf)?;
+    Ok(())
+}
+
+/// Reads the version of a datagram whose header is otherwise valid, for
+/// answering an unsupported version with [`VersionMismatch`].
+pub fn peek_version(bytes: &[u8]) -> Option<u8> {
+    (bytes.len() >= HEADER_LEN && bytes[0..2] == MAGIC).then(|| bytes[2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn node(n: u8, addr: u32) -> NodeRef<u32> {
+        NodeRef::new(Hash::from_bytes([n; 32]), addr)
+    }
+
+    fn samples() -> Vec<(Message<u32>, &'static str)> {
+        vec![
+            (
+                Message::VersionMismatch(VersionMismatch { min: 1, max: 1 }),
+                "c1ca01000101",
+            ),
+            (Message::Ping(Ping { txn: 300 }), "c1ca0101ac02"),
+            (Message::Pong(Ping { txn: 300 }), "c1ca0102ac02"),
+            (
+                Message::GetNeighbors(GetNeighbors {
+                    txn: 1,
+                    sender: node(0xaa, 7),
+                    notify: true,
+                    want_fingers: false,
+                }),
+                "c1ca010301aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa070100",
+            ),
+            (
+                Message::Neighbors(Neighbors {
+                    txn: 2,
+                    predecessor: Some(node(1, 1)),
+                    successors: vec![node(2, 2)],
+                    fingers: vec![],
+                }),
+                "c1ca0104 02 01 0101010101010101010101010101010101010101010101010101010101010101 01 \
+                 01 0202020202020202020202020202020202020202020202020202020202020202 02 00",
+            ),
+            (
+                Message::FindSuccessor(FindSuccessor {
+                    txn: 3,
+                    lookup: 4,
+                    key: Hash::from_bytes([0x10; 32]),
+                    origin: node(5, 5),
+                    hops: 2,
+                    joining: false,
+                }),
+                "c1ca0105030410101010101010101010101010101010101010101010101010101010101010100505\
+                 050505050505050505050505050505050505050505050505050505050505050200",
+            ),
+            (Message::HopAck(HopAck { txn: 3 }), "c1ca010603"),
+            (
+                Message::Found(Found {
+                    lookup: 4,
+                    key: Hash::from_bytes([0x10; 32]),
+                    owner: node(6, 6),
+                    hops: 2,
+                }),
+                "c1ca0107041010101010101010101010101010101010101010101010101010101010101010060606\
+                 06060606060606060606060606060606060606060606060606060606060602",
+            ),
+            (
+                Message::Leave(Leave {
+                    sender: Hash::from_bytes([9; 32]),
+                    predecessor: None,
+                    successors: vec![],
+                }),
+                "c1ca0108090909090909090909090909090909090909090909090909090909090909090900 00",
+            ),
+            (
+                Message::SuccessorHint(SuccessorHint { node: node(0x0b, 300) }),
+                "c1ca0109 0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b ac02",
+            ),
+        ]
+    }
+
+    #[test]
+    fn golden_bytes() {
+        for (msg, expected) in samples() {
+            let expected: String = expected.chars().filter(|c| !c.is_whitespace()).collect();
+            let bytes = msg.encode();
+            assert_eq!(hex(&bytes), expected, "encoding of {msg:?}");
+            assert_eq!(Message::<u32>::decode(&bytes), Ok(msg));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        assert_eq!(Message::<u32>::decode(b"C"), Err(DecodeError::TooShort(1)));
+        assert_eq!(Message::<u32>::decode(b"GET /"), Err(DecodeError::BadMagic));
+        assert_eq!(
+            Message::<u32>::decode(&[0xC1, 0xCA, 9, 1, 0]),
+            Err(DecodeError::UnsupportedVersion(9))
+        );
+        assert_eq!(
+            Message::<u32>::decode(&[0xC1, 0xCA, VERSION, 200]),
+            Err(DecodeError::UnknownKind(200))
+        );
+        assert!(matches!(
+            Message::<u32>::decode(&[0xC1, 0xCA, VERSION, 1]),
+            Err(DecodeError::Malformed { kind: "Ping", .. })
+        ));
+        assert!(matches!(
+            Message::<u32>::decode(&[0xC1, 0xCA, VERSION, 6, 1, 2]),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert_eq!(
+            Message::<u32>::decode(&vec![0u8; MAX_DATAGRAM + 1]),
+            Err(DecodeError::TooLong(MAX_DATAGRAM + 1))
+        );
+    }
+
+    #[test]
+    fn rejects_overlong_lists() {
+        let msg = Message::Neighbors(Neighbors {
+            txn: 1,
+            predecessor: None,
+            successors: (0..MAX_LIST_ON_WIRE as u32 + 1)
+                .map(|i| node(1, i))
+                .collect(),
+            fingers: vec![],
+        });
+        assert!(matches!(
+            Message::<u32>::decode(&msg.encode()),
+            Err(DecodeError::OverLimit(_))
+        ));
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate_wildly() {
+        // Neighbors with a successor count of 2^32-1 and no data behind it.
+        let bytes = [0xC1, 0xCA, VERSION, 4, 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(Message::<u32>::decode(&bytes).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Message::<u32>::decode(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_behind_a_valid_header(kind in 0u8..12, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut bytes = vec![0xC1, 0xCA, VERSION, kind];
+            bytes.extend(body);
+            let _ = Message::<std::net::SocketAddr>::decode(&bytes);
+        }
+
+        #[test]
+        fn round_trip(txn in any::<u64>(), lookup in any::<u64>(), key in any::<[u8; 32]>(), hops in 0u8..64, addr in any::<u32>(), n in 0usize..20) {
+            let origin = NodeRef::new(Hash::from_bytes(key), addr);
+            let list: Vec<_> = (0..n).map(|i| NodeRef::new(Hash::of(i.to_be_bytes()), addr ^ i as u32)).collect();
+            let msgs = vec![
+                Message::Ping(Ping { txn }),
+                Message::Pong(Ping { txn }),
+                Message::GetNeighbors(GetNeighbors { txn, sender: origin.clone(), notify: n % 2 == 0, want_fingers: n % 3 == 0 }),
+                Message::Neighbors(Neighbors { txn, predecessor: (n % 2 == 0).then(|| origin.clone()), successors: list.clone(), fingers: list.clone() }),
+                Message::FindSuccessor(FindSuccessor { txn, lookup, key: Hash::from_bytes(key), origin: origin.clone(), hops, joining: n % 2 == 1 }),
+                Message::HopAck(HopAck { txn }),
+                Message::Found(Found { lookup, key: Hash::from_bytes(key), owner: origin.clone(), hops }),
+                Message::Leave(Leave { sender: Hash::from_bytes(key), predecessor: Some(origin.clone()), successors: list }),
+                Message::SuccessorHint(SuccessorHint { node: origin.clone() }),
+            ];
+            for m in msgs {
+                prop_assert_eq!(Message::<u32>::decode(&m.encode()), Ok(m));
+            }
+        }
+    }
+}
