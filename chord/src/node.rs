@@ -525,6 +525,11 @@ impl<A: Address> LocalNode<A> {
                 successor: peer.clone(),
             });
         }
+        if self.is_dead(&peer.id, now) {
+            // It answered, then left: its farewell overtook this reply.
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
         if let Some(s) = self.table.successor() {
             if s.id != peer.id && !Interval::open(self.me.id, s.id).contains(&peer.id) {
                 // A hinted node that a nearer successor overtook meanwhile.
