@@ -329,27 +329,20 @@ impl Agent {
 
     /// Waits for the next `@@ WORD ...` line and returns the rest of it.
     fn expect_line(&self, word: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let rest = &line[3..];
-                    if let Some(body) = rest.strip_prefix(word) {
-                        return body.trim().to_string();
-                    }
-                    panic!(
-                        "agent {} said `{line}`, expected {word}; its log:\n{}",
-                        self.name,
-                        self.dump()
-                    );
-                }
-                Err(_) => panic!(
-                    "agent {} did not say {word} within {within:?}; its log:\n{}",
+        match self.lines.recv_timeout(within) {
+            Ok(line) => match line[3..].strip_prefix(word) {
+                Some(body) => body.trim().to_string(),
+                None => panic!(
+                    "agent {} said `{line}`, expected {word}; its log:\n{}",
                     self.name,
                     self.dump()
                 ),
-            }
+            },
+            Err(_) => panic!(
+                "agent {} did not say {word} within {within:?}; its log:\n{}",
+                self.name,
+                self.dump()
+            ),
         }
     }
 
