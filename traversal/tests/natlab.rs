@@ -428,6 +428,29 @@ fn upnp_maps_udp_and_tcp_and_removes_them() {
     tcp.expect("DROPPED", Duration::from_secs(10));
     assert!(!lab.has_rule(Protocol::Tcp, 41001), "{}", lab.status());
     lab.probe(Protocol::Tcp, t_ext, "silence");
+
+    // Refusals: miniupnpd's rules deny external ports below 1024 (606), and
+    // 2869 is its own HTTP port (729), for which we take another port.
+    let denied = Agent::spawn(&lab, "lan1", "proto=udp port=41002 ext=80 methods=upnp");
+    let kv = denied.expect("ERROR", Duration::from_secs(30));
+    let message = denied.expect_line("MESSAGE", Duration::from_secs(5));
+    eprintln!("UPnP, external port 80: {message}");
+    assert_eq!(
+        (kv["kind"].as_str(), kv["code"].as_str()),
+        ("refused", "606"),
+        "{message}"
+    );
+    assert!(message.contains("Action not authorized"), "{message}");
+    let busy = Agent::spawn(&lab, "lan1", "proto=tcp port=41003 ext=2869 methods=upnp");
+    let (method, b_ext, _) = busy.mapped();
+    assert_eq!(method, "upnp");
+    assert_ne!(b_ext.port(), 2869);
+    assert!(
+        lab.has_rule(Protocol::Tcp, b_ext.port()),
+        "{}",
+        lab.status()
+    );
+    lab.probe(Protocol::Tcp, b_ext, "reply:lan1");
 }
 
 /// With UPnP off, NAT-PMP maps UDP (async type) and TCP (blocking type);
@@ -494,6 +517,24 @@ fn natpmp_maps_when_upnp_is_off() {
     lab.probe(Protocol::Tcp, t_ext, "silence");
     // lan2's mapping is untouched by lan1's removal.
     lab.probe(Protocol::Udp, u2_ext, "reply:lan2");
+
+    // miniupnpd's rules only allow ports 1024-65535. Asked for external port
+    // 80, NAT-PMP picks an allowed one itself; for internal port 500 there is
+    // none, and it refuses with result code 2.
+    let moved = Agent::spawn(&lab, "lan1", "proto=udp port=42003 ext=80 methods=natpmp");
+    let (_, m_ext, _) = moved.mapped();
+    assert!(m_ext.port() >= 1024, "{m_ext}");
+    lab.probe(Protocol::Udp, m_ext, "reply:lan1");
+    let denied = Agent::spawn(&lab, "lan1", "proto=udp port=500 methods=natpmp");
+    let kv = denied.expect("ERROR", Duration::from_secs(30));
+    let message = denied.expect_line("MESSAGE", Duration::from_secs(5));
+    eprintln!("NAT-PMP, internal port 500: {message}");
+    assert_eq!(
+        (kv["kind"].as_str(), kv["code"].as_str()),
+        ("refused", "2"),
+        "{message}"
+    );
+    assert!(message.contains("Not Authorized/Refused"), "{message}");
 }
 
 /// With neither UPnP nor NAT-PMP, mapping fails with both reasons, fast.
@@ -584,6 +625,11 @@ fn agent() {
     if let Some(ext) = kv.get("ext") {
         options = options.with_external_port(ext.parse().expect("ext"));
     }
+    match kv.get("methods").map(String::as_str) {
+        Some("upnp") => options = options.with_natpmp(false),
+        Some("natpmp") => options = options.with_upnp(false),
+        _ => {}
+    }
     let blocking = kv.get("blocking").is_some_and(|v| v == "yes");
     let role = std::env::var("NATLAB_ROLE").unwrap_or_else(|_| "?".into());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -611,7 +657,11 @@ fn agent() {
                     Error::Unsupported { .. } => "unsupported",
                     _ => "other",
                 };
-                println!("@@ ERROR kind={kind} ms={}", started.elapsed().as_millis());
+                let code = e.code().map_or("none".to_string(), |c| c.to_string());
+                println!(
+                    "@@ ERROR kind={kind} code={code} ms={}",
+                    started.elapsed().as_millis()
+                );
                 println!("@@ MESSAGE {e}");
                 return;
             }
