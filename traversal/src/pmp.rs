@@ -400,3 +400,207 @@ impl AsyncUdpSocket for PmpSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket as StdUdpSocket;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fake NAT-PMP server on loopback: `answer` gets each request and
+    /// returns the datagrams to send back.
+    fn fake_server(
+        answer: impl Fn(&[u8]) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> (SocketAddrV4, Arc<AtomicUsize>) {
+        let socket = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = match socket.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                counter.fetch_add(1, Ordering::SeqCst);
+                for packet in answer(&buf[..n]) {
+                    let _ = socket.send_to(&packet, from);
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    fn mapping_answer(request: &[u8], result: u16, public_port: u16, lifetime: u32) -> Vec<u8> {
+        let mut p = vec![0, request[1] | 0x80];
+        p.extend_from_slice(&result.to_be_bytes());
+        p.extend_from_slice(&7u32.to_be_bytes()); // epoch
+        p.extend_from_slice(&request[4..6]); // internal port
+        p.extend_from_slice(&public_port.to_be_bytes());
+        p.extend_from_slice(&lifetime.to_be_bytes());
+        p
+    }
+
+    fn client(server: SocketAddrV4) -> NatPmp {
+        NatPmp::with_server(server)
+            .unwrap()
+            .with_request_timeout(Duration::from_millis(900))
+    }
+
+    #[tokio::test]
+    async fn maps_and_reads_the_external_address() {
+        let (server, _) = fake_server(|req| match req[1] {
+            0 => vec![vec![0, 128, 0, 0, 0, 0, 0, 7, 198, 18, 0, 2]],
+            _ => {
+                let lifetime = u32::from_be_bytes([req[8], req[9], req[10], req[11]]);
+                // Grants a different port and at most 60 s, like a real gateway may.
+                vec![mapping_answer(req, 0, 50_000, lifetime.min(60))]
+            }
+        });
+        let pmp = client(server);
+        assert_eq!(pmp.local_ip(), Ipv4Addr::LOCALHOST);
+        assert_eq!(
+            pmp.external_ip().await.unwrap(),
+            Ipv4Addr::new(198, 18, 0, 2)
+        );
+        let grant = pmp
+            .add_mapping(Protocol::Tcp, 4000, 4000, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(
+            grant,
+            Grant {
+                external_port: 50_000,
+                lease: Duration::from_secs(60)
+            }
+        );
+        pmp.remove_mapping(Protocol::Tcp, 4000).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn result_codes_become_refusals() {
+        let (server, _) = fake_server(|req| vec![mapping_answer(req, 3, 0, 0)]);
+        let e = client(server)
+            .add_mapping(Protocol::Udp, 4000, 4000, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(3), "{e}");
+        assert!(e.to_string().contains("Network Failure"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn unrelated_answers_are_ignored() {
+        let (server, _) = fake_server(|req| {
+            let mut wrong = mapping_answer(req, 0, 1, 1);
+            wrong[1] = 0x80; // an address answer to a mapping request
+            vec![vec![1, 2], wrong, mapping_answer(req, 0, 4001, 30)]
+        });
+        let grant = client(server)
+            .add_mapping(Protocol::Udp, 4000, 4000, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(grant.external_port, 4001);
+    }
+
+    #[tokio::test]
+    async fn a_silent_gateway_times_out_after_retransmissions() {
+        let (server, seen) = fake_server(|_| Vec::new());
+        let started = std::time::Instant::now();
+        let e = client(server).external_ip().await.unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            matches!(
+                e,
+                Error::Timeout {
+                    method: Method::NatPmp,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            took >= Duration::from_millis(850) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // 250 ms, then 500 ms: the request went out three times.
+        assert!(
+            seen.load(Ordering::SeqCst) >= 3,
+            "{}",
+            seen.load(Ordering::SeqCst)
+        );
+    }
+
+    #[tokio::test]
+    async fn no_server_means_unsupported() {
+        // A port nobody listens on: the kernel answers "port unreachable".
+        let free = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = match free.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        drop(free);
+        let e = client(addr).external_ip().await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Unsupported {
+                    method: Method::NatPmp,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn port_zero_is_refused_locally() {
+        let pmp = client(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9));
+        assert!(matches!(
+            pmp.remove_mapping(Protocol::Udp, 0).await,
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn port_mapping_renews_and_removes_on_close_and_drop() {
+        let log: Arc<Mutex<Vec<(u16, u32)>>> = Arc::default();
+        let record = log.clone();
+        let (server, _) = fake_server(move |req| match req[1] {
+            0 => vec![vec![0, 128, 0, 0, 0, 0, 0, 7, 198, 18, 0, 2]],
+            _ => {
+                let internal = u16::from_be_bytes([req[4], req[5]]);
+                let lifetime = u32::from_be_bytes([req[8], req[9], req[10], req[11]]);
+                lock_log(&record).push((internal, lifetime));
+                let public = if lifetime == 0 { 0 } else { internal + 1 };
+                vec![mapping_answer(req, 0, public, lifetime.min(1))]
+            }
+        });
+        let pmp = client(server);
+        let options = Options::default().with_lease(Duration::from_secs(30));
+        let mapping = pmp.map(5000, Protocol::Udp, &options).await.unwrap();
+        assert_eq!(mapping.method(), Method::NatPmp);
+        assert_eq!(mapping.external_addr(), "198.18.0.2:5001".parse().unwrap());
+        assert_eq!(mapping.local_addr(), "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(mapping.lease(), Duration::from_secs(1));
+        // Granted 1 s: renewed every 500 ms.
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        let renewals = lock_log(&log)
+            .iter()
+            .filter(|r| r.0 == 5000 && r.1 == 30)
+            .count();
+        assert!(renewals >= 3, "{:?}", lock_log(&log));
+        mapping.close().await.unwrap();
+        assert_eq!(lock_log(&log).last(), Some(&(5000, 0)));
+
+        let dropped = pmp.map(6000, Protocol::Udp, &options).await.unwrap();
+        drop(dropped);
+        assert_eq!(lock_log(&log).last(), Some(&(6000, 0)));
+    }
+
+    fn lock_log(log: &Mutex<Vec<(u16, u32)>>) -> MutexGuard<'_, Vec<(u16, u32)>> {
+        log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
