@@ -14,7 +14,9 @@ use std::time::Duration;
 use traversal::{Options, PortMapping, Protocol};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: map --port PORT [--protocol udp|tcp] [--lease SECONDS] [--external-port PORT]");
+    eprintln!(
+        "usage: map --port PORT [--protocol udp|tcp] [--lease SECONDS] [--external-port PORT]"
+    );
     ExitCode::from(2)
 }
 

@@ -608,10 +608,19 @@ fn agent() {
         eprintln!("agent: nothing to do outside the NAT lab");
         return;
     };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(std::io::stderr)
-        .try_init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_target("traversal", tracing::Level::DEBUG)
+            .with_default(tracing::Level::INFO);
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(std::io::stderr)
+            .finish()
+            .with(filter)
+            .try_init();
+    }
     let kv = parse_kv(&spec);
     let protocol = match kv.get("proto").map(String::as_str) {
         Some("tcp") => Protocol::Tcp,
