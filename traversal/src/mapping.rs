@@ -104,8 +104,9 @@ struct Current {
 /// [`PortMapping::external_addr`], or follow it with
 /// [`PortMapping::watch_external`].
 ///
-/// Must be created inside a tokio runtime (it spawns the renewal task).
-/// Without one, use [`crate::blocking::PortMapping`].
+/// Must be created inside a tokio runtime (it spawns the renewal task);
+/// outside one the constructors fail with [`Error::InvalidArgument`]. Without
+/// a runtime, use [`crate::blocking::PortMapping`].
 ///
 /// ```no_run
 /// use traversal::{PortMapping, Protocol};
@@ -408,6 +409,11 @@ impl fmt::Debug for PortMapping {
 }
 
 fn check(port: u16, options: &Options) -> Result<(), Error> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::InvalidArgument(
+            "PortMapping needs a tokio runtime (use traversal::blocking::PortMapping without one)",
+        ));
+    }
     if port == 0 {
         return Err(Error::InvalidArgument("port 0 cannot be mapped"));
     }
@@ -510,6 +516,7 @@ impl Renewer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     #[test]
     fn renewal_schedule() {
@@ -534,6 +541,19 @@ mod tests {
             retry_after(Duration::from_secs(1)),
             Duration::from_millis(250)
         );
+    }
+
+    #[test]
+    fn without_a_runtime_the_error_says_so() {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = std::pin::pin!(PortMapping::new(4000, Protocol::Udp));
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Err(Error::InvalidArgument(why))) => {
+                assert!(why.contains("tokio runtime"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

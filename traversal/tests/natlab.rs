@@ -100,8 +100,9 @@ fn lab_unavailable() -> Option<String> {
 }
 
 /// Prints past libtest's output capture, so that CI logs show it.
+/// Starts on a fresh line: libtest may have printed `test name ... `.
 fn loud(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
+    let _ = writeln!(std::io::stderr(), "\n{line}");
 }
 
 struct Lab {
