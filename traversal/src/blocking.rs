@@ -135,6 +135,7 @@ impl PortMapping {
     }
 
     /// The mapped external port.
+    #[doc(alias = "eport")]
     pub fn external_port(&self) -> u16 {
         self.external_addr().port()
     }

@@ -271,6 +271,7 @@ impl PortMapping {
 
     /// The mapped external port. It differs from the local port when the
     /// gateway could not give the one asked for.
+    #[doc(alias = "eport")]
     pub fn external_port(&self) -> u16 {
         self.external_addr().port()
     }
