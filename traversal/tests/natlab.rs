@@ -1,0 +1,831 @@
+//! Port mapping against a real `miniupnpd`, in the network namespaces of
+//! `shared/netlab/natlab` (see its README).
+//!
+//! Each `#[test]` here brings up its own lab (a unique prefix), then runs
+//! this very test binary inside the lab's namespaces: the `#[ignore]`d
+//! `agent` test in `lan1`/`lan2` maps a port and serves an echo on it,
+//! driven by commands on its stdin; the `#[ignore]`d `probe` test in `wan`
+//! sends to the gateway's external address and checks the answer (or the
+//! silence). The lab is torn down when the test ends, whatever happens.
+//!
+//! Without root, `ip netns`, natlab or miniupnpd, each test prints a line
+//! starting with `SKIPPED:` and passes. When the lab can be built, every
+//! check is real.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use traversal::{blocking, Error, Options, PortMapping, Protocol};
+
+/// The environment variable that carries an agent's instructions.
+const AGENT_ENV: &str = "TV_AGENT";
+/// The environment variable that carries a probe's instructions.
+const PROBE_ENV: &str = "TV_PROBE";
+/// The gateway's external address in every lab.
+const GW_WAN_IP: &str = "198.18.0.2";
+const LAN1_IP: &str = "198.19.0.11";
+
+// ----------------------------------------------------------------------------- the lab
+
+fn natlab_path() -> PathBuf {
+    match std::env::var_os("NATLAB") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/netlab/natlab"),
+    }
+}
+
+fn command_ok(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+/// Why the lab cannot be built here, if it cannot.
+fn lab_unavailable() -> Option<String> {
+    let natlab = natlab_path();
+    if !natlab.is_file() {
+        return Some(format!(
+            "natlab not found at {} (set NATLAB)",
+            natlab.display()
+        ));
+    }
+    if effective_uid() != Some(0) {
+        return Some("not running as root".into());
+    }
+    for program in ["ip", "nft", "python3"] {
+        if find_program(program).is_none() {
+            return Some(format!("{program} is not installed"));
+        }
+    }
+    let miniupnpd = std::env::var_os("NATLAB_MINIUPNPD")
+        .map(PathBuf::from)
+        .or_else(|| find_program("miniupnpd"));
+    if !miniupnpd.is_some_and(|p| p.is_file()) {
+        return Some("miniupnpd is not installed (Debian package miniupnpd-nftables)".into());
+    }
+    if !command_ok(Command::new("ip").args(["netns", "list"])) {
+        return Some("`ip netns` does not work".into());
+    }
+    let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
+    let probe = format!("tvprobe-{}-{n}", std::process::id());
+    if !command_ok(Command::new("ip").args(["netns", "add", &probe])) {
+        return Some("cannot create a network namespace".into());
+    }
+    let _ = command_ok(Command::new("ip").args(["netns", "del", &probe]));
+    None
+}
+
+/// Prints past libtest's output capture, so that CI logs show it.
+/// Starts on a fresh line: libtest may have printed `test name ... `.
+fn loud(line: &str) {
+    let _ = writeln!(std::io::stderr(), "\n{line}");
+}
+
+struct Lab {
+    natlab: PathBuf,
+    prefix: String,
+}
+
+static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Lab {
+    /// Brings up a fresh lab with the given knobs, or says SKIPPED and
+    /// returns `None` when this machine cannot build one.
+    fn up(test: &str, knobs: &[(&str, &str)]) -> Option<Lab> {
+        if let Some(reason) = lab_unavailable() {
+            loud(&format!(
+                "SKIPPED: {test}: the NAT lab cannot be built here: {reason}"
+            ));
+            return None;
+        }
+        let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("tv{}-{n}", std::process::id() % 1_000_000);
+        let lab = Lab {
+            natlab: natlab_path(),
+            prefix,
+        };
+        let mut cmd = Command::new("bash");
+        cmd.arg(&lab.natlab).args(["up", &lab.prefix]);
+        for knob in [
+            "NATLAB_UPNP",
+            "NATLAB_NATPMP",
+            "NATLAB_SECURE_MODE",
+            "NATLAB_PREFIX",
+        ] {
+            cmd.env_remove(knob);
+        }
+        for (k, v) in knobs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run natlab up");
+        assert!(
+            out.status.success(),
+            "natlab up {} failed:\n{}\n{}",
+            lab.prefix,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{test}: lab {} is up {knobs:?}", lab.prefix);
+        Some(lab)
+    }
+
+    /// A command running this test binary's ignored test `test` in `role`.
+    fn exec_self(&self, role: &str, test: &str) -> Command {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut cmd = Command::new("bash");
+        cmd.arg(&self.natlab)
+            .args(["exec", role, &self.prefix, "--"])
+            .arg(exe)
+            .args([
+                "--exact",
+                test,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ]);
+        cmd
+    }
+
+    fn status(&self) -> String {
+        let out = Command::new("bash")
+            .arg(&self.natlab)
+            .args(["status", &self.prefix])
+            .output()
+            .expect("run natlab status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The gateway's DNAT rules, as (protocol, external port, target).
+    fn rules(&self) -> Vec<(Protocol, u16, String)> {
+        let status = self.status();
+        let mut rules = Vec::new();
+        for line in status.lines().filter(|l| l.contains("dnat")) {
+            // iif "wan0" @nh,72,8 0x11 th dport 4000 dnat ip to 198.19.0.11:4000
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let after = |w: &str| {
+                words
+                    .iter()
+                    .position(|x| *x == w)
+                    .and_then(|i| words.get(i + 1))
+            };
+            let protocol = if line.contains("0x11") || line.contains("udp") {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            };
+            if let (Some(port), Some(to)) =
+                (after("dport").and_then(|p| p.parse().ok()), after("to"))
+            {
+                rules.push((protocol, port, to.to_string()));
+            }
+        }
+        rules
+    }
+
+    fn has_rule(&self, protocol: Protocol, port: u16) -> bool {
+        self.rules()
+            .iter()
+            .any(|(p, e, _)| *p == protocol && *e == port)
+    }
+
+    /// Runs a probe from `wan` to `target`; panics (with its output) if the
+    /// probe does not see what `expect` says.
+    fn probe(&self, protocol: Protocol, target: SocketAddr, expect: &str) {
+        let spec = format!(
+            "proto={} target={target} expect={expect}",
+            proto_name(protocol)
+        );
+        let out = self
+            .exec_self("wan", "probe")
+            .env(PROBE_ENV, &spec)
+            .output()
+            .expect("run the probe");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "probe [{spec}] failed in lab {}:\n{stdout}\n{}\n{}",
+            self.prefix,
+            String::from_utf8_lossy(&out.stderr),
+            self.status()
+        );
+        let verdict = stdout
+            .lines()
+            .find_map(|l| l.find("@@ PROBE").map(|at| &l[at..]))
+            .unwrap_or("?");
+        eprintln!("probe [{spec}]: {verdict}");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = Command::new("bash")
+            .arg(&self.natlab)
+            .args(["down", &self.prefix, "--kill-strays"])
+            .output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            loud(&format!("natlab down {} failed: {out:?}", self.prefix));
+        }
+    }
+}
+
+fn proto_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Udp => "udp",
+        Protocol::Tcp => "tcp",
+    }
+}
+
+fn parse_kv(spec: &str) -> HashMap<String, String> {
+    spec.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+// ----------------------------------------------------------------------------- agents (driven from outside)
+
+/// A running `agent` inside the lab, with its `@@` lines.
+struct Agent {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    fn spawn(lab: &Lab, role: &str, spec: &str) -> Agent {
+        let name = format!("{role}[{spec}]");
+        let mut child = lab
+            .exec_self(role, "agent")
+            .env(AGENT_ENV, spec)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn an agent");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("agent stdout");
+        let stderr = child.stderr.take().expect("agent stderr");
+        for (stream, tx) in [
+            (Box::new(stdout) as Box<dyn Read + Send>, Some(tx)),
+            (Box::new(stderr) as Box<dyn Read + Send>, None),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    // libtest may print "test agent ... " before our first line.
+                    if let (Some(tx), Some(at)) = (&tx, line.find("@@ ")) {
+                        let _ = tx.send(line[at..].to_string());
+                    }
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+        }
+        Agent {
+            name,
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            log,
+        }
+    }
+
+    fn dump(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    /// Waits for the next `@@ WORD ...` line and returns its key=value pairs.
+    fn expect(&self, word: &str, within: Duration) -> HashMap<String, String> {
+        parse_kv(&self.expect_line(word, within))
+    }
+
+    /// Waits for the next `@@ WORD ...` line and returns the rest of it.
+    fn expect_line(&self, word: &str, within: Duration) -> String {
+        match self.lines.recv_timeout(within) {
+            Ok(line) => match line[3..].strip_prefix(word) {
+                Some(body) => body.trim().to_string(),
+                None => panic!(
+                    "agent {} said `{line}`, expected {word}; its log:\n{}",
+                    self.name,
+                    self.dump()
+                ),
+            },
+            Err(_) => panic!(
+                "agent {} did not say {word} within {within:?}; its log:\n{}",
+                self.name,
+                self.dump()
+            ),
+        }
+    }
+
+    fn send(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().expect("agent stdin");
+        writeln!(stdin, "{command}").expect("write to the agent");
+        stdin.flush().expect("flush the agent's stdin");
+    }
+
+    /// Expects the agent to have mapped a port; returns (method, external, local).
+    fn mapped(&self) -> (String, SocketAddr, SocketAddr) {
+        let kv = self.expect("MAPPED", Duration::from_secs(30));
+        let addr = |k: &str| -> SocketAddr {
+            kv.get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("agent {}: bad {k} in {kv:?}", self.name))
+        };
+        (kv["method"].clone(), addr("external"), addr("local"))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "quit");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ----------------------------------------------------------------------------- the tests
+
+/// UPnP IGD maps a UDP and a TCP port of lan1; wan reaches both through
+/// the external address and gets the answers back. Closing the UDP mapping
+/// and dropping the TCP one remove their DNAT rules, and new flows from wan
+/// no longer arrive.
+#[test]
+fn upnp_maps_udp_and_tcp_and_removes_them() {
+    let Some(lab) = Lab::up("upnp_maps_udp_and_tcp_and_removes_them", &[]) else {
+        return;
+    };
+    let mut udp = Agent::spawn(&lab, "lan1", "proto=udp port=41000");
+    let mut tcp = Agent::spawn(&lab, "lan1", "proto=tcp port=41001");
+    let (method, u_ext, u_local) = udp.mapped();
+    assert_eq!(method, "upnp");
+    assert_eq!(u_ext, format!("{GW_WAN_IP}:41000").parse().unwrap());
+    assert_eq!(u_local, format!("{LAN1_IP}:41000").parse().unwrap());
+    let (method, t_ext, t_local) = tcp.mapped();
+    assert_eq!(method, "upnp");
+    assert_eq!(t_ext, format!("{GW_WAN_IP}:41001").parse().unwrap());
+    assert_eq!(t_local, format!("{LAN1_IP}:41001").parse().unwrap());
+
+    let rules = lab.rules();
+    assert!(
+        rules.contains(&(Protocol::Udp, 41000, format!("{LAN1_IP}:41000"))),
+        "{rules:?}"
+    );
+    assert!(
+        rules.contains(&(Protocol::Tcp, 41001, format!("{LAN1_IP}:41001"))),
+        "{rules:?}"
+    );
+    lab.probe(Protocol::Udp, u_ext, "reply:lan1");
+    lab.probe(Protocol::Tcp, t_ext, "reply:lan1");
+
+    udp.send("close");
+    let kv = udp.expect("CLOSED", Duration::from_secs(10));
+    assert_eq!(kv.get("ok").map(String::as_str), Some("true"), "{kv:?}");
+    assert!(!lab.has_rule(Protocol::Udp, 41000), "{}", lab.status());
+    lab.probe(Protocol::Udp, u_ext, "silence");
+
+    tcp.send("drop");
+    tcp.expect("DROPPED", Duration::from_secs(10));
+    assert!(!lab.has_rule(Protocol::Tcp, 41001), "{}", lab.status());
+    lab.probe(Protocol::Tcp, t_ext, "silence");
+
+    // Refusals: miniupnpd's rules deny external ports below 1024 (606), and
+    // 2869 is its own HTTP port (729), for which we take another port.
+    let denied = Agent::spawn(&lab, "lan1", "proto=udp port=41002 ext=80 methods=upnp");
+    let kv = denied.expect("ERROR", Duration::from_secs(30));
+    let message = denied.expect_line("MESSAGE", Duration::from_secs(5));
+    eprintln!("UPnP, external port 80: {message}");
+    assert_eq!(
+        (kv["kind"].as_str(), kv["code"].as_str()),
+        ("refused", "606"),
+        "{message}"
+    );
+    assert!(message.contains("Action not authorized"), "{message}");
+    let busy = Agent::spawn(&lab, "lan1", "proto=tcp port=41003 ext=2869 methods=upnp");
+    let (method, b_ext, _) = busy.mapped();
+    assert_eq!(method, "upnp");
+    assert_ne!(b_ext.port(), 2869);
+    assert!(
+        lab.has_rule(Protocol::Tcp, b_ext.port()),
+        "{}",
+        lab.status()
+    );
+    lab.probe(Protocol::Tcp, b_ext, "reply:lan1");
+}
+
+/// With UPnP off, NAT-PMP maps UDP (async type) and TCP (blocking type);
+/// a short lease is renewed; lan2 asking for the same port gets another
+/// one; removal works.
+#[test]
+fn natpmp_maps_when_upnp_is_off() {
+    let Some(lab) = Lab::up("natpmp_maps_when_upnp_is_off", &[("NATLAB_UPNP", "no")]) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut udp = Agent::spawn(&lab, "lan1", "proto=udp port=42000 lease=2");
+    let mut tcp = Agent::spawn(&lab, "lan1", "proto=tcp port=42001 blocking=yes");
+    let udp2 = Agent::spawn(&lab, "lan2", "proto=udp port=42000");
+    let (method, u_ext, u_local) = udp.mapped();
+    assert_eq!(method, "natpmp");
+    assert_eq!(u_ext.ip().to_string(), GW_WAN_IP);
+    assert_eq!(u_local, format!("{LAN1_IP}:42000").parse().unwrap());
+    let (method, t_ext, _) = tcp.mapped();
+    assert_eq!(method, "natpmp");
+    assert_eq!(t_ext, format!("{GW_WAN_IP}:42001").parse().unwrap());
+    let (method, u2_ext, _) = udp2.mapped();
+    assert_eq!(method, "natpmp");
+    assert_ne!(
+        u2_ext.port(),
+        u_ext.port(),
+        "lan1 and lan2 got the same external port"
+    );
+    assert!(
+        u_ext.port() == 42000 || u2_ext.port() == 42000,
+        "{u_ext} {u2_ext}"
+    );
+    eprintln!(
+        "NAT-PMP: mapped after {:?} (UPnP discovery timed out first)",
+        started.elapsed()
+    );
+
+    lab.probe(Protocol::Udp, u_ext, "reply:lan1");
+    lab.probe(Protocol::Tcp, t_ext, "reply:lan1");
+    lab.probe(Protocol::Udp, u2_ext, "reply:lan2");
+
+    // The 2 s lease must be renewed: after 4 lease periods a new flow still gets through.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        lab.has_rule(Protocol::Udp, u_ext.port()),
+        "{}",
+        lab.status()
+    );
+    lab.probe(Protocol::Udp, u_ext, "reply:lan1");
+
+    udp.send("drop");
+    udp.expect("DROPPED", Duration::from_secs(10));
+    assert!(
+        !lab.has_rule(Protocol::Udp, u_ext.port()),
+        "{}",
+        lab.status()
+    );
+    lab.probe(Protocol::Udp, u_ext, "silence");
+
+    tcp.send("close");
+    let kv = tcp.expect("CLOSED", Duration::from_secs(10));
+    assert_eq!(kv.get("ok").map(String::as_str), Some("true"), "{kv:?}");
+    assert!(!lab.has_rule(Protocol::Tcp, 42001), "{}", lab.status());
+    lab.probe(Protocol::Tcp, t_ext, "silence");
+    // lan2's mapping is untouched by lan1's removal.
+    lab.probe(Protocol::Udp, u2_ext, "reply:lan2");
+
+    // miniupnpd's rules only allow ports 1024-65535. Asked for external port
+    // 80, NAT-PMP picks an allowed one itself; for internal port 500 there is
+    // none, and it refuses with result code 2.
+    let moved = Agent::spawn(&lab, "lan1", "proto=udp port=42003 ext=80 methods=natpmp");
+    let (_, m_ext, _) = moved.mapped();
+    assert!(m_ext.port() >= 1024, "{m_ext}");
+    lab.probe(Protocol::Udp, m_ext, "reply:lan1");
+    let denied = Agent::spawn(&lab, "lan1", "proto=udp port=500 methods=natpmp");
+    let kv = denied.expect("ERROR", Duration::from_secs(30));
+    let message = denied.expect_line("MESSAGE", Duration::from_secs(5));
+    eprintln!("NAT-PMP, internal port 500: {message}");
+    assert_eq!(
+        (kv["kind"].as_str(), kv["code"].as_str()),
+        ("refused", "2"),
+        "{message}"
+    );
+    assert!(message.contains("Not Authorized/Refused"), "{message}");
+}
+
+/// With neither UPnP nor NAT-PMP, mapping fails with both reasons, fast.
+#[test]
+fn no_mapping_service_fails_clearly_and_quickly() {
+    let Some(lab) = Lab::up(
+        "no_mapping_service_fails_clearly_and_quickly",
+        &[("NATLAB_UPNP", "no"), ("NATLAB_NATPMP", "no")],
+    ) else {
+        return;
+    };
+    let agent = Agent::spawn(&lab, "lan1", "proto=udp port=43000");
+    let kv = agent.expect("ERROR", Duration::from_secs(30));
+    let ms: u64 = kv["ms"].parse().expect("ms");
+    let message = agent.expect_line("MESSAGE", Duration::from_secs(5));
+    eprintln!("both off: failed after {ms} ms: {message}");
+    assert_eq!(kv["kind"], "both_failed", "{kv:?} {message}");
+    assert!(message.contains("UPnP IGD: no gateway found"), "{message}");
+    assert!(message.contains("NAT-PMP: not supported"), "{message}");
+    assert!(ms < 6_000, "took {ms} ms");
+    assert!(lab.rules().is_empty());
+}
+
+/// UPnP: a 2 s lease is renewed for several periods; lan1 and lan2 asking
+/// for the same external port both get working, different ports.
+#[test]
+fn upnp_renews_short_leases_and_shares_a_port_between_hosts() {
+    let Some(lab) = Lab::up(
+        "upnp_renews_short_leases_and_shares_a_port_between_hosts",
+        &[],
+    ) else {
+        return;
+    };
+    let lan1 = Agent::spawn(&lab, "lan1", "proto=udp port=44000 lease=2");
+    let (method, ext1, _) = lan1.mapped();
+    assert_eq!(method, "upnp");
+    assert_eq!(ext1.port(), 44000);
+    let lan2 = Agent::spawn(&lab, "lan2", "proto=udp port=44000 lease=2");
+    let (method, ext2, local2) = lan2.mapped();
+    assert_eq!(method, "upnp");
+    assert_ne!(ext2.port(), 44000, "lan2 got the port lan1 holds");
+    assert_eq!(local2, "198.19.0.12:44000".parse().unwrap());
+    let rules = lab.rules();
+    assert!(
+        rules.contains(&(Protocol::Udp, 44000, format!("{LAN1_IP}:44000"))),
+        "{rules:?}"
+    );
+    assert!(
+        rules.contains(&(Protocol::Udp, ext2.port(), "198.19.0.12:44000".into())),
+        "{rules:?}"
+    );
+    lab.probe(Protocol::Udp, ext1, "reply:lan1");
+    lab.probe(Protocol::Udp, ext2, "reply:lan2");
+
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(lab.has_rule(Protocol::Udp, 44000), "{}", lab.status());
+    assert!(lab.has_rule(Protocol::Udp, ext2.port()), "{}", lab.status());
+    lab.probe(Protocol::Udp, ext1, "reply:lan1");
+    lab.probe(Protocol::Udp, ext2, "reply:lan2");
+}
+
+// ----------------------------------------------------------------------------- inside the lab
+
+/// Inside the lab: maps a port as `TV_AGENT` says, serves an echo on it
+/// (answers are prefixed with the lab role), and obeys `close`, `drop` and
+/// `quit` on stdin. Reports with `@@` lines on stdout.
+#[test]
+#[ignore = "runs inside the NAT lab, started by the other tests"]
+fn agent() {
+    let Ok(spec) = std::env::var(AGENT_ENV) else {
+        eprintln!("agent: nothing to do outside the NAT lab");
+        return;
+    };
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_target("traversal", tracing::Level::DEBUG)
+            .with_default(tracing::Level::INFO);
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(std::io::stderr)
+            .finish()
+            .with(filter)
+            .try_init();
+    }
+    let kv = parse_kv(&spec);
+    let protocol = match kv.get("proto").map(String::as_str) {
+        Some("tcp") => Protocol::Tcp,
+        _ => Protocol::Udp,
+    };
+    let port: u16 = kv["port"].parse().expect("port");
+    let mut options = Options::default();
+    if let Some(lease) = kv.get("lease") {
+        options = options.with_lease(Duration::from_secs(lease.parse().expect("lease")));
+    }
+    if let Some(ext) = kv.get("ext") {
+        options = options.with_external_port(ext.parse().expect("ext"));
+    }
+    match kv.get("methods").map(String::as_str) {
+        Some("upnp") => options = options.with_natpmp(false),
+        Some("natpmp") => options = options.with_upnp(false),
+        _ => {}
+    }
+    let blocking = kv.get("blocking").is_some_and(|v| v == "yes");
+    let role = std::env::var("NATLAB_ROLE").unwrap_or_else(|_| "?".into());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move {
+        serve_echo(protocol, port, role).await;
+        let started = Instant::now();
+        let mapping = if blocking {
+            tokio::task::block_in_place(|| {
+                blocking::PortMapping::with_options(port, protocol, &options)
+            })
+            .map(Held::Blocking)
+        } else {
+            PortMapping::with_options(port, protocol, &options)
+                .await
+                .map(Held::Async)
+        };
+        let mut mapping = match mapping {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let kind = match &e {
+                    Error::BothFailed { .. } => "both_failed",
+                    Error::NoGateway { .. } => "no_gateway",
+                    Error::Refused { .. } => "refused",
+                    Error::Timeout { .. } => "timeout",
+                    Error::Unsupported { .. } => "unsupported",
+                    _ => "other",
+                };
+                let code = e.code().map_or("none".to_string(), |c| c.to_string());
+                println!(
+                    "@@ ERROR kind={kind} code={code} ms={}",
+                    started.elapsed().as_millis()
+                );
+                println!("@@ MESSAGE {e}");
+                return;
+            }
+        };
+        if let Some(m) = &mapping {
+            let (method, external, local, lease) = m.describe();
+            println!("@@ MAPPED method={method} external={external} local={local} lease={lease:?}");
+        }
+        let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        let mut lines = tokio::io::AsyncBufReadExt::lines(stdin);
+        while let Ok(Some(line)) = lines.next_line().await {
+            match line.trim() {
+                "close" => {
+                    if let Some(m) = mapping.take() {
+                        let result = m.close().await;
+                        println!(
+                            "@@ CLOSED ok={} error={:?}",
+                            result.is_ok(),
+                            result.err().map(|e| e.to_string())
+                        );
+                    }
+                }
+                "drop" => {
+                    let m = mapping.take();
+                    tokio::task::block_in_place(|| drop(m));
+                    println!("@@ DROPPED");
+                }
+                "quit" => break,
+                other => println!("@@ HUH {other}"),
+            }
+        }
+        tokio::task::block_in_place(|| drop(mapping));
+    });
+}
+
+enum Held {
+    Async(PortMapping),
+    Blocking(blocking::PortMapping),
+}
+
+impl Held {
+    fn describe(&self) -> (&'static str, SocketAddr, SocketAddr, Duration) {
+        match self {
+            Held::Async(m) => (
+                m.method().as_str(),
+                m.external_addr(),
+                m.local_addr(),
+                m.lease(),
+            ),
+            Held::Blocking(m) => (
+                m.method().as_str(),
+                m.external_addr(),
+                m.local_addr(),
+                m.lease(),
+            ),
+        }
+    }
+
+    async fn close(self) -> Result<(), Error> {
+        match self {
+            Held::Async(m) => m.close().await,
+            Held::Blocking(m) => tokio::task::block_in_place(|| m.close()),
+        }
+    }
+}
+
+/// Echoes what arrives on `port`, prefixed with `role:`.
+async fn serve_echo(protocol: Protocol, port: u16, role: String) {
+    match protocol {
+        Protocol::Udp => {
+            let socket = tokio::net::UdpSocket::bind(("0.0.0.0", port))
+                .await
+                .expect("bind udp");
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1500];
+                while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                    let mut answer = format!("{role}:").into_bytes();
+                    answer.extend_from_slice(&buf[..n]);
+                    let _ = socket.send_to(&answer, from).await;
+                }
+            });
+        }
+        Protocol::Tcp => {
+            let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+                .await
+                .expect("bind tcp");
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let role = role.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = [0u8; 1500];
+                        if let Ok(n) = stream.read(&mut buf).await {
+                            let mut answer = format!("{role}:").into_bytes();
+                            answer.extend_from_slice(&buf[..n]);
+                            let _ = stream.write_all(&answer).await;
+                        }
+                    });
+                }
+            });
+        }
+    }
+}
+
+/// Inside the lab, in `wan`: sends to `TV_PROBE`'s target from a fresh
+/// source port and checks for `expect=reply:ROLE` or `expect=silence`.
+#[test]
+#[ignore = "runs inside the NAT lab, started by the other tests"]
+fn probe() {
+    let Ok(spec) = std::env::var(PROBE_ENV) else {
+        eprintln!("probe: nothing to do outside the NAT lab");
+        return;
+    };
+    let kv = parse_kv(&spec);
+    let target: SocketAddr = kv["target"].parse().expect("target");
+    let expect = kv["expect"].as_str();
+    let nonce = format!("probe-{}", std::process::id());
+    let answer = match kv["proto"].as_str() {
+        "tcp" => tcp_exchange(target, &nonce),
+        _ => udp_exchange(target, &nonce),
+    };
+    println!("@@ PROBE target={target} expect={expect} answer={answer:?}");
+    match expect.strip_prefix("reply:") {
+        Some(role) => assert_eq!(answer.as_deref(), Some(format!("{role}:{nonce}").as_str())),
+        None => assert_eq!(answer, None, "expected silence"),
+    }
+}
+
+fn udp_exchange(target: SocketAddr, nonce: &str) -> Option<String> {
+    let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = [0u8; 1500];
+    for _ in 0..3 {
+        socket.send_to(nonce.as_bytes(), target).expect("send");
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                assert_eq!(from, target, "answer from the wrong address");
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            Err(_) => continue,
+        }
+    }
+    None
+}
+
+fn tcp_exchange(target: SocketAddr, nonce: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_millis(1500)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    stream.write_all(nonce.as_bytes()).ok()?;
+    let mut buf = [0u8; 1500];
+    let n = stream.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
