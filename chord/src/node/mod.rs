@@ -1,6 +1,8 @@
 //! [`LocalNode`]: one Chord node as a state machine without I/O.
 
 mod data;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
