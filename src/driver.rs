@@ -28,6 +28,8 @@ const NEW_PEER_MEMORY: usize = 65_536;
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
+/// Where a lookup or a send ended: the peer, and the hops it took.
+type Reached<A> = (NodeRef<A>, u32);
 
 /// What the application asks of the driver.
 pub(crate) enum Command<A> {
@@ -40,7 +42,7 @@ pub(crate) enum Command<A> {
         target: RoutedTarget,
         payload: Vec<u8>,
         duplicates: u8,
-        reply: Reply<(NodeRef<A>, u32)>,
+        reply: Reply<Reached<A>>,
     },
     #[cfg_attr(not(cicada_routed), allow(dead_code))]
     Broadcast {
@@ -49,7 +51,7 @@ pub(crate) enum Command<A> {
     },
     Lookup {
         key: Hash,
-        reply: Reply<(NodeRef<A>, u32)>,
+        reply: Reply<Reached<A>>,
     },
     Snapshot {
         reply: oneshot::Sender<Snapshot<A>>,
@@ -102,9 +104,9 @@ pub(crate) struct Driver<L: Link> {
     hooks: HookQueue<L::Addr>,
     counters: Arc<Counters>,
     join_reply: Option<Reply<NodeRef<L::Addr>>>,
-    lookups: HashMap<LookupId, Reply<(NodeRef<L::Addr>, u32)>>,
+    lookups: HashMap<LookupId, Reply<Reached<L::Addr>>>,
     #[cfg(cicada_routed)]
-    sends: HashMap<chord::MessageId, Reply<(NodeRef<L::Addr>, u32)>>,
+    sends: HashMap<chord::MessageId, Reply<Reached<L::Addr>>>,
     leave_replies: Vec<oneshot::Sender<()>>,
     seen_peers: HashSet<Hash>,
 }
@@ -238,7 +240,7 @@ impl<L: Link> Driver<L> {
         target: RoutedTarget,
         payload: Vec<u8>,
         duplicates: u8,
-        reply: Reply<(NodeRef<L::Addr>, u32)>,
+        reply: Reply<Reached<L::Addr>>,
         now: Instant,
     ) {
         let target = match target {
@@ -261,7 +263,7 @@ impl<L: Link> Driver<L> {
         _target: RoutedTarget,
         _payload: Vec<u8>,
         _duplicates: u8,
-        reply: Reply<(NodeRef<L::Addr>, u32)>,
+        reply: Reply<Reached<L::Addr>>,
         _now: Instant,
     ) {
         let _ = reply.send(Err(Error::Unavailable));

@@ -313,8 +313,7 @@ fn sixteen_processes_route_send_broadcast_and_survive_kills() {
     let live: Vec<usize> = (0..16).filter(|i| !dead.contains(i)).collect();
     wait_ring(&mut nodes, &live, Duration::from_secs(30)).expect("the ring of 12 converges");
     let from = nodes[0].len();
-    for j in 1..16 {
-        let addr = addrs[j].clone();
+    for (j, addr) in addrs.iter().enumerate().skip(1) {
         nodes[0].cmd(&format!("send {addr} k-{j}"));
     }
     let outcomes = nodes[0].wait_n(from, Duration::from_secs(30), 15, is("sent"));
