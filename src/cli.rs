@@ -32,6 +32,24 @@ pub struct SimArgs {
     /// Periods between the failure and the lookups measured after it.
     #[arg(long, default_value_t = 5)]
     pub recovery_periods: u32,
+    /// Routed sends measured (half to keys, half to exact node ids).
+    #[arg(long, default_value_t = 0)]
+    pub sends: usize,
+    /// Extra copies of each send along other routes.
+    #[arg(long, default_value_t = 0)]
+    pub duplicates: u8,
+    /// Broadcasts measured.
+    #[arg(long, default_value_t = 0)]
+    pub broadcasts: usize,
+    /// Fraction of nodes that silently drop what they should forward.
+    #[arg(long, default_value_t = 0.0)]
+    pub droppers: f64,
+    /// Fraction of nodes killed just before the sends and broadcasts.
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
+    /// Payload of each send and broadcast, in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
     /// Print the report as one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -61,14 +79,21 @@ fn peak_rss_bytes() -> u64 {
 /// assert!(lines.last().unwrap().starts_with('{'));
 /// ```
 pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
-    if !(0.0..1.0).contains(&args.fail) || !(0.0..1.0).contains(&args.loss) {
-        return Err("--fail and --loss must be in [0, 1)".into());
+    let fractions = [args.fail, args.loss, args.droppers, args.churn];
+    if fractions.iter().any(|f| !(0.0..1.0).contains(f)) {
+        return Err("--fail, --loss, --droppers and --churn must be in [0, 1)".into());
     }
     let params = Params {
         nodes: args.nodes,
         lookups: args.lookups,
         fail: args.fail,
         recovery_periods: args.recovery_periods,
+        sends: args.sends,
+        duplicates: args.duplicates,
+        broadcasts: args.broadcasts,
+        droppers: args.droppers,
+        churn: args.churn,
+        payload: args.payload,
         sim: SimConfig {
             seed: args.seed,
             loss: args.loss,
@@ -97,6 +122,28 @@ pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
         lines.push(format!(
             "killed {:>8}   after {} periods: ring correct {}   success {:.4}   hops mean {:.2}  p99 {}",
             report.killed, report.recovery_periods, report.ring_correct_after_fail, report.success_rate_after_fail, report.hops_mean_after_fail, report.hops_p99_after_fail
+        ));
+    }
+    if report.sends > 0 {
+        lines.push(format!(
+            "sends {:>9}   x{} copies   delivered {:.4}   failed {:.4}   unresolved {}   wrong destination {}   hops mean {:.2}",
+            report.sends, report.duplicates as u32 + 1, report.send_delivered_rate, report.send_failed_rate, report.send_unresolved, report.send_wrong_destination, report.send_hops_mean
+        ));
+    }
+    if report.broadcasts > 0 {
+        lines.push(format!(
+            "broadcasts {:>4}   messages each {:.1}   coverage mean {:.4} min {:.4}   depth max {}",
+            report.broadcasts,
+            report.broadcast_messages_per_broadcast,
+            report.broadcast_coverage,
+            report.broadcast_coverage_min,
+            report.broadcast_depth_max
+        ));
+    }
+    if report.sends > 0 || report.broadcasts > 0 {
+        lines.push(format!(
+            "duplicate deliveries {}   (churn killed {}, droppers {:.2})",
+            report.duplicate_deliveries, report.churn_killed, report.droppers
         ));
     }
     lines.push(format!(

@@ -80,6 +80,13 @@ impl PeerConfig {
         self
     }
 
+    /// Sets the largest application message `send` and `broadcast` accept
+    /// (the core splits it into fragments on the wire).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.chord.max_payload = bytes;
+        self
+    }
+
     /// Sets the capacity of the receive queue.
     pub fn recv_queue(mut self, n: usize) -> Self {
         self.recv_queue = n;

@@ -37,14 +37,12 @@ pub(crate) enum Command<A> {
         bootstrap: A,
         reply: Reply<NodeRef<A>>,
     },
-    #[cfg_attr(not(cicada_routed), allow(dead_code))]
     Send {
-        target: RoutedTarget,
+        target: chord::Target,
         payload: Vec<u8>,
         duplicates: u8,
         reply: Reply<Reached<A>>,
     },
-    #[cfg_attr(not(cicada_routed), allow(dead_code))]
     Broadcast {
         payload: Vec<u8>,
         reply: Reply<()>,
@@ -60,14 +58,6 @@ pub(crate) enum Command<A> {
         reply: oneshot::Sender<()>,
     },
     Close,
-}
-
-/// A send target as the core names it.
-#[derive(Clone, Copy, Debug)]
-#[cfg_attr(not(cicada_routed), allow(dead_code))]
-pub(crate) enum RoutedTarget {
-    Key(Hash),
-    Node(Hash),
 }
 
 /// The routing state and counters at one moment.
@@ -105,7 +95,6 @@ pub(crate) struct Driver<L: Link> {
     counters: Arc<Counters>,
     join_reply: Option<Reply<NodeRef<L::Addr>>>,
     lookups: HashMap<LookupId, Reply<Reached<L::Addr>>>,
-    #[cfg(cicada_routed)]
     sends: HashMap<chord::MessageId, Reply<Reached<L::Addr>>>,
     leave_replies: Vec<oneshot::Sender<()>>,
     seen_peers: HashSet<Hash>,
@@ -138,7 +127,6 @@ impl<L: Link> Driver<L> {
             counters,
             join_reply: None,
             lookups: HashMap::new(),
-            #[cfg(cicada_routed)]
             sends: HashMap::new(),
             leave_replies: Vec::new(),
             seen_peers: HashSet::new(),
@@ -234,19 +222,14 @@ impl<L: Link> Driver<L> {
         }
     }
 
-    #[cfg(cicada_routed)]
     fn send(
         &mut self,
-        target: RoutedTarget,
+        target: chord::Target,
         payload: Vec<u8>,
         duplicates: u8,
         reply: Reply<Reached<L::Addr>>,
         now: Instant,
     ) {
-        let target = match target {
-            RoutedTarget::Key(k) => chord::Target::Key(k),
-            RoutedTarget::Node(n) => chord::Target::Node(n),
-        };
         match self.node.send(target, payload, duplicates, now) {
             Ok(id) => {
                 self.sends.insert(id, reply);
@@ -257,19 +240,6 @@ impl<L: Link> Driver<L> {
         }
     }
 
-    #[cfg(not(cicada_routed))]
-    fn send(
-        &mut self,
-        _target: RoutedTarget,
-        _payload: Vec<u8>,
-        _duplicates: u8,
-        reply: Reply<Reached<L::Addr>>,
-        _now: Instant,
-    ) {
-        let _ = reply.send(Err(Error::Unavailable));
-    }
-
-    #[cfg(cicada_routed)]
     fn broadcast(&mut self, payload: Vec<u8>, reply: Reply<()>, now: Instant) {
         match self.node.broadcast(payload, now) {
             // Accepted is all a broadcast promises: it has no single destination to confirm.
@@ -280,11 +250,6 @@ impl<L: Link> Driver<L> {
                 let _ = reply.send(Err(e.into()));
             }
         }
-    }
-
-    #[cfg(not(cicada_routed))]
-    fn broadcast(&mut self, _payload: Vec<u8>, reply: Reply<()>, _now: Instant) {
-        let _ = reply.send(Err(Error::Unavailable));
     }
 
     /// Sends what the core wants sent and delivers what it reports.
@@ -346,26 +311,20 @@ impl<L: Link> Driver<L> {
                     let _ = r.send(());
                 }
             }
-            #[cfg(cicada_routed)]
             Event::Delivered { id, to, hops } => {
                 if let Some(r) = self.sends.remove(&id) {
                     let _ = r.send(Ok((to, hops)));
                 }
             }
-            #[cfg(cicada_routed)]
             Event::SendFailed { id, reason } => {
                 if let Some(r) = self.sends.remove(&id) {
                     let _ = r.send(Err(reason.into()));
                 }
             }
-            #[cfg(cicada_routed)]
             Event::Received { from, payload, .. } => self.received(from, payload),
-            #[allow(unreachable_patterns)]
-            _ => {}
         }
     }
 
-    #[cfg_attr(not(cicada_routed), allow(dead_code))]
     fn received(&mut self, from: NodeRef<L::Addr>, payload: Vec<u8>) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         let data = Bytes::from(payload);

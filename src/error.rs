@@ -42,13 +42,8 @@ pub enum Error {
     #[error("lookup of {0} failed")]
     LookupFailed(Hash),
     /// A send or broadcast was refused or did not reach its destination.
-    #[cfg(cicada_routed)]
     #[error("send failed: {0}")]
     Send(#[from] chord::SendError),
-    /// Routed send is not in this build of the core (temporary).
-    #[cfg(not(cicada_routed))]
-    #[error("routed send is not available in this build of the core")]
-    Unavailable,
 }
 
 /// Shorthand for results of this crate.

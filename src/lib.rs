@@ -20,7 +20,6 @@
 //! without a runtime. Underneath, one driver task owns the sans-I/O
 //! [`chord::LocalNode`] and a [`Link`] ([`UdpLink`] here) carries its datagrams.
 #![warn(missing_docs)]
-#![allow(unexpected_cfgs)] // cicada_routed: until the core's routed send is merged
 
 pub mod blocking;
 pub mod cli;

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::PeerConfig;
-use crate::driver::{Command, Counters, Driver, Incoming, RoutedTarget, Snapshot};
+use crate::driver::{Command, Counters, Driver, Incoming, Snapshot};
 use crate::error::{Error, Result};
 use crate::hooks::{HookQueue, Hooks};
 use crate::link::{Link, UdpLink};
@@ -223,10 +223,10 @@ impl SwarmPeer {
         duplicates: u8,
     ) -> Result<Delivery> {
         let target = match target.into() {
-            SendTarget::Addr(a) => RoutedTarget::Node(node_id(&a)),
-            SendTarget::Host(h, p) => RoutedTarget::Node(node_id(&resolve(&h, p).await?)),
-            SendTarget::Node(id) => RoutedTarget::Node(id),
-            SendTarget::Key(k) => RoutedTarget::Key(k),
+            SendTarget::Addr(a) => chord::Target::Node(node_id(&a)),
+            SendTarget::Host(h, p) => chord::Target::Node(node_id(&resolve(&h, p).await?)),
+            SendTarget::Node(id) => chord::Target::Node(id),
+            SendTarget::Key(k) => chord::Target::Key(k),
             SendTarget::Unbound => return Err(Error::NotBound),
         };
         let payload = data.into().to_vec();

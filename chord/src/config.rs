@@ -20,6 +20,10 @@ pub const MAX_LIST_ON_WIRE: usize = 96;
 pub const MAX_SUCCESSOR_LIST: usize = 64;
 /// Fingers sent to a joining node: enough for a ring of 2^32 nodes.
 pub const MAX_FINGERS_SENT: usize = 32;
+/// Largest payload a node may be configured to accept: beyond this a
+/// message is better streamed than routed through a ring.
+pub const MAX_PAYLOAD_LIMIT: usize = 1 << 20;
+
 /// A lookup forwarded more often than this is in a routing loop (a ring of
 /// 2^64 nodes needs 64 hops with a complete finger table) and is dropped.
 pub const MAX_HOPS: u8 = 64;
@@ -54,6 +58,24 @@ pub struct Config {
     /// Most requests and forwarded lookups awaiting a reply at once; past it
     /// new ones are refused and counted, so a flood costs bounded memory.
     pub max_pending: usize,
+    /// Largest application payload accepted by `send` and `broadcast`;
+    /// larger ones are refused at the API, not truncated.
+    pub max_payload: usize,
+    /// Largest payload put in one datagram; larger payloads are split. 1200
+    /// bytes plus headers fit the smallest common path MTU (IPv6's 1280).
+    pub max_fragment: usize,
+    /// How long a send may take, across retries, before it fails.
+    pub send_timeout: std::time::Duration,
+    /// How long one attempt of a send waits for the destination's
+    /// confirmation before all copies go again, by other first hops. Hops
+    /// are acknowledged one by one, so silence this long means a forwarder
+    /// dropped the message (or it was lost), not that a node died.
+    pub send_attempt_timeout: std::time::Duration,
+    /// Message ids remembered to hand each message up once; covers far more
+    /// than the messages a node receives within one send timeout.
+    pub dedup_window: usize,
+    /// Bytes of fragments held awaiting their siblings, at most.
+    pub reassembly_bytes: usize,
 }
 
 impl Default for Config {
@@ -66,6 +88,12 @@ impl Default for Config {
             lookup_timeout: Duration::from_secs(8),
             fingers_per_tick: 1,
             max_pending: 4096,
+            max_payload: 64 * 1024,
+            max_fragment: 1200,
+            send_timeout: Duration::from_secs(10),
+            send_attempt_timeout: Duration::from_secs(2),
+            dedup_window: 8192,
+            reassembly_bytes: 4 << 20,
         }
     }
 }
@@ -84,13 +112,32 @@ impl Config {
         if self.stabilize_interval.is_zero() || self.request_timeout.is_zero() {
             return Err(ConfigError("intervals and timeouts must be positive"));
         }
+        if self.send_attempt_timeout.is_zero() || self.send_timeout < self.send_attempt_timeout {
+            return Err(ConfigError(
+                "send_timeout must be at least send_attempt_timeout > 0",
+            ));
+        }
         if self.lookup_timeout < self.request_timeout {
             return Err(ConfigError(
                 "lookup_timeout must be at least request_timeout",
             ));
         }
-        if self.max_pending == 0 {
-            return Err(ConfigError("max_pending must be positive"));
+        if self.max_payload > MAX_PAYLOAD_LIMIT {
+            return Err(ConfigError("max_payload must be at most 1 MiB"));
+        }
+        if self.max_fragment < 64 || self.max_fragment > 60_000 {
+            return Err(ConfigError("max_fragment must be in 64..=60000"));
+        }
+        if self.max_payload / self.max_fragment >= u16::MAX as usize {
+            return Err(ConfigError("max_payload needs too many fragments"));
+        }
+        if self.reassembly_bytes < self.max_payload {
+            return Err(ConfigError(
+                "reassembly_bytes must hold at least one payload",
+            ));
+        }
+        if self.max_pending == 0 || self.dedup_window == 0 {
+            return Err(ConfigError("max_pending and dedup_window must be positive"));
         }
         Ok(())
     }

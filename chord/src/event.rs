@@ -17,6 +17,48 @@ pub struct Transmit<A> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LookupId(pub u64);
 
+/// Names a message sent with [`crate::LocalNode::send`] or
+/// [`crate::LocalNode::broadcast`]; receivers see the origin's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub u64);
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// To whichever live node owns this key (its successor).
+    Key(Hash),
+    /// To exactly the node with this id; fails if no live node has it.
+    Node(Hash),
+}
+
+/// Why a send was refused or failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The node is not part of a ring yet.
+    #[error("not part of a swarm yet")]
+    NotJoined,
+    /// The payload is larger than the configured maximum.
+    #[error("payload of {size} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// The payload's size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// Too many sends are outstanding.
+    #[error("too many messages in flight")]
+    Overloaded,
+    /// No live node has the target id.
+    #[error("no live peer has that id")]
+    NoSuchNode,
+    /// No acknowledgement from the destination before the deadline.
+    #[error("the destination did not confirm in time")]
+    Timeout,
+    /// This node left the ring before the message was confirmed.
+    #[error("this peer left the swarm")]
+    Left,
+}
+
 /// Why a join failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
@@ -80,6 +122,35 @@ pub enum Event<A> {
     PeerRemoved(NodeRef<A>),
     /// This node left the ring gracefully; it sends nothing more.
     Left,
+    /// A message sent with `send` reached its destination, which confirmed.
+    Delivered {
+        /// The message.
+        id: MessageId,
+        /// The node that received it.
+        to: NodeRef<A>,
+        /// Forwarding steps it took.
+        hops: u32,
+    },
+    /// A message sent with `send` cannot be delivered.
+    SendFailed {
+        /// The message.
+        id: MessageId,
+        /// Why.
+        reason: SendError,
+    },
+    /// An application message for this node, handed up once.
+    Received {
+        /// The node that sent it.
+        from: NodeRef<A>,
+        /// The sender's id for it.
+        id: MessageId,
+        /// The application's bytes.
+        payload: Vec<u8>,
+        /// Whether it came by broadcast.
+        broadcast: bool,
+        /// Forwarding steps it took to arrive.
+        hops: u32,
+    },
 }
 
 /// Counters a node keeps; they only grow.
@@ -107,4 +178,16 @@ pub struct Stats {
     pub lookups_forwarded: u64,
     /// Peers declared dead after unanswered requests.
     pub peers_failed: u64,
+    /// Application datagrams received to deliver or forward.
+    pub data_forwarded: u64,
+    /// Broadcast datagrams sent to children.
+    pub broadcast_sent: u64,
+    /// Copies of messages already handed up (duplicates, retries), dropped.
+    pub duplicates_suppressed: u64,
+    /// Deepest broadcast received (forwarding steps from its origin).
+    pub max_broadcast_hops: u32,
+    /// Fragments refused by reassembly (inconsistent or over the memory bound).
+    pub reassembly_refused: u64,
+    /// Messages reported undeliverable to their origin.
+    pub undeliverable: u64,
 }

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod config;
+pub mod delivery;
 mod event;
 mod hash;
 mod node;
@@ -26,9 +27,9 @@ pub mod wire;
 
 pub use config::{
     Config, ConfigError, MAGIC, MAX_DATAGRAM, MAX_FINGERS_SENT, MAX_HOPS, MAX_LIST_ON_WIRE,
-    MAX_SUCCESSOR_LIST, VERSION,
+    MAX_PAYLOAD_LIMIT, MAX_SUCCESSOR_LIST, VERSION,
 };
-pub use event::{Event, JoinError, LookupId, Stats, Transmit};
+pub use event::{Event, JoinError, LookupId, MessageId, SendError, Stats, Target, Transmit};
 pub use hash::{Hash, Interval, ParseHashError};
 pub use node::{Address, LocalNode};
 pub use wire::{DecodeError, NodeRef};

@@ -30,10 +30,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::config::Config;
-use crate::event::{Event, LookupId};
+use crate::event::{Event, LookupId, MessageId, SendError, Target};
 use crate::hash::Hash;
 use crate::node::LocalNode;
-use crate::wire::NodeRef;
+use crate::wire::{HopAck, Message, Mode, NodeRef};
 
 pub use experiment::{run, Params, Report};
 
@@ -164,9 +164,48 @@ impl Ord for Entry {
     }
 }
 
+/// What happened to application messages, for experiments to check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataEvent {
+    /// `node` received message `msg` of `origin`.
+    Received {
+        /// The receiver.
+        node: u32,
+        /// The sender.
+        origin: u32,
+        /// The sender's message id.
+        msg: MessageId,
+        /// Whether by broadcast.
+        broadcast: bool,
+        /// Forwarding steps.
+        hops: u32,
+    },
+    /// `origin`'s message was confirmed by `to`.
+    Delivered {
+        /// The sender.
+        origin: u32,
+        /// The message.
+        msg: MessageId,
+        /// The destination that confirmed.
+        to: u32,
+        /// Forwarding steps.
+        hops: u32,
+    },
+    /// `origin`'s message failed.
+    Failed {
+        /// The sender.
+        origin: u32,
+        /// The message.
+        msg: MessageId,
+        /// Why.
+        reason: SendError,
+    },
+}
+
 #[derive(Debug)]
 struct Slot {
     node: LocalNode<u32>,
+    dropper: bool,
     alive: bool,
     joined: bool,
     timer: Option<Instant>,
@@ -185,6 +224,7 @@ pub struct Sim {
     joined: Vec<u32>,
     open: BTreeMap<(u32, LookupId), Hash>,
     join_failures: Vec<u32>,
+    data_log: Vec<DataEvent>,
     finished: Vec<LookupOutcome>,
     events: Vec<(u32, Event<u32>)>,
     keep_events: bool,
@@ -208,6 +248,7 @@ impl Sim {
             joined: Vec::new(),
             open: BTreeMap::new(),
             join_failures: Vec::new(),
+            data_log: Vec::new(),
             finished: Vec::new(),
             events: Vec::new(),
             keep_events: false,
@@ -240,6 +281,7 @@ impl Sim {
         .expect("the simulator's node configuration is valid");
         self.slots.push(Slot {
             node,
+            dropper: false,
             alive: true,
             joined: false,
             timer: None,
@@ -341,6 +383,43 @@ impl Sim {
     /// Lookups started and not yet ended.
     pub fn open_lookups(&self) -> usize {
         self.open.len()
+    }
+
+    /// Sends an application message from `addr`; its fate shows in
+    /// [`Sim::take_data_events`].
+    pub fn send(
+        &mut self,
+        addr: u32,
+        target: Target,
+        payload: Vec<u8>,
+        duplicates: u8,
+    ) -> Result<MessageId, SendError> {
+        let now = self.now;
+        let r = self.slots[addr as usize]
+            .node
+            .send(target, payload, duplicates, now);
+        self.after(addr);
+        r
+    }
+
+    /// Broadcasts from `addr`.
+    pub fn broadcast(&mut self, addr: u32, payload: Vec<u8>) -> Result<MessageId, SendError> {
+        let now = self.now;
+        let r = self.slots[addr as usize].node.broadcast(payload, now);
+        self.after(addr);
+        r
+    }
+
+    /// Makes `addr` a dropper: it acknowledges every message it should
+    /// forward and then silently drops it (a faulty or malicious forwarder).
+    /// It still receives what is meant for it.
+    pub fn set_dropper(&mut self, addr: u32, dropper: bool) {
+        self.slots[addr as usize].dropper = dropper;
+    }
+
+    /// Application-message events since the last call.
+    pub fn take_data_events(&mut self) -> Vec<DataEvent> {
+        std::mem::take(&mut self.data_log)
     }
 
     /// Nodes whose join failed since the last call.
@@ -448,6 +527,24 @@ impl Sim {
                     self.net.to_dead += 1;
                     return;
                 }
+                if slot.dropper {
+                    if let Ok(Message::Data(d)) = Message::<u32>::decode(&bytes) {
+                        if !d.header.last_hop && d.header.mode != Mode::Broadcast {
+                            let ack = Message::<u32>::HopAck(HopAck { txn: d.header.txn });
+                            let at = self.now + self.latency();
+                            self.push(
+                                at,
+                                Action::Deliver {
+                                    to: from,
+                                    from: to,
+                                    bytes: ack.encode(),
+                                },
+                            );
+                            return;
+                        }
+                    }
+                }
+                let slot = &mut self.slots[to as usize];
                 slot.node.handle_datagram(now, from, &bytes);
                 self.after(to);
             }
@@ -528,6 +625,30 @@ impl Sim {
             } => self.finish_lookup(addr, *id, Some((owner.clone(), *hops))),
             Event::LookupFailed { id, .. } => self.finish_lookup(addr, *id, None),
             Event::JoinFailed { .. } => self.join_failures.push(addr),
+            Event::Received {
+                from,
+                id,
+                broadcast,
+                hops,
+                ..
+            } => self.data_log.push(DataEvent::Received {
+                node: addr,
+                origin: from.addr,
+                msg: *id,
+                broadcast: *broadcast,
+                hops: *hops,
+            }),
+            Event::Delivered { id, to, hops } => self.data_log.push(DataEvent::Delivered {
+                origin: addr,
+                msg: *id,
+                to: to.addr,
+                hops: *hops,
+            }),
+            Event::SendFailed { id, reason } => self.data_log.push(DataEvent::Failed {
+                origin: addr,
+                msg: *id,
+                reason: reason.clone(),
+            }),
             _ => {}
         }
         if self.keep_events {

@@ -175,6 +175,81 @@ pub struct SuccessorHint<A> {
     pub node: NodeRef<A>,
 }
 
+/// How a [`Data`] message is addressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// To whichever live node owns the key `target`.
+    Key,
+    /// To exactly the node whose id is `target`; fails if none is live.
+    Node,
+    /// A broadcast: the receiver covers the arc from itself to `limit`.
+    /// Routed (not final) it goes to the first live node at or after `target`.
+    Broadcast,
+}
+
+/// The routing part of an application message; the payload follows it raw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataHeader<A> {
+    /// Per-hop request id, echoed in the hop's acknowledgement.
+    pub txn: u64,
+    /// The origin's message id.
+    pub msg: u64,
+    /// Who sent the message, and receives the end-to-end acknowledgement.
+    pub origin: NodeRef<A>,
+    /// The key or node id the message goes to.
+    pub target: Hash,
+    /// How `target` is read.
+    pub mode: Mode,
+    /// Broadcast only: the end (exclusive) of the arc the receiver covers.
+    pub limit: Hash,
+    /// Forwarding steps so far.
+    pub hops: u8,
+    /// The sender believes the receiver is the destination.
+    pub last_hop: bool,
+    /// This fragment's index.
+    pub frag: u16,
+    /// Number of fragments of the message (1: not split).
+    pub frags: u16,
+}
+
+/// An application message (unicast or broadcast) or one fragment of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Data<A> {
+    /// Addressing and routing.
+    pub header: DataHeader<A>,
+    /// The application's bytes (or this fragment of them).
+    pub payload: Vec<u8>,
+}
+
+/// End-to-end acknowledgement: the destination has the whole message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered<A> {
+    /// The origin's message id.
+    pub msg: u64,
+    /// The node that received it.
+    pub owner: NodeRef<A>,
+    /// Forwarding steps the message took.
+    pub hops: u8,
+}
+
+/// Why a message cannot be delivered, reported to its origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// No live node has the target id.
+    NoSuchNode,
+    /// The forwarder ran out of routes or hops.
+    NoRoute,
+}
+
+/// A forwarder's report that a message cannot be delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undeliverable {
+    /// The origin's message id.
+    pub msg: u64,
+    /// Why.
+    pub reason: Refusal,
+}
+
 /// Sent in reply to a datagram of an unsupported version. Its layout is
 /// the same in every version: header (with kind 0) and two raw bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +283,12 @@ pub enum Message<A> {
     Leave(Leave<A>),
     /// Kind 9.
     SuccessorHint(SuccessorHint<A>),
+    /// Kind 10.
+    Data(Data<A>),
+    /// Kind 11.
+    Delivered(Delivered<A>),
+    /// Kind 12.
+    Undeliverable(Undeliverable),
 }
 
 fn body<T: DeserializeOwned>(kind: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
@@ -246,6 +327,9 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::Found(_) => 7,
             Message::Leave(_) => 8,
             Message::SuccessorHint(_) => 9,
+            Message::Data(_) => 10,
+            Message::Delivered(_) => 11,
+            Message::Undeliverable(_) => 12,
         }
     }
 
@@ -269,6 +353,13 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::Found(m) => append(&mut out, m),
             Message::Leave(m) => append(&mut out, m),
             Message::SuccessorHint(m) => append(&mut out, m),
+            Message::Data(m) => {
+                let r = append(&mut out, &m.header);
+                out.extend_from_slice(&m.payload);
+                r
+            }
+            Message::Delivered(m) => append(&mut out, m),
+            Message::Undeliverable(m) => append(&mut out, m),
         };
         // Serializing our own in-memory values into a Vec cannot fail: postcard
         // only fails on sequences of unknown length, which we do not have.
@@ -304,27 +395,44 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
         if version != VERSION {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        let msg = match kind {
-            1 => Message::Ping(body("Ping", rest)?),
-            2 => Message::Pong(body("Pong", rest)?),
-            3 => Message::GetNeighbors(body("GetNeighbors", rest)?),
-            4 => {
-                let m: Neighbors<A> = body("Neighbors", rest)?;
-                check_list(&m.successors)?;
-                check_list(&m.fingers)?;
-                Message::Neighbors(m)
-            }
-            5 => Message::FindSuccessor(body("FindSuccessor", rest)?),
-            6 => Message::HopAck(body("HopAck", rest)?),
-            7 => Message::Found(body("Found", rest)?),
-            8 => {
-                let m: Leave<A> = body("Leave", rest)?;
-                check_list(&m.successors)?;
-                Message::Leave(m)
-            }
-            9 => Message::SuccessorHint(body("SuccessorHint", rest)?),
-            other => return Err(DecodeError::UnknownKind(other)),
-        };
+        let msg =
+            match kind {
+                1 => Message::Ping(body("Ping", rest)?),
+                2 => Message::Pong(body("Pong", rest)?),
+                3 => Message::GetNeighbors(body("GetNeighbors", rest)?),
+                4 => {
+                    let m: Neighbors<A> = body("Neighbors", rest)?;
+                    check_list(&m.successors)?;
+                    check_list(&m.fingers)?;
+                    Message::Neighbors(m)
+                }
+                5 => Message::FindSuccessor(body("FindSuccessor", rest)?),
+                6 => Message::HopAck(body("HopAck", rest)?),
+                7 => Message::Found(body("Found", rest)?),
+                8 => {
+                    let m: Leave<A> = body("Leave", rest)?;
+                    check_list(&m.successors)?;
+                    Message::Leave(m)
+                }
+                9 => Message::SuccessorHint(body("SuccessorHint", rest)?),
+                10 => {
+                    let (header, payload) = postcard::take_from_bytes::<DataHeader<A>>(rest)
+                        .map_err(|e| DecodeError::Malformed {
+                            kind: "Data",
+                            reason: e.to_string(),
+                        })?;
+                    if header.frags == 0 || header.frag >= header.frags {
+                        return Err(DecodeError::OverLimit("fragment index out of range"));
+                    }
+                    Message::Data(Data {
+                        header,
+                        payload: payload.to_vec(),
+                    })
+                }
+                11 => Message::Delivered(body("Delivered", rest)?),
+                12 => Message::Undeliverable(body("Undeliverable", rest)?),
+                other => return Err(DecodeError::UnknownKind(other)),
+            };
         Ok(msg)
     }
 }
@@ -413,6 +521,34 @@ mod tests {
                 "c1ca0108090909090909090909090909090909090909090909090909090909090909090900 00",
             ),
             (
+                Message::Data(Data {
+                    header: DataHeader {
+                        txn: 1,
+                        msg: 2,
+                        origin: node(3, 3),
+                        target: Hash::from_bytes([4; 32]),
+                        mode: Mode::Node,
+                        limit: Hash::ZERO,
+                        hops: 5,
+                        last_hop: true,
+                        frag: 0,
+                        frags: 1,
+                    },
+                    payload: b"hi".to_vec(),
+                }),
+                "c1ca010a 01 02 0303030303030303030303030303030303030303030303030303030303030303 03 \
+                 0404040404040404040404040404040404040404040404040404040404040404 01 \
+                 0000000000000000000000000000000000000000000000000000000000000000 05 01 00 01 6869",
+            ),
+            (
+                Message::Delivered(Delivered { msg: 2, owner: node(6, 6), hops: 3 }),
+                "c1ca010b 02 0606060606060606060606060606060606060606060606060606060606060606 06 03",
+            ),
+            (
+                Message::Undeliverable(Undeliverable { msg: 2, reason: Refusal::NoSuchNode }),
+                "c1ca010c 02 00",
+            ),
+            (
                 Message::SuccessorHint(SuccessorHint { node: node(0x0b, 300) }),
                 "c1ca0109 0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b ac02",
             ),
@@ -485,7 +621,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_behind_a_valid_header(kind in 0u8..12, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn decode_never_panics_behind_a_valid_header(kind in 0u8..16, body in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut bytes = vec![0xC1, 0xCA, VERSION, kind];
             bytes.extend(body);
             let _ = Message::<std::net::SocketAddr>::decode(&bytes);
@@ -505,6 +641,9 @@ mod tests {
                 Message::Found(Found { lookup, key: Hash::from_bytes(key), owner: origin.clone(), hops }),
                 Message::Leave(Leave { sender: Hash::from_bytes(key), predecessor: Some(origin.clone()), successors: list }),
                 Message::SuccessorHint(SuccessorHint { node: origin.clone() }),
+                Message::Data(Data { header: DataHeader { txn, msg: lookup, origin: origin.clone(), target: Hash::from_bytes(key), mode: Mode::Broadcast, limit: Hash::from_bytes(key), hops, last_hop: n % 2 == 0, frag: 0, frags: 1 + n as u16 }, payload: vec![7; n * 50] }),
+                Message::Delivered(Delivered { msg: lookup, owner: origin.clone(), hops }),
+                Message::Undeliverable(Undeliverable { msg: lookup, reason: Refusal::NoRoute }),
             ];
             for m in msgs {
                 prop_assert_eq!(Message::<u32>::decode(&m.encode()), Ok(m));

@@ -293,3 +293,83 @@ fn peers_are_reported_once_as_they_enter() {
         assert!(!present.contains(n), "a node never reports itself");
     }
 }
+
+fn traffic(nodes: usize, seed: u64, f: impl FnOnce(&mut Params)) -> sim::Report {
+    let mut params = Params {
+        nodes,
+        lookups: 0,
+        settle_periods: 5,
+        sim: SimConfig {
+            seed,
+            ..SimConfig::default()
+        },
+        ..Params::default()
+    };
+    f(&mut params);
+    sim::run(&params)
+}
+
+#[test]
+fn sends_and_broadcasts_in_a_stable_ring() {
+    let r = traffic(3000, 21, |p| {
+        p.sends = 2000;
+        p.broadcasts = 3;
+    });
+    assert_eq!(r.send_delivered_rate, 1.0, "{r:?}");
+    assert_eq!(r.send_unresolved, 0);
+    assert_eq!(r.send_wrong_destination, 0);
+    assert_eq!(r.duplicate_deliveries, 0);
+    // Exactly N-1 messages, everyone once, depth within ceil(log2 N) + 1.
+    assert_eq!(r.broadcast_messages_per_broadcast, 2999.0, "{r:?}");
+    assert_eq!(r.broadcast_coverage_min, 1.0);
+    assert!(r.broadcast_depth_max <= 13, "{r:?}");
+}
+
+#[test]
+fn sends_and_broadcasts_right_after_ten_percent_die() {
+    let r = traffic(3000, 22, |p| {
+        p.sends = 2000;
+        p.broadcasts = 3;
+        p.churn = 0.1;
+    });
+    assert_eq!(r.churn_killed, 300);
+    assert!(r.send_delivered_rate >= 0.99, "{r:?}");
+    // Every send that was not delivered says so.
+    assert_eq!(r.send_unresolved, 0, "{r:?}");
+    assert_eq!(r.send_wrong_destination, 0, "{r:?}");
+    assert!((r.send_delivered_rate + r.send_failed_rate - 1.0).abs() < 1e-9);
+    assert!(r.broadcast_coverage_min >= 0.99, "{r:?}");
+    assert_eq!(r.duplicate_deliveries, 0);
+}
+
+#[test]
+fn duplicates_route_around_droppers() {
+    let with = traffic(2000, 23, |p| {
+        p.sends = 2000;
+        p.duplicates = 2;
+        p.droppers = 0.1;
+    });
+    let without = traffic(2000, 23, |p| {
+        p.sends = 2000;
+        p.droppers = 0.1;
+    });
+    assert!(with.send_delivered_rate >= 0.99, "{with:?}");
+    assert!(
+        without.send_delivered_rate < with.send_delivered_rate,
+        "{without:?}"
+    );
+    assert_eq!(with.send_unresolved, 0);
+    assert_eq!(with.duplicate_deliveries, 0, "three copies, one delivery");
+}
+
+#[test]
+fn large_payloads_are_split_and_reassembled() {
+    let r = traffic(300, 24, |p| {
+        p.sends = 200;
+        p.broadcasts = 2;
+        p.payload = 20_000; // 17 fragments of 1200 bytes
+    });
+    assert_eq!(r.send_delivered_rate, 1.0, "{r:?}");
+    assert_eq!(r.broadcast_coverage_min, 1.0, "{r:?}");
+    assert_eq!(r.duplicate_deliveries, 0);
+}

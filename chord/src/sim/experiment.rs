@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{LookupOutcome, Sim, SimConfig};
+use std::collections::BTreeMap;
+
+use super::{DataEvent, LookupOutcome, Sim, SimConfig};
+use crate::event::{MessageId, Target};
 use crate::hash::Hash;
 
 /// What to simulate.
@@ -28,6 +31,19 @@ pub struct Params {
     pub recovery_periods: u32,
     /// Give up if the ring is not correct this many periods after the last join.
     pub max_converge_periods: u32,
+    /// Routed sends measured (half to keys, half to exact node ids).
+    pub sends: usize,
+    /// Extra copies of each send along other routes.
+    pub duplicates: u8,
+    /// Broadcasts measured, one after another.
+    pub broadcasts: usize,
+    /// Fraction of nodes that acknowledge and then drop what they should forward.
+    pub droppers: f64,
+    /// Fraction of nodes killed just before the sends and broadcasts, with
+    /// no time to stabilize.
+    pub churn: f64,
+    /// Payload size of sends and broadcasts, in bytes.
+    pub payload: usize,
     /// The network and the nodes' configuration, with the seed.
     pub sim: SimConfig,
 }
@@ -42,6 +58,12 @@ impl Default for Params {
             settle_periods: 10,
             recovery_periods: 5,
             max_converge_periods: 60,
+            sends: 0,
+            duplicates: 0,
+            broadcasts: 0,
+            droppers: 0.0,
+            churn: 0.0,
+            payload: 100,
             sim: SimConfig::default(),
         }
     }
@@ -87,6 +109,38 @@ pub struct Report {
     pub messages_per_node_per_s: f64,
     /// Maintenance bytes per node per second in the settled ring.
     pub bytes_per_node_per_s: f64,
+    /// Sends measured.
+    pub sends: usize,
+    /// Extra copies per send.
+    pub duplicates: u8,
+    /// Fraction of forwarders that dropped messages.
+    pub droppers: f64,
+    /// Nodes killed just before the traffic.
+    pub churn_killed: usize,
+    /// Fraction of sends confirmed by their true destination.
+    pub send_delivered_rate: f64,
+    /// Fraction of sends that ended in a failure event.
+    pub send_failed_rate: f64,
+    /// Failed sends by reason.
+    pub send_failures: BTreeMap<String, usize>,
+    /// Sends that ended in no event at all (must be 0).
+    pub send_unresolved: usize,
+    /// Sends confirmed by a node that is not their destination (must be 0).
+    pub send_wrong_destination: usize,
+    /// Mean forwarding hops of delivered sends.
+    pub send_hops_mean: f64,
+    /// Times a node's application saw the same message again (must be 0).
+    pub duplicate_deliveries: usize,
+    /// Broadcasts measured.
+    pub broadcasts: usize,
+    /// Broadcast datagrams sent per broadcast (N-1 in a stable ring).
+    pub broadcast_messages_per_broadcast: f64,
+    /// Mean fraction of live nodes (other than the origin) reached.
+    pub broadcast_coverage: f64,
+    /// Lowest coverage of any broadcast.
+    pub broadcast_coverage_min: f64,
+    /// Deepest receiver of any broadcast (forwarding steps from the origin).
+    pub broadcast_depth_max: u32,
     /// Virtual seconds simulated.
     pub sim_seconds: f64,
     /// Datagrams the network carried in the whole run.
@@ -157,16 +211,14 @@ pub fn run(params: &Params) -> Report {
     report.hops_p50 = s.hops_p50;
     report.hops_p99 = s.hops_p99;
 
+    if params.sends > 0 || params.broadcasts > 0 {
+        measure_traffic(&mut sim, params, &mut report);
+    }
+
     if params.fail > 0.0 {
-        let mut live = sim.live();
-        let kill = ((params.fail * n as f64).floor() as usize).min(live.len().saturating_sub(1));
-        // Partial Fisher-Yates: the first `kill` entries become a random sample.
-        for i in 0..kill {
-            let j = i + (sim.random_u64() % (live.len() - i) as u64) as usize;
-            live.swap(i, j);
-            sim.kill(live[i]);
-        }
-        report.killed = kill;
+        let before = sim.live().len();
+        let survivors = kill_random(&mut sim, (params.fail * n as f64).floor() as usize);
+        report.killed = before - survivors.len();
         sim.run_for(period * params.recovery_periods);
         report.ring_correct_after_fail = sim.ring_check().is_correct();
         let s = measure_lookups(&mut sim, params.lookups);
@@ -177,6 +229,186 @@ pub fn run(params: &Params) -> Report {
     report.sim_seconds = sim.elapsed().as_secs_f64();
     report.datagrams = sim.net_stats().datagrams;
     report
+}
+
+/// Kills `count` random live nodes; returns the survivors.
+fn kill_random(sim: &mut Sim, count: usize) -> Vec<u32> {
+    let mut live = sim.live();
+    let count = count.min(live.len().saturating_sub(1));
+    for i in 0..count {
+        let j = i + (sim.random_u64() % (live.len() - i) as u64) as usize;
+        live.swap(i, j);
+        sim.kill(live[i]);
+    }
+    live.split_off(count)
+}
+
+fn measure_traffic(sim: &mut Sim, params: &Params, report: &mut Report) {
+    let n = sim.live().len();
+    report.sends = params.sends;
+    report.duplicates = params.duplicates;
+    report.droppers = params.droppers;
+    report.broadcasts = params.broadcasts;
+    // Droppers first (they stay), then the churn (no time to heal).
+    let mut honest = sim.live();
+    let droppers = (params.droppers * n as f64).floor() as usize;
+    for i in 0..droppers.min(honest.len().saturating_sub(1)) {
+        let j = i + (sim.random_u64() % (honest.len() - i) as u64) as usize;
+        honest.swap(i, j);
+        sim.set_dropper(honest[i], true);
+    }
+    let honest: Vec<u32> = honest.split_off(droppers.min(honest.len().saturating_sub(1)));
+    if params.churn > 0.0 {
+        let kill = (params.churn * n as f64).floor() as usize;
+        let _ = kill_random(sim, kill);
+        report.churn_killed = kill;
+    }
+    let honest: Vec<u32> = honest.into_iter().filter(|a| sim.is_live(*a)).collect();
+    let live = sim.live();
+    let truth = sim.truth();
+    sim.take_data_events();
+
+    // Sends: half to the owner of a random key, half to a random live node.
+    let mut sent: BTreeMap<(u32, MessageId), Option<u32>> = BTreeMap::new();
+    for i in 0..params.sends {
+        let origin = honest[(sim.random_u64() % honest.len() as u64) as usize];
+        let (target, dest) = if i % 2 == 0 {
+            let key = random_key(sim);
+            (Target::Key(key), truth.successor_of(&key))
+        } else {
+            let d = live[(sim.random_u64() % live.len() as u64) as usize];
+            (Target::Node(sim.node(d).id()), Some(d))
+        };
+        if let Ok(id) = sim.send(
+            origin,
+            target,
+            vec![0x5a; params.payload],
+            params.duplicates,
+        ) {
+            sent.insert((origin, id), dest);
+        }
+    }
+    let limit = sim.elapsed() + sim.cfg.node.send_timeout * 2;
+    let mut events = Vec::new();
+    let mut resolved = 0;
+    while resolved < sent.len() && sim.elapsed() < limit {
+        sim.run_for(Duration::from_millis(100));
+        for e in sim.take_data_events() {
+            if matches!(e, DataEvent::Delivered { .. } | DataEvent::Failed { .. }) {
+                resolved += 1;
+            }
+            events.push(e);
+        }
+    }
+    sim.run_for(Duration::from_secs(1)); // let late copies arrive, to count them
+    events.extend(sim.take_data_events());
+    let mut outcome: BTreeMap<(u32, MessageId), bool> = BTreeMap::new();
+    let mut received: BTreeMap<(u32, u32, MessageId), usize> = BTreeMap::new();
+    let mut hops = Vec::new();
+    for e in &events {
+        match e {
+            DataEvent::Delivered {
+                origin,
+                msg,
+                to,
+                hops: h,
+            } => {
+                let right = sent.get(&(*origin, *msg)) == Some(&Some(*to));
+                if !right {
+                    report.send_wrong_destination += 1;
+                }
+                outcome.insert((*origin, *msg), right);
+                hops.push(*h);
+            }
+            DataEvent::Failed {
+                origin,
+                msg,
+                reason,
+            } => {
+                *report
+                    .send_failures
+                    .entry(format!("{reason:?}"))
+                    .or_default() += 1;
+                outcome.insert((*origin, *msg), false);
+            }
+            DataEvent::Received {
+                node, origin, msg, ..
+            } => {
+                *received.entry((*node, *origin, *msg)).or_default() += 1;
+            }
+        }
+    }
+    let total = params.sends.max(1) as f64;
+    let delivered = outcome.values().filter(|ok| **ok).count();
+    report.send_delivered_rate = delivered as f64 / total;
+    report.send_failed_rate = outcome.values().filter(|ok| !**ok).count() as f64 / total;
+    report.send_unresolved = sent.len() - outcome.len() + (params.sends - sent.len());
+    report.send_hops_mean = mean(&hops);
+
+    // Broadcasts, one at a time.
+    let mut coverage_sum = 0.0;
+    let mut coverage_min: f64 = 1.0;
+    let mut messages = 0u64;
+    let mut depth = 0;
+    for _ in 0..params.broadcasts {
+        let origin = honest[(sim.random_u64() % honest.len() as u64) as usize];
+        let before: u64 = (0..sim.len() as u32)
+            .map(|a| sim.node(a).stats().broadcast_sent)
+            .sum();
+        let Ok(id) = sim.broadcast(origin, vec![0xb0; params.payload]) else {
+            continue;
+        };
+        sim.run_for(Duration::from_secs(3));
+        let after: u64 = (0..sim.len() as u32)
+            .map(|a| sim.node(a).stats().broadcast_sent)
+            .sum();
+        messages += after - before;
+        let mut reached = 0usize;
+        for e in sim.take_data_events() {
+            if let DataEvent::Received {
+                node,
+                origin: o,
+                msg,
+                hops,
+                ..
+            } = e
+            {
+                let count = received.entry((node, o, msg)).or_default();
+                *count += 1;
+                if msg == id && o == origin && *count == 1 && sim.is_live(node) {
+                    reached += 1;
+                    depth = depth.max(hops);
+                }
+            }
+        }
+        let others = sim.live().len().saturating_sub(1).max(1);
+        let cov = reached as f64 / others as f64;
+        coverage_sum += cov;
+        coverage_min = coverage_min.min(cov);
+    }
+    if params.broadcasts > 0 {
+        report.broadcast_messages_per_broadcast = messages as f64 / params.broadcasts as f64;
+        report.broadcast_coverage = coverage_sum / params.broadcasts as f64;
+        report.broadcast_coverage_min = coverage_min;
+        report.broadcast_depth_max = depth;
+    }
+    report.duplicate_deliveries = received.values().map(|c| c.saturating_sub(1)).sum();
+}
+
+fn mean(values: &[u32]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().map(|v| *v as f64).sum::<f64>() / values.len() as f64
+    }
+}
+
+fn random_key(sim: &mut Sim) -> Hash {
+    let mut key = [0u8; 32];
+    for chunk in key.chunks_mut(8) {
+        chunk.copy_from_slice(&sim.random_u64().to_be_bytes());
+    }
+    Hash::from_bytes(key)
 }
 
 fn measure_lookups(sim: &mut Sim, count: usize) -> LookupStats {
@@ -192,11 +424,8 @@ fn measure_lookups(sim: &mut Sim, count: usize) -> LookupStats {
     let mut started = Vec::with_capacity(count);
     for _ in 0..count {
         let origin = live[(sim.random_u64() % live.len() as u64) as usize];
-        let mut key = [0u8; 32];
-        for chunk in key.chunks_mut(8) {
-            chunk.copy_from_slice(&sim.random_u64().to_be_bytes());
-        }
-        started.push(sim.lookup(origin, Hash::from_bytes(key)));
+        let key = random_key(sim);
+        started.push(sim.lookup(origin, key));
     }
     let limit = sim.elapsed() + sim.cfg.node.lookup_timeout * 2;
     while sim.open_lookups() > 0 && sim.elapsed() < limit {

@@ -1,5 +1,7 @@
 //! [`LocalNode`]: one Chord node as a state machine without I/O.
 
+mod data;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, MAX_FINGERS_SENT, MAX_HOPS, VERSION};
+use crate::delivery::{Dedup, Reassembly};
 use crate::event::{Event, JoinError, LookupId, Stats, Transmit};
 use crate::hash::{Hash, Interval};
 use crate::routing::{NextHop, RoutingTable};
@@ -48,6 +51,9 @@ enum Waiting<A> {
     Ping { peer: NodeRef<A> },
     /// Stabilize with a successor.
     Stabilize { peer: NodeRef<A> },
+    /// An application message handed to the next hop (the datagram is
+    /// kept in the pending entry, to be rerouted if the hop stays silent).
+    Data { next: Hash, exclude: Vec<Hash> },
     /// A lookup handed to the next hop, awaiting its acknowledgement.
     Forward {
         msg: FindSuccessor<A>,
@@ -128,6 +134,9 @@ pub struct LocalNode<A> {
     /// Backup successors probed since the head was suspected, and whether
     /// each has answered.
     probed: Vec<(Hash, bool)>,
+    outgoing: BTreeMap<u64, data::Outgoing>,
+    seen: Dedup,
+    reassembly: Reassembly,
     rng: ChaCha8Rng,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<Event<A>>,
@@ -140,6 +149,8 @@ impl<A: Address> LocalNode<A> {
     pub fn new(cfg: Config, me: NodeRef<A>, seed: u64, now: Instant) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let _ = now;
+        let seen = Dedup::new(cfg.dedup_window);
+        let reassembly = Reassembly::new(cfg.reassembly_bytes, cfg.send_timeout);
         Ok(LocalNode {
             table: RoutingTable::new(me.id, cfg.successor_list_len),
             cfg,
@@ -154,6 +165,9 @@ impl<A: Address> LocalNode<A> {
             known_version: 0,
             dead: VecDeque::new(),
             probed: Vec::new(),
+            outgoing: BTreeMap::new(),
+            seen,
+            reassembly,
             rng: ChaCha8Rng::seed_from_u64(seed),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -302,6 +316,7 @@ impl<A: Address> LocalNode<A> {
                 });
             }
         }
+        self.fail_outgoing();
         self.pending.clear();
         self.phase = Phase::Left;
         self.next_tick = None;
@@ -328,7 +343,12 @@ impl<A: Address> LocalNode<A> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let pending = self.pending.values().map(|p| p.deadline);
         let lookups = self.lookups.values().map(|l| l.retry_at.min(l.deadline));
-        pending.chain(lookups).chain(self.next_tick).min()
+        let outgoing = self.outgoing.values().map(|o| o.wake_at());
+        pending
+            .chain(lookups)
+            .chain(outgoing)
+            .chain(self.next_tick)
+            .min()
     }
 
     /// Handles the passing of time: retransmits, failure detection, and the
@@ -359,6 +379,7 @@ impl<A: Address> LocalNode<A> {
                 self.lookup_attempt(id, now);
             }
         }
+        self.outgoing_timeouts(now);
         if self.next_tick.is_some_and(|t| t <= now) {
             self.tick(now);
         }
@@ -412,6 +433,9 @@ impl<A: Address> LocalNode<A> {
             Message::Found(m) => self.on_found(m, now),
             Message::Leave(m) => self.on_leave(m, now),
             Message::SuccessorHint(m) => self.on_successor_hint(m.node, now),
+            Message::Data(m) => self.on_data(from, m, now),
+            Message::Delivered(m) => self.on_delivered(m, now),
+            Message::Undeliverable(m) => self.on_undeliverable(m, now),
         }
         self.sync_known();
     }
@@ -582,7 +606,7 @@ impl<A: Address> LocalNode<A> {
     fn on_hop_ack(&mut self, txn: u64) {
         match self.pending.remove(&txn) {
             Some(Pending {
-                waiting: Waiting::Forward { .. },
+                waiting: Waiting::Forward { .. } | Waiting::Data { .. },
                 ..
             }) => {}
             Some(other) => {
@@ -999,6 +1023,7 @@ impl<A: Address> LocalNode<A> {
         }
         match p.waiting {
             Waiting::Ping { peer } | Waiting::Stabilize { peer } => self.peer_failed(&peer, now),
+            Waiting::Data { next, exclude } => self.data_hop_failed(&p.bytes, next, exclude, now),
             Waiting::Forward {
                 msg,
                 next,

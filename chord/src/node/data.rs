@@ -1,0 +1,546 @@
+//! Application messages: routed send with end-to-end acknowledgement and
+//! duplicates, broadcast by interval splitting, fragmentation.
+//!
+//! A message moves hop by hop like a lookup (each hop acknowledged, a silent
+//! hop routed around). The hop that believes the next node owns the target
+//! marks the message `last_hop`; that node checks with its own predecessor
+//! that it really is the owner, delivers, and acknowledges to the origin.
+//!
+//! Broadcast follows El-Ansary et al., "Efficient Broadcast in Structured P2P
+//! Networks" (IPTPS 2003): a node responsible for the arc `(self, limit)`
+//! sends the message to every node it knows in that arc, giving each the arc
+//! up to the next one. In a stable ring every node receives it exactly once:
+//! N-1 messages.
+
+use std::time::Instant;
+
+use super::{LocalNode, Pending, Phase, Waiting};
+use crate::config::MAX_HOPS;
+use crate::delivery::Assembled;
+use crate::event::{Event, MessageId, SendError, Target};
+use crate::hash::{Hash, Interval};
+use crate::node::Address;
+use crate::routing::NextHop;
+use crate::wire::{Data, DataHeader, Delivered, Message, Mode, NodeRef, Refusal, Undeliverable};
+
+/// Marks the completion of a whole message in the dedup window.
+const WHOLE: u16 = u16::MAX;
+
+/// A message this node sent and has not yet seen delivered.
+#[derive(Clone, Debug)]
+pub(super) struct Outgoing {
+    target: Target,
+    payload: Vec<u8>,
+    duplicates: u8,
+    retry_at: Instant,
+    deadline: Instant,
+    /// First hops of earlier attempts: later attempts try others.
+    avoid: Vec<Hash>,
+    refusals: u32,
+}
+
+impl Outgoing {
+    pub(super) fn wake_at(&self) -> Instant {
+        self.retry_at.min(self.deadline)
+    }
+}
+
+enum Decision<A> {
+    Here,
+    Forward(NodeRef<A>, bool),
+    Refuse(Refusal),
+}
+
+impl<A: Address> LocalNode<A> {
+    /// Sends `payload` to `target` along `duplicates` extra routes with
+    /// distinct first hops. Ends in exactly one [`Event::Delivered`] (the
+    /// destination confirmed) or [`Event::SendFailed`].
+    ///
+    /// Refused at once when the node is not in a ring, the payload is larger
+    /// than `max_payload`, or too many sends are outstanding.
+    pub fn send(
+        &mut self,
+        target: Target,
+        payload: Vec<u8>,
+        duplicates: u8,
+        now: Instant,
+    ) -> Result<MessageId, SendError> {
+        self.check_sendable(payload.len())?;
+        if self.outgoing.len() >= self.cfg.max_pending {
+            return Err(SendError::Overloaded);
+        }
+        let id = self.fresh_id(|n, id| n.outgoing.contains_key(&id));
+        self.outgoing.insert(
+            id,
+            Outgoing {
+                target,
+                payload,
+                duplicates,
+                retry_at: now,
+                deadline: now + self.cfg.send_timeout,
+                avoid: Vec::new(),
+                refusals: 0,
+            },
+        );
+        self.send_attempt(id, now);
+        self.sync_known();
+        Ok(MessageId(id))
+    }
+
+    /// Sends `payload` to every other live node of the ring, each once.
+    /// There is no completion event: receivers see [`Event::Received`] with
+    /// `broadcast: true`.
+    pub fn broadcast(&mut self, payload: Vec<u8>, now: Instant) -> Result<MessageId, SendError> {
+        self.check_sendable(payload.len())?;
+        let id = self.fresh_id(|_, _| false);
+        let me = self.me.clone();
+        let parts = fragments(&payload, self.cfg.max_fragment);
+        let count = parts.len() as u16;
+        for (i, part) in parts.into_iter().enumerate() {
+            self.seen.insert((me.id, id, i as u16));
+            let header = DataHeader {
+                txn: 0,
+                msg: id,
+                origin: me.clone(),
+                target: me.id,
+                mode: Mode::Broadcast,
+                limit: me.id,
+                hops: 0,
+                last_hop: true,
+                frag: i as u16,
+                frags: count,
+            };
+            self.fan_out(&header, part, now);
+        }
+        self.sync_known();
+        Ok(MessageId(id))
+    }
+
+    fn check_sendable(&self, len: usize) -> Result<(), SendError> {
+        match self.phase {
+            Phase::Joined => {}
+            Phase::Left => return Err(SendError::Left),
+            _ => return Err(SendError::NotJoined),
+        }
+        if len > self.cfg.max_payload {
+            return Err(SendError::TooLarge {
+                size: len,
+                max: self.cfg.max_payload,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends every copy of every fragment of an outgoing message once more.
+    pub(super) fn send_attempt(&mut self, id: u64, now: Instant) {
+        let retry = self.cfg.send_attempt_timeout;
+        let Some(o) = self.outgoing.get_mut(&id) else {
+            return;
+        };
+        o.retry_at = now + retry;
+        o.refusals = 0;
+        let (target, mode) = match o.target {
+            Target::Key(k) => (k, Mode::Key),
+            Target::Node(n) => (n, Mode::Node),
+        };
+        let copies = o.duplicates as usize + 1;
+        let parts = fragments(&o.payload, self.cfg.max_fragment);
+        let mut avoid = o.avoid.clone();
+        let count = parts.len() as u16;
+        for _ in 0..copies {
+            let mut first = None;
+            for (i, part) in parts.iter().enumerate() {
+                let header = DataHeader {
+                    txn: 0,
+                    msg: id,
+                    origin: self.me.clone(),
+                    target,
+                    mode,
+                    limit: Hash::ZERO,
+                    hops: 0,
+                    last_hop: false,
+                    frag: i as u16,
+                    frags: count,
+                };
+                first = self.route_data(header, part.clone(), avoid.clone(), now);
+            }
+            match first {
+                Some(hop) => avoid.push(hop),
+                None => break, // delivered here or refused: no route to vary
+            }
+        }
+        if let Some(o) = self.outgoing.get_mut(&id) {
+            o.avoid = avoid;
+        }
+    }
+
+    /// Moves a message one step; returns the next hop's id if it was sent on.
+    fn route_data(
+        &mut self,
+        mut header: DataHeader<A>,
+        payload: Vec<u8>,
+        exclude: Vec<Hash>,
+        now: Instant,
+    ) -> Option<Hash> {
+        match self.decide(&header, &exclude) {
+            Decision::Here => {
+                self.data_here(header, payload, now);
+                None
+            }
+            Decision::Forward(next, last_hop) => {
+                header.hops = header.hops.saturating_add(1);
+                header.last_hop = last_hop;
+                let id = next.id;
+                self.forward_data(header, payload, next, exclude, now);
+                Some(id)
+            }
+            Decision::Refuse(reason) => {
+                self.refuse(&header, reason, now);
+                None
+            }
+        }
+    }
+
+    /// `Some(true)` if this node owns `key`, `None` when it cannot tell
+    /// (no predecessor known yet).
+    fn owns(&self, key: &Hash) -> Option<bool> {
+        match self.table.predecessor() {
+            Some(p) => Some(Interval::open_closed(p.id, self.me.id).contains(key)),
+            None if self.table.successor().is_none() => Some(true),
+            None => None,
+        }
+    }
+
+    fn decide(&self, header: &DataHeader<A>, exclude: &[Hash]) -> Decision<A> {
+        let key = &header.target;
+        let here = match header.mode {
+            Mode::Node => *key == self.me.id,
+            Mode::Key | Mode::Broadcast => self.owns(key) == Some(true),
+        };
+        if here {
+            return Decision::Here;
+        }
+        if header.hops >= MAX_HOPS {
+            return Decision::Refuse(Refusal::NoRoute);
+        }
+        if self.table.successor().is_none() {
+            // Alone: every key is ours, but no other node exists.
+            return match header.mode {
+                Mode::Node => Decision::Refuse(Refusal::NoSuchNode),
+                _ => Decision::Here,
+            };
+        }
+        // The owner may be in the successor list: go straight there.
+        let mut prev = self.me.id;
+        for s in self.table.successors() {
+            if Interval::open_closed(prev, s.id).contains(key) {
+                if exclude.contains(&s.id) {
+                    continue; // silent: the next one owns the key now
+                }
+                return Decision::Forward(s.clone(), true);
+            }
+            prev = s.id;
+        }
+        match self.table.next_hop(key, exclude) {
+            NextHop::Forward(n) => Decision::Forward(n.clone(), false),
+            _ => Decision::Refuse(Refusal::NoRoute),
+        }
+    }
+
+    fn forward_data(
+        &mut self,
+        mut header: DataHeader<A>,
+        payload: Vec<u8>,
+        next: NodeRef<A>,
+        exclude: Vec<Hash>,
+        now: Instant,
+    ) {
+        if self.pending.len() >= self.cfg.max_pending {
+            self.stats.dropped_overload += 1;
+            return;
+        }
+        let txn = self.fresh_txn();
+        header.txn = txn;
+        let bytes = Message::Data(Data { header, payload }).encode();
+        self.pending.insert(
+            txn,
+            Pending {
+                to: next.addr.clone(),
+                bytes: bytes.clone(),
+                deadline: now + self.cfg.request_timeout,
+                retries_left: 0,
+                waiting: Waiting::Data {
+                    next: next.id,
+                    exclude,
+                },
+            },
+        );
+        self.push_transmit(next.addr, bytes);
+    }
+
+    /// The next hop of a message did not acknowledge it: route around it.
+    pub(super) fn data_hop_failed(
+        &mut self,
+        bytes: &[u8],
+        next: Hash,
+        mut exclude: Vec<Hash>,
+        now: Instant,
+    ) {
+        self.table.demote(&next);
+        if self.table.successor().is_some_and(|s| s.id == next) {
+            self.send_stabilize(now);
+        }
+        let Ok(Message::Data(Data {
+            mut header,
+            payload,
+        })) = Message::<A>::decode(bytes)
+        else {
+            return;
+        };
+        if header.mode == Mode::Node && header.target == next {
+            // The very node it was meant for is silent.
+            self.refuse(&header, Refusal::NoSuchNode, now);
+            return;
+        }
+        exclude.push(next);
+        header.hops = header.hops.saturating_sub(1);
+        header.last_hop = false;
+        if self.phase == Phase::Joined {
+            self.route_data(header, payload, exclude, now);
+        }
+    }
+
+    /// A `Data` datagram arrived.
+    pub(super) fn on_data(&mut self, from: A, data: Data<A>, now: Instant) {
+        let ack = Message::<A>::HopAck(crate::wire::HopAck {
+            txn: data.header.txn,
+        });
+        self.push_transmit(from, ack.encode());
+        if self.phase != Phase::Joined {
+            return;
+        }
+        self.stats.data_forwarded += 1;
+        let Data { header, payload } = data;
+        if header.last_hop {
+            let key = header.target;
+            match header.mode {
+                Mode::Node if key != self.me.id => {
+                    if let Some(p) = self.table.predecessor().filter(|p| p.id == key).cloned() {
+                        let exclude = Vec::new();
+                        let mut h = header;
+                        h.hops = h.hops.saturating_add(1);
+                        self.forward_data(h, payload, p, exclude, now);
+                    } else if self.owns(&key) == Some(true) {
+                        self.refuse(&header, Refusal::NoSuchNode, now);
+                    } else {
+                        self.route_data(header, payload, Vec::new(), now);
+                    }
+                    return;
+                }
+                Mode::Node => {}
+                Mode::Key | Mode::Broadcast => {
+                    if self.owns(&key) == Some(false) && key != self.me.id {
+                        // Our predecessor is nearer the key: not ours after all.
+                        self.route_data(header, payload, Vec::new(), now);
+                        return;
+                    }
+                }
+            }
+            self.data_here(header, payload, now);
+            return;
+        }
+        self.route_data(header, payload, Vec::new(), now);
+    }
+
+    /// This node is the destination (or a broadcast receiver).
+    fn data_here(&mut self, header: DataHeader<A>, payload: Vec<u8>, now: Instant) {
+        let origin = header.origin.id;
+        if header.mode == Mode::Broadcast {
+            if !Interval::closed_open(header.target, header.limit).contains(&self.me.id) {
+                return; // routed to cover an arc with no live node in it
+            }
+            if !self.seen.insert((origin, header.msg, header.frag)) {
+                self.stats.duplicates_suppressed += 1;
+                return;
+            }
+            self.stats.max_broadcast_hops = self.stats.max_broadcast_hops.max(header.hops as u32);
+            self.fan_out(&header, payload.clone(), now);
+            self.assemble(header, payload, now);
+            return;
+        }
+        if self.seen.contains(&(origin, header.msg, WHOLE)) {
+            self.stats.duplicates_suppressed += 1;
+            self.acknowledge(&header, now);
+            return;
+        }
+        if !self.seen.insert((origin, header.msg, header.frag)) {
+            self.stats.duplicates_suppressed += 1;
+            return;
+        }
+        self.assemble(header, payload, now);
+    }
+
+    fn assemble(&mut self, header: DataHeader<A>, payload: Vec<u8>, now: Instant) {
+        let origin = header.origin.id;
+        match self
+            .reassembly
+            .add(origin, header.msg, header.frag, header.frags, payload, now)
+        {
+            Assembled::Complete(whole) => {
+                self.seen.insert((origin, header.msg, WHOLE));
+                let broadcast = header.mode == Mode::Broadcast;
+                if !broadcast {
+                    self.acknowledge(&header, now);
+                }
+                self.events.push_back(Event::Received {
+                    from: header.origin,
+                    id: MessageId(header.msg),
+                    payload: whole,
+                    broadcast,
+                    hops: header.hops as u32,
+                });
+            }
+            Assembled::Incomplete => {}
+            Assembled::Refused => self.stats.reassembly_refused += 1,
+        }
+    }
+
+    fn acknowledge(&mut self, header: &DataHeader<A>, now: Instant) {
+        let ack = Delivered {
+            msg: header.msg,
+            owner: self.me.clone(),
+            hops: header.hops,
+        };
+        if header.origin.id == self.me.id {
+            self.on_delivered(ack, now);
+        } else {
+            self.push_transmit(header.origin.addr.clone(), Message::Delivered(ack).encode());
+        }
+    }
+
+    fn refuse(&mut self, header: &DataHeader<A>, reason: Refusal, now: Instant) {
+        if header.mode == Mode::Broadcast {
+            return; // nobody waits for a broadcast
+        }
+        self.stats.undeliverable += 1;
+        let msg = Undeliverable {
+            msg: header.msg,
+            reason,
+        };
+        if header.origin.id == self.me.id {
+            self.on_undeliverable(msg, now);
+        } else {
+            self.push_transmit(
+                header.origin.addr.clone(),
+                Message::<A>::Undeliverable(msg).encode(),
+            );
+        }
+    }
+
+    /// Hands a broadcast on to every known node in `(self, header.limit)`.
+    fn fan_out(&mut self, header: &DataHeader<A>, payload: Vec<u8>, now: Instant) {
+        let arc = Interval::open(self.me.id, header.limit);
+        let mut children: Vec<NodeRef<A>> = self
+            .table
+            .fingers()
+            .iter()
+            .chain(self.table.successors())
+            .filter(|n| arc.contains(&n.id))
+            .cloned()
+            .collect();
+        children.sort_by_key(|n| self.me.id.distance_to(&n.id));
+        children.dedup_by(|a, b| a.id == b.id);
+        for (i, child) in children.iter().enumerate() {
+            let limit = children.get(i + 1).map_or(header.limit, |n| n.id);
+            let h = DataHeader {
+                txn: 0,
+                msg: header.msg,
+                origin: header.origin.clone(),
+                target: child.id,
+                mode: Mode::Broadcast,
+                limit,
+                hops: header.hops.saturating_add(1),
+                last_hop: true,
+                frag: header.frag,
+                frags: header.frags,
+            };
+            self.stats.broadcast_sent += 1;
+            self.forward_data(h, payload.clone(), child.clone(), Vec::new(), now);
+        }
+    }
+
+    pub(super) fn on_delivered(&mut self, m: Delivered<A>, _now: Instant) {
+        if self.outgoing.remove(&m.msg).is_some() {
+            self.events.push_back(Event::Delivered {
+                id: MessageId(m.msg),
+                to: m.owner,
+                hops: m.hops as u32,
+            });
+        }
+        // Otherwise a later copy of something already delivered: expected.
+    }
+
+    pub(super) fn on_undeliverable(&mut self, m: Undeliverable, now: Instant) {
+        let Some(o) = self.outgoing.get_mut(&m.msg) else {
+            return;
+        };
+        match m.reason {
+            Refusal::NoSuchNode => {
+                self.outgoing.remove(&m.msg);
+                self.events.push_back(Event::SendFailed {
+                    id: MessageId(m.msg),
+                    reason: SendError::NoSuchNode,
+                });
+            }
+            Refusal::NoRoute => {
+                o.refusals += 1;
+                if o.refusals > o.duplicates as u32 {
+                    o.retry_at = now; // every copy refused: try again now
+                }
+            }
+        }
+    }
+
+    /// Retries and deadlines of outgoing messages.
+    pub(super) fn outgoing_timeouts(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.wake_at() <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(o) = self.outgoing.get(&id) else {
+                continue;
+            };
+            if o.deadline <= now {
+                self.outgoing.remove(&id);
+                self.events.push_back(Event::SendFailed {
+                    id: MessageId(id),
+                    reason: SendError::Timeout,
+                });
+            } else {
+                self.send_attempt(id, now);
+            }
+        }
+    }
+
+    /// Fails every outgoing message (on leave).
+    pub(super) fn fail_outgoing(&mut self) {
+        for id in std::mem::take(&mut self.outgoing).into_keys() {
+            self.events.push_back(Event::SendFailed {
+                id: MessageId(id),
+                reason: SendError::Left,
+            });
+        }
+    }
+}
+
+/// Splits a payload into pieces of at most `max` bytes (one empty piece for
+/// an empty payload).
+fn fragments(payload: &[u8], max: usize) -> Vec<Vec<u8>> {
+    if payload.len() <= max {
+        return vec![payload.to_vec()];
+    }
+    payload.chunks(max.max(1)).map(<[u8]>::to_vec).collect()
+}
