@@ -778,3 +778,123 @@ async fn ipv6_peers_join_when_the_host_has_ipv6() {
     let r = b.get_route(a.hash().unwrap()).await.unwrap();
     assert_eq!(r.owner.addr, a.listener().unwrap());
 }
+
+#[tokio::test]
+async fn connect_reports_a_version_mismatch() {
+    // A fake bootstrap that answers anything with "I speak versions 7..=9".
+    let fake = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    let answer =
+        chord::wire::Message::<SocketAddr>::VersionMismatch(chord::wire::VersionMismatch {
+            min: 7,
+            max: 9,
+        })
+        .encode();
+    let server = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((_, from)) = fake.recv_from(&mut buf).await {
+            let _ = fake.send_to(&answer, from).await;
+        }
+    });
+    let p = bound(Hooks::new(), fast()).await;
+    let r = p.connect(fake_addr, Duration::from_secs(5)).await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Join(chord::JoinError::VersionMismatch {
+                min: 7,
+                max: 9,
+                ..
+            }))
+        ),
+        "{r:?}"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn oversized_sends_fail_with_a_typed_error() {
+    let mut cfg = fast().max_payload(1000);
+    cfg.chord.max_fragment = 200; // 1000 bytes travel as several fragments
+    let peers = swarm(2, cfg).await;
+    let r = peers[0]
+        .send(peers[1].listener().unwrap(), vec![0u8; 1001], 0)
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Send(chord::SendError::TooLarge {
+                size: 1001,
+                max: 1000
+            }))
+        ),
+        "{r:?}"
+    );
+    // Large but allowed payloads are fragmented by the core and arrive whole.
+    let big: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    peers[0]
+        .send(peers[1].listener().unwrap(), big.clone(), 0)
+        .await
+        .expect("delivered");
+    let (_, data, _) = peers[1]
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("arrives");
+    assert_eq!(&data[..], &big[..]);
+}
+
+#[test]
+fn node_process_sends_to_keys_and_with_duplicates() {
+    let _g = heavy();
+    let ports = free_ports(3);
+    let mut a = Node::start(ports[0], None);
+    let b = Node::start(ports[1], Some(&a.addr));
+    let c = Node::start(ports[2], Some(&a.addr));
+    for n in [&b, &c] {
+        assert!(n
+            .wait_for(0, Duration::from_secs(10), is("joined"))
+            .is_some());
+    }
+    // To a key: exactly b's id, so b owns it.
+    a.cmd(&format!("send {} keyed", b.id));
+    let s = a
+        .wait_for(0, Duration::from_secs(10), |v| {
+            v["event"] == "sent" && v["data"] == "keyed"
+        })
+        .expect("outcome");
+    assert_eq!(s["ok"], true, "{s}");
+    assert_eq!(s["to"], b.addr.as_str());
+    assert!(b
+        .wait_for(0, Duration::from_secs(5), recv_of("keyed".into()))
+        .is_some());
+    // With duplicates: still received once.
+    a.cmd(&format!("send-dup 2 {} dup", c.addr));
+    let s = a
+        .wait_for(0, Duration::from_secs(10), |v| {
+            v["event"] == "sent" && v["data"] == "dup"
+        })
+        .expect("outcome");
+    assert_eq!(s["ok"], true, "{s}");
+    assert!(c
+        .wait_for(0, Duration::from_secs(5), recv_of("dup".into()))
+        .is_some());
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.all(recv_of("dup".into())).len(),
+        1,
+        "a duplicated send is received once"
+    );
+    // Malformed datagrams to the process are counted in `stats`.
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..3 {
+        junk.send_to(b"not cicada", &a.addr).unwrap();
+    }
+    thread::sleep(Duration::from_millis(200));
+    let from = a.len();
+    a.cmd("stats");
+    let st = a
+        .wait_for(from, Duration::from_secs(5), is("stats"))
+        .expect("stats");
+    assert!(st["dropped_malformed"].as_u64().unwrap_or(0) >= 3, "{st}");
+}
