@@ -189,7 +189,10 @@ impl SwarmPeer {
     /// Joins the swarm that the peer at `bootstrap` belongs to, waiting at
     /// most `timeout`. Fails with [`Error::Join`] (unreachable, version
     /// mismatch, id in use) or [`Error::Timeout`]; after a failure the peer is
-    /// again the only member of its own swarm and may try again.
+    /// again the only member of its own swarm and may try again. The join
+    /// itself is bounded by the core's `lookup_timeout`; when `timeout` is
+    /// shorter and passes first, the join goes on in the background and may
+    /// still complete (`peers()` tells).
     pub async fn connect(&self, bootstrap: SocketAddr, timeout: Duration) -> Result<RemoteNode> {
         let ask = self.ask(|reply| Command::Join { bootstrap, reply });
         match tokio::time::timeout(timeout, ask).await {
@@ -213,7 +216,7 @@ impl SwarmPeer {
     ///
     /// A target naming a peer (an address, a `(host, port)`, a
     /// [`RemoteNode`], a `&SwarmPeer`) reaches exactly that peer or fails
-    /// when it is gone; a [`Hash`] reaches whichever live peer owns the key.
+    /// when it is gone; a [`Hash`](struct@Hash) reaches whichever live peer owns the key.
     /// `duplicates` routes that many extra copies through other peers, for
     /// resilience against peers that drop messages.
     pub async fn send(

@@ -25,11 +25,11 @@ pub fn node_id(addr: &SocketAddr) -> Hash {
 }
 
 /// Where [`crate::SwarmPeer::send`] sends. Usually built with `.into()` from
-/// a `SocketAddr`, a `(host, port)` pair, a [`Hash`], a [`RemoteNode`] or a
+/// a `SocketAddr`, a `(host, port)` pair, a [`Hash`](struct@Hash), a [`RemoteNode`] or a
 /// `&SwarmPeer`.
 ///
 /// A target that names a peer (address, host, node, peer) reaches exactly that
-/// peer or fails when it is gone; a [`Hash`] reaches whichever live peer owns
+/// peer or fails when it is gone; a [`Hash`](struct@Hash) reaches whichever live peer owns
 /// the key.
 ///
 /// ```
