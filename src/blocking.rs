@@ -126,6 +126,31 @@ impl SwarmPeer {
         self.run(|p| p.peers())
     }
 
+    /// See [`crate::SwarmPeer::connect_host`].
+    pub fn connect_host(&self, host: &str, port: u16, timeout: Duration) -> Result<RemoteNode> {
+        self.run(|p| p.connect_host(host, port, timeout))
+    }
+
+    /// See [`crate::SwarmPeer::successor`].
+    pub fn successor(&self) -> Result<Option<RemoteNode>> {
+        self.run(|p| p.successor())
+    }
+
+    /// See [`crate::SwarmPeer::predecessor`].
+    pub fn predecessor(&self) -> Result<Option<RemoteNode>> {
+        self.run(|p| p.predecessor())
+    }
+
+    /// See [`crate::SwarmPeer::me`].
+    pub fn me(&self) -> Result<RemoteNode> {
+        self.inner.as_ref().ok_or(Error::Closed)?.me()
+    }
+
+    /// See [`crate::SwarmPeer::local_addr`].
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.inner.as_ref().ok_or(Error::Closed)?.local_addr()
+    }
+
     /// See [`crate::SwarmPeer::hash`].
     pub fn hash(&self) -> Result<Hash> {
         self.inner.as_ref().ok_or(Error::Closed)?.hash()

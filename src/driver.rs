@@ -196,7 +196,7 @@ impl<L: Link> Driver<L> {
             Command::Broadcast { payload, reply } => self.broadcast(payload, reply, now),
             Command::Lookup { key, reply } => {
                 if !self.node.is_joined() {
-                    let _ = reply.send(Err(Error::Closed));
+                    let _ = reply.send(Err(Error::NotJoined));
                     return;
                 }
                 let id = self.node.lookup(key, now);

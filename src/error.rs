@@ -20,6 +20,10 @@ pub enum Error {
     /// `connect` on a peer that already has peers in its routing state.
     #[error("the peer is already part of a swarm")]
     AlreadyConnected,
+    /// The peer is not part of a swarm: it left (`disconnect`), or a join is
+    /// still under way.
+    #[error("the peer is not part of a swarm")]
+    NotJoined,
     /// The peer was closed (or its driver stopped).
     #[error("the peer is closed")]
     Closed,

@@ -898,3 +898,38 @@ fn node_process_sends_to_keys_and_with_duplicates() {
         .expect("stats");
     assert!(st["dropped_malformed"].as_u64().unwrap_or(0) >= 3, "{st}");
 }
+
+#[tokio::test]
+async fn disconnect_leaves_gracefully_and_the_others_notice() {
+    let peers = swarm(3, fast()).await;
+    settle(&peers).await;
+    let leaver = peers[2].me().unwrap();
+    peers[2].disconnect().await.expect("leaves");
+    assert!(matches!(
+        peers[2].get_route(Hash::of("k")).await,
+        Err(Error::NotJoined)
+    ));
+    assert!(peers[2]
+        .send(peers[0].listener().unwrap(), &b"x"[..], 0)
+        .await
+        .is_err());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut gone = true;
+        for p in &peers[..2] {
+            if p.peers().await.unwrap().contains(&leaver) {
+                gone = false;
+            }
+        }
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the others still list the peer that left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = peers[0].send(leaver.addr, &b"late"[..], 0).await;
+    assert!(r.is_err(), "{r:?}");
+}
