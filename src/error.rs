@@ -14,6 +14,10 @@ pub enum Error {
     /// A call other than `bind` came before `bind`.
     #[error("the peer is not bound: call bind first")]
     NotBound,
+    /// `bind` was called outside a tokio runtime (use
+    /// [`crate::blocking::SwarmPeer`] from code without one).
+    #[error("bind needs a tokio runtime; use cicada::blocking::SwarmPeer without one")]
+    NoRuntime,
     /// `bind` was called twice.
     #[error("the peer is already bound")]
     AlreadyBound,

@@ -130,6 +130,9 @@ impl SwarmPeer {
         if self.bound.is_some() {
             return Err(Error::AlreadyBound);
         }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
         self.cfg.validate()?;
         let link = UdpLink::bind(local).await?;
         let local = link.local_addr()?;
