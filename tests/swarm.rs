@@ -325,6 +325,11 @@ fn sixteen_processes_route_send_broadcast_and_survive_kills() {
         15,
         "every send after the kills ends: {outcomes:?}"
     );
+    let took = sends_started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "sends after the kills end promptly, took {took:?}"
+    );
     for o in &outcomes {
         let data = o["data"].as_str().unwrap_or_default();
         let j: usize = data.trim_start_matches("k-").parse().unwrap_or(0);
