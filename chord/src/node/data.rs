@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use super::{LocalNode, Pending, Phase, Waiting};
+use super::{LocalNode, Phase, Waiting};
 use crate::config::MAX_HOPS;
 use crate::delivery::Assembled;
 use crate::event::{Event, MessageId, SendError, Target};
@@ -249,33 +249,24 @@ impl<A: Address> LocalNode<A> {
 
     fn forward_data(
         &mut self,
-        mut header: DataHeader<A>,
+        header: DataHeader<A>,
         payload: Vec<u8>,
         next: NodeRef<A>,
         exclude: Vec<Hash>,
         now: Instant,
     ) {
-        if self.pending.len() >= self.cfg.max_pending {
-            self.stats.dropped_overload += 1;
-            return;
-        }
-        let txn = self.fresh_txn();
-        header.txn = txn;
-        let bytes = Message::Data(Data { header, payload }).encode();
-        self.pending.insert(
-            txn,
-            Pending {
-                to: next.addr.clone(),
-                bytes: bytes.clone(),
-                deadline: now + self.cfg.request_timeout,
-                retries_left: 0,
-                waiting: Waiting::Data {
-                    next: next.id,
-                    exclude,
-                },
-            },
-        );
-        self.push_transmit(next.addr, bytes);
+        // Not retried: a silent hop is routed around (the datagram is kept
+        // in the pending entry for that).
+        let waiting = Waiting::Data {
+            next: next.id,
+            exclude,
+        };
+        self.request(next.addr, 0, waiting, now, |txn| {
+            Message::Data(Data {
+                header: DataHeader { txn, ..header },
+                payload,
+            })
+        });
     }
 
     /// The next hop of a message did not acknowledge it: route around it.

@@ -1,6 +1,8 @@
 //! [`LocalNode`]: one Chord node as a state machine without I/O.
 
 mod data;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -646,20 +648,7 @@ impl<A: Address> LocalNode<A> {
         }
         // Stabilize with it now; it heads the list only once it answers, so a
         // false hint costs one unanswered request and changes nothing.
-        let txn = self.fresh_txn();
-        let msg = Message::GetNeighbors(GetNeighbors {
-            txn,
-            sender: self.me.clone(),
-            notify: true,
-            want_fingers: false,
-        });
-        self.request(
-            txn,
-            node.addr.clone(),
-            msg.encode(),
-            Waiting::Stabilize { peer: node },
-            now,
-        );
+        self.stabilize_with(node, false, now);
     }
 
     fn on_leave(&mut self, m: Leave<A>, now: Instant) {
@@ -778,37 +767,24 @@ impl<A: Address> LocalNode<A> {
 
     fn forward(
         &mut self,
-        mut msg: FindSuccessor<A>,
+        msg: FindSuccessor<A>,
         to: A,
         next: Option<Hash>,
         exclude: Vec<Hash>,
         now: Instant,
     ) {
-        if self.pending.len() >= self.cfg.max_pending {
-            self.stats.dropped_overload += 1;
-            return;
-        }
-        let txn = self.fresh_txn();
-        msg.txn = txn;
-        let bytes = Message::FindSuccessor(msg.clone()).encode();
         // A join's first hop is retried (its id is unknown, there is no
         // other route); later hops are rerouted at once instead.
-        let retries_left = if next.is_none() {
+        let retries = if next.is_none() {
             self.cfg.request_retries
         } else {
             0
         };
-        self.pending.insert(
-            txn,
-            Pending {
-                to: to.clone(),
-                bytes: bytes.clone(),
-                deadline: now + self.cfg.request_timeout,
-                retries_left,
-                waiting: Waiting::Forward { msg, next, exclude },
-            },
-        );
-        self.push_transmit(to, bytes);
+        let sent = msg.clone();
+        let waiting = Waiting::Forward { msg, next, exclude };
+        self.request(to, retries, waiting, now, |txn| {
+            Message::FindSuccessor(FindSuccessor { txn, ..sent })
+        });
     }
 
     fn lookup_succeeded(&mut self, id: u64, l: Lookup, owner: NodeRef<A>, hops: u32, now: Instant) {
@@ -907,30 +883,30 @@ impl<A: Address> LocalNode<A> {
     }
 
     fn send_stabilize_with(&mut self, now: Instant, want_fingers: bool) {
-        let Some(succ) = self.table.successor().cloned() else {
-            return;
-        };
+        if let Some(succ) = self.table.successor().cloned() {
+            self.stabilize_with(succ, want_fingers, now);
+        }
+    }
+
+    /// Asks `peer` for its neighbours and notifies it, unless already asking.
+    fn stabilize_with(&mut self, peer: NodeRef<A>, want_fingers: bool, now: Instant) {
         let already = self
             .pending
             .values()
-            .any(|p| matches!(&p.waiting, Waiting::Stabilize { peer } if peer.id == succ.id));
+            .any(|p| matches!(&p.waiting, Waiting::Stabilize { peer: q } if q.id == peer.id));
         if already {
             return;
         }
-        let txn = self.fresh_txn();
-        let msg = Message::GetNeighbors(GetNeighbors {
-            txn,
-            sender: self.me.clone(),
-            notify: true,
-            want_fingers,
+        let sender = self.me.clone();
+        let (to, retries) = (peer.addr.clone(), self.cfg.request_retries);
+        self.request(to, retries, Waiting::Stabilize { peer }, now, |txn| {
+            Message::GetNeighbors(GetNeighbors {
+                txn,
+                sender,
+                notify: true,
+                want_fingers,
+            })
         });
-        self.request(
-            txn,
-            succ.addr.clone(),
-            msg.encode(),
-            Waiting::Stabilize { peer: succ },
-            now,
-        );
     }
 
     fn check_predecessor(&mut self, now: Instant) {
@@ -955,9 +931,10 @@ impl<A: Address> LocalNode<A> {
         if already {
             return;
         }
-        let txn = self.fresh_txn();
-        let bytes = Message::<A>::Ping(Ping { txn }).encode();
-        self.request(txn, peer.addr.clone(), bytes, Waiting::Ping { peer }, now);
+        let (to, retries) = (peer.addr.clone(), self.cfg.request_retries);
+        self.request(to, retries, Waiting::Ping { peer }, now, |txn| {
+            Message::Ping(Ping { txn })
+        });
     }
 
     fn fix_next_finger(&mut self, now: Instant) {
@@ -986,18 +963,30 @@ impl<A: Address> LocalNode<A> {
         self.lookup_attempt(id, now);
     }
 
-    fn request(&mut self, txn: u64, to: A, bytes: Vec<u8>, waiting: Waiting<A>, now: Instant) {
+    /// Sends a message that awaits an answer: refused (and counted) when too
+    /// many are pending; otherwise it gets a fresh `txn`, is remembered until
+    /// answered, and is sent again `retries` times if it is not.
+    fn request(
+        &mut self,
+        to: A,
+        retries: u32,
+        waiting: Waiting<A>,
+        now: Instant,
+        message: impl FnOnce(u64) -> Message<A>,
+    ) {
         if self.pending.len() >= self.cfg.max_pending {
             self.stats.dropped_overload += 1;
             return;
         }
+        let txn = self.fresh_txn();
+        let bytes = message(txn).encode();
         self.pending.insert(
             txn,
             Pending {
                 to: to.clone(),
                 bytes: bytes.clone(),
                 deadline: now + self.cfg.request_timeout,
-                retries_left: self.cfg.request_retries,
+                retries_left: retries,
                 waiting,
             },
         );

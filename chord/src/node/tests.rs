@@ -1,0 +1,225 @@
+//! Unit tests of `LocalNode` on hand-driven networks of a few nodes.
+
+use std::time::{Duration, Instant};
+
+use super::LocalNode;
+use crate::config::{Config, VERSION};
+use crate::event::{Event, JoinError, SendError, Target};
+use crate::hash::Hash;
+use crate::wire::NodeRef;
+
+fn node(name: &str, addr: u32, now: Instant) -> LocalNode<u32> {
+    LocalNode::new(
+        Config::default(),
+        NodeRef::new(Hash::of(name), addr),
+        addr as u64,
+        now,
+    )
+    .expect("default config is valid")
+}
+
+fn events(n: &mut LocalNode<u32>) -> Vec<Event<u32>> {
+    std::iter::from_fn(|| n.poll_event()).collect()
+}
+
+/// Delivers every datagram among `nodes` (address = index) until quiet.
+fn settle(nodes: &mut [LocalNode<u32>], now: Instant) {
+    for _ in 0..50 {
+        let mut moved = false;
+        for i in 0..nodes.len() {
+            while let Some(t) = nodes[i].poll_transmit() {
+                moved = true;
+                if let Some(to) = nodes.get_mut(t.to as usize) {
+                    to.handle_datagram(now, i as u32, &t.bytes);
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// Runs `nodes` for `d` in steps, firing timers and delivering datagrams.
+fn run(nodes: &mut [LocalNode<u32>], start: Instant, d: Duration) -> Instant {
+    let mut now = start;
+    let step = Duration::from_millis(50);
+    while now < start + d {
+        now += step;
+        for n in nodes.iter_mut() {
+            if n.poll_timeout().is_some_and(|t| t <= now) {
+                n.handle_timeout(now);
+            }
+        }
+        settle(nodes, now);
+    }
+    now
+}
+
+#[test]
+fn three_nodes_form_a_ring() {
+    let now = Instant::now();
+    let mut nodes = vec![node("a", 0, now), node("b", 1, now), node("c", 2, now)];
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    nodes[2].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(5));
+    let mut ids: Vec<(Hash, u32)> = nodes.iter().map(|n| (n.id(), n.me().addr)).collect();
+    ids.sort();
+    for (i, (_, addr)) in ids.iter().enumerate() {
+        let n = &nodes[*addr as usize];
+        assert_eq!(n.successor().map(|s| s.addr), Some(ids[(i + 1) % 3].1));
+        assert_eq!(n.predecessor().map(|p| p.addr), Some(ids[(i + 2) % 3].1));
+        assert_eq!(n.peers().len(), 2);
+    }
+    assert!(events(&mut nodes[1])
+        .iter()
+        .any(|e| matches!(e, Event::Joined { .. })));
+    let _ = now;
+}
+
+#[test]
+fn join_through_a_silent_bootstrap_fails_as_unreachable() {
+    let mut now = Instant::now();
+    let mut n = node("lonely", 0, now);
+    n.join(7, now);
+    for _ in 0..100 {
+        while n.poll_transmit().is_some() {}
+        now += Duration::from_millis(100);
+        n.handle_timeout(now);
+    }
+    let ev = events(&mut n);
+    assert!(ev.contains(&Event::JoinFailed {
+        reason: JoinError::Unreachable
+    }));
+    assert!(!n.is_joined());
+}
+
+#[test]
+fn join_to_another_version_fails_with_version_mismatch() {
+    let now = Instant::now();
+    let mut n = node("new", 0, now);
+    n.join(1, now);
+    let t = n.poll_transmit().expect("a join request");
+    let mut foreign = t.bytes.clone();
+    foreign[2] = VERSION + 1;
+    // The bootstrap of another version answers with a VersionMismatch.
+    let mut other = node("other", 1, now);
+    other.create(now);
+    other.handle_datagram(now, 0, &foreign);
+    let reply = other.poll_transmit().expect("a version mismatch reply");
+    assert_eq!(other.stats().dropped_version, 1);
+    n.handle_datagram(now, 1, &reply.bytes);
+    let ev = events(&mut n);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::JoinFailed {
+            reason: JoinError::VersionMismatch { .. }
+        }
+    )));
+}
+
+#[test]
+fn garbage_is_counted_and_ignored() {
+    let now = Instant::now();
+    let mut n = node("a", 0, now);
+    n.create(now);
+    for bytes in [
+        &b""[..],
+        b"hello",
+        &[0xC1, 0xCA, VERSION, 250],
+        &[0xC1, 0xCA, VERSION, 4, 0xff],
+    ] {
+        n.handle_datagram(now, 9, bytes);
+    }
+    assert_eq!(n.stats().dropped_malformed, 4);
+    assert!(n.poll_transmit().is_none(), "nothing answers garbage");
+    assert!(n.is_joined());
+}
+
+#[test]
+fn unsolicited_replies_are_counted() {
+    let now = Instant::now();
+    let mut a = node("a", 0, now);
+    a.create(now);
+    let pong = crate::wire::Message::<u32>::Pong(crate::wire::Ping { txn: 42 }).encode();
+    a.handle_datagram(now, 3, &pong);
+    assert_eq!(a.stats().dropped_unexpected, 1);
+}
+
+#[test]
+fn send_rules_at_the_api() {
+    let now = Instant::now();
+    let mut idle = node("idle", 0, now);
+    assert_eq!(
+        idle.send(Target::Key(Hash::ZERO), vec![1], 0, now),
+        Err(SendError::NotJoined)
+    );
+    let mut a = node("a", 0, now);
+    a.create(now);
+    let big = vec![0; a.config().max_payload + 1];
+    assert!(matches!(
+        a.send(Target::Key(Hash::ZERO), big, 0, now),
+        Err(SendError::TooLarge { .. })
+    ));
+    // Alone in the ring: a key is ours, another node's id is nobody's.
+    let id = a
+        .send(Target::Key(Hash::ZERO), b"mine".to_vec(), 0, now)
+        .unwrap();
+    let ev = events(&mut a);
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::Received { payload, .. } if payload == b"mine")));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::Delivered { id: d, .. } if *d == id)));
+    let id = a
+        .send(Target::Node(Hash::of("nobody")), b"x".to_vec(), 0, now)
+        .unwrap();
+    assert!(events(&mut a).contains(&Event::SendFailed {
+        id,
+        reason: SendError::NoSuchNode
+    }));
+}
+
+#[test]
+fn send_between_nodes_is_confirmed_and_delivered_once() {
+    let now = Instant::now();
+    let mut nodes = vec![node("a", 0, now), node("b", 1, now), node("c", 2, now)];
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    nodes[2].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(5));
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    let target = nodes[2].id();
+    let id = nodes[0]
+        .send(Target::Node(target), b"hi".to_vec(), 2, now)
+        .unwrap();
+    let now = run(&mut nodes, now, Duration::from_secs(1));
+    let got: Vec<_> = events(&mut nodes[2])
+        .into_iter()
+        .filter(|e| matches!(e, Event::Received { .. }))
+        .collect();
+    assert_eq!(got.len(), 1, "three copies, one delivery: {got:?}");
+    let done: Vec<_> = events(&mut nodes[0])
+        .into_iter()
+        .filter(|e| matches!(e, Event::Delivered { .. } | Event::SendFailed { .. }))
+        .collect();
+    assert_eq!(done.len(), 1);
+    assert!(matches!(&done[0], Event::Delivered { id: d, to, .. } if *d == id && to.addr == 2));
+    // After the target leaves, a send to it fails with an event, not silence.
+    nodes[2].leave(now);
+    let now = run(&mut nodes, now, Duration::from_secs(1));
+    let id = nodes[0]
+        .send(Target::Node(target), b"gone".to_vec(), 0, now)
+        .unwrap();
+    run(&mut nodes[..2], now, Duration::from_secs(12));
+    let ev = events(&mut nodes[0]);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::SendFailed { id: d, .. } if *d == id)),
+        "{ev:?}"
+    );
+}
