@@ -1,0 +1,46 @@
+//! `cicada`: the command-line face of the library.
+//!
+//! - `cicada node`: one scriptable peer (see `node.rs`).
+//! - `cicada sim`: the Chord simulator, as `examples/sim.rs`.
+
+mod node;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cicada",
+    version,
+    about = "Cicada: a peer-to-peer overlay on a Chord ring"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one peer that reads commands from a script or stdin.
+    Node(node::NodeArgs),
+    /// Simulate a Chord ring of many nodes in virtual time.
+    Sim(cicada::cli::SimArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Node(args) => node::main(args),
+        Command::Sim(args) => match cicada::cli::run_sim(&args) {
+            Ok(lines) => {
+                lines.iter().for_each(|l| println!("{l}"));
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
+    };
+    std::process::exit(code);
+}

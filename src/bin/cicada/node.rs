@@ -1,0 +1,378 @@
+//! `cicada node`: runs one peer and carries out commands, one per line, from
+//! a script file and then from stdin:
+//!
+//! ```text
+//! send TARGET TEXT          TARGET = host:port (that peer) or 64 hex digits (a key's owner)
+//! send-dup N TARGET TEXT    the same with N duplicates
+//! broadcast TEXT
+//! lookup KEY                KEY = 64 hex digits, or any text (hashed)
+//! peers                     the routing state, successor and predecessor
+//! stats                     the counters
+//! wait SECONDS
+//! leave                     leave the swarm gracefully, keep running
+//! quit
+//! ```
+//!
+//! Sends, broadcasts and lookups run in the background; their outcome is an
+//! event. End of input does not stop the peer; `quit`, SIGINT or SIGTERM do,
+//! after a graceful leave.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cicada::{Hash, Hooks, PeerConfig, SendTarget, SwarmPeer};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::output::Out;
+
+/// Arguments of `cicada node`.
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// Local address to bind, HOST:PORT (port 0 picks one).
+    #[arg(long)]
+    bind: String,
+    /// Address other peers reach this one at (its id derives from it).
+    #[arg(long)]
+    external: Option<String>,
+    /// A member of the swarm to join; without it this peer starts a swarm.
+    #[arg(long)]
+    join: Option<String>,
+    /// Commands to run before reading stdin.
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// One JSON object per event on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Stabilize period in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    stabilize_ms: u64,
+    /// Request timeout in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    request_timeout_ms: u64,
+    /// Lookup (and join, and send) deadline in milliseconds.
+    #[arg(long, default_value_t = 8000)]
+    lookup_timeout_ms: u64,
+    /// Seconds to wait for the join.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Capacity of the receive queue.
+    #[arg(long, default_value_t = cicada::DEFAULT_RECV_QUEUE)]
+    recv_queue: usize,
+}
+
+/// Runs the node; returns the exit code.
+pub fn main(args: NodeArgs) -> i32 {
+    let out = Out { json: args.json };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error(format!("cannot start the runtime: {e}"));
+            return 1;
+        }
+    };
+    match rt.block_on(run(args, out)) {
+        Ok(()) => 0,
+        Err(e) => {
+            out.error(e);
+            1
+        }
+    }
+}
+
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {s}"))
+}
+
+async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
+    let bind = resolve(&args.bind)?;
+    let external = args.external.as_deref().map(resolve).transpose()?;
+    let join = args.join.as_deref().map(resolve).transpose()?;
+    let cfg = PeerConfig::default()
+        .stabilize_interval(Duration::from_millis(args.stabilize_ms))
+        .request_timeout(Duration::from_millis(args.request_timeout_ms))
+        .lookup_timeout(Duration::from_millis(args.lookup_timeout_ms))
+        .recv_queue(args.recv_queue);
+    let hooks = Hooks::new().on_new_peer(move |p| {
+        out.emit(json!({"event": "peer", "id": p.id.to_string(), "addr": p.addr.to_string()}))
+    });
+    let mut peer = SwarmPeer::with_config(cfg, hooks);
+    match external {
+        Some(e) => peer.bind_with_external(bind, e).await,
+        None => peer.bind(bind).await,
+    }
+    .map_err(|e| format!("cannot bind {bind}: {e}"))?;
+    let me = peer.me().map_err(|e| e.to_string())?;
+    out.emit(json!({"event": "ready", "id": me.id.to_string(), "addr": me.addr.to_string()}));
+
+    let successor = match join {
+        Some(j) => {
+            let timeout = Duration::from_secs_f64(args.connect_timeout.max(0.0));
+            let s = peer
+                .connect(j, timeout)
+                .await
+                .map_err(|e| format!("cannot join {j}: {e}"))?;
+            s.addr
+        }
+        None => me.addr,
+    };
+    out.emit(json!({"event": "joined", "successor": successor.to_string()}));
+
+    let peer = Arc::new(peer);
+    let receiver = peer.clone();
+    tokio::spawn(async move {
+        while let Ok((from, data, more)) = receiver.recv().await {
+            out.emit(json!({
+                "event": "recv",
+                "from": from.addr.to_string(),
+                "from_id": from.id.to_string(),
+                "data": String::from_utf8_lossy(&data),
+                "more": more,
+            }));
+        }
+    });
+
+    let lines = read_lines(args.script.clone());
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut lines = Some(lines);
+    loop {
+        let next = async {
+            match &mut lines {
+                Some(l) => l.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            line = next => match line {
+                // End of input does not stop the peer.
+                None => lines = None,
+                Some(line) => {
+                    let step = execute(&peer, out, &line);
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        flow = step => if flow == Flow::Quit { break },
+                    }
+                }
+            },
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), peer.disconnect()).await;
+    peer.close().await;
+    out.emit(json!({"event": "closed"}));
+    Ok(())
+}
+
+/// Lines of the script, then of stdin, read on a plain thread (a blocked
+/// read of stdin must not hold the runtime up at exit).
+fn read_lines(script: Option<PathBuf>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(64);
+    let spawned = std::thread::Builder::new()
+        .name("cicada-input".into())
+        .spawn(move || {
+            if let Some(path) = script {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        for l in text.lines() {
+                            if tx.blocking_send(l.to_string()).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ =
+                            tx.blocking_send(format!("error cannot read {}: {e}", path.display()));
+                    }
+                }
+            }
+            for l in std::io::stdin().lines() {
+                let Ok(l) = l else { break };
+                if tx.blocking_send(l).is_err() {
+                    return;
+                }
+            }
+        });
+    if spawned.is_err() {
+        tracing::error!("cannot start the input thread");
+    }
+    rx
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    Quit,
+}
+
+fn parse_target(s: &str) -> Result<SendTarget, String> {
+    if s.len() == 64 {
+        if let Ok(h) = s.parse::<Hash>() {
+            return Ok(SendTarget::Key(h));
+        }
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(SendTarget::Addr(a));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(p) => Ok(SendTarget::Host(host.to_string(), p)),
+            Err(_) => Err(format!("bad target {s:?}: want host:port or 64 hex digits")),
+        },
+        None => Err(format!("bad target {s:?}: want host:port or 64 hex digits")),
+    }
+}
+
+fn parse_key(s: &str) -> Hash {
+    s.parse::<Hash>().unwrap_or_else(|_| Hash::of(s))
+}
+
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.split_once(char::is_whitespace) {
+        Some((w, rest)) => (w, rest.trim_start()),
+        None => (s, ""),
+    }
+}
+
+async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Flow::Go;
+    }
+    let (cmd, rest) = split_word(line);
+    match cmd.to_ascii_lowercase().as_str() {
+        "send" => spawn_send(peer, out, 0, rest),
+        "send-dup" => {
+            let (n, rest) = split_word(rest);
+            match n.parse::<u8>() {
+                Ok(n) => spawn_send(peer, out, n, rest),
+                Err(_) => out.error(format!("send-dup: bad count {n:?}")),
+            }
+        }
+        "broadcast" | "bcast" => {
+            let (p, data) = (peer.clone(), rest.to_string());
+            tokio::spawn(async move {
+                let r = p.broadcast(data.clone().into_bytes()).await;
+                out.emit(json!({
+                    "event": "sent", "target": "broadcast", "data": data,
+                    "ok": r.is_ok(), "error": r.err().map(|e| e.to_string()),
+                }));
+            });
+        }
+        "lookup" => {
+            let key = parse_key(rest.trim());
+            let p = peer.clone();
+            tokio::spawn(async move {
+                match p.get_route(key).await {
+                    Ok(r) => out.emit(json!({
+                        "event": "lookup", "key": key.to_string(), "ok": true,
+                        "owner": r.owner.addr.to_string(), "owner_id": r.owner.id.to_string(), "hops": r.hops,
+                    })),
+                    Err(e) => out.emit(json!({
+                        "event": "lookup", "key": key.to_string(), "ok": false, "error": e.to_string(),
+                    })),
+                }
+            });
+        }
+        "peers" => match (
+            peer.peers().await,
+            peer.successor().await,
+            peer.predecessor().await,
+        ) {
+            (Ok(peers), Ok(succ), Ok(pred)) => {
+                let list: Vec<_> = peers
+                    .iter()
+                    .map(|p| json!({"id": p.id.to_string(), "addr": p.addr.to_string()}))
+                    .collect();
+                out.emit(json!({
+                    "event": "peers", "peers": list,
+                    "successor": succ.map(|s| s.addr.to_string()),
+                    "predecessor": pred.map(|s| s.addr.to_string()),
+                }));
+            }
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => out.error(e),
+        },
+        "stats" => match peer.stats().await {
+            Ok(s) => out.emit(json!({
+                "event": "stats",
+                "datagrams_in": s.core.datagrams_in,
+                "datagrams_out": s.core.datagrams_out,
+                "dropped_malformed": s.core.dropped_malformed,
+                "dropped_version": s.core.dropped_version,
+                "dropped_unexpected": s.core.dropped_unexpected,
+                "peers_failed": s.core.peers_failed,
+                "received": s.received,
+                "recv_overflow": s.recv_overflow,
+                "hooks_dropped": s.hooks_dropped,
+                "link_errors": s.link_errors,
+            })),
+            Err(e) => out.error(e),
+        },
+        "wait" | "sleep" => match rest.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => {
+                tokio::time::sleep(Duration::from_secs_f64(s)).await
+            }
+            _ => out.error(format!("wait: bad number of seconds {rest:?}")),
+        },
+        "leave" | "disconnect" => match peer.disconnect().await {
+            Ok(()) => out.emit(json!({"event": "left"})),
+            Err(e) => out.error(e),
+        },
+        "quit" | "exit" => return Flow::Quit,
+        "error" => out.error(rest),
+        other => out.error(format!("unknown command {other:?}")),
+    }
+    Flow::Go
+}
+
+fn spawn_send(peer: &Arc<SwarmPeer>, out: Out, duplicates: u8, rest: &str) {
+    let (target_text, data) = split_word(rest);
+    let target = match parse_target(target_text) {
+        Ok(t) => t,
+        Err(e) => return out.error(e),
+    };
+    let (p, target_text, data) = (peer.clone(), target_text.to_string(), data.to_string());
+    tokio::spawn(async move {
+        match p.send(target, data.clone().into_bytes(), duplicates).await {
+            Ok(d) => out.emit(json!({
+                "event": "sent", "target": target_text, "data": data, "ok": true,
+                "to": d.to.addr.to_string(), "hops": d.hops,
+            })),
+            Err(e) => out.emit(json!({
+                "event": "sent", "target": target_text, "data": data, "ok": false,
+                "error": e.to_string(),
+            })),
+        }
+    });
+}

@@ -1,0 +1,157 @@
+//! Command-line front ends shared by the `cicada` binary and the examples,
+//! so that each is written once.
+
+use std::time::{Duration, Instant};
+
+use chord::sim::{self, Params, SimConfig};
+
+/// Arguments of the simulator (`cicada sim`, `examples/sim.rs`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Number of nodes, joined one by one.
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: usize,
+    /// Lookups measured before the failure and again after it.
+    #[arg(long, default_value_t = 1000)]
+    pub lookups: usize,
+    /// Fraction of nodes killed at once after the ring converged.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail: f64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Probability that a datagram is lost.
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Smallest one-way latency in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub latency_min_ms: u64,
+    /// Largest one-way latency in milliseconds.
+    #[arg(long, default_value_t = 80)]
+    pub latency_max_ms: u64,
+    /// Periods between the failure and the lookups measured after it.
+    #[arg(long, default_value_t = 5)]
+    pub recovery_periods: u32,
+    /// Routed sends measured (half to keys, half to exact node ids).
+    #[arg(long, default_value_t = 0)]
+    pub sends: usize,
+    /// Extra copies of each send along other routes.
+    #[arg(long, default_value_t = 0)]
+    pub duplicates: u8,
+    /// Broadcasts measured.
+    #[arg(long, default_value_t = 0)]
+    pub broadcasts: usize,
+    /// Fraction of nodes that silently drop what they should forward.
+    #[arg(long, default_value_t = 0.0)]
+    pub droppers: f64,
+    /// Fraction of nodes killed just before the sends and broadcasts.
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
+    /// Payload of each send and broadcast, in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Print the report as one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Runs the simulator and returns the lines of its report (the JSON line
+/// last with `--json`), or a message for a usage error.
+///
+/// ```
+/// use clap::Parser;
+/// #[derive(Parser)]
+/// struct Cli { #[command(flatten)] sim: cicada::cli::SimArgs }
+/// let cli = Cli::parse_from(["sim", "--nodes", "20", "--lookups", "20", "--json"]);
+/// let lines = cicada::cli::run_sim(&cli.sim).unwrap();
+/// assert!(lines.last().unwrap().starts_with('{'));
+/// ```
+pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
+    let fractions = [args.fail, args.loss, args.droppers, args.churn];
+    if fractions.iter().any(|f| !(0.0..1.0).contains(f)) {
+        return Err("--fail, --loss, --droppers and --churn must be in [0, 1)".into());
+    }
+    let params = Params {
+        nodes: args.nodes,
+        lookups: args.lookups,
+        fail: args.fail,
+        recovery_periods: args.recovery_periods,
+        sends: args.sends,
+        duplicates: args.duplicates,
+        broadcasts: args.broadcasts,
+        droppers: args.droppers,
+        churn: args.churn,
+        payload: args.payload,
+        sim: SimConfig {
+            seed: args.seed,
+            loss: args.loss,
+            latency_min: Duration::from_millis(args.latency_min_ms),
+            latency_max: Duration::from_millis(args.latency_max_ms.max(args.latency_min_ms)),
+            ..SimConfig::default()
+        },
+        ..Params::default()
+    };
+    let start = Instant::now();
+    let mut report = sim::run(&params);
+    report.wall_seconds = start.elapsed().as_secs_f64();
+    report.peak_rss_bytes = peak_rss_bytes();
+
+    let mut lines = vec![
+        format!(
+            "nodes {:>9}   ring correct {}   built in {:.1} virtual s",
+            report.nodes, report.ring_correct, report.join_seconds
+        ),
+        format!(
+            "lookups {:>7}   success {:.4}   hops mean {:.2}  p50 {}  p99 {}",
+            report.lookups, report.success_rate, report.hops_mean, report.hops_p50, report.hops_p99
+        ),
+    ];
+    if report.killed > 0 {
+        lines.push(format!(
+            "killed {:>8}   after {} periods: ring correct {}   success {:.4}   hops mean {:.2}  p99 {}",
+            report.killed, report.recovery_periods, report.ring_correct_after_fail, report.success_rate_after_fail, report.hops_mean_after_fail, report.hops_p99_after_fail
+        ));
+    }
+    if report.sends > 0 {
+        lines.push(format!(
+            "sends {:>9}   x{} copies   delivered {:.4}   failed {:.4}   unresolved {}   wrong destination {}   hops mean {:.2}",
+            report.sends, report.duplicates as u32 + 1, report.send_delivered_rate, report.send_failed_rate, report.send_unresolved, report.send_wrong_destination, report.send_hops_mean
+        ));
+    }
+    if report.broadcasts > 0 {
+        lines.push(format!(
+            "broadcasts {:>4}   messages each {:.1}   coverage mean {:.4} min {:.4}   depth max {}",
+            report.broadcasts,
+            report.broadcast_messages_per_broadcast,
+            report.broadcast_coverage,
+            report.broadcast_coverage_min,
+            report.broadcast_depth_max
+        ));
+    }
+    if report.sends > 0 || report.broadcasts > 0 {
+        lines.push(format!(
+            "duplicate deliveries {}   (churn killed {}, droppers {:.2})",
+            report.duplicate_deliveries, report.churn_killed, report.droppers
+        ));
+    }
+    lines.push(format!(
+        "maintenance {:.2} msgs/node/s ({:.0} B/node/s)   {:.0} virtual s in {:.1} wall s   peak RSS {:.0} MiB",
+        report.messages_per_node_per_s, report.bytes_per_node_per_s, report.sim_seconds, report.wall_seconds, report.peak_rss_bytes as f64 / 1048576.0
+    ));
+    if args.json {
+        lines.push(serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    }
+    Ok(lines)
+}

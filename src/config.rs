@@ -1,0 +1,116 @@
+//! [`PeerConfig`]: the tunables of a [`crate::SwarmPeer`], and the limits of
+//! its queues, each with the reason for its default.
+
+use std::time::Duration;
+
+/// Application messages waiting for `recv`: enough to absorb a burst of a
+/// swarm-wide broadcast storm; past it messages are dropped and counted.
+pub const DEFAULT_RECV_QUEUE: usize = 1024;
+/// Calls waiting for the driver: callers wait (back-pressure) when it is full.
+pub const DEFAULT_COMMAND_QUEUE: usize = 256;
+/// Hook calls waiting for the hook thread; a hook slower than the traffic
+/// loses calls (counted) instead of growing memory.
+pub const DEFAULT_HOOK_QUEUE: usize = 4096;
+/// Default wait of `connect` for the join to complete.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Receive buffer: the largest datagram the core accepts.
+pub const RECV_BUFFER: usize = chord::MAX_DATAGRAM;
+
+/// Everything a [`crate::SwarmPeer`] can be tuned with: the Chord core's
+/// [`chord::Config`] and the peer's own queues.
+///
+/// ```
+/// use std::time::Duration;
+/// let cfg = cicada::PeerConfig::default()
+///     .stabilize_interval(Duration::from_millis(200))
+///     .request_timeout(Duration::from_millis(100))
+///     .recv_queue(64);
+/// assert!(cfg.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerConfig {
+    /// The core's tunables: intervals, timeouts, successor list length, payload limits.
+    pub chord: chord::Config,
+    /// Capacity of the receive queue ([`DEFAULT_RECV_QUEUE`]).
+    pub recv_queue: usize,
+    /// Capacity of the command queue ([`DEFAULT_COMMAND_QUEUE`]).
+    pub command_queue: usize,
+    /// Capacity of the hook queue ([`DEFAULT_HOOK_QUEUE`]).
+    pub hook_queue: usize,
+    /// Seed of the core's randomness; `None` draws one from the clock and the id.
+    pub seed: Option<u64>,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            chord: chord::Config::default(),
+            recv_queue: DEFAULT_RECV_QUEUE,
+            command_queue: DEFAULT_COMMAND_QUEUE,
+            hook_queue: DEFAULT_HOOK_QUEUE,
+            seed: None,
+        }
+    }
+}
+
+impl PeerConfig {
+    /// Sets the period of stabilize, predecessor check and finger repair.
+    pub fn stabilize_interval(mut self, d: Duration) -> Self {
+        self.chord.stabilize_interval = d;
+        self
+    }
+
+    /// Sets how long a request waits for its reply before it is sent again.
+    /// The lookup deadline is kept at least this long.
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.chord.request_timeout = d;
+        self.chord.lookup_timeout = self.chord.lookup_timeout.max(d);
+        self
+    }
+
+    /// Sets how long a lookup (and a join) may take end to end.
+    pub fn lookup_timeout(mut self, d: Duration) -> Self {
+        self.chord.lookup_timeout = d;
+        self
+    }
+
+    /// Sets the length of the successor list.
+    pub fn successor_list_len(mut self, n: usize) -> Self {
+        self.chord.successor_list_len = n;
+        self
+    }
+
+    /// Sets the largest application message `send` and `broadcast` accept
+    /// (the core splits it into fragments on the wire).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.chord.max_payload = bytes;
+        self
+    }
+
+    /// Sets the capacity of the receive queue.
+    pub fn recv_queue(mut self, n: usize) -> Self {
+        self.recv_queue = n;
+        self
+    }
+
+    /// Sets the capacity of the hook queue.
+    pub fn hook_queue(mut self, n: usize) -> Self {
+        self.hook_queue = n;
+        self
+    }
+
+    /// Fixes the seed of the core's randomness (for reproducible tests).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks that the values can work together.
+    pub fn validate(&self) -> Result<(), chord::ConfigError> {
+        self.chord.validate()?;
+        if self.recv_queue == 0 || self.command_queue == 0 || self.hook_queue == 0 {
+            return Err(chord::ConfigError("queue capacities must be positive"));
+        }
+        Ok(())
+    }
+}

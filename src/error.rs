@@ -1,0 +1,58 @@
+//! [`Error`]: everything a [`crate::SwarmPeer`] call can fail with.
+
+use chord::Hash;
+
+/// Why a [`crate::SwarmPeer`] call failed.
+///
+/// ```
+/// let e = cicada::Error::NotBound;
+/// assert_eq!(e.to_string(), "the peer is not bound: call bind first");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A call other than `bind` came before `bind`.
+    #[error("the peer is not bound: call bind first")]
+    NotBound,
+    /// `bind` was called outside a tokio runtime (use
+    /// [`crate::blocking::SwarmPeer`] from code without one).
+    #[error("bind needs a tokio runtime; use cicada::blocking::SwarmPeer without one")]
+    NoRuntime,
+    /// `bind` was called twice.
+    #[error("the peer is already bound")]
+    AlreadyBound,
+    /// `connect` on a peer that already has peers in its routing state.
+    #[error("the peer is already part of a swarm")]
+    AlreadyConnected,
+    /// The peer is not part of a swarm: it left (`disconnect`), or a join is
+    /// still under way.
+    #[error("the peer is not part of a swarm")]
+    NotJoined,
+    /// The peer was closed (or its driver stopped).
+    #[error("the peer is closed")]
+    Closed,
+    /// A socket operation failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A host name did not resolve to an address.
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] chord::ConfigError),
+    /// Joining the swarm failed: unreachable bootstrap, version mismatch, id in use.
+    #[error("joining failed: {0}")]
+    Join(#[from] chord::JoinError),
+    /// The call did not complete in the time allowed.
+    #[error("timed out")]
+    Timeout,
+    /// A lookup (`get_route`) did not find the key's owner before its deadline.
+    #[error("lookup of {0} failed")]
+    LookupFailed(Hash),
+    /// A send or broadcast was refused or did not reach its destination.
+    #[error("send failed: {0}")]
+    Send(#[from] chord::SendError),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,78 @@
+//! Links: how datagrams leave and arrive. The driver is generic over
+//! [`Link`], so another transport (an Ouroboros flow) slots in beside
+//! [`UdpLink`] without touching it.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::UdpSocket;
+
+/// A datagram transport the driver can run a peer over.
+///
+/// `recv_from` must be cancel-safe: the driver waits on it in a `select!`
+/// beside timers and commands, and drops the future when another branch
+/// wins. No datagram may be lost by that.
+pub trait Link: Send + Sync + 'static {
+    /// How peers are addressed over this link.
+    type Addr: chord::Address + Display + Send + Sync + 'static;
+
+    /// The address this link receives on.
+    fn local_addr(&self) -> io::Result<Self::Addr>;
+
+    /// Sends one datagram.
+    fn send_to(&self, bytes: &[u8], to: &Self::Addr)
+        -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Waits for the next datagram; returns its length in `buf` and its sender.
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, Self::Addr)>> + Send;
+}
+
+/// A [`Link`] over a tokio [`UdpSocket`], IPv4 or IPv6.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use cicada::{Link, UdpLink};
+/// let link = UdpLink::bind("127.0.0.1:0".parse().unwrap()).await?;
+/// assert_ne!(link.local_addr()?.port(), 0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct UdpLink {
+    socket: UdpSocket,
+}
+
+impl UdpLink {
+    /// Binds a UDP socket on `addr` (port 0 picks a free one).
+    pub async fn bind(addr: SocketAddr) -> io::Result<UdpLink> {
+        let socket = UdpSocket::bind(addr).await?;
+        Ok(UdpLink { socket })
+    }
+
+    /// Wraps a socket bound already.
+    pub fn from_socket(socket: UdpSocket) -> UdpLink {
+        UdpLink { socket }
+    }
+}
+
+impl Link for UdpLink {
+    type Addr = SocketAddr;
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    async fn send_to(&self, bytes: &[u8], to: &SocketAddr) -> io::Result<()> {
+        self.socket.send_to(bytes, to).await.map(|_| ())
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        // UdpSocket::recv_from is cancel-safe.
+        self.socket.recv_from(buf).await
+    }
+}

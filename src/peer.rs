@@ -1,0 +1,406 @@
+//! [`SwarmPeer`]: a member of a Cicada swarm, used like a socket.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chord::Hash;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::PeerConfig;
+use crate::driver::{Command, Counters, Driver, Incoming, Snapshot};
+use crate::error::{Error, Result};
+use crate::hooks::{HookQueue, Hooks};
+use crate::link::{Link, UdpLink};
+use crate::remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
+
+/// What `recv` returns: the sender, the data, and whether more messages are
+/// queued already.
+pub type Received = (RemoteNode, Bytes, bool);
+
+/// Counters of a peer: the core's and the peer's own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// The Chord core's counters (datagrams, malformed ones dropped, …).
+    pub core: chord::Stats,
+    /// Application messages received.
+    pub received: u64,
+    /// Application messages dropped because the receive queue was full.
+    pub recv_overflow: u64,
+    /// Hook calls dropped because the hook queue was full.
+    pub hooks_dropped: u64,
+    /// Errors the link reported on sending or receiving.
+    pub link_errors: u64,
+}
+
+struct Bound {
+    me: RemoteNode,
+    local: SocketAddr,
+    commands: mpsc::Sender<Command<SocketAddr>>,
+    inbox: tokio::sync::Mutex<mpsc::Receiver<Incoming<SocketAddr>>>,
+    counters: Arc<Counters>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A member of a Cicada swarm over UDP, used like a socket: `bind` first,
+/// then `connect` to join an existing swarm (without it the peer is the first
+/// member of its own), then `send`, `recv`, `broadcast`.
+///
+/// Every method but `bind` takes `&self`, so a peer can be shared (in an
+/// `Arc`) between a task that receives and others that send.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cicada::Error> {
+/// use std::time::Duration;
+/// use cicada::SwarmPeer;
+///
+/// let mut first = SwarmPeer::new(cicada::Hooks::new());
+/// first.bind("127.0.0.1:0".parse().unwrap()).await?;
+/// let mut second = SwarmPeer::new(cicada::Hooks::new());
+/// second.bind("127.0.0.1:0".parse().unwrap()).await?;
+/// second.connect(first.listener()?, Duration::from_secs(5)).await?;
+/// let route = second.get_route(first.hash()?).await?;
+/// assert_eq!(route.owner.addr, first.listener()?);
+/// first.close().await;
+/// second.close().await;
+/// # Ok(()) }
+/// ```
+pub struct SwarmPeer {
+    cfg: PeerConfig,
+    hooks: Hooks,
+    bound: Option<Bound>,
+}
+
+impl std::fmt::Debug for SwarmPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("SwarmPeer");
+        if let Some(b) = &self.bound {
+            d.field("id", &b.me.id).field("addr", &b.me.addr);
+        } else {
+            d.field("bound", &false);
+        }
+        d.finish()
+    }
+}
+
+impl SwarmPeer {
+    /// An unbound peer with default configuration and these hooks.
+    pub fn new(hooks: Hooks) -> SwarmPeer {
+        SwarmPeer::with_config(PeerConfig::default(), hooks)
+    }
+
+    /// An unbound peer with this configuration and these hooks.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cfg = cicada::PeerConfig::default().stabilize_interval(Duration::from_millis(200));
+    /// let peer = cicada::SwarmPeer::with_config(cfg, cicada::Hooks::new());
+    /// assert!(matches!(peer.hash(), Err(cicada::Error::NotBound)));
+    /// ```
+    pub fn with_config(cfg: PeerConfig, hooks: Hooks) -> SwarmPeer {
+        SwarmPeer {
+            cfg,
+            hooks,
+            bound: None,
+        }
+    }
+
+    /// Binds to `local` and starts the peer; its id is derived from the
+    /// address it is bound to (with port 0, the port picked).
+    pub async fn bind(&mut self, local: SocketAddr) -> Result<()> {
+        self.bind_inner(local, None).await
+    }
+
+    /// Binds to `local` but announces `external` to other peers (an address
+    /// mapped on a NAT, see [`crate::traversal`]); the id is derived from
+    /// `external`.
+    pub async fn bind_with_external(
+        &mut self,
+        local: SocketAddr,
+        external: SocketAddr,
+    ) -> Result<()> {
+        self.bind_inner(local, Some(external)).await
+    }
+
+    async fn bind_inner(&mut self, local: SocketAddr, external: Option<SocketAddr>) -> Result<()> {
+        if self.bound.is_some() {
+            return Err(Error::AlreadyBound);
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
+        self.cfg.validate()?;
+        let link = UdpLink::bind(local).await?;
+        let local = link.local_addr()?;
+        let external = external.unwrap_or(local);
+        let me = RemoteNode::new(node_id(&external), external);
+        let seed = self.cfg.seed.unwrap_or_else(|| {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ u64::from_be_bytes(me.id.to_bytes()[..8].try_into().unwrap_or([0; 8]))
+        });
+        let counters = Arc::new(Counters::default());
+        let (cmd_tx, cmd_rx) = mpsc::channel(self.cfg.command_queue);
+        let (in_tx, in_rx) = mpsc::channel(self.cfg.recv_queue);
+        let hooks = HookQueue::start(
+            self.hooks.clone(),
+            self.cfg.hook_queue,
+            counters.hooks_dropped.clone(),
+        );
+        let driver = Driver::new(
+            link,
+            me.clone(),
+            self.cfg.clone(),
+            seed,
+            cmd_rx,
+            in_tx,
+            hooks,
+            counters.clone(),
+        )?;
+        let task = tokio::spawn(driver.run());
+        tracing::debug!(id = %me.id.short(), %local, %external, "bound");
+        self.bound = Some(Bound {
+            me,
+            local,
+            commands: cmd_tx,
+            inbox: tokio::sync::Mutex::new(in_rx),
+            counters,
+            task: Mutex::new(Some(task)),
+        });
+        Ok(())
+    }
+
+    fn bound(&self) -> Result<&Bound> {
+        self.bound.as_ref().ok_or(Error::NotBound)
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command<SocketAddr>,
+    ) -> Result<T> {
+        let b = self.bound()?;
+        let (tx, rx) = oneshot::channel();
+        b.commands.send(make(tx)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Joins the swarm that the peer at `bootstrap` belongs to, waiting at
+    /// most `timeout`. Fails with [`Error::Join`] (unreachable, version
+    /// mismatch, id in use) or [`Error::Timeout`]; after a failure the peer is
+    /// again the only member of its own swarm and may try again. The join
+    /// itself is bounded by the core's `lookup_timeout`; when `timeout` is
+    /// shorter and passes first, the join goes on in the background and may
+    /// still complete (`peers()` tells).
+    pub async fn connect(&self, bootstrap: SocketAddr, timeout: Duration) -> Result<RemoteNode> {
+        let ask = self.ask(|reply| Command::Join { bootstrap, reply });
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(r) => r?,
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Like [`connect`](Self::connect), to a host name and port.
+    pub async fn connect_host(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<RemoteNode> {
+        let addr = resolve(host, port).await?;
+        self.connect(addr, timeout).await
+    }
+
+    /// Sends `data` to `target` and waits until the destination confirmed it.
+    ///
+    /// A target naming a peer (an address, a `(host, port)`, a
+    /// [`RemoteNode`], a `&SwarmPeer`) reaches exactly that peer or fails
+    /// when it is gone; a [`Hash`](struct@Hash) reaches whichever live peer owns the key.
+    /// `duplicates` routes that many extra copies through other peers, for
+    /// resilience against peers that drop messages.
+    pub async fn send(
+        &self,
+        target: impl Into<SendTarget>,
+        data: impl Into<Bytes>,
+        duplicates: u8,
+    ) -> Result<Delivery> {
+        let target = match target.into() {
+            SendTarget::Addr(a) => chord::Target::Node(node_id(&a)),
+            SendTarget::Host(h, p) => chord::Target::Node(node_id(&resolve(&h, p).await?)),
+            SendTarget::Node(id) => chord::Target::Node(id),
+            SendTarget::Key(k) => chord::Target::Key(k),
+            SendTarget::Unbound => return Err(Error::NotBound),
+        };
+        let payload = data.into().to_vec();
+        let (to, hops) = self
+            .ask(|reply| Command::Send {
+                target,
+                payload,
+                duplicates,
+                reply,
+            })
+            .await??;
+        Ok(Delivery { to, hops })
+    }
+
+    /// Sends `data` to every other peer of the swarm, each receiving it once.
+    /// Resolves when the broadcast is accepted.
+    pub async fn broadcast(&self, data: impl Into<Bytes>) -> Result<()> {
+        let payload = data.into().to_vec();
+        self.ask(|reply| Command::Broadcast { payload, reply })
+            .await?
+    }
+
+    /// Waits for the next application message: its sender, its data, and
+    /// whether more are queued already. Fails with [`Error::Closed`] once the
+    /// peer is closed and the queue is empty.
+    pub async fn recv(&self) -> Result<Received> {
+        let b = self.bound()?;
+        let mut inbox = b.inbox.lock().await;
+        let m = inbox.recv().await.ok_or(Error::Closed)?;
+        Ok((m.from, m.data, !inbox.is_empty()))
+    }
+
+    /// The next application message if one is queued, without waiting.
+    pub fn try_recv(&self) -> Result<Option<Received>> {
+        let b = self.bound()?;
+        let Ok(mut inbox) = b.inbox.try_lock() else {
+            return Ok(None); // another task is receiving
+        };
+        match inbox.try_recv() {
+            Ok(m) => Ok(Some((m.from, m.data, !inbox.is_empty()))),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(Error::Closed),
+        }
+    }
+
+    /// Like [`recv`](Self::recv), but gives up after `timeout` with `Ok(None)`.
+    pub async fn recv_timeout(&self, timeout: Duration) -> Result<Option<Received>> {
+        match tokio::time::timeout(timeout, self.recv()).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Looks up the live peer responsible for `key`, and the hops it took.
+    pub async fn get_route(&self, key: Hash) -> Result<Route> {
+        let (owner, hops) = self.ask(|reply| Command::Lookup { key, reply }).await??;
+        Ok(Route { owner, hops })
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot<SocketAddr>> {
+        self.ask(|reply| Command::Snapshot { reply }).await
+    }
+
+    /// Every peer in this peer's routing state, sorted by id.
+    pub async fn peers(&self) -> Result<Vec<RemoteNode>> {
+        Ok(self.snapshot().await?.peers)
+    }
+
+    /// The next peer on the ring; `None` while alone.
+    pub async fn successor(&self) -> Result<Option<RemoteNode>> {
+        Ok(self.snapshot().await?.successor)
+    }
+
+    /// The previous peer on the ring, when known.
+    pub async fn predecessor(&self) -> Result<Option<RemoteNode>> {
+        Ok(self.snapshot().await?.predecessor)
+    }
+
+    /// This peer's id.
+    pub fn hash(&self) -> Result<Hash> {
+        Ok(self.bound()?.me.id)
+    }
+
+    /// This peer as others know it: its id and external address.
+    pub fn me(&self) -> Result<RemoteNode> {
+        Ok(self.bound()?.me.clone())
+    }
+
+    /// The address other peers reach this one at (the external address).
+    pub fn listener(&self) -> Result<SocketAddr> {
+        Ok(self.bound()?.me.addr)
+    }
+
+    /// The local address the socket is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.bound()?.local)
+    }
+
+    /// The counters.
+    pub async fn stats(&self) -> Result<PeerStats> {
+        let core = self.snapshot().await?.stats;
+        let c = &self.bound()?.counters;
+        Ok(PeerStats {
+            core,
+            received: c.received.load(Ordering::Relaxed),
+            recv_overflow: c.recv_overflow.load(Ordering::Relaxed),
+            hooks_dropped: c.hooks_dropped.load(Ordering::Relaxed),
+            link_errors: c.link_errors.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Leaves the swarm gracefully: hands this peer's neighbours to each
+    /// other, then stays silent. The socket stays open until `close`.
+    pub async fn disconnect(&self) -> Result<()> {
+        self.ask(|reply| Command::Leave { reply }).await
+    }
+
+    /// Stops the driver and releases the socket; waits until both are done.
+    /// Idempotent; dropping the peer does the same without waiting.
+    pub async fn close(&self) {
+        let Some(b) = &self.bound else { return };
+        let _ = b.commands.try_send(Command::Close);
+        let task = b.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            // Closing while the command queue is full: stop the task outright.
+            if b.commands.capacity() == 0 {
+                task.abort();
+            }
+            let _ = task.await;
+        }
+    }
+
+    /// Whether [`close`](Self::close) has run (or the driver stopped).
+    pub fn is_closed(&self) -> bool {
+        self.bound.as_ref().is_some_and(|b| b.commands.is_closed())
+    }
+}
+
+impl Drop for SwarmPeer {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bound {
+            if let Ok(mut t) = b.task.lock() {
+                if let Some(task) = t.take() {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+impl From<&SwarmPeer> for SendTarget {
+    fn from(p: &SwarmPeer) -> Self {
+        match p.hash() {
+            Ok(id) => SendTarget::Node(id),
+            Err(_) => SendTarget::Unbound,
+        }
+    }
+}
+
+/// Resolves `host:port` to its first address, off the runtime's threads.
+pub(crate) async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    let name = format!("{host}:{port}");
+    let n = name.clone();
+    let found = tokio::task::spawn_blocking(move || n.to_socket_addrs().map(|mut a| a.next()))
+        .await
+        .map_err(|_| Error::Resolve(name.clone()))?;
+    match found {
+        Ok(Some(a)) => Ok(a),
+        _ => Err(Error::Resolve(name)),
+    }
+}

@@ -1,0 +1,116 @@
+//! Who a message is for and who it came from: [`RemoteNode`], [`SendTarget`],
+//! and what a send or a lookup resolves to ([`Delivery`], [`Route`]).
+
+use std::net::{IpAddr, SocketAddr};
+
+use chord::{Hash, NodeRef};
+
+/// Another peer of the swarm as this one knows it: its id and its address.
+///
+/// ```
+/// let n = cicada::RemoteNode::new(cicada::node_id(&"127.0.0.1:5000".parse().unwrap()), "127.0.0.1:5000".parse().unwrap());
+/// assert_eq!(n.addr.port(), 5000);
+/// ```
+pub type RemoteNode = NodeRef<SocketAddr>;
+
+/// The id of the peer whose external address is `addr`: SHA-256 of the
+/// address written as `ip:port` (`[ip6]:port` for IPv6).
+///
+/// ```
+/// let addr = "127.0.0.1:5000".parse().unwrap();
+/// assert_eq!(cicada::node_id(&addr), cicada::Hash::of("127.0.0.1:5000"));
+/// ```
+pub fn node_id(addr: &SocketAddr) -> Hash {
+    Hash::of(addr.to_string())
+}
+
+/// Where [`crate::SwarmPeer::send`] sends. Usually built with `.into()` from
+/// a `SocketAddr`, a `(host, port)` pair, a [`Hash`](struct@Hash), a [`RemoteNode`] or a
+/// `&SwarmPeer`.
+///
+/// A target that names a peer (address, host, node, peer) reaches exactly that
+/// peer or fails when it is gone; a [`Hash`](struct@Hash) reaches whichever live peer owns
+/// the key.
+///
+/// ```
+/// use cicada::{Hash, SendTarget};
+/// let by_addr: SendTarget = "127.0.0.1:5000".parse::<std::net::SocketAddr>().unwrap().into();
+/// let by_host: SendTarget = ("localhost", 5000).into();
+/// let by_key: SendTarget = Hash::of("some key").into();
+/// assert!(matches!(by_key, SendTarget::Key(_)));
+/// # let _ = (by_addr, by_host);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendTarget {
+    /// The peer listening at this address.
+    Addr(SocketAddr),
+    /// The peer at this host name and port (resolved when sending).
+    Host(String, u16),
+    /// The peer with exactly this id.
+    Node(Hash),
+    /// Whichever live peer owns this key.
+    Key(Hash),
+    /// A [`crate::SwarmPeer`] that is not bound yet; sending to it fails with
+    /// [`crate::Error::NotBound`].
+    Unbound,
+}
+
+impl From<SocketAddr> for SendTarget {
+    fn from(a: SocketAddr) -> Self {
+        SendTarget::Addr(a)
+    }
+}
+
+impl From<(IpAddr, u16)> for SendTarget {
+    fn from((ip, port): (IpAddr, u16)) -> Self {
+        SendTarget::Addr(SocketAddr::new(ip, port))
+    }
+}
+
+impl From<(&str, u16)> for SendTarget {
+    fn from((host, port): (&str, u16)) -> Self {
+        SendTarget::Host(host.to_string(), port)
+    }
+}
+
+impl From<(String, u16)> for SendTarget {
+    fn from((host, port): (String, u16)) -> Self {
+        SendTarget::Host(host, port)
+    }
+}
+
+impl From<Hash> for SendTarget {
+    fn from(key: Hash) -> Self {
+        SendTarget::Key(key)
+    }
+}
+
+impl From<&RemoteNode> for SendTarget {
+    fn from(n: &RemoteNode) -> Self {
+        SendTarget::Node(n.id)
+    }
+}
+
+impl From<RemoteNode> for SendTarget {
+    fn from(n: RemoteNode) -> Self {
+        SendTarget::Node(n.id)
+    }
+}
+
+/// A send that the destination confirmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The peer that received the message.
+    pub to: RemoteNode,
+    /// Overlay hops it took.
+    pub hops: u32,
+}
+
+/// The answer of [`crate::SwarmPeer::get_route`]: the live owner of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The peer responsible for the key.
+    pub owner: RemoteNode,
+    /// Overlay hops the lookup took (0: this peer knew).
+    pub hops: u32,
+}
