@@ -65,6 +65,11 @@ impl Node {
         if let Some(j) = join {
             cmd.arg("--join").arg(j);
         }
+        Node::spawn(cmd, port)
+    }
+
+    /// Runs `cmd`, which prints JSON event lines, and waits for its `ready`.
+    fn spawn(mut cmd: Command, port: u16) -> Node {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -967,4 +972,96 @@ async fn disconnect_leaves_gracefully_and_the_others_notice() {
     }
     let r = peers[0].send(leaver.addr, &b"late"[..], 0).await;
     assert!(r.is_err(), "{r:?}");
+}
+
+// ------------------------------------------------- the std driver (no tokio)
+
+/// `examples/std_peer`, built by `cargo test` beside this test binary.
+fn std_peer_exe() -> std::path::PathBuf {
+    let mut p = std::env::current_exe().expect("test binary path");
+    p.pop(); // deps
+    p.pop(); // profile dir
+    p.push("examples");
+    p.push(format!("std_peer{}", std::env::consts::EXE_SUFFIX));
+    p
+}
+
+#[test]
+fn a_std_socket_peer_interoperates_with_tokio_peers() {
+    let _g = heavy();
+    let exe = std_peer_exe();
+    assert!(
+        exe.exists(),
+        "{} not built (cargo test builds examples)",
+        exe.display()
+    );
+    let ports = free_ports(4);
+    let mut nodes = vec![Node::start(ports[0], None)];
+    let first = nodes[0].addr.clone();
+    for p in &ports[1..3] {
+        nodes.push(Node::start(*p, Some(&first)));
+    }
+    // The std peer joins through a tokio peer; once settled it sends to
+    // another and broadcasts.
+    let target = nodes[1].addr.clone();
+    let mut cmd = Command::new(&exe);
+    cmd.args(["--bind", &format!("127.0.0.1:{}", ports[3])])
+        .args(["--join", &first])
+        .args(["--stabilize-ms", "200", "--settle", "2", "--seconds", "20"])
+        .args(["--send", &format!("{target}=from-std")])
+        .args(["--broadcast", "std-says-hi"]);
+    let std_peer = Node::spawn(cmd, ports[3]);
+    let std_addr = std_peer.addr.clone();
+    assert_eq!(
+        std_peer.id,
+        Hash::of(&std_addr).to_string(),
+        "the std peer's id is the hash of its address, as for tokio peers"
+    );
+    assert!(
+        std_peer
+            .wait_for(0, Duration::from_secs(10), is("joined"))
+            .is_some(),
+        "std peer did not join"
+    );
+    // std -> tokio: routed send, confirmed, received once.
+    let sent = std_peer.wait_for(0, Duration::from_secs(15), is("sent"));
+    assert_eq!(
+        sent.as_ref().map(|v| v["ok"].clone()),
+        Some(Value::Bool(true)),
+        "{sent:?}"
+    );
+    assert!(nodes[1]
+        .wait_for(0, Duration::from_secs(5), recv_of("from-std".into()))
+        .is_some());
+    // std -> everyone: the broadcast reaches each tokio peer.
+    for n in &nodes {
+        assert!(
+            n.wait_for(0, Duration::from_secs(10), recv_of("std-says-hi".into()))
+                .is_some(),
+            "{} missed the std peer's broadcast",
+            n.addr
+        );
+    }
+    // tokio -> std: a send to its address and a broadcast.
+    nodes[2].cmd(&format!("send {std_addr} to-std"));
+    nodes[0].cmd("broadcast tokio-says-hi");
+    assert!(std_peer
+        .wait_for(0, Duration::from_secs(10), recv_of("to-std".into()))
+        .is_some());
+    assert!(std_peer
+        .wait_for(0, Duration::from_secs(10), recv_of("tokio-says-hi".into()))
+        .is_some());
+    thread::sleep(Duration::from_millis(500));
+    // Exactly once, everywhere.
+    for data in ["to-std", "tokio-says-hi"] {
+        assert_eq!(
+            std_peer.all(recv_of(data.into())).len(),
+            1,
+            "{data} at the std peer"
+        );
+    }
+    for n in &nodes {
+        assert_eq!(n.all(recv_of("std-says-hi".into())).len(), 1);
+    }
+    assert_eq!(nodes[1].all(recv_of("from-std".into())).len(), 1);
 }
