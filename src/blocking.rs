@@ -79,6 +79,18 @@ impl SwarmPeer {
         rt.block_on(inner.bind_with_external(local, external))
     }
 
+    /// See [`crate::SwarmPeer::bind_with_mapping`].
+    pub fn bind_with_mapping(
+        &mut self,
+        local: SocketAddr,
+        options: &crate::traversal::Options,
+    ) -> Result<SocketAddr> {
+        let (Some(inner), Some(rt)) = (&mut self.inner, &self.rt) else {
+            return Err(Error::Closed);
+        };
+        rt.block_on(inner.bind_with_mapping(local, options))
+    }
+
     /// See [`crate::SwarmPeer::connect`].
     pub fn connect(&self, bootstrap: SocketAddr, timeout: Duration) -> Result<RemoteNode> {
         self.run(|p| p.connect(bootstrap, timeout))

@@ -52,6 +52,9 @@ pub enum Error {
     /// A send or broadcast was refused or did not reach its destination.
     #[error("send failed: {0}")]
     Send(#[from] chord::SendError),
+    /// The port could not be mapped on the NAT gateway.
+    #[error("port mapping failed: {0}")]
+    PortMapping(#[from] traversal::Error),
 }
 
 /// Shorthand for results of this crate.

@@ -43,6 +43,8 @@ struct Bound {
     inbox: tokio::sync::Mutex<mpsc::Receiver<Incoming<SocketAddr>>>,
     counters: Arc<Counters>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The gateway mapping of the socket's port, removed on close.
+    mapping: tokio::sync::Mutex<Option<traversal::PortMapping>>,
 }
 
 /// A member of a Cicada swarm over UDP, used like a socket: `bind` first,
@@ -126,7 +128,38 @@ impl SwarmPeer {
         self.bind_inner(local, Some(external)).await
     }
 
-    async fn bind_inner(&mut self, local: SocketAddr, external: Option<SocketAddr>) -> Result<()> {
+    /// Binds to `local`, maps the socket's port on the NAT gateway (UPnP
+    /// IGD, then NAT-PMP, see [`crate::traversal`]), and announces the mapped
+    /// external address, from which the id is derived. The mapping is
+    /// renewed while the peer lives and removed by [`close`](Self::close).
+    /// Returns the external address.
+    ///
+    /// ```no_run
+    /// # async fn f() -> cicada::Result<()> {
+    /// let mut peer = cicada::SwarmPeer::new(cicada::Hooks::new());
+    /// let external = peer
+    ///     .bind_with_mapping("0.0.0.0:0".parse().unwrap(), &cicada::traversal::Options::default())
+    ///     .await?;
+    /// println!("reachable at {external}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn bind_with_mapping(
+        &mut self,
+        local: SocketAddr,
+        options: &traversal::Options,
+    ) -> Result<SocketAddr> {
+        self.check_bindable()?;
+        let link = UdpLink::bind(local).await?;
+        let port = link.local_addr()?.port();
+        let mapping =
+            traversal::PortMapping::with_options(port, traversal::Protocol::Udp, options).await?;
+        let external = mapping.external_addr();
+        tracing::info!(%external, method = %mapping.method(), "port mapped");
+        self.start(link, Some(external), Some(mapping))?;
+        Ok(external)
+    }
+
+    fn check_bindable(&self) -> Result<()> {
         if self.bound.is_some() {
             return Err(Error::AlreadyBound);
         }
@@ -134,7 +167,22 @@ impl SwarmPeer {
             return Err(Error::NoRuntime);
         }
         self.cfg.validate()?;
+        Ok(())
+    }
+
+    async fn bind_inner(&mut self, local: SocketAddr, external: Option<SocketAddr>) -> Result<()> {
+        self.check_bindable()?;
         let link = UdpLink::bind(local).await?;
+        self.start(link, external, None)
+    }
+
+    /// Starts the driver on a bound link.
+    fn start(
+        &mut self,
+        link: UdpLink,
+        external: Option<SocketAddr>,
+        mapping: Option<traversal::PortMapping>,
+    ) -> Result<()> {
         let local = link.local_addr()?;
         let external = external.unwrap_or(local);
         let me = RemoteNode::new(node_id(&external), external);
@@ -171,6 +219,7 @@ impl SwarmPeer {
             inbox: tokio::sync::Mutex::new(in_rx),
             counters,
             task: Mutex::new(Some(task)),
+            mapping: tokio::sync::Mutex::new(mapping),
         });
         Ok(())
     }
@@ -362,6 +411,11 @@ impl SwarmPeer {
                 task.abort();
             }
             let _ = task.await;
+        }
+        if let Some(mapping) = b.mapping.lock().await.take() {
+            if let Err(e) = mapping.close().await {
+                tracing::warn!(error = %e, "removing the port mapping failed");
+            }
         }
     }
 

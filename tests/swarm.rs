@@ -1065,3 +1065,126 @@ fn a_std_socket_peer_interoperates_with_tokio_peers() {
     }
     assert_eq!(nodes[1].all(recv_of("from-std".into())).len(), 1);
 }
+
+// ------------------------------------------- a peer behind NAT (the NAT lab)
+
+#[path = "support/natlab.rs"]
+mod natlab;
+
+/// Starts `cicada node` inside the lab's `role` namespace.
+fn node_in(lab: &natlab::Lab, role: &str, port: u16, extra: &[&str]) -> Node {
+    let mut cmd = lab.exec(role);
+    cmd.arg(env!("CARGO_BIN_EXE_cicada"))
+        .arg("node")
+        .args(NODE_FLAGS)
+        .args(extra);
+    Node::spawn(cmd, port)
+}
+
+/// Sends from `a` to `b` by address and checks the confirmation and the
+/// single delivery.
+fn exchange(a: &mut Node, b: &Node, text: &str) {
+    let (from_a, from_b) = (a.len(), b.len());
+    a.cmd(&format!("send {} {text}", b.addr));
+    let sent = a.wait_for(from_a, Duration::from_secs(10), is("sent"));
+    assert_eq!(
+        sent.as_ref().map(|v| v["ok"].clone()),
+        Some(Value::Bool(true)),
+        "{} -> {}: {sent:?}",
+        a.addr,
+        b.addr
+    );
+    let got = b.wait_for(from_b, Duration::from_secs(5), recv_of(text.into()));
+    let got = got.unwrap_or_else(|| panic!("{} never received {text}", b.addr));
+    assert_eq!(
+        got["from"],
+        a.addr.as_str(),
+        "the sender is known by its external address"
+    );
+}
+
+#[test]
+fn a_peer_behind_nat_maps_its_port_and_swarms_with_the_internet() {
+    let _g = heavy();
+    let Some(lab) = natlab::Lab::up("a_peer_behind_nat_maps_its_port", &[]) else {
+        return;
+    };
+    for lan_bootstraps in [true, false] {
+        let (lan_port, wan_port) = if lan_bootstraps {
+            (41000, 41001)
+        } else {
+            (42000, 42001)
+        };
+        let lan_bind = format!("0.0.0.0:{lan_port}");
+        let wan_bind = format!("198.18.0.1:{wan_port}");
+        let (mut lan, mut wan) = if lan_bootstraps {
+            let lan = node_in(&lab, "lan1", lan_port, &["--bind", &lan_bind, "--map"]);
+            let wan = node_in(
+                &lab,
+                "wan",
+                wan_port,
+                &["--bind", &wan_bind, "--join", &lan.addr],
+            );
+            (lan, wan)
+        } else {
+            let wan = node_in(&lab, "wan", wan_port, &["--bind", &wan_bind]);
+            let lan = node_in(
+                &lab,
+                "lan1",
+                lan_port,
+                &["--bind", &lan_bind, "--map", "--join", &wan.addr],
+            );
+            (lan, wan)
+        };
+        // The peer behind the NAT is known by the gateway's address.
+        assert!(
+            lan.addr.starts_with("198.18.0.2:"),
+            "lan peer announces {}",
+            lan.addr
+        );
+        assert_eq!(lan.id, Hash::of(&lan.addr).to_string());
+        let port: u16 = lan
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            lab.status().contains(&format!("dport {port}")),
+            "no DNAT rule for {port}"
+        );
+        for n in [&lan, &wan] {
+            assert!(n
+                .wait_for(0, Duration::from_secs(10), is("joined"))
+                .is_some());
+        }
+        exchange(&mut wan, &lan, &format!("wan-to-lan-{lan_bootstraps}"));
+        exchange(&mut lan, &wan, &format!("lan-to-wan-{lan_bootstraps}"));
+        for lan_sends in [true, false] {
+            let (a, b) = if lan_sends {
+                (&mut lan, &wan)
+            } else {
+                (&mut wan, &lan)
+            };
+            let text = format!("bcast-from-{}", a.addr);
+            a.cmd(&format!("broadcast {text}"));
+            assert!(
+                b.wait_for(0, Duration::from_secs(10), recv_of(text.clone()))
+                    .is_some(),
+                "{} missed {text}",
+                b.addr
+            );
+        }
+        // A graceful exit removes the mapping from the gateway.
+        lan.cmd("quit");
+        let gone = Instant::now() + Duration::from_secs(10);
+        while lab.status().contains(&format!("dport {port}")) && Instant::now() < gone {
+            thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            !lab.status().contains(&format!("dport {port}")),
+            "mapping left behind"
+        );
+        wan.cmd("quit");
+    }
+}

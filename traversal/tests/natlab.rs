@@ -15,9 +15,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,152 +31,11 @@ const LAN1_IP: &str = "198.19.0.11";
 
 // ----------------------------------------------------------------------------- the lab
 
-fn natlab_path() -> PathBuf {
-    match std::env::var_os("NATLAB") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/netlab/natlab"),
-    }
-}
-
-fn command_ok(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.is_file());
-    found
-}
-
-/// Why the lab cannot be built here, if it cannot.
-fn lab_unavailable() -> Option<String> {
-    let natlab = natlab_path();
-    if !natlab.is_file() {
-        return Some(format!(
-            "natlab not found at {} (set NATLAB)",
-            natlab.display()
-        ));
-    }
-    if effective_uid() != Some(0) {
-        return Some("not running as root".into());
-    }
-    for program in ["ip", "nft", "python3"] {
-        if find_program(program).is_none() {
-            return Some(format!("{program} is not installed"));
-        }
-    }
-    let miniupnpd = std::env::var_os("NATLAB_MINIUPNPD")
-        .map(PathBuf::from)
-        .or_else(|| find_program("miniupnpd"));
-    if !miniupnpd.is_some_and(|p| p.is_file()) {
-        return Some("miniupnpd is not installed (Debian package miniupnpd-nftables)".into());
-    }
-    if !command_ok(Command::new("ip").args(["netns", "list"])) {
-        return Some("`ip netns` does not work".into());
-    }
-    let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
-    let probe = format!("tvprobe-{}-{n}", std::process::id());
-    if !command_ok(Command::new("ip").args(["netns", "add", &probe])) {
-        return Some("cannot create a network namespace".into());
-    }
-    let _ = command_ok(Command::new("ip").args(["netns", "del", &probe]));
-    None
-}
-
-/// Prints past libtest's output capture, so that CI logs show it.
-/// Starts on a fresh line: libtest may have printed `test name ... `.
-fn loud(line: &str) {
-    let _ = writeln!(std::io::stderr(), "\n{line}");
-}
-
-struct Lab {
-    natlab: PathBuf,
-    prefix: String,
-}
-
-static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
+#[path = "../../tests/support/natlab.rs"]
+mod natlab;
+use natlab::Lab;
 
 impl Lab {
-    /// Brings up a fresh lab with the given knobs, or says SKIPPED and
-    /// returns `None` when this machine cannot build one.
-    fn up(test: &str, knobs: &[(&str, &str)]) -> Option<Lab> {
-        if let Some(reason) = lab_unavailable() {
-            loud(&format!(
-                "SKIPPED: {test}: the NAT lab cannot be built here: {reason}"
-            ));
-            return None;
-        }
-        let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("tv{}-{n}", std::process::id() % 1_000_000);
-        let lab = Lab {
-            natlab: natlab_path(),
-            prefix,
-        };
-        let mut cmd = Command::new("bash");
-        cmd.arg(&lab.natlab).args(["up", &lab.prefix]);
-        for knob in [
-            "NATLAB_UPNP",
-            "NATLAB_NATPMP",
-            "NATLAB_SECURE_MODE",
-            "NATLAB_PREFIX",
-        ] {
-            cmd.env_remove(knob);
-        }
-        for (k, v) in knobs {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("run natlab up");
-        assert!(
-            out.status.success(),
-            "natlab up {} failed:\n{}\n{}",
-            lab.prefix,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("{test}: lab {} is up {knobs:?}", lab.prefix);
-        Some(lab)
-    }
-
-    /// A command running this test binary's ignored test `test` in `role`.
-    fn exec_self(&self, role: &str, test: &str) -> Command {
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new("bash");
-        cmd.arg(&self.natlab)
-            .args(["exec", role, &self.prefix, "--"])
-            .arg(exe)
-            .args([
-                "--exact",
-                test,
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ]);
-        cmd
-    }
-
-    fn status(&self) -> String {
-        let out = Command::new("bash")
-            .arg(&self.natlab)
-            .args(["status", &self.prefix])
-            .output()
-            .expect("run natlab status");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// The gateway's DNAT rules, as (protocol, external port, target).
     fn rules(&self) -> Vec<(Protocol, u16, String)> {
         let status = self.status();
@@ -237,18 +94,6 @@ impl Lab {
             .find_map(|l| l.find("@@ PROBE").map(|at| &l[at..]))
             .unwrap_or("?");
         eprintln!("probe [{spec}]: {verdict}");
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = Command::new("bash")
-            .arg(&self.natlab)
-            .args(["down", &self.prefix, "--kill-strays"])
-            .output();
-        if !matches!(&out, Ok(o) if o.status.success()) {
-            loud(&format!("natlab down {} failed: {out:?}", self.prefix));
-        }
     }
 }
 

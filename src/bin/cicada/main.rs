@@ -2,7 +2,9 @@
 //!
 //! - `cicada node`: one scriptable peer (see `node.rs`).
 //! - `cicada sim`: the Chord simulator, as `examples/sim.rs`.
+//! - `cicada map`: maps a port on the NAT gateway and holds it (see `map.rs`).
 
+mod map;
 mod node;
 mod output;
 
@@ -25,12 +27,15 @@ enum Command {
     Node(node::NodeArgs),
     /// Simulate a Chord ring of many nodes in virtual time.
     Sim(cicada::cli::SimArgs),
+    /// Map a port on the NAT gateway (UPnP IGD, then NAT-PMP) until interrupted.
+    Map(map::MapArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Node(args) => node::main(args),
+        Command::Map(args) => map::main(args),
         Command::Sim(args) => match cicada::cli::run_sim(&args) {
             Ok(lines) => {
                 lines.iter().for_each(|l| println!("{l}"));

@@ -37,6 +37,10 @@ pub struct NodeArgs {
     /// Address other peers reach this one at (its id derives from it).
     #[arg(long)]
     external: Option<String>,
+    /// Map the bound UDP port on the NAT gateway (UPnP IGD, then NAT-PMP) and
+    /// announce the mapped external address; the mapping is removed on exit.
+    #[arg(long, conflicts_with = "external")]
+    map: bool,
     /// A member of the swarm to join; without it this peer starts a swarm.
     #[arg(long)]
     join: Option<String>,
@@ -105,11 +109,20 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
         out.emit(json!({"event": "peer", "id": p.id.to_string(), "addr": p.addr.to_string()}))
     });
     let mut peer = SwarmPeer::with_config(cfg, hooks);
-    match external {
-        Some(e) => peer.bind_with_external(bind, e).await,
-        None => peer.bind(bind).await,
+    if args.map {
+        let options = cicada::traversal::Options::default();
+        let external = peer
+            .bind_with_mapping(bind, &options)
+            .await
+            .map_err(|e| format!("cannot bind {bind} with a port mapping: {e}"))?;
+        out.emit(json!({"event": "mapped", "external": external.to_string()}));
+    } else {
+        match external {
+            Some(e) => peer.bind_with_external(bind, e).await,
+            None => peer.bind(bind).await,
+        }
+        .map_err(|e| format!("cannot bind {bind}: {e}"))?;
     }
-    .map_err(|e| format!("cannot bind {bind}: {e}"))?;
     let me = peer.me().map_err(|e| e.to_string())?;
     out.emit(json!({"event": "ready", "id": me.id.to_string(), "addr": me.addr.to_string()}));
 
