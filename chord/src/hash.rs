@@ -143,7 +143,7 @@ impl fmt::Debug for Hash {
     }
 }
 
-/// Error from parsing a [`Hash`] out of text.
+/// Error from parsing a [`Hash`](struct@Hash) out of text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a hash is 64 hexadecimal digits, got {0:?}")]
 pub struct ParseHashError(pub String);

@@ -233,6 +233,29 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
         best.map(|(n, _)| n)
     }
 
+    /// How a broadcast covering the arc `(me, limit)` splits: every known
+    /// node in the arc (fingers and successors), nearest first, each with the
+    /// end of the sub-arc it covers in turn (the next child, or `limit`).
+    /// `limit == me` covers the whole ring.
+    pub fn broadcast_children(&self, limit: &Hash) -> Vec<(NodeRef<A>, Hash)> {
+        let arc = Interval::open(self.me, *limit);
+        let mut children: Vec<&NodeRef<A>> = self
+            .fingers
+            .iter()
+            .chain(self.successors.iter())
+            .filter(|n| arc.contains(&n.id))
+            .collect();
+        children.sort_by_key(|n| self.me.distance_to(&n.id));
+        children.dedup_by(|a, b| a.id == b.id);
+        let ends: Vec<Hash> = children
+            .iter()
+            .skip(1)
+            .map(|n| n.id)
+            .chain(std::iter::once(*limit))
+            .collect();
+        children.into_iter().cloned().zip(ends).collect()
+    }
+
     /// Every node the table refers to (with repeats).
     pub fn peers(&self) -> impl Iterator<Item = &NodeRef<A>> {
         self.predecessor
@@ -325,6 +348,33 @@ mod tests {
             NextHop::Forward(&n(10))
         );
         assert_eq!(table(0).next_hop(&n(5).id, &[]), NextHop::Owner(None));
+    }
+
+    #[test]
+    fn broadcast_children_tile_the_arc() {
+        let mut t = table(0);
+        t.set_successors([n(10), n(20)]);
+        t.insert_finger(n(20));
+        t.insert_finger(n(70));
+        t.insert_finger(n(300));
+        let whole = t.broadcast_children(&n(0).id);
+        let got: Vec<(u32, Hash)> = whole.iter().map(|(c, l)| (c.addr, *l)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (10, n(20).id),
+                (20, n(70).id),
+                (70, n(300).id),
+                (300, n(0).id)
+            ]
+        );
+        // A sub-arc gets only the nodes inside it.
+        let part: Vec<u32> = t
+            .broadcast_children(&n(70).id)
+            .iter()
+            .map(|(c, _)| c.addr)
+            .collect();
+        assert_eq!(part, vec![10, 20]);
     }
 
     #[test]

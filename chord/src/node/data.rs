@@ -37,6 +37,9 @@ pub(super) struct Outgoing {
     /// First hops of earlier attempts: later attempts try others.
     avoid: Vec<Hash>,
     refusals: u32,
+    /// A forwarder said no live node has the target id; the send fails so
+    /// at `deadline` unless a confirmation overtakes the verdict.
+    no_such_node: bool,
 }
 
 impl Outgoing {
@@ -80,6 +83,7 @@ impl<A: Address> LocalNode<A> {
                 deadline: now + self.cfg.send_timeout,
                 avoid: Vec::new(),
                 refusals: 0,
+                no_such_node: false,
             },
         );
         self.send_attempt(id, now);
@@ -255,13 +259,20 @@ impl<A: Address> LocalNode<A> {
         exclude: Vec<Hash>,
         now: Instant,
     ) {
-        // Not retried: a silent hop is routed around (the datagram is kept
-        // in the pending entry for that).
+        // A silent forwarder is routed around at once (the datagram is kept
+        // in the pending entry for that); the destination itself is asked
+        // again first, as any request is: slow is not dead, and there is no
+        // other way to it.
+        let retries = if header.last_hop {
+            self.cfg.request_retries
+        } else {
+            0
+        };
         let waiting = Waiting::Data {
             next: next.id,
             exclude,
         };
-        self.request(next.addr, 0, waiting, now, |txn| {
+        self.request(next.addr, retries, waiting, now, |txn| {
             Message::Data(Data {
                 header: DataHeader { txn, ..header },
                 payload,
@@ -430,19 +441,7 @@ impl<A: Address> LocalNode<A> {
 
     /// Hands a broadcast on to every known node in `(self, header.limit)`.
     fn fan_out(&mut self, header: &DataHeader<A>, payload: Vec<u8>, now: Instant) {
-        let arc = Interval::open(self.me.id, header.limit);
-        let mut children: Vec<NodeRef<A>> = self
-            .table
-            .fingers()
-            .iter()
-            .chain(self.table.successors())
-            .filter(|n| arc.contains(&n.id))
-            .cloned()
-            .collect();
-        children.sort_by_key(|n| self.me.id.distance_to(&n.id));
-        children.dedup_by(|a, b| a.id == b.id);
-        for (i, child) in children.iter().enumerate() {
-            let limit = children.get(i + 1).map_or(header.limit, |n| n.id);
+        for (child, limit) in self.table.broadcast_children(&header.limit) {
             let h = DataHeader {
                 txn: 0,
                 msg: header.msg,
@@ -456,7 +455,7 @@ impl<A: Address> LocalNode<A> {
                 frags: header.frags,
             };
             self.stats.broadcast_sent += 1;
-            self.forward_data(h, payload.clone(), child.clone(), Vec::new(), now);
+            self.forward_data(h, payload.clone(), child, Vec::new(), now);
         }
     }
 
@@ -477,11 +476,13 @@ impl<A: Address> LocalNode<A> {
         };
         match m.reason {
             Refusal::NoSuchNode => {
-                self.outgoing.remove(&m.msg);
-                self.events.push_back(Event::SendFailed {
-                    id: MessageId(m.msg),
-                    reason: SendError::NoSuchNode,
-                });
+                // The destination may have received a copy whose hop
+                // acknowledgement came late: give its confirmation one
+                // request timeout to arrive, then fail with this reason.
+                let grace = now + self.cfg.request_timeout;
+                o.no_such_node = true;
+                o.deadline = o.deadline.min(grace);
+                o.retry_at = o.deadline;
             }
             Refusal::NoRoute => {
                 o.refusals += 1;
@@ -505,10 +506,15 @@ impl<A: Address> LocalNode<A> {
                 continue;
             };
             if o.deadline <= now {
+                let reason = if o.no_such_node {
+                    SendError::NoSuchNode
+                } else {
+                    SendError::Timeout
+                };
                 self.outgoing.remove(&id);
                 self.events.push_back(Event::SendFailed {
                     id: MessageId(id),
-                    reason: SendError::Timeout,
+                    reason,
                 });
             } else {
                 self.send_attempt(id, now);

@@ -176,6 +176,9 @@ fn send_rules_at_the_api() {
     let id = a
         .send(Target::Node(Hash::of("nobody")), b"x".to_vec(), 0, now)
         .unwrap();
+    // The verdict stands once a confirmation had its chance to overtake it.
+    assert!(events(&mut a).is_empty());
+    a.handle_timeout(now + a.config().request_timeout);
     assert!(events(&mut a).contains(&Event::SendFailed {
         id,
         reason: SendError::NoSuchNode

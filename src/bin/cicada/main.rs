@@ -3,7 +3,9 @@
 //! - `cicada node`: one scriptable peer (see `node.rs`).
 //! - `cicada sim`: the Chord simulator, as `examples/sim.rs`.
 //! - `cicada map`: maps a port on the NAT gateway and holds it (see `map.rs`).
+//! - `cicada bench`: Cicada beside raw UDP, as ratios (see `bench.rs`).
 
+mod bench;
 mod map;
 mod node;
 mod output;
@@ -29,6 +31,8 @@ enum Command {
     Sim(cicada::cli::SimArgs),
     /// Map a port on the NAT gateway (UPnP IGD, then NAT-PMP) until interrupted.
     Map(map::MapArgs),
+    /// Measure Cicada beside raw UDP on loopback, as ratios.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -36,6 +40,7 @@ fn main() {
     let code = match cli.command {
         Command::Node(args) => node::main(args),
         Command::Map(args) => map::main(args),
+        Command::Bench(args) => bench::main(args),
         Command::Sim(args) => match cicada::cli::run_sim(&args) {
             Ok(lines) => {
                 lines.iter().for_each(|l| println!("{l}"));

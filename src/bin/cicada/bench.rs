@@ -1,0 +1,430 @@
+//! `cicada bench`: Cicada beside raw UDP, measured in the same run on
+//! loopback, reported as ratios (these machines are shared and noisy), plus a
+//! 64-peer swarm in one process and the memory of idle peers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cicada::{Hash, Hooks, PeerConfig, SwarmPeer};
+use clap::Args;
+use serde_json::{json, Value};
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+
+/// Arguments of `cicada bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Messages per throughput row.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Round trips per latency row.
+    #[arg(long, default_value_t = 2_000)]
+    round_trips: usize,
+    /// Peers of the in-process swarm.
+    #[arg(long, default_value_t = 64)]
+    swarm: usize,
+    /// Idle peers for the memory row.
+    #[arg(long, default_value_t = 1_000)]
+    idle: usize,
+    /// Print the figures as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `cicada bench`; returns the exit code.
+pub fn main(args: BenchArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(&args)) {
+        Ok(report) => {
+            if args.json {
+                println!("{report}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+type R<T> = Result<T, String>;
+
+fn fast() -> PeerConfig {
+    let mut cfg = PeerConfig::default()
+        .stabilize_interval(Duration::from_millis(500))
+        .recv_queue(65_536);
+    // Loopback carries 64 KiB datagrams: no need to split 16 KiB payloads.
+    cfg.chord.max_fragment = 60_000;
+    cfg.chord.max_pending = 65_536;
+    cfg
+}
+
+async fn peer(cfg: PeerConfig) -> R<SwarmPeer> {
+    let mut p = SwarmPeer::with_config(cfg, Hooks::new());
+    p.bind(local()).await.map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+fn local() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+async fn run(args: &BenchArgs) -> R<Value> {
+    let mut report = serde_json::Map::new();
+    println!(
+        "{:<34} {:>14} {:>14} {:>8}",
+        "one hop on loopback", "cicada", "raw UDP", "ratio"
+    );
+
+    // Two peers, one hop apart.
+    let a = Arc::new(peer(fast()).await?);
+    let b = Arc::new(peer(fast()).await?);
+    b.connect(
+        a.listener().map_err(|e| e.to_string())?,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b_addr = b.listener().map_err(|e| e.to_string())?;
+
+    for size in [64usize, 1024, 16 * 1024] {
+        let raw = raw_throughput(size, args.messages).await?;
+        let ours = throughput(&a, &b, b_addr, size, args.messages).await?;
+        let ratio = ours / raw;
+        println!(
+            "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
+            format!("throughput {size} B"),
+            ours,
+            raw,
+            ratio
+        );
+        let key = match size {
+            64 => "64",
+            1024 => "1k",
+            _ => "16k",
+        };
+        report.insert(format!("throughput_msgs_per_s_{key}"), json!(ours));
+        report.insert(format!("raw_udp_msgs_per_s_{key}"), json!(raw));
+        report.insert(format!("throughput_ratio_{key}"), json!(ratio));
+    }
+
+    let (raw50, raw99) = raw_latency(args.round_trips).await?;
+    let (p50, p99) = latency(&a, b_addr, args.round_trips).await?;
+    println!(
+        "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
+        "round trip p50 (64 B)",
+        p50 * 1e6,
+        raw50 * 1e6,
+        p50 / raw50
+    );
+    println!(
+        "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
+        "round trip p99 (64 B)",
+        p99 * 1e6,
+        raw99 * 1e6,
+        p99 / raw99
+    );
+    report.insert("latency_p50_us".into(), json!(p50 * 1e6));
+    report.insert("latency_p99_us".into(), json!(p99 * 1e6));
+    report.insert("raw_udp_latency_p50_us".into(), json!(raw50 * 1e6));
+    report.insert("raw_udp_latency_p99_us".into(), json!(raw99 * 1e6));
+    report.insert("latency_p50_ratio".into(), json!(p50 / raw50));
+    report.insert("latency_p99_ratio".into(), json!(p99 / raw99));
+    a.close().await;
+    b.close().await;
+
+    let swarm = swarm_rows(args.swarm).await?;
+    for (k, v) in &swarm {
+        report.insert(k.clone(), v.clone());
+    }
+    let rss = idle_rss(args.idle).await?;
+    println!(
+        "{:<34} {:>10.0} B",
+        format!("resident per idle peer ({})", args.idle),
+        rss
+    );
+    report.insert("rss_per_idle_peer_bytes".into(), json!(rss));
+    Ok(Value::Object(report))
+}
+
+/// Messages per second a raw tokio socket pair moves (counted at the receiver).
+async fn raw_throughput(size: usize, count: usize) -> R<f64> {
+    let rx = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
+    let tx = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
+    let to = rx.local_addr().map_err(|e| e.to_string())?;
+    let got = Arc::new(AtomicU64::new(0));
+    let counter = got.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        let mut first = None;
+        let mut last = Instant::now();
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(300), rx.recv(&mut buf)).await
+        {
+            last = Instant::now();
+            first.get_or_insert(last);
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        (first, last)
+    });
+    let payload = vec![0x5au8; size];
+    for i in 0..count {
+        tx.send_to(&payload, to).await.map_err(|e| e.to_string())?;
+        if i % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let (first, last) = reader.await.map_err(|e| e.to_string())?;
+    let n = got.load(Ordering::Relaxed) as f64;
+    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    Ok(if secs > 0.0 { n / secs } else { 0.0 })
+}
+
+/// Confirmed one-hop sends per second, 256 in flight.
+async fn throughput(
+    a: &Arc<SwarmPeer>,
+    b: &Arc<SwarmPeer>,
+    to: SocketAddr,
+    size: usize,
+    count: usize,
+) -> R<f64> {
+    let reader = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while n < count {
+                match tokio::time::timeout(Duration::from_secs(10), b.recv()).await {
+                    Ok(Ok(_)) => n += 1,
+                    _ => break,
+                }
+            }
+            n
+        })
+    };
+    let payload = bytes::Bytes::from(vec![0x5au8; size]);
+    let start = Instant::now();
+    let mut inflight = JoinSet::new();
+    let mut ok = 0usize;
+    for _ in 0..count {
+        if inflight.len() >= 256 {
+            if let Some(Ok(Ok(_))) = inflight.join_next().await {
+                ok += 1;
+            }
+        }
+        let (a, p) = (a.clone(), payload.clone());
+        inflight.spawn(async move { a.send(to, p, 0).await });
+    }
+    while let Some(r) = inflight.join_next().await {
+        if let Ok(Ok(_)) = r {
+            ok += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let received = reader.await.map_err(|e| e.to_string())?;
+    if ok != count || received != count {
+        return Err(format!(
+            "{size} B: {ok} confirmed, {received} received of {count}"
+        ));
+    }
+    Ok(count as f64 / secs)
+}
+
+fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|x, y| x.total_cmp(y));
+    let at = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (at(0.5), at(0.99))
+}
+
+/// A raw UDP ping-pong of 64 bytes.
+async fn raw_latency(n: usize) -> R<(f64, f64)> {
+    let echo = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
+    let to = echo.local_addr().map_err(|e| e.to_string())?;
+    let server = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok(Ok((len, from))) =
+            tokio::time::timeout(Duration::from_secs(2), echo.recv_from(&mut buf)).await
+        {
+            let _ = echo.send_to(&buf[..len], from).await;
+        }
+    });
+    let s = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 2048];
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        s.send_to(&[7u8; 64], to).await.map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(1), s.recv(&mut buf))
+            .await
+            .map_err(|_| "raw ping lost".to_string())?
+            .map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    server.abort();
+    Ok(percentiles(times))
+}
+
+/// A confirmed one-hop send of 64 bytes: data there, confirmation back.
+async fn latency(a: &SwarmPeer, to: SocketAddr, n: usize) -> R<(f64, f64)> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        a.send(to, vec![7u8; 64], 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(percentiles(times))
+}
+
+async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
+    let mut peers = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = Arc::new(peer(fast()).await?);
+        if i > 0 {
+            let first: &Arc<SwarmPeer> = &peers[0];
+            p.connect(
+                first.listener().map_err(|e| e.to_string())?,
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        peers.push(p);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await; // stabilize and fix fingers
+    let ops = 4000usize;
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for i in 0..ops {
+        let p = peers[i % n].clone();
+        set.spawn(async move { p.get_route(Hash::of(i.to_be_bytes())).await.map(|r| r.hops) });
+    }
+    let mut hops = 0u64;
+    while let Some(r) = set.join_next().await {
+        hops += r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())? as u64;
+    }
+    let lookups = ops as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for i in 0..ops {
+        let (p, q) = (peers[i % n].clone(), peers[(i * 7 + 3) % n].clone());
+        let to = q.listener().map_err(|e| e.to_string())?;
+        set.spawn(async move { p.send(to, vec![1u8; 100], 0).await.map(|d| d.hops) });
+    }
+    while let Some(r) = set.join_next().await {
+        r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    }
+    let sends = ops as f64 / start.elapsed().as_secs_f64();
+    // Drain what the sends delivered, then time one broadcast to all.
+    for p in &peers {
+        while p.try_recv().ok().flatten().is_some() {}
+    }
+    let start = Instant::now();
+    peers[0]
+        .broadcast(vec![2u8; 100])
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut waits = JoinSet::new();
+    for p in peers.iter().skip(1) {
+        let p = p.clone();
+        waits.spawn(async move {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), p.recv()).await {
+                    Ok(Ok((_, data, _))) if data.first() == Some(&2) => return Some(Instant::now()),
+                    Ok(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        });
+    }
+    let mut last = start;
+    let mut reached = 0;
+    while let Some(r) = waits.join_next().await {
+        if let Ok(Some(t)) = r {
+            reached += 1;
+            last = last.max(t);
+        }
+    }
+    let bcast_ms = last.duration_since(start).as_secs_f64() * 1e3;
+    println!(
+        "{:<34} {:>10.0} /s   (mean hops {:.2})",
+        format!("swarm of {n}: lookups"),
+        lookups,
+        hops as f64 / ops as f64
+    );
+    println!(
+        "{:<34} {:>10.0} /s",
+        format!("swarm of {n}: routed sends"),
+        sends
+    );
+    println!(
+        "{:<34} {:>10.1} ms  ({reached}/{} reached)",
+        format!("swarm of {n}: broadcast to all"),
+        bcast_ms,
+        n - 1
+    );
+    for p in &peers {
+        p.close().await;
+    }
+    Ok(vec![
+        ("swarm_peers".into(), json!(n)),
+        ("swarm_lookups_per_s".into(), json!(lookups)),
+        (
+            "swarm_lookup_hops_mean".into(),
+            json!(hops as f64 / ops as f64),
+        ),
+        ("swarm_sends_per_s".into(), json!(sends)),
+        ("swarm_broadcast_ms".into(), json!(bcast_ms)),
+        ("swarm_broadcast_reached".into(), json!(reached)),
+    ])
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resident bytes per peer of `n` idle peers that form one swarm.
+async fn idle_rss(n: usize) -> R<f64> {
+    let before = rss_bytes();
+    let mut peers: Vec<SwarmPeer> = Vec::with_capacity(n);
+    let cfg = PeerConfig::default();
+    for i in 0..n {
+        let p = peer(cfg.clone()).await?;
+        if i > 0 {
+            p.connect(
+                peers[i / 2].listener().map_err(|e| e.to_string())?,
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        peers.push(p);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let per = rss_bytes().saturating_sub(before) as f64 / n as f64;
+    for p in &peers {
+        p.close().await;
+    }
+    Ok(per)
+}
