@@ -2,9 +2,12 @@
 //!
 //! - `cicada node`: one scriptable peer (see `node.rs`).
 //! - `cicada sim`: the Chord simulator, as `examples/sim.rs`.
+//! - `cicada demo`: a swarm of `cicada node` processes, checked (see `demo.rs`).
 
+mod demo;
 mod node;
 mod output;
+mod svg;
 
 use clap::{Parser, Subcommand};
 
@@ -25,12 +28,15 @@ enum Command {
     Node(node::NodeArgs),
     /// Simulate a Chord ring of many nodes in virtual time.
     Sim(cicada::cli::SimArgs),
+    /// Start a swarm of peer processes on loopback, check it, draw it.
+    Demo(demo::DemoArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Node(args) => node::main(args),
+        Command::Demo(args) => demo::main(args),
         Command::Sim(args) => match cicada::cli::run_sim(&args) {
             Ok(lines) => {
                 lines.iter().for_each(|l| println!("{l}"));
