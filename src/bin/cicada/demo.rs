@@ -178,14 +178,20 @@ impl Peer {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("a node's ready event has no id: {ready}"))?;
         if peer.id != Hash::of(&peer.addr) {
-            return Err(format!("node {} has id {}, not SHA-256 of its address", peer.addr, peer.id));
+            return Err(format!(
+                "node {} has id {}, not SHA-256 of its address",
+                peer.addr, peer.id
+            ));
         }
         Ok(peer)
     }
 
     fn cmd(&mut self, line: &str) {
         if let Some(stdin) = &mut self.stdin {
-            if writeln!(stdin, "{line}").and_then(|_| stdin.flush()).is_err() {
+            if writeln!(stdin, "{line}")
+                .and_then(|_| stdin.flush())
+                .is_err()
+            {
                 self.stdin = None;
             }
         }
@@ -195,12 +201,23 @@ impl Peer {
         lock(&self.events.0).len()
     }
 
-    fn wait_for(&self, from: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    fn wait_for(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         self.wait_n(from, timeout, 1, pred).into_iter().next()
     }
 
     /// Matching events at or after `from`, once there are `n` or at timeout.
-    fn wait_n(&self, from: usize, timeout: Duration, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    fn wait_n(
+        &self,
+        from: usize,
+        timeout: Duration,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         let (m, c) = &*self.events;
         let mut evs = lock(m);
@@ -219,7 +236,11 @@ impl Peer {
     }
 
     fn count(&self, from: usize, pred: impl Fn(&Value) -> bool) -> usize {
-        lock(&self.events.0).iter().skip(from).filter(|v| pred(v)).count()
+        lock(&self.events.0)
+            .iter()
+            .skip(from)
+            .filter(|v| pred(v))
+            .count()
     }
 
     fn kill(&mut self) {
@@ -363,9 +384,11 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     match args.transport.as_str() {
         "udp" => {}
         "ouroboros" => {
-            return Err("--transport ouroboros: the Ouroboros link is not built yet \
+            return Err(
+                "--transport ouroboros: the Ouroboros link is not built yet \
                  (see docs/ouroboros.md); use --transport udp"
-                .into())
+                    .into(),
+            )
         }
         other => return Err(format!("--transport {other:?}: want udp or ouroboros")),
     }
@@ -417,7 +440,9 @@ fn run(args: DemoArgs) -> Result<bool, String> {
                     "node {} ({}) did not join: {}",
                     i,
                     p.addr,
-                    other.map(|v| v.to_string()).unwrap_or_else(|| "timeout".into())
+                    other
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "timeout".into())
                 ));
             }
         }
@@ -427,7 +452,11 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     }
     pb.finish_and_clear();
     let joins_done = started.elapsed().as_secs_f64();
-    say(&args, None, format!("{n} peers joined in {joins_done:.1} s; waiting for the ring"));
+    say(
+        &args,
+        None,
+        format!("{n} peers joined in {joins_done:.1} s; waiting for the ring"),
+    );
 
     let all: Vec<usize> = (0..n).collect();
     let ring_ok = wait_ring(&mut peers, &all, ring_timeout, &stop);
@@ -457,7 +486,11 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     for &v in &victims {
         peers[v].kill();
     }
-    let survivors: Vec<usize> = all.iter().copied().filter(|i| !victims.contains(i)).collect();
+    let survivors: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|i| !victims.contains(i))
+        .collect();
     let churn_started = Instant::now();
     let ring_ok_after = wait_ring(&mut peers, &survivors, ring_timeout, &stop);
     let heal_seconds = churn_started.elapsed().as_secs_f64();
@@ -466,7 +499,11 @@ fn run(args: DemoArgs) -> Result<bool, String> {
         None,
         format!(
             "killed {kills}; survivors' ring {} after {heal_seconds:.1} s",
-            if ring_ok_after { "correct" } else { "NOT correct" }
+            if ring_ok_after {
+                "correct"
+            } else {
+                "NOT correct"
+            }
         ),
     );
     // Let a few stabilize rounds refresh the fingers that pointed to the dead.
@@ -487,7 +524,16 @@ fn run(args: DemoArgs) -> Result<bool, String> {
 
     let ok = ring_ok && ring_ok_after && before.all_ok() && after.all_ok();
     // ---- summary
-    print_table(n, kills, join_seconds, heal_seconds, ring_ok, ring_ok_after, &before, &after);
+    print_table(
+        n,
+        kills,
+        join_seconds,
+        heal_seconds,
+        ring_ok,
+        ring_ok_after,
+        &before,
+        &after,
+    );
     if let Some(p) = &svg_written {
         println!("picture: {p}");
     }
@@ -534,10 +580,22 @@ fn print_table(
     let yes = |x: bool| if x { "yes" } else { "NO" }.to_string();
     let rate = |ok: usize, all: usize| format!("{ok}/{all} ({:.0}%)", 100.0 * ratio(ok, all));
     let rows: Vec<(&str, String, String)> = vec![
-        ("nodes", n.to_string(), format!("{} ({kills} killed)", n - kills)),
+        (
+            "nodes",
+            n.to_string(),
+            format!("{} ({kills} killed)", n - kills),
+        ),
         ("ring correct", yes(ring), yes(ring_after)),
-        ("time to correct ring", format!("{join_s:.1} s"), format!("{heal_s:.1} s")),
-        ("lookups correct", rate(b.lookups_ok, b.lookups), rate(a.lookups_ok, a.lookups)),
+        (
+            "time to correct ring",
+            format!("{join_s:.1} s"),
+            format!("{heal_s:.1} s"),
+        ),
+        (
+            "lookups correct",
+            rate(b.lookups_ok, b.lookups),
+            rate(a.lookups_ok, a.lookups),
+        ),
         (
             "lookup hops mean / p99",
             format!("{:.2} / {}", b.hops_mean(), b.hops_p99()),
@@ -582,9 +640,11 @@ fn wait_ring(peers: &mut [Peer], live: &[usize], within: Duration, stop: &Atomic
     let m = ring.len();
     let pb = ProgressBar::new(m as u64);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>8} [{bar:40.green/blue}] {pos}/{len} nodes with the right neighbours")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>8} [{bar:40.green/blue}] {pos}/{len} nodes with the right neighbours",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb.set_prefix("ring");
     let deadline = Instant::now() + within;
@@ -599,7 +659,8 @@ fn wait_ring(peers: &mut [Peer], live: &[usize], within: Duration, stop: &Atomic
             let pred = &peers[ring[(k + m - 1) % m]].addr;
             let v = peers[i].wait_for(marks[k], Duration::from_secs(3), |v| v["event"] == "peers");
             if let Some(v) = v {
-                if v["successor"].as_str() == Some(succ) && v["predecessor"].as_str() == Some(pred) {
+                if v["successor"].as_str() == Some(succ) && v["predecessor"].as_str() == Some(pred)
+                {
                     right += 1;
                 }
             }
@@ -641,7 +702,9 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
     for (i, key, mark) in asked {
         w.lookups += 1;
         let ks = key.to_string();
-        let v = peers[i].wait_for(mark, long, |v| v["event"] == "lookup" && v["key"] == ks.as_str());
+        let v = peers[i].wait_for(mark, long, |v| {
+            v["event"] == "lookup" && v["key"] == ks.as_str()
+        });
         let Some(v) = v else { continue };
         let want = peers[owner(peers, &ring, &key)].addr.as_str();
         if v["ok"] == true && v["owner"].as_str() == Some(want) {
@@ -674,7 +737,9 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
     let mut confirmed = Vec::new();
     for (a, b, data) in &sent {
         let d = data.clone();
-        let v = peers[*a].wait_for(marks[*a], long, move |v| v["event"] == "sent" && v["data"] == d.as_str());
+        let v = peers[*a].wait_for(marks[*a], long, move |v| {
+            v["event"] == "sent" && v["data"] == d.as_str()
+        });
         confirmed.push(v.is_some_and(|v| v["ok"] == true));
         let d = data.clone();
         peers[*b].wait_for(marks[*b], Duration::from_secs(2), move |v| {
@@ -685,7 +750,9 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
     thread::sleep(Duration::from_millis(300));
     for ((_, b, data), ok) in sent.iter().zip(confirmed) {
         w.sends += 1;
-        let got = peers[*b].count(marks[*b], |v| v["event"] == "recv" && v["data"] == data.as_str());
+        let got = peers[*b].count(marks[*b], |v| {
+            v["event"] == "recv" && v["data"] == data.as_str()
+        });
         if got > 1 {
             w.duplicates_seen += got - 1;
         }
@@ -706,11 +773,16 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
     for &i in &others {
         let left = deadline.saturating_duration_since(Instant::now());
         let d = data.clone();
-        peers[i].wait_for(marks[i], left, move |v| v["event"] == "recv" && v["data"] == d.as_str());
+        peers[i].wait_for(marks[i], left, move |v| {
+            v["event"] == "recv" && v["data"] == d.as_str()
+        });
     }
     thread::sleep(Duration::from_millis(300));
     for &i in &others {
-        if peers[i].count(marks[i], |v| v["event"] == "recv" && v["data"] == data.as_str()) == 1 {
+        if peers[i].count(marks[i], |v| {
+            v["event"] == "recv" && v["data"] == data.as_str()
+        }) == 1
+        {
             w.broadcast_reached += 1;
         }
     }
@@ -728,7 +800,9 @@ fn broadcast_sent(peers: &mut [Peer], live: &[usize]) -> u64 {
     }
     live.iter()
         .zip(marks)
-        .filter_map(|(&i, m)| peers[i].wait_for(m, Duration::from_secs(3), |v| v["event"] == "stats"))
+        .filter_map(|(&i, m)| {
+            peers[i].wait_for(m, Duration::from_secs(3), |v| v["event"] == "stats")
+        })
         .filter_map(|v| v["broadcast_sent"].as_u64())
         .sum()
 }

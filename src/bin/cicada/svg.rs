@@ -40,7 +40,9 @@ const CX: f64 = 500.0;
 const CY: f64 = 530.0;
 const R: f64 = 360.0;
 /// Colours of the broadcast tree's edges by hop (1, 2, 3, …).
-const HOPS: [&str; 6] = ["#1f6feb", "#0a9396", "#2a9d8f", "#8ab17d", "#b5a000", "#999999"];
+const HOPS: [&str; 6] = [
+    "#1f6feb", "#0a9396", "#2a9d8f", "#8ab17d", "#b5a000", "#999999",
+];
 
 /// The angle of an id, in radians clockwise from the top.
 fn angle(id: &Hash) -> f64 {
@@ -104,7 +106,8 @@ pub fn render(ring: &Ring) -> String {
     let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
     let _ = writeln!(
         s,
-        r##"<text x="24" y="38" font-size="24" font-weight="bold">Cicada: a Chord ring of {n} peers on loopback</text>"##
+        r##"<text x="24" y="38" font-size="24" font-weight="bold">Cicada: a Chord ring of {n} live peers on loopback ({} started)</text>"##,
+        n + ring.dead.len()
     );
     let _ = writeln!(
         s,
@@ -140,7 +143,10 @@ pub fn render(ring: &Ring) -> String {
     let tree = broadcast_tree(ring);
     let depth = tree.iter().flatten().map(|t| t.1).max().unwrap_or(0);
     let width = if n > 100 { 1.0 } else { 1.8 };
-    let _ = writeln!(s, r##"<g fill="none" stroke-width="{width}" opacity="0.85">"##);
+    let _ = writeln!(
+        s,
+        r##"<g fill="none" stroke-width="{width}" opacity="0.85">"##
+    );
     for (c, t) in tree.iter().enumerate() {
         let Some((p, hop)) = t else { continue };
         let (x1, y1) = point(thetas[*p], R);
@@ -195,6 +201,9 @@ pub fn render(ring: &Ring) -> String {
     // Live peers and their labels.
     let r = (200.0 / n as f64).clamp(2.5, 7.0);
     let labels = n <= 64;
+    // Labels of peers close together alternate between two radii.
+    let mut last_label = f64::NEG_INFINITY;
+    let mut outer = false;
     for k in 0..n {
         let (x, y) = point(thetas[k], R);
         let (fill, rr) = if k == ring.origin {
@@ -211,7 +220,10 @@ pub fn render(ring: &Ring) -> String {
             ring.ids[k].short()
         );
         if labels || k == ring.origin || k == ring.chosen {
-            let (lx, ly) = point(thetas[k], R + 14.0 + rr);
+            outer = thetas[k] - last_label < 0.07 && !outer;
+            last_label = thetas[k];
+            let extra = if outer { 34.0 } else { 0.0 };
+            let (lx, ly) = point(thetas[k], R + 14.0 + rr + extra);
             let anchor = if thetas[k].sin() > 0.2 {
                 "start"
             } else if thetas[k].sin() < -0.2 {
