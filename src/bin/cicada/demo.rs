@@ -48,6 +48,10 @@ pub struct DemoArgs {
     /// Stabilize period of every peer, in milliseconds.
     #[arg(long, default_value_t = 200)]
     stabilize_ms: u64,
+    /// Request timeout of every peer, in milliseconds. Much lower and a
+    /// loaded machine sees retries; see the guide's "What the demo found".
+    #[arg(long, default_value_t = 500)]
+    request_timeout_ms: u64,
     /// Seconds to wait for a correct ring (after the joins, after the kills).
     #[arg(long, default_value_t = 60.0)]
     ring_timeout: f64,
@@ -111,12 +115,13 @@ impl Peer {
         exe: &std::path::Path,
         join: Option<&str>,
         stabilize_ms: u64,
+        request_timeout_ms: u64,
         bad_lines: &Arc<AtomicUsize>,
     ) -> Result<Peer, String> {
         let mut cmd = Command::new(exe);
         cmd.args(["node", "--bind", "127.0.0.1:0", "--json"])
             .args(["--stabilize-ms", &stabilize_ms.to_string()])
-            .args(["--request-timeout-ms", "150"])
+            .args(["--request-timeout-ms", &request_timeout_ms.to_string()])
             .args(["--lookup-timeout-ms", "4000"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -299,9 +304,16 @@ struct Workload {
     broadcast_reached: usize,
     broadcast_messages: u64,
     broadcast_origin: Option<usize>,
+    /// What went wrong, one line each (the first few).
+    failures: Vec<String>,
 }
 
 impl Workload {
+    fn fail(&mut self, what: String) {
+        if self.failures.len() < 10 {
+            self.failures.push(what);
+        }
+    }
     fn lookup_rate(&self) -> f64 {
         ratio(self.lookups_ok, self.lookups)
     }
@@ -341,6 +353,7 @@ impl Workload {
             "duplicates_delivered": self.duplicates_seen,
             "broadcast_coverage": self.coverage(),
             "broadcast_messages": self.broadcast_messages,
+            "failures": self.failures,
         });
         match v {
             Value::Object(m) => m,
@@ -428,7 +441,13 @@ fn run(args: DemoArgs) -> Result<bool, String> {
         } else {
             Some(peers[rng.below(i)].addr.clone())
         };
-        let mut p = Peer::start(&exe, join.as_deref(), args.stabilize_ms, &bad_lines)?;
+        let mut p = Peer::start(
+            &exe,
+            join.as_deref(),
+            args.stabilize_ms,
+            args.request_timeout_ms,
+            &bad_lines,
+        )?;
         let joined = p.wait_for(0, Duration::from_secs(20), |v| {
             v["event"] == "joined" || v["event"] == "error" || v["event"] == "eof"
         });
@@ -545,6 +564,9 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             "demo FAILED: see the table"
         }
     );
+    for f in before.failures.iter().chain(&after.failures) {
+        println!("failed: {f}");
+    }
     if args.json {
         let mut a = after.json();
         a.insert("killed".into(), json!(kills));
@@ -705,13 +727,20 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
         let v = peers[i].wait_for(mark, long, |v| {
             v["event"] == "lookup" && v["key"] == ks.as_str()
         });
-        let Some(v) = v else { continue };
         let want = peers[owner(peers, &ring, &key)].addr.as_str();
-        if v["ok"] == true && v["owner"].as_str() == Some(want) {
-            w.lookups_ok += 1;
-            if let Some(h) = v["hops"].as_u64() {
-                w.hops.push(h as u32);
+        match v {
+            Some(v) if v["ok"] == true && v["owner"].as_str() == Some(want) => {
+                w.lookups_ok += 1;
+                if let Some(h) = v["hops"].as_u64() {
+                    w.hops.push(h as u32);
+                }
             }
+            other => w.fail(format!(
+                "lookup {} from {} (owner {want}): {}",
+                key.short(),
+                peers[i].addr,
+                other.map_or("no answer".into(), |v| v.to_string())
+            )),
         }
     }
 
@@ -740,7 +769,7 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
         let v = peers[*a].wait_for(marks[*a], long, move |v| {
             v["event"] == "sent" && v["data"] == d.as_str()
         });
-        confirmed.push(v.is_some_and(|v| v["ok"] == true));
+        confirmed.push(v);
         let d = data.clone();
         peers[*b].wait_for(marks[*b], Duration::from_secs(2), move |v| {
             v["event"] == "recv" && v["data"] == d.as_str()
@@ -748,7 +777,7 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
     }
     // A moment for late duplicates to show themselves.
     thread::sleep(Duration::from_millis(300));
-    for ((_, b, data), ok) in sent.iter().zip(confirmed) {
+    for ((a, b, data), event) in sent.iter().zip(confirmed) {
         w.sends += 1;
         let got = peers[*b].count(marks[*b], |v| {
             v["event"] == "recv" && v["data"] == data.as_str()
@@ -756,8 +785,15 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
         if got > 1 {
             w.duplicates_seen += got - 1;
         }
+        let ok = event.as_ref().is_some_and(|v| v["ok"] == true);
         if ok && got == 1 {
             w.sends_delivered += 1;
+        } else {
+            let (from, to) = (peers[*a].addr.clone(), peers[*b].addr.clone());
+            w.fail(format!(
+                "send {data} {from} -> {to}: received {got} times; sender said {}",
+                event.map_or("nothing".into(), |v| v.to_string())
+            ));
         }
     }
 
@@ -784,6 +820,15 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
         }) == 1
         {
             w.broadcast_reached += 1;
+        }
+    }
+    for &i in &others {
+        let got = peers[i].count(marks[i], |v| {
+            v["event"] == "recv" && v["data"] == data.as_str()
+        });
+        if got != 1 {
+            let addr = peers[i].addr.clone();
+            w.fail(format!("broadcast {data} reached {addr} {got} times"));
         }
     }
     let after = broadcast_sent(peers, live);
