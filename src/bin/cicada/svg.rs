@@ -35,13 +35,14 @@ pub struct Ring<'a> {
     pub successors: usize,
 }
 
-const SIZE: f64 = 1000.0;
+const WIDTH: f64 = 1000.0;
+const HEIGHT: f64 = 1060.0;
 const CX: f64 = 500.0;
-const CY: f64 = 530.0;
-const R: f64 = 360.0;
+const CY: f64 = 600.0;
+const R: f64 = 370.0;
 /// Colours of the broadcast tree's edges by hop (1, 2, 3, …).
 const HOPS: [&str; 6] = [
-    "#1f6feb", "#0a9396", "#2a9d8f", "#8ab17d", "#b5a000", "#999999",
+    "#1f6feb", "#2a9d3f", "#9b5de5", "#b5a000", "#e4579e", "#999999",
 ];
 
 /// The angle of an id, in radians clockwise from the top.
@@ -97,7 +98,7 @@ pub fn render(ring: &Ring) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{SIZE}" height="{SIZE}" viewBox="0 0 {SIZE} {SIZE}" font-family="Helvetica, Arial, sans-serif">"##
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="Helvetica, Arial, sans-serif">"##
     );
     let _ = writeln!(
         s,
@@ -207,9 +208,9 @@ pub fn render(ring: &Ring) -> String {
     for k in 0..n {
         let (x, y) = point(thetas[k], R);
         let (fill, rr) = if k == ring.origin {
-            ("#d62828", r + 3.0)
+            ("#d62828", (r + 3.0).max(7.0))
         } else if k == ring.chosen {
-            ("#e76f00", r + 3.0)
+            ("#e76f00", (r + 3.0).max(7.0))
         } else {
             ("#1d3557", r)
         };
