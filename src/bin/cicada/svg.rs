@@ -205,8 +205,8 @@ pub fn render(ring: &Ring) -> String {
     // Labels of peers close together alternate between two radii.
     let mut last_label = f64::NEG_INFINITY;
     let mut outer = false;
-    for k in 0..n {
-        let (x, y) = point(thetas[k], R);
+    for (k, &theta) in thetas.iter().enumerate() {
+        let (x, y) = point(theta, R);
         let (fill, rr) = if k == ring.origin {
             ("#d62828", (r + 3.0).max(7.0))
         } else if k == ring.chosen {
@@ -221,13 +221,13 @@ pub fn render(ring: &Ring) -> String {
             ring.ids[k].short()
         );
         if labels || k == ring.origin || k == ring.chosen {
-            outer = thetas[k] - last_label < 0.07 && !outer;
-            last_label = thetas[k];
+            outer = theta - last_label < 0.07 && !outer;
+            last_label = theta;
             let extra = if outer { 34.0 } else { 0.0 };
-            let (lx, ly) = point(thetas[k], R + 14.0 + rr + extra);
-            let anchor = if thetas[k].sin() > 0.2 {
+            let (lx, ly) = point(theta, R + 14.0 + rr + extra);
+            let anchor = if theta.sin() > 0.2 {
                 "start"
-            } else if thetas[k].sin() < -0.2 {
+            } else if theta.sin() < -0.2 {
                 "end"
             } else {
                 "middle"
