@@ -299,3 +299,57 @@ pub fn render(ring: &Ring) -> String {
 fn port_of(ring: &Ring, k: usize) -> String {
     ring.labels[k].rsplit(':').next().unwrap_or("").to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring_of(n: usize, with_fingers: bool) -> (Vec<Hash>, Vec<Vec<Hash>>) {
+        let mut ids: Vec<Hash> = (0..n).map(|i| Hash::of(format!("127.0.0.1:{i}"))).collect();
+        ids.sort();
+        let fingers = (0..n)
+            .map(|k| {
+                if !with_fingers {
+                    return Vec::new();
+                }
+                let mut f: Vec<Hash> = (0..256)
+                    .map(|b| {
+                        let target = ids[k].wrapping_add(&Hash::pow2(b));
+                        *ids.iter().find(|h| **h >= target).unwrap_or(&ids[0])
+                    })
+                    .filter(|h| *h != ids[k])
+                    .collect();
+                f.dedup();
+                f
+            })
+            .collect();
+        (ids, fingers)
+    }
+
+    #[test]
+    fn the_rebuilt_broadcast_tree_reaches_every_peer_once() {
+        for (n, with_fingers, successors) in [(8, false, 16), (40, false, 3), (256, true, 16)] {
+            let (ids, fingers) = ring_of(n, with_fingers);
+            let labels: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{i}")).collect();
+            let ring = Ring {
+                ids: &ids,
+                labels: &labels,
+                fingers: &fingers,
+                dead: &[],
+                chosen: 1,
+                origin: 0,
+                successors,
+            };
+            let tree = broadcast_tree(&ring);
+            assert!(tree[0].is_none(), "the origin has no parent");
+            assert_eq!(tree.iter().flatten().count(), n - 1, "n = {n}");
+            let depth = tree.iter().flatten().map(|t| t.1).max().unwrap_or(0);
+            if with_fingers {
+                assert!(depth <= 9, "depth {depth} at {n} peers with fingers");
+            }
+            let svg = render(&ring);
+            assert_eq!(svg.matches("<title>").count(), n);
+            assert_eq!(svg.matches("marker-end").count(), n - 1 + fingers[1].len());
+        }
+    }
+}
