@@ -385,12 +385,9 @@ pub fn main(args: DemoArgs) -> i32 {
     }
 }
 
-fn say(args: &DemoArgs, pb: Option<&ProgressBar>, msg: String) {
-    let _ = args;
-    match pb {
-        Some(pb) => pb.println(msg),
-        None => eprintln!("{msg}"),
-    }
+/// A line for the person watching, on stderr (stdout holds the summary).
+fn say(msg: String) {
+    eprintln!("{msg}");
 }
 
 fn run(args: DemoArgs) -> Result<bool, String> {
@@ -471,27 +468,21 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     }
     pb.finish_and_clear();
     let joins_done = started.elapsed().as_secs_f64();
-    say(
-        &args,
-        None,
-        format!("{n} peers joined in {joins_done:.1} s; waiting for the ring"),
-    );
+    say(format!(
+        "{n} peers joined in {joins_done:.1} s; waiting for the ring"
+    ));
 
     let all: Vec<usize> = (0..n).collect();
     let ring_ok = wait_ring(&mut peers, &all, ring_timeout, &stop);
     let join_seconds = started.elapsed().as_secs_f64();
-    say(
-        &args,
-        None,
-        if ring_ok {
-            format!("ring correct after {join_seconds:.1} s")
-        } else {
-            format!("ring NOT correct after {join_seconds:.1} s")
-        },
-    );
+    say(if ring_ok {
+        format!("ring correct after {join_seconds:.1} s")
+    } else {
+        format!("ring NOT correct after {join_seconds:.1} s")
+    });
 
     let before = workload(&mut peers, &all, &mut rng, "a");
-    say(&args, None, "workload done; killing peers".into());
+    say("workload done; killing peers".into());
 
     // ---- churn
     let kills = ((n as f64) * args.churn).floor() as usize;
@@ -513,18 +504,14 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     let churn_started = Instant::now();
     let ring_ok_after = wait_ring(&mut peers, &survivors, ring_timeout, &stop);
     let heal_seconds = churn_started.elapsed().as_secs_f64();
-    say(
-        &args,
-        None,
-        format!(
-            "killed {kills}; survivors' ring {} after {heal_seconds:.1} s",
-            if ring_ok_after {
-                "correct"
-            } else {
-                "NOT correct"
-            }
-        ),
-    );
+    say(format!(
+        "killed {kills}; survivors' ring {} after {heal_seconds:.1} s",
+        if ring_ok_after {
+            "correct"
+        } else {
+            "NOT correct"
+        }
+    ));
     // Let a few stabilize rounds refresh the fingers that pointed to the dead.
     if ring_ok_after {
         thread::sleep(Duration::from_millis(args.stabilize_ms * 5));
