@@ -64,6 +64,7 @@ pub(crate) enum Command<A> {
 #[derive(Clone, Debug)]
 pub(crate) struct Snapshot<A> {
     pub peers: Vec<NodeRef<A>>,
+    pub fingers: Vec<NodeRef<A>>,
     pub successor: Option<NodeRef<A>>,
     pub predecessor: Option<NodeRef<A>>,
     pub stats: chord::Stats,
@@ -205,6 +206,7 @@ impl<L: Link> Driver<L> {
             Command::Snapshot { reply } => {
                 let _ = reply.send(Snapshot {
                     peers: self.node.peers().to_vec(),
+                    fingers: self.node.fingers().to_vec(),
                     successor: self.node.successor().cloned(),
                     predecessor: self.node.predecessor().cloned(),
                     stats: self.node.stats().clone(),

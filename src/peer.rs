@@ -350,6 +350,12 @@ impl SwarmPeer {
         Ok(self.snapshot().await?.peers)
     }
 
+    /// The distinct fingers of this peer's routing table, nearest first
+    /// (what `cicada demo` draws for its chosen node).
+    pub async fn fingers(&self) -> Result<Vec<RemoteNode>> {
+        Ok(self.snapshot().await?.fingers)
+    }
+
     /// The next peer on the ring; `None` while alone.
     pub async fn successor(&self) -> Result<Option<RemoteNode>> {
         Ok(self.snapshot().await?.successor)

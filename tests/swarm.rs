@@ -1188,3 +1188,107 @@ fn a_peer_behind_nat_maps_its_port_and_swarms_with_the_internet() {
         wan.cmd("quit");
     }
 }
+
+// ------------------------------------------------------------------ demo
+
+/// Runs `cicada demo ARGS`, killed after `limit`; returns (exit code, stdout, stderr).
+fn run_demo(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cicada"))
+        .arg("demo")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cicada demo");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st.code(),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    (
+        status,
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn demo_of_eight_processes_reports_a_correct_ring_and_full_delivery() {
+    let _heavy = heavy();
+    let svg = std::env::temp_dir().join(format!("cicada-demo-test-{}.svg", std::process::id()));
+    let svg_arg = svg.to_string_lossy().to_string();
+    let started = Instant::now();
+    let (code, out, err) = run_demo(
+        &["--nodes", "8", "--json", "--seed", "42", "--svg", &svg_arg],
+        Duration::from_secs(60),
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        code,
+        Some(0),
+        "demo failed or timed out\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(took < Duration::from_secs(40), "the demo took {took:?}");
+    let last = out.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("last line {last:?}: {e}"));
+    assert_eq!(v["nodes"], 8);
+    assert_eq!(v["ring_correct"], true, "{v}");
+    assert!(v["join_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
+    assert_eq!(v["lookup_success_rate"], 1.0, "{v}");
+    assert!(v["hops_mean"].as_f64().is_some_and(|h| h >= 0.0), "{v}");
+    assert_eq!(v["send_delivered_rate"], 1.0, "{v}");
+    assert_eq!(v["broadcast_coverage"], 1.0, "{v}");
+    // A broadcast in N - 1 messages.
+    assert_eq!(v["broadcast_messages"], 7, "{v}");
+    assert_eq!(v["bad_lines"], 0, "{v}");
+    let after = &v["after_churn"];
+    assert_eq!(after["killed"], 2, "{v}");
+    assert_eq!(after["ring_correct"], true, "{v}");
+    assert_eq!(after["lookup_success_rate"], 1.0, "{v}");
+    assert_eq!(after["send_delivered_rate"], 1.0, "{v}");
+    // All survivors reached.
+    assert_eq!(after["broadcast_coverage"], 1.0, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    // The picture: six live peers drawn, two crosses.
+    let picture = std::fs::read_to_string(&svg).expect("the demo wrote its SVG");
+    let _ = std::fs::remove_file(&svg);
+    assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        picture.matches("<title>").count(),
+        6,
+        "live peers in the picture"
+    );
+    assert!(
+        picture.contains("marker-end"),
+        "no broadcast tree or fingers drawn"
+    );
+}
+
+#[test]
+fn demo_refuses_what_it_cannot_do() {
+    let (code, _, err) = run_demo(&["--transport", "ouroboros"], Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("Ouroboros link is not built yet"), "{err}");
+    let (code, _, err) = run_demo(&["--nodes", "1"], Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{err}");
+}

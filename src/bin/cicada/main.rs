@@ -4,11 +4,14 @@
 //! - `cicada sim`: the Chord simulator, as `examples/sim.rs`.
 //! - `cicada map`: maps a port on the NAT gateway and holds it (see `map.rs`).
 //! - `cicada bench`: Cicada beside raw UDP, as ratios (see `bench.rs`).
+//! - `cicada demo`: a swarm of `cicada node` processes, checked (see `demo.rs`).
 
 mod bench;
+mod demo;
 mod map;
 mod node;
 mod output;
+mod svg;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +36,8 @@ enum Command {
     Map(map::MapArgs),
     /// Measure Cicada beside raw UDP on loopback, as ratios.
     Bench(bench::BenchArgs),
+    /// Start a swarm of peer processes on loopback, check it, draw it.
+    Demo(demo::DemoArgs),
 }
 
 fn main() {
@@ -41,6 +46,7 @@ fn main() {
         Command::Node(args) => node::main(args),
         Command::Map(args) => map::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Demo(args) => demo::main(args),
         Command::Sim(args) => match cicada::cli::run_sim(&args) {
             Ok(lines) => {
                 lines.iter().for_each(|l| println!("{l}"));

@@ -7,6 +7,7 @@
 //! broadcast TEXT
 //! lookup KEY                KEY = 64 hex digits, or any text (hashed)
 //! peers                     the routing state, successor and predecessor
+//! fingers                   the distinct fingers, nearest first
 //! stats                     the counters
 //! wait SECONDS
 //! leave                     leave the swarm gracefully, keep running
@@ -336,6 +337,16 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
             }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => out.error(e),
         },
+        "fingers" => match peer.fingers().await {
+            Ok(f) => {
+                let list: Vec<_> = f
+                    .iter()
+                    .map(|p| json!({"id": p.id.to_string(), "addr": p.addr.to_string()}))
+                    .collect();
+                out.emit(json!({"event": "fingers", "fingers": list}));
+            }
+            Err(e) => out.error(e),
+        },
         "stats" => match peer.stats().await {
             Ok(s) => out.emit(json!({
                 "event": "stats",
@@ -345,6 +356,7 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                 "dropped_version": s.core.dropped_version,
                 "dropped_unexpected": s.core.dropped_unexpected,
                 "peers_failed": s.core.peers_failed,
+                "broadcast_sent": s.core.broadcast_sent,
                 "received": s.received,
                 "recv_overflow": s.recv_overflow,
                 "hooks_dropped": s.hooks_dropped,

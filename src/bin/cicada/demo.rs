@@ -1,0 +1,881 @@
+//! `cicada demo`: a swarm of real `cicada node` processes on loopback.
+//!
+//! It starts N peers (this same executable, subcommand `node`), one joining
+//! after another, waits until every successor and predecessor is the true
+//! one, runs a workload (a lookup from every node, sends between random
+//! pairs, one broadcast), kills a fraction of the peers with SIGKILL, waits
+//! for the survivors' ring and runs the workload again. Every check is made
+//! against the truth computed from the ids (`id = SHA-256("127.0.0.1:PORT")`).
+//!
+//! Every child is killed when its guard drops, and a SIGINT/SIGTERM handler
+//! kills them all before the demo exits.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cicada::Hash;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::svg;
+
+/// Arguments of `cicada demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Number of peers (processes) to start.
+    #[arg(long, default_value_t = 32)]
+    nodes: usize,
+    /// How the peers talk: `udp` (on 127.0.0.1) or `ouroboros`.
+    #[arg(long, default_value = "udp")]
+    transport: String,
+    /// Fraction of the peers killed (SIGKILL) before the second workload.
+    #[arg(long, default_value_t = 0.25)]
+    churn: f64,
+    /// Write a picture of the ring (SVG) to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Print the summary as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the random choices (pairs, keys, victims); random by default.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stabilize period of every peer, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    stabilize_ms: u64,
+    /// Request timeout of every peer, in milliseconds. Much lower and a
+    /// loaded machine sees retries; see the guide's "What the demo found".
+    #[arg(long, default_value_t = 500)]
+    request_timeout_ms: u64,
+    /// Seconds to wait for a correct ring (after the joins, after the kills).
+    #[arg(long, default_value_t = 60.0)]
+    ring_timeout: f64,
+}
+
+// ------------------------------------------------------------------ children
+
+/// Every child, weakly, for the signal handler.
+fn registry() -> &'static Mutex<Vec<Weak<Mutex<Child>>>> {
+    static R: OnceLock<Mutex<Vec<Weak<Mutex<Child>>>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills every registered child (SIGKILL) and reaps it.
+fn kill_all() {
+    let children: Vec<_> = lock(registry()).iter().filter_map(Weak::upgrade).collect();
+    for c in children {
+        let mut c = lock(&c);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// On SIGINT or SIGTERM: kill every child, exit 130.
+fn install_signal_handler(stop: Arc<AtomicBool>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    thread::Builder::new()
+        .name("cicada-demo-signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                stop.store(true, Ordering::SeqCst);
+                kill_all();
+                eprintln!("\ninterrupted: every peer stopped");
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}
+
+type Events = Arc<(Mutex<Vec<Value>>, Condvar)>;
+
+/// One `cicada node --json` process; killed when dropped.
+struct Peer {
+    child: Arc<Mutex<Child>>,
+    stdin: Option<ChildStdin>,
+    events: Events,
+    addr: String,
+    id: Hash,
+    alive: bool,
+}
+
+impl Peer {
+    fn start(
+        exe: &std::path::Path,
+        join: Option<&str>,
+        stabilize_ms: u64,
+        request_timeout_ms: u64,
+        bad_lines: &Arc<AtomicUsize>,
+    ) -> Result<Peer, String> {
+        let mut cmd = Command::new(exe);
+        cmd.args(["node", "--bind", "127.0.0.1:0", "--json"])
+            .args(["--stabilize-ms", &stabilize_ms.to_string()])
+            .args(["--request-timeout-ms", &request_timeout_ms.to_string()])
+            .args(["--lookup-timeout-ms", "4000"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(j) = join {
+            cmd.args(["--join", j]);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        let stdout = child.stdout.take();
+        let stdin = child.stdin.take();
+        let child = Arc::new(Mutex::new(child));
+        lock(registry()).push(Arc::downgrade(&child));
+        let events: Events = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let mut peer = Peer {
+            child,
+            stdin,
+            events: events.clone(),
+            addr: String::new(),
+            id: Hash::ZERO,
+            alive: true,
+        };
+        let stdout = stdout.ok_or("the node's stdout is not piped")?;
+        let bad = bad_lines.clone();
+        thread::Builder::new()
+            .name("cicada-demo-reader".into())
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    match serde_json::from_str::<Value>(&line) {
+                        Ok(v) if v.is_object() => {
+                            let (m, c) = &*events;
+                            lock(m).push(v);
+                            c.notify_all();
+                        }
+                        _ => {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                // End of output: wake anyone waiting so they see the end.
+                let (m, c) = &*events;
+                lock(m).push(json!({"event": "eof"}));
+                c.notify_all();
+            })
+            .map_err(|e| format!("cannot start a reader thread: {e}"))?;
+        let ready = peer
+            .wait_for(0, Duration::from_secs(20), |v| {
+                v["event"] == "ready" || v["event"] == "eof" || v["event"] == "error"
+            })
+            .ok_or("a node did not start within 20 s")?;
+        if ready["event"] != "ready" {
+            return Err(format!("a node failed to start: {ready}"));
+        }
+        peer.addr = ready["addr"].as_str().unwrap_or_default().to_string();
+        peer.id = ready["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("a node's ready event has no id: {ready}"))?;
+        if peer.id != Hash::of(&peer.addr) {
+            return Err(format!(
+                "node {} has id {}, not SHA-256 of its address",
+                peer.addr, peer.id
+            ));
+        }
+        Ok(peer)
+    }
+
+    fn cmd(&mut self, line: &str) {
+        if let Some(stdin) = &mut self.stdin {
+            if writeln!(stdin, "{line}")
+                .and_then(|_| stdin.flush())
+                .is_err()
+            {
+                self.stdin = None;
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.events.0).len()
+    }
+
+    fn wait_for(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        self.wait_n(from, timeout, 1, pred).into_iter().next()
+    }
+
+    /// Matching events at or after `from`, once there are `n` or at timeout.
+    fn wait_n(
+        &self,
+        from: usize,
+        timeout: Duration,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let (m, c) = &*self.events;
+        let mut evs = lock(m);
+        loop {
+            let found: Vec<Value> = evs.iter().skip(from).filter(|v| pred(v)).cloned().collect();
+            let now = Instant::now();
+            let ended = evs.last().is_some_and(|v| v["event"] == "eof");
+            if found.len() >= n || now >= deadline || ended {
+                return found;
+            }
+            evs = c
+                .wait_timeout(evs, deadline - now)
+                .map(|r| r.0)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    fn count(&self, from: usize, pred: impl Fn(&Value) -> bool) -> usize {
+        lock(&self.events.0)
+            .iter()
+            .skip(from)
+            .filter(|v| pred(v))
+            .count()
+    }
+
+    fn kill(&mut self) {
+        self.alive = false;
+        self.stdin = None;
+        let mut c = lock(&self.child);
+        let _ = c.kill(); // SIGKILL on Unix
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ------------------------------------------------------------------ random
+
+/// A small xorshift generator: the demo's choices need no more.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn key(&mut self) -> Hash {
+        let mut b = [0u8; 32];
+        for c in b.chunks_mut(8) {
+            c.copy_from_slice(&self.next().to_le_bytes());
+        }
+        Hash::from_bytes(b)
+    }
+}
+
+// ------------------------------------------------------------------ results
+
+/// What one workload measured.
+#[derive(Default, Clone)]
+struct Workload {
+    lookups: usize,
+    lookups_ok: usize,
+    hops: Vec<u32>,
+    sends: usize,
+    sends_delivered: usize,
+    duplicates_seen: usize,
+    broadcast_receivers: usize,
+    broadcast_reached: usize,
+    broadcast_messages: u64,
+    broadcast_origin: Option<usize>,
+    /// What went wrong, one line each (the first few).
+    failures: Vec<String>,
+}
+
+impl Workload {
+    fn fail(&mut self, what: String) {
+        if self.failures.len() < 10 {
+            self.failures.push(what);
+        }
+    }
+    fn lookup_rate(&self) -> f64 {
+        ratio(self.lookups_ok, self.lookups)
+    }
+    fn send_rate(&self) -> f64 {
+        ratio(self.sends_delivered, self.sends)
+    }
+    fn coverage(&self) -> f64 {
+        ratio(self.broadcast_reached, self.broadcast_receivers)
+    }
+    fn hops_mean(&self) -> f64 {
+        if self.hops.is_empty() {
+            return 0.0;
+        }
+        self.hops.iter().map(|&h| h as f64).sum::<f64>() / self.hops.len() as f64
+    }
+    fn hops_p99(&self) -> u32 {
+        let mut h = self.hops.clone();
+        h.sort_unstable();
+        match h.len() {
+            0 => 0,
+            n => h[((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1],
+        }
+    }
+    fn all_ok(&self) -> bool {
+        self.lookups_ok == self.lookups
+            && self.sends_delivered == self.sends
+            && self.broadcast_reached == self.broadcast_receivers
+    }
+    fn json(&self) -> serde_json::Map<String, Value> {
+        let v = json!({
+            "lookups": self.lookups,
+            "lookup_success_rate": self.lookup_rate(),
+            "hops_mean": self.hops_mean(),
+            "hops_p99": self.hops_p99(),
+            "sends": self.sends,
+            "send_delivered_rate": self.send_rate(),
+            "duplicates_delivered": self.duplicates_seen,
+            "broadcast_coverage": self.coverage(),
+            "broadcast_messages": self.broadcast_messages,
+            "failures": self.failures,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        1.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+// ------------------------------------------------------------------ the demo
+
+/// Runs the demo; returns the exit code.
+pub fn main(args: DemoArgs) -> i32 {
+    match run(args) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            kill_all();
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+/// A line for the person watching, on stderr (stdout holds the summary).
+fn say(msg: String) {
+    eprintln!("{msg}");
+}
+
+fn run(args: DemoArgs) -> Result<bool, String> {
+    match args.transport.as_str() {
+        "udp" => {}
+        "ouroboros" => {
+            return Err(
+                "--transport ouroboros: the Ouroboros link is not built yet \
+                 (see docs/ouroboros.md); use --transport udp"
+                    .into(),
+            )
+        }
+        other => return Err(format!("--transport {other:?}: want udp or ouroboros")),
+    }
+    if args.nodes < 2 {
+        return Err("--nodes must be at least 2".into());
+    }
+    if !(0.0..1.0).contains(&args.churn) {
+        return Err("--churn must be in [0, 1)".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_signal_handler(stop.clone())?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9)
+    });
+    let mut rng = Rng(seed | 1);
+    let bad_lines = Arc::new(AtomicUsize::new(0));
+    let n = args.nodes;
+    let ring_timeout = Duration::from_secs_f64(args.ring_timeout.max(1.0));
+
+    // ---- joins
+    let started = Instant::now();
+    let pb = ProgressBar::new(n as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:40.cyan/blue}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix("joining");
+    let mut peers: Vec<Peer> = Vec::with_capacity(n);
+    for i in 0..n {
+        let join = if i == 0 {
+            None
+        } else {
+            Some(peers[rng.below(i)].addr.clone())
+        };
+        let mut p = Peer::start(
+            &exe,
+            join.as_deref(),
+            args.stabilize_ms,
+            args.request_timeout_ms,
+            &bad_lines,
+        )?;
+        let joined = p.wait_for(0, Duration::from_secs(20), |v| {
+            v["event"] == "joined" || v["event"] == "error" || v["event"] == "eof"
+        });
+        match joined {
+            Some(v) if v["event"] == "joined" => {}
+            other => {
+                p.kill();
+                return Err(format!(
+                    "node {} ({}) did not join: {}",
+                    i,
+                    p.addr,
+                    other
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "timeout".into())
+                ));
+            }
+        }
+        pb.set_message(p.addr.clone());
+        peers.push(p);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let joins_done = started.elapsed().as_secs_f64();
+    say(format!(
+        "{n} peers joined in {joins_done:.1} s; waiting for the ring"
+    ));
+
+    let all: Vec<usize> = (0..n).collect();
+    let ring_ok = wait_ring(&mut peers, &all, ring_timeout, &stop);
+    let join_seconds = started.elapsed().as_secs_f64();
+    say(if ring_ok {
+        format!("ring correct after {join_seconds:.1} s")
+    } else {
+        format!("ring NOT correct after {join_seconds:.1} s")
+    });
+
+    let before = workload(&mut peers, &all, &mut rng, "a");
+    say("workload done; killing peers".into());
+
+    // ---- churn
+    let kills = ((n as f64) * args.churn).floor() as usize;
+    let kills = kills.min(n - 2);
+    let mut order: Vec<usize> = all.clone();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let mut victims: Vec<usize> = order[..kills].to_vec();
+    victims.sort_unstable();
+    for &v in &victims {
+        peers[v].kill();
+    }
+    let survivors: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|i| !victims.contains(i))
+        .collect();
+    let churn_started = Instant::now();
+    let ring_ok_after = wait_ring(&mut peers, &survivors, ring_timeout, &stop);
+    let heal_seconds = churn_started.elapsed().as_secs_f64();
+    say(format!(
+        "killed {kills}; survivors' ring {} after {heal_seconds:.1} s",
+        if ring_ok_after {
+            "correct"
+        } else {
+            "NOT correct"
+        }
+    ));
+    // Let a few stabilize rounds refresh the fingers that pointed to the dead.
+    if ring_ok_after {
+        thread::sleep(Duration::from_millis(args.stabilize_ms * 5));
+    }
+    let after = workload(&mut peers, &survivors, &mut rng, "b");
+
+    // ---- picture
+    let mut svg_written = None;
+    if let Some(path) = &args.svg {
+        let picture = picture(&mut peers, &survivors, &victims, &after);
+        match std::fs::write(path, picture) {
+            Ok(()) => svg_written = Some(path.display().to_string()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
+
+    let ok = ring_ok && ring_ok_after && before.all_ok() && after.all_ok();
+    // ---- summary
+    print_table(
+        n,
+        kills,
+        join_seconds,
+        heal_seconds,
+        ring_ok,
+        ring_ok_after,
+        &before,
+        &after,
+    );
+    if let Some(p) = &svg_written {
+        println!("picture: {p}");
+    }
+    println!(
+        "{}",
+        if ok {
+            "demo OK: everything that should have worked did"
+        } else {
+            "demo FAILED: see the table"
+        }
+    );
+    for f in before.failures.iter().chain(&after.failures) {
+        println!("failed: {f}");
+    }
+    if args.json {
+        let mut a = after.json();
+        a.insert("killed".into(), json!(kills));
+        a.insert("survivors".into(), json!(survivors.len()));
+        a.insert("ring_correct".into(), json!(ring_ok_after));
+        a.insert("ring_seconds".into(), json!(heal_seconds));
+        let mut top = before.json();
+        top.insert("nodes".into(), json!(n));
+        top.insert("ring_correct".into(), json!(ring_ok));
+        top.insert("join_seconds".into(), json!(join_seconds));
+        top.insert("after_churn".into(), Value::Object(a));
+        top.insert("ok".into(), json!(ok));
+        top.insert("seed".into(), json!(seed));
+        top.insert("bad_lines".into(), json!(bad_lines.load(Ordering::Relaxed)));
+        top.insert("svg".into(), json!(svg_written));
+        println!("{}", Value::Object(top));
+    }
+    drop(peers);
+    Ok(ok)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_table(
+    n: usize,
+    kills: usize,
+    join_s: f64,
+    heal_s: f64,
+    ring: bool,
+    ring_after: bool,
+    b: &Workload,
+    a: &Workload,
+) {
+    let yes = |x: bool| if x { "yes" } else { "NO" }.to_string();
+    let rate = |ok: usize, all: usize| format!("{ok}/{all} ({:.0}%)", 100.0 * ratio(ok, all));
+    let rows: Vec<(&str, String, String)> = vec![
+        (
+            "nodes",
+            n.to_string(),
+            format!("{} ({kills} killed)", n - kills),
+        ),
+        ("ring correct", yes(ring), yes(ring_after)),
+        (
+            "time to correct ring",
+            format!("{join_s:.1} s"),
+            format!("{heal_s:.1} s"),
+        ),
+        (
+            "lookups correct",
+            rate(b.lookups_ok, b.lookups),
+            rate(a.lookups_ok, a.lookups),
+        ),
+        (
+            "lookup hops mean / p99",
+            format!("{:.2} / {}", b.hops_mean(), b.hops_p99()),
+            format!("{:.2} / {}", a.hops_mean(), a.hops_p99()),
+        ),
+        (
+            "sends delivered once",
+            rate(b.sends_delivered, b.sends),
+            rate(a.sends_delivered, a.sends),
+        ),
+        (
+            "broadcast coverage",
+            rate(b.broadcast_reached, b.broadcast_receivers),
+            rate(a.broadcast_reached, a.broadcast_receivers),
+        ),
+        (
+            "broadcast messages",
+            b.broadcast_messages.to_string(),
+            a.broadcast_messages.to_string(),
+        ),
+    ];
+    println!();
+    println!("{:<24} {:>18} {:>18}", "", "before churn", "after churn");
+    println!("{}", "-".repeat(62));
+    for (k, x, y) in rows {
+        println!("{k:<24} {x:>18} {y:>18}");
+    }
+    println!();
+}
+
+/// The true ring of `live`: their indices sorted by id.
+fn sorted(peers: &[Peer], live: &[usize]) -> Vec<usize> {
+    let mut s = live.to_vec();
+    s.sort_by_key(|&i| peers[i].id);
+    s
+}
+
+/// Polls `peers` on every live node until every successor and predecessor
+/// is the true one, or until `within`.
+fn wait_ring(peers: &mut [Peer], live: &[usize], within: Duration, stop: &AtomicBool) -> bool {
+    let ring = sorted(peers, live);
+    let m = ring.len();
+    let pb = ProgressBar::new(m as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>8} [{bar:40.green/blue}] {pos}/{len} nodes with the right neighbours",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_prefix("ring");
+    let deadline = Instant::now() + within;
+    let ok = loop {
+        let marks: Vec<usize> = ring.iter().map(|&i| peers[i].len()).collect();
+        for &i in &ring {
+            peers[i].cmd("peers");
+        }
+        let mut right = 0;
+        for (k, &i) in ring.iter().enumerate() {
+            let succ = &peers[ring[(k + 1) % m]].addr;
+            let pred = &peers[ring[(k + m - 1) % m]].addr;
+            let v = peers[i].wait_for(marks[k], Duration::from_secs(3), |v| v["event"] == "peers");
+            if let Some(v) = v {
+                if v["successor"].as_str() == Some(succ) && v["predecessor"].as_str() == Some(pred)
+                {
+                    right += 1;
+                }
+            }
+        }
+        pb.set_position(right as u64);
+        if right == m {
+            break true;
+        }
+        if Instant::now() >= deadline || stop.load(Ordering::SeqCst) {
+            break false;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    pb.finish_and_clear();
+    ok
+}
+
+/// The live node that owns `key`: the first id at or after it.
+fn owner(peers: &[Peer], ring: &[usize], key: &Hash) -> usize {
+    ring.iter()
+        .copied()
+        .find(|&i| peers[i].id >= *key)
+        .unwrap_or(ring[0])
+}
+
+fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Workload {
+    let ring = sorted(peers, live);
+    let mut w = Workload::default();
+    let long = Duration::from_secs(15);
+
+    // Lookups: one random key from every node.
+    let mut asked = Vec::new();
+    for &i in live {
+        let key = rng.key();
+        let mark = peers[i].len();
+        peers[i].cmd(&format!("lookup {key}"));
+        asked.push((i, key, mark));
+    }
+    for (i, key, mark) in asked {
+        w.lookups += 1;
+        let ks = key.to_string();
+        let v = peers[i].wait_for(mark, long, |v| {
+            v["event"] == "lookup" && v["key"] == ks.as_str()
+        });
+        let want = peers[owner(peers, &ring, &key)].addr.as_str();
+        match v {
+            Some(v) if v["ok"] == true && v["owner"].as_str() == Some(want) => {
+                w.lookups_ok += 1;
+                if let Some(h) = v["hops"].as_u64() {
+                    w.hops.push(h as u32);
+                }
+            }
+            other => w.fail(format!(
+                "lookup {} from {} (owner {want}): {}",
+                key.short(),
+                peers[i].addr,
+                other.map_or("no answer".into(), |v| v.to_string())
+            )),
+        }
+    }
+
+    // Sends between random pairs; every third with two duplicates.
+    let pairs = live.len().max(8);
+    let marks: Vec<usize> = peers.iter().map(Peer::len).collect();
+    let mut sent = Vec::new();
+    for k in 0..pairs {
+        let a = live[rng.below(live.len())];
+        let mut b = live[rng.below(live.len())];
+        while b == a {
+            b = live[rng.below(live.len())];
+        }
+        let data = format!("demo-{tag}-send-{k}");
+        let target = peers[b].addr.clone();
+        if k % 3 == 0 {
+            peers[a].cmd(&format!("send-dup 2 {target} {data}"));
+        } else {
+            peers[a].cmd(&format!("send {target} {data}"));
+        }
+        sent.push((a, b, data));
+    }
+    let mut confirmed = Vec::new();
+    for (a, b, data) in &sent {
+        let d = data.clone();
+        let v = peers[*a].wait_for(marks[*a], long, move |v| {
+            v["event"] == "sent" && v["data"] == d.as_str()
+        });
+        confirmed.push(v);
+        let d = data.clone();
+        peers[*b].wait_for(marks[*b], Duration::from_secs(2), move |v| {
+            v["event"] == "recv" && v["data"] == d.as_str()
+        });
+    }
+    // A moment for late duplicates to show themselves.
+    thread::sleep(Duration::from_millis(300));
+    for ((a, b, data), event) in sent.iter().zip(confirmed) {
+        w.sends += 1;
+        let got = peers[*b].count(marks[*b], |v| {
+            v["event"] == "recv" && v["data"] == data.as_str()
+        });
+        if got > 1 {
+            w.duplicates_seen += got - 1;
+        }
+        let ok = event.as_ref().is_some_and(|v| v["ok"] == true);
+        if ok && got == 1 {
+            w.sends_delivered += 1;
+        } else {
+            let (from, to) = (peers[*a].addr.clone(), peers[*b].addr.clone());
+            w.fail(format!(
+                "send {data} {from} -> {to}: received {got} times; sender said {}",
+                event.map_or("nothing".into(), |v| v.to_string())
+            ));
+        }
+    }
+
+    // One broadcast from a random node.
+    let origin = live[rng.below(live.len())];
+    let before = broadcast_sent(peers, live);
+    let marks: Vec<usize> = peers.iter().map(Peer::len).collect();
+    let data = format!("demo-{tag}-broadcast");
+    peers[origin].cmd(&format!("broadcast {data}"));
+    let others: Vec<usize> = live.iter().copied().filter(|&i| i != origin).collect();
+    w.broadcast_receivers = others.len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &i in &others {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let d = data.clone();
+        peers[i].wait_for(marks[i], left, move |v| {
+            v["event"] == "recv" && v["data"] == d.as_str()
+        });
+    }
+    thread::sleep(Duration::from_millis(300));
+    for &i in &others {
+        if peers[i].count(marks[i], |v| {
+            v["event"] == "recv" && v["data"] == data.as_str()
+        }) == 1
+        {
+            w.broadcast_reached += 1;
+        }
+    }
+    for &i in &others {
+        let got = peers[i].count(marks[i], |v| {
+            v["event"] == "recv" && v["data"] == data.as_str()
+        });
+        if got != 1 {
+            let addr = peers[i].addr.clone();
+            w.fail(format!("broadcast {data} reached {addr} {got} times"));
+        }
+    }
+    let after = broadcast_sent(peers, live);
+    w.broadcast_messages = after.saturating_sub(before);
+    w.broadcast_origin = Some(origin);
+    w
+}
+
+/// The sum of the live nodes' `broadcast_sent` counters.
+fn broadcast_sent(peers: &mut [Peer], live: &[usize]) -> u64 {
+    let marks: Vec<usize> = live.iter().map(|&i| peers[i].len()).collect();
+    for &i in live {
+        peers[i].cmd("stats");
+    }
+    live.iter()
+        .zip(marks)
+        .filter_map(|(&i, m)| {
+            peers[i].wait_for(m, Duration::from_secs(3), |v| v["event"] == "stats")
+        })
+        .filter_map(|v| v["broadcast_sent"].as_u64())
+        .sum()
+}
+
+/// Asks the live nodes for their fingers and draws the ring.
+fn picture(peers: &mut [Peer], live: &[usize], dead: &[usize], w: &Workload) -> String {
+    let ring = sorted(peers, live);
+    let marks: Vec<usize> = ring.iter().map(|&i| peers[i].len()).collect();
+    for &i in &ring {
+        peers[i].cmd("fingers");
+    }
+    let live_ids: std::collections::HashSet<Hash> = ring.iter().map(|&i| peers[i].id).collect();
+    let fingers: Vec<Vec<Hash>> = ring
+        .iter()
+        .zip(marks)
+        .map(|(&i, m)| {
+            peers[i]
+                .wait_for(m, Duration::from_secs(3), |v| v["event"] == "fingers")
+                .and_then(|v| v["fingers"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|f| f["id"].as_str().and_then(|s| s.parse::<Hash>().ok()))
+                .filter(|h| live_ids.contains(h))
+                .collect()
+        })
+        .collect();
+    let ids: Vec<Hash> = ring.iter().map(|&i| peers[i].id).collect();
+    let labels: Vec<String> = ring.iter().map(|&i| peers[i].addr.clone()).collect();
+    let origin = w
+        .broadcast_origin
+        .and_then(|o| ring.iter().position(|&i| i == o))
+        .unwrap_or(0);
+    let dead_ids: Vec<Hash> = dead.iter().map(|&i| peers[i].id).collect();
+    let chosen = (origin + ring.len() / 2) % ring.len();
+    svg::render(&svg::Ring {
+        ids: &ids,
+        labels: &labels,
+        fingers: &fingers,
+        dead: &dead_ids,
+        chosen,
+        origin,
+        successors: 16,
+    })
+}
