@@ -10,7 +10,10 @@
 
 use std::process::ExitCode;
 
-use cicada_ouroboros::{flow_accept, flow_alloc, Name};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cicada_ouroboros::{flow_accept, flow_alloc, Error, Name};
 
 const BUF_SIZE: usize = 256;
 
@@ -38,16 +41,31 @@ fn server(name: &str, layers: &[String]) -> ExitCode {
             }
         }
     };
+    // Stop cleanly on SIGTERM/SIGINT: dying inside the library can wedge
+    // the IRMd's packet pool.
+    let stop = match cicada_ouroboros::termination_flag() {
+        Ok(s) => s,
+        Err(e) => {
+            println!("Failed to install signal handlers: {e}.");
+            return ExitCode::FAILURE;
+        }
+    };
+    let slice = Some(Duration::from_millis(200));
     println!("Starting the server.");
-    loop {
-        let flow = match flow_accept(None) {
+    while !stop.load(Ordering::Relaxed) {
+        let flow = match flow_accept(slice) {
             Ok(f) => f,
+            Err(Error::Timeout { .. }) => continue,
             Err(e) => {
                 println!("Failed to accept flow: {e}.");
                 return ExitCode::FAILURE;
             }
         };
         println!("New flow.");
+        if let Err(e) = flow.set_rcv_timeout(Some(Duration::from_secs(5))) {
+            println!("Failed to set a timeout: {e}.");
+            continue;
+        }
         let msg = match flow.read(BUF_SIZE) {
             Ok(m) => m,
             Err(e) => {
@@ -62,6 +80,7 @@ fn server(name: &str, layers: &[String]) -> ExitCode {
         }
         // The flow is deallocated here, on drop.
     }
+    ExitCode::SUCCESS
 }
 
 fn client(name: &str) -> ExitCode {
@@ -73,6 +92,10 @@ fn client(name: &str) -> ExitCode {
         }
     };
     // Like the C client, send the terminating NUL too.
+    if let Err(e) = flow.set_rcv_timeout(Some(Duration::from_secs(10))) {
+        println!("Failed to set a timeout: {e}.");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = flow.write(b"Client says hi!\0") {
         println!("Failed to write packet: {e}.");
         return ExitCode::FAILURE;

@@ -303,7 +303,9 @@ impl Flow {
             return Err(Error::from_ret("flow_alloc", fd.into()));
         }
         let q = raw.map(QoSSpec::from_raw).unwrap_or_default();
-        self.adopt(lib, fd, q)
+        let r = self.adopt(lib, fd, q);
+        drop(_g);
+        r
     }
 
     /// Deallocates the flow. Afterwards it is neither readable nor

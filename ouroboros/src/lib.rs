@@ -86,3 +86,52 @@ pub fn irmd_running() -> bool {
     )
     .is_ok()
 }
+
+/// A flag that is set when the process gets SIGTERM, SIGINT or SIGHUP, in
+/// place of the default action (dying on the spot).
+///
+/// A process killed while it is inside `libouroboros-dev` can leave the
+/// IRMd's shared packet pool locked (seen with 0.23: every other Ouroboros
+/// process then hangs). Long-running programs should call this once, use
+/// timeouts on their blocking calls, and return from `main` when the flag
+/// is set: the flows are then deallocated and the library's destructor runs.
+/// A second signal after the flag is set ends the process (status 1).
+///
+/// ```no_run
+/// use std::sync::atomic::Ordering;
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let stop = cicada_ouroboros::termination_flag()?;
+/// while !stop.load(Ordering::Relaxed) {
+///     match cicada_ouroboros::flow_accept(Some(Duration::from_millis(200))) {
+///         Ok(flow) => drop(flow),
+///         Err(cicada_ouroboros::Error::Timeout { .. }) => continue,
+///         Err(e) => return Err(e.into()),
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub fn termination_flag() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    static FLAG: Mutex<Option<Arc<AtomicBool>>> = Mutex::new(None);
+    let mut g = FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = g.as_ref() {
+        return Ok(f.clone());
+    }
+    let f = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        // A second signal, once the flag is set, ends the process (exit
+        // status 1) for a program that cannot stop by itself.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, f.clone())?;
+        signal_hook::flag::register(sig, f.clone())?;
+    }
+    *g = Some(f.clone());
+    Ok(f)
+}
