@@ -101,6 +101,11 @@ fn client(name: &str, duration: Duration, size: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Never block forever on a full queue.
+    if let Err(e) = flow.set_snd_timeout(Some(Duration::from_secs(2))) {
+        println!("Failed to set a send timeout: {e}.");
+        return ExitCode::FAILURE;
+    }
     let buf = vec![0u8; size];
     let mut seq = 0u64;
     let start = Instant::now();

@@ -670,7 +670,7 @@ impl Lib {
     }
 
     /// Lists IPCPs as (pid, type, name, layer).
-    pub fn list_ipcps(&self) -> Result<Result<Vec<(pid_t, i32, String, String)>, c_int>, Error> {
+    pub fn list_ipcps(&self) -> Result<Result<Vec<IpcpRow>, c_int>, Error> {
         let f = self.irm()?;
         let mut p: *mut RawIpcpListInfo = std::ptr::null_mut();
         // SAFETY: the library stores a malloc'ed array of n entries in p.
@@ -718,6 +718,9 @@ impl Lib {
         Ok(Ok(out))
     }
 }
+
+/// (pid, type, name, layer) of an IPCP.
+pub type IpcpRow = (pid_t, i32, String, String);
 
 fn cstr_field(a: &[c_char]) -> String {
     let bytes: Vec<u8> = a
