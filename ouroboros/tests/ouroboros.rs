@@ -39,30 +39,37 @@ fn ready(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
 
 fn ready_inner(test: &str) -> bool {
     if !cicada_ouroboros::irmd_running() {
-        eprintln!(
-            "SKIPPED: {test}: no IRMd answers on {} (Ouroboros not installed or irmd not started; run .ci/ouroboros.sh up)",
+        skipped(format_args!("{test}: no IRMd answers on {} (Ouroboros not installed or irmd not started; run .ci/ouroboros.sh up)",
             cicada_ouroboros::IRM_SOCK_PATH
-        );
+        ));
         return false;
     }
     if let Err(e) = cicada_ouroboros::check() {
-        eprintln!(
-            "SKIPPED: {test}: {} not usable: {e}",
+        skipped(format_args!(
+            "{test}: {} not usable: {e}",
             cicada_ouroboros::DEV_SONAME
-        );
+        ));
         return false;
     }
     match cicada_ouroboros::list_ipcps() {
         Ok(l) if l.iter().any(|i| i.layer == LAYER) => true,
         Ok(_) => {
-            eprintln!("SKIPPED: {test}: no IPCP in layer {LAYER} (run .ci/ouroboros.sh up)");
+            skipped(format_args!(
+                "{test}: no IPCP in layer {LAYER} (run .ci/ouroboros.sh up)"
+            ));
             false
         }
         Err(e) => {
-            eprintln!("SKIPPED: {test}: cannot list IPCPs: {e}");
+            skipped(format_args!("{test}: cannot list IPCPs: {e}"));
             false
         }
     }
+}
+
+/// Prints a SKIPPED line straight to the process's stderr (not captured by
+/// the test harness, so it shows in every run).
+fn skipped(msg: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
 }
 
 fn unique(tag: &str) -> String {
@@ -562,7 +569,9 @@ fn rust_client_to_c_oecho_server() {
         return;
     };
     let Some(oecho) = which("oecho") else {
-        eprintln!("SKIPPED: rust_client_to_c_oecho_server: C oecho not installed");
+        skipped(format_args!(
+            "rust_client_to_c_oecho_server: C oecho not installed"
+        ));
         return;
     };
     let name = unique("c-oecho");
@@ -595,7 +604,9 @@ fn c_oecho_client_to_rust_server() {
         return;
     };
     let Some(oecho) = which("oecho") else {
-        eprintln!("SKIPPED: c_oecho_client_to_rust_server: C oecho not installed");
+        skipped(format_args!(
+            "c_oecho_client_to_rust_server: C oecho not installed"
+        ));
         return;
     };
     // The C client always calls the name "oecho".
