@@ -31,6 +31,17 @@ struct Reactor {
 }
 
 static REACTOR: OnceLock<Reactor> = OnceLock::new();
+/// Set at process exit: the event thread must leave `fevent` before the
+/// library's destructor frees what it waits on.
+static EXITING: AtomicBool = AtomicBool::new(false);
+static STOPPED: (Mutex<bool>, std::sync::Condvar) = (Mutex::new(false), std::sync::Condvar::new());
+
+fn stop_event_thread() {
+    EXITING.store(true, Ordering::Release);
+    let (m, cv) = &STOPPED;
+    let g = m.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = cv.wait_timeout_while(g, Duration::from_secs(1), |stopped| !*stopped);
+}
 static REACTOR_INIT: Mutex<()> = Mutex::new(());
 
 impl Reactor {
@@ -57,6 +68,9 @@ impl Reactor {
             entries: Mutex::new(HashMap::new()),
             writers_waiting: AtomicBool::new(false),
         });
+        if !ffi::at_exit(stop_event_thread) {
+            tracing::warn!("could not register the exit hook of the event thread");
+        }
         std::thread::Builder::new()
             .name("ouroboros-fevent".into())
             .spawn(move || r.run())
@@ -72,7 +86,7 @@ impl Reactor {
             tracing::error!("fqueue_create failed: async flows will not be woken");
             return;
         };
-        loop {
+        while !EXITING.load(Ordering::Acquire) {
             let r = self.lib.fevent(&self.set, &q, Some(TICK));
             let mut wake = Vec::new();
             if r >= 0 {
@@ -113,6 +127,10 @@ impl Reactor {
                 w.wake();
             }
         }
+        self.lib.fqueue_destroy(q);
+        let (m, cv) = &STOPPED;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
     }
 }
 

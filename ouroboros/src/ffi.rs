@@ -388,6 +388,26 @@ fn load() -> Result<Lib, Error> {
     }
 }
 
+/// Runs `f` at process exit, before the library's destructor (`atexit`
+/// handlers registered after `dlopen` run before `_dl_fini`). Returns false
+/// if it could not be registered. Only the first registered function is
+/// kept.
+pub fn at_exit(f: fn()) -> bool {
+    static HOOK: OnceLock<fn()> = OnceLock::new();
+    extern "C" fn run() {
+        if let Some(f) = HOOK.get() {
+            // A panic must not unwind into libc.
+            let _ = std::panic::catch_unwind(f);
+        }
+    }
+    if HOOK.set(f).is_err() {
+        return false;
+    }
+    // SAFETY: `run` is a plain extern "C" fn without arguments that never
+    // unwinds.
+    unsafe { libc::atexit(run) == 0 }
+}
+
 /// Converts an optional duration to a `timespec` (saturating).
 pub fn to_timespec(d: Duration) -> timespec {
     timespec {

@@ -153,6 +153,8 @@ impl FlowSet {
 impl Drop for FlowSet {
     fn drop(&mut self) {
         if let Some(p) = self.set.take() {
+            // Take the flows out before the set goes away.
+            self.lib.fset_zero(&p);
             self.lib.fset_destroy(p);
         }
     }
