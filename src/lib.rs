@@ -32,6 +32,8 @@ mod peer;
 mod remote;
 
 pub use chord;
+/// The Ouroboros binding (loaded at run time; see `docs/ouroboros.md`).
+pub use cicada_ouroboros as ouroboros;
 pub use traversal;
 
 pub use chord::{Hash, Stats};
