@@ -300,8 +300,11 @@ impl<A: Address> LocalNode<A> {
             return;
         };
         if header.mode == Mode::Node && header.target == next {
-            // The very node it was meant for is silent.
-            self.refuse(&header, Refusal::NoSuchNode, now);
+            // The very node it was meant for is silent, after retries. That
+            // is not proof that it is gone (it may be overloaded): the origin
+            // tries again, and once the ring has healed around a dead node its
+            // successor answers NoSuchNode with authority.
+            self.refuse(&header, Refusal::NoRoute, now);
             return;
         }
         exclude.push(next);

@@ -219,25 +219,30 @@ async fn throughput(
     let start = Instant::now();
     let mut inflight = JoinSet::new();
     let mut ok = 0usize;
+    let mut first_error = None;
+    let mut tally =
+        |r: Option<Result<cicada::Result<cicada::Delivery>, tokio::task::JoinError>>| match r {
+            Some(Ok(Ok(_))) => ok += 1,
+            Some(Ok(Err(e))) => {
+                first_error.get_or_insert(e.to_string());
+            }
+            _ => {}
+        };
     for _ in 0..count {
         if inflight.len() >= 256 {
-            if let Some(Ok(Ok(_))) = inflight.join_next().await {
-                ok += 1;
-            }
+            tally(inflight.join_next().await);
         }
         let (a, p) = (a.clone(), payload.clone());
         inflight.spawn(async move { a.send(to, p, 0).await });
     }
-    while let Some(r) = inflight.join_next().await {
-        if let Ok(Ok(_)) = r {
-            ok += 1;
-        }
+    while !inflight.is_empty() {
+        tally(inflight.join_next().await);
     }
     let secs = start.elapsed().as_secs_f64();
     let received = reader.await.map_err(|e| e.to_string())?;
     if ok != count || received != count {
         return Err(format!(
-            "{size} B: {ok} confirmed, {received} received of {count}"
+            "{size} B: {ok} confirmed, {received} received of {count}; first error: {first_error:?}"
         ));
     }
     Ok(count as f64 / secs)
