@@ -387,6 +387,40 @@ mod tests {
     }
 
     #[test]
+    fn check_invariants_catches_broken_tables() {
+        let mut t = table(100).with_address(100);
+        t.set_successors([n(110), n(120)]);
+        t.insert_finger(n(300));
+        assert_eq!(t.check_invariants(), Ok(()));
+        // The normalising setters cannot produce these: poke the fields.
+        let mut bad = t.clone();
+        bad.successors.reverse();
+        assert!(bad.check_invariants().is_err(), "unsorted successors");
+        let mut bad = t.clone();
+        bad.successors.push(n(100));
+        assert!(bad.check_invariants().is_err(), "self in successors");
+        let mut bad = t.clone();
+        bad.fingers.push(n(301));
+        assert!(bad.check_invariants().is_err(), "two fingers in one bucket");
+        let mut bad = t.clone();
+        bad.predecessor = Some(NodeRef::new(n(5).id, 100));
+        assert!(
+            bad.check_invariants().is_err(),
+            "our address under another id"
+        );
+        let mut bad = t.clone();
+        bad.successors = (101..110).map(n).collect();
+        assert!(bad.check_invariants().is_err(), "too many successors");
+        // Entries with our address under another id never get in.
+        t.set_successors([NodeRef::new(n(111).id, 100), n(120)]);
+        t.insert_finger(NodeRef::new(n(500).id, 100));
+        t.set_predecessor(Some(NodeRef::new(n(50).id, 100)));
+        assert_eq!(t.successors().len(), 1);
+        assert_eq!(t.fingers().len(), 1);
+        assert!(t.predecessor().is_none());
+    }
+
+    #[test]
     fn remove_and_demote() {
         let mut t = table(0);
         t.set_successors([n(10), n(20), n(30)]);
