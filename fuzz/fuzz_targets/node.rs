@@ -370,7 +370,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let ids: Vec<NodeRef<u32>> = nodes.iter().map(|n| n.me().clone()).collect();
     let mut sent: Vec<(u32, Vec<u8>)> = Vec::new();
     let idx = |b: u8| b as usize % RING;
-    for op in ops.iter().take(64) {
+    for op in ops.iter().take(24) {
         match op {
             Op::Raw { to, from, bytes } => {
                 nodes[idx(*to)].handle_datagram(now, u32::from(*from), bytes)
@@ -386,7 +386,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 count,
             } => {
                 let bytes = craft(msg, &ids);
-                for _ in 0..(*count % 64) {
+                for _ in 0..(*count % 16) {
                     nodes[idx(*to)].handle_datagram(now, u32::from(*from), &bytes);
                 }
             }
@@ -410,7 +410,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     nodes[idx(*to)].handle_datagram(now, u32::from(*from), &bytes);
                 }
             }
-            Op::Deliver(n) => deliver(&mut nodes, now, usize::from(*n) + 1),
+            Op::Deliver(n) => deliver(&mut nodes, now, usize::from(*n % 64) + 1),
             Op::Drop(n) => {
                 for _ in 0..*n {
                     if nodes[idx(*n)].poll_transmit().is_none() {
@@ -456,6 +456,6 @@ fuzz_target!(|ops: Vec<Op>| {
         }
         check(&nodes, op);
     }
-    deliver(&mut nodes, now, 256);
+    deliver(&mut nodes, now, 64);
     check(&nodes, &Op::Deliver(0));
 });

@@ -1179,15 +1179,18 @@ impl<A: Address> LocalNode<A> {
         };
         if p.retries_left > 0 {
             let first_retry = p.retries_left == self.cfg.request_retries;
-            if let Waiting::Stabilize { peer } = &p.waiting {
-                if first_retry && self.table.successor().is_some_and(|s| s.id == peer.id) {
-                    self.suspect_successor(now);
-                }
-            }
+            let suspect = matches!(&p.waiting, Waiting::Stabilize { peer }
+                if first_retry && self.table.successor().is_some_and(|s| s.id == peer.id));
             p.retries_left -= 1;
             p.deadline = now + self.cfg.request_timeout;
             self.push_transmit(p.to.clone(), p.bytes.clone());
+            // Back in the table before anything else is requested: the
+            // probes below must count it against max_pending (found by the
+            // `node` fuzz target: pending reached max_pending + 1).
             self.pending.insert(txn, p);
+            if suspect {
+                self.suspect_successor(now);
+            }
             return;
         }
         match p.waiting {
