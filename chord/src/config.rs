@@ -76,6 +76,20 @@ pub struct Config {
     pub dedup_window: usize,
     /// Bytes of fragments held awaiting their siblings, at most.
     pub reassembly_bytes: usize,
+    /// Requests (Ping, GetNeighbors, FindSuccessor, Data, Leave,
+    /// SuccessorHint) accepted per second from one source address; past it
+    /// they are dropped and counted. A node's honest neighbours send a few
+    /// per second, so one flooding address cannot fill `max_pending`, the
+    /// dedup window or the send queue.
+    pub source_rate: u32,
+    /// Requests one source may send in a burst after being quiet; bounds
+    /// what one address holds of `max_pending` to about
+    /// `source_burst + source_rate * request_timeout`.
+    pub source_burst: u32,
+    /// Source addresses tracked at once (token bucket, bytes in and out,
+    /// whether verified); the least recently heard is forgotten first, so
+    /// the table costs bounded memory whatever the number of sources.
+    pub max_sources: usize,
 }
 
 impl Default for Config {
@@ -94,6 +108,9 @@ impl Default for Config {
             send_attempt_timeout: Duration::from_secs(2),
             dedup_window: 8192,
             reassembly_bytes: 4 << 20,
+            source_rate: 400,
+            source_burst: 400,
+            max_sources: 4096,
         }
     }
 }
@@ -131,15 +148,29 @@ impl Config {
         if self.max_payload / self.max_fragment >= u16::MAX as usize {
             return Err(ConfigError("max_payload needs too many fragments"));
         }
-        if self.reassembly_bytes < self.max_payload {
+        let bookkeeping = crate::delivery::PARTIAL_OVERHEAD
+            + crate::delivery::SLOT_OVERHEAD * self.max_fragments() as usize;
+        if self.reassembly_bytes < self.max_payload + bookkeeping {
             return Err(ConfigError(
                 "reassembly_bytes must hold at least one payload",
+            ));
+        }
+        if self.source_rate == 0 || self.source_burst == 0 || self.max_sources == 0 {
+            return Err(ConfigError(
+                "source_rate, source_burst and max_sources must be positive",
             ));
         }
         if self.max_pending == 0 || self.dedup_window == 0 {
             return Err(ConfigError("max_pending and dedup_window must be positive"));
         }
         Ok(())
+    }
+
+    /// Most fragments a message of `max_payload` bytes is split into.
+    pub fn max_fragments(&self) -> u16 {
+        self.max_payload
+            .div_ceil(self.max_fragment.max(1))
+            .clamp(1, u16::MAX as usize) as u16
     }
 
     /// Time after which an unanswered maintenance request declares its peer dead.

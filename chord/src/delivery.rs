@@ -66,10 +66,16 @@ struct Partial {
     started: Instant,
 }
 
+/// Bytes charged for each message held in reassembly, besides its data.
+pub const PARTIAL_OVERHEAD: usize = 128;
+/// Bytes charged per announced fragment of a message held in reassembly.
+pub const SLOT_OVERHEAD: usize = std::mem::size_of::<Option<Vec<u8>>>();
+
 /// Fragments awaiting their siblings, bounded in bytes and in age.
 #[derive(Debug, Clone)]
 pub struct Reassembly {
     max_bytes: usize,
+    max_fragments: u16,
     max_age: Duration,
     bytes: usize,
     partial: BTreeMap<(Hash, u64), Partial>,
@@ -91,13 +97,25 @@ impl Reassembly {
     pub fn new(max_bytes: usize, max_age: Duration) -> Reassembly {
         Reassembly {
             max_bytes,
+            max_fragments: u16::MAX,
             max_age,
             bytes: 0,
             partial: BTreeMap::new(),
         }
     }
 
+    /// Refuses messages announced in more than `max` fragments.
+    pub fn with_max_fragments(mut self, max: u16) -> Reassembly {
+        self.max_fragments = max.max(1);
+        self
+    }
+
     /// Adds fragment `index` of `count` of message `(origin, msg)`.
+    ///
+    /// Each message held is charged [`PARTIAL_OVERHEAD`] bytes plus
+    /// [`SLOT_OVERHEAD`] per announced fragment on top of its data, so
+    /// that empty fragments announcing many siblings cannot hold memory
+    /// beyond the bound.
     pub fn add(
         &mut self,
         origin: Hash,
@@ -110,17 +128,30 @@ impl Reassembly {
         if count <= 1 {
             return Assembled::Complete(data);
         }
-        if index >= count {
+        if index >= count || count > self.max_fragments {
             return Assembled::Refused;
         }
         self.expire(now);
         let key = (origin, msg);
-        let entry = self.partial.entry(key).or_insert_with(|| Partial {
-            parts: vec![None; count as usize],
-            have: 0,
-            bytes: 0,
-            started: now,
-        });
+        if !self.partial.contains_key(&key) {
+            let overhead = PARTIAL_OVERHEAD + SLOT_OVERHEAD * count as usize;
+            if self.bytes + overhead + data.len() > self.max_bytes {
+                return Assembled::Refused;
+            }
+            self.bytes += overhead;
+            self.partial.insert(
+                key,
+                Partial {
+                    parts: vec![None; count as usize],
+                    have: 0,
+                    bytes: overhead,
+                    started: now,
+                },
+            );
+        }
+        let Some(entry) = self.partial.get_mut(&key) else {
+            return Assembled::Refused;
+        };
         if entry.parts.len() != count as usize {
             return Assembled::Refused;
         }
@@ -141,7 +172,7 @@ impl Reassembly {
             return Assembled::Refused;
         };
         self.bytes -= done.bytes;
-        let mut out = Vec::with_capacity(done.bytes);
+        let mut out = Vec::with_capacity(done.parts.iter().flatten().map(Vec::len).sum());
         for part in done.parts.into_iter().flatten() {
             out.extend_from_slice(&part);
         }
@@ -162,9 +193,24 @@ impl Reassembly {
         self.bytes -= freed;
     }
 
-    /// Bytes held.
+    /// Bytes held (data and overhead).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Messages held awaiting fragments.
+    pub fn len(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Whether no message is held.
+    pub fn is_empty(&self) -> bool {
+        self.partial.is_empty()
+    }
+
+    /// The bound on [`Reassembly::bytes`].
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 }
 
@@ -187,7 +233,11 @@ mod tests {
     #[test]
     fn reassembles_in_any_order_and_bounds_memory() {
         let now = Instant::now();
-        let mut r = Reassembly::new(10, Duration::from_secs(1));
+        // Room for 10 data bytes besides the bookkeeping of one 3-part message.
+        let mut r = Reassembly::new(
+            10 + PARTIAL_OVERHEAD + 3 * SLOT_OVERHEAD,
+            Duration::from_secs(1),
+        );
         assert_eq!(
             r.add(Hash::ZERO, 1, 1, 2, b"lo".to_vec(), now),
             Assembled::Incomplete
@@ -219,5 +269,30 @@ mod tests {
         );
         r.expire(now + Duration::from_secs(2));
         assert_eq!(r.bytes(), 0);
+    }
+
+    /// Regression: empty fragments announcing 65,535 siblings each used to
+    /// allocate a 1.5 MB slot vector while being charged 0 bytes, so a few
+    /// hundred datagrams held gigabytes. Now each message is charged for
+    /// its slots, and announced counts are capped.
+    #[test]
+    fn empty_fragments_cannot_hold_unbounded_memory() {
+        let now = Instant::now();
+        let mut r = Reassembly::new(1 << 20, Duration::from_secs(10));
+        for msg in 0..10_000 {
+            r.add(Hash::ZERO, msg, 0, u16::MAX, Vec::new(), now);
+        }
+        assert!(r.bytes() <= 1 << 20);
+        assert!(r.len() <= (1 << 20) / (PARTIAL_OVERHEAD + SLOT_OVERHEAD * u16::MAX as usize) + 1);
+        let mut r = Reassembly::new(1 << 20, Duration::from_secs(10)).with_max_fragments(8);
+        assert_eq!(
+            r.add(Hash::ZERO, 1, 0, 9, Vec::new(), now),
+            Assembled::Refused
+        );
+        for msg in 0..100_000 {
+            r.add(Hash::ZERO, msg, 0, 2, Vec::new(), now);
+        }
+        assert!(r.bytes() <= 1 << 20);
+        assert!(r.len() <= (1 << 20) / PARTIAL_OVERHEAD);
     }
 }

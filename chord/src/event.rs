@@ -190,4 +190,16 @@ pub struct Stats {
     pub reassembly_refused: u64,
     /// Messages reported undeliverable to their origin.
     pub undeliverable: u64,
+    /// Requests dropped because their source address had used up its
+    /// token bucket (`Config::source_rate`, `Config::source_burst`).
+    pub dropped_rate_limited: u64,
+    /// Replies not sent because the address is unverified and the reply
+    /// would exceed the bytes received from it (amplification guard).
+    pub dropped_amplification: u64,
+    /// Neighbors replies larger than their request sent to an address not
+    /// yet verified (at most a few per address; see `docs/security.md`).
+    pub replies_unverified: u64,
+    /// Neighbors replies held back until the asking address answers a
+    /// verification probe (it had used up its unverified replies).
+    pub replies_deferred: u64,
 }

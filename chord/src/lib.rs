@@ -23,6 +23,7 @@ mod hash;
 mod node;
 pub mod routing;
 pub mod sim;
+mod sources;
 pub mod wire;
 
 pub use config::{

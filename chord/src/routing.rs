@@ -23,6 +23,7 @@ pub enum NextHop<'a, A> {
 #[derive(Clone, Debug)]
 pub struct RoutingTable<A> {
     me: Hash,
+    me_addr: Option<A>,
     max_successors: usize,
     predecessor: Option<NodeRef<A>>,
     successors: Vec<NodeRef<A>>,
@@ -35,12 +36,64 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
     pub fn new(me: Hash, max_successors: usize) -> RoutingTable<A> {
         RoutingTable {
             me,
+            me_addr: None,
             max_successors: max_successors.max(1),
             predecessor: None,
             successors: Vec::new(),
             fingers: Vec::new(),
             version: 0,
         }
+    }
+
+    /// Tells the table this node's own address: entries that claim it
+    /// under another id (a stale incarnation, or a lie) would make the node
+    /// send to itself, and are refused like entries with its id.
+    pub fn with_address(mut self, addr: A) -> RoutingTable<A> {
+        self.me_addr = Some(addr);
+        self
+    }
+
+    /// Whether `n` is this node, by id or by address.
+    fn is_me(&self, n: &NodeRef<A>) -> bool {
+        n.id == self.me || self.me_addr.as_ref() == Some(&n.addr)
+    }
+
+    /// Checks the table's invariants: no entry for this node, successors
+    /// strictly increasing in distance and at most the configured number,
+    /// fingers strictly increasing in distance with at most one per bucket.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.predecessor.as_ref().is_some_and(|p| self.is_me(p)) {
+            return Err("predecessor is this node".into());
+        }
+        if self.successors.len() > self.max_successors {
+            return Err(format!(
+                "{} successors, at most {}",
+                self.successors.len(),
+                self.max_successors
+            ));
+        }
+        for (name, list) in [("successor", &self.successors), ("finger", &self.fingers)] {
+            let mut last = Hash::ZERO;
+            let mut last_bucket = None;
+            for n in list.iter() {
+                if self.is_me(n) {
+                    return Err(format!("{name} list holds this node"));
+                }
+                let d = self.me.distance_to(&n.id);
+                if d <= last {
+                    return Err(format!("{name} list not strictly sorted by distance"));
+                }
+                last = d;
+                if name == "finger" {
+                    let b = self.me.bucket_of(&n.id);
+                    if b.is_none() || b == last_bucket {
+                        return Err("two fingers in one bucket".into());
+                    }
+                    last_bucket = b;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A number that changes whenever the set of nodes in the table may
@@ -71,7 +124,7 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
 
     /// Sets the predecessor.
     pub fn set_predecessor(&mut self, pred: Option<NodeRef<A>>) {
-        let pred = pred.filter(|p| p.id != self.me);
+        let pred = pred.filter(|p| !self.is_me(p));
         if pred.as_ref().map(|p| p.id) != self.predecessor.as_ref().map(|p| p.id) {
             self.version += 1;
         }
@@ -87,6 +140,9 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
         for n in list {
             if n.id == self.me {
                 break; // wrapped around the ring
+            }
+            if self.is_me(&n) {
+                continue; // our address under another id: a stale incarnation
             }
             let d = self.me.distance_to(&n.id);
             if d <= last {
@@ -142,6 +198,9 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
     /// Offers `n` as a finger: it goes into its bucket if the bucket is empty
     /// or `n` is nearer the bucket's start than the node there.
     pub fn insert_finger(&mut self, n: NodeRef<A>) {
+        if self.is_me(&n) {
+            return;
+        }
         let Some(bucket) = self.me.bucket_of(&n.id) else {
             return;
         };
@@ -172,7 +231,7 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
     /// `me + 2^bucket`, so no live node lies in `[me + 2^bucket, owner)` and
     /// any finger there is stale.
     pub fn fix_finger(&mut self, bucket: u32, owner: NodeRef<A>) {
-        if owner.id == self.me {
+        if self.is_me(&owner) {
             return;
         }
         let lo = Hash::pow2(bucket);
@@ -375,6 +434,40 @@ mod tests {
             .map(|(c, _)| c.addr)
             .collect();
         assert_eq!(part, vec![10, 20]);
+    }
+
+    #[test]
+    fn check_invariants_catches_broken_tables() {
+        let mut t = table(100).with_address(100);
+        t.set_successors([n(110), n(120)]);
+        t.insert_finger(n(300));
+        assert_eq!(t.check_invariants(), Ok(()));
+        // The normalising setters cannot produce these: poke the fields.
+        let mut bad = t.clone();
+        bad.successors.reverse();
+        assert!(bad.check_invariants().is_err(), "unsorted successors");
+        let mut bad = t.clone();
+        bad.successors.push(n(100));
+        assert!(bad.check_invariants().is_err(), "self in successors");
+        let mut bad = t.clone();
+        bad.fingers.push(n(301));
+        assert!(bad.check_invariants().is_err(), "two fingers in one bucket");
+        let mut bad = t.clone();
+        bad.predecessor = Some(NodeRef::new(n(5).id, 100));
+        assert!(
+            bad.check_invariants().is_err(),
+            "our address under another id"
+        );
+        let mut bad = t.clone();
+        bad.successors = (101..110).map(n).collect();
+        assert!(bad.check_invariants().is_err(), "too many successors");
+        // Entries with our address under another id never get in.
+        t.set_successors([NodeRef::new(n(111).id, 100), n(120)]);
+        t.insert_finger(NodeRef::new(n(500).id, 100));
+        t.set_predecessor(Some(NodeRef::new(n(50).id, 100)));
+        assert_eq!(t.successors().len(), 1);
+        assert_eq!(t.fingers().len(), 1);
+        assert!(t.predecessor().is_none());
     }
 
     #[test]

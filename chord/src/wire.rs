@@ -649,5 +649,41 @@ mod tests {
                 prop_assert_eq!(Message::<u32>::decode(&m.encode()), Ok(m));
             }
         }
+
+        /// Every kind, with socket addresses (IPv4 and IPv6) as the UDP
+        /// driver uses them, and the version-independent VersionMismatch.
+        #[test]
+        fn round_trip_every_kind_with_socket_addresses(
+            txn in any::<u64>(), key in any::<[u8; 32]>(), v6 in any::<bool>(),
+            ip in any::<[u8; 16]>(), port in any::<u16>(), n in 0usize..20,
+            min in any::<u8>(), max in any::<u8>(), frags in 1u16..100, payload in proptest::collection::vec(any::<u8>(), 0..1300),
+        ) {
+            use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+            let ip = if v6 { IpAddr::V6(Ipv6Addr::from(ip)) } else { IpAddr::V4(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3])) };
+            let addr = SocketAddr::new(ip, port);
+            let me = NodeRef::new(Hash::from_bytes(key), addr);
+            let list: Vec<_> = (0..n).map(|i| NodeRef::new(Hash::of(i.to_be_bytes()), SocketAddr::new(ip, port ^ i as u16))).collect();
+            let h = Hash::from_bytes(key);
+            let msgs: Vec<Message<SocketAddr>> = vec![
+                Message::VersionMismatch(VersionMismatch { min, max }),
+                Message::Ping(Ping { txn }),
+                Message::Pong(Ping { txn }),
+                Message::GetNeighbors(GetNeighbors { txn, sender: me.clone(), notify: v6, want_fingers: !v6 }),
+                Message::Neighbors(Neighbors { txn, predecessor: Some(me.clone()), successors: list.clone(), fingers: list.clone() }),
+                Message::FindSuccessor(FindSuccessor { txn, lookup: !txn, key: h, origin: me.clone(), hops: 63, joining: v6 }),
+                Message::HopAck(HopAck { txn }),
+                Message::Found(Found { lookup: txn, key: h, owner: me.clone(), hops: 1 }),
+                Message::Leave(Leave { sender: h, predecessor: None, successors: list }),
+                Message::SuccessorHint(SuccessorHint { node: me.clone() }),
+                Message::Data(Data { header: DataHeader { txn, msg: !txn, origin: me.clone(), target: h, mode: Mode::Key, limit: Hash::ZERO, hops: 0, last_hop: v6, frag: frags - 1, frags }, payload }),
+                Message::Delivered(Delivered { msg: txn, owner: me, hops: 9 }),
+                Message::Undeliverable(Undeliverable { msg: txn, reason: Refusal::NoSuchNode }),
+            ];
+            for m in msgs {
+                let bytes = m.encode();
+                prop_assert!(bytes.len() <= MAX_DATAGRAM);
+                prop_assert_eq!(Message::<SocketAddr>::decode(&bytes), Ok(m));
+            }
+        }
     }
 }

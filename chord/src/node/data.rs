@@ -320,7 +320,7 @@ impl<A: Address> LocalNode<A> {
         let ack = Message::<A>::HopAck(crate::wire::HopAck {
             txn: data.header.txn,
         });
-        self.push_transmit(from, ack.encode());
+        self.reply(from, ack.encode());
         if self.phase != Phase::Joined {
             return;
         }

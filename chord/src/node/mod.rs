@@ -18,6 +18,7 @@ use crate::delivery::{Dedup, Reassembly};
 use crate::event::{Event, JoinError, LookupId, Stats, Transmit};
 use crate::hash::{Hash, Interval};
 use crate::routing::{NextHop, RoutingTable};
+use crate::sources::Sources;
 use crate::wire::{
     DecodeError, FindSuccessor, Found, GetNeighbors, HopAck, Leave, Message, Neighbors, NodeRef,
     Ping, SuccessorHint, VersionMismatch,
@@ -34,6 +35,10 @@ impl<T: Clone + Eq + std::hash::Hash + Debug + Serialize + DeserializeOwned> Add
 const DEAD_MEMORY_PERIODS: u32 = 3;
 /// How many recently failed nodes are remembered.
 const DEAD_MEMORY_LEN: usize = 64;
+/// Full `Neighbors` replies (larger than their request) sent to an address
+/// before it is verified: a joining node needs its first answers at once,
+/// and a forged source gets no more than these few.
+const UNVERIFIED_FULL_REPLIES: u32 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase<A> {
@@ -53,6 +58,9 @@ enum Waiting<A> {
     Ping { peer: NodeRef<A> },
     /// Stabilize with a successor.
     Stabilize { peer: NodeRef<A> },
+    /// A probe of an address that asked for more than it sent: its Pong
+    /// proves it receives there. Silence means nothing (it may be forged).
+    Verify,
     /// An application message handed to the next hop (the datagram is
     /// kept in the pending entry, to be rerouted if the hop stays silent).
     Data { next: Hash, exclude: Vec<Hash> },
@@ -119,7 +127,7 @@ struct Lookup {
 /// [`poll_timeout`]: LocalNode::poll_timeout
 /// [`poll_transmit`]: LocalNode::poll_transmit
 /// [`poll_event`]: LocalNode::poll_event
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LocalNode<A> {
     cfg: Config,
     me: NodeRef<A>,
@@ -139,6 +147,8 @@ pub struct LocalNode<A> {
     outgoing: BTreeMap<u64, data::Outgoing>,
     seen: Dedup,
     reassembly: Reassembly,
+    /// Token buckets, byte counts and verification of source addresses.
+    sources: Sources<A>,
     rng: ChaCha8Rng,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<Event<A>>,
@@ -152,9 +162,15 @@ impl<A: Address> LocalNode<A> {
         cfg.validate()?;
         let _ = now;
         let seen = Dedup::new(cfg.dedup_window);
-        let reassembly = Reassembly::new(cfg.reassembly_bytes, cfg.send_timeout);
+        let reassembly = Reassembly::new(cfg.reassembly_bytes, cfg.send_timeout)
+            .with_max_fragments(cfg.max_fragments());
+        // The hash key comes from a stream of its own, so that the node's
+        // other random choices do not depend on it.
+        let mut key_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_50C5_0000_0001);
+        let key = (key_rng.next_u64(), key_rng.next_u64());
+        let sources = Sources::new(cfg.source_rate, cfg.source_burst, cfg.max_sources, key);
         Ok(LocalNode {
-            table: RoutingTable::new(me.id, cfg.successor_list_len),
+            table: RoutingTable::new(me.id, cfg.successor_list_len).with_address(me.addr.clone()),
             cfg,
             me,
             phase: Phase::Idle,
@@ -170,6 +186,7 @@ impl<A: Address> LocalNode<A> {
             outgoing: BTreeMap::new(),
             seen,
             reassembly,
+            sources,
             rng: ChaCha8Rng::seed_from_u64(seed),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -237,6 +254,59 @@ impl<A: Address> LocalNode<A> {
             NextHop::Owner(None) => (Some(&self.me), None),
             NextHop::Forward(n) => (None, Some(n)),
         }
+    }
+
+    /// Checks the node's invariants, for tests and fuzzing: the routing
+    /// table's (see [`RoutingTable::check_invariants`]), and every table
+    /// within its configured bound. `Err` names the first one broken.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.table.check_invariants()?;
+        let cfg = &self.cfg;
+        let bounds = [
+            ("pending requests", self.pending.len(), cfg.max_pending),
+            ("outgoing sends", self.outgoing.len(), cfg.max_pending),
+            ("dedup window", self.seen.len(), cfg.dedup_window),
+            (
+                "reassembly bytes",
+                self.reassembly.bytes(),
+                cfg.reassembly_bytes,
+            ),
+            ("sources", self.sources.len(), cfg.max_sources),
+            ("dead memory", self.dead.len(), DEAD_MEMORY_LEN),
+            ("probed backups", self.probed.len(), cfg.successor_list_len),
+            (
+                "maintenance lookups",
+                self.lookups
+                    .values()
+                    .filter(|l| l.purpose != Purpose::User)
+                    .count(),
+                Hash::BITS as usize + 1,
+            ),
+        ];
+        for (what, len, max) in bounds {
+            if len > max {
+                return Err(format!("{what}: {len} > {max}"));
+            }
+        }
+        self.sources.check()?;
+        if self.phase == Phase::Idle && !self.table.successors().is_empty() {
+            return Err("a node outside any ring has successors".into());
+        }
+        Ok(())
+    }
+
+    /// Per-source bookkeeping, for tests: addresses tracked, and how many
+    /// were forgotten to make room.
+    #[doc(hidden)]
+    pub fn source_table(&self) -> (usize, u64) {
+        (self.sources.len(), self.sources.evicted())
+    }
+
+    /// Requests awaiting a reply, for tests.
+    #[doc(hidden)]
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
     }
 
     // ------------------------------------------------------------------ commands
@@ -418,6 +488,22 @@ impl<A: Address> LocalNode<A> {
                 return;
             }
         };
+        self.sources.received(&from, bytes.len(), now);
+        let request = matches!(
+            msg,
+            Message::Ping(_)
+                | Message::GetNeighbors(_)
+                | Message::FindSuccessor(_)
+                | Message::Data(_)
+                | Message::Leave(_)
+                | Message::SuccessorHint(_)
+        );
+        // Requests cost state and replies: each takes a token of its
+        // source's bucket. Replies only match what this node asked for.
+        if request && !self.sources.allow(&from, now) {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
         if self.table.predecessor().is_some_and(|p| p.addr == from) {
             self.pred_seen = Some(now);
         }
@@ -425,16 +511,16 @@ impl<A: Address> LocalNode<A> {
             Message::VersionMismatch(v) => self.on_version_mismatch(from, v),
             Message::Ping(p) => {
                 let reply = Message::<A>::Pong(Ping { txn: p.txn }).encode();
-                self.push_transmit(from, reply);
+                self.reply(from, reply);
             }
             Message::Pong(p) => self.on_pong(p.txn, now),
             Message::GetNeighbors(m) => self.on_get_neighbors(from, m, now),
             Message::Neighbors(m) => self.on_neighbors(m, now),
             Message::FindSuccessor(m) => self.on_find_successor(from, m, now),
-            Message::HopAck(a) => self.on_hop_ack(a.txn),
+            Message::HopAck(a) => self.on_hop_ack(a.txn, now),
             Message::Found(m) => self.on_found(m, now),
-            Message::Leave(m) => self.on_leave(m, now),
-            Message::SuccessorHint(m) => self.on_successor_hint(m.node, now),
+            Message::Leave(m) => self.on_leave(from, m, now),
+            Message::SuccessorHint(m) => self.on_successor_hint(from, m.node, now),
             Message::Data(m) => self.on_data(from, m, now),
             Message::Delivered(m) => self.on_delivered(m, now),
             Message::Undeliverable(m) => self.on_undeliverable(m, now),
@@ -460,9 +546,16 @@ impl<A: Address> LocalNode<A> {
     fn on_pong(&mut self, txn: u64, now: Instant) {
         match self.pending.remove(&txn) {
             Some(Pending {
+                waiting: Waiting::Verify,
+                to,
+                ..
+            }) => self.verified(to, now),
+            Some(Pending {
                 waiting: Waiting::Ping { peer },
+                to,
                 ..
             }) => {
+                self.verified(to, now);
                 if self.table.predecessor().is_some_and(|p| p.id == peer.id) {
                     self.pred_seen = Some(now);
                 }
@@ -511,29 +604,101 @@ impl<A: Address> LocalNode<A> {
                 self.send_stabilize(now);
             }
         }
-        let fingers = if m.want_fingers {
+        let reply = self.neighbors_reply(m.txn, m.want_fingers);
+        if self
+            .sources
+            .budget(&from)
+            .is_none_or(|b| reply.len() as u64 <= b)
+        {
+            self.reply(from, reply);
+            return;
+        }
+        // An unverified address asks for more bytes than it sent. It gets a
+        // few full answers (a joining node needs them at once), and a probe
+        // whose Pong verifies it; past those, its requests wait for that
+        // Pong. A forged source thus draws at most UNVERIFIED_FULL_REPLIES
+        // replies, then one Ping (smaller than its request) per
+        // request_timeout.
+        let probe = Message::<A>::Ping(Ping { txn: u64::MAX }).encode().len();
+        let affordable = self
+            .sources
+            .budget(&from)
+            .is_some_and(|b| probe as u64 <= b);
+        if affordable && self.sources.probe_due(&from, now, self.cfg.request_timeout) {
+            self.sources.sent(&from, probe);
+            self.request(from.clone(), 0, Waiting::Verify, now, |txn| {
+                Message::Ping(Ping { txn })
+            });
+        }
+        if self.sources.take_free_reply(&from, UNVERIFIED_FULL_REPLIES) {
+            // Counted apart from the byte budget, which stays for Pongs
+            // and HopAcks.
+            self.stats.replies_unverified += 1;
+            self.push_transmit(from, reply);
+        } else {
+            self.stats.replies_deferred += 1;
+            self.sources.defer(&from, m.txn, m.want_fingers);
+        }
+    }
+
+    /// The encoded answer to a `GetNeighbors`, from the current state.
+    fn neighbors_reply(&self, txn: u64, want_fingers: bool) -> Vec<u8> {
+        let fingers = if want_fingers {
             let mut f: Vec<NodeRef<A>> = self.table.fingers().to_vec();
             f.truncate(MAX_FINGERS_SENT);
             f
         } else {
             Vec::new()
         };
-        let reply = Message::Neighbors(Neighbors {
-            txn: m.txn,
+        Message::Neighbors(Neighbors {
+            txn,
             predecessor: self.table.predecessor().cloned(),
             successors: self.table.successors().to_vec(),
             fingers,
         })
-        .encode();
-        self.push_transmit(from, reply);
+        .encode()
+    }
+
+    /// `addr` answered a request sent to it: it is verified, and a
+    /// `GetNeighbors` of its that was waiting for that is answered now.
+    fn verified(&mut self, addr: A, now: Instant) {
+        let _ = now;
+        self.sources.verify(&addr, now);
+        if let Some((txn, want_fingers)) = self.sources.take_deferred(&addr) {
+            if self.phase == Phase::Joined {
+                let reply = self.neighbors_reply(txn, want_fingers);
+                self.reply(addr, reply);
+            }
+        }
+    }
+
+    /// Sends a reply to the address a request came from, unless that
+    /// address is unverified and the reply would bring what it was sent
+    /// above what it sent (a forged source would turn the node into an
+    /// amplifier); such replies are dropped and counted.
+    fn reply(&mut self, to: A, bytes: Vec<u8>) {
+        if self
+            .sources
+            .budget(&to)
+            .is_some_and(|b| bytes.len() as u64 > b)
+        {
+            self.stats.dropped_amplification += 1;
+            return;
+        }
+        self.sources.sent(&to, bytes.len());
+        self.push_transmit(to, bytes);
     }
 
     fn on_neighbors(&mut self, m: Neighbors<A>, now: Instant) {
         let peer = match self.pending.remove(&m.txn) {
             Some(Pending {
                 waiting: Waiting::Stabilize { peer },
+                to,
                 ..
-            }) => peer,
+            }) => {
+                self.verified(to, now);
+                peer
+            }
             Some(other) => {
                 self.pending.insert(m.txn, other);
                 self.stats.dropped_unexpected += 1;
@@ -593,7 +758,7 @@ impl<A: Address> LocalNode<A> {
 
     fn on_find_successor(&mut self, from: A, m: FindSuccessor<A>, now: Instant) {
         let ack = Message::<A>::HopAck(HopAck { txn: m.txn }).encode();
-        self.push_transmit(from, ack);
+        self.reply(from, ack);
         if self.phase != Phase::Joined {
             return;
         }
@@ -605,12 +770,13 @@ impl<A: Address> LocalNode<A> {
         self.route_lookup(m, Vec::new(), now);
     }
 
-    fn on_hop_ack(&mut self, txn: u64) {
+    fn on_hop_ack(&mut self, txn: u64, now: Instant) {
         match self.pending.remove(&txn) {
             Some(Pending {
                 waiting: Waiting::Forward { .. } | Waiting::Data { .. },
+                to,
                 ..
-            }) => {}
+            }) => self.verified(to, now),
             Some(other) => {
                 self.pending.insert(txn, other);
                 self.stats.dropped_unexpected += 1;
@@ -634,8 +800,16 @@ impl<A: Address> LocalNode<A> {
         self.lookup_succeeded(m.lookup, l, m.owner, m.hops as u32, now);
     }
 
-    fn on_successor_hint(&mut self, node: NodeRef<A>, now: Instant) {
-        if self.phase != Phase::Joined || node.id == self.me.id || self.is_dead(&node.id, now) {
+    fn on_successor_hint(&mut self, from: A, node: NodeRef<A>, now: Instant) {
+        // A hint may come from any node (the one that has us as its old
+        // predecessor): it costs its sender a token, and its target one
+        // stabilize request (with retries), never a reply to the sender.
+        let _ = from;
+        if self.phase != Phase::Joined
+            || node.id == self.me.id
+            || node.addr == self.me.addr
+            || self.is_dead(&node.id, now)
+        {
             self.stats.dropped_unexpected += 1;
             return;
         }
@@ -651,7 +825,13 @@ impl<A: Address> LocalNode<A> {
         self.stabilize_with(node, false, now);
     }
 
-    fn on_leave(&mut self, m: Leave<A>, now: Instant) {
+    fn on_leave(&mut self, from: A, m: Leave<A>, now: Instant) {
+        // Only the node itself says it leaves: the address it has in our
+        // tables must be the one the farewell came from.
+        if self.table.get(&m.sender).is_none_or(|n| n.addr != from) {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
         let was_succ = self.table.successor().is_some_and(|s| s.id == m.sender);
         let was_pred = self.table.predecessor().is_some_and(|p| p.id == m.sender);
         self.table.remove(&m.sender);
@@ -999,19 +1179,23 @@ impl<A: Address> LocalNode<A> {
         };
         if p.retries_left > 0 {
             let first_retry = p.retries_left == self.cfg.request_retries;
-            if let Waiting::Stabilize { peer } = &p.waiting {
-                if first_retry && self.table.successor().is_some_and(|s| s.id == peer.id) {
-                    self.suspect_successor(now);
-                }
-            }
+            let suspect = matches!(&p.waiting, Waiting::Stabilize { peer }
+                if first_retry && self.table.successor().is_some_and(|s| s.id == peer.id));
             p.retries_left -= 1;
             p.deadline = now + self.cfg.request_timeout;
             self.push_transmit(p.to.clone(), p.bytes.clone());
+            // Back in the table before anything else is requested: the
+            // probes below must count it against max_pending (found by the
+            // `node` fuzz target: pending reached max_pending + 1).
             self.pending.insert(txn, p);
+            if suspect {
+                self.suspect_successor(now);
+            }
             return;
         }
         match p.waiting {
             Waiting::Ping { peer } | Waiting::Stabilize { peer } => self.peer_failed(&peer, now),
+            Waiting::Verify => {}
             Waiting::Data { next, exclude } => self.data_hop_failed(&p.bytes, next, exclude, now),
             Waiting::Forward {
                 msg,

@@ -226,3 +226,35 @@ fn send_between_nodes_is_confirmed_and_delivered_once() {
         "{ev:?}"
     );
 }
+
+/// Regression (fuzz target `node`, crash-0abc4d91): a stabilize request
+/// retried for the first time was out of the pending table while the
+/// backups were probed, so the probes could fill it and the retry went
+/// back on top: `max_pending + 1` entries.
+#[test]
+fn retry_with_probes_never_exceeds_max_pending() {
+    let mut now = Instant::now();
+    let cfg = Config {
+        max_pending: 4,
+        successor_list_len: 3,
+        ..Config::default()
+    };
+    let mut a = LocalNode::new(cfg.clone(), NodeRef::new(Hash::of("a"), 0u32), 1, now).unwrap();
+    a.create(now);
+    let peer = |name: &str, addr: u32| NodeRef::new(Hash::of(name), addr);
+    let me = a.id();
+    let mut list = vec![peer("b", 1), peer("c", 2), peer("d", 3)];
+    list.sort_by_key(|n| me.distance_to(&n.id));
+    a.table.set_successors(list);
+    assert_eq!(a.successors().len(), 3);
+    a.send_stabilize(now);
+    a.ping(peer("x", 4), now);
+    a.ping(peer("y", 5), now);
+    assert_eq!(a.pending.len(), 3);
+    for _ in 0..20 {
+        now += cfg.request_timeout;
+        a.handle_timeout(now);
+        while a.poll_transmit().is_some() {}
+        assert_eq!(a.check_invariants(), Ok(()));
+    }
+}
