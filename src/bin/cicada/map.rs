@@ -41,23 +41,7 @@ pub struct MapArgs {
 /// Runs `cicada map`; returns the exit code.
 pub fn main(args: MapArgs) -> i32 {
     let out = Out { json: args.json };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            out.error(format!("cannot start the runtime: {e}"));
-            return 1;
-        }
-    };
-    match rt.block_on(run(args, out)) {
-        Ok(()) => 0,
-        Err(e) => {
-            out.error(e);
-            1
-        }
-    }
+    crate::output::run(out, run(args, out))
 }
 
 async fn run(args: MapArgs, out: Out) -> Result<(), String> {

@@ -71,23 +71,7 @@ pub struct NodeArgs {
 /// Runs the node; returns the exit code.
 pub fn main(args: NodeArgs) -> i32 {
     let out = Out { json: args.json };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            out.error(format!("cannot start the runtime: {e}"));
-            return 1;
-        }
-    };
-    match rt.block_on(run(args, out)) {
-        Ok(()) => 0,
-        Err(e) => {
-            out.error(e);
-            1
-        }
-    }
+    crate::output::run(out, run(args, out))
 }
 
 fn resolve(s: &str) -> Result<SocketAddr, String> {

@@ -27,6 +27,31 @@ impl Out {
     }
 }
 
+/// Runs `task` on a current-thread runtime; an error (of the runtime or the
+/// task) becomes an `error` event and exit code 1.
+pub fn run<F>(out: Out, task: F) -> i32
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error(format!("cannot start the runtime: {e}"));
+            return 1;
+        }
+    };
+    match rt.block_on(task) {
+        Ok(()) => 0,
+        Err(e) => {
+            out.error(e);
+            1
+        }
+    }
+}
+
 fn human(v: &Value) -> String {
     let Some(obj) = v.as_object() else {
         return v.to_string();
