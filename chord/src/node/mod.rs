@@ -872,10 +872,11 @@ impl<A: Address> LocalNode<A> {
     }
 
     fn lookup_attempt(&mut self, id: u64, now: Instant) {
+        let retry_at = now + self.attempt_timeout();
         let Some(l) = self.lookups.get_mut(&id) else {
             return;
         };
-        l.retry_at = now + self.cfg.failure_timeout() * 2;
+        l.retry_at = retry_at;
         let (key, purpose) = (l.key, l.purpose);
         if purpose == Purpose::Join {
             // Retry through the bootstrap.

@@ -56,14 +56,20 @@ fn run(nodes: &mut [LocalNode<u32>], start: Instant, d: Duration) -> Instant {
     now
 }
 
-#[test]
-fn three_nodes_form_a_ring() {
+/// Nodes a, b, c (addresses 0, 1, 2) joined through a and run for 5 s.
+fn ring_of_three() -> (Vec<LocalNode<u32>>, Instant) {
     let now = Instant::now();
     let mut nodes = vec![node("a", 0, now), node("b", 1, now), node("c", 2, now)];
     nodes[0].create(now);
     nodes[1].join(0, now);
     nodes[2].join(0, now);
     let now = run(&mut nodes, now, Duration::from_secs(5));
+    (nodes, now)
+}
+
+#[test]
+fn three_nodes_form_a_ring() {
+    let (mut nodes, now) = ring_of_three();
     let mut ids: Vec<(Hash, u32)> = nodes.iter().map(|n| (n.id(), n.me().addr)).collect();
     ids.sort();
     for (i, (_, addr)) in ids.iter().enumerate() {
@@ -187,12 +193,7 @@ fn send_rules_at_the_api() {
 
 #[test]
 fn send_between_nodes_is_confirmed_and_delivered_once() {
-    let now = Instant::now();
-    let mut nodes = vec![node("a", 0, now), node("b", 1, now), node("c", 2, now)];
-    nodes[0].create(now);
-    nodes[1].join(0, now);
-    nodes[2].join(0, now);
-    let now = run(&mut nodes, now, Duration::from_secs(5));
+    let (mut nodes, now) = ring_of_three();
     for n in nodes.iter_mut() {
         events(n);
     }
