@@ -1,12 +1,26 @@
 //! Per-source accounting: a token bucket of requests for every address the
 //! node hears from, the bytes exchanged with it, and whether it has proved
-//! that it receives what is sent to it. Bounded: past `max_sources` entries
-//! the least recently heard address is forgotten.
+//! that it receives what is sent to it.
+//!
+//! Bounded in two ways, both without a per-entry ordering structure: the
+//! table is two generations of maps, and the older one is dropped whole
+//! when the newer one fills half of `max_sources` or has lived
+//! [`GENERATION`]. An address heard again while in the older generation moves
+//! to the newer one, so a source is forgotten only after a whole generation
+//! of silence (or under a flood of newer sources). An entry is 32 bytes
+//! besides its address; times are kept as milliseconds since the table's
+//! first use.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
+
+/// How long a generation lasts: an address silent for between one and two
+/// generations is forgotten. Neighbours are heard every stabilization
+/// period, far more often; a forgotten address only loses its bucket (it
+/// starts full again) and its verification (it is probed again).
+pub(crate) const GENERATION: Duration = Duration::from_secs(30);
 
 /// SipHash keyed with a secret drawn from the node's seed, so that an
 /// attacker who picks its source addresses cannot make them collide.
@@ -23,30 +37,65 @@ impl BuildHasher for Keyed {
     }
 }
 
+/// No deferred request.
+const DEFER_NONE: u8 = 0;
+/// A deferred `GetNeighbors` without fingers.
+const DEFER_PLAIN: u8 = 1;
+/// A deferred `GetNeighbors` with fingers.
+const DEFER_FINGERS: u8 = 2;
+
 #[derive(Clone, Debug)]
 struct Source {
-    tokens: f64,
-    last: Instant,
-    bytes_in: u64,
-    bytes_out: u64,
+    /// The `GetNeighbors` txn awaiting verification (see `deferred`).
+    deferred_txn: u64,
+    tokens: f32,
+    /// Milliseconds since the table's epoch (wrapping; entries never live
+    /// long enough for a wrap to matter) of the last refill.
+    last: u32,
+    /// When the last verification probe went, same clock; valid if `probed`.
+    probed_at: u32,
+    bytes_in: u32,
+    bytes_out: u32,
     verified: bool,
-    probed_at: Option<Instant>,
+    probed: bool,
     /// Replies larger than their request sent while unverified.
-    free_used: u32,
-    /// A `GetNeighbors` (txn, want_fingers) awaiting verification.
-    deferred: Option<(u64, bool)>,
-    stamp: u64,
+    free_used: u8,
+    /// `DEFER_NONE`, `DEFER_PLAIN` or `DEFER_FINGERS`.
+    deferred: u8,
+}
+
+impl Source {
+    /// A source heard for the first time, `ms` after the epoch.
+    fn fresh(burst: f32, ms: u32) -> Source {
+        Source {
+            deferred_txn: 0,
+            tokens: burst,
+            last: ms,
+            probed_at: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            verified: false,
+            probed: false,
+            free_used: 0,
+            deferred: DEFER_NONE,
+        }
+    }
 }
 
 /// What the node knows of every address it heard from recently.
 #[derive(Clone, Debug)]
 pub(crate) struct Sources<A> {
-    rate: f64,
-    burst: f64,
+    rate: f32,
+    burst: f32,
     cap: usize,
-    map: HashMap<A, Source, Keyed>,
-    lru: BTreeMap<u64, A>,
-    clock: u64,
+    /// The generation being filled.
+    young: HashMap<A, Source, Keyed>,
+    /// The previous generation, dropped whole at the next turn.
+    old: HashMap<A, Source, Keyed>,
+    /// When the table was first used; all times are relative to it.
+    epoch: Option<Instant>,
+    /// When `young` was started, relative to `epoch`.
+    turned: Duration,
     evicted: u64,
 }
 
@@ -54,62 +103,91 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     /// `rate` requests per second, bursts of `burst`, `cap` addresses.
     pub(crate) fn new(rate: u32, burst: u32, cap: usize, key: (u64, u64)) -> Sources<A> {
         Sources {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
-            cap: cap.max(1),
-            map: HashMap::with_hasher(Keyed(key.0, key.1)),
-            lru: BTreeMap::new(),
-            clock: 0,
+            rate: rate as f32,
+            burst: burst.max(1) as f32,
+            cap: cap.max(2),
+            young: HashMap::with_hasher(Keyed(key.0, key.1)),
+            old: HashMap::with_hasher(Keyed(key.0, key.1)),
+            epoch: None,
+            turned: Duration::ZERO,
             evicted: 0,
         }
     }
 
-    /// The entry of `addr`, created (evicting the least recent) if absent,
-    /// and marked most recently used.
+    /// Time since the epoch (set on first use).
+    fn since_epoch(&mut self, now: Instant) -> Duration {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch)
+    }
+
+    /// Starts a new generation, forgetting the oldest.
+    fn turn(&mut self, at: Duration) {
+        let fresh = HashMap::with_hasher(self.young.hasher().clone());
+        let young = std::mem::replace(&mut self.young, fresh);
+        self.evicted += self.old.len() as u64;
+        self.old = young;
+        self.turned = at;
+    }
+
+    /// The entry of `addr`, created if absent, in the young generation.
     fn touch(&mut self, addr: &A, now: Instant) -> &mut Source {
-        self.clock += 1;
-        let stamp = self.clock;
-        if let Some(old) = self.map.get(addr).map(|s| s.stamp) {
-            self.lru.remove(&old);
-        } else {
-            while self.map.len() >= self.cap {
-                let Some((_, victim)) = self.lru.pop_first() else {
-                    break;
-                };
-                self.map.remove(&victim);
-                self.evicted += 1;
+        let t = self.since_epoch(now);
+        if t >= self.turned + GENERATION {
+            let silent = t >= self.turned + GENERATION * 2;
+            self.turn(t);
+            if silent {
+                // Nothing heard for two generations: nothing is recent.
+                self.turn(t);
             }
         }
-        self.lru.insert(stamp, addr.clone());
-        let burst = self.burst;
-        let s = self.map.entry(addr.clone()).or_insert(Source {
-            tokens: burst,
-            last: now,
-            bytes_in: 0,
-            bytes_out: 0,
-            verified: false,
-            probed_at: None,
-            free_used: 0,
-            deferred: None,
-            stamp,
-        });
-        s.stamp = stamp;
-        s
+        let (burst, ms) = (self.burst, t.as_millis() as u32);
+        if !self.young.contains_key(addr) {
+            let entry = self
+                .old
+                .remove(addr)
+                .unwrap_or_else(|| Source::fresh(burst, ms));
+            // Each generation holds at most half the cap, so both together
+            // never exceed it.
+            if self.young.len() >= self.cap / 2 {
+                self.turn(t);
+            }
+            self.young.insert(addr.clone(), entry);
+        }
+        self.young
+            .entry(addr.clone())
+            .or_insert_with(|| Source::fresh(burst, ms))
+    }
+
+    /// The entry of `addr` in either generation, without moving it.
+    fn find(&self, addr: &A) -> Option<&Source> {
+        self.young.get(addr).or_else(|| self.old.get(addr))
+    }
+
+    /// The entry of `addr` in either generation, mutably, without moving it.
+    fn find_mut(&mut self, addr: &A) -> Option<&mut Source> {
+        match self.young.get_mut(addr) {
+            Some(s) => Some(s),
+            None => self.old.get_mut(addr),
+        }
     }
 
     /// Records a datagram of `len` bytes from `addr`.
     pub(crate) fn received(&mut self, addr: &A, len: usize, now: Instant) {
         let s = self.touch(addr, now);
-        s.bytes_in = s.bytes_in.saturating_add(len as u64);
+        s.bytes_in = s.bytes_in.saturating_add(len.try_into().unwrap_or(u32::MAX));
     }
 
     /// Takes one request token from `addr`'s bucket; false if it has none.
     pub(crate) fn allow(&mut self, addr: &A, now: Instant) -> bool {
         let (rate, burst) = (self.rate, self.burst);
+        let ms = self.since_epoch(now).as_millis() as u32;
         let s = self.touch(addr, now);
-        let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
-        s.last = s.last.max(now);
-        s.tokens = (s.tokens + elapsed * rate).min(burst);
+        let elapsed = ms.wrapping_sub(s.last);
+        if elapsed < u32::MAX / 2 {
+            // Not behind the last refill (times passed in may go back).
+            s.last = ms;
+            s.tokens = (s.tokens + elapsed as f32 * rate / 1000.0).min(burst);
+        }
         if s.tokens >= 1.0 {
             s.tokens -= 1.0;
             true
@@ -126,37 +204,40 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     /// Bytes that may still be sent to `addr` in reply: `None` for a
     /// verified address (no limit), otherwise what it sent minus what it got.
     pub(crate) fn budget(&self, addr: &A) -> Option<u64> {
-        match self.map.get(addr) {
+        match self.find(addr) {
             Some(s) if s.verified => None,
-            Some(s) => Some(s.bytes_in.saturating_sub(s.bytes_out)),
+            Some(s) => Some(u64::from(s.bytes_in.saturating_sub(s.bytes_out))),
             None => Some(0),
         }
     }
 
     /// Records `len` bytes sent to `addr` (if it is tracked).
     pub(crate) fn sent(&mut self, addr: &A, len: usize) {
-        if let Some(s) = self.map.get_mut(addr) {
-            s.bytes_out = s.bytes_out.saturating_add(len as u64);
+        if let Some(s) = self.find_mut(addr) {
+            s.bytes_out = s.bytes_out.saturating_add(len.try_into().unwrap_or(u32::MAX));
         }
     }
 
     /// Whether a verification probe may go to `addr` now (none in the last
     /// `every`); if so, records that one goes.
     pub(crate) fn probe_due(&mut self, addr: &A, now: Instant, every: Duration) -> bool {
-        let Some(s) = self.map.get_mut(addr) else {
+        let ms = self.since_epoch(now).as_millis() as u32;
+        let every = every.as_millis().min(u128::from(u32::MAX / 2)) as u32;
+        let Some(s) = self.find_mut(addr) else {
             return false;
         };
-        if s.verified || s.probed_at.is_some_and(|t| now < t + every) {
+        if s.verified || (s.probed && ms.wrapping_sub(s.probed_at) < every) {
             return false;
         }
-        s.probed_at = Some(now);
+        s.probed = true;
+        s.probed_at = ms;
         true
     }
 
     /// Whether `addr` may still get one of `max` replies larger than its
     /// requests before it is verified; if so, counts it.
-    pub(crate) fn take_free_reply(&mut self, addr: &A, max: u32) -> bool {
-        match self.map.get_mut(addr) {
+    pub(crate) fn take_free_reply(&mut self, addr: &A, max: u8) -> bool {
+        match self.find_mut(addr) {
             Some(s) if s.free_used < max => {
                 s.free_used += 1;
                 true
@@ -168,46 +249,45 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     /// Remembers the latest `GetNeighbors` of `addr`, to answer once it is
     /// verified (one per address: a newer request replaces an older one).
     pub(crate) fn defer(&mut self, addr: &A, txn: u64, want_fingers: bool) {
-        if let Some(s) = self.map.get_mut(addr) {
-            s.deferred = Some((txn, want_fingers));
+        if let Some(s) = self.find_mut(addr) {
+            s.deferred_txn = txn;
+            s.deferred = if want_fingers { DEFER_FINGERS } else { DEFER_PLAIN };
         }
     }
 
     /// The request deferred for `addr`, if any, forgetting it.
     pub(crate) fn take_deferred(&mut self, addr: &A) -> Option<(u64, bool)> {
-        self.map.get_mut(addr).and_then(|s| s.deferred.take())
+        let s = self.find_mut(addr)?;
+        let kind = std::mem::replace(&mut s.deferred, DEFER_NONE);
+        (kind != DEFER_NONE).then_some((s.deferred_txn, kind == DEFER_FINGERS))
     }
 
     /// Addresses tracked.
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.young.len() + self.old.len()
     }
 
     /// Checks the table's own consistency.
     pub(crate) fn check(&self) -> Result<(), String> {
-        if self.map.len() > self.cap {
+        if self.len() > self.cap {
+            return Err(format!("{} sources tracked, cap {}", self.len(), self.cap));
+        }
+        if self.young.len() > self.cap / 2 || self.old.len() > self.cap / 2 {
             return Err(format!(
-                "{} sources tracked, cap {}",
-                self.map.len(),
-                self.cap
+                "generations of {} and {} sources, half the cap is {}",
+                self.young.len(),
+                self.old.len(),
+                self.cap / 2
             ));
         }
-        if self.map.len() != self.lru.len() {
-            return Err(format!(
-                "source map has {} entries, LRU {}",
-                self.map.len(),
-                self.lru.len()
-            ));
-        }
-        for (stamp, addr) in &self.lru {
-            if self.map.get(addr).map(|s| s.stamp) != Some(*stamp) {
-                return Err("LRU order and source map disagree".into());
-            }
+        if self.young.keys().any(|a| self.old.contains_key(a)) {
+            return Err("an address is in both generations".into());
         }
         Ok(())
     }
 
-    /// Addresses forgotten to make room, since the node started.
+    /// Addresses forgotten to make room or for silence, since the node
+    /// started.
     pub(crate) fn evicted(&self) -> u64 {
         self.evicted
     }
@@ -229,21 +309,50 @@ mod tests {
         assert_eq!((0..20).filter(|_| s.allow(&1, t2)).count(), 5);
         // Another source has its own bucket.
         assert!(s.allow(&2, t2));
+        // Time going back neither refills nor breaks the bucket.
+        assert!(s.allow(&2, t1));
     }
 
     #[test]
-    fn table_is_bounded_least_recent_first() {
+    fn table_is_bounded_and_keeps_what_is_heard_again() {
         let t0 = Instant::now();
-        let mut s = Sources::<u32>::new(10, 5, 3, (1, 2));
-        for a in 0..3 {
-            s.received(&a, 10, t0);
-        }
-        s.received(&0, 1, t0); // 0 is now the most recent
-        s.received(&9, 1, t0); // evicts 1
+        let mut s = Sources::<u32>::new(10, 5, 4, (1, 2));
+        s.received(&0, 10, t0);
+        s.received(&1, 10, t0);
+        // Young is full (2 = cap / 2): 2 starts a new generation.
+        s.received(&2, 10, t0);
+        // 0 is heard again: it moves to the young generation.
+        s.received(&0, 1, t0);
         assert_eq!(s.len(), 3);
+        s.check().unwrap();
+        // 3 turns the generations again: 1, never heard again, goes.
+        s.received(&3, 1, t0);
         assert_eq!(s.budget(&1), Some(0));
         assert_eq!(s.budget(&0), Some(11));
         assert_eq!(s.evicted(), 1);
+        assert!(s.len() <= 4);
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn silent_sources_are_forgotten_after_two_generations() {
+        let t0 = Instant::now();
+        let mut s = Sources::<u32>::new(10, 5, 4096, (1, 2));
+        s.received(&1, 10, t0);
+        s.received(&2, 10, t0);
+        let t1 = t0 + GENERATION + Duration::from_secs(1);
+        s.received(&2, 10, t1);
+        assert_eq!(s.len(), 2, "one generation of silence is remembered");
+        let t2 = t1 + GENERATION + Duration::from_secs(1);
+        s.received(&2, 10, t2);
+        assert_eq!(s.budget(&1), Some(0));
+        assert_eq!(s.budget(&2), Some(30));
+        assert_eq!(s.len(), 1);
+        // A long silence forgets everything at once.
+        let t3 = t2 + GENERATION * 5;
+        s.received(&3, 1, t3);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.budget(&2), Some(0));
         s.check().unwrap();
     }
 
@@ -256,8 +365,28 @@ mod tests {
         assert_eq!(s.budget(&1), Some(30));
         assert!(s.probe_due(&1, t0, Duration::from_secs(1)));
         assert!(!s.probe_due(&1, t0, Duration::from_secs(1)));
+        assert!(s.probe_due(&1, t0 + Duration::from_secs(2), Duration::from_secs(1)));
         s.verify(&1, t0);
         assert_eq!(s.budget(&1), None);
         assert!(!s.probe_due(&1, t0 + Duration::from_secs(5), Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn deferred_request_is_taken_once() {
+        let t0 = Instant::now();
+        let mut s = Sources::<u32>::new(10, 5, 8, (1, 2));
+        s.received(&1, 50, t0);
+        assert_eq!(s.take_deferred(&1), None);
+        s.defer(&1, 7, false);
+        s.defer(&1, 9, true);
+        assert_eq!(s.take_deferred(&1), Some((9, true)));
+        assert_eq!(s.take_deferred(&1), None);
+        assert!(s.take_free_reply(&1, 1));
+        assert!(!s.take_free_reply(&1, 1));
+    }
+
+    #[test]
+    fn entries_stay_small() {
+        assert!(std::mem::size_of::<Source>() <= 32);
     }
 }

@@ -38,7 +38,7 @@ const DEAD_MEMORY_LEN: usize = 64;
 /// Full `Neighbors` replies (larger than their request) sent to an address
 /// before it is verified: a joining node needs its first answers at once,
 /// and a forged source gets no more than these few.
-const UNVERIFIED_FULL_REPLIES: u32 = 4;
+const UNVERIFIED_FULL_REPLIES: u8 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase<A> {
