@@ -59,8 +59,11 @@ fn main() -> std::io::Result<()> {
     let socket = UdpSocket::bind(args.bind)?;
     let me = NodeRef::new(Hash::of(args.bind.to_string()), args.bind);
     let start = Instant::now();
+    // Ids derive from addresses: a message naming a peer under another id
+    // is dropped.
     let mut node = LocalNode::new(cfg, me, start.elapsed().as_nanos() as u64, start)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .with_identity(|a: &SocketAddr| Hash::of(a.to_string()));
     match args.join {
         Some(b) => node.join(b, start),
         None => node.create(start),

@@ -114,7 +114,7 @@ impl<L: Link> Driver<L> {
         counters: Arc<Counters>,
     ) -> Result<Self, Error> {
         let now = Instant::now();
-        let mut node = LocalNode::new(cfg.chord.clone(), me, seed, now)?;
+        let mut node = Self::node(&cfg, me, seed, now)?;
         // Alone until `connect`: the first member of its own swarm.
         node.create(now);
         Ok(Driver {
@@ -131,6 +131,21 @@ impl<L: Link> Driver<L> {
             sends: HashMap::new(),
             leave_replies: Vec::new(),
             seen_peers: HashSet::new(),
+        })
+    }
+
+    /// A fresh core for `me`, requiring ids to derive from addresses where
+    /// the link says how.
+    fn node(
+        cfg: &PeerConfig,
+        me: NodeRef<L::Addr>,
+        seed: u64,
+        now: Instant,
+    ) -> Result<LocalNode<L::Addr>, Error> {
+        let node = LocalNode::new(cfg.chord.clone(), me, seed, now)?;
+        Ok(match L::identity() {
+            Some(derive) => node.with_identity(derive),
+            None => node,
         })
     }
 
@@ -173,8 +188,8 @@ impl<L: Link> Driver<L> {
                     return;
                 }
                 // The alone ring made at bind is replaced by a joining node.
-                match LocalNode::new(
-                    self.cfg.chord.clone(),
+                match Self::node(
+                    &self.cfg,
                     self.node.me().clone(),
                     self.seed ^ 0x9e37_79b9_7f4a_7c15,
                     now,

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
+use chord::Hash;
 use tokio::net::UdpSocket;
 
 /// A datagram transport the driver can run a peer over.
@@ -20,6 +21,13 @@ pub trait Link: Send + Sync + 'static {
 
     /// The address this link receives on.
     fn local_addr(&self) -> io::Result<Self::Addr>;
+
+    /// How a peer's id derives from its address on this link, if it must
+    /// (see [`chord::LocalNode::with_identity`]): messages naming a peer
+    /// under any other id are dropped. `None` lets peers choose their ids.
+    fn identity() -> Option<fn(&Self::Addr) -> Hash> {
+        None
+    }
 
     /// Sends one datagram.
     fn send_to(&self, bytes: &[u8], to: &Self::Addr)
@@ -62,6 +70,10 @@ impl UdpLink {
 
 impl Link for UdpLink {
     type Addr = SocketAddr;
+
+    fn identity() -> Option<fn(&SocketAddr) -> Hash> {
+        Some(crate::remote::node_id)
+    }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()

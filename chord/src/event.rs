@@ -202,4 +202,13 @@ pub struct Stats {
     /// Neighbors replies held back until the asking address answers a
     /// verification probe (it had used up its unverified replies).
     pub replies_deferred: u64,
+    /// Messages dropped because they named a node under an id that its
+    /// address does not derive to (see `LocalNode::with_identity`).
+    pub dropped_bad_identity: u64,
+    /// Probes sent to nodes heard of second-hand before they may enter the
+    /// routing table.
+    pub admission_probes: u64,
+    /// Nodes heard of second-hand that never answered their probe, and so
+    /// never entered the table.
+    pub admissions_failed: u64,
 }

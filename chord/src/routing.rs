@@ -195,6 +195,26 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
         changed
     }
 
+    /// Whether [`insert_finger`](Self::insert_finger) would take `n`: its
+    /// bucket is empty, or `n` is nearer the bucket's start than the node
+    /// there. Nothing changes.
+    pub fn wants_finger(&self, n: &NodeRef<A>) -> bool {
+        if self.is_me(n) {
+            return false;
+        }
+        let Some(bucket) = self.me.bucket_of(&n.id) else {
+            return false;
+        };
+        let d = self.me.distance_to(&n.id);
+        let pos = self
+            .fingers
+            .partition_point(|f| self.me.distance_to(&f.id) < d);
+        if self.fingers.get(pos).is_some_and(|f| f.id == n.id) {
+            return false;
+        }
+        !(pos > 0 && self.me.bucket_of(&self.fingers[pos - 1].id) == Some(bucket))
+    }
+
     /// Offers `n` as a finger: it goes into its bucket if the bucket is empty
     /// or `n` is nearer the bucket's start than the node there.
     pub fn insert_finger(&mut self, n: NodeRef<A>) {
@@ -373,6 +393,25 @@ mod tests {
             t.fingers().iter().map(|f| f.addr).collect::<Vec<_>>(),
             vec![3, 8, 40]
         );
+    }
+
+    #[test]
+    fn wants_finger_agrees_with_insert_finger() {
+        let mut t = table(0);
+        // A pseudo-random walk of offers: whenever wants_finger says yes the
+        // table changes, and whenever it says no it does not.
+        let mut x: u64 = 12345;
+        for _ in 0..2000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let cand = n(x >> 52);
+            let wanted = t.wants_finger(&cand);
+            let before = t.version();
+            t.insert_finger(cand);
+            assert_eq!(wanted, t.version() != before, "offer {}", x >> 52);
+            t.check_invariants().unwrap();
+        }
     }
 
     #[test]

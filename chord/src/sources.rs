@@ -174,7 +174,9 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     /// Records a datagram of `len` bytes from `addr`.
     pub(crate) fn received(&mut self, addr: &A, len: usize, now: Instant) {
         let s = self.touch(addr, now);
-        s.bytes_in = s.bytes_in.saturating_add(len.try_into().unwrap_or(u32::MAX));
+        s.bytes_in = s
+            .bytes_in
+            .saturating_add(len.try_into().unwrap_or(u32::MAX));
     }
 
     /// Takes one request token from `addr`'s bucket; false if it has none.
@@ -211,10 +213,17 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         }
     }
 
+    /// Whether `addr` has answered a request (and is still remembered).
+    pub(crate) fn is_verified(&self, addr: &A) -> bool {
+        self.find(addr).is_some_and(|s| s.verified)
+    }
+
     /// Records `len` bytes sent to `addr` (if it is tracked).
     pub(crate) fn sent(&mut self, addr: &A, len: usize) {
         if let Some(s) = self.find_mut(addr) {
-            s.bytes_out = s.bytes_out.saturating_add(len.try_into().unwrap_or(u32::MAX));
+            s.bytes_out = s
+                .bytes_out
+                .saturating_add(len.try_into().unwrap_or(u32::MAX));
         }
     }
 
@@ -251,7 +260,11 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     pub(crate) fn defer(&mut self, addr: &A, txn: u64, want_fingers: bool) {
         if let Some(s) = self.find_mut(addr) {
             s.deferred_txn = txn;
-            s.deferred = if want_fingers { DEFER_FINGERS } else { DEFER_PLAIN };
+            s.deferred = if want_fingers {
+                DEFER_FINGERS
+            } else {
+                DEFER_PLAIN
+            };
         }
     }
 

@@ -291,6 +291,28 @@ pub enum Message<A> {
     Undeliverable(Undeliverable),
 }
 
+impl<A> Message<A> {
+    /// Every node the message names (senders, owners, origins, lists).
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRef<A>> {
+        let (one, lists): (Option<&NodeRef<A>>, [&[NodeRef<A>]; 2]) = match self {
+            Message::GetNeighbors(m) => (Some(&m.sender), [&[], &[]]),
+            Message::Neighbors(m) => (m.predecessor.as_ref(), [&m.successors[..], &m.fingers[..]]),
+            Message::FindSuccessor(m) => (Some(&m.origin), [&[], &[]]),
+            Message::Found(m) => (Some(&m.owner), [&[], &[]]),
+            Message::Leave(m) => (m.predecessor.as_ref(), [&m.successors[..], &[]]),
+            Message::SuccessorHint(m) => (Some(&m.node), [&[], &[]]),
+            Message::Data(m) => (Some(&m.header.origin), [&[], &[]]),
+            Message::Delivered(m) => (Some(&m.owner), [&[], &[]]),
+            Message::VersionMismatch(_)
+            | Message::Ping(_)
+            | Message::Pong(_)
+            | Message::HopAck(_)
+            | Message::Undeliverable(_) => (None, [&[], &[]]),
+        };
+        one.into_iter().chain(lists.into_iter().flatten())
+    }
+}
+
 fn body<T: DeserializeOwned>(kind: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
     let (value, rest) =
         postcard::take_from_bytes::<T>(bytes).map_err(|e| DecodeError::Malformed {

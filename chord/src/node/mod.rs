@@ -56,6 +56,9 @@ enum Phase<A> {
 enum Waiting<A> {
     /// A liveness probe of the predecessor or of a successor-list entry.
     Ping { peer: NodeRef<A> },
+    /// A probe of a node heard of second-hand, before it takes `role` in
+    /// the routing table: its Pong proves it is reachable where it claims.
+    Admit { node: NodeRef<A>, role: Role },
     /// Stabilize with a successor.
     Stabilize { peer: NodeRef<A> },
     /// A probe of an address that asked for more than it sent: its Pong
@@ -70,6 +73,16 @@ enum Waiting<A> {
         next: Option<Hash>,
         exclude: Vec<Hash>,
     },
+}
+
+/// The place a node heard of second-hand takes once it answers a probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Successor,
+    Predecessor,
+    Finger,
+    /// The answer of the lookup repairing this finger bucket.
+    FixFinger(u32),
 }
 
 #[derive(Clone, Debug)]
@@ -149,6 +162,8 @@ pub struct LocalNode<A> {
     reassembly: Reassembly,
     /// Token buckets, byte counts and verification of source addresses.
     sources: Sources<A>,
+    /// How ids derive from addresses, if they must (see `with_identity`).
+    identity: Option<fn(&A) -> Hash>,
     rng: ChaCha8Rng,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<Event<A>>,
@@ -187,11 +202,35 @@ impl<A: Address> LocalNode<A> {
             seen,
             reassembly,
             sources,
+            identity: None,
             rng: ChaCha8Rng::seed_from_u64(seed),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
         })
+    }
+
+    /// Requires every node named in a message to have the id `derive`
+    /// gives for its address (for UDP peers, the SHA-256 of `"ip:port"`).
+    /// A message naming a node whose id does not match is dropped and
+    /// counted in [`Stats::dropped_bad_identity`], so that no node can pick
+    /// its place on the ring or pose under another node's id. Off by
+    /// default: simulations and custom DHTs choose ids freely.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use chord::{Config, Hash, LocalNode, NodeRef};
+    ///
+    /// fn id_of(addr: &String) -> Hash { Hash::of(addr.as_bytes()) }
+    /// let me = NodeRef::new(id_of(&"a".to_string()), "a".to_string());
+    /// let node = LocalNode::new(Config::default(), me, 1, Instant::now())
+    ///     .unwrap()
+    ///     .with_identity(id_of);
+    /// assert!(node.stats().dropped_bad_identity == 0);
+    /// ```
+    pub fn with_identity(mut self, derive: fn(&A) -> Hash) -> Self {
+        self.identity = Some(derive);
+        self
     }
 
     // ----------------------------------------------------------------- accessors
@@ -488,6 +527,13 @@ impl<A: Address> LocalNode<A> {
                 return;
             }
         };
+        if let Some(derive) = self.identity {
+            if msg.nodes().any(|n| derive(&n.addr) != n.id) {
+                self.stats.dropped_bad_identity += 1;
+                tracing::debug!(?from, "dropped a message naming a node under a false id");
+                return;
+            }
+        }
         self.sources.received(&from, bytes.len(), now);
         let request = matches!(
             msg,
@@ -551,6 +597,14 @@ impl<A: Address> LocalNode<A> {
                 ..
             }) => self.verified(to, now),
             Some(Pending {
+                waiting: Waiting::Admit { node, role },
+                to,
+                ..
+            }) => {
+                self.verified(to, now);
+                self.admitted(node, role, now);
+            }
+            Some(Pending {
                 waiting: Waiting::Ping { peer },
                 to,
                 ..
@@ -578,30 +632,15 @@ impl<A: Address> LocalNode<A> {
         }
         let sender = m.sender;
         if m.notify && sender.id != self.me.id && !self.is_dead(&sender.id, now) {
-            // A live predecessor stabilizes with us every period; one silent
-            // for longer is probably dead, and the notifier is its successor.
-            let stale = self.pred_seen.is_none_or(|t| {
-                now.saturating_duration_since(t) > self.cfg.stabilize_interval * 3 / 2
-            });
-            let adopt = match self.table.predecessor() {
-                None => true,
-                Some(p) => stale || Interval::open(p.id, self.me.id).contains(&sender.id),
-            };
-            if adopt {
-                let old = self.table.predecessor().cloned();
-                self.table.set_predecessor(Some(sender.clone()));
-                self.pred_seen = Some(now);
-                if let Some(old) = old.filter(|o| o.id != sender.id) {
-                    let hint = Message::SuccessorHint(SuccessorHint {
-                        node: sender.clone(),
-                    });
-                    self.push_transmit(old.addr, hint.encode());
-                }
-            }
             if self.table.successor().is_none() {
-                // A lone node's successor is itself; a notify tells it of a second.
-                self.table.set_successors([sender.clone()]);
-                self.send_stabilize(now);
+                // A lone node's successor is itself; a notify tells it of a
+                // second, which heads the list once it answers.
+                self.stabilize_with(sender.clone(), false, now);
+            }
+            if self.admissible(&sender) {
+                self.consider_predecessor(sender, now);
+            } else {
+                self.admit(sender, Role::Predecessor, now);
             }
         }
         let reply = self.neighbors_reply(m.txn, m.want_fingers);
@@ -638,6 +677,90 @@ impl<A: Address> LocalNode<A> {
         } else {
             self.stats.replies_deferred += 1;
             self.sources.defer(&from, m.txn, m.want_fingers);
+        }
+    }
+
+    /// Adopts `node` (verified) as predecessor if it is nearer than the
+    /// current one or the current one has been silent too long; the old
+    /// predecessor is told of its new successor.
+    fn consider_predecessor(&mut self, node: NodeRef<A>, now: Instant) {
+        if node.id == self.me.id || self.is_dead(&node.id, now) {
+            return;
+        }
+        // A live predecessor stabilizes with us every period; one silent
+        // for longer is probably dead, and the notifier is its successor.
+        let stale = self
+            .pred_seen
+            .is_none_or(|t| now.saturating_duration_since(t) > self.cfg.stabilize_interval * 3 / 2);
+        let adopt = match self.table.predecessor() {
+            None => true,
+            Some(p) if p.id == node.id => {
+                self.pred_seen = Some(now);
+                false
+            }
+            Some(p) => stale || Interval::open(p.id, self.me.id).contains(&node.id),
+        };
+        if adopt {
+            let old = self.table.predecessor().cloned();
+            self.table.set_predecessor(Some(node.clone()));
+            self.pred_seen = Some(now);
+            if let Some(old) = old.filter(|o| o.id != node.id) {
+                let hint = Message::SuccessorHint(SuccessorHint { node });
+                self.push_transmit(old.addr, hint.encode());
+            }
+        }
+    }
+
+    /// Whether `node` may enter the routing table now: it is there already
+    /// at the same address, or its address has answered a request of ours.
+    fn admissible(&self, node: &NodeRef<A>) -> bool {
+        self.table
+            .get(&node.id)
+            .is_some_and(|n| n.addr == node.addr)
+            || self.sources.is_verified(&node.addr)
+    }
+
+    /// Probes `node`, heard of second-hand, before it takes `role` in the
+    /// table (unless a probe of it is out already). A node that never
+    /// answers never enters.
+    fn admit(&mut self, node: NodeRef<A>, role: Role, now: Instant) {
+        let already = self.pending.values().any(
+            |p| matches!(&p.waiting, Waiting::Admit { node: q, role: r } if q.id == node.id && *r == role),
+        );
+        if already || node.id == self.me.id || node.addr == self.me.addr {
+            return;
+        }
+        self.stats.admission_probes += 1;
+        let (to, retries) = (node.addr.clone(), self.cfg.request_retries);
+        self.request(to, retries, Waiting::Admit { node, role }, now, |txn| {
+            Message::Ping(Ping { txn })
+        });
+    }
+
+    /// `node` answered its admission probe: it takes `role`, if that
+    /// place is still its own.
+    fn admitted(&mut self, node: NodeRef<A>, role: Role, now: Instant) {
+        if self.is_dead(&node.id, now) || self.phase != Phase::Joined {
+            return;
+        }
+        match role {
+            Role::Successor => {
+                if self.table.successors().iter().any(|n| n.id == node.id) {
+                    return;
+                }
+                let head = self.table.successor().map(|s| s.id);
+                let me = self.me.id;
+                let mut list = self.table.successors().to_vec();
+                list.push(node);
+                list.sort_by_key(|n| me.distance_to(&n.id));
+                self.table.set_successors(list);
+                if self.table.successor().map(|s| s.id) != head {
+                    self.send_stabilize(now);
+                }
+            }
+            Role::Predecessor => self.consider_predecessor(node, now),
+            Role::Finger => self.table.insert_finger(node),
+            Role::FixFinger(bucket) => self.table.fix_finger(bucket, node),
         }
     }
 
@@ -727,32 +850,58 @@ impl<A: Address> LocalNode<A> {
                 return;
             }
         }
+        // Nodes named here enter the table only once they are known to be
+        // where they claim: at once if verified already, after answering a
+        // probe otherwise.
         for f in m.fingers {
-            if !self.is_dead(&f.id, now) {
+            if self.is_dead(&f.id, now) || !self.table.wants_finger(&f) {
+                continue;
+            }
+            if self.admissible(&f) {
                 self.table.insert_finger(f);
+            } else {
+                self.admit(f, Role::Finger, now);
             }
         }
         let mut list: Vec<NodeRef<A>> = Vec::with_capacity(m.successors.len() + 2);
         let mut better = None;
+        let mut unverified = None;
         if let Some(p) = m.predecessor {
             if p.id != self.me.id
                 && Interval::open(self.me.id, peer.id).contains(&p.id)
                 && !self.is_dead(&p.id, now)
             {
-                list.push(p.clone());
-                better = Some(p);
+                if self.admissible(&p) {
+                    list.push(p.clone());
+                    better = Some(p);
+                } else {
+                    unverified = Some(p);
+                }
             }
         }
         list.push(peer);
-        list.extend(
-            m.successors
-                .into_iter()
-                .filter(|n| !self.is_dead(&n.id, now)),
-        );
+        let mut probe = Vec::new();
+        for n in m.successors {
+            if self.is_dead(&n.id, now) {
+                continue;
+            }
+            if self.admissible(&n) {
+                list.push(n);
+            } else {
+                probe.push(n);
+            }
+        }
         self.table.set_successors(list);
+        for n in probe {
+            self.admit(n, Role::Successor, now);
+        }
         if better.is_some() {
             // A nearer successor appeared: stabilize with it (and notify it) now.
             self.send_stabilize(now);
+        } else if let Some(p) = unverified {
+            // A nearer successor we have not heard from: it heads the list
+            // once it answers a stabilize of its own.
+            self.stabilize_with(p, false, now);
         }
     }
 
@@ -837,16 +986,33 @@ impl<A: Address> LocalNode<A> {
         self.table.remove(&m.sender);
         self.remember_dead(m.sender, now);
         if was_succ {
-            let mut list = m.successors;
+            // The leaver's successors are second-hand: those not verified
+            // yet are probed first.
+            let me = self.me.id;
+            let (mut list, probe): (Vec<_>, Vec<_>) = m
+                .successors
+                .into_iter()
+                .filter(|n| n.id != m.sender)
+                .partition(|n| self.admissible(n));
             list.extend(self.table.successors().iter().cloned());
-            list.retain(|n| n.id != m.sender);
+            list.sort_by_key(|n| me.distance_to(&n.id));
             self.table.set_successors(list);
+            for n in probe {
+                self.admit(n, Role::Successor, now);
+            }
             self.send_stabilize(now);
         }
         if was_pred {
             let pred = m.predecessor.filter(|p| p.id != m.sender);
-            self.table.set_predecessor(pred);
+            self.table.set_predecessor(None);
             self.pred_seen = Some(now);
+            if let Some(p) = pred {
+                if self.admissible(&p) {
+                    self.table.set_predecessor(Some(p));
+                } else {
+                    self.admit(p, Role::Predecessor, now);
+                }
+            }
         }
     }
 
@@ -978,7 +1144,11 @@ impl<A: Address> LocalNode<A> {
             }),
             Purpose::Finger(bucket) => {
                 if !self.is_dead(&owner.id, now) {
-                    self.table.fix_finger(bucket, owner);
+                    if self.admissible(&owner) {
+                        self.table.fix_finger(bucket, owner);
+                    } else {
+                        self.admit(owner, Role::FixFinger(bucket), now);
+                    }
                 }
             }
             Purpose::Join => {
@@ -1197,6 +1367,7 @@ impl<A: Address> LocalNode<A> {
         match p.waiting {
             Waiting::Ping { peer } | Waiting::Stabilize { peer } => self.peer_failed(&peer, now),
             Waiting::Verify => {}
+            Waiting::Admit { .. } => self.stats.admissions_failed += 1,
             Waiting::Data { next, exclude } => self.data_hop_failed(&p.bytes, next, exclude, now),
             Waiting::Forward {
                 msg,

@@ -6,7 +6,7 @@ use super::LocalNode;
 use crate::config::{Config, VERSION};
 use crate::event::{Event, JoinError, SendError, Target};
 use crate::hash::Hash;
-use crate::wire::NodeRef;
+use crate::wire::{GetNeighbors, Message, Neighbors, NodeRef, Ping};
 
 fn node(name: &str, addr: u32, now: Instant) -> LocalNode<u32> {
     LocalNode::new(
@@ -258,4 +258,118 @@ fn retry_with_probes_never_exceeds_max_pending() {
         while a.poll_transmit().is_some() {}
         assert_eq!(a.check_invariants(), Ok(()));
     }
+}
+
+/// Fires `n`'s timers until it asks its successor for neighbours; returns
+/// the txn of that `GetNeighbors`, dropping everything else it sent.
+fn next_stabilize(n: &mut LocalNode<u32>, mut now: Instant) -> (u64, Instant) {
+    let succ = n.successor().map(|s| s.addr);
+    for _ in 0..100 {
+        now += Duration::from_millis(100);
+        if n.poll_timeout().is_some_and(|t| t <= now) {
+            n.handle_timeout(now);
+        }
+        while let Some(t) = n.poll_transmit() {
+            if Some(t.to) != succ {
+                continue;
+            }
+            if let Ok(Message::GetNeighbors(g)) = Message::<u32>::decode(&t.bytes) {
+                return (g.txn, now);
+            }
+        }
+    }
+    panic!("no stabilize within 10 s");
+}
+
+#[test]
+fn nodes_heard_of_second_hand_enter_the_table_only_after_answering() {
+    let (mut nodes, now) = ring_of_three();
+    let a = &mut nodes[0];
+    let succ = a.successor().cloned().expect("a has a successor");
+    let (txn, now) = next_stabilize(a, now);
+    let probes_before = a.stats().admission_probes;
+    // The successor lies: it names two nodes nobody has heard from, one as
+    // a backup successor (it answers probes) and one as a finger (silent).
+    let honest = NodeRef::new(Hash::of("x"), 50);
+    let silent = NodeRef::new(Hash::of("y"), 51);
+    let reply = Message::Neighbors(Neighbors {
+        txn,
+        predecessor: Some(a.me().clone()),
+        successors: vec![honest.clone()],
+        fingers: vec![silent.clone()],
+    });
+    a.handle_datagram(now, succ.addr, &reply.encode());
+    let named = |a: &LocalNode<u32>, addr: u32| a.peers().iter().any(|p| p.addr == addr);
+    assert!(!named(a, 50) && !named(a, 51), "entered before answering");
+    assert_eq!(a.stats().admission_probes - probes_before, 2);
+    let sent: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    let pings = |to: u32| -> Vec<u64> {
+        sent.iter()
+            .filter(|t| t.to == to)
+            .filter_map(|t| match Message::<u32>::decode(&t.bytes) {
+                Ok(Message::Ping(p)) => Some(p.txn),
+                _ => None,
+            })
+            .collect()
+    };
+    let probes = pings(50);
+    assert_eq!(probes.len(), 1, "one probe of the backup");
+    assert_eq!(pings(51).len(), 1, "one probe of the finger");
+    // The backup answers from where it was said to be: it enters.
+    let pong = Message::<u32>::Pong(Ping { txn: probes[0] }).encode();
+    a.handle_datagram(now, 50, &pong);
+    assert!(a.successors().iter().any(|s| s.id == honest.id));
+    // The silent one never does, whatever the time.
+    let mut later = now;
+    for _ in 0..100 {
+        later += Duration::from_millis(200);
+        if a.poll_timeout().is_some_and(|t| t <= later) {
+            a.handle_timeout(later);
+        }
+        while a.poll_transmit().is_some() {}
+    }
+    assert!(!named(a, 51));
+    assert!(a.stats().admissions_failed >= 1);
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_message_naming_a_node_under_a_false_id_is_dropped() {
+    fn id_of(addr: &u32) -> Hash {
+        Hash::of(format!("node-{addr}"))
+    }
+    let now = Instant::now();
+    let mut nodes: Vec<LocalNode<u32>> = (0..3)
+        .map(|a| {
+            LocalNode::new(Config::default(), NodeRef::new(id_of(&a), a), a as u64, now)
+                .expect("valid")
+                .with_identity(id_of)
+        })
+        .collect();
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    nodes[2].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(5));
+    assert!(
+        nodes.iter().all(|n| n.peers().len() == 2),
+        "honest ids form a ring"
+    );
+    assert!(nodes.iter().all(|n| n.stats().dropped_bad_identity == 0));
+    // Node 2 claims an id of its choosing (just after node 0, to become
+    // its predecessor's successor): node 0 drops the notify.
+    let before: Vec<Hash> = nodes[0].peers().iter().map(|p| p.id).collect();
+    let mut chosen = nodes[0].id().to_bytes();
+    chosen[31] = chosen[31].wrapping_sub(1);
+    let liar = NodeRef::new(Hash::from_bytes(chosen), 2u32);
+    let notify = Message::GetNeighbors(GetNeighbors {
+        txn: 7,
+        sender: liar,
+        notify: true,
+        want_fingers: false,
+    });
+    nodes[0].handle_datagram(now, 2, &notify.encode());
+    assert_eq!(nodes[0].stats().dropped_bad_identity, 1);
+    assert!(nodes[0].poll_transmit().is_none(), "no answer to a liar");
+    let after: Vec<Hash> = nodes[0].peers().iter().map(|p| p.id).collect();
+    assert_eq!(before, after);
 }
