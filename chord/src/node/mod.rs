@@ -58,7 +58,7 @@ enum Waiting<A> {
     Ping { peer: NodeRef<A> },
     /// A probe of a node heard of second-hand, before it takes `role` in
     /// the routing table: its Pong proves it is reachable where it claims.
-    Admit { node: NodeRef<A>, role: Role },
+    Admit { node: NodeRef<A>, roles: Vec<Role> },
     /// Stabilize with a successor.
     Stabilize { peer: NodeRef<A> },
     /// A probe of an address that asked for more than it sent: its Pong
@@ -597,12 +597,14 @@ impl<A: Address> LocalNode<A> {
                 ..
             }) => self.verified(to, now),
             Some(Pending {
-                waiting: Waiting::Admit { node, role },
+                waiting: Waiting::Admit { node, roles },
                 to,
                 ..
             }) => {
                 self.verified(to, now);
-                self.admitted(node, role, now);
+                for role in roles {
+                    self.admitted(node.clone(), role, now);
+                }
             }
             Some(Pending {
                 waiting: Waiting::Ping { peer },
@@ -632,14 +634,19 @@ impl<A: Address> LocalNode<A> {
         }
         let sender = m.sender;
         if m.notify && sender.id != self.me.id && !self.is_dead(&sender.id, now) {
-            if self.table.successor().is_none() {
-                // A lone node's successor is itself; a notify tells it of a
-                // second, which heads the list once it answers.
-                self.stabilize_with(sender.clone(), false, now);
-            }
+            // A lone node's successor is itself; a notify tells it of a
+            // second, which heads the list once it is known to be there.
+            let lone = self.table.successor().is_none();
             if self.admissible(&sender) {
+                if lone {
+                    self.table.set_successors([sender.clone()]);
+                    self.send_stabilize(now);
+                }
                 self.consider_predecessor(sender, now);
             } else {
+                if lone {
+                    self.admit(sender.clone(), Role::Successor, now);
+                }
                 self.admit(sender, Role::Predecessor, now);
             }
         }
@@ -724,15 +731,24 @@ impl<A: Address> LocalNode<A> {
     /// table (unless a probe of it is out already). A node that never
     /// answers never enters.
     fn admit(&mut self, node: NodeRef<A>, role: Role, now: Instant) {
-        let already = self.pending.values().any(
-            |p| matches!(&p.waiting, Waiting::Admit { node: q, role: r } if q.id == node.id && *r == role),
-        );
-        if already || node.id == self.me.id || node.addr == self.me.addr {
+        if node.id == self.me.id || node.addr == self.me.addr {
             return;
+        }
+        // One probe per node, whatever the places it may take.
+        for p in self.pending.values_mut() {
+            if let Waiting::Admit { node: q, roles } = &mut p.waiting {
+                if q.id == node.id && q.addr == node.addr {
+                    if !roles.contains(&role) {
+                        roles.push(role);
+                    }
+                    return;
+                }
+            }
         }
         self.stats.admission_probes += 1;
         let (to, retries) = (node.addr.clone(), self.cfg.request_retries);
-        self.request(to, retries, Waiting::Admit { node, role }, now, |txn| {
+        let roles = vec![role];
+        self.request(to, retries, Waiting::Admit { node, roles }, now, |txn| {
             Message::Ping(Ping { txn })
         });
     }
