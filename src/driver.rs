@@ -196,7 +196,7 @@ impl<L: Link> Driver<L> {
                 ) {
                     Ok(n) => self.node = n,
                     Err(e) => {
-                        let _ = reply.send(Err(e.into()));
+                        let _ = reply.send(Err(e));
                         return;
                     }
                 }
