@@ -90,6 +90,17 @@ pub struct Config {
     /// whether verified); the least recently heard is forgotten first, so
     /// the table costs bounded memory whatever the number of sources.
     pub max_sources: usize,
+    /// Peers remembered after they failed. They are probed now and then,
+    /// so that when a network partition heals, the two rings it split the
+    /// swarm into find each other and merge (Chord alone never does).
+    pub past_peers: usize,
+    /// How long a failed peer is remembered and probed. A partition that
+    /// lasts longer heals only by joining again through a bootstrap peer.
+    pub past_peer_ttl: Duration,
+    /// Longest wait between two probes of one remembered peer; the wait
+    /// starts at one stabilization period and doubles up to this. It
+    /// bounds how long after a partition heals the rings start to merge.
+    pub past_probe_max: Duration,
 }
 
 impl Default for Config {
@@ -111,6 +122,9 @@ impl Default for Config {
             source_rate: 400,
             source_burst: 400,
             max_sources: 4096,
+            past_peers: 32,
+            past_peer_ttl: Duration::from_secs(600),
+            past_probe_max: Duration::from_secs(8),
         }
     }
 }
@@ -159,6 +173,9 @@ impl Config {
             return Err(ConfigError(
                 "source_rate, source_burst and max_sources must be positive",
             ));
+        }
+        if self.past_probe_max.is_zero() {
+            return Err(ConfigError("past_probe_max must be positive"));
         }
         if self.max_pending == 0 || self.dedup_window == 0 {
             return Err(ConfigError("max_pending and dedup_window must be positive"));

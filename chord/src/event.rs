@@ -211,4 +211,9 @@ pub struct Stats {
     /// Nodes heard of second-hand that never answered their probe, and so
     /// never entered the table.
     pub admissions_failed: u64,
+    /// Probes of peers that failed earlier (see `Config::past_peers`).
+    pub past_probes: u64,
+    /// Peers that failed earlier and answered such a probe, outside the
+    /// routing table: a healed partition, or a peer back from an outage.
+    pub past_peers_found: u64,
 }

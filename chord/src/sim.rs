@@ -75,6 +75,8 @@ pub struct NetStats {
     pub lost: u64,
     /// Datagrams sent to dead nodes.
     pub to_dead: u64,
+    /// Datagrams dropped between the sides of a partition.
+    pub partitioned: u64,
 }
 
 /// How a ring differs from the correct one.
@@ -206,6 +208,8 @@ pub enum DataEvent {
 struct Slot {
     node: LocalNode<u32>,
     dropper: bool,
+    /// Side of the current partition; datagrams cross only within a side.
+    side: u8,
     alive: bool,
     joined: bool,
     timer: Option<Instant>,
@@ -282,6 +286,7 @@ impl Sim {
         self.slots.push(Slot {
             node,
             dropper: false,
+            side: 0,
             alive: true,
             joined: false,
             timer: None,
@@ -417,6 +422,22 @@ impl Sim {
         self.slots[addr as usize].dropper = dropper;
     }
 
+    /// Splits the network: from now on a datagram is delivered only if its
+    /// sender and receiver are on the same side (`side(addr)`). Datagrams
+    /// already under way still arrive.
+    pub fn partition(&mut self, side: impl Fn(u32) -> u8) {
+        for (a, slot) in self.slots.iter_mut().enumerate() {
+            slot.side = side(a as u32);
+        }
+    }
+
+    /// Ends a partition: every node reaches every other again.
+    pub fn heal(&mut self) {
+        for slot in &mut self.slots {
+            slot.side = 0;
+        }
+    }
+
     /// Application-message events since the last call.
     pub fn take_data_events(&mut self) -> Vec<DataEvent> {
         std::mem::take(&mut self.data_log)
@@ -456,7 +477,14 @@ impl Sim {
 
     /// Compares every live node's successor and predecessor with the truth.
     pub fn ring_check(&self) -> RingReport {
-        let ring = self.sorted_live();
+        self.ring_check_among(|_| true)
+    }
+
+    /// Like [`Sim::ring_check`], for the ring the live nodes with
+    /// `member(addr)` should form on their own (one side of a partition).
+    pub fn ring_check_among(&self, member: impl Fn(u32) -> bool) -> RingReport {
+        let mut ring = self.sorted_live();
+        ring.retain(|(_, a)| member(*a));
         let n = ring.len();
         let mut report = RingReport {
             nodes: n,
@@ -581,6 +609,7 @@ impl Sim {
         }
         let next = slot.node.poll_timeout();
         let alive = slot.alive;
+        let side = slot.side;
         if next != slot.timer {
             slot.timer = next;
             if let Some(t) = next {
@@ -591,6 +620,14 @@ impl Sim {
             for t in out {
                 self.net.datagrams += 1;
                 self.net.bytes += t.bytes.len() as u64;
+                if self
+                    .slots
+                    .get(t.to as usize)
+                    .is_some_and(|s| s.side != side)
+                {
+                    self.net.partitioned += 1;
+                    continue;
+                }
                 if self.cfg.loss > 0.0 && self.unit() < self.cfg.loss {
                     self.net.lost += 1;
                     continue;

@@ -382,3 +382,50 @@ fn large_payloads_are_split_and_reassembled() {
     assert_eq!(r.broadcast_coverage_min, 1.0, "{r:?}");
     assert_eq!(r.duplicate_deliveries, 0);
 }
+
+/// Splits a ring of `n` into two interleaved halves for `apart`, checks
+/// that each half forms its own ring, heals, and returns the periods until
+/// the whole ring is correct again.
+fn partition_and_heal(n: usize, seed: u64, apart: Duration) -> (Sim, u32) {
+    let (mut sim, _) = build(n, seed);
+    sim.run_for(PERIOD * 5);
+    // By address parity: ids are random, so the halves interleave on the
+    // ring and every node loses about half its successors and fingers.
+    sim.partition(|a| (a % 2) as u8);
+    sim.run_for(apart);
+    for side in 0..2u32 {
+        let report = sim.ring_check_among(|a| a % 2 == side);
+        assert!(report.is_correct(), "side {side} while apart: {report:?}");
+    }
+    assert!(!sim.ring_check().is_correct(), "two rings, not one");
+    sim.heal();
+    for periods in 1..=60 {
+        sim.run_for(PERIOD);
+        if sim.ring_check().is_correct() {
+            return (sim, periods);
+        }
+    }
+    panic!(
+        "not one ring 60 periods after healing: {:?}",
+        sim.ring_check()
+    );
+}
+
+#[test]
+fn a_partitioned_ring_merges_back_into_one_when_the_network_heals() {
+    for (apart, bound) in [(10u64, 8u32), (60, 12)] {
+        let (mut sim, periods) = partition_and_heal(600, 31, PERIOD * apart as u32);
+        let live = sim.live();
+        let probes: u64 = live.iter().map(|a| sim.node(*a).stats().past_probes).sum();
+        eprintln!(
+            "apart {apart} periods: one ring {periods} periods after healing; {:.2} past-peer probes per node",
+            probes as f64 / live.len() as f64
+        );
+        // Backoff of past-peer probes is capped at 8 periods (the default
+        // past_probe_max): merging starts within that, and takes a few
+        // periods more.
+        assert!(periods <= bound, "{periods} periods after {apart} apart");
+        let (correct, _) = lookups(&mut sim, 600);
+        assert_eq!(correct, 600, "lookups after the merge");
+    }
+}

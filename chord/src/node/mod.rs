@@ -83,6 +83,18 @@ enum Role {
     Finger,
     /// The answer of the lookup repairing this finger bucket.
     FixFinger(u32),
+    /// A peer that failed earlier: if it answers, the network between us
+    /// has healed, and it is offered every place it fits.
+    Past,
+}
+
+/// A peer that failed, remembered to be probed now and then.
+#[derive(Clone, Debug)]
+struct PastPeer<A> {
+    node: NodeRef<A>,
+    failed_at: Instant,
+    next_probe: Instant,
+    backoff: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -164,6 +176,8 @@ pub struct LocalNode<A> {
     sources: Sources<A>,
     /// How ids derive from addresses, if they must (see `with_identity`).
     identity: Option<fn(&A) -> Hash>,
+    /// Peers that failed, probed with backoff to notice a healed partition.
+    past: Vec<PastPeer<A>>,
     rng: ChaCha8Rng,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<Event<A>>,
@@ -203,6 +217,7 @@ impl<A: Address> LocalNode<A> {
             reassembly,
             sources,
             identity: None,
+            past: Vec::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -313,6 +328,7 @@ impl<A: Address> LocalNode<A> {
             ),
             ("sources", self.sources.len(), cfg.max_sources),
             ("dead memory", self.dead.len(), DEAD_MEMORY_LEN),
+            ("past peers", self.past.len(), cfg.past_peers),
             ("probed backups", self.probed.len(), cfg.successor_list_len),
             (
                 "maintenance lookups",
@@ -756,6 +772,11 @@ impl<A: Address> LocalNode<A> {
     /// `node` answered its admission probe: it takes `role`, if that
     /// place is still its own.
     fn admitted(&mut self, node: NodeRef<A>, role: Role, now: Instant) {
+        if role == Role::Past {
+            // It failed us once and answers again: it is not dead.
+            self.past.retain(|p| p.node.id != node.id);
+            self.dead.retain(|(id, _)| *id != node.id);
+        }
         if self.is_dead(&node.id, now) || self.phase != Phase::Joined {
             return;
         }
@@ -777,6 +798,23 @@ impl<A: Address> LocalNode<A> {
             Role::Predecessor => self.consider_predecessor(node, now),
             Role::Finger => self.table.insert_finger(node),
             Role::FixFinger(bucket) => self.table.fix_finger(bucket, node),
+            Role::Past => {
+                if self.table.get(&node.id).is_some() {
+                    return;
+                }
+                self.stats.past_peers_found += 1;
+                tracing::debug!(me = %self.me.id.short(), peer = %node.id.short(), "a past peer answers again");
+                let nearer = self
+                    .table
+                    .successor()
+                    .is_none_or(|s| Interval::open(self.me.id, s.id).contains(&node.id));
+                if nearer {
+                    // It heads the successor list once it answers a stabilize.
+                    self.stabilize_with(node.clone(), false, now);
+                }
+                self.consider_predecessor(node.clone(), now);
+                self.table.insert_finger(node);
+            }
         }
     }
 
@@ -1240,6 +1278,7 @@ impl<A: Address> LocalNode<A> {
             .retain(|(_, at)| now < *at + self.cfg.stabilize_interval * DEAD_MEMORY_PERIODS);
         self.send_stabilize(now);
         self.check_predecessor(now);
+        self.probe_past(now);
         for _ in 0..self.cfg.fingers_per_tick {
             self.fix_next_finger(now);
         }
@@ -1418,6 +1457,7 @@ impl<A: Address> LocalNode<A> {
         let was_succ = self.table.successor().is_some_and(|s| s.id == peer.id);
         self.table.remove(&peer.id);
         self.remember_dead(peer.id, now);
+        self.remember_past(peer, now);
         tracing::debug!(me = %self.me.id.short(), peer = %peer.id.short(), "peer failed");
         if was_succ {
             // The backups were probed when the head fell silent. Those probed
@@ -1465,6 +1505,47 @@ impl<A: Address> LocalNode<A> {
             self.dead.pop_front();
         }
         self.dead.push_back((id, now));
+    }
+
+    /// Remembers a failed peer, to probe with backoff (the oldest failure
+    /// is forgotten first when the memory is full).
+    fn remember_past(&mut self, peer: &NodeRef<A>, now: Instant) {
+        if self.cfg.past_peers == 0 || self.past.iter().any(|p| p.node.id == peer.id) {
+            return;
+        }
+        if self.past.len() >= self.cfg.past_peers {
+            if let Some(oldest) = (0..self.past.len()).min_by_key(|&i| self.past[i].failed_at) {
+                self.past.swap_remove(oldest);
+            }
+        }
+        let backoff = self.cfg.stabilize_interval;
+        self.past.push(PastPeer {
+            node: peer.clone(),
+            failed_at: now,
+            next_probe: now + backoff,
+            backoff,
+        });
+    }
+
+    /// Probes the remembered peer most overdue (one per tick, the nearest
+    /// successor-wise among equals), and forgets those past their time.
+    fn probe_past(&mut self, now: Instant) {
+        let ttl = self.cfg.past_peer_ttl;
+        self.past.retain(|p| now < p.failed_at + ttl);
+        let me = self.me.id;
+        let due = (0..self.past.len())
+            .filter(|&i| self.past[i].next_probe <= now)
+            .min_by_key(|&i| me.distance_to(&self.past[i].node.id));
+        let Some(i) = due else {
+            return;
+        };
+        let max = self.cfg.past_probe_max;
+        let p = &mut self.past[i];
+        p.next_probe = now + p.backoff;
+        p.backoff = (p.backoff * 2).min(max);
+        let node = p.node.clone();
+        self.stats.past_probes += 1;
+        self.admit(node, Role::Past, now);
     }
 
     fn is_dead(&self, id: &Hash, now: Instant) -> bool {
