@@ -356,6 +356,273 @@ fn sixteen_processes_route_send_broadcast_and_survive_kills() {
     eprintln!("whole scenario took {:?}", started.elapsed());
 }
 
+/// A small deterministic generator for test choices; the seed is printed
+/// so that a failing run can be replayed (`CICADA_TEST_SEED`).
+struct Lcg(u64);
+
+impl Lcg {
+    fn from_env() -> Lcg {
+        let seed = std::env::var("CICADA_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("CICADA_TEST_SEED={seed}");
+        Lcg(seed)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+/// Starts `n` nodes, each joining through an earlier one, and waits for a
+/// correct ring.
+fn ring_of(n: usize, within: Duration) -> Vec<Node> {
+    let ports = free_ports(n);
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let bootstrap = (i > 0).then(|| nodes[i / 2].addr.clone());
+        let node = Node::start(*port, bootstrap.as_deref());
+        match node.wait_for(0, Duration::from_secs(15), |v| {
+            v["event"] == "joined" || v["event"] == "error"
+        }) {
+            Some(v) if v["event"] == "joined" || i == 0 => {}
+            other => panic!("node {i} did not join: {other:?}"),
+        }
+        nodes.push(node);
+    }
+    let all: Vec<usize> = (0..n).collect();
+    wait_ring(&mut nodes, &all, within).unwrap_or_else(|e| panic!("ring of {n}: {e}"));
+    nodes
+}
+
+/// Checks every send outcome of `senders` against what the receivers
+/// printed: a send reported delivered was received exactly once by its
+/// target (or, for a target marked `x` in `fate`, killed, at most once), a
+/// send reported failed was received at most once, and every send has an
+/// outcome. Returns (delivered, failed).
+fn check_outcomes(nodes: &[Node], senders: &[usize], sent: usize, fate: &str) -> (usize, usize) {
+    let addrs: Vec<&str> = nodes.iter().map(|n| n.addr.as_str()).collect();
+    let (mut delivered, mut failed) = (0, 0);
+    let mut all = Vec::new();
+    for &i in senders {
+        let outcomes = nodes[i].wait_n(0, Duration::from_secs(30), sent, |v| {
+            v["event"] == "sent" && v["target"] != "broadcast"
+        });
+        assert_eq!(outcomes.len(), sent, "node {i}: every send has an outcome");
+        all.extend(outcomes);
+    }
+    // A receiver prints a message a moment after it confirms it.
+    thread::sleep(Duration::from_millis(500));
+    {
+        for o in all {
+            let data = o["data"].as_str().unwrap_or_default().to_string();
+            let target = o["target"].as_str().unwrap_or_default();
+            let j = addrs
+                .iter()
+                .position(|a| *a == target)
+                .expect("a known target");
+            let got = nodes[j].all(recv_of(data.clone())).len();
+            let survivor = !fate.as_bytes().get(j).is_some_and(|c| *c == b'x');
+            if o["ok"] == true {
+                delivered += 1;
+                assert_eq!(o["to"], target, "{o}");
+                if survivor {
+                    assert_eq!(
+                        got, 1,
+                        "{data} to survivor {j} reported delivered, received {got} times"
+                    );
+                } else {
+                    assert!(got <= 1, "{data} to {j} received {got} times");
+                }
+            } else {
+                failed += 1;
+                assert!(o["error"].is_string(), "a failure says why: {o}");
+                assert!(got <= 1, "{data} to {j} received {got} times");
+            }
+        }
+    }
+    (delivered, failed)
+}
+
+#[test]
+fn thirty_two_processes_keep_their_promises_while_a_quarter_is_killed() {
+    let _g = heavy();
+    let mut rng = Lcg::from_env();
+    let started = Instant::now();
+    let n = 32;
+    let mut nodes = ring_of(n, Duration::from_secs(20));
+    eprintln!("ring of {n} correct after {:?}", started.elapsed());
+    // Eight victims, chosen now; the survivors send and broadcast.
+    let mut fate = vec![b'.'; n];
+    while fate.iter().filter(|c| **c == b'x').count() < n / 4 {
+        fate[rng.below(n)] = b'x';
+    }
+    let fate = String::from_utf8(fate).unwrap_or_default();
+    let victims: Vec<usize> = (0..n).filter(|&i| fate.as_bytes()[i] == b'x').collect();
+    let live: Vec<usize> = (0..n).filter(|i| !victims.contains(i)).collect();
+    eprintln!("fate {fate}");
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    // For 3 s, every 100 ms, each survivor sends to a random node; the
+    // victims die one by one at random moments in that window.
+    let rounds = 30;
+    let mut kill_at: Vec<usize> = victims.iter().map(|_| rng.below(rounds)).collect();
+    kill_at.sort();
+    let mut next_victim = 0;
+    let mut broadcasts = Vec::new();
+    for r in 0..rounds {
+        for &i in &live {
+            let j = rng.below(n);
+            if j != i {
+                nodes[i].cmd(&format!("send {} c-{i}-{r}", addrs[j]));
+            } else {
+                nodes[i].cmd(&format!("send {} c-{i}-{r}", addrs[(j + 1) % n]));
+            }
+        }
+        if r % 10 == 5 {
+            let b = live[rng.below(live.len())];
+            nodes[b].cmd(&format!("broadcast cb-{r}"));
+            broadcasts.push(b);
+        }
+        while next_victim < kill_at.len() && kill_at[next_victim] == r {
+            nodes[victims[next_victim]].kill();
+            next_victim += 1;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let killed_at = Instant::now();
+    let (delivered, failed) = check_outcomes(&nodes, &live, rounds, &fate);
+    eprintln!(
+        "{} sends: {delivered} delivered, {failed} failed; outcomes all in {:?} after the traffic ended",
+        delivered + failed,
+        killed_at.elapsed()
+    );
+    // Sends to survivors overwhelmingly succeed; failures come from sends
+    // to victims (and the few whose route broke at the moment of a kill).
+    let to_victims = live
+        .iter()
+        .flat_map(|&i| nodes[i].all(|v| v["event"] == "sent" && v["target"] != "broadcast"))
+        .filter(|o| {
+            let t = o["target"].as_str().unwrap_or_default();
+            victims.iter().any(|&v| addrs[v] == t)
+        })
+        .count();
+    assert!(
+        failed <= to_victims + (delivered + failed) / 20,
+        "{failed} failures, {to_victims} sends to victims"
+    );
+    // Once the failures are detected and two periods pass, the ring of
+    // survivors is correct, every lookup names the true owner, and a
+    // broadcast reaches every survivor once.
+    wait_ring(&mut nodes, &live, Duration::from_secs(10)).expect("the ring of survivors converges");
+    eprintln!(
+        "ring of {} correct {:?} after the traffic ended",
+        live.len(),
+        killed_at.elapsed()
+    );
+    let mut ring: Vec<(Hash, &str)> = live
+        .iter()
+        .map(|&i| {
+            (
+                nodes[i].id.parse::<Hash>().expect("hex id"),
+                addrs[i].as_str(),
+            )
+        })
+        .collect();
+    ring.sort();
+    let mut asked = Vec::new();
+    for &i in &live {
+        let key = Hash::of(format!("key-{i}-{}", rng.below(1 << 30)));
+        let from = nodes[i].len();
+        nodes[i].cmd(&format!("lookup {key}"));
+        asked.push((i, key, from));
+    }
+    for (i, key, from) in asked {
+        let v = nodes[i]
+            .wait_for(from, Duration::from_secs(10), is("lookup"))
+            .expect("a lookup outcome");
+        let owner = ring.iter().find(|(id, _)| *id >= key).unwrap_or(&ring[0]).1;
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["owner"], owner, "lookup of {key} from {i}");
+    }
+    let b = live[0];
+    let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
+    nodes[b].cmd("broadcast after");
+    for &i in &live {
+        if i == b {
+            continue;
+        }
+        assert!(
+            nodes[i]
+                .wait_for(marks[i], Duration::from_secs(10), recv_of("after".into()))
+                .is_some(),
+            "survivor {i} got the broadcast after the kills"
+        );
+    }
+    thread::sleep(Duration::from_millis(300));
+    for &i in &live {
+        assert_eq!(
+            nodes[i].all(recv_of("after".into())).len(),
+            usize::from(i != b)
+        );
+    }
+    eprintln!("whole churn scenario took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_graceful_leave_loses_nothing_that_was_acknowledged() {
+    let _g = heavy();
+    let mut rng = Lcg::from_env();
+    let n = 8;
+    let mut nodes = ring_of(n, Duration::from_secs(15));
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let leaver = 1 + rng.below(n - 1);
+    let others: Vec<usize> = (0..n).filter(|&i| i != leaver).collect();
+    let rounds = 20;
+    for r in 0..rounds {
+        for &i in &others {
+            let j = (i + 1 + rng.below(n - 1)) % n;
+            nodes[i].cmd(&format!("send {} g-{i}-{r}", addrs[j]));
+        }
+        if r == rounds / 2 {
+            nodes[leaver].cmd("leave");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(nodes[leaver]
+        .wait_for(0, Duration::from_secs(10), is("left"))
+        .is_some());
+    // The leaver stays up: what it confirmed it must have printed.
+    let mut fate = vec![b'.'; n];
+    fate[leaver] = b'l';
+    let fate = String::from_utf8(fate).unwrap_or_default();
+    let (delivered, failed) = check_outcomes(&nodes, &others, rounds, &fate);
+    // Every send to a node that stays is delivered: a leave is no failure.
+    for &i in &others {
+        for o in nodes[i].all(|v| v["event"] == "sent" && v["ok"] == false) {
+            assert_eq!(
+                o["target"],
+                addrs[leaver].as_str(),
+                "only sends to the leaver may fail: {o}"
+            );
+        }
+    }
+    eprintln!(
+        "graceful leave: {delivered} delivered, {failed} failed (to the leaver after it left)"
+    );
+    assert!(delivered > 0);
+    wait_ring(&mut nodes, &others, Duration::from_secs(5)).expect("the others close the ring");
+}
+
 #[test]
 fn node_process_stops_on_quit_and_signals_but_not_end_of_input() {
     let _g = heavy();
