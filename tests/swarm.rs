@@ -623,6 +623,114 @@ fn a_graceful_leave_loses_nothing_that_was_acknowledged() {
     wait_ring(&mut nodes, &others, Duration::from_secs(5)).expect("the others close the ring");
 }
 
+/// An nftables table that drops UDP on loopback between two sets of ports,
+/// deleted on drop. `None` (and a loud SKIPPED) without root or `nft`.
+struct Partition {
+    table: String,
+}
+
+impl Partition {
+    fn new(a: &[u16], b: &[u16]) -> Option<Partition> {
+        let table = format!("cicada_partition_{}", std::process::id());
+        let set = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} out {{ type filter hook output priority 0; }}\n\
+             add rule inet {table} out udp sport {{ {a} }} udp dport {{ {b} }} drop\n\
+             add rule inet {table} out udp sport {{ {b} }} udp dport {{ {a} }} drop\n",
+            a = set(a),
+            b = set(b),
+        );
+        let mut child = match Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("SKIPPED: partition test needs nftables (`nft`): {e}");
+                return None;
+            }
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        match child.wait_with_output() {
+            Ok(o) if o.status.success() => Some(Partition { table }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: partition test could not install nftables rules (root needed): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: nft failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+#[test]
+fn a_partition_between_processes_heals_into_one_ring() {
+    let _g = heavy();
+    let n = 12;
+    let mut nodes = ring_of(n, Duration::from_secs(15));
+    // Interleaved halves by id, so that every node's successor is across.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| nodes[x].id.cmp(&nodes[y].id));
+    let side_a: Vec<usize> = order.iter().copied().step_by(2).collect();
+    let side_b: Vec<usize> = order.iter().copied().skip(1).step_by(2).collect();
+    let port = |i: &usize| {
+        nodes[*i]
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("a port")
+    };
+    let ports_a: Vec<u16> = side_a.iter().map(port).collect();
+    let ports_b: Vec<u16> = side_b.iter().map(port).collect();
+    let Some(cut) = Partition::new(&ports_a, &ports_b) else {
+        return;
+    };
+    let started = Instant::now();
+    wait_ring(&mut nodes, &side_a, Duration::from_secs(15)).expect("side a forms its own ring");
+    wait_ring(&mut nodes, &side_b, Duration::from_secs(15)).expect("side b forms its own ring");
+    eprintln!("two rings of {} after {:?}", n / 2, started.elapsed());
+    // Let the halves live apart a while: past-peer probes back off.
+    thread::sleep(Duration::from_secs(3));
+    drop(cut);
+    let healed = Instant::now();
+    let all: Vec<usize> = (0..n).collect();
+    // Probes back off to at most 8 s (past_probe_max); merging follows.
+    wait_ring(&mut nodes, &all, Duration::from_secs(20)).expect("one ring after healing");
+    eprintln!("one ring of {n} {:?} after healing", healed.elapsed());
+    // And it routes: a send across the former cut arrives.
+    let (a, b) = (side_a[0], side_b[0]);
+    let target = nodes[b].addr.clone();
+    nodes[a].cmd(&format!("send {target} across"));
+    assert!(nodes[b]
+        .wait_for(0, Duration::from_secs(10), recv_of("across".into()))
+        .is_some());
+}
+
 #[test]
 fn node_process_stops_on_quit_and_signals_but_not_end_of_input() {
     let _g = heavy();
