@@ -216,4 +216,7 @@ pub struct Stats {
     /// Peers that failed earlier and answered such a probe, outside the
     /// routing table: a healed partition, or a peer back from an outage.
     pub past_peers_found: u64,
+    /// User lookups whose answer named an owner that did not answer a Ping
+    /// (dead or unreachable); each was looked up again.
+    pub lookup_owners_silent: u64,
 }

@@ -56,6 +56,13 @@ enum Phase<A> {
 enum Waiting<A> {
     /// A liveness probe of the predecessor or of a successor-list entry.
     Ping { peer: NodeRef<A> },
+    /// A Ping to the owner a user lookup found: the answer is reported only
+    /// once the owner has shown it is alive.
+    Confirm {
+        lookup: u64,
+        owner: NodeRef<A>,
+        hops: u32,
+    },
     /// A probe of a node heard of second-hand, before it takes `role` in
     /// the routing table: its Pong proves it is reachable where it claims.
     Admit { node: NodeRef<A>, roles: Vec<Role> },
@@ -613,6 +620,21 @@ impl<A: Address> LocalNode<A> {
                 ..
             }) => self.verified(to, now),
             Some(Pending {
+                waiting:
+                    Waiting::Confirm {
+                        lookup,
+                        owner,
+                        hops,
+                    },
+                to,
+                ..
+            }) => {
+                self.verified(to, now);
+                if let Some(l) = self.lookups.remove(&lookup) {
+                    self.lookup_succeeded(lookup, l, owner, hops, now);
+                }
+            }
+            Some(Pending {
                 waiting: Waiting::Admit { node, roles },
                 to,
                 ..
@@ -995,6 +1017,29 @@ impl<A: Address> LocalNode<A> {
         };
         if l.key != m.key {
             self.stats.dropped_unexpected += 1;
+            return;
+        }
+        let me = m.owner.id == self.me.id && m.owner.addr == self.me.addr;
+        if l.purpose == Purpose::User && !me {
+            // The node that answered may not know yet that the owner it
+            // names has just died: ask the owner itself first.
+            let asking = self.pending.values().any(
+                |p| matches!(&p.waiting, Waiting::Confirm { lookup, .. } if *lookup == m.lookup),
+            );
+            if asking {
+                return;
+            }
+            let hold = now + self.attempt_timeout();
+            if let Some(l) = self.lookups.get_mut(&m.lookup) {
+                l.retry_at = l.retry_at.max(hold);
+            }
+            let waiting = Waiting::Confirm {
+                lookup: m.lookup,
+                owner: m.owner.clone(),
+                hops: m.hops as u32,
+            };
+            let (to, retries) = (m.owner.addr, self.cfg.request_retries);
+            self.request(to, retries, waiting, now, |txn| Message::Ping(Ping { txn }));
             return;
         }
         let Some(l) = self.lookups.remove(&m.lookup) else {
@@ -1423,6 +1468,15 @@ impl<A: Address> LocalNode<A> {
             Waiting::Ping { peer } | Waiting::Stabilize { peer } => self.peer_failed(&peer, now),
             Waiting::Verify => {}
             Waiting::Admit { .. } => self.stats.admissions_failed += 1,
+            Waiting::Confirm { lookup, owner, .. } => {
+                // The owner named is dead (or unreachable): forget it and
+                // look again; the deadline still bounds the whole lookup.
+                self.stats.lookup_owners_silent += 1;
+                self.peer_failed(&owner, now);
+                if self.lookups.contains_key(&lookup) {
+                    self.lookup_attempt(lookup, now);
+                }
+            }
             Waiting::Data { next, exclude } => self.data_hop_failed(&p.bytes, next, exclude, now),
             Waiting::Forward {
                 msg,
