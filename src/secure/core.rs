@@ -207,6 +207,13 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         s
     }
 
+    /// Whether a handshake with `peer` completed and its session is kept.
+    pub fn has_session(&self, peer: &A) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.confirmed() || p.next.is_some())
+    }
+
     /// The next datagram to put on the wire.
     pub fn poll_transmit(&mut self) -> Option<(A, Vec<u8>)> {
         self.out.pop_front()

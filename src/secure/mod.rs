@@ -211,6 +211,11 @@ impl<A: Clone + Eq + std::hash::Hash> SecureStatsHandle<A> {
     pub fn get(&self) -> SecureStats {
         lock(&self.0).stats()
     }
+
+    /// Whether the link has an authenticated session with `peer`.
+    pub fn has_session(&self, peer: &A) -> bool {
+        lock(&self.0).has_session(peer)
+    }
 }
 
 impl<L: Link> SecureLink<L> {
