@@ -668,7 +668,10 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         let peer = self.peers.entry(from.clone()).or_default();
         peer.last_reinit = Some(now);
         peer.active.get_or_insert(now);
-        self.initiate(now, from, 1);
+        // One Init, never retried: the sender is not verified, so it draws
+        // no more than it sent; its next datagram may draw another.
+        self.stats.handshakes_initiated += 1;
+        self.initiate(now, from, self.cfg.handshake_attempts);
     }
 
     // ----------------------------------------------------------------- table

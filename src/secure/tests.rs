@@ -364,9 +364,14 @@ fn a_short_datagram_under_an_unknown_index_draws_nothing() {
     n.core(B).handle_datagram(now, &9, &big);
     let (_, init) = n.core(B).poll_transmit().expect("an init");
     assert!(init.len() <= big.len());
-    // And not again within the retry period.
+    // And not again within the retry period, and never retried.
     n.core(B).handle_datagram(now, &9, &big);
     assert!(n.core(B).poll_transmit().is_none());
+    for _ in 0..DEFAULT_HANDSHAKE_ATTEMPTS {
+        n.advance(DEFAULT_HANDSHAKE_RETRY);
+    }
+    assert!(n.wire.iter().all(|d| d.1 != 9), "the Init was retried");
+    assert_eq!(n.core(B).stats().peers, 0, "the stranger is forgotten");
 }
 
 #[test]
