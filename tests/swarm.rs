@@ -1409,9 +1409,9 @@ async fn peers_without_the_key_cannot_join_and_what_strangers_inject_is_dropped_
     // Raw datagrams from a stranger: a plain Cicada header, a Data datagram
     // under an invented index, an Init of random bytes, garbage.
     let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut data = vec![3u8; 80];
+    let mut data = [3u8; 80];
     data[1..5].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    let mut init = vec![0x5au8; cicada::INIT_LEN];
+    let mut init = [0x5au8; cicada::INIT_LEN];
     init[0] = 1;
     let sent: [&[u8]; 4] = [&[0xC1, 0xCA, 1, 1, 0, 0], &data[..], &init[..], b"hello"];
     for d in sent {
@@ -1452,6 +1452,9 @@ async fn peers_without_the_key_cannot_join_and_what_strangers_inject_is_dropped_
     assert!(plain.peers().await.unwrap().is_empty());
 }
 
+/// Datagrams a relay forwarded: (from A to B?, bytes).
+type WireLog = Arc<Mutex<Vec<(bool, Vec<u8>)>>>;
+
 /// A UDP relay between two peers that records every datagram it forwards
 /// and drops those `lose` picks. Peer A is announced at `a_face`, B at
 /// `b_face`; A sends to `b_face`, the relay forwards from `a_face`.
@@ -1461,8 +1464,7 @@ struct Relay {
     a_sock: Arc<tokio::net::UdpSocket>,
     /// B's face, until `start` moves it into the forwarding task.
     b_sock: Option<tokio::net::UdpSocket>,
-    /// Forwarded datagrams: (from A to B?, bytes).
-    log: Arc<Mutex<Vec<(bool, Vec<u8>)>>>,
+    log: WireLog,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
