@@ -1695,3 +1695,83 @@ async fn a_restarted_peer_at_the_same_address_handshakes_again() {
     let s = again.stats().await.unwrap().secure.unwrap();
     assert_eq!(s.dropped_bad_mac, 0, "{s:?}");
 }
+
+/// `cicada node --swarm-key FILE`, joining `join` if given.
+fn keyed_node(port: u16, join: Option<&str>, key_file: &std::path::Path) -> Node {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cicada"));
+    cmd.arg("node")
+        .arg("--bind")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(NODE_FLAGS)
+        .arg("--swarm-key")
+        .arg(key_file);
+    if let Some(j) = join {
+        cmd.arg("--join").arg(j);
+    }
+    Node::spawn(cmd, port)
+}
+
+#[test]
+fn node_processes_with_a_swarm_key_file_swarm_and_keep_others_out() {
+    let _g = heavy();
+    let dir = std::env::temp_dir().join(format!("cicada-swarmkey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ours, theirs, bad) = (dir.join("ours"), dir.join("theirs"), dir.join("bad"));
+    for f in [&ours, &theirs, &bad] {
+        let _ = std::fs::remove_file(f);
+    }
+    let keygen = Command::new(env!("CARGO_BIN_EXE_cicada"))
+        .args(["keygen", "--out"])
+        .arg(&ours)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    SwarmKey::generate().unwrap().write_file(&theirs).unwrap();
+    std::fs::write(&bad, "0123 not a key\n").unwrap();
+
+    let ports = free_ports(4);
+    let a = keyed_node(ports[0], None, &ours);
+    let mut b = keyed_node(ports[1], Some(&a.addr), &ours);
+    assert!(b
+        .wait_for(0, Duration::from_secs(10), is("joined"))
+        .is_some());
+    b.cmd(&format!("send {} keyed hello", a.addr));
+    assert!(a
+        .wait_for(0, Duration::from_secs(10), recv_of("keyed hello".into()))
+        .is_some());
+    b.cmd("stats");
+    let s = b
+        .wait_for(0, Duration::from_secs(5), is("stats"))
+        .expect("stats");
+    assert!(
+        s["secure"]["handshakes_completed"].as_u64() >= Some(1),
+        "{s}"
+    );
+
+    // Another key: the join fails with a clear error, the process exits 1.
+    let mut c = keyed_node(ports[2], Some(&a.addr), &theirs);
+    let e = c
+        .wait_for(0, Duration::from_secs(10), is("error"))
+        .expect("an error");
+    let msg = e["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("swarm key"), "{msg}");
+    assert_eq!(c.child.wait().unwrap().code(), Some(1));
+    // No key: the join fails too.
+    let mut d = Node::start(ports[3], Some(&a.addr));
+    assert!(d
+        .wait_for(0, Duration::from_secs(10), is("error"))
+        .is_some());
+    assert_eq!(d.child.wait().unwrap().code(), Some(1));
+
+    // A malformed key file: a clear error before anything starts.
+    let out = Command::new(env!("CARGO_BIN_EXE_cicada"))
+        .args(["node", "--bind", "127.0.0.1:0", "--json", "--swarm-key"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("64 hex digits"), "{text}");
+    assert!(!text.contains("ready"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
