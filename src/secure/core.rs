@@ -659,7 +659,8 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
             }
         }
         if !self.handshakes.take(now) {
-            self.stats.dropped_rate_limited += 1;
+            // The datagram is counted already (unknown session); only the
+            // answer is skipped.
             return;
         }
         if !self.peers.contains_key(from) {
