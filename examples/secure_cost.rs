@@ -1,7 +1,8 @@
 //! What the keyed link costs in CPU, measured: a whole handshake (both
-//! sides), and sealing plus opening one datagram, beside copying the same
-//! datagram (the baseline of the same run). Run with
-//! `cargo run --release --example secure_cost`.
+//! sides), and sealing plus opening one datagram, beside two baselines of
+//! the same run: bare Noise transport (snow's seal and open alone, without
+//! the link's sessions, replay window and copies) and copying the datagram.
+//! Run with `cargo run --release --example secure_cost`.
 
 use std::time::Instant;
 
@@ -61,13 +62,14 @@ fn main() {
         b.handle_datagram(now, &1, &first).as_deref(),
         Some(&b"hello"[..])
     );
+    let (ta, tb) = bare_noise();
     println!(
-        "{:<40} {:>10} {:>10} {:>8}",
-        "seal + open one datagram", "keyed", "copy", "ratio"
+        "{:<24} {:>10} {:>10} {:>8} {:>10} {:>8}",
+        "seal + open", "keyed", "bare Noise", "ratio", "copy", "ratio"
     );
     for size in [64usize, 1024, 16 * 1024] {
         let payload = vec![0x5au8; size];
-        let rounds = 20_000;
+        let rounds: u32 = 20_000;
         let t = Instant::now();
         for _ in 0..rounds {
             a.send(now, &2u32, &payload).expect("sealed");
@@ -86,12 +88,47 @@ fn main() {
         }
         let copy = t.elapsed().as_secs_f64() / f64::from(rounds);
         assert_eq!(sink, size * rounds as usize);
+        let (mut sealed, mut opened) = (vec![0u8; size + 16], vec![0u8; size]);
+        let t = Instant::now();
+        for i in 0..u64::from(rounds) {
+            let n = ta.write_message(i, &payload, &mut sealed).expect("sealed");
+            let m = tb
+                .read_message(i, &sealed[..n], &mut opened)
+                .expect("opened");
+            assert_eq!(m, size);
+        }
+        let bare = t.elapsed().as_secs_f64() / f64::from(rounds);
         println!(
-            "{:<40} {:>7.2} us {:>7.2} us {:>8.1}",
+            "{:<24} {:>7.2} us {:>7.2} us {:>8.2} {:>7.2} us {:>8.1}",
             format!("{size} B"),
             keyed * 1e6,
+            bare * 1e6,
+            keyed / bare,
             copy * 1e6,
             keyed / copy
         );
     }
+}
+
+/// Two ends of a bare Noise session of the same protocol.
+fn bare_noise() -> (snow::StatelessTransportState, snow::StatelessTransportState) {
+    let params: snow::params::NoiseParams = cicada::NOISE_PARAMS.parse().expect("params");
+    let psk = [3u8; 32];
+    let mut i = snow::Builder::new(params.clone())
+        .psk(0, &psk)
+        .and_then(|b| b.build_initiator())
+        .expect("initiator");
+    let mut r = snow::Builder::new(params)
+        .psk(0, &psk)
+        .and_then(|b| b.build_responder())
+        .expect("responder");
+    let (mut m, mut p) = ([0u8; 128], [0u8; 128]);
+    let n = i.write_message(&[], &mut m).expect("message 1");
+    r.read_message(&m[..n], &mut p).expect("message 1");
+    let n = r.write_message(&[], &mut m).expect("message 2");
+    i.read_message(&m[..n], &mut p).expect("message 2");
+    (
+        i.into_stateless_transport_mode().expect("transport"),
+        r.into_stateless_transport_mode().expect("transport"),
+    )
 }
