@@ -28,13 +28,13 @@ use super::{SecureConfig, SecureStats, SwarmKey};
 /// checked by the core), the swarm key mixed in before the first message.
 pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// Bound into every handshake: a peer of another protocol or version fails it.
-const PROLOGUE: &[u8] = b"cicada swarm key v1";
+pub(super) const PROLOGUE: &[u8] = b"cicada swarm key v1";
 
-const INIT: u8 = 0x01;
-const RESPONSE: u8 = 0x02;
-const DATA: u8 = 0x03;
-const TAG: usize = 16;
-const DH_LEN: usize = 32;
+pub(super) const INIT: u8 = 0x01;
+pub(super) const RESPONSE: u8 = 0x02;
+pub(super) const DATA: u8 = 0x03;
+pub(super) const TAG: usize = 16;
+pub(super) const DH_LEN: usize = 32;
 /// Bytes of an Init: type, index, ephemeral key, encrypted timestamp.
 pub const INIT_LEN: usize = 1 + 4 + DH_LEN + 8 + TAG;
 /// Bytes of a Response: type, two indexes, ephemeral key, empty payload's tag.
@@ -48,7 +48,7 @@ pub const DATA_OVERHEAD: usize = 1 + 4 + 8 + TAG;
 pub const MAX_PLAINTEXT: usize = chord::MAX_DATAGRAM - DATA_OVERHEAD;
 /// Ephemeral keys of accepted Inits remembered, so that a recorded Init
 /// replayed from any address is refused without a DH.
-const SEEN_INITS: usize = 8192;
+pub(super) const SEEN_INITS: usize = 8192;
 
 /// Why a datagram could not be sent.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,50 +60,50 @@ pub enum SendRefused {
 }
 
 /// One direction-pair of keys with a peer, made by a completed handshake.
-struct Session {
-    local: u32,
-    remote: u32,
-    transport: StatelessTransportState,
-    send_nonce: u64,
-    replay: ReplayWindow,
+pub(super) struct Session {
+    pub(super) local: u32,
+    pub(super) remote: u32,
+    pub(super) transport: StatelessTransportState,
+    pub(super) send_nonce: u64,
+    pub(super) replay: ReplayWindow,
 }
 
 /// Our handshake with a peer, awaiting its Response.
-struct Pending {
-    local: u32,
-    hs: HandshakeState,
-    attempts: u32,
-    retry_at: Instant,
+pub(super) struct Pending {
+    pub(super) local: u32,
+    pub(super) hs: HandshakeState,
+    pub(super) attempts: u32,
+    pub(super) retry_at: Instant,
 }
 
 #[derive(Default)]
-struct Peer {
+pub(super) struct Peer {
     /// The session we send with.
-    current: Option<Session>,
+    pub(super) current: Option<Session>,
     /// The session `current` replaced: still accepted for receiving, so
     /// datagrams in flight during a re-handshake are not lost.
-    previous: Option<Session>,
+    pub(super) previous: Option<Session>,
     /// A session the peer made by its Init, not yet confirmed by a datagram
     /// of the peer under it. A replayed Init can therefore never displace a
     /// working session; the first datagram under it promotes it.
-    next: Option<Session>,
-    pending: Option<Pending>,
+    pub(super) next: Option<Session>,
+    pub(super) pending: Option<Pending>,
     /// Datagrams waiting for the handshake.
-    queue: VecDeque<Vec<u8>>,
+    pub(super) queue: VecDeque<Vec<u8>>,
     /// The highest timestamp of an Init accepted from this address.
-    last_init: u64,
+    pub(super) last_init: u64,
     /// Last authenticated datagram from, or datagram to, this peer.
-    active: Option<Instant>,
+    pub(super) active: Option<Instant>,
     /// When a datagram under an unknown index last made us start a handshake.
-    last_reinit: Option<Instant>,
+    pub(super) last_reinit: Option<Instant>,
 }
 
 impl Peer {
-    fn confirmed(&self) -> bool {
+    pub(super) fn confirmed(&self) -> bool {
         self.current.is_some() || self.previous.is_some()
     }
 
-    fn indexes(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(super) fn indexes(&self) -> impl Iterator<Item = u32> + '_ {
         [&self.current, &self.previous, &self.next]
             .into_iter()
             .flatten()
@@ -113,15 +113,15 @@ impl Peer {
 }
 
 /// A token bucket: at most `burst` at once, refilled at `rate` a second.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
+pub(super) struct Bucket {
+    pub(super) tokens: f64,
+    pub(super) rate: f64,
+    pub(super) burst: f64,
+    pub(super) at: Instant,
 }
 
 impl Bucket {
-    fn take(&mut self, now: Instant) -> bool {
+    pub(super) fn take(&mut self, now: Instant) -> bool {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now.max(self.at);
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
@@ -137,27 +137,27 @@ impl Bucket {
 /// The sessions of one keyed link with all its peers (see the module
 /// documentation for the wire format).
 pub struct SecureCore<A> {
-    key: SwarmKey,
-    cfg: SecureConfig,
-    params: NoiseParams,
-    peers: HashMap<A, Peer>,
+    pub(super) key: SwarmKey,
+    pub(super) cfg: SecureConfig,
+    pub(super) params: NoiseParams,
+    pub(super) peers: HashMap<A, Peer>,
     /// Our receiver index → the peer it belongs to.
-    by_index: HashMap<u32, A>,
-    out: VecDeque<(A, Vec<u8>)>,
-    queued_bytes: usize,
-    handshakes: Bucket,
-    seen_inits: HashSet<[u8; DH_LEN]>,
-    seen_order: VecDeque<[u8; DH_LEN]>,
-    stats: SecureStats,
+    pub(super) by_index: HashMap<u32, A>,
+    pub(super) out: VecDeque<(A, Vec<u8>)>,
+    pub(super) queued_bytes: usize,
+    pub(super) handshakes: Bucket,
+    pub(super) seen_inits: HashSet<[u8; DH_LEN]>,
+    pub(super) seen_order: VecDeque<[u8; DH_LEN]>,
+    pub(super) stats: SecureStats,
     /// Wall-clock nanoseconds at `created`: Init timestamps grow across restarts.
-    wall_base: u64,
-    created: Instant,
-    last_stamp: u64,
-    next_housekeeping: Instant,
-    earliest_retry: Option<Instant>,
+    pub(super) wall_base: u64,
+    pub(super) created: Instant,
+    pub(super) last_stamp: u64,
+    pub(super) next_housekeeping: Instant,
+    pub(super) earliest_retry: Option<Instant>,
 }
 
-fn be_u32(b: &[u8]) -> Option<u32> {
+pub(super) fn be_u32(b: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
 }
 
@@ -337,241 +337,6 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         }
     }
 
-    // ------------------------------------------------------------ handshakes
-
-    fn builder(&self) -> snow::Builder<'_> {
-        let b = snow::Builder::new(self.params.clone());
-        // Neither can fail: the PSK is 32 bytes, the prologue is a constant.
-        let b = match b.psk(0, self.key.as_bytes()) {
-            Ok(b) => b,
-            Err(_) => unreachable!("a 32-byte PSK"),
-        };
-        match b.prologue(PROLOGUE) {
-            Ok(b) => b,
-            Err(_) => unreachable!("a prologue"),
-        }
-    }
-
-    fn fresh_index(&mut self) -> u32 {
-        loop {
-            let mut b = [0u8; 4];
-            if super::random_bytes(&mut b).is_err() {
-                // No OS randomness: fall back on a counter (indexes need
-                // only be distinct, not secret).
-                b = (self.by_index.len() as u32 + 1).to_be_bytes();
-            }
-            let i = u32::from_be_bytes(b);
-            if i != 0 && !self.by_index.contains_key(&i) {
-                return i;
-            }
-        }
-    }
-
-    fn stamp(&mut self, now: Instant) -> u64 {
-        let t = self
-            .wall_base
-            .saturating_add(now.saturating_duration_since(self.created).as_nanos() as u64);
-        self.last_stamp = t.max(self.last_stamp + 1);
-        self.last_stamp
-    }
-
-    /// Sends a (new) Init to `to`, replacing any handshake under way.
-    fn initiate(&mut self, now: Instant, to: &A, attempt: u32) {
-        let Ok(mut hs) = self.builder().build_initiator() else {
-            return;
-        };
-        let local = self.fresh_index();
-        let stamp = self.stamp(now).to_be_bytes();
-        let mut msg = vec![0u8; INIT_LEN];
-        msg[0] = INIT;
-        msg[1..5].copy_from_slice(&local.to_be_bytes());
-        match hs.write_message(&stamp, &mut msg[5..]) {
-            Ok(n) if 5 + n == INIT_LEN => {}
-            _ => {
-                tracing::warn!("cannot write a Noise handshake message");
-                return;
-            }
-        }
-        if attempt == 1 {
-            self.stats.handshakes_initiated += 1;
-        }
-        let retry_at = now + self.cfg.handshake_retry;
-        let Some(peer) = self.peers.get_mut(to) else {
-            return;
-        };
-        if let Some(old) = peer.pending.take() {
-            self.by_index.remove(&old.local);
-        }
-        peer.pending = Some(Pending {
-            local,
-            hs,
-            attempts: attempt,
-            retry_at,
-        });
-        self.by_index.insert(local, to.clone());
-        self.earliest_retry = Some(self.earliest_retry.map_or(retry_at, |r| r.min(retry_at)));
-        self.out.push_back((to.clone(), msg));
-    }
-
-    fn give_up(&mut self, a: &A) {
-        let Some(peer) = self.peers.get_mut(a) else {
-            return;
-        };
-        if let Some(p) = peer.pending.take() {
-            self.by_index.remove(&p.local);
-        }
-        self.stats.handshakes_failed += 1;
-        let dropped = peer.queue.len() as u64;
-        let bytes: usize = peer.queue.iter().map(Vec::len).sum();
-        peer.queue.clear();
-        self.queued_bytes -= bytes;
-        self.stats.dropped_handshake_failed += dropped;
-        tracing::debug!(dropped, "handshake gave up");
-        if !peer.confirmed() && peer.next.is_none() {
-            self.remove(a);
-        }
-    }
-
-    fn init(&mut self, now: Instant, from: &A, bytes: &[u8]) {
-        let Some(remote) = be_u32(&bytes[1..]) else {
-            return;
-        };
-        let Ok(mut hs) = self.builder().build_responder() else {
-            return;
-        };
-        // Message 1 of NNpsk0 costs no DH: checking it is a hash and an AEAD.
-        let mut stamp = [0u8; 8];
-        match hs.read_message(&bytes[5..], &mut stamp) {
-            Ok(8) => {}
-            _ => {
-                self.stats.dropped_bad_mac += 1;
-                return;
-            }
-        }
-        let stamp = u64::from_be_bytes(stamp);
-        let mut e = [0u8; DH_LEN];
-        e.copy_from_slice(&bytes[5..5 + DH_LEN]);
-        if self.seen_inits.contains(&e)
-            || self.peers.get(from).is_some_and(|p| stamp <= p.last_init)
-        {
-            self.stats.dropped_replay += 1;
-            return;
-        }
-        // Answering costs an ephemeral key and a DH: rate-limited.
-        if !self.handshakes.take(now) {
-            self.stats.dropped_rate_limited += 1;
-            return;
-        }
-        let local = self.fresh_index();
-        let mut msg = vec![0u8; RESPONSE_LEN];
-        msg[0] = RESPONSE;
-        msg[1..5].copy_from_slice(&local.to_be_bytes());
-        msg[5..9].copy_from_slice(&remote.to_be_bytes());
-        let transport = match hs.write_message(&[], &mut msg[9..]) {
-            Ok(n) if 9 + n == RESPONSE_LEN => hs.into_stateless_transport_mode(),
-            _ => return,
-        };
-        let Ok(transport) = transport else {
-            return;
-        };
-        self.remember_init(e);
-        if !self.peers.contains_key(from) {
-            self.make_room(now);
-        }
-        let peer = self.peers.entry(from.clone()).or_default();
-        peer.last_init = stamp;
-        peer.active = Some(now);
-        if let Some(old) = peer.next.replace(Session {
-            local,
-            remote,
-            transport,
-            send_nonce: 0,
-            replay: ReplayWindow::default(),
-        }) {
-            self.by_index.remove(&old.local);
-        }
-        self.by_index.insert(local, from.clone());
-        self.stats.handshakes_answered += 1;
-        self.out.push_back((from.clone(), msg));
-    }
-
-    fn remember_init(&mut self, e: [u8; DH_LEN]) {
-        if self.seen_order.len() >= SEEN_INITS {
-            if let Some(old) = self.seen_order.pop_front() {
-                self.seen_inits.remove(&old);
-            }
-        }
-        self.seen_inits.insert(e);
-        self.seen_order.push_back(e);
-    }
-
-    fn response(&mut self, now: Instant, from: &A, bytes: &[u8]) {
-        let (Some(remote), Some(local)) = (be_u32(&bytes[1..]), be_u32(&bytes[5..])) else {
-            return;
-        };
-        let ours = self.by_index.get(&local) == Some(from)
-            && self
-                .peers
-                .get(from)
-                .and_then(|p| p.pending.as_ref())
-                .is_some_and(|p| p.local == local);
-        if !ours {
-            self.stats.dropped_unknown_session += 1;
-            return;
-        }
-        // Reading message 2 costs a DH: rate-limited.
-        if !self.handshakes.take(now) {
-            self.stats.dropped_rate_limited += 1;
-            return;
-        }
-        let Some(peer) = self.peers.get_mut(from) else {
-            return;
-        };
-        let Some(mut pending) = peer.pending.take() else {
-            return;
-        };
-        let mut empty = [0u8; 0];
-        if !matches!(pending.hs.read_message(&bytes[9..], &mut empty), Ok(0)) {
-            // A forgery (snow restores the state): the handshake stays under way.
-            peer.pending = Some(pending);
-            self.stats.dropped_bad_mac += 1;
-            return;
-        }
-        let Ok(transport) = pending.hs.into_stateless_transport_mode() else {
-            self.by_index.remove(&local);
-            return;
-        };
-        let mut session = Session {
-            local,
-            remote,
-            transport,
-            send_nonce: 0,
-            replay: ReplayWindow::default(),
-        };
-        self.stats.handshakes_completed += 1;
-        peer.active = Some(now);
-        // Everything that waited goes out now, in order.
-        let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
-        for plain in &queued {
-            self.queued_bytes -= plain.len();
-            if let Some(d) = seal(&mut session, plain) {
-                self.out.push_back((from.clone(), d));
-            }
-        }
-        if queued.is_empty() {
-            // Nothing to send: an empty datagram confirms the session to the
-            // responder all the same, so it switches to it (after a restart
-            // of ours it may still be sending under a session we lost).
-            if let Some(d) = seal(&mut session, &[]) {
-                self.out.push_back((from.clone(), d));
-            }
-        }
-        if let Some(old) = peer.previous.take() {
-            self.by_index.remove(&old.local);
-        }
-        peer.previous = peer.current.replace(session);
-    }
-
     // ------------------------------------------------------------------ data
 
     fn data(&mut self, now: Instant, from: &A, bytes: &[u8]) -> Option<Vec<u8>> {
@@ -679,7 +444,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
 
     /// Makes room for one more peer: evicts one that never completed a
     /// handshake if there is one, else the one idle longest.
-    fn make_room(&mut self, _now: Instant) {
+    pub(super) fn make_room(&mut self, _now: Instant) {
         if self.peers.len() < self.cfg.max_peers {
             return;
         }
@@ -694,7 +459,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         }
     }
 
-    fn remove(&mut self, a: &A) {
+    pub(super) fn remove(&mut self, a: &A) {
         if let Some(p) = self.peers.remove(a) {
             for i in p.indexes() {
                 self.by_index.remove(&i);
@@ -709,7 +474,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
 /// How often idle peers are looked for.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
-fn seal(s: &mut Session, plain: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn seal(s: &mut Session, plain: &[u8]) -> Option<Vec<u8>> {
     let nonce = s.send_nonce;
     s.send_nonce += 1;
     let mut d = vec![0u8; DATA_OVERHEAD + plain.len()];

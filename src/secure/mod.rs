@@ -11,6 +11,7 @@
 //! module's async shell only moves its datagrams and its time.
 
 mod core;
+mod handshake;
 mod key;
 mod replay;
 #[cfg(test)]
