@@ -130,6 +130,17 @@ impl PeerConfig {
 
     /// Sets the bounds of the keyed link (handshake retries, table and
     /// queue sizes, handshake budget).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cicada::{PeerConfig, SecureConfig};
+    /// let ok = SecureConfig { handshake_retry: Duration::from_millis(100), ..Default::default() };
+    /// assert!(PeerConfig::default().secure_config(ok).validate().is_ok());
+    /// let none = SecureConfig { handshake_attempts: 0, ..Default::default() };
+    /// assert!(PeerConfig::default().secure_config(none).validate().is_err());
+    /// let zero = SecureConfig { handshake_retry: Duration::ZERO, ..Default::default() };
+    /// assert!(PeerConfig::default().secure_config(zero).validate().is_err());
+    /// ```
     pub fn secure_config(mut self, cfg: SecureConfig) -> Self {
         self.secure = cfg;
         self
@@ -149,6 +160,11 @@ impl PeerConfig {
         }
         if s.handshake_rate == 0 || s.handshake_burst == 0 {
             return Err(chord::ConfigError("the handshake budget must be positive"));
+        }
+        if s.handshake_retry.is_zero() || s.idle_timeout < std::time::Duration::from_secs(1) {
+            return Err(chord::ConfigError(
+                "the handshake retry must be positive and the idle timeout at least 1 s",
+            ));
         }
         Ok(())
     }
