@@ -1775,3 +1775,73 @@ fn node_processes_with_a_swarm_key_file_swarm_and_keep_others_out() {
     assert!(!text.contains("ready"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
+    let key = SwarmKey::generate().unwrap();
+    let peers = swarm(2, keyed(&key)).await;
+    settle(&peers).await;
+    let target = peers[0].listener().unwrap();
+    let flooder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // 3,000 forged Inits (no key), then 1,000 valid ones from an insider's
+    // state machine (each newer than the last, so none is a replay).
+    let now = Instant::now();
+    let mut insider = cicada::SecureCore::new(key.clone(), SecureConfig::default(), 1, now);
+    let mut sent_bytes = 0usize;
+    let t = Instant::now();
+    for i in 0..4000u32 {
+        let d = if i < 3000 {
+            let mut d = vec![(i % 251) as u8; cicada::INIT_LEN];
+            d[0] = 1;
+            d
+        } else {
+            insider.send(now, &i, b"x").unwrap();
+            insider.poll_transmit().unwrap().1
+        };
+        sent_bytes += d.len();
+        flooder.send_to(&d, target).await.unwrap();
+        if i % 200 == 199 {
+            // Members talk during the flood.
+            peers[1]
+                .send(target, &b"during the flood"[..], 0)
+                .await
+                .expect("a member is served during the flood");
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = peers[0].stats().await.unwrap().secure.unwrap();
+    eprintln!("flood of 4,000 Inits in {secs:.2} s: {s:?}");
+    // The forged ones cost no DH; the valid ones at most the budget.
+    assert!(s.dropped_bad_mac >= 2900, "{s:?}");
+    let budget = f64::from(cicada::DEFAULT_HANDSHAKE_BURST)
+        + f64::from(cicada::DEFAULT_HANDSHAKE_RATE) * (secs + 0.5);
+    assert!(
+        (s.handshakes_answered as f64) <= budget + 1.0,
+        "{s:?} in {secs:.2} s"
+    );
+    assert!(
+        s.dropped_rate_limited > 0 || s.handshakes_answered >= 1000,
+        "{s:?}"
+    );
+    assert!(s.peers <= cicada::DEFAULT_MAX_PEERS as u64, "{s:?}");
+    // No amplification: the flooder got back fewer bytes than it sent.
+    let mut buf = [0u8; 200];
+    let mut back = 0usize;
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_millis(200), flooder.recv_from(&mut buf)).await
+    {
+        back += n;
+    }
+    assert!(back <= sent_bytes, "{back} back for {sent_bytes}");
+    assert_eq!(back % cicada::RESPONSE_LEN, 0, "only Responses come back");
+    assert_eq!(
+        peers[0].stats().await.unwrap().received,
+        20,
+        "every member's message, nothing else"
+    );
+    peers[1]
+        .send(target, &b"after the flood"[..], 0)
+        .await
+        .expect("a member is served after the flood");
+}
