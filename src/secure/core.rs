@@ -391,7 +391,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
             let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
             if let Some(s) = peer.current.as_mut() {
                 for q in &queued {
-                    self.queued_bytes -= q.len();
+                    self.queued_bytes = self.queued_bytes.saturating_sub(q.len());
                     if let Some(d) = seal(s, q) {
                         self.out.push_back((from.clone(), d));
                     }
@@ -465,7 +465,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
                 self.by_index.remove(&i);
             }
             let bytes: usize = p.queue.iter().map(Vec::len).sum();
-            self.queued_bytes -= bytes;
+            self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
             self.stats.dropped_handshake_failed += p.queue.len() as u64;
         }
     }

@@ -44,7 +44,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         let t = self
             .wall_base
             .saturating_add(now.saturating_duration_since(self.created).as_nanos() as u64);
-        self.last_stamp = t.max(self.last_stamp + 1);
+        self.last_stamp = t.max(self.last_stamp.saturating_add(1));
         self.last_stamp
     }
 
@@ -97,7 +97,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         let dropped = peer.queue.len() as u64;
         let bytes: usize = peer.queue.iter().map(Vec::len).sum();
         peer.queue.clear();
-        self.queued_bytes -= bytes;
+        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
         self.stats.dropped_handshake_failed += dropped;
         tracing::debug!(dropped, "handshake gave up");
         if !peer.confirmed() && peer.next.is_none() {
@@ -226,7 +226,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         // Everything that waited goes out now, in order.
         let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
         for plain in &queued {
-            self.queued_bytes -= plain.len();
+            self.queued_bytes = self.queued_bytes.saturating_sub(plain.len());
             if let Some(d) = seal(&mut session, plain) {
                 self.out.push_back((from.clone(), d));
             }
