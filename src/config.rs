@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::secure::{SecureConfig, SwarmKey};
+
 /// Application messages waiting for `recv`: enough to absorb a burst of a
 /// swarm-wide broadcast storm; past it messages are dropped and counted.
 pub const DEFAULT_RECV_QUEUE: usize = 1024;
@@ -39,6 +41,11 @@ pub struct PeerConfig {
     pub hook_queue: usize,
     /// Seed of the core's randomness; `None` draws one from the clock and the id.
     pub seed: Option<u64>,
+    /// The key of a private swarm: with it every link is authenticated and
+    /// encrypted ([`crate::SecureLink`]) and peers without it cannot join.
+    pub swarm_key: Option<SwarmKey>,
+    /// The bounds of the keyed link (used with `swarm_key`).
+    pub secure: SecureConfig,
 }
 
 impl Default for PeerConfig {
@@ -49,6 +56,8 @@ impl Default for PeerConfig {
             command_queue: DEFAULT_COMMAND_QUEUE,
             hook_queue: DEFAULT_HOOK_QUEUE,
             seed: None,
+            swarm_key: None,
+            secure: SecureConfig::default(),
         }
     }
 }
@@ -105,11 +114,57 @@ impl PeerConfig {
         self
     }
 
+    /// Makes the peer a member of the private swarm of `key`: every link is
+    /// authenticated and encrypted, and peers without the key can neither
+    /// join, read nor inject (see `docs/security.md`).
+    ///
+    /// ```
+    /// let key = cicada::SwarmKey::generate().unwrap();
+    /// let cfg = cicada::PeerConfig::default().swarm_key(key);
+    /// assert!(cfg.swarm_key.is_some());
+    /// ```
+    pub fn swarm_key(mut self, key: SwarmKey) -> Self {
+        self.swarm_key = Some(key);
+        self
+    }
+
+    /// Sets the bounds of the keyed link (handshake retries, table and
+    /// queue sizes, handshake budget).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cicada::{PeerConfig, SecureConfig};
+    /// let ok = SecureConfig { handshake_retry: Duration::from_millis(100), ..Default::default() };
+    /// assert!(PeerConfig::default().secure_config(ok).validate().is_ok());
+    /// let none = SecureConfig { handshake_attempts: 0, ..Default::default() };
+    /// assert!(PeerConfig::default().secure_config(none).validate().is_err());
+    /// let zero = SecureConfig { handshake_retry: Duration::ZERO, ..Default::default() };
+    /// assert!(PeerConfig::default().secure_config(zero).validate().is_err());
+    /// ```
+    pub fn secure_config(mut self, cfg: SecureConfig) -> Self {
+        self.secure = cfg;
+        self
+    }
+
     /// Checks that the values can work together.
     pub fn validate(&self) -> Result<(), chord::ConfigError> {
         self.chord.validate()?;
         if self.recv_queue == 0 || self.command_queue == 0 || self.hook_queue == 0 {
             return Err(chord::ConfigError("queue capacities must be positive"));
+        }
+        let s = &self.secure;
+        if s.handshake_attempts == 0 || s.max_peers == 0 || s.queue_per_peer == 0 {
+            return Err(chord::ConfigError(
+                "handshake attempts, peers and queue of the keyed link must be positive",
+            ));
+        }
+        if s.handshake_rate == 0 || s.handshake_burst == 0 {
+            return Err(chord::ConfigError("the handshake budget must be positive"));
+        }
+        if s.handshake_retry.is_zero() || s.idle_timeout < std::time::Duration::from_secs(1) {
+            return Err(chord::ConfigError(
+                "the handshake retry must be positive and the idle timeout at least 1 s",
+            ));
         }
         Ok(())
     }

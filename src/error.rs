@@ -43,6 +43,10 @@ pub enum Error {
     /// Joining the swarm failed: unreachable bootstrap, version mismatch, id in use.
     #[error("joining failed: {0}")]
     Join(#[from] chord::JoinError),
+    /// With a swarm key, `connect` found no authenticated link to the
+    /// bootstrap: it holds another key or none, or it is unreachable.
+    #[error("no authenticated link to {0}: it does not hold this swarm key (another key, or none), or it is unreachable")]
+    NoHandshake(std::net::SocketAddr),
     /// The call did not complete in the time allowed.
     #[error("timed out")]
     Timeout,

@@ -30,6 +30,7 @@ mod hooks;
 mod link;
 mod peer;
 mod remote;
+mod secure;
 
 pub use chord;
 /// The Ouroboros binding (loaded at run time; see `docs/ouroboros.md`).
@@ -46,3 +47,10 @@ pub use hooks::Hooks;
 pub use link::{Link, UdpLink};
 pub use peer::{PeerStats, Received, SwarmPeer};
 pub use remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
+pub use secure::{
+    KeyError, ReplayWindow, SecureConfig, SecureCore, SecureLink, SecureStats, SecureStatsHandle,
+    SendRefused, SwarmKey, DATA_OVERHEAD, DEFAULT_HANDSHAKE_ATTEMPTS, DEFAULT_HANDSHAKE_BURST,
+    DEFAULT_HANDSHAKE_RATE, DEFAULT_HANDSHAKE_RETRY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PEERS,
+    DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_PER_PEER, INIT_LEN, MAX_PLAINTEXT, NOISE_PARAMS,
+    REPLAY_WINDOW, RESPONSE_LEN, SWARM_KEY_LEN,
+};

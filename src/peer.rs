@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::hooks::{HookQueue, Hooks};
 use crate::link::{Link, UdpLink};
 use crate::remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
+use crate::secure::{SecureLink, SecureStats, SecureStatsHandle};
 
 /// What `recv` returns: the sender, the data, and whether more messages are
 /// queued already.
@@ -34,6 +35,9 @@ pub struct PeerStats {
     pub hooks_dropped: u64,
     /// Errors the link reported on sending or receiving.
     pub link_errors: u64,
+    /// The keyed link's counters (handshakes, datagrams dropped for a bad
+    /// MAC, a replay, an unknown session…); `None` without a swarm key.
+    pub secure: Option<SecureStats>,
 }
 
 struct Bound {
@@ -42,6 +46,8 @@ struct Bound {
     commands: mpsc::Sender<Command<SocketAddr>>,
     inbox: tokio::sync::Mutex<mpsc::Receiver<Incoming<SocketAddr>>>,
     counters: Arc<Counters>,
+    /// The keyed link's counters, with a swarm key.
+    secure: Option<SecureStatsHandle<SocketAddr>>,
     task: Mutex<Option<JoinHandle<()>>>,
     /// The gateway mapping of the socket's port, removed on close.
     mapping: tokio::sync::Mutex<Option<traversal::PortMapping>>,
@@ -200,17 +206,37 @@ impl SwarmPeer {
             self.cfg.hook_queue,
             counters.hooks_dropped.clone(),
         );
-        let driver = Driver::new(
-            link,
-            me.clone(),
-            self.cfg.clone(),
-            seed,
-            cmd_rx,
-            in_tx,
-            hooks,
-            counters.clone(),
-        )?;
-        let task = tokio::spawn(driver.run());
+        let cfg = self.cfg.clone();
+        let (task, secure) = match self.cfg.swarm_key.clone() {
+            Some(key) => {
+                let link = SecureLink::with_config(link, key, self.cfg.secure.clone());
+                let stats = link.stats_handle();
+                let driver = Driver::new(
+                    link,
+                    me.clone(),
+                    cfg,
+                    seed,
+                    cmd_rx,
+                    in_tx,
+                    hooks,
+                    counters.clone(),
+                )?;
+                (tokio::spawn(driver.run()), Some(stats))
+            }
+            None => {
+                let driver = Driver::new(
+                    link,
+                    me.clone(),
+                    cfg,
+                    seed,
+                    cmd_rx,
+                    in_tx,
+                    hooks,
+                    counters.clone(),
+                )?;
+                (tokio::spawn(driver.run()), None)
+            }
+        };
         tracing::debug!(id = %me.id.short(), %local, %external, "bound");
         self.bound = Some(Bound {
             me,
@@ -218,6 +244,7 @@ impl SwarmPeer {
             commands: cmd_tx,
             inbox: tokio::sync::Mutex::new(in_rx),
             counters,
+            secure,
             task: Mutex::new(Some(task)),
             mapping: tokio::sync::Mutex::new(mapping),
         });
@@ -240,16 +267,27 @@ impl SwarmPeer {
 
     /// Joins the swarm that the peer at `bootstrap` belongs to, waiting at
     /// most `timeout`. Fails with [`Error::Join`] (unreachable, version
-    /// mismatch, id in use) or [`Error::Timeout`]; after a failure the peer is
+    /// mismatch, id in use) or [`Error::Timeout`], and with a swarm key with
+    /// [`Error::NoHandshake`] when no authenticated link to `bootstrap` came
+    /// up (it holds another key, or none); after a failure the peer is
     /// again the only member of its own swarm and may try again. The join
     /// itself is bounded by the core's `lookup_timeout`; when `timeout` is
     /// shorter and passes first, the join goes on in the background and may
     /// still complete (`peers()` tells).
     pub async fn connect(&self, bootstrap: SocketAddr, timeout: Duration) -> Result<RemoteNode> {
         let ask = self.ask(|reply| Command::Join { bootstrap, reply });
-        match tokio::time::timeout(timeout, ask).await {
+        let r = match tokio::time::timeout(timeout, ask).await {
             Ok(r) => r?,
             Err(_) => Err(Error::Timeout),
+        };
+        match (&r, &self.bound()?.secure) {
+            // Say why when the keyed link never got through.
+            (Err(Error::Timeout | Error::Join(chord::JoinError::Unreachable)), Some(s))
+                if !s.has_session(&bootstrap) =>
+            {
+                Err(Error::NoHandshake(bootstrap))
+            }
+            _ => r,
         }
     }
 
@@ -396,6 +434,7 @@ impl SwarmPeer {
             recv_overflow: c.recv_overflow.load(Ordering::Relaxed),
             hooks_dropped: c.hooks_dropped.load(Ordering::Relaxed),
             link_errors: c.link_errors.load(Ordering::Relaxed),
+            secure: self.bound()?.secure.as_ref().map(SecureStatsHandle::get),
         })
     }
 

@@ -101,9 +101,11 @@ async fn run(args: &BenchArgs) -> R<Value> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let b_addr = b.listener().map_err(|e| e.to_string())?;
 
+    let mut unkeyed = Vec::new();
     for size in [64usize, 1024, 16 * 1024] {
         let raw = raw_throughput(size, args.messages).await?;
         let (ours, confirmed) = throughput(&a, &b, b_addr, size, args.messages).await?;
+        unkeyed.push(ours);
         let ratio = ours / raw;
         println!(
             "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
@@ -148,6 +150,8 @@ async fn run(args: &BenchArgs) -> R<Value> {
     a.close().await;
     b.close().await;
 
+    keyed_rows(args, &unkeyed, (p50, p99), &mut report).await?;
+
     let swarm = swarm_rows(args.swarm).await?;
     for (k, v) in &swarm {
         report.insert(k.clone(), v.clone());
@@ -160,6 +164,69 @@ async fn run(args: &BenchArgs) -> R<Value> {
     );
     report.insert("rss_per_idle_peer_bytes".into(), json!(rss));
     Ok(Value::Object(report))
+}
+
+/// The same one-hop rows between two peers of a private swarm (every
+/// datagram sealed with the swarm key), as ratios to the unkeyed rows of
+/// the same run.
+async fn keyed_rows(
+    args: &BenchArgs,
+    unkeyed: &[f64],
+    (u50, u99): (f64, f64),
+    report: &mut serde_json::Map<String, Value>,
+) -> R<()> {
+    println!(
+        "{:<34} {:>14} {:>14} {:>8}",
+        "private swarm (swarm key)", "keyed", "unkeyed", "ratio"
+    );
+    let key = cicada::SwarmKey::generate().map_err(|e| e.to_string())?;
+    let a = Arc::new(peer(fast().swarm_key(key.clone())).await?);
+    let b = Arc::new(peer(fast().swarm_key(key)).await?);
+    b.connect(
+        a.listener().map_err(|e| e.to_string())?,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b_addr = b.listener().map_err(|e| e.to_string())?;
+    for (size, plain) in [64usize, 1024, 16 * 1024].into_iter().zip(unkeyed) {
+        let (keyed, confirmed) = throughput(&a, &b, b_addr, size, args.messages).await?;
+        println!(
+            "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
+            format!("throughput {size} B"),
+            keyed,
+            plain,
+            keyed / plain
+        );
+        let k = match size {
+            64 => "64",
+            1024 => "1k",
+            _ => "16k",
+        };
+        report.insert(format!("keyed_throughput_msgs_per_s_{k}"), json!(keyed));
+        report.insert(format!("keyed_throughput_ratio_{k}"), json!(keyed / plain));
+        report.insert(format!("keyed_confirmed_fraction_{k}"), json!(confirmed));
+    }
+    let (p50, p99) = latency(&a, b_addr, args.round_trips).await?;
+    for (name, k, u, key) in [("p50", p50, u50, "p50"), ("p99", p99, u99, "p99")] {
+        println!(
+            "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
+            format!("round trip {name} (64 B)"),
+            k * 1e6,
+            u * 1e6,
+            k / u
+        );
+        report.insert(format!("keyed_latency_{key}_us"), json!(k * 1e6));
+        report.insert(format!("keyed_latency_{key}_ratio"), json!(k / u));
+    }
+    if let Some(s) = a.stats().await.map_err(|e| e.to_string())?.secure {
+        let dropped = s.dropped_bad_mac + s.dropped_replay + s.dropped_unknown_session;
+        report.insert("keyed_dropped".into(), json!(dropped));
+    }
+    a.close().await;
+    b.close().await;
+    Ok(())
 }
 
 /// Messages per second a raw tokio socket pair moves (counted at the receiver).

@@ -5,9 +5,11 @@
 //! - `cicada map`: maps a port on the NAT gateway and holds it (see `map.rs`).
 //! - `cicada bench`: Cicada beside raw UDP, as ratios (see `bench.rs`).
 //! - `cicada demo`: a swarm of `cicada node` processes, checked (see `demo.rs`).
+//! - `cicada keygen`: a swarm key for `cicada node --swarm-key FILE` (see `keygen.rs`).
 
 mod bench;
 mod demo;
+mod keygen;
 mod map;
 mod node;
 mod output;
@@ -38,6 +40,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Start a swarm of peer processes on loopback, check it, draw it.
     Demo(demo::DemoArgs),
+    /// Make a swarm key for `cicada node --swarm-key FILE`.
+    Keygen(keygen::KeygenArgs),
 }
 
 fn main() {
@@ -47,6 +51,7 @@ fn main() {
         Command::Map(args) => map::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Demo(args) => demo::main(args),
+        Command::Keygen(args) => keygen::main(args),
         Command::Sim(args) => match cicada::cli::run_sim(&args) {
             Ok(lines) => {
                 lines.iter().for_each(|l| println!("{l}"));

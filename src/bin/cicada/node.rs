@@ -66,6 +66,11 @@ pub struct NodeArgs {
     /// Capacity of the receive queue.
     #[arg(long, default_value_t = cicada::DEFAULT_RECV_QUEUE)]
     recv_queue: usize,
+    /// Join a private swarm: the file holds the swarm key, 64 hex digits on
+    /// one line (`cicada keygen --out FILE` makes one). Every link is then
+    /// authenticated and encrypted; peers without the key cannot join.
+    #[arg(long)]
+    swarm_key: Option<PathBuf>,
 }
 
 /// Runs the node; returns the exit code.
@@ -85,11 +90,14 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
     let bind = resolve(&args.bind)?;
     let external = args.external.as_deref().map(resolve).transpose()?;
     let join = args.join.as_deref().map(resolve).transpose()?;
-    let cfg = PeerConfig::default()
+    let mut cfg = PeerConfig::default()
         .stabilize_interval(Duration::from_millis(args.stabilize_ms))
         .request_timeout(Duration::from_millis(args.request_timeout_ms))
         .lookup_timeout(Duration::from_millis(args.lookup_timeout_ms))
         .recv_queue(args.recv_queue);
+    if let Some(path) = &args.swarm_key {
+        cfg = cfg.swarm_key(cicada::SwarmKey::read_file(path).map_err(|e| e.to_string())?);
+    }
     let hooks = Hooks::new().on_new_peer(move |p| {
         out.emit(json!({"event": "peer", "id": p.id.to_string(), "addr": p.addr.to_string()}))
     });
@@ -345,6 +353,18 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                 "recv_overflow": s.recv_overflow,
                 "hooks_dropped": s.hooks_dropped,
                 "link_errors": s.link_errors,
+                "secure": s.secure.map(|k| json!({
+                    "sessions": k.sessions,
+                    "handshakes_completed": k.handshakes_completed,
+                    "handshakes_answered": k.handshakes_answered,
+                    "handshakes_failed": k.handshakes_failed,
+                    "dropped_malformed": k.dropped_malformed,
+                    "dropped_unkeyed": k.dropped_unkeyed,
+                    "dropped_bad_mac": k.dropped_bad_mac,
+                    "dropped_replay": k.dropped_replay,
+                    "dropped_unknown_session": k.dropped_unknown_session,
+                    "dropped_rate_limited": k.dropped_rate_limited,
+                })),
             })),
             Err(e) => out.error(e),
         },
