@@ -939,6 +939,47 @@ async fn connect_to_nobody_fails_with_an_error_in_bounded_time() {
         .expect("joins the failed one");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_an_id_its_address_does_not_give_is_ignored() {
+    use cicada::chord::wire::{GetNeighbors, Message, NodeRef};
+    let peers = swarm(2, fast()).await;
+    settle(&peers).await;
+    let target = peers[0].listener().unwrap();
+    let liar = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let at = liar.local_addr().unwrap();
+    // A notify from a stranger claiming an id of its choosing (just below
+    // the peer's own, to become its predecessor), then the same with the
+    // id its address really gives.
+    let mut chosen = peers[0].hash().unwrap().to_bytes();
+    chosen[31] = chosen[31].wrapping_sub(1);
+    for id in [Hash::from_bytes(chosen), cicada::node_id(&at)] {
+        let msg = Message::GetNeighbors(GetNeighbors {
+            txn: 1,
+            sender: NodeRef::new(id, at),
+            notify: true,
+            want_fingers: false,
+        });
+        liar.send_to(&msg.encode(), target).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let s = peers[0].stats().await.unwrap();
+        if s.core.dropped_bad_identity >= 1 && s.core.admission_probes >= 1
+            || Instant::now() > deadline
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stats.core.dropped_bad_identity, 1, "{stats:?}");
+    // The honest claim is probed, not taken: the socket never answers the
+    // Ping, so the stranger never becomes a neighbour.
+    assert!(stats.core.admission_probes >= 1, "{stats:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let known = peers[0].peers().await.unwrap();
+    assert!(known.iter().all(|p| p.addr != at), "{known:?}");
+}
+
 #[tokio::test]
 async fn malformed_datagrams_are_dropped_and_counted_and_the_peer_keeps_working() {
     let peers = swarm(2, fast()).await;

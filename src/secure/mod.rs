@@ -278,6 +278,11 @@ impl<L: Link> Link for SecureLink<L> {
         self.inner.local_addr()
     }
 
+    fn identity() -> Option<fn(&L::Addr) -> chord::Hash> {
+        // Keyed or not, ids derive from addresses as the inner link says.
+        L::identity()
+    }
+
     async fn send_to(&self, bytes: &[u8], to: &L::Addr) -> io::Result<()> {
         let sent = lock(&self.core).send(Instant::now(), to, bytes);
         self.wake.notify_one();
