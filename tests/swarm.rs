@@ -519,7 +519,7 @@ async fn calls_before_bind_are_clear_errors() {
 #[tokio::test]
 async fn close_releases_the_port_and_is_idempotent() {
     let p = bound(Hooks::new(), fast()).await;
-    let addr = p.local_addr().unwrap();
+    let addr = p.local_addr().unwrap().udp().unwrap();
     p.close().await;
     p.close().await;
     assert!(p.is_closed());
@@ -577,7 +577,7 @@ async fn malformed_datagrams_are_dropped_and_counted_and_the_peer_keeps_working(
         &[0u8; 2000],
     ];
     for g in garbage {
-        junk.send_to(g, target).unwrap();
+        junk.send_to(g, &target).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     let stats = loop {
@@ -793,7 +793,7 @@ fn blocking_facade_wraps_the_async_peer() {
     let route = b.get_route(a.hash().unwrap()).unwrap();
     assert_eq!(route.owner.addr, a.listener().unwrap());
     assert!(b.recv_timeout(Duration::from_millis(50)).unwrap().is_none());
-    let addr = a.listener().unwrap();
+    let addr = a.listener().unwrap().udp().unwrap();
     a.close();
     a.close();
     let mut c = blocking::SwarmPeer::new(Hooks::new()).unwrap();

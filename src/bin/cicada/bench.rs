@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cicada::{Hash, Hooks, PeerConfig, SwarmPeer};
+use cicada::{Hash, Hooks, PeerAddr, PeerConfig, SwarmPeer};
 use clap::Args;
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
@@ -103,7 +103,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
 
     for size in [64usize, 1024, 16 * 1024] {
         let raw = raw_throughput(size, args.messages).await?;
-        let (ours, confirmed) = throughput(&a, &b, b_addr, size, args.messages).await?;
+        let (ours, confirmed) = throughput(&a, &b, b_addr.clone(), size, args.messages).await?;
         let ratio = ours / raw;
         println!(
             "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
@@ -124,7 +124,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
     }
 
     let (raw50, raw99) = raw_latency(args.round_trips).await?;
-    let (p50, p99) = latency(&a, b_addr, args.round_trips).await?;
+    let (p50, p99) = latency(&a, b_addr.clone(), args.round_trips).await?;
     println!(
         "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
         "round trip p50 (64 B)",
@@ -199,7 +199,7 @@ async fn raw_throughput(size: usize, count: usize) -> R<f64> {
 async fn throughput(
     a: &Arc<SwarmPeer>,
     b: &Arc<SwarmPeer>,
-    to: SocketAddr,
+    to: PeerAddr,
     size: usize,
     count: usize,
 ) -> R<(f64, f64)> {
@@ -233,7 +233,7 @@ async fn throughput(
         if inflight.len() >= 256 {
             tally(inflight.join_next().await);
         }
-        let (a, p) = (a.clone(), payload.clone());
+        let (a, p, to) = (a.clone(), payload.clone(), to.clone());
         inflight.spawn(async move { a.send(to, p, 0).await });
     }
     while !inflight.is_empty() {
@@ -285,11 +285,11 @@ async fn raw_latency(n: usize) -> R<(f64, f64)> {
 }
 
 /// A confirmed one-hop send of 64 bytes: data there, confirmation back.
-async fn latency(a: &SwarmPeer, to: SocketAddr, n: usize) -> R<(f64, f64)> {
+async fn latency(a: &SwarmPeer, to: PeerAddr, n: usize) -> R<(f64, f64)> {
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        a.send(to, vec![7u8; 64], 0)
+        a.send(&to, vec![7u8; 64], 0)
             .await
             .map_err(|e| e.to_string())?;
         times.push(t.elapsed().as_secs_f64());
