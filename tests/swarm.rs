@@ -43,6 +43,9 @@ struct Node {
     events: Events,
     addr: String,
     id: String,
+    /// Stop with SIGTERM, never SIGKILL (a process killed inside the
+    /// Ouroboros library can wedge the IRMd).
+    gentle: bool,
 }
 
 const NODE_FLAGS: [&str; 7] = [
@@ -69,7 +72,12 @@ impl Node {
     }
 
     /// Runs `cmd`, which prints JSON event lines, and waits for its `ready`.
-    fn spawn(mut cmd: Command, port: u16) -> Node {
+    fn spawn(cmd: Command, port: u16) -> Node {
+        Node::spawn_with(cmd, &format!("on port {port}"), false)
+    }
+
+    /// Like `spawn`; a `gentle` node is only ever stopped with SIGTERM.
+    fn spawn_with(mut cmd: Command, label: &str, gentle: bool) -> Node {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -95,10 +103,14 @@ impl Node {
             events,
             addr: String::new(),
             id: String::new(),
+            gentle,
         };
         let ready = node
             .wait_for(0, Duration::from_secs(20), |v| v["event"] == "ready")
-            .unwrap_or_else(|| panic!("node on port {port} never became ready"));
+            .unwrap_or_else(|| {
+                let errors = node.all(|v| v["event"] == "error");
+                panic!("node {label} never became ready: {errors:?}")
+            });
         node.addr = ready["addr"].as_str().unwrap_or_default().to_string();
         node.id = ready["id"].as_str().unwrap_or_default().to_string();
         node
@@ -167,8 +179,33 @@ impl Node {
     }
 
     fn kill(&mut self) {
+        if self.gentle {
+            self.terminate(Duration::from_secs(15));
+            return;
+        }
         let _ = self.child.kill(); // SIGKILL on Unix
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits at most `within` for the process to end;
+    /// whether it did.
+    fn terminate(&mut self, within: Duration) -> bool {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("process {} still running after SIGTERM", self.child.id());
+        false
     }
 }
 
@@ -1070,6 +1107,9 @@ fn a_std_socket_peer_interoperates_with_tokio_peers() {
 
 #[path = "support/natlab.rs"]
 mod natlab;
+
+#[path = "swarm/ouroboros.rs"]
+mod ouroboros;
 
 /// Starts `cicada node` inside the lab's `role` namespace.
 fn node_in(lab: &natlab::Lab, role: &str, port: u16, extra: &[&str]) -> Node {
