@@ -13,7 +13,10 @@ fn irmd_or_skip(test: &str) -> bool {
     if cicada::ouroboros::irmd_running() {
         return true;
     }
-    eprintln!(
+    // Straight to the process's stderr (not captured by the harness), so
+    // that it shows in every run.
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIPPED: {test}: no Ouroboros IRMd answers on {} (start one with .ci/ouroboros.sh up)",
         cicada::ouroboros::IRM_SOCK_PATH
     );
