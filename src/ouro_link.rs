@@ -87,6 +87,7 @@ struct Counters {
     alloc_failed: AtomicU64,
     dropped: AtomicU64,
     closed: AtomicU64,
+    leaked: AtomicU64,
 }
 
 /// What an [`OuroborosLink`] counted so far.
@@ -100,8 +101,12 @@ pub struct FlowStats {
     pub alloc_failed: u64,
     /// Datagrams dropped: queue full, allocation failed or backing off.
     pub dropped: u64,
-    /// Flows deallocated (down, idle, or replaced and idle).
+    /// Flows closed (down, idle, or replaced and idle).
     pub closed: u64,
+    /// Closed flows left allocated until the process exits, because packets
+    /// were still queued towards a peer that may be gone (deallocating them
+    /// would block in Ouroboros 0.23).
+    pub leaked: u64,
     /// Flows open now.
     pub open: usize,
 }
@@ -227,6 +232,7 @@ impl OuroborosLink {
             alloc_failed: c.alloc_failed.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             closed: c.closed.load(Ordering::Relaxed),
+            leaked: c.leaked.load(Ordering::Relaxed),
             open: self.shared.live.load(Ordering::Relaxed),
         }
     }
@@ -463,7 +469,10 @@ async fn accepted(s: Arc<Shared>, flow: Flow) {
     let Some(peer) = parse_hello(&first).filter(|p| *p != s.me) else {
         tracing::debug!("accepted flow without a valid hello: deallocated");
         s.live.fetch_sub(1, Ordering::Relaxed);
-        let _ = tokio::task::spawn_blocking(move || drop(flow)).await;
+        match flow.get_tx_queue_len() {
+            Ok(0) => drop(flow),
+            _ => std::mem::forget(flow),
+        }
         return;
     };
     let flow = match AsyncFlow::new(flow) {
@@ -483,6 +492,38 @@ async fn accepted(s: Arc<Shared>, flow: Flow) {
     own_flow(s, flow, peer, gen, Some(rx)).await;
 }
 
+/// An owned flow that is released safely when dropped (also when its task
+/// is aborted): `flow_dealloc` of Ouroboros 0.23 waits, holding the
+/// library's process lock, until the peer has read every packet still
+/// queued towards it, which never happens when the peer is gone. A flow with
+/// packets still queued is therefore not deallocated but left to the
+/// library's destructor at exit (counted as `leaked`).
+struct Owned {
+    flow: Option<AsyncFlow>,
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for Owned {
+    type Target = AsyncFlow;
+    fn deref(&self) -> &AsyncFlow {
+        self.flow.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let Some(f) = self.flow.take() else { return };
+        let Ok(f) = f.into_inner() else { return };
+        match f.get_tx_queue_len() {
+            Ok(0) => drop(f),
+            _ => {
+                self.shared.counters.leaked.fetch_add(1, Ordering::Relaxed);
+                std::mem::forget(f);
+            }
+        }
+    }
+}
+
 /// The one owner of a flow: reads it, writes what the driver queued, and
 /// deallocates it when it goes down or idle.
 async fn own_flow(
@@ -492,6 +533,10 @@ async fn own_flow(
     gen: u64,
     mut out: Option<mpsc::Receiver<Bytes>>,
 ) {
+    let flow = Owned {
+        flow: Some(flow),
+        shared: s.clone(),
+    };
     let mut last = Instant::now();
     let mut tick = tokio::time::interval(IDLE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -537,10 +582,7 @@ async fn own_flow(
     s.forget(&peer, gen);
     s.counters.closed.fetch_add(1, Ordering::Relaxed);
     s.live.fetch_sub(1, Ordering::Relaxed);
-    // Deallocation can block (0.23 waits for a dead peer's queue): off the runtime.
-    if let Ok(f) = flow.into_inner() {
-        let _ = tokio::task::spawn_blocking(move || drop(f)).await;
-    }
+    drop(flow);
 }
 
 #[cfg(test)]

@@ -1233,7 +1233,17 @@ fn a_peer_behind_nat_maps_its_port_and_swarms_with_the_internet() {
 
 /// Runs `cicada demo ARGS`, killed after `limit`; returns (exit code, stdout, stderr).
 fn run_demo(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    run_demo_env(args, &[], limit)
+}
+
+/// Like `run_demo`, with extra environment variables.
+fn run_demo_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cicada"))
+        .envs(env.iter().copied())
         .arg("demo")
         .args(args)
         .stdin(Stdio::null())
@@ -1326,9 +1336,18 @@ fn demo_of_eight_processes_reports_a_correct_ring_and_full_delivery() {
 
 #[test]
 fn demo_refuses_what_it_cannot_do() {
-    let (code, _, err) = run_demo(&["--transport", "ouroboros"], Duration::from_secs(10));
+    // Without an IRMd (the probe pointed at a socket where none answers),
+    // --transport ouroboros fails at once and says why.
+    let (code, _, err) = run_demo_env(
+        &["--transport", "ouroboros"],
+        &[(
+            cicada::ouroboros::PROBE_SOCK_ENV,
+            "/nonexistent/cicada/irm.sock",
+        )],
+        Duration::from_secs(10),
+    );
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("Ouroboros link is not built yet"), "{err}");
+    assert!(err.contains("needs a running Ouroboros IRMd"), "{err}");
     let (code, _, err) = run_demo(&["--nodes", "1"], Duration::from_secs(10));
     assert_eq!(code, Some(2), "{err}");
 }

@@ -244,3 +244,36 @@ fn auto_falls_back_to_udp_without_an_irmd() {
     all_pairs(&mut nodes, &all, "f");
     broadcast_reaches_all(&mut nodes, &all, 1, "b-1");
 }
+
+#[test]
+fn demo_over_ouroboros_reports_a_correct_ring_and_full_delivery() {
+    let test = "demo_over_ouroboros_reports_a_correct_ring_and_full_delivery";
+    if !irmd_or_skip(test) {
+        return;
+    }
+    let _g = heavy();
+    let (code, out, err) = run_demo(
+        &[
+            "--transport",
+            "ouroboros",
+            "--nodes",
+            "6",
+            "--json",
+            "--seed",
+            "7",
+        ],
+        Duration::from_secs(90),
+    );
+    assert_eq!(code, Some(0), "demo failed\nstdout:\n{out}\nstderr:\n{err}");
+    let last = out.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("last line {last:?}: {e}"));
+    assert_eq!(v["nodes"], 6);
+    assert_eq!(v["ring_correct"], true, "{v}");
+    assert_eq!(v["lookup_success_rate"], 1.0, "{v}");
+    assert_eq!(v["send_delivered_rate"], 1.0, "{v}");
+    assert_eq!(v["broadcast_coverage"], 1.0, "{v}");
+    assert_eq!(v["after_churn"]["killed"], 1, "{v}");
+    assert_eq!(v["after_churn"]["ring_correct"], true, "{v}");
+    assert_eq!(v["after_churn"]["send_delivered_rate"], 1.0, "{v}");
+    assert_eq!(v["after_churn"]["broadcast_coverage"], 1.0, "{v}");
+}

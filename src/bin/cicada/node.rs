@@ -209,15 +209,15 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
     });
 
     let lines = read_lines(args.script.clone());
-    let abrupt = args.abrupt;
-    let shutdown = async move {
-        shutdown_signal().await;
-        if abrupt {
+    if args.abrupt {
+        tokio::spawn(async {
+            shutdown_signal().await;
             // No leave, no close: the process ends here (the Ouroboros
             // library's destructor still runs, so the IRMd is not wedged).
             std::process::exit(0);
-        }
-    };
+        });
+    }
+    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut lines = Some(lines);
     loop {
@@ -243,7 +243,11 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), peer.disconnect()).await;
-    peer.close().await;
+    // A second signal while closing ends the wait.
+    tokio::select! {
+        _ = peer.close() => {}
+        _ = shutdown_signal() => {}
+    }
     out.emit(json!({"event": "closed"}));
     Ok(())
 }
