@@ -1,6 +1,7 @@
 //! `cicada bench`: Cicada beside raw UDP, measured in the same run on
 //! loopback, reported as ratios (these machines are shared and noisy), plus a
-//! 64-peer swarm in one process and the memory of idle peers.
+//! 64-peer swarm in one process, the memory of idle peers, and the
+//! Ouroboros rows beside `ocbr`/`oping` (see `bench_ouro.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,15 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// The Ouroboros layer of the Ouroboros rows.
+    #[arg(long, default_value = "local_layer")]
+    ouroboros_layer: String,
+    /// Only the Ouroboros rows.
+    #[arg(long)]
+    only_ouroboros: bool,
+    /// Internal: be the receiving peer of the Ouroboros rows, under this name.
+    #[arg(long, hide = true)]
+    ouroboros_serve: Option<String>,
 }
 
 /// Runs `cicada bench`; returns the exit code.
@@ -46,6 +56,15 @@ pub fn main(args: BenchArgs) -> i32 {
             return 1;
         }
     };
+    if let Some(name) = &args.ouroboros_serve {
+        return match rt.block_on(crate::bench_ouro::serve(name, &args.ouroboros_layer)) {
+            Ok(()) => 0,
+            Err(e) => {
+                println!("error: {e}");
+                1
+            }
+        };
+    }
     match rt.block_on(run(&args)) {
         Ok(report) => {
             if args.json {
@@ -60,7 +79,7 @@ pub fn main(args: BenchArgs) -> i32 {
     }
 }
 
-type R<T> = Result<T, String>;
+pub(crate) type R<T> = Result<T, String>;
 
 fn fast() -> PeerConfig {
     let mut cfg = PeerConfig::default()
@@ -84,6 +103,20 @@ fn local() -> SocketAddr {
 
 async fn run(args: &BenchArgs) -> R<Value> {
     let mut report = serde_json::Map::new();
+    if !args.only_ouroboros {
+        udp_rows(args, &mut report).await?;
+    }
+    crate::bench_ouro::rows(
+        args.messages,
+        args.round_trips,
+        &args.ouroboros_layer,
+        &mut report,
+    )
+    .await?;
+    Ok(Value::Object(report))
+}
+
+async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>) -> R<()> {
     println!(
         "{:<34} {:>14} {:>14} {:>8}",
         "one hop on loopback", "cicada", "raw UDP", "ratio"
@@ -159,7 +192,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
         rss
     );
     report.insert("rss_per_idle_peer_bytes".into(), json!(rss));
-    Ok(Value::Object(report))
+    Ok(())
 }
 
 /// Messages per second a raw tokio socket pair moves (counted at the receiver).
@@ -250,7 +283,7 @@ async fn throughput(
     Ok((ok as f64 / secs, ok as f64 / count as f64))
 }
 
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+pub(crate) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(|x, y| x.total_cmp(y));
     let at = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
     (at(0.5), at(0.99))
