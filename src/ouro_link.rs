@@ -103,9 +103,9 @@ pub struct FlowStats {
     pub dropped: u64,
     /// Flows closed (down, idle, or replaced and idle).
     pub closed: u64,
-    /// Closed flows left allocated until the process exits, because packets
-    /// were still queued towards a peer that may be gone (deallocating them
-    /// would block in Ouroboros 0.23).
+    /// Closed flows left allocated until the process exits because their
+    /// peer may be gone (deallocating them could block forever in
+    /// Ouroboros 0.23, see `docs/ouroboros.md`).
     pub leaked: u64,
     /// Flows open now.
     pub open: usize,
@@ -419,7 +419,11 @@ fn parse_hello(p: &[u8]) -> Option<String> {
 /// Allocates a flow to `peer` and sends the hello (blocking; run off the runtime).
 fn allocate(peer: &str, me: &str) -> ouro::Result<Flow> {
     let flow = ouro::flow_alloc(peer, Some(flow_qos()), Some(ALLOC_TIMEOUT))?;
-    flow.write(&hello(me))?;
+    if let Err(e) = flow.write(&hello(me)) {
+        // The peer may be gone: not deallocated (see `Owned`).
+        std::mem::forget(flow);
+        return Err(e);
+    }
     Ok(flow)
 }
 
@@ -448,10 +452,18 @@ fn accept_loop(s: Arc<Shared>) {
 /// Reads the hello of an accepted flow, then owns it.
 async fn accepted(s: Arc<Shared>, flow: Flow) {
     let r = tokio::task::spawn_blocking(move || {
-        flow.set_rcv_timeout(Some(HELLO_TIMEOUT))?;
-        let first = flow.recv()?;
-        flow.set_rcv_timeout(None)?;
-        Ok::<_, ouro::Error>((flow, first))
+        let first = flow
+            .set_rcv_timeout(Some(HELLO_TIMEOUT))
+            .and_then(|_| flow.recv())
+            .and_then(|first| flow.set_rcv_timeout(None).map(|_| first));
+        match first {
+            Ok(first) => Ok((flow, first)),
+            Err(e) => {
+                // No hello: the peer may be gone, so not deallocated (see `Owned`).
+                std::mem::forget(flow);
+                Err(e)
+            }
+        }
     })
     .await;
     let (flow, first) = match r {
@@ -469,10 +481,9 @@ async fn accepted(s: Arc<Shared>, flow: Flow) {
     let Some(peer) = parse_hello(&first).filter(|p| *p != s.me) else {
         tracing::debug!("accepted flow without a valid hello: deallocated");
         s.live.fetch_sub(1, Ordering::Relaxed);
-        match flow.get_tx_queue_len() {
-            Ok(0) => drop(flow),
-            _ => std::mem::forget(flow),
-        }
+        // Its peer may be gone: not deallocated (see `Owned`).
+        s.counters.leaked.fetch_add(1, Ordering::Relaxed);
+        std::mem::forget(flow);
         return;
     };
     let flow = match AsyncFlow::new(flow) {
@@ -492,15 +503,20 @@ async fn accepted(s: Arc<Shared>, flow: Flow) {
     own_flow(s, flow, peer, gen, Some(rx)).await;
 }
 
-/// An owned flow that is released safely when dropped (also when its task
-/// is aborted): `flow_dealloc` of Ouroboros 0.23 waits, holding the
-/// library's process lock, until the peer has read every packet still
-/// queued towards it, which never happens when the peer is gone. A flow with
-/// packets still queued is therefore not deallocated but left to the
-/// library's destructor at exit (counted as `leaked`).
+/// An owned flow, released safely when dropped (also when its task is
+/// aborted). `flow_dealloc` of Ouroboros 0.23 waits, holding the library's
+/// process lock, until the peer has read every packet still queued towards
+/// it (the library's own keepalives included), which never happens when the
+/// peer is gone; every later allocation or accept of the process then hangs.
+/// So only a flow whose peer is known alive (it went idle while the peer's
+/// keepalives kept coming) is deallocated; a flow that went down, or that is
+/// dropped because the link closes, is left allocated (counted as `leaked`)
+/// for the library's destructor at exit, which does not wait.
 struct Owned {
     flow: Option<AsyncFlow>,
     shared: Arc<Shared>,
+    /// Set when the peer is known alive: deallocate on drop.
+    dealloc: bool,
 }
 
 impl std::ops::Deref for Owned {
@@ -514,12 +530,11 @@ impl Drop for Owned {
     fn drop(&mut self) {
         let Some(f) = self.flow.take() else { return };
         let Ok(f) = f.into_inner() else { return };
-        match f.get_tx_queue_len() {
-            Ok(0) => drop(f),
-            _ => {
-                self.shared.counters.leaked.fetch_add(1, Ordering::Relaxed);
-                std::mem::forget(f);
-            }
+        if self.dealloc {
+            drop(f);
+        } else {
+            self.shared.counters.leaked.fetch_add(1, Ordering::Relaxed);
+            std::mem::forget(f);
         }
     }
 }
@@ -533,9 +548,10 @@ async fn own_flow(
     gen: u64,
     mut out: Option<mpsc::Receiver<Bytes>>,
 ) {
-    let flow = Owned {
+    let mut flow = Owned {
         flow: Some(flow),
         shared: s.clone(),
+        dealloc: false,
     };
     let mut last = Instant::now();
     let mut tick = tokio::time::interval(IDLE_CHECK);
@@ -574,7 +590,10 @@ async fn own_flow(
                 None => out = None,
             },
             _ = tick.tick() => if last.elapsed() > FLOW_IDLE {
+                // The peer is alive (its keepalives keep the flow up, it would
+                // have gone down after FLOW_PEER_TIMEOUT_MS otherwise).
                 tracing::debug!(%peer, "flow idle");
+                flow.dealloc = true;
                 break;
             },
         }
