@@ -63,7 +63,7 @@ const HELLO_VERSION: u8 = 1;
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How long the accepting thread waits in one `flow_accept`, so that it
 /// notices the link closing.
-const ACCEPT_SLICE: Duration = Duration::from_millis(250);
+const ACCEPT_SLICE: Duration = Duration::from_secs(1);
 
 /// Only one Ouroboros link per process: `flow_accept` cannot tell which of
 /// the process's names a flow was allocated to.
