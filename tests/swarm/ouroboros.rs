@@ -176,6 +176,12 @@ fn ouroboros_eight_processes_form_a_swarm_and_survive_an_abrupt_exit() {
         nodes[ABRUPT].all(is("closed")).is_empty(),
         "it did not leave gracefully"
     );
+    // It left its name behind in the IRMd; remove it (best effort).
+    let _ = Command::new("irm")
+        .args(["name", "destroy", &name("swarm", ABRUPT)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     let killed = Instant::now();
     let live: Vec<usize> = (0..N).filter(|&i| i != ABRUPT).collect();
     wait_ring(&mut nodes, &live, Duration::from_secs(20)).expect("the ring of 7 converges");

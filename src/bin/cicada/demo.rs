@@ -302,6 +302,15 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        if !self.alive && GENTLE.load(Ordering::Relaxed) {
+            // Killed by the churn over Ouroboros: its name is still in the
+            // IRMd; remove it (best effort, needs `irm`).
+            let _ = Command::new("irm")
+                .args(["name", "destroy", &self.addr])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         if self.alive && GENTLE.load(Ordering::Relaxed) {
             // Over Ouroboros: a clean exit unbinds and unregisters the name.
             self.cmd("quit");
