@@ -10,6 +10,7 @@ use bytes::Bytes;
 use chord::Hash;
 use tokio::runtime::Runtime;
 
+use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
@@ -79,6 +80,22 @@ impl SwarmPeer {
         rt.block_on(inner.bind_with_external(local, external))
     }
 
+    /// See [`crate::SwarmPeer::bind_ouroboros`].
+    pub fn bind_ouroboros(&mut self, name: &str, layer: &str) -> Result<()> {
+        let (Some(inner), Some(rt)) = (&mut self.inner, &self.rt) else {
+            return Err(Error::Closed);
+        };
+        rt.block_on(inner.bind_ouroboros(name, layer))
+    }
+
+    /// See [`crate::SwarmPeer::bind_transport`].
+    pub fn bind_transport(&mut self, transport: crate::Transport) -> Result<PeerAddr> {
+        let (Some(inner), Some(rt)) = (&mut self.inner, &self.rt) else {
+            return Err(Error::Closed);
+        };
+        rt.block_on(inner.bind_transport(transport))
+    }
+
     /// See [`crate::SwarmPeer::bind_with_mapping`].
     pub fn bind_with_mapping(
         &mut self,
@@ -92,7 +109,8 @@ impl SwarmPeer {
     }
 
     /// See [`crate::SwarmPeer::connect`].
-    pub fn connect(&self, bootstrap: SocketAddr, timeout: Duration) -> Result<RemoteNode> {
+    pub fn connect(&self, bootstrap: impl Into<PeerAddr>, timeout: Duration) -> Result<RemoteNode> {
+        let bootstrap = bootstrap.into();
         self.run(|p| p.connect(bootstrap, timeout))
     }
 
@@ -159,7 +177,7 @@ impl SwarmPeer {
     }
 
     /// See [`crate::SwarmPeer::local_addr`].
-    pub fn local_addr(&self) -> Result<SocketAddr> {
+    pub fn local_addr(&self) -> Result<PeerAddr> {
         self.inner.as_ref().ok_or(Error::Closed)?.local_addr()
     }
 
@@ -169,7 +187,7 @@ impl SwarmPeer {
     }
 
     /// See [`crate::SwarmPeer::listener`].
-    pub fn listener(&self) -> Result<SocketAddr> {
+    pub fn listener(&self) -> Result<PeerAddr> {
         self.inner.as_ref().ok_or(Error::Closed)?.listener()
     }
 

@@ -46,7 +46,7 @@ pub enum Error {
     /// With a swarm key, `connect` found no authenticated link to the
     /// bootstrap: it holds another key or none, or it is unreachable.
     #[error("no authenticated link to {0}: it does not hold this swarm key (another key, or none), or it is unreachable")]
-    NoHandshake(std::net::SocketAddr),
+    NoHandshake(crate::addr::PeerAddr),
     /// The call did not complete in the time allowed.
     #[error("timed out")]
     Timeout,
@@ -59,6 +59,15 @@ pub enum Error {
     /// The port could not be mapped on the NAT gateway.
     #[error("port mapping failed: {0}")]
     PortMapping(#[from] traversal::Error),
+    /// Ouroboros is missing (library, IRMd) or refused a call (binding the
+    /// name, …).
+    #[error("Ouroboros: {0}")]
+    Ouroboros(#[from] cicada_ouroboros::Error),
+    /// This process has an Ouroboros link already (one per process: it
+    /// cannot allocate flows to its own names, and accepting cannot tell
+    /// its names apart).
+    #[error("this process has a peer on Ouroboros already (one per process)")]
+    OuroborosInUse,
 }
 
 /// Shorthand for results of this crate.

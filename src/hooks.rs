@@ -19,7 +19,8 @@ type PacketHook<A> = Arc<dyn Fn(&NodeRef<A>, &[u8]) + Send + Sync>;
 type PeerHook<A> = Arc<dyn Fn(&NodeRef<A>) + Send + Sync>;
 
 /// Callbacks a peer makes, each optional. `A` is the link's address type:
-/// `SocketAddr` for UDP, so hooks receive [`crate::RemoteNode`]s.
+/// [`crate::PeerAddr`] for a [`crate::SwarmPeer`], so hooks receive
+/// [`crate::RemoteNode`]s.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +33,7 @@ type PeerHook<A> = Arc<dyn Fn(&NodeRef<A>) + Send + Sync>;
 ///     .on_new_peer(|peer| { let _ = peer; });
 /// # let _ = hooks;
 /// ```
-pub struct Hooks<A = std::net::SocketAddr> {
+pub struct Hooks<A = crate::PeerAddr> {
     send: Option<PacketHook<A>>,
     recv: Option<PacketHook<A>>,
     new_peer: Option<PeerHook<A>>,
@@ -69,7 +70,7 @@ impl<A> fmt::Debug for Hooks<A> {
 }
 
 impl Hooks {
-    /// No hooks, for a peer over UDP (hooks receive [`crate::RemoteNode`]s).
+    /// No hooks, for a [`crate::SwarmPeer`] (hooks receive [`crate::RemoteNode`]s).
     /// For another link type, start from `Hooks::<Addr>::default()`.
     pub fn new() -> Self {
         Self::default()

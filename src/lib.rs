@@ -18,9 +18,12 @@
 //!
 //! The async API runs on tokio; [`blocking::SwarmPeer`] wraps it for code
 //! without a runtime. Underneath, one driver task owns the sans-I/O
-//! [`chord::LocalNode`] and a [`Link`] ([`UdpLink`] here) carries its datagrams.
+//! [`chord::LocalNode`] and a [`Link`] carries its datagrams: [`UdpLink`],
+//! or [`OuroborosLink`] over Ouroboros flows (peers addressed by name, see
+//! [`SwarmPeer::bind_ouroboros`] and [`Transport`]).
 #![warn(missing_docs)]
 
+mod addr;
 pub mod blocking;
 pub mod cli;
 mod config;
@@ -28,15 +31,18 @@ mod driver;
 mod error;
 mod hooks;
 mod link;
+mod ouro_link;
 mod peer;
 mod remote;
 mod secure;
+mod transport;
 
 pub use chord;
 /// The Ouroboros binding (loaded at run time; see `docs/ouroboros.md`).
 pub use cicada_ouroboros as ouroboros;
 pub use traversal;
 
+pub use addr::{InvalidName, PeerAddr, MAX_NAME_LEN};
 pub use chord::{Hash, Stats};
 pub use config::{
     PeerConfig, DEFAULT_COMMAND_QUEUE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HOOK_QUEUE,
@@ -45,6 +51,10 @@ pub use config::{
 pub use error::{Error, Result};
 pub use hooks::Hooks;
 pub use link::{Link, UdpLink};
+pub use ouro_link::{
+    flow_qos, FlowStats, OuroborosLink, ALLOC_BACKOFF, ALLOC_TIMEOUT, FLOW_IDLE,
+    FLOW_PEER_TIMEOUT_MS, FLOW_QUEUE, HELLO_TIMEOUT, INCOMING_QUEUE, MAX_FLOWS,
+};
 pub use peer::{PeerStats, Received, SwarmPeer};
 pub use remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
 pub use secure::{
@@ -54,3 +64,4 @@ pub use secure::{
     DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_PER_PEER, INIT_LEN, MAX_PLAINTEXT, NOISE_PARAMS,
     REPLAY_WINDOW, RESPONSE_LEN, SWARM_KEY_LEN,
 };
+pub use transport::Transport;

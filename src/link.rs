@@ -1,6 +1,6 @@
 //! Links: how datagrams leave and arrive. The driver is generic over
-//! [`Link`], so another transport (an Ouroboros flow) slots in beside
-//! [`UdpLink`] without touching it.
+//! [`Link`]; [`UdpLink`] and [`crate::OuroborosLink`] implement it, and a
+//! `SwarmPeer` runs the one driver over either through `PeerLink`.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 
 use chord::Hash;
 use tokio::net::UdpSocket;
+
+use crate::addr::PeerAddr;
+use crate::ouro_link::OuroborosLink;
 
 /// A datagram transport the driver can run a peer over.
 ///
@@ -72,7 +75,8 @@ impl Link for UdpLink {
     type Addr = SocketAddr;
 
     fn identity() -> Option<fn(&SocketAddr) -> Hash> {
-        Some(crate::remote::node_id)
+        // The same rule as `node_id`: SHA-256 of "ip:port".
+        Some(|a| Hash::of(a.to_string()))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -86,5 +90,46 @@ impl Link for UdpLink {
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         // UdpSocket::recv_from is cancel-safe.
         self.socket.recv_from(buf).await
+    }
+}
+
+/// The link of a [`crate::SwarmPeer`]: UDP or Ouroboros, both addressed by
+/// [`PeerAddr`], so that one driver serves both.
+#[derive(Debug)]
+pub(crate) enum PeerLink {
+    Udp(UdpLink),
+    Ouroboros(OuroborosLink),
+}
+
+impl Link for PeerLink {
+    type Addr = PeerAddr;
+
+    fn identity() -> Option<fn(&PeerAddr) -> Hash> {
+        Some(crate::remote::node_id)
+    }
+
+    fn local_addr(&self) -> io::Result<PeerAddr> {
+        match self {
+            PeerLink::Udp(l) => l.local_addr().map(PeerAddr::Udp),
+            PeerLink::Ouroboros(l) => l.local_addr(),
+        }
+    }
+
+    async fn send_to(&self, bytes: &[u8], to: &PeerAddr) -> io::Result<()> {
+        match (self, to) {
+            (PeerLink::Udp(l), PeerAddr::Udp(a)) => l.send_to(bytes, a).await,
+            (PeerLink::Ouroboros(l), to) => l.send_to(bytes, to).await,
+            (PeerLink::Udp(_), PeerAddr::Ouroboros(n)) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("cannot reach the Ouroboros name {n} over UDP"),
+            )),
+        }
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, PeerAddr)> {
+        match self {
+            PeerLink::Udp(l) => l.recv_from(buf).await.map(|(n, a)| (n, PeerAddr::Udp(a))),
+            PeerLink::Ouroboros(l) => l.recv_from(buf).await,
+        }
     }
 }

@@ -10,13 +10,16 @@ use chord::Hash;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
 use crate::driver::{Command, Counters, Driver, Incoming, Snapshot};
 use crate::error::{Error, Result};
 use crate::hooks::{HookQueue, Hooks};
-use crate::link::{Link, UdpLink};
+use crate::link::{Link, PeerLink, UdpLink};
+use crate::ouro_link::OuroborosLink;
 use crate::remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
 use crate::secure::{SecureLink, SecureStats, SecureStatsHandle};
+use crate::transport::Transport;
 
 /// What `recv` returns: the sender, the data, and whether more messages are
 /// queued already.
@@ -42,18 +45,20 @@ pub struct PeerStats {
 
 struct Bound {
     me: RemoteNode,
-    local: SocketAddr,
-    commands: mpsc::Sender<Command<SocketAddr>>,
-    inbox: tokio::sync::Mutex<mpsc::Receiver<Incoming<SocketAddr>>>,
+    local: PeerAddr,
+    commands: mpsc::Sender<Command<PeerAddr>>,
+    inbox: tokio::sync::Mutex<mpsc::Receiver<Incoming<PeerAddr>>>,
     counters: Arc<Counters>,
     /// The keyed link's counters, with a swarm key.
-    secure: Option<SecureStatsHandle<SocketAddr>>,
+    secure: Option<SecureStatsHandle<PeerAddr>>,
     task: Mutex<Option<JoinHandle<()>>>,
     /// The gateway mapping of the socket's port, removed on close.
     mapping: tokio::sync::Mutex<Option<traversal::PortMapping>>,
 }
 
-/// A member of a Cicada swarm over UDP, used like a socket: `bind` first,
+/// A member of a Cicada swarm, used like a socket: `bind` first (to a UDP
+/// address, or [`bind_ouroboros`](Self::bind_ouroboros) to a name in an
+/// Ouroboros layer, or [`bind_transport`](Self::bind_transport) to choose),
 /// then `connect` to join an existing swarm (without it the peer is the first
 /// member of its own), then `send`, `recv`, `broadcast`.
 ///
@@ -161,8 +166,70 @@ impl SwarmPeer {
             traversal::PortMapping::with_options(port, traversal::Protocol::Udp, options).await?;
         let external = mapping.external_addr();
         tracing::info!(%external, method = %mapping.method(), "port mapped");
-        self.start(link, Some(external), Some(mapping))?;
+        self.start(PeerLink::Udp(link), Some(external.into()), Some(mapping))?;
         Ok(external)
+    }
+
+    /// Binds to the Ouroboros name `name` in `layer`: creates the name in the
+    /// IRMd if needed, registers it in the layer, binds this process to it,
+    /// accepts flows, and allocates flows to other peers' names when it
+    /// first sends to them. The id is SHA-256 of the name. One peer per
+    /// process can be bound to Ouroboros (a process cannot allocate a flow
+    /// to a name it is bound to, and accepting cannot tell two names apart).
+    /// Fails with [`Error::Ouroboros`] when the library or the IRMd is
+    /// missing; [`bind_transport`](Self::bind_transport) with
+    /// [`Transport::Auto`] falls back to UDP instead.
+    ///
+    /// ```no_run
+    /// # async fn f() -> cicada::Result<()> {
+    /// let mut peer = cicada::SwarmPeer::new(cicada::Hooks::new());
+    /// peer.bind_ouroboros("alice", "local_layer").await?;
+    /// peer.connect(cicada::PeerAddr::ouroboros("bob").unwrap(), std::time::Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn bind_ouroboros(&mut self, name: &str, layer: &str) -> Result<()> {
+        self.check_bindable()?;
+        let link = OuroborosLink::bind(name, layer).await?;
+        self.start(PeerLink::Ouroboros(link), None, None)
+    }
+
+    /// Binds over the chosen transport and returns the address the peer is
+    /// reached at. With [`Transport::Auto`], Ouroboros is used when the
+    /// library loads and the IRMd answers, UDP otherwise; a log line (at
+    /// `info`) says which and why.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cicada::Result<()> {
+    /// use cicada::{SwarmPeer, Transport};
+    /// let mut peer = SwarmPeer::new(cicada::Hooks::new());
+    /// let addr = peer.bind_transport(Transport::Udp("127.0.0.1:0".parse().unwrap())).await?;
+    /// assert!(addr.udp().is_some());
+    /// # peer.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn bind_transport(&mut self, transport: Transport) -> Result<PeerAddr> {
+        match transport {
+            Transport::Udp(a) => self.bind(a).await?,
+            Transport::Ouroboros { name, layer } => self.bind_ouroboros(&name, &layer).await?,
+            Transport::Auto { name, layer, udp } => {
+                self.check_bindable()?;
+                let ouro = tokio::task::spawn_blocking(cicada_ouroboros::check)
+                    .await
+                    .unwrap_or(Err(cicada_ouroboros::Error::Deallocated));
+                match ouro {
+                    Ok(()) => {
+                        tracing::info!(%name, %layer, "transport: Ouroboros (library loaded, IRMd answers)");
+                        self.bind_ouroboros(&name, &layer).await?
+                    }
+                    Err(e) => {
+                        tracing::info!(%udp, reason = %e, "transport: UDP (Ouroboros unavailable)");
+                        self.bind(udp).await?
+                    }
+                }
+            }
+        }
+        self.listener()
     }
 
     fn check_bindable(&self) -> Result<()> {
@@ -179,19 +246,19 @@ impl SwarmPeer {
     async fn bind_inner(&mut self, local: SocketAddr, external: Option<SocketAddr>) -> Result<()> {
         self.check_bindable()?;
         let link = UdpLink::bind(local).await?;
-        self.start(link, external, None)
+        self.start(PeerLink::Udp(link), external.map(PeerAddr::from), None)
     }
 
     /// Starts the driver on a bound link.
     fn start(
         &mut self,
-        link: UdpLink,
-        external: Option<SocketAddr>,
+        link: PeerLink,
+        external: Option<PeerAddr>,
         mapping: Option<traversal::PortMapping>,
     ) -> Result<()> {
         let local = link.local_addr()?;
-        let external = external.unwrap_or(local);
-        let me = RemoteNode::new(node_id(&external), external);
+        let external = external.unwrap_or_else(|| local.clone());
+        let me = RemoteNode::new(node_id(&external), external.clone());
         let seed = self.cfg.seed.unwrap_or_else(|| {
             let nanos = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -257,7 +324,7 @@ impl SwarmPeer {
 
     async fn ask<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command<SocketAddr>,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command<PeerAddr>,
     ) -> Result<T> {
         let b = self.bound()?;
         let (tx, rx) = oneshot::channel();
@@ -265,7 +332,8 @@ impl SwarmPeer {
         rx.await.map_err(|_| Error::Closed)
     }
 
-    /// Joins the swarm that the peer at `bootstrap` belongs to, waiting at
+    /// Joins the swarm that the peer at `bootstrap` (a `SocketAddr` or a
+    /// [`PeerAddr`], on this peer's transport) belongs to, waiting at
     /// most `timeout`. Fails with [`Error::Join`] (unreachable, version
     /// mismatch, id in use) or [`Error::Timeout`], and with a swarm key with
     /// [`Error::NoHandshake`] when no authenticated link to `bootstrap` came
@@ -274,8 +342,17 @@ impl SwarmPeer {
     /// itself is bounded by the core's `lookup_timeout`; when `timeout` is
     /// shorter and passes first, the join goes on in the background and may
     /// still complete (`peers()` tells).
-    pub async fn connect(&self, bootstrap: SocketAddr, timeout: Duration) -> Result<RemoteNode> {
-        let ask = self.ask(|reply| Command::Join { bootstrap, reply });
+    pub async fn connect(
+        &self,
+        bootstrap: impl Into<PeerAddr>,
+        timeout: Duration,
+    ) -> Result<RemoteNode> {
+        let bootstrap: PeerAddr = bootstrap.into();
+        let to = bootstrap.clone();
+        let ask = self.ask(|reply| Command::Join {
+            bootstrap: to,
+            reply,
+        });
         let r = match tokio::time::timeout(timeout, ask).await {
             Ok(r) => r?,
             Err(_) => Err(Error::Timeout),
@@ -317,7 +394,7 @@ impl SwarmPeer {
     ) -> Result<Delivery> {
         let target = match target.into() {
             SendTarget::Addr(a) => chord::Target::Node(node_id(&a)),
-            SendTarget::Host(h, p) => chord::Target::Node(node_id(&resolve(&h, p).await?)),
+            SendTarget::Host(h, p) => chord::Target::Node(node_id(&resolve(&h, p).await?.into())),
             SendTarget::Node(id) => chord::Target::Node(id),
             SendTarget::Key(k) => chord::Target::Key(k),
             SendTarget::Unbound => return Err(Error::NotBound),
@@ -379,7 +456,7 @@ impl SwarmPeer {
         Ok(Route { owner, hops })
     }
 
-    async fn snapshot(&self) -> Result<Snapshot<SocketAddr>> {
+    async fn snapshot(&self) -> Result<Snapshot<PeerAddr>> {
         self.ask(|reply| Command::Snapshot { reply }).await
     }
 
@@ -414,14 +491,16 @@ impl SwarmPeer {
         Ok(self.bound()?.me.clone())
     }
 
-    /// The address other peers reach this one at (the external address).
-    pub fn listener(&self) -> Result<SocketAddr> {
-        Ok(self.bound()?.me.addr)
+    /// The address other peers reach this one at (the external address, or
+    /// the Ouroboros name).
+    pub fn listener(&self) -> Result<PeerAddr> {
+        Ok(self.bound()?.me.addr.clone())
     }
 
-    /// The local address the socket is bound to.
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.bound()?.local)
+    /// The local address the link is bound to (the UDP socket's, or the
+    /// Ouroboros name).
+    pub fn local_addr(&self) -> Result<PeerAddr> {
+        Ok(self.bound()?.local.clone())
     }
 
     /// The counters.

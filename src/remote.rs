@@ -5,27 +5,34 @@ use std::net::{IpAddr, SocketAddr};
 
 use chord::{Hash, NodeRef};
 
-/// Another peer of the swarm as this one knows it: its id and its address.
+use crate::addr::PeerAddr;
+
+/// Another peer of the swarm as this one knows it: its id and its address
+/// (a UDP socket address or an Ouroboros name).
 ///
 /// ```
-/// let n = cicada::RemoteNode::new(cicada::node_id(&"127.0.0.1:5000".parse().unwrap()), "127.0.0.1:5000".parse().unwrap());
-/// assert_eq!(n.addr.port(), 5000);
+/// let addr: cicada::PeerAddr = "127.0.0.1:5000".parse().unwrap();
+/// let n = cicada::RemoteNode::new(cicada::node_id(&addr), addr);
+/// assert_eq!(n.addr.udp().unwrap().port(), 5000);
 /// ```
-pub type RemoteNode = NodeRef<SocketAddr>;
+pub type RemoteNode = NodeRef<PeerAddr>;
 
 /// The id of the peer whose external address is `addr`: SHA-256 of the
-/// address written as `ip:port` (`[ip6]:port` for IPv6).
+/// address as text, `ip:port` (`[ip6]:port` for IPv6) for UDP and the
+/// bare name for Ouroboros.
 ///
 /// ```
 /// let addr = "127.0.0.1:5000".parse().unwrap();
 /// assert_eq!(cicada::node_id(&addr), cicada::Hash::of("127.0.0.1:5000"));
+/// let name = cicada::PeerAddr::ouroboros("alice").unwrap();
+/// assert_eq!(cicada::node_id(&name), cicada::Hash::of("alice"));
 /// ```
-pub fn node_id(addr: &SocketAddr) -> Hash {
+pub fn node_id(addr: &PeerAddr) -> Hash {
     Hash::of(addr.to_string())
 }
 
 /// Where [`crate::SwarmPeer::send`] sends. Usually built with `.into()` from
-/// a `SocketAddr`, a `(host, port)` pair, a [`Hash`](struct@Hash), a [`RemoteNode`] or a
+/// a `SocketAddr`, a [`PeerAddr`], a `(host, port)` pair, a [`Hash`](struct@Hash), a [`RemoteNode`] or a
 /// `&SwarmPeer`.
 ///
 /// A target that names a peer (address, host, node, peer) reaches exactly that
@@ -42,8 +49,8 @@ pub fn node_id(addr: &SocketAddr) -> Hash {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SendTarget {
-    /// The peer listening at this address.
-    Addr(SocketAddr),
+    /// The peer at this address (UDP socket address or Ouroboros name).
+    Addr(PeerAddr),
     /// The peer at this host name and port (resolved when sending).
     Host(String, u16),
     /// The peer with exactly this id.
@@ -57,13 +64,25 @@ pub enum SendTarget {
 
 impl From<SocketAddr> for SendTarget {
     fn from(a: SocketAddr) -> Self {
+        SendTarget::Addr(a.into())
+    }
+}
+
+impl From<PeerAddr> for SendTarget {
+    fn from(a: PeerAddr) -> Self {
         SendTarget::Addr(a)
+    }
+}
+
+impl From<&PeerAddr> for SendTarget {
+    fn from(a: &PeerAddr) -> Self {
+        SendTarget::Addr(a.clone())
     }
 }
 
 impl From<(IpAddr, u16)> for SendTarget {
     fn from((ip, port): (IpAddr, u16)) -> Self {
-        SendTarget::Addr(SocketAddr::new(ip, port))
+        SendTarget::Addr(SocketAddr::new(ip, port).into())
     }
 }
 

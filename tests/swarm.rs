@@ -43,6 +43,9 @@ struct Node {
     events: Events,
     addr: String,
     id: String,
+    /// Stop with SIGTERM, never SIGKILL (a process killed inside the
+    /// Ouroboros library can wedge the IRMd).
+    gentle: bool,
 }
 
 const NODE_FLAGS: [&str; 7] = [
@@ -69,7 +72,12 @@ impl Node {
     }
 
     /// Runs `cmd`, which prints JSON event lines, and waits for its `ready`.
-    fn spawn(mut cmd: Command, port: u16) -> Node {
+    fn spawn(cmd: Command, port: u16) -> Node {
+        Node::spawn_with(cmd, &format!("on port {port}"), false)
+    }
+
+    /// Like `spawn`; a `gentle` node is only ever stopped with SIGTERM.
+    fn spawn_with(mut cmd: Command, label: &str, gentle: bool) -> Node {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -95,10 +103,14 @@ impl Node {
             events,
             addr: String::new(),
             id: String::new(),
+            gentle,
         };
         let ready = node
             .wait_for(0, Duration::from_secs(20), |v| v["event"] == "ready")
-            .unwrap_or_else(|| panic!("node on port {port} never became ready"));
+            .unwrap_or_else(|| {
+                let errors = node.all(|v| v["event"] == "error");
+                panic!("node {label} never became ready: {errors:?}")
+            });
         node.addr = ready["addr"].as_str().unwrap_or_default().to_string();
         node.id = ready["id"].as_str().unwrap_or_default().to_string();
         node
@@ -167,8 +179,33 @@ impl Node {
     }
 
     fn kill(&mut self) {
+        if self.gentle {
+            self.terminate(Duration::from_secs(15));
+            return;
+        }
         let _ = self.child.kill(); // SIGKILL on Unix
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits at most `within` for the process to end;
+    /// whether it did.
+    fn terminate(&mut self, within: Duration) -> bool {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("process {} still running after SIGTERM", self.child.id());
+        false
     }
 }
 
@@ -894,7 +931,7 @@ async fn calls_before_bind_are_clear_errors() {
 #[tokio::test]
 async fn close_releases_the_port_and_is_idempotent() {
     let p = bound(Hooks::new(), fast()).await;
-    let addr = p.local_addr().unwrap();
+    let addr = p.local_addr().unwrap().udp().unwrap();
     p.close().await;
     p.close().await;
     assert!(p.is_closed());
@@ -944,7 +981,7 @@ async fn a_peer_claiming_an_id_its_address_does_not_give_is_ignored() {
     use cicada::chord::wire::{GetNeighbors, Message, NodeRef};
     let peers = swarm(2, fast()).await;
     settle(&peers).await;
-    let target = peers[0].listener().unwrap();
+    let target = peers[0].listener().unwrap().udp().unwrap();
     let liar = UdpSocket::bind("127.0.0.1:0").unwrap();
     let at = liar.local_addr().unwrap();
     // A notify from a stranger claiming an id of its choosing (just below
@@ -952,7 +989,7 @@ async fn a_peer_claiming_an_id_its_address_does_not_give_is_ignored() {
     // id its address really gives.
     let mut chosen = peers[0].hash().unwrap().to_bytes();
     chosen[31] = chosen[31].wrapping_sub(1);
-    for id in [Hash::from_bytes(chosen), cicada::node_id(&at)] {
+    for id in [Hash::from_bytes(chosen), cicada::node_id(&at.into())] {
         let msg = Message::GetNeighbors(GetNeighbors {
             txn: 1,
             sender: NodeRef::new(id, at),
@@ -993,7 +1030,7 @@ async fn malformed_datagrams_are_dropped_and_counted_and_the_peer_keeps_working(
         &[0u8; 2000],
     ];
     for g in garbage {
-        junk.send_to(g, target).unwrap();
+        junk.send_to(g, &target).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     let stats = loop {
@@ -1209,7 +1246,7 @@ fn blocking_facade_wraps_the_async_peer() {
     let route = b.get_route(a.hash().unwrap()).unwrap();
     assert_eq!(route.owner.addr, a.listener().unwrap());
     assert!(b.recv_timeout(Duration::from_millis(50)).unwrap().is_none());
-    let addr = a.listener().unwrap();
+    let addr = a.listener().unwrap().udp().unwrap();
     a.close();
     a.close();
     let mut c = blocking::SwarmPeer::new(Hooks::new()).unwrap();
@@ -1487,6 +1524,9 @@ fn a_std_socket_peer_interoperates_with_tokio_peers() {
 #[path = "support/natlab.rs"]
 mod natlab;
 
+#[path = "swarm/ouroboros.rs"]
+mod ouroboros;
+
 /// Starts `cicada node` inside the lab's `role` namespace.
 fn node_in(lab: &natlab::Lab, role: &str, port: u16, extra: &[&str]) -> Node {
     let mut cmd = lab.exec(role);
@@ -1609,7 +1649,17 @@ fn a_peer_behind_nat_maps_its_port_and_swarms_with_the_internet() {
 
 /// Runs `cicada demo ARGS`, killed after `limit`; returns (exit code, stdout, stderr).
 fn run_demo(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    run_demo_env(args, &[], limit)
+}
+
+/// Like `run_demo`, with extra environment variables.
+fn run_demo_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cicada"))
+        .envs(env.iter().copied())
         .arg("demo")
         .args(args)
         .stdin(Stdio::null())
@@ -1702,9 +1752,18 @@ fn demo_of_eight_processes_reports_a_correct_ring_and_full_delivery() {
 
 #[test]
 fn demo_refuses_what_it_cannot_do() {
-    let (code, _, err) = run_demo(&["--transport", "ouroboros"], Duration::from_secs(10));
+    // Without an IRMd (the probe pointed at a socket where none answers),
+    // --transport ouroboros fails at once and says why.
+    let (code, _, err) = run_demo_env(
+        &["--transport", "ouroboros"],
+        &[(
+            cicada::ouroboros::PROBE_SOCK_ENV,
+            "/nonexistent/cicada/irm.sock",
+        )],
+        Duration::from_secs(10),
+    );
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("Ouroboros link is not built yet"), "{err}");
+    assert!(err.contains("needs a running Ouroboros IRMd"), "{err}");
     let (code, _, err) = run_demo(&["--nodes", "1"], Duration::from_secs(10));
     assert_eq!(code, Some(2), "{err}");
 }
@@ -1796,20 +1855,20 @@ async fn peers_without_the_key_cannot_join_and_what_strangers_inject_is_dropped_
     let peers = swarm(3, keyed(&key)).await;
     settle(&peers).await;
     let target = peers[0].listener().unwrap();
-    let members: Vec<SocketAddr> = peers.iter().map(|p| p.listener().unwrap()).collect();
+    let members: Vec<cicada::PeerAddr> = peers.iter().map(|p| p.listener().unwrap()).collect();
 
     let other = bound(Hooks::new(), keyed(&SwarmKey::generate().unwrap())).await;
     let t = Instant::now();
-    let r = other.connect(target, Duration::from_secs(5)).await;
+    let r = other.connect(target.clone(), Duration::from_secs(5)).await;
     assert!(
-        matches!(r, Err(Error::NoHandshake(a)) if a == target),
+        matches!(&r, Err(Error::NoHandshake(a)) if *a == target),
         "{r:?}"
     );
     assert!(r.unwrap_err().to_string().contains("swarm key"));
     assert!(t.elapsed() < Duration::from_secs(6));
 
     let plain = bound(Hooks::new(), fast()).await;
-    let r = plain.connect(target, Duration::from_secs(5)).await;
+    let r = plain.connect(target.clone(), Duration::from_secs(5)).await;
     assert!(r.is_err(), "{r:?}");
 
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -1830,6 +1889,7 @@ async fn peers_without_the_key_cannot_join_and_what_strangers_inject_is_dropped_
     let mut init = [0x5au8; cicada::INIT_LEN];
     init[0] = 1;
     let sent: [&[u8]; 4] = [&[0xC1, 0xCA, 1, 1, 0, 0], &data[..], &init[..], b"hello"];
+    let target = target.udp().unwrap();
     for d in sent {
         junk.send_to(d, target).unwrap();
     }
@@ -1963,7 +2023,11 @@ async fn through_relay(
     b.bind_with_external(localhost(), relay.b_face)
         .await
         .unwrap();
-    relay.start(a.local_addr().unwrap(), b.local_addr().unwrap(), lose);
+    relay.start(
+        a.local_addr().unwrap().udp().unwrap(),
+        b.local_addr().unwrap().udp().unwrap(),
+        lose,
+    );
     a.connect(relay.b_face, Duration::from_secs(5))
         .await
         .expect("joins through the relay");
@@ -2064,7 +2128,7 @@ async fn keyed_links_carry_no_plaintext_survive_handshake_loss_and_refuse_replay
     for d in &replay {
         relay
             .a_sock
-            .send_to(d, b.local_addr().unwrap())
+            .send_to(d, b.local_addr().unwrap().udp().unwrap())
             .await
             .unwrap();
     }
@@ -2086,7 +2150,7 @@ async fn a_restarted_peer_at_the_same_address_handshakes_again() {
     let key = SwarmKey::generate().unwrap();
     let peers = swarm(3, keyed(&key)).await;
     settle(&peers).await;
-    let addr = peers[2].listener().unwrap();
+    let addr = peers[2].listener().unwrap().udp().unwrap();
     for p in &peers[..2] {
         p.send(addr, &b"before"[..], 0).await.expect("delivered");
     }
@@ -2197,7 +2261,7 @@ async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
     let key = SwarmKey::generate().unwrap();
     let peers = swarm(2, keyed(&key)).await;
     settle(&peers).await;
-    let target = peers[0].listener().unwrap();
+    let target = peers[0].listener().unwrap().udp().unwrap();
     let flooder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     // 3,000 forged Inits (no key), then 1,000 valid ones from an insider's
     // state machine (each newer than the last, so none is a replay).

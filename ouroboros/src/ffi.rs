@@ -153,6 +153,22 @@ static INIT: Mutex<()> = Mutex::new(());
 /// Timeout of the IRMd probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The socket the probe asks: [`IRM_SOCK_PATH`], or the path in the
+/// environment variable [`PROBE_SOCK_ENV`] when it is set.
+pub fn probe_path() -> std::path::PathBuf {
+    match std::env::var_os(PROBE_SOCK_ENV) {
+        Some(p) if !p.is_empty() => p.into(),
+        _ => IRM_SOCK_PATH.into(),
+    }
+}
+
+/// Environment variable that replaces [`IRM_SOCK_PATH`] for the IRMd probe
+/// only (the library itself always uses its built-in path). Pointing it at a
+/// path where no IRMd answers makes this process behave as on a machine
+/// without Ouroboros, while the IRMd keeps running for everyone else: this is
+/// how the fallback to UDP is tested.
+pub const PROBE_SOCK_ENV: &str = "CICADA_OUROBOROS_IRM_SOCK";
+
 /// Returns the loaded library, loading it on first use after probing the
 /// IRMd. A failed attempt is not cached: the next call tries again.
 pub fn lib() -> Result<&'static Lib, Error> {
@@ -163,7 +179,7 @@ pub fn lib() -> Result<&'static Lib, Error> {
     if let Some(l) = LIB.get() {
         return Ok(l);
     }
-    probe_irmd(Path::new(IRM_SOCK_PATH), PROBE_TIMEOUT)?;
+    probe_irmd(&probe_path(), PROBE_TIMEOUT)?;
     let l = load()?;
     Ok(LIB.get_or_init(|| l))
 }

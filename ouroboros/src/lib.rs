@@ -55,7 +55,7 @@ mod qos;
 
 pub use error::{codes, Error, Result};
 pub use event::AsyncFlow;
-pub use ffi::{DEV_SONAME, IRM_SOCK_PATH, IRM_SONAME};
+pub use ffi::{DEV_SONAME, IRM_SOCK_PATH, IRM_SONAME, PROBE_SOCK_ENV};
 pub use flow::{
     flow_accept, flow_alloc, flow_join, Flow, FlowId, FlowProperties, FrctFlags, MAX_PACKET_SIZE,
 };
@@ -78,13 +78,10 @@ pub fn check() -> Result<()> {
     ffi::lib().map(|_| ())
 }
 
-/// Whether an IRMd answers on [`IRM_SOCK_PATH`], without loading anything.
+/// Whether an IRMd answers on [`IRM_SOCK_PATH`] (or the path in
+/// [`PROBE_SOCK_ENV`]), without loading anything.
 pub fn irmd_running() -> bool {
-    ffi::probe_irmd(
-        std::path::Path::new(IRM_SOCK_PATH),
-        std::time::Duration::from_secs(2),
-    )
-    .is_ok()
+    ffi::probe_irmd(&ffi::probe_path(), std::time::Duration::from_secs(2)).is_ok()
 }
 
 /// A flag that is set when the process gets SIGTERM, SIGINT or SIGHUP, in

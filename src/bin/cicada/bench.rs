@@ -1,13 +1,14 @@
 //! `cicada bench`: Cicada beside raw UDP, measured in the same run on
 //! loopback, reported as ratios (these machines are shared and noisy), plus a
-//! 64-peer swarm in one process and the memory of idle peers.
+//! 64-peer swarm in one process, the memory of idle peers, and the
+//! Ouroboros rows beside `ocbr`/`oping` (see `bench_ouro.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cicada::{Hash, Hooks, PeerConfig, SwarmPeer};
+use cicada::{Hash, Hooks, PeerAddr, PeerConfig, SwarmPeer};
 use clap::Args;
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
@@ -31,6 +32,15 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// The Ouroboros layer of the Ouroboros rows.
+    #[arg(long, default_value = "local_layer")]
+    ouroboros_layer: String,
+    /// Only the Ouroboros rows.
+    #[arg(long)]
+    only_ouroboros: bool,
+    /// Internal: be the receiving peer of the Ouroboros rows, under this name.
+    #[arg(long, hide = true)]
+    ouroboros_serve: Option<String>,
 }
 
 /// Runs `cicada bench`; returns the exit code.
@@ -46,6 +56,15 @@ pub fn main(args: BenchArgs) -> i32 {
             return 1;
         }
     };
+    if let Some(name) = &args.ouroboros_serve {
+        return match rt.block_on(crate::bench_ouro::serve(name, &args.ouroboros_layer)) {
+            Ok(()) => 0,
+            Err(e) => {
+                println!("error: {e}");
+                1
+            }
+        };
+    }
     match rt.block_on(run(&args)) {
         Ok(report) => {
             if args.json {
@@ -60,7 +79,7 @@ pub fn main(args: BenchArgs) -> i32 {
     }
 }
 
-type R<T> = Result<T, String>;
+pub(crate) type R<T> = Result<T, String>;
 
 fn fast() -> PeerConfig {
     let mut cfg = PeerConfig::default()
@@ -84,6 +103,20 @@ fn local() -> SocketAddr {
 
 async fn run(args: &BenchArgs) -> R<Value> {
     let mut report = serde_json::Map::new();
+    if !args.only_ouroboros {
+        udp_rows(args, &mut report).await?;
+    }
+    crate::bench_ouro::rows(
+        args.messages,
+        args.round_trips,
+        &args.ouroboros_layer,
+        &mut report,
+    )
+    .await?;
+    Ok(Value::Object(report))
+}
+
+async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>) -> R<()> {
     println!(
         "{:<34} {:>14} {:>14} {:>8}",
         "one hop on loopback", "cicada", "raw UDP", "ratio"
@@ -104,7 +137,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
     let mut unkeyed = Vec::new();
     for size in [64usize, 1024, 16 * 1024] {
         let raw = raw_throughput(size, args.messages).await?;
-        let (ours, confirmed) = throughput(&a, &b, b_addr, size, args.messages).await?;
+        let (ours, confirmed) = throughput(&a, &b, b_addr.clone(), size, args.messages).await?;
         unkeyed.push(ours);
         let ratio = ours / raw;
         println!(
@@ -126,7 +159,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
     }
 
     let (raw50, raw99) = raw_latency(args.round_trips).await?;
-    let (p50, p99) = latency(&a, b_addr, args.round_trips).await?;
+    let (p50, p99) = latency(&a, b_addr.clone(), args.round_trips).await?;
     println!(
         "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
         "round trip p50 (64 B)",
@@ -150,7 +183,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
     a.close().await;
     b.close().await;
 
-    keyed_rows(args, &unkeyed, (p50, p99), &mut report).await?;
+    keyed_rows(args, &unkeyed, (p50, p99), report).await?;
 
     let swarm = swarm_rows(args.swarm).await?;
     for (k, v) in &swarm {
@@ -163,7 +196,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
         rss
     );
     report.insert("rss_per_idle_peer_bytes".into(), json!(rss));
-    Ok(Value::Object(report))
+    Ok(())
 }
 
 /// The same one-hop rows between two peers of a private swarm (every
@@ -191,7 +224,7 @@ async fn keyed_rows(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let b_addr = b.listener().map_err(|e| e.to_string())?;
     for (size, plain) in [64usize, 1024, 16 * 1024].into_iter().zip(unkeyed) {
-        let (keyed, confirmed) = throughput(&a, &b, b_addr, size, args.messages).await?;
+        let (keyed, confirmed) = throughput(&a, &b, b_addr.clone(), size, args.messages).await?;
         println!(
             "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
             format!("throughput {size} B"),
@@ -266,7 +299,7 @@ async fn raw_throughput(size: usize, count: usize) -> R<f64> {
 async fn throughput(
     a: &Arc<SwarmPeer>,
     b: &Arc<SwarmPeer>,
-    to: SocketAddr,
+    to: PeerAddr,
     size: usize,
     count: usize,
 ) -> R<(f64, f64)> {
@@ -300,7 +333,7 @@ async fn throughput(
         if inflight.len() >= 256 {
             tally(inflight.join_next().await);
         }
-        let (a, p) = (a.clone(), payload.clone());
+        let (a, p, to) = (a.clone(), payload.clone(), to.clone());
         inflight.spawn(async move { a.send(to, p, 0).await });
     }
     while !inflight.is_empty() {
@@ -317,7 +350,7 @@ async fn throughput(
     Ok((ok as f64 / secs, ok as f64 / count as f64))
 }
 
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+pub(crate) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(|x, y| x.total_cmp(y));
     let at = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
     (at(0.5), at(0.99))
@@ -352,11 +385,11 @@ async fn raw_latency(n: usize) -> R<(f64, f64)> {
 }
 
 /// A confirmed one-hop send of 64 bytes: data there, confirmation back.
-async fn latency(a: &SwarmPeer, to: SocketAddr, n: usize) -> R<(f64, f64)> {
+async fn latency(a: &SwarmPeer, to: PeerAddr, n: usize) -> R<(f64, f64)> {
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        a.send(to, vec![7u8; 64], 0)
+        a.send(&to, vec![7u8; 64], 0)
             .await
             .map_err(|e| e.to_string())?;
         times.push(t.elapsed().as_secs_f64());

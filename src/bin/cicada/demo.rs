@@ -5,10 +5,15 @@
 //! one, runs a workload (a lookup from every node, sends between random
 //! pairs, one broadcast), kills a fraction of the peers with SIGKILL, waits
 //! for the survivors' ring and runs the workload again. Every check is made
-//! against the truth computed from the ids (`id = SHA-256("127.0.0.1:PORT")`).
+//! against the truth computed from the ids (`id = SHA-256("127.0.0.1:PORT")`,
+//! or SHA-256 of the name over Ouroboros).
 //!
 //! Every child is killed when its guard drops, and a SIGINT/SIGTERM handler
-//! kills them all before the demo exits.
+//! kills them all before the demo exits. With `--transport ouroboros` the
+//! peers are `cicada node --ouroboros NAME --abrupt` processes: they are
+//! never sent SIGKILL (a process killed inside the Ouroboros library can
+//! wedge the IRMd); the churn sends SIGTERM, on which they end at once
+//! without leaving, and the final cleanup asks them to `quit`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -30,10 +35,15 @@ pub struct DemoArgs {
     /// Number of peers (processes) to start.
     #[arg(long, default_value_t = 32)]
     nodes: usize,
-    /// How the peers talk: `udp` (on 127.0.0.1) or `ouroboros`.
+    /// How the peers talk: `udp` (on 127.0.0.1) or `ouroboros` (names in
+    /// `--layer`; needs a running IRMd).
     #[arg(long, default_value = "udp")]
     transport: String,
-    /// Fraction of the peers killed (SIGKILL) before the second workload.
+    /// The Ouroboros layer of `--transport ouroboros`.
+    #[arg(long, default_value = "local_layer")]
+    layer: String,
+    /// Fraction of the peers killed (SIGKILL; SIGTERM without a graceful
+    /// leave over Ouroboros) before the second workload.
     #[arg(long, default_value_t = 0.25)]
     churn: f64,
     /// Write a picture of the ring (SVG) to this file.
@@ -69,13 +79,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Kills every registered child (SIGKILL) and reaps it.
+/// Set when the children run over Ouroboros: they are stopped with
+/// SIGTERM, never SIGKILL.
+static GENTLE: AtomicBool = AtomicBool::new(false);
+
+/// Stops a child (SIGKILL, or SIGTERM when [`GENTLE`]) and reaps it; a
+/// gentle child still running after 10 s is left alone.
+fn stop_child(c: &mut Child) {
+    if !GENTLE.load(Ordering::Relaxed) {
+        let _ = c.kill();
+        let _ = c.wait();
+        return;
+    }
+    if matches!(c.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if matches!(c.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("peer process {} did not end on SIGTERM", c.id());
+}
+
+/// Kills every registered child and reaps it.
 fn kill_all() {
     let children: Vec<_> = lock(registry()).iter().filter_map(Weak::upgrade).collect();
     for c in children {
-        let mut c = lock(&c);
-        let _ = c.kill();
-        let _ = c.wait();
+        stop_child(&mut lock(&c));
     }
 }
 
@@ -113,13 +151,20 @@ struct Peer {
 impl Peer {
     fn start(
         exe: &std::path::Path,
+        ouroboros: Option<(&str, &str)>,
         join: Option<&str>,
         stabilize_ms: u64,
         request_timeout_ms: u64,
         bad_lines: &Arc<AtomicUsize>,
     ) -> Result<Peer, String> {
         let mut cmd = Command::new(exe);
-        cmd.args(["node", "--bind", "127.0.0.1:0", "--json"])
+        match ouroboros {
+            Some((name, layer)) => cmd
+                .args(["node", "--ouroboros", name, "--layer", layer])
+                .args(["--transport", "ouroboros", "--abrupt"]),
+            None => cmd.args(["node", "--bind", "127.0.0.1:0"]),
+        };
+        cmd.arg("--json")
             .args(["--stabilize-ms", &stabilize_ms.to_string()])
             .args(["--request-timeout-ms", &request_timeout_ms.to_string()])
             .args(["--lookup-timeout-ms", "4000"])
@@ -251,14 +296,33 @@ impl Peer {
     fn kill(&mut self) {
         self.alive = false;
         self.stdin = None;
-        let mut c = lock(&self.child);
-        let _ = c.kill(); // SIGKILL on Unix
-        let _ = c.wait();
+        stop_child(&mut lock(&self.child)); // SIGKILL on Unix (SIGTERM over Ouroboros)
     }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        if !self.alive && GENTLE.load(Ordering::Relaxed) {
+            // Killed by the churn over Ouroboros: its name is still in the
+            // IRMd; remove it (best effort, needs `irm`).
+            let _ = Command::new("irm")
+                .args(["name", "destroy", &self.addr])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if self.alive && GENTLE.load(Ordering::Relaxed) {
+            // Over Ouroboros: a clean exit unbinds and unregisters the name.
+            self.cmd("quit");
+            self.stdin = None;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if matches!(lock(&self.child).try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
         self.kill();
     }
 }
@@ -391,17 +455,22 @@ fn say(msg: String) {
 }
 
 fn run(args: DemoArgs) -> Result<bool, String> {
-    match args.transport.as_str() {
-        "udp" => {}
+    let over_ouroboros = match args.transport.as_str() {
+        "udp" => false,
         "ouroboros" => {
-            return Err(
-                "--transport ouroboros: the Ouroboros link is not built yet \
-                 (see docs/ouroboros.md); use --transport udp"
-                    .into(),
-            )
+            // A probe only: the demo process itself stays out of Ouroboros.
+            if !cicada::ouroboros::irmd_running() {
+                return Err(format!(
+                    "--transport ouroboros needs a running Ouroboros IRMd: none answers on {} \
+                     (see docs/ouroboros.md; .ci/ouroboros.sh up starts one with local_layer)",
+                    cicada::ouroboros::IRM_SOCK_PATH
+                ));
+            }
+            GENTLE.store(true, Ordering::Relaxed);
+            true
         }
         other => return Err(format!("--transport {other:?}: want udp or ouroboros")),
-    }
+    };
     if args.nodes < 2 {
         return Err("--nodes must be at least 2".into());
     }
@@ -438,8 +507,10 @@ fn run(args: DemoArgs) -> Result<bool, String> {
         } else {
             Some(peers[rng.below(i)].addr.clone())
         };
+        let name = format!("cicada-demo-{}-{i}", std::process::id());
         let mut p = Peer::start(
             &exe,
+            over_ouroboros.then_some((name.as_str(), args.layer.as_str())),
             join.as_deref(),
             args.stabilize_ms,
             args.request_timeout_ms,

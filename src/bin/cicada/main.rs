@@ -3,11 +3,13 @@
 //! - `cicada node`: one scriptable peer (see `node.rs`).
 //! - `cicada sim`: the Chord simulator, as `examples/sim.rs`.
 //! - `cicada map`: maps a port on the NAT gateway and holds it (see `map.rs`).
-//! - `cicada bench`: Cicada beside raw UDP, as ratios (see `bench.rs`).
+//! - `cicada bench`: Cicada beside raw UDP and the Ouroboros C tools, as ratios
+//!   (see `bench.rs`, `bench_ouro.rs`).
 //! - `cicada demo`: a swarm of `cicada node` processes, checked (see `demo.rs`).
 //! - `cicada keygen`: a swarm key for `cicada node --swarm-key FILE` (see `keygen.rs`).
 
 mod bench;
+mod bench_ouro;
 mod demo;
 mod keygen;
 mod map;

@@ -2,7 +2,8 @@
 //! a script file and then from stdin:
 //!
 //! ```text
-//! send TARGET TEXT          TARGET = host:port (that peer) or 64 hex digits (a key's owner)
+//! send TARGET TEXT          TARGET = host:port or an Ouroboros name (that peer),
+//!                           or 64 hex digits (a key's owner)
 //! send-dup N TARGET TEXT    the same with N duplicates
 //! broadcast TEXT
 //! lookup KEY                KEY = 64 hex digits, or any text (hashed)
@@ -16,14 +17,18 @@
 //!
 //! Sends, broadcasts and lookups run in the background; their outcome is an
 //! event. End of input does not stop the peer; `quit`, SIGINT or SIGTERM do,
-//! after a graceful leave.
+//! after a graceful leave (with `--abrupt`, a signal ends the process at
+//! once, without leaving).
+//!
+//! Over Ouroboros (`--ouroboros NAME [--layer LAYER]`) the commands and
+//! events are the same, with names in place of `host:port`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cicada::{Hash, Hooks, PeerConfig, SendTarget, SwarmPeer};
+use cicada::{Hash, Hooks, PeerAddr, PeerConfig, SendTarget, SwarmPeer, Transport};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -32,9 +37,26 @@ use crate::output::Out;
 /// Arguments of `cicada node`.
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
-    /// Local address to bind, HOST:PORT (port 0 picks one).
+    /// Local UDP address to bind, HOST:PORT (port 0 picks one); with
+    /// `--ouroboros` and `--transport auto`, the fallback when Ouroboros is
+    /// unavailable (default 127.0.0.1:0).
+    #[arg(long, required_unless_present = "ouroboros")]
+    bind: Option<String>,
+    /// Run over Ouroboros under this name (the peer's id is SHA-256 of it).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["external", "map"])]
+    ouroboros: Option<String>,
+    /// The Ouroboros layer to register the name in.
+    #[arg(long, default_value = "local_layer", requires = "ouroboros")]
+    layer: String,
+    /// With `--ouroboros`: `auto` uses Ouroboros when the library loads and
+    /// an IRMd answers and UDP (`--bind`) otherwise; `ouroboros` fails
+    /// instead of falling back.
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto, requires = "ouroboros")]
+    transport: TransportArg,
+    /// On SIGINT/SIGTERM, end at once without a graceful leave (to test
+    /// how the others recover).
     #[arg(long)]
-    bind: String,
+    abrupt: bool,
     /// Address other peers reach this one at (its id derives from it).
     #[arg(long)]
     external: Option<String>,
@@ -42,7 +64,8 @@ pub struct NodeArgs {
     /// announce the mapped external address; the mapping is removed on exit.
     #[arg(long, conflicts_with = "external")]
     map: bool,
-    /// A member of the swarm to join; without it this peer starts a swarm.
+    /// A member of the swarm to join (HOST:PORT over UDP, a name over
+    /// Ouroboros); without it this peer starts a swarm.
     #[arg(long)]
     join: Option<String>,
     /// Commands to run before reading stdin.
@@ -86,10 +109,53 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("cannot resolve {s}"))
 }
 
+/// `--transport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TransportArg {
+    Auto,
+    Ouroboros,
+}
+
+/// Decides the transport: Ouroboros or UDP, and why.
+async fn choose(args: &NodeArgs, bind: SocketAddr) -> (Transport, String) {
+    let Some(name) = args.ouroboros.clone() else {
+        return (Transport::Udp(bind), "--bind given".into());
+    };
+    let layer = args.layer.clone();
+    if args.transport == TransportArg::Ouroboros {
+        return (
+            Transport::Ouroboros { name, layer },
+            "--transport ouroboros".into(),
+        );
+    }
+    match tokio::task::spawn_blocking(cicada::ouroboros::check).await {
+        Ok(Ok(())) => (
+            Transport::Ouroboros { name, layer },
+            "the library loads and the IRMd answers".into(),
+        ),
+        Ok(Err(e)) => (Transport::Udp(bind), format!("Ouroboros unavailable: {e}")),
+        Err(e) => (Transport::Udp(bind), format!("Ouroboros check failed: {e}")),
+    }
+}
+
 async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
-    let bind = resolve(&args.bind)?;
+    let bind = resolve(args.bind.as_deref().unwrap_or("127.0.0.1:0"))?;
     let external = args.external.as_deref().map(resolve).transpose()?;
-    let join = args.join.as_deref().map(resolve).transpose()?;
+    let (transport, why) = choose(&args, bind).await;
+    let over_ouroboros = matches!(transport, Transport::Ouroboros { .. });
+    out.emit(json!({
+        "event": "transport",
+        "transport": if over_ouroboros { "ouroboros" } else { "udp" },
+        "reason": why,
+    }));
+    let join: Option<PeerAddr> = match args.join.as_deref() {
+        None => None,
+        Some(j) if over_ouroboros => Some(
+            j.parse::<PeerAddr>()
+                .map_err(|e| format!("bad --join {j:?}: {e}"))?,
+        ),
+        Some(j) => Some(resolve(j)?.into()),
+    };
     let mut cfg = PeerConfig::default()
         .stabilize_interval(Duration::from_millis(args.stabilize_ms))
         .request_timeout(Duration::from_millis(args.request_timeout_ms))
@@ -102,7 +168,11 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
         out.emit(json!({"event": "peer", "id": p.id.to_string(), "addr": p.addr.to_string()}))
     });
     let mut peer = SwarmPeer::with_config(cfg, hooks);
-    if args.map {
+    if over_ouroboros {
+        peer.bind_transport(transport)
+            .await
+            .map_err(|e| format!("cannot bind over Ouroboros: {e}"))?;
+    } else if args.map {
         let options = cicada::traversal::Options::default();
         let external = peer
             .bind_with_mapping(bind, &options)
@@ -123,7 +193,7 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
         Some(j) => {
             let timeout = Duration::from_secs_f64(args.connect_timeout.max(0.0));
             let s = peer
-                .connect(j, timeout)
+                .connect(j.clone(), timeout)
                 .await
                 .map_err(|e| format!("cannot join {j}: {e}"))?;
             s.addr
@@ -147,6 +217,14 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
     });
 
     let lines = read_lines(args.script.clone());
+    if args.abrupt {
+        tokio::spawn(async {
+            shutdown_signal().await;
+            // No leave, no close: the process ends here (the Ouroboros
+            // library's destructor still runs, so the IRMd is not wedged).
+            std::process::exit(0);
+        });
+    }
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut lines = Some(lines);
@@ -173,7 +251,11 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), peer.disconnect()).await;
-    peer.close().await;
+    // A second signal while closing ends the wait.
+    tokio::select! {
+        _ = peer.close() => {}
+        _ = shutdown_signal() => {}
+    }
     out.emit(json!({"event": "closed"}));
     Ok(())
 }
@@ -248,15 +330,16 @@ fn parse_target(s: &str) -> Result<SendTarget, String> {
         }
     }
     if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(SendTarget::Addr(a));
+        return Ok(SendTarget::Addr(a.into()));
     }
-    match s.rsplit_once(':') {
-        Some((host, port)) => match port.parse::<u16>() {
-            Ok(p) => Ok(SendTarget::Host(host.to_string(), p)),
-            Err(_) => Err(format!("bad target {s:?}: want host:port or 64 hex digits")),
-        },
-        None => Err(format!("bad target {s:?}: want host:port or 64 hex digits")),
+    if let Some((host, port)) = s.rsplit_once(':') {
+        if let Ok(p) = port.parse::<u16>() {
+            return Ok(SendTarget::Host(host.to_string(), p));
+        }
     }
+    PeerAddr::ouroboros(s)
+        .map(SendTarget::Addr)
+        .map_err(|_| format!("bad target {s:?}: want host:port, a name or 64 hex digits"))
 }
 
 fn parse_key(s: &str) -> Hash {

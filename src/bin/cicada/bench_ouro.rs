@@ -1,0 +1,444 @@
+//! The Ouroboros rows of `cicada bench`: a one-hop swarm over a local layer
+//! beside the C tools on the same layer in the same run (`ocbr` for
+//! throughput, `oping` for latency), as ratios.
+//!
+//! A process cannot allocate a flow to its own name, so the receiving peer
+//! is a second process: this executable again, as
+//! `cicada bench --ouroboros-serve NAME`. The C servers are bound to their
+//! names with `irm`. Every Ouroboros process is stopped with SIGTERM (or by
+//! closing its stdin), never SIGKILL.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cicada::{Hooks, PeerAddr, PeerConfig, SwarmPeer};
+use serde_json::{json, Map, Value};
+use tokio::task::JoinSet;
+
+use crate::bench::{percentiles, R};
+
+/// Seconds the C `ocbr` client floods.
+const OCBR_SECONDS: u32 = 2;
+
+/// The two peers' configuration. The per-source rate limit (400 requests/s
+/// by default, a defence against floods) is lifted: the row measures the
+/// data path between two trusted peers, as `ocbr` does.
+fn cfg() -> PeerConfig {
+    let mut cfg = PeerConfig::default()
+        .stabilize_interval(Duration::from_millis(500))
+        .recv_queue(65_536);
+    cfg.chord.max_pending = 65_536;
+    cfg.chord.source_rate = 1_000_000;
+    cfg.chord.source_burst = 65_536;
+    cfg
+}
+
+/// Runs `irm ARGS`, quietly; whether it succeeded.
+fn irm(args: &[&str]) -> bool {
+    Command::new("irm")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn sigterm(c: &mut Child, within: Duration) {
+    if matches!(c.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if matches!(c.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("process {} did not end on SIGTERM", c.id());
+}
+
+/// A C server (`ocbr -l`, `oping -l`) bound to a fresh name; its stdout
+/// line-buffered (through `stdbuf` when there is one) into a string.
+struct CServer {
+    child: Child,
+    name: String,
+    out: std::thread::JoinHandle<String>,
+}
+
+impl CServer {
+    fn start(tool: &str, args: &[&str], name: &str, layer: &str) -> R<CServer> {
+        irm(&["name", "create", name]);
+        if !irm(&["name", "register", name, "layer", layer]) {
+            return Err(format!("irm could not register {name} in {layer}"));
+        }
+        let stdbuf = Command::new("stdbuf")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok();
+        let mut cmd = if stdbuf {
+            let mut c = Command::new("stdbuf");
+            c.arg("-oL").arg(tool);
+            c
+        } else {
+            Command::new(tool)
+        };
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {tool}: {e}"))?;
+        let mut stdout = child.stdout.take().ok_or("stdout not piped")?;
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        // stdbuf execs the tool: the pid is the tool's.
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = child.id().to_string();
+        if !irm(&["bind", "process", &pid, "name", name]) {
+            let mut s = CServer {
+                child,
+                name: name.into(),
+                out,
+            };
+            s.stop();
+            return Err(format!("irm could not bind {tool} to {name}"));
+        }
+        Ok(CServer {
+            child,
+            name: name.into(),
+            out,
+        })
+    }
+
+    /// Stops the server (SIGTERM) and returns what it printed.
+    fn stop(&mut self) -> String {
+        sigterm(&mut self.child, Duration::from_secs(5));
+        irm(&["name", "destroy", &self.name]);
+        let out = std::mem::replace(&mut self.out, std::thread::spawn(String::new));
+        out.join().unwrap_or_default()
+    }
+}
+
+/// Packets per second `ocbr -l` reported over the intervals that saw packets.
+fn ocbr_pps(server_out: &str) -> Option<f64> {
+    let (mut packets, mut ms) = (0f64, 0f64);
+    for l in server_out.lines().filter(|l| l.starts_with("Flow")) {
+        // "Flow   64:    346861 packets (   355185664 bytes) in      1002 ms => ..."
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let p = words.iter().position(|w| *w == "packets")?;
+        let n: f64 = words.get(p.checked_sub(1)?)?.parse().ok()?;
+        let i = words.iter().position(|w| *w == "in")?;
+        let t: f64 = words.get(i + 1)?.parse().ok()?;
+        if n > 0.0 {
+            packets += n;
+            ms += t;
+        }
+    }
+    (ms > 0.0).then(|| packets / (ms / 1000.0))
+}
+
+/// Round-trip times, in seconds, of `oping`'s lines (`time=30.000 µs`, `time=1.2 ms`).
+fn oping_times(out: &str) -> Vec<f64> {
+    out.lines()
+        .filter_map(|l| {
+            let rest = l.split("time=").nth(1)?;
+            let mut w = rest.split_whitespace();
+            let v: f64 = w.next()?.parse().ok()?;
+            let scale = match w.next()? {
+                "ms" => 1e-3,
+                "µs" | "us" => 1e-6,
+                "s" => 1.0,
+                _ => return None,
+            };
+            Some(v * scale)
+        })
+        .collect()
+}
+
+/// The receiving peer in its own process, stopped by closing its stdin.
+struct Receiver {
+    child: Child,
+}
+
+impl Receiver {
+    fn start(name: &str, layer: &str) -> R<Receiver> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args([
+                "bench",
+                "--ouroboros-serve",
+                name,
+                "--ouroboros-layer",
+                layer,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the receiving peer: {e}"))?;
+        let stdout = child.stdout.take().ok_or("stdout not piped")?;
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let mut r = Receiver { child };
+        if line.trim() != "ready" {
+            r.stop();
+            return Err(format!("the receiving peer did not start: {line:?}"));
+        }
+        Ok(r)
+    }
+
+    fn stop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sigterm(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `cicada bench --ouroboros-serve NAME`: a peer that takes what it is sent
+/// until its stdin closes.
+pub async fn serve(name: &str, layer: &str) -> R<()> {
+    let mut p = SwarmPeer::with_config(cfg(), Hooks::new());
+    p.bind_ouroboros(name, layer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let p = Arc::new(p);
+    let got = Arc::new(AtomicU64::new(0));
+    let (q, g) = (p.clone(), got.clone());
+    let drain = tokio::spawn(async move {
+        while q.recv().await.is_ok() {
+            g.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+    })
+    .await;
+    p.close().await;
+    drain.abort();
+    eprintln!(
+        "receiving peer {name}: {} messages",
+        got.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// The Ouroboros rows; a SKIPPED line when no IRMd answers.
+pub async fn rows(
+    messages: usize,
+    round_trips: usize,
+    layer: &str,
+    report: &mut Map<String, Value>,
+) -> R<()> {
+    println!();
+    println!(
+        "{:<34} {:>14} {:>14} {:>8}",
+        format!("one hop over Ouroboros ({layer})"),
+        "cicada",
+        "C tool",
+        "ratio"
+    );
+    if !cicada::ouroboros::irmd_running() {
+        println!(
+            "  SKIPPED: no Ouroboros IRMd answers on {} (docs/ouroboros.md)",
+            cicada::ouroboros::IRM_SOCK_PATH
+        );
+        report.insert("ouroboros".into(), json!("skipped: no IRMd"));
+        return Ok(());
+    }
+    let pid = std::process::id();
+
+    // The C tools first, on the same layer.
+    let ocbr_name = format!("cicada-bench-ocbr-{pid}");
+    let mut srv = CServer::start("ocbr", &["-l", "-i", "1", "-t", "2"], &ocbr_name, layer)?;
+    let client = Command::new("ocbr")
+        .args([
+            "-n",
+            &ocbr_name,
+            "-s",
+            "1024",
+            "-f",
+            "-d",
+            &OCBR_SECONDS.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = srv.stop();
+    client.map_err(|e| format!("ocbr client: {e}"))?;
+    let ocbr = ocbr_pps(&out).ok_or_else(|| format!("no ocbr figures in {out:?}"))?;
+
+    let oping_name = format!("cicada-bench-oping-{pid}");
+    let mut srv = CServer::start("oping", &["-l"], &oping_name, layer)?;
+    let out = Command::new("oping")
+        .args(["-n", &oping_name, "-c", &round_trips.to_string(), "-i", "1"])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("oping client: {e}"))?;
+    srv.stop();
+    let times = oping_times(&String::from_utf8_lossy(&out.stdout));
+    if times.is_empty() {
+        return Err("oping printed no round trips".into());
+    }
+    let (c50, c99) = percentiles(times);
+
+    // Cicada: this process and a receiving peer process.
+    let b_name = format!("cicada-bench-b-{pid}");
+    let mut receiver = Receiver::start(&b_name, layer)?;
+    let mut a = SwarmPeer::with_config(cfg(), Hooks::new());
+    a.bind_ouroboros(&format!("cicada-bench-a-{pid}"), layer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let a = Arc::new(a);
+    let to = PeerAddr::ouroboros(b_name.as_str()).map_err(|e| e.to_string())?;
+    a.connect(to.clone(), Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (ours, confirmed) = throughput(&a, &to, 1024, messages).await;
+    if let Ok(st) = a.stats().await {
+        tracing::debug!(?st, "after the throughput row");
+        if confirmed < 1.0 {
+            println!("  (sender: {} link errors)", st.link_errors);
+        }
+    }
+    // An overloaded run can make the core declare the receiver dead for a
+    // moment: wait until it is back before timing round trips.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && !a
+            .peers()
+            .await
+            .is_ok_and(|p| p.iter().any(|n| n.addr == to))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (p50, p99) = latency(&a, &to, round_trips).await?;
+    a.close().await;
+    receiver.stop();
+
+    println!(
+        "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
+        "throughput 1024 B (ocbr)",
+        ours,
+        ocbr,
+        ours / ocbr
+    );
+    for (label, ours, c) in [("p50", p50, c50), ("p99", p99, c99)] {
+        println!(
+            "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
+            format!("round trip {label} 64 B (oping)"),
+            ours * 1e6,
+            c * 1e6,
+            ours / c
+        );
+    }
+    report.insert("ouroboros_layer".into(), json!(layer));
+    report.insert("ouroboros_throughput_msgs_per_s_1k".into(), json!(ours));
+    report.insert("ocbr_msgs_per_s_1k".into(), json!(ocbr));
+    report.insert("ouroboros_throughput_ratio_1k".into(), json!(ours / ocbr));
+    report.insert("ouroboros_confirmed_fraction_1k".into(), json!(confirmed));
+    report.insert("ouroboros_latency_p50_us".into(), json!(p50 * 1e6));
+    report.insert("ouroboros_latency_p99_us".into(), json!(p99 * 1e6));
+    report.insert("oping_latency_p50_us".into(), json!(c50 * 1e6));
+    report.insert("oping_latency_p99_us".into(), json!(c99 * 1e6));
+    report.insert("ouroboros_latency_p50_ratio".into(), json!(p50 / c50));
+    report.insert("ouroboros_latency_p99_ratio".into(), json!(p99 / c99));
+    Ok(())
+}
+
+/// Confirmed one-hop sends per second (256 in flight), and the fraction confirmed.
+async fn throughput(a: &Arc<SwarmPeer>, to: &PeerAddr, size: usize, count: usize) -> (f64, f64) {
+    let payload = bytes::Bytes::from(vec![0x5au8; size]);
+    let start = Instant::now();
+    let mut inflight = JoinSet::new();
+    let mut ok = 0usize;
+    let mut first_error = None;
+    let mut tally = |r: Option<Result<cicada::Result<cicada::Delivery>, _>>| match r {
+        Some(Ok(Ok(_))) => ok += 1,
+        Some(Ok(Err(e))) => {
+            first_error.get_or_insert_with(|| e.to_string());
+        }
+        _ => {}
+    };
+    for _ in 0..count {
+        if inflight.len() >= 256 {
+            tally(inflight.join_next().await);
+        }
+        let (a, p, to) = (a.clone(), payload.clone(), to.clone());
+        inflight.spawn(async move { a.send(to, p, 0).await });
+    }
+    while !inflight.is_empty() {
+        tally(inflight.join_next().await);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if ok != count {
+        println!(
+            "  !! {size} B over Ouroboros: {ok} confirmed of {count}; first error: {}",
+            first_error.unwrap_or_default()
+        );
+    }
+    (ok as f64 / secs, ok as f64 / count as f64)
+}
+
+/// Confirmed one-hop sends of 64 B, one per millisecond as `oping -i 1` pings.
+async fn latency(a: &SwarmPeer, to: &PeerAddr, n: usize) -> R<(f64, f64)> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        a.send(to, vec![7u8; 64], 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(percentiles(times))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_c_tools_output() {
+        let out = "Server started, interval is 1 s, timeout is 1 s.\nNew flow.\n\
+            Flow   64:    346861 packets (   355185664 bytes) in      1002 ms => 346086.8038 pps, 2835.1431 Mbps\n\
+            Flow   64:    483681 packets (   495289344 bytes) in      1003 ms => 481835.5698 pps, 3947.1970 Mbps\n\
+            Flow   64:         0 packets (           0 bytes) in      1001 ms =>    0.0000 pps,    0.0000 Mbps\n";
+        let pps = ocbr_pps(out).unwrap();
+        assert!((pps - (346861.0 + 483681.0) / 2.005).abs() < 1.0, "{pps}");
+        assert_eq!(ocbr_pps("Server started\n"), None);
+        let t = oping_times(
+            "64 bytes from x: seq=0 time=1.848 ms\n64 bytes from x: seq=1 time=30.000 µs\nnoise\n",
+        );
+        assert_eq!(t.len(), 2);
+        assert!((t[0] - 1.848e-3).abs() < 1e-9 && (t[1] - 30e-6).abs() < 1e-12);
+    }
+}

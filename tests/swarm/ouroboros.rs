@@ -1,0 +1,285 @@
+//! The swarm over Ouroboros flows: `cicada node --ouroboros` processes
+//! against a real IRMd (loudly SKIPPED where none answers), and the fallback
+//! to UDP when Ouroboros is unavailable (runs everywhere).
+//!
+//! All the node processes run as the same user, so Ouroboros 0.23 gives
+//! them direct shared-memory flows: the layer resolves the name and sets the
+//! flow up, the packets then bypass its IPCP.
+
+use super::*;
+
+/// Whether an IRMd answers; prints the SKIPPED line when not.
+fn irmd_or_skip(test: &str) -> bool {
+    if cicada::ouroboros::irmd_running() {
+        return true;
+    }
+    // Straight to the process's stderr (not captured by the harness), so
+    // that it shows in every run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: no Ouroboros IRMd answers on {} (start one with .ci/ouroboros.sh up)",
+        cicada::ouroboros::IRM_SOCK_PATH
+    );
+    false
+}
+
+/// A name no other run uses.
+fn name(tag: &str, i: usize) -> String {
+    format!("cicada-{}-{tag}-{i}", std::process::id())
+}
+
+/// A `cicada node` over Ouroboros (no fallback), stopped with SIGTERM only.
+fn start_ouro(name: &str, layer: &str, join: Option<&str>, extra: &[&str]) -> Node {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cicada"));
+    cmd.arg("node")
+        .args([
+            "--ouroboros",
+            name,
+            "--layer",
+            layer,
+            "--transport",
+            "ouroboros",
+        ])
+        .args(NODE_FLAGS)
+        .args(extra);
+    if let Some(j) = join {
+        cmd.arg("--join").arg(j);
+    }
+    Node::spawn_with(cmd, name, true)
+}
+
+fn wait_joined(node: &Node, i: usize) {
+    match node.wait_for(0, Duration::from_secs(15), |v| {
+        v["event"] == "joined" || v["event"] == "error"
+    }) {
+        Some(v) if v["event"] == "joined" => {}
+        other => panic!("node {i} ({}) did not join: {other:?}", node.addr),
+    }
+}
+
+/// Every node sends to every other; each receives each message exactly
+/// once, from the right sender.
+fn all_pairs(nodes: &mut [Node], live: &[usize], tag: &str) {
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
+    for &i in live {
+        for &j in live {
+            if i != j {
+                nodes[i].cmd(&format!("send {} {tag}-{i}-{j}", addrs[j]));
+            }
+        }
+    }
+    let others = live.len() - 1;
+    for &i in live {
+        let sent = nodes[i].wait_n(marks[i], Duration::from_secs(30), others, is("sent"));
+        assert_eq!(
+            sent.len(),
+            others,
+            "node {i} saw {} send outcomes",
+            sent.len()
+        );
+        for s in &sent {
+            assert_eq!(s["ok"], true, "node {i}: {s}");
+        }
+    }
+    thread::sleep(Duration::from_millis(500)); // room for a duplicate to show
+    for &j in live {
+        let prefix = format!("{tag}-");
+        let got: Vec<Value> = nodes[j]
+            .all(is("recv"))
+            .into_iter()
+            .filter(|v| v["data"].as_str().is_some_and(|d| d.starts_with(&prefix)))
+            .collect();
+        let mut data: Vec<String> = got
+            .iter()
+            .filter_map(|v| v["data"].as_str().map(str::to_string))
+            .collect();
+        data.sort();
+        let mut want: Vec<String> = live
+            .iter()
+            .filter(|&&i| i != j)
+            .map(|i| format!("{tag}-{i}-{j}"))
+            .collect();
+        want.sort();
+        assert_eq!(
+            data, want,
+            "node {j} received exactly its messages, once each"
+        );
+        for v in got {
+            let d = v["data"].as_str().unwrap_or_default();
+            let sender: usize = d
+                .split('-')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(usize::MAX);
+            assert_eq!(v["from"], addrs[sender].as_str(), "sender of {d}");
+        }
+    }
+}
+
+fn broadcast_reaches_all(nodes: &mut [Node], live: &[usize], from: usize, data: &str) {
+    let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
+    nodes[from].cmd(&format!("broadcast {data}"));
+    for &i in live.iter().filter(|&&i| i != from) {
+        let got = nodes[i].wait_for(marks[i], Duration::from_secs(10), recv_of(data.into()));
+        assert!(
+            got.is_some(),
+            "node {i} did not receive the broadcast {data}"
+        );
+    }
+    thread::sleep(Duration::from_millis(500));
+    for &i in live {
+        let n = nodes[i].all(recv_of(data.into())).len();
+        assert_eq!(
+            n,
+            usize::from(i != from),
+            "node {i} received {data} {n} times"
+        );
+    }
+}
+
+#[test]
+fn ouroboros_eight_processes_form_a_swarm_and_survive_an_abrupt_exit() {
+    let test = "ouroboros_eight_processes_form_a_swarm_and_survive_an_abrupt_exit";
+    if !irmd_or_skip(test) {
+        return;
+    }
+    let _g = heavy();
+    let started = Instant::now();
+    const N: usize = 8;
+    const ABRUPT: usize = 3;
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..N {
+        let join = (i > 0).then(|| nodes[i / 2].addr.clone());
+        let extra: &[&str] = if i == ABRUPT { &["--abrupt"] } else { &[] };
+        let node = start_ouro(&name("swarm", i), "local_layer", join.as_deref(), extra);
+        assert_eq!(node.addr, name("swarm", i), "the address is the name");
+        wait_joined(&node, i);
+        nodes.push(node);
+    }
+    let all: Vec<usize> = (0..N).collect();
+    wait_ring(&mut nodes, &all, Duration::from_secs(15)).expect("the ring of 8 converges");
+    eprintln!("ouroboros: ring of 8 correct after {:?}", started.elapsed());
+    all_pairs(&mut nodes, &all, "m");
+    eprintln!(
+        "ouroboros: 56 sends delivered after {:?}",
+        started.elapsed()
+    );
+    broadcast_reaches_all(&mut nodes, &all, 0, "b-0");
+
+    // One ends abruptly on SIGTERM: no leave; its flows go down with it.
+    assert!(
+        nodes[ABRUPT].terminate(Duration::from_secs(5)),
+        "the --abrupt node ends at once on SIGTERM"
+    );
+    assert!(
+        nodes[ABRUPT].all(is("closed")).is_empty(),
+        "it did not leave gracefully"
+    );
+    // It left its name behind in the IRMd; remove it (best effort).
+    let _ = Command::new("irm")
+        .args(["name", "destroy", &name("swarm", ABRUPT)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let killed = Instant::now();
+    let live: Vec<usize> = (0..N).filter(|&i| i != ABRUPT).collect();
+    wait_ring(&mut nodes, &live, Duration::from_secs(20)).expect("the ring of 7 converges");
+    eprintln!(
+        "ouroboros: ring of 7 correct {:?} after the exit",
+        killed.elapsed()
+    );
+    all_pairs(&mut nodes, &live, "k");
+    broadcast_reaches_all(&mut nodes, &live, 1, "b-1");
+    eprintln!("ouroboros: done after {:?}", started.elapsed());
+}
+
+#[test]
+fn ouroboros_swarm_over_a_udp4_layer() {
+    let test = "ouroboros_swarm_over_a_udp4_layer";
+    if !irmd_or_skip(test) {
+        return;
+    }
+    let _g = heavy();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..4 {
+        let join = (i > 0).then(|| nodes[0].addr.clone());
+        let node = start_ouro(&name("udp4", i), "udp_layer", join.as_deref(), &[]);
+        wait_joined(&node, i);
+        nodes.push(node);
+    }
+    let all: Vec<usize> = (0..4).collect();
+    wait_ring(&mut nodes, &all, Duration::from_secs(15)).expect("the ring of 4 converges");
+    all_pairs(&mut nodes, &all, "u");
+    broadcast_reaches_all(&mut nodes, &all, 2, "b-2");
+}
+
+#[test]
+fn auto_falls_back_to_udp_without_an_irmd() {
+    let _g = heavy();
+    let ports = free_ports(3);
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cicada"));
+        // The probe asks a socket where no IRMd answers: this process sees
+        // a machine without Ouroboros, the shared IRMd is left alone.
+        cmd.env(
+            cicada::ouroboros::PROBE_SOCK_ENV,
+            "/nonexistent/cicada-test/irm.sock",
+        )
+        .arg("node")
+        .args(["--ouroboros", &name("auto", i)])
+        .arg("--bind")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(NODE_FLAGS);
+        if i > 0 {
+            cmd.arg("--join").arg(&nodes[0].addr);
+        }
+        let node = Node::spawn(cmd, *port);
+        let t = node.all(is("transport"));
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0]["transport"], "udp", "{t:?}");
+        let reason = t[0]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("IRMd not running"), "reason: {reason}");
+        assert_eq!(node.addr, format!("127.0.0.1:{port}"));
+        wait_joined(&node, i);
+        nodes.push(node);
+    }
+    let all: Vec<usize> = (0..3).collect();
+    wait_ring(&mut nodes, &all, Duration::from_secs(10)).expect("the ring of 3 converges");
+    all_pairs(&mut nodes, &all, "f");
+    broadcast_reaches_all(&mut nodes, &all, 1, "b-1");
+}
+
+#[test]
+fn demo_over_ouroboros_reports_a_correct_ring_and_full_delivery() {
+    let test = "demo_over_ouroboros_reports_a_correct_ring_and_full_delivery";
+    if !irmd_or_skip(test) {
+        return;
+    }
+    let _g = heavy();
+    let (code, out, err) = run_demo(
+        &[
+            "--transport",
+            "ouroboros",
+            "--nodes",
+            "6",
+            "--json",
+            "--seed",
+            "7",
+        ],
+        Duration::from_secs(90),
+    );
+    assert_eq!(code, Some(0), "demo failed\nstdout:\n{out}\nstderr:\n{err}");
+    let last = out.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("last line {last:?}: {e}"));
+    assert_eq!(v["nodes"], 6);
+    assert_eq!(v["ring_correct"], true, "{v}");
+    assert_eq!(v["lookup_success_rate"], 1.0, "{v}");
+    assert_eq!(v["send_delivered_rate"], 1.0, "{v}");
+    assert_eq!(v["broadcast_coverage"], 1.0, "{v}");
+    assert_eq!(v["after_churn"]["killed"], 1, "{v}");
+    assert_eq!(v["after_churn"]["ring_correct"], true, "{v}");
+    assert_eq!(v["after_churn"]["send_delivered_rate"], 1.0, "{v}");
+    assert_eq!(v["after_churn"]["broadcast_coverage"], 1.0, "{v}");
+}
