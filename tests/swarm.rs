@@ -60,11 +60,16 @@ const NODE_FLAGS: [&str; 7] = [
 
 impl Node {
     fn start(port: u16, join: Option<&str>) -> Node {
+        Node::start_with(port, join, &NODE_FLAGS)
+    }
+
+    /// Like `start`, with other flags than `NODE_FLAGS`.
+    fn start_with(port: u16, join: Option<&str>, flags: &[&str]) -> Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cicada"));
         cmd.arg("node")
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
-            .args(NODE_FLAGS);
+            .args(flags);
         if let Some(j) = join {
             cmd.arg("--join").arg(j);
         }
@@ -424,11 +429,16 @@ impl Lcg {
 /// Starts `n` nodes, each joining through an earlier one, and waits for a
 /// correct ring.
 fn ring_of(n: usize, within: Duration) -> Vec<Node> {
+    ring_with(n, within, &NODE_FLAGS)
+}
+
+/// Like `ring_of`, with other node flags.
+fn ring_with(n: usize, within: Duration, flags: &[&str]) -> Vec<Node> {
     let ports = free_ports(n);
     let mut nodes: Vec<Node> = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let bootstrap = (i > 0).then(|| nodes[i / 2].addr.clone());
-        let node = Node::start(*port, bootstrap.as_deref());
+        let node = Node::start_with(*port, bootstrap.as_deref(), flags);
         match node.wait_for(0, Duration::from_secs(15), |v| {
             v["event"] == "joined" || v["event"] == "error"
         }) {
@@ -728,7 +738,19 @@ impl Drop for Partition {
 fn a_partition_between_processes_heals_into_one_ring() {
     let _g = heavy();
     let n = 12;
-    let mut nodes = ring_of(n, Duration::from_secs(15));
+    // Timeouts that other tests running beside this one cannot trip: a
+    // node wrongly declared dead would be a second failure on top of the
+    // partition (it heals too, but slower than this test waits).
+    let flags = [
+        "--json",
+        "--stabilize-ms",
+        "250",
+        "--request-timeout-ms",
+        "250",
+        "--lookup-timeout-ms",
+        "3000",
+    ];
+    let mut nodes = ring_with(n, Duration::from_secs(15), &flags);
     // Interleaved halves by id, so that every node's successor is across.
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&x, &y| nodes[x].id.cmp(&nodes[y].id));
@@ -748,8 +770,8 @@ fn a_partition_between_processes_heals_into_one_ring() {
         return;
     };
     let started = Instant::now();
-    wait_ring(&mut nodes, &side_a, Duration::from_secs(15)).expect("side a forms its own ring");
-    wait_ring(&mut nodes, &side_b, Duration::from_secs(15)).expect("side b forms its own ring");
+    wait_ring(&mut nodes, &side_a, Duration::from_secs(20)).expect("side a forms its own ring");
+    wait_ring(&mut nodes, &side_b, Duration::from_secs(20)).expect("side b forms its own ring");
     eprintln!("two rings of {} after {:?}", n / 2, started.elapsed());
     // Let the halves live apart a while: past-peer probes back off.
     thread::sleep(Duration::from_secs(3));

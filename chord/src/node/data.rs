@@ -288,7 +288,7 @@ impl<A: Address> LocalNode<A> {
         mut exclude: Vec<Hash>,
         now: Instant,
     ) {
-        self.table.demote(&next);
+        self.demote(&next, now);
         if self.table.successor().is_some_and(|s| s.id == next) {
             self.send_stabilize(now);
         }

@@ -1490,7 +1490,7 @@ impl<A: Address> LocalNode<A> {
                 Some(id) => {
                     // Route around the silent hop; it leaves the fingers and
                     // the backup successors, the failure detector decides the rest.
-                    self.table.demote(&id);
+                    self.demote(&id, now);
                     if self.table.successor().is_some_and(|s| s.id == id) {
                         self.send_stabilize(now);
                     }
@@ -1503,6 +1503,17 @@ impl<A: Address> LocalNode<A> {
                 }
             },
         }
+    }
+
+    /// A hop did not acknowledge: it leaves the fingers and the backup
+    /// successors (the failure detector decides the rest), and is
+    /// remembered among the past peers, to be probed later in case it was
+    /// only slow.
+    fn demote(&mut self, id: &Hash, now: Instant) {
+        if let Some(n) = self.table.get(id).cloned() {
+            self.remember_past(&n, now);
+        }
+        self.table.demote(id);
     }
 
     /// A peer did not answer a request and its retries: it is dead to us.
@@ -1527,6 +1538,10 @@ impl<A: Address> LocalNode<A> {
                     .filter(|id| self.probed.iter().any(|(p, ok)| p == id && !*ok))
                     .collect();
                 for id in silent {
+                    // Silent, maybe only slow: remembered, and probed later.
+                    if let Some(n) = self.table.get(&id).cloned() {
+                        self.remember_past(&n, now);
+                    }
                     self.table.remove(&id);
                 }
             } else {
