@@ -151,8 +151,14 @@ impl<A: Address> LocalNode<A> {
         let parts = fragments(&o.payload, self.cfg.max_fragment);
         let mut avoid = o.avoid.clone();
         let count = parts.len() as u16;
-        for _ in 0..copies {
+        for copy in 0..copies {
             let mut first = None;
+            if copy == 0 && !avoid.is_empty() && self.no_route_avoiding(target, mode, &avoid) {
+                // Every first hop was tried already (for a neighbour, the
+                // only one is the destination itself): avoiding them would
+                // refuse this attempt at once, so start the rotation over.
+                avoid.clear();
+            }
             for (i, part) in parts.iter().enumerate() {
                 let header = DataHeader {
                     txn: 0,
@@ -176,6 +182,27 @@ impl<A: Address> LocalNode<A> {
         if let Some(o) = self.outgoing.get_mut(&id) {
             o.avoid = avoid;
         }
+    }
+
+    /// Whether a message from here to `target` would be refused for want
+    /// of a route when the first hops in `avoid` are excluded.
+    fn no_route_avoiding(&self, target: Hash, mode: Mode, avoid: &[Hash]) -> bool {
+        let probe = DataHeader {
+            txn: 0,
+            msg: 0,
+            origin: self.me.clone(),
+            target,
+            mode,
+            limit: Hash::ZERO,
+            hops: 0,
+            last_hop: false,
+            frag: 0,
+            frags: 1,
+        };
+        matches!(
+            self.decide(&probe, avoid),
+            Decision::Refuse(Refusal::NoRoute)
+        )
     }
 
     /// Moves a message one step; returns the next hop's id if it was sent on.
