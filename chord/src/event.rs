@@ -202,4 +202,8 @@ pub struct Stats {
     /// Neighbors replies held back until the asking address answers a
     /// verification probe (it had used up its unverified replies).
     pub replies_deferred: u64,
+    /// Message ids forgotten before their retention ran out because the
+    /// dedup window (`Config::dedup_window`) was full: a late retry of one
+    /// of them would be handed up twice.
+    pub dedup_evicted_early: u64,
 }

@@ -101,7 +101,7 @@ impl<A: Address> LocalNode<A> {
         let parts = fragments(&payload, self.cfg.max_fragment);
         let count = parts.len() as u16;
         for (i, part) in parts.into_iter().enumerate() {
-            self.seen.insert((me.id, id, i as u16));
+            self.remember((me.id, id, i as u16), now);
             let header = DataHeader {
                 txn: 0,
                 msg: id,
@@ -391,7 +391,7 @@ impl<A: Address> LocalNode<A> {
             if !Interval::closed_open(header.target, header.limit).contains(&self.me.id) {
                 return; // routed to cover an arc with no live node in it
             }
-            if !self.seen.insert((origin, header.msg, header.frag)) {
+            if !self.remember((origin, header.msg, header.frag), now) {
                 self.stats.duplicates_suppressed += 1;
                 return;
             }
@@ -405,11 +405,18 @@ impl<A: Address> LocalNode<A> {
             self.acknowledge(&header, now);
             return;
         }
-        if !self.seen.insert((origin, header.msg, header.frag)) {
-            self.stats.duplicates_suppressed += 1;
-            return;
-        }
+        // Fragments are not marked one by one: reassembly ignores a copy of
+        // a fragment it holds, and a fragment it refused (full, or expired)
+        // must be accepted from the next retry, or the message could never
+        // complete and never be confirmed. Only the whole message is marked.
         self.assemble(header, payload, now);
+    }
+
+    /// Records a message (or fragment) id in the dedup window; true if new.
+    fn remember(&mut self, key: crate::delivery::FragmentKey, now: Instant) -> bool {
+        let new = self.seen.insert(key, now);
+        self.stats.dedup_evicted_early = self.seen.evicted_early();
+        new
     }
 
     fn assemble(&mut self, header: DataHeader<A>, payload: Vec<u8>, now: Instant) {
@@ -419,7 +426,7 @@ impl<A: Address> LocalNode<A> {
             .add(origin, header.msg, header.frag, header.frags, payload, now)
         {
             Assembled::Complete(whole) => {
-                self.seen.insert((origin, header.msg, WHOLE));
+                self.remember((origin, header.msg, WHOLE), now);
                 let broadcast = header.mode == Mode::Broadcast;
                 if !broadcast {
                     self.acknowledge(&header, now);

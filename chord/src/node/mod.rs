@@ -161,7 +161,6 @@ impl<A: Address> LocalNode<A> {
     pub fn new(cfg: Config, me: NodeRef<A>, seed: u64, now: Instant) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let _ = now;
-        let seen = Dedup::new(cfg.dedup_window);
         let reassembly = Reassembly::new(cfg.reassembly_bytes, cfg.send_timeout)
             .with_max_fragments(cfg.max_fragments());
         // The hash key comes from a stream of its own, so that the node's
@@ -169,6 +168,14 @@ impl<A: Address> LocalNode<A> {
         let mut key_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_50C5_0000_0001);
         let key = (key_rng.next_u64(), key_rng.next_u64());
         let sources = Sources::new(cfg.source_rate, cfg.source_burst, cfg.max_sources, key);
+        // A retry can arrive up to send_timeout after the first copy, plus
+        // one attempt's worth of delay in the network.
+        let retention = cfg.send_timeout + cfg.send_attempt_timeout;
+        let seen = Dedup::new(
+            cfg.dedup_window,
+            retention,
+            (key_rng.next_u64(), key_rng.next_u64()),
+        );
         Ok(LocalNode {
             table: RoutingTable::new(me.id, cfg.successor_list_len).with_address(me.addr.clone()),
             cfg,
