@@ -30,6 +30,14 @@ pub trait Link: Send + Sync + 'static {
         &self,
         buf: &mut [u8],
     ) -> impl Future<Output = io::Result<(usize, Self::Addr)>> + Send;
+
+    /// A datagram that has arrived already, without waiting: `None` when
+    /// none is ready (or the link cannot tell). The driver drains what is
+    /// ready after each wake-up, so a burst costs one wake-up, not one each.
+    fn try_recv_from(&self, buf: &mut [u8]) -> Option<io::Result<(usize, Self::Addr)>> {
+        let _ = buf;
+        None
+    }
 }
 
 /// A [`Link`] over a tokio [`UdpSocket`], IPv4 or IPv6.
@@ -74,5 +82,12 @@ impl Link for UdpLink {
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         // UdpSocket::recv_from is cancel-safe.
         self.socket.recv_from(buf).await
+    }
+
+    fn try_recv_from(&self, buf: &mut [u8]) -> Option<io::Result<(usize, SocketAddr)>> {
+        match self.socket.try_recv_from(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            r => Some(r),
+        }
     }
 }
