@@ -298,6 +298,7 @@ impl<A: Address> LocalNode<A> {
         let waiting = Waiting::Data {
             next: next.id,
             exclude,
+            msg: header.msg,
         };
         self.request(next.addr, retries, waiting, now, |txn| {
             Message::Data(Data {
@@ -344,10 +345,20 @@ impl<A: Address> LocalNode<A> {
 
     /// A `Data` datagram arrived.
     pub(super) fn on_data(&mut self, from: A, data: Data<A>, now: Instant) {
-        let ack = Message::<A>::HopAck(crate::wire::HopAck {
-            txn: data.header.txn,
-        });
-        self.reply(from, ack.encode());
+        let txn = data.header.txn;
+        self.confirmed_to = None;
+        self.on_data_inner(from.clone(), data, now);
+        // A destination that confirmed the message to the very node that
+        // handed it over (a one-hop send) has proved the hop with that
+        // `Delivered`: no HopAck besides it.
+        if self.confirmed_to.take().as_ref() != Some(&from) {
+            let ack = Message::<A>::HopAck(crate::wire::HopAck { txn });
+            self.reply(from, ack.encode());
+        }
+    }
+
+    fn on_data_inner(&mut self, from: A, data: Data<A>, now: Instant) {
+        let _ = from;
         if self.phase != Phase::Joined {
             return;
         }
@@ -451,8 +462,10 @@ impl<A: Address> LocalNode<A> {
             hops: header.hops,
         };
         if header.origin.id == self.me.id {
-            self.on_delivered(ack, now);
+            let me = self.me.addr.clone();
+            self.on_delivered(me, ack, now);
         } else {
+            self.confirmed_to = Some(header.origin.addr.clone());
             self.push_transmit(header.origin.addr.clone(), Message::Delivered(ack).encode());
         }
     }
@@ -496,7 +509,23 @@ impl<A: Address> LocalNode<A> {
         }
     }
 
-    pub(super) fn on_delivered(&mut self, m: Delivered<A>, _now: Instant) {
+    pub(super) fn on_delivered(&mut self, from: A, m: Delivered<A>, now: Instant) {
+        // Sent to the destination itself, the message needs no HopAck: this
+        // confirmation proves the hop (and ends its retries).
+        let hops: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.to == from && matches!(p.waiting, Waiting::Data { msg, .. } if msg == m.msg)
+            })
+            .map(|(txn, _)| *txn)
+            .collect();
+        if !hops.is_empty() {
+            for txn in hops {
+                self.pending.remove(&txn);
+            }
+            self.verified(from, now);
+        }
         if self.outgoing.remove(&m.msg).is_some() {
             self.events.push_back(Event::Delivered {
                 id: MessageId(m.msg),

@@ -63,7 +63,12 @@ enum Waiting<A> {
     Verify,
     /// An application message handed to the next hop (the datagram is
     /// kept in the pending entry, to be rerouted if the hop stays silent).
-    Data { next: Hash, exclude: Vec<Hash> },
+    Data {
+        next: Hash,
+        exclude: Vec<Hash>,
+        /// The message: a `Delivered` for it from `next` proves the hop.
+        msg: u64,
+    },
     /// A lookup handed to the next hop, awaiting its acknowledgement.
     Forward {
         msg: FindSuccessor<A>,
@@ -153,6 +158,9 @@ pub struct LocalNode<A> {
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<Event<A>>,
     stats: Stats,
+    /// Set while a `Data` datagram is handled when it was confirmed to its
+    /// origin: the address the `Delivered` went to.
+    confirmed_to: Option<A>,
 }
 
 impl<A: Address> LocalNode<A> {
@@ -198,6 +206,7 @@ impl<A: Address> LocalNode<A> {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            confirmed_to: None,
         })
     }
 
@@ -529,7 +538,7 @@ impl<A: Address> LocalNode<A> {
             Message::Leave(m) => self.on_leave(from, m, now),
             Message::SuccessorHint(m) => self.on_successor_hint(from, m.node, now),
             Message::Data(m) => self.on_data(from, m, now),
-            Message::Delivered(m) => self.on_delivered(m, now),
+            Message::Delivered(m) => self.on_delivered(from, m, now),
             Message::Undeliverable(m) => self.on_undeliverable(m, now),
         }
         self.sync_known();
@@ -1204,7 +1213,9 @@ impl<A: Address> LocalNode<A> {
         match p.waiting {
             Waiting::Ping { peer } | Waiting::Stabilize { peer } => self.peer_failed(&peer, now),
             Waiting::Verify => {}
-            Waiting::Data { next, exclude } => self.data_hop_failed(&p.bytes, next, exclude, now),
+            Waiting::Data { next, exclude, .. } => {
+                self.data_hop_failed(&p.bytes, next, exclude, now)
+            }
             Waiting::Forward {
                 msg,
                 next,

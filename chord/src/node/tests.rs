@@ -327,3 +327,47 @@ fn retry_after_a_lost_confirmation_reaches_a_neighbour_again() {
     // dozen wake-ups, not one per step spent refusing the same retry.
     assert!(timeouts < 200, "{timeouts} wake-ups");
 }
+
+/// A one-hop send costs two datagrams: the destination's `Delivered` to
+/// the node that handed it the message proves the hop, so no `HopAck` goes
+/// besides it, and the sender neither retransmits nor reroutes.
+#[test]
+fn one_hop_send_is_confirmed_without_a_hop_ack() {
+    use crate::wire::Message;
+    let now = Instant::now();
+    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(5));
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    let b = nodes[1].id();
+    let id = nodes[0]
+        .send(Target::Node(b), b"hi".to_vec(), 0, now)
+        .unwrap();
+    let data: Vec<_> = std::iter::from_fn(|| nodes[0].poll_transmit()).collect();
+    assert_eq!(data.len(), 1);
+    nodes[1].handle_datagram(now, 0, &data[0].bytes);
+    let replies: Vec<_> = std::iter::from_fn(|| nodes[1].poll_transmit()).collect();
+    let kinds: Vec<_> = replies
+        .iter()
+        .map(|t| Message::<u32>::decode(&t.bytes).map(|m| std::mem::discriminant(&m)))
+        .collect();
+    assert_eq!(replies.len(), 1, "{kinds:?}");
+    assert!(matches!(
+        Message::<u32>::decode(&replies[0].bytes),
+        Ok(Message::Delivered(_))
+    ));
+    nodes[0].handle_datagram(now, 1, &replies[0].bytes);
+    assert!(events(&mut nodes[0])
+        .iter()
+        .any(|e| matches!(e, Event::Delivered { id: d, .. } if *d == id)));
+    // The hop is proven: past the request timeout nothing is sent again.
+    let later = now + nodes[0].config().request_timeout * 2;
+    nodes[0].handle_timeout(later);
+    let again: Vec<_> = std::iter::from_fn(|| nodes[0].poll_transmit())
+        .filter(|t| matches!(Message::<u32>::decode(&t.bytes), Ok(Message::Data(_))))
+        .collect();
+    assert!(again.is_empty(), "{} Data sent again", again.len());
+}
