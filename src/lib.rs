@@ -43,6 +43,6 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use hooks::Hooks;
-pub use link::{Link, UdpLink};
+pub use link::{Link, UdpLink, SOCKET_BUFFER};
 pub use peer::{PeerStats, Received, SwarmPeer};
 pub use remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
