@@ -21,7 +21,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: cicada-libp2p-kad-bench [--peers N] [--lookups K] [--system libp2p|cicada]";
+const USAGE: &str =
+    "usage: cicada-libp2p-kad-bench [--peers N] [--lookups K] [--system libp2p|cicada]";
 
 struct Args {
     peers: usize,
@@ -126,6 +127,9 @@ fn main() {
     }
 }
 
+/// A table row: its name, the figure it shows, and whether higher is better.
+type Row<'a> = (&'a str, &'a dyn Fn(&Figures) -> f64, bool);
+
 /// Runs each system in a child process and prints the table.
 fn table(a: &Args) {
     let me = std::env::current_exe().expect("own path");
@@ -155,7 +159,7 @@ fn table(a: &Args) {
         "{} peers on loopback, {} lookups        {:>14} {:>14} {:>10}",
         a.peers, a.lookups, "libp2p kad", "cicada", "cicada is"
     );
-    let rows: [(&str, &dyn Fn(&Figures) -> f64, bool); 3] = [
+    let rows: [Row; 3] = [
         ("bootstrap, all peers (s)", &|f| f.bootstrap_s, false),
         ("lookups per second", &|f| f.lookups_per_s, true),
         ("resident bytes per peer", &|f| f.rss_per_peer, false),
@@ -164,9 +168,7 @@ fn table(a: &Args) {
         let (l, c) = (get(0, pick), get(1, pick));
         let factor = if higher_better { c / l } else { l / c };
         let verdict = if factor >= 1.0 { "ahead" } else { "behind" };
-        println!(
-            "{name:<40} {l:>14.3} {c:>14.3} {verdict:>6} x{factor:.2}"
-        );
+        println!("{name:<40} {l:>14.3} {c:>14.3} {verdict:>6} x{factor:.2}");
     }
     println!(
         "{:<40} {:>14} {:>14}",
