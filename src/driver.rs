@@ -26,6 +26,10 @@ use crate::link::Link;
 const NEW_PEER_MEMORY: usize = 65_536;
 /// How long the driver sleeps when the core asks for no timer at all.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
+/// Most ready datagrams (and commands) taken after one wake-up before the
+/// transmits they caused go out: large enough to amortise the wake-up,
+/// small enough that replies do not wait behind a long burst.
+const DRAIN_BATCH: usize = 64;
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// Where a lookup or a send ended: the peer, and the hops it took.
@@ -159,24 +163,58 @@ impl<L: Link> Driver<L> {
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
             tokio::select! {
-                r = self.link.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.node.handle_datagram(Instant::now(), from, &buf[..n]),
-                    Err(e) => {
-                        // Unconnected UDP sockets can report errors of earlier
-                        // sends here (ICMP unreachable on some systems): not fatal.
-                        self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(error = %e, "receive error");
-                    }
-                },
+                r = self.link.recv_from(&mut buf) => self.datagram(r, &buf),
                 _ = tokio::time::sleep_until(wake.into()) => self.node.handle_timeout(Instant::now()),
                 c = self.commands.recv() => match c {
                     Some(Command::Close) | None => break,
                     Some(c) => self.command(c),
                 },
             }
+            // Whatever else is ready already is taken now, before the
+            // transmits go out: a burst costs one trip through the select
+            // (and one timer registration), not one per datagram.
+            if !self.drain(&mut buf) {
+                break;
+            }
         }
         tracing::debug!(id = %self.node.id().short(), "driver stopped");
         // Dropping the pending reply senders tells every waiting caller `Closed`.
+    }
+
+    fn datagram(&mut self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) {
+        match r {
+            Ok((n, from)) => self.node.handle_datagram(Instant::now(), from, &buf[..n]),
+            Err(e) => {
+                // Unconnected UDP sockets can report errors of earlier
+                // sends here (ICMP unreachable on some systems): not fatal.
+                self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "receive error");
+            }
+        }
+    }
+
+    /// Takes up to [`DRAIN_BATCH`] ready datagrams and commands without
+    /// waiting; false when the peer is to stop.
+    fn drain(&mut self, buf: &mut [u8]) -> bool {
+        for _ in 0..DRAIN_BATCH {
+            let mut idle = true;
+            if let Some(r) = self.link.try_recv_from(buf) {
+                self.datagram(r, buf);
+                idle = false;
+            }
+            match self.commands.try_recv() {
+                Ok(Command::Close) | Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Ok(c) => {
+                    self.command(c);
+                    idle = false;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if idle {
+                break;
+            }
+        }
+        true
     }
 
     fn command(&mut self, c: Command<L::Addr>) {

@@ -286,6 +286,19 @@ impl Link for OuroborosLink {
             return Ok((data.len(), PeerAddr::Ouroboros(from)));
         }
     }
+
+    fn try_recv_from(&self, buf: &mut [u8]) -> Option<io::Result<(usize, PeerAddr)>> {
+        let mut rx = self.incoming.try_lock().ok()?;
+        loop {
+            let (data, from) = rx.try_recv().ok()?;
+            if data.len() > buf.len() {
+                self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            buf[..data.len()].copy_from_slice(&data);
+            return Some(Ok((data.len(), PeerAddr::Ouroboros(from))));
+        }
+    }
 }
 
 impl Shared {

@@ -71,8 +71,12 @@ pub struct Config {
     /// are acknowledged one by one, so silence this long means a forwarder
     /// dropped the message (or it was lost), not that a node died.
     pub send_attempt_timeout: std::time::Duration,
-    /// Message ids remembered to hand each message up once; covers far more
-    /// than the messages a node receives within one send timeout.
+    /// Most message ids remembered to hand each message up once. Each id is
+    /// kept for `send_timeout + send_attempt_timeout` (the longest a retry
+    /// can come late) and about 40 bytes: the default holds 21,000
+    /// messages/s for those 12 s in at most about 10 MB, allocated only as
+    /// traffic needs it. Past it the oldest ids are forgotten early
+    /// (`Stats::dedup_evicted_early`).
     pub dedup_window: usize,
     /// Bytes of fragments held awaiting their siblings, at most.
     pub reassembly_bytes: usize,
@@ -117,7 +121,7 @@ impl Default for Config {
             max_fragment: 1200,
             send_timeout: Duration::from_secs(10),
             send_attempt_timeout: Duration::from_secs(2),
-            dedup_window: 8192,
+            dedup_window: 262_144,
             reassembly_bytes: 4 << 20,
             source_rate: 400,
             source_burst: 400,

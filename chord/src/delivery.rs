@@ -1,7 +1,8 @@
 //! Bounded bookkeeping for application messages: a window of ids already
 //! seen (so each message is handed up once) and reassembly of fragments.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::hash::Hash;
@@ -9,52 +10,138 @@ use crate::hash::Hash;
 /// Names one fragment of one message: origin id, message id, fragment index.
 pub type FragmentKey = (Hash, u64, u16);
 
-/// A window of the most recent keys seen; the oldest fall out past `cap`.
+/// The ids of messages (and fragments) handed up recently, each remembered
+/// for at least `retention` (longer than a sender keeps retrying), so that a
+/// late retry is recognised however many messages arrived meanwhile; and at
+/// most `cap` of them, so that a flood costs bounded memory. Only when the
+/// cap is reached before ids expire is the oldest forgotten early (counted
+/// in [`Dedup::evicted_early`]).
+///
+/// Keys are stored as 64-bit fingerprints under a secret key (SipHash keyed
+/// from the node's seed): about 40 bytes per id instead of about 100, and a
+/// sender that does not know the key cannot aim collisions.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use chord::{delivery::Dedup, Hash};
+/// let now = Instant::now();
+/// let mut seen = Dedup::new(1000, Duration::from_secs(10), (1, 2));
+/// assert!(seen.insert((Hash::ZERO, 7, 0), now));
+/// assert!(!seen.insert((Hash::ZERO, 7, 0), now + Duration::from_secs(9)));
+/// assert!(seen.insert((Hash::ZERO, 7, 0), now + Duration::from_secs(11)));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Dedup {
     cap: usize,
-    order: VecDeque<FragmentKey>,
-    set: BTreeMap<FragmentKey, ()>,
+    retention: Duration,
+    key: (u64, u64),
+    order: VecDeque<(Instant, u64)>,
+    set: HashSet<u64, BuildNoHashHasher>,
+    evicted_early: u64,
 }
 
 impl Dedup {
-    /// A window of `cap` keys.
-    pub fn new(cap: usize) -> Dedup {
+    /// Remembers each id for `retention`, at most `cap` ids; fingerprints
+    /// are keyed with `key` (draw it from the node's seed).
+    pub fn new(cap: usize, retention: Duration, key: (u64, u64)) -> Dedup {
         Dedup {
             cap: cap.max(1),
+            retention,
+            key,
             order: VecDeque::new(),
-            set: BTreeMap::new(),
+            set: HashSet::default(),
+            evicted_early: 0,
         }
     }
 
-    /// Records `key`; true if it was not in the window yet.
-    pub fn insert(&mut self, key: FragmentKey) -> bool {
-        if self.set.contains_key(&key) {
+    fn fingerprint(&self, key: &FragmentKey) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write_u64(self.key.0);
+        h.write_u64(self.key.1);
+        h.write(&key.0.to_bytes());
+        h.write_u64(key.1);
+        h.write_u16(key.2);
+        h.finish()
+    }
+
+    /// Forgets the ids older than the retention.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, fp)) = self.order.front() {
+            if now.saturating_duration_since(at) < self.retention {
+                break;
+            }
+            self.order.pop_front();
+            self.set.remove(&fp);
+        }
+    }
+
+    /// Records `key` at `now`; true if it was not remembered yet.
+    pub fn insert(&mut self, key: FragmentKey, now: Instant) -> bool {
+        self.expire(now);
+        let fp = self.fingerprint(&key);
+        if self.set.contains(&fp) {
             return false;
         }
         if self.order.len() >= self.cap {
-            if let Some(old) = self.order.pop_front() {
+            if let Some((_, old)) = self.order.pop_front() {
                 self.set.remove(&old);
+                self.evicted_early += 1;
             }
         }
-        self.order.push_back(key);
-        self.set.insert(key, ());
+        self.order.push_back((now, fp));
+        self.set.insert(fp);
         true
     }
 
-    /// Whether `key` is in the window.
+    /// Whether `key` is remembered.
     pub fn contains(&self, key: &FragmentKey) -> bool {
-        self.set.contains_key(key)
+        self.set.contains(&self.fingerprint(key))
     }
 
-    /// Keys held.
+    /// Ids held.
     pub fn len(&self) -> usize {
         self.order.len()
     }
 
-    /// Whether no key is held.
+    /// Whether no id is held.
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
+    }
+
+    /// Ids forgotten before their retention ran out, because the cap was
+    /// reached: each is a message that a late retry could hand up twice.
+    pub fn evicted_early(&self) -> u64 {
+        self.evicted_early
+    }
+}
+
+/// The fingerprints are keyed SipHash outputs already: the set uses them as
+/// they are instead of hashing them again.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildNoHashHasher;
+
+/// The hasher of [`BuildNoHashHasher`]: passes a `u64` through.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHashHasher(u64);
+
+impl Hasher for NoHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl BuildHasher for BuildNoHashHasher {
+    type Hasher = NoHashHasher;
+    fn build_hasher(&self) -> NoHashHasher {
+        NoHashHasher(0)
     }
 }
 
@@ -219,15 +306,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dedup_window_forgets_the_oldest() {
-        let mut d = Dedup::new(2);
+    fn dedup_cap_forgets_the_oldest_and_counts_it() {
+        let now = Instant::now();
+        let mut d = Dedup::new(2, Duration::from_secs(10), (1, 2));
         let k = |n| (Hash::ZERO, n, 0);
-        assert!(d.insert(k(1)));
-        assert!(!d.insert(k(1)));
-        assert!(d.insert(k(2)));
-        assert!(d.insert(k(3)));
+        assert!(d.insert(k(1), now));
+        assert!(!d.insert(k(1), now));
+        assert!(d.insert(k(2), now));
+        assert!(d.insert(k(3), now));
         assert!(!d.contains(&k(1)));
         assert_eq!(d.len(), 2);
+        assert_eq!(d.evicted_early(), 1);
+    }
+
+    /// Issue #10: a window of 8,192 ids lasted 0.8 s at 10,000 messages/s,
+    /// less than the 10 s a sender retries, so a late retry of an evicted
+    /// message was handed up again. Ids are now kept for the retention
+    /// whatever the rate, and forgotten after it (bounded memory).
+    #[test]
+    fn dedup_remembers_for_the_retention_at_any_rate() {
+        let start = Instant::now();
+        let retention = Duration::from_secs(12);
+        let mut d = Dedup::new(1 << 20, retention, (3, 4));
+        let first = (Hash::of("origin"), 1, 0);
+        assert!(d.insert(first, start));
+        // 10,000 other messages a second for 11 s.
+        for i in 0..110_000u64 {
+            let t = start + Duration::from_micros(100 * i);
+            assert!(d.insert((Hash::of("other"), i, 0), t));
+        }
+        let late = start + Duration::from_secs(11);
+        assert!(!d.insert(first, late), "a retry 11 s later is a duplicate");
+        assert_eq!(d.evicted_early(), 0);
+        // Past the retention everything older is forgotten: memory follows
+        // the rate times the retention, not the history.
+        let later = start + retention + Duration::from_secs(12);
+        assert!(d.insert((Hash::of("new"), 0, 0), later));
+        assert_eq!(d.len(), 1);
     }
 
     #[test]

@@ -219,4 +219,8 @@ pub struct Stats {
     /// User lookups whose answer named an owner that did not answer a Ping
     /// (dead or unreachable); each was looked up again.
     pub lookup_owners_silent: u64,
+    /// Message ids forgotten before their retention ran out because the
+    /// dedup window (`Config::dedup_window`) was full: a late retry of one
+    /// of them would be handed up twice.
+    pub dedup_evicted_early: u64,
 }

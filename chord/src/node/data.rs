@@ -101,7 +101,7 @@ impl<A: Address> LocalNode<A> {
         let parts = fragments(&payload, self.cfg.max_fragment);
         let count = parts.len() as u16;
         for (i, part) in parts.into_iter().enumerate() {
-            self.seen.insert((me.id, id, i as u16));
+            self.remember((me.id, id, i as u16), now);
             let header = DataHeader {
                 txn: 0,
                 msg: id,
@@ -151,8 +151,14 @@ impl<A: Address> LocalNode<A> {
         let parts = fragments(&o.payload, self.cfg.max_fragment);
         let mut avoid = o.avoid.clone();
         let count = parts.len() as u16;
-        for _ in 0..copies {
+        for copy in 0..copies {
             let mut first = None;
+            if copy == 0 && !avoid.is_empty() && self.no_route_avoiding(target, mode, &avoid) {
+                // Every first hop was tried already (for a neighbour, the
+                // only one is the destination itself): avoiding them would
+                // refuse this attempt at once, so start the rotation over.
+                avoid.clear();
+            }
             for (i, part) in parts.iter().enumerate() {
                 let header = DataHeader {
                     txn: 0,
@@ -176,6 +182,27 @@ impl<A: Address> LocalNode<A> {
         if let Some(o) = self.outgoing.get_mut(&id) {
             o.avoid = avoid;
         }
+    }
+
+    /// Whether a message from here to `target` would be refused for want
+    /// of a route when the first hops in `avoid` are excluded.
+    fn no_route_avoiding(&self, target: Hash, mode: Mode, avoid: &[Hash]) -> bool {
+        let probe = DataHeader {
+            txn: 0,
+            msg: 0,
+            origin: self.me.clone(),
+            target,
+            mode,
+            limit: Hash::ZERO,
+            hops: 0,
+            last_hop: false,
+            frag: 0,
+            frags: 1,
+        };
+        matches!(
+            self.decide(&probe, avoid),
+            Decision::Refuse(Refusal::NoRoute)
+        )
     }
 
     /// Moves a message one step; returns the next hop's id if it was sent on.
@@ -271,6 +298,7 @@ impl<A: Address> LocalNode<A> {
         let waiting = Waiting::Data {
             next: next.id,
             exclude,
+            msg: header.msg,
         };
         self.request(next.addr, retries, waiting, now, |txn| {
             Message::Data(Data {
@@ -317,10 +345,20 @@ impl<A: Address> LocalNode<A> {
 
     /// A `Data` datagram arrived.
     pub(super) fn on_data(&mut self, from: A, data: Data<A>, now: Instant) {
-        let ack = Message::<A>::HopAck(crate::wire::HopAck {
-            txn: data.header.txn,
-        });
-        self.reply(from, ack.encode());
+        let txn = data.header.txn;
+        self.confirmed_to = None;
+        self.on_data_inner(from.clone(), data, now);
+        // A destination that confirmed the message to the very node that
+        // handed it over (a one-hop send) has proved the hop with that
+        // `Delivered`: no HopAck besides it.
+        if self.confirmed_to.take().as_ref() != Some(&from) {
+            let ack = Message::<A>::HopAck(crate::wire::HopAck { txn });
+            self.reply(from, ack.encode());
+        }
+    }
+
+    fn on_data_inner(&mut self, from: A, data: Data<A>, now: Instant) {
+        let _ = from;
         if self.phase != Phase::Joined {
             return;
         }
@@ -364,7 +402,7 @@ impl<A: Address> LocalNode<A> {
             if !Interval::closed_open(header.target, header.limit).contains(&self.me.id) {
                 return; // routed to cover an arc with no live node in it
             }
-            if !self.seen.insert((origin, header.msg, header.frag)) {
+            if !self.remember((origin, header.msg, header.frag), now) {
                 self.stats.duplicates_suppressed += 1;
                 return;
             }
@@ -378,11 +416,18 @@ impl<A: Address> LocalNode<A> {
             self.acknowledge(&header, now);
             return;
         }
-        if !self.seen.insert((origin, header.msg, header.frag)) {
-            self.stats.duplicates_suppressed += 1;
-            return;
-        }
+        // Fragments are not marked one by one: reassembly ignores a copy of
+        // a fragment it holds, and a fragment it refused (full, or expired)
+        // must be accepted from the next retry, or the message could never
+        // complete and never be confirmed. Only the whole message is marked.
         self.assemble(header, payload, now);
+    }
+
+    /// Records a message (or fragment) id in the dedup window; true if new.
+    fn remember(&mut self, key: crate::delivery::FragmentKey, now: Instant) -> bool {
+        let new = self.seen.insert(key, now);
+        self.stats.dedup_evicted_early = self.seen.evicted_early();
+        new
     }
 
     fn assemble(&mut self, header: DataHeader<A>, payload: Vec<u8>, now: Instant) {
@@ -392,7 +437,7 @@ impl<A: Address> LocalNode<A> {
             .add(origin, header.msg, header.frag, header.frags, payload, now)
         {
             Assembled::Complete(whole) => {
-                self.seen.insert((origin, header.msg, WHOLE));
+                self.remember((origin, header.msg, WHOLE), now);
                 let broadcast = header.mode == Mode::Broadcast;
                 if !broadcast {
                     self.acknowledge(&header, now);
@@ -417,8 +462,10 @@ impl<A: Address> LocalNode<A> {
             hops: header.hops,
         };
         if header.origin.id == self.me.id {
-            self.on_delivered(ack, now);
+            let me = self.me.addr.clone();
+            self.on_delivered(me, ack, now);
         } else {
+            self.confirmed_to = Some(header.origin.addr.clone());
             self.push_transmit(header.origin.addr.clone(), Message::Delivered(ack).encode());
         }
     }
@@ -462,7 +509,23 @@ impl<A: Address> LocalNode<A> {
         }
     }
 
-    pub(super) fn on_delivered(&mut self, m: Delivered<A>, _now: Instant) {
+    pub(super) fn on_delivered(&mut self, from: A, m: Delivered<A>, now: Instant) {
+        // Sent to the destination itself, the message needs no HopAck: this
+        // confirmation proves the hop (and ends its retries).
+        let hops: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.to == from && matches!(p.waiting, Waiting::Data { msg, .. } if msg == m.msg)
+            })
+            .map(|(txn, _)| *txn)
+            .collect();
+        if !hops.is_empty() {
+            for txn in hops {
+                self.pending.remove(&txn);
+            }
+            self.verified(from, now);
+        }
         if self.outgoing.remove(&m.msg).is_some() {
             self.events.push_back(Event::Delivered {
                 id: MessageId(m.msg),

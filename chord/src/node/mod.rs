@@ -73,7 +73,12 @@ enum Waiting<A> {
     Verify,
     /// An application message handed to the next hop (the datagram is
     /// kept in the pending entry, to be rerouted if the hop stays silent).
-    Data { next: Hash, exclude: Vec<Hash> },
+    Data {
+        next: Hash,
+        exclude: Vec<Hash>,
+        /// The message: a `Delivered` for it from `next` proves the hop.
+        msg: u64,
+    },
     /// A lookup handed to the next hop, awaiting its acknowledgement.
     Forward {
         msg: FindSuccessor<A>,
@@ -189,6 +194,9 @@ pub struct LocalNode<A> {
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<Event<A>>,
     stats: Stats,
+    /// Set while a `Data` datagram is handled when it was confirmed to its
+    /// origin: the address the `Delivered` went to.
+    confirmed_to: Option<A>,
 }
 
 impl<A: Address> LocalNode<A> {
@@ -197,7 +205,6 @@ impl<A: Address> LocalNode<A> {
     pub fn new(cfg: Config, me: NodeRef<A>, seed: u64, now: Instant) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let _ = now;
-        let seen = Dedup::new(cfg.dedup_window);
         let reassembly = Reassembly::new(cfg.reassembly_bytes, cfg.send_timeout)
             .with_max_fragments(cfg.max_fragments());
         // The hash key comes from a stream of its own, so that the node's
@@ -205,6 +212,14 @@ impl<A: Address> LocalNode<A> {
         let mut key_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_50C5_0000_0001);
         let key = (key_rng.next_u64(), key_rng.next_u64());
         let sources = Sources::new(cfg.source_rate, cfg.source_burst, cfg.max_sources, key);
+        // A retry can arrive up to send_timeout after the first copy, plus
+        // one attempt's worth of delay in the network.
+        let retention = cfg.send_timeout + cfg.send_attempt_timeout;
+        let seen = Dedup::new(
+            cfg.dedup_window,
+            retention,
+            (key_rng.next_u64(), key_rng.next_u64()),
+        );
         Ok(LocalNode {
             table: RoutingTable::new(me.id, cfg.successor_list_len).with_address(me.addr.clone()),
             cfg,
@@ -229,6 +244,7 @@ impl<A: Address> LocalNode<A> {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            confirmed_to: None,
         })
     }
 
@@ -591,7 +607,7 @@ impl<A: Address> LocalNode<A> {
             Message::Leave(m) => self.on_leave(from, m, now),
             Message::SuccessorHint(m) => self.on_successor_hint(from, m.node, now),
             Message::Data(m) => self.on_data(from, m, now),
-            Message::Delivered(m) => self.on_delivered(m, now),
+            Message::Delivered(m) => self.on_delivered(from, m, now),
             Message::Undeliverable(m) => self.on_undeliverable(m, now),
         }
         self.sync_known();
@@ -1477,7 +1493,9 @@ impl<A: Address> LocalNode<A> {
                     self.lookup_attempt(lookup, now);
                 }
             }
-            Waiting::Data { next, exclude } => self.data_hop_failed(&p.bytes, next, exclude, now),
+            Waiting::Data { next, exclude, .. } => {
+                self.data_hop_failed(&p.bytes, next, exclude, now)
+            }
             Waiting::Forward {
                 msg,
                 next,

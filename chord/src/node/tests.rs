@@ -373,3 +373,175 @@ fn a_message_naming_a_node_under_a_false_id_is_dropped() {
     let after: Vec<Hash> = nodes[0].peers().iter().map(|p| p.id).collect();
     assert_eq!(before, after);
 }
+
+/// Regression (`cicada bench`, 256 sends in flight): when the destination's
+/// confirmation of the first attempt was lost, the retry excluded the first
+/// hop of that attempt. For a destination that is a direct neighbour that
+/// hop is the destination itself, the only way there: every retry was
+/// refused at once, retried at once, and the send failed at its deadline
+/// although the destination had the message (and the core spun meanwhile).
+#[test]
+fn retry_after_a_lost_confirmation_reaches_a_neighbour_again() {
+    use crate::wire::Message;
+    let now = Instant::now();
+    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    let mut now = run(&mut nodes, now, Duration::from_secs(5));
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    let target = nodes[1].id();
+    let id = nodes[0]
+        .send(Target::Node(target), b"hi".to_vec(), 0, now)
+        .unwrap();
+    // Deliver a's datagrams, drop b's first confirmation.
+    let mut dropped = 0;
+    let mut timeouts = 0;
+    let end = now + Duration::from_secs(12);
+    while now < end {
+        for i in 0..2 {
+            while let Some(t) = nodes[i].poll_transmit() {
+                let lost = i == 1
+                    && dropped == 0
+                    && matches!(Message::<u32>::decode(&t.bytes), Ok(Message::Delivered(_)));
+                if lost {
+                    dropped += 1;
+                    continue;
+                }
+                nodes[t.to as usize].handle_datagram(now, i as u32, &t.bytes);
+            }
+        }
+        match nodes[0].poll_timeout() {
+            Some(t) if t <= now && timeouts < 10_000 => {
+                timeouts += 1;
+                nodes[0].handle_timeout(now);
+                continue;
+            }
+            _ => {}
+        }
+        if nodes[1].poll_timeout().is_some_and(|t| t <= now) {
+            nodes[1].handle_timeout(now);
+        }
+        now += Duration::from_millis(10);
+    }
+    assert_eq!(dropped, 1);
+    let ev = events(&mut nodes[0]);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Delivered { id: d, .. } if *d == id)),
+        "{ev:?}"
+    );
+    let received = events(&mut nodes[1])
+        .into_iter()
+        .filter(|e| matches!(e, Event::Received { .. }))
+        .count();
+    assert_eq!(received, 1, "handed up once");
+    // 12 s of stabilize (1 s), request timeouts and one send retry: a few
+    // dozen wake-ups, not one per step spent refusing the same retry.
+    assert!(timeouts < 200, "{timeouts} wake-ups");
+}
+
+/// A one-hop send costs two datagrams: the destination's `Delivered` to
+/// the node that handed it the message proves the hop, so no `HopAck` goes
+/// besides it, and the sender neither retransmits nor reroutes.
+#[test]
+fn one_hop_send_is_confirmed_without_a_hop_ack() {
+    use crate::wire::Message;
+    let now = Instant::now();
+    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(5));
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    let b = nodes[1].id();
+    let id = nodes[0]
+        .send(Target::Node(b), b"hi".to_vec(), 0, now)
+        .unwrap();
+    let data: Vec<_> = std::iter::from_fn(|| nodes[0].poll_transmit()).collect();
+    assert_eq!(data.len(), 1);
+    nodes[1].handle_datagram(now, 0, &data[0].bytes);
+    let replies: Vec<_> = std::iter::from_fn(|| nodes[1].poll_transmit()).collect();
+    let kinds: Vec<_> = replies
+        .iter()
+        .map(|t| Message::<u32>::decode(&t.bytes).map(|m| std::mem::discriminant(&m)))
+        .collect();
+    assert_eq!(replies.len(), 1, "{kinds:?}");
+    assert!(matches!(
+        Message::<u32>::decode(&replies[0].bytes),
+        Ok(Message::Delivered(_))
+    ));
+    nodes[0].handle_datagram(now, 1, &replies[0].bytes);
+    assert!(events(&mut nodes[0])
+        .iter()
+        .any(|e| matches!(e, Event::Delivered { id: d, .. } if *d == id)));
+    // The hop is proven: past the request timeout nothing is sent again.
+    let later = now + nodes[0].config().request_timeout * 2;
+    nodes[0].handle_timeout(later);
+    let again: Vec<_> = std::iter::from_fn(|| nodes[0].poll_transmit())
+        .filter(|t| matches!(Message::<u32>::decode(&t.bytes), Ok(Message::Data(_))))
+        .collect();
+    assert!(again.is_empty(), "{} Data sent again", again.len());
+}
+
+/// Regression: fragments were marked in the dedup window before reassembly
+/// took them, so a fragment that a full reassembly refused was taken for a
+/// duplicate on every retry and the message never completed (in `cicada
+/// bench`, 16 KiB sends in 1,200-byte fragments, 256 in flight, can fill
+/// the 4 MiB reassembly). Now only whole
+/// messages are marked, and the retry after the reassembly has room
+/// completes it.
+#[test]
+fn fragments_refused_by_a_full_reassembly_are_taken_from_a_retry() {
+    let now = Instant::now();
+    let small = Config {
+        max_fragment: 100,
+        max_payload: 1000,
+        reassembly_bytes: 1000
+            + crate::delivery::PARTIAL_OVERHEAD
+            + crate::delivery::SLOT_OVERHEAD * 10,
+        ..Config::default()
+    };
+    let mut nodes = vec![
+        LocalNode::new(small.clone(), NodeRef::new(Hash::of("a"), 0u32), 0, now).unwrap(),
+        LocalNode::new(small, NodeRef::new(Hash::of("b"), 1u32), 1, now).unwrap(),
+    ];
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(5));
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    // Another origin's half-received message fills most of b's reassembly.
+    nodes[1]
+        .reassembly
+        .add(Hash::of("x"), 1, 0, 10, vec![0; 100], now);
+    let b = nodes[1].id();
+    let payload: Vec<u8> = (0..1000).map(|i| i as u8).collect();
+    let id = nodes[0]
+        .send(Target::Node(b), payload.clone(), 0, now)
+        .unwrap();
+    let now = run(&mut nodes, now, Duration::from_secs(1));
+    assert!(nodes[1].stats().reassembly_refused > 0, "the bound was hit");
+    // The other message is abandoned (as if aged out): room again before
+    // a's first retry.
+    nodes[1].reassembly.expire(now + Duration::from_secs(3600));
+    run(&mut nodes, now, Duration::from_secs(8));
+    let got: Vec<_> = events(&mut nodes[1])
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Received { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 1, "handed up once");
+    assert!(got[0] == payload, "whole");
+    let ev = events(&mut nodes[0]);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Delivered { id: d, .. } if *d == id)),
+        "{ev:?}"
+    );
+}
