@@ -696,7 +696,7 @@ impl<A: Address> LocalNode<A> {
                     self.table.set_successors([sender.clone()]);
                     self.send_stabilize(now);
                 }
-                self.consider_predecessor(sender, now);
+                self.consider_predecessor(sender, true, now);
             } else {
                 if lone {
                     self.admit(sender.clone(), Role::Successor, now);
@@ -742,9 +742,10 @@ impl<A: Address> LocalNode<A> {
     }
 
     /// Adopts `node` (verified) as predecessor if it is nearer than the
-    /// current one or the current one has been silent too long; the old
-    /// predecessor is told of its new successor.
-    fn consider_predecessor(&mut self, node: NodeRef<A>, now: Instant) {
+    /// current one, or, when it notified us (`notified`), if the current one
+    /// has been silent too long; the old predecessor is told of its new
+    /// successor.
+    fn consider_predecessor(&mut self, node: NodeRef<A>, notified: bool, now: Instant) {
         if node.id == self.me.id || self.is_dead(&node.id, now) {
             return;
         }
@@ -759,7 +760,7 @@ impl<A: Address> LocalNode<A> {
                 self.pred_seen = Some(now);
                 false
             }
-            Some(p) => stale || Interval::open(p.id, self.me.id).contains(&node.id),
+            Some(p) => (notified && stale) || Interval::open(p.id, self.me.id).contains(&node.id),
         };
         if adopt {
             let old = self.table.predecessor().cloned();
@@ -833,7 +834,7 @@ impl<A: Address> LocalNode<A> {
                     self.send_stabilize(now);
                 }
             }
-            Role::Predecessor => self.consider_predecessor(node, now),
+            Role::Predecessor => self.consider_predecessor(node, true, now),
             Role::Finger => self.table.insert_finger(node),
             Role::FixFinger(bucket) => self.table.fix_finger(bucket, node),
             Role::Past => {
@@ -850,7 +851,7 @@ impl<A: Address> LocalNode<A> {
                     // It heads the successor list once it answers a stabilize.
                     self.stabilize_with(node.clone(), false, now);
                 }
-                self.consider_predecessor(node.clone(), now);
+                self.consider_predecessor(node.clone(), false, now);
                 self.table.insert_finger(node);
             }
         }
