@@ -90,6 +90,15 @@ pub struct Config {
     /// what one address holds of `max_pending` to about
     /// `source_burst + source_rate * request_timeout`.
     pub source_burst: u32,
+    /// Data datagrams accepted per second from one *verified* source (an
+    /// address that has answered one of our requests), counted apart from
+    /// `source_rate`: applications stream messages to their neighbours far
+    /// faster than maintenance runs, and an address that answers cannot be
+    /// a forged one. Still bounded, so that one insider cannot flood
+    /// without limit. Unverified sources' Data go by `source_rate`.
+    pub data_rate: u32,
+    /// Data datagrams a verified source may send in a burst.
+    pub data_burst: u32,
     /// Source addresses tracked at once (token bucket, bytes in and out,
     /// whether verified); the least recently heard is forgotten first, so
     /// the table costs bounded memory whatever the number of sources.
@@ -125,6 +134,8 @@ impl Default for Config {
             reassembly_bytes: 4 << 20,
             source_rate: 400,
             source_burst: 400,
+            data_rate: 100_000,
+            data_burst: 20_000,
             max_sources: 4096,
             past_peers: 32,
             past_peer_ttl: Duration::from_secs(600),
@@ -173,9 +184,14 @@ impl Config {
                 "reassembly_bytes must hold at least one payload",
             ));
         }
-        if self.source_rate == 0 || self.source_burst == 0 || self.max_sources == 0 {
+        if self.source_rate == 0
+            || self.source_burst == 0
+            || self.max_sources == 0
+            || self.data_rate == 0
+            || self.data_burst == 0
+        {
             return Err(ConfigError(
-                "source_rate, source_burst and max_sources must be positive",
+                "source_rate, source_burst, data_rate, data_burst and max_sources must be positive",
             ));
         }
         if self.past_probe_max.is_zero() {

@@ -7,7 +7,7 @@
 //! when the newer one fills half of `max_sources` or has lived
 //! [`GENERATION`]. An address heard again while in the older generation moves
 //! to the newer one, so a source is forgotten only after a whole generation
-//! of silence (or under a flood of newer sources). An entry is 32 bytes
+//! of silence (or under a flood of newer sources). An entry is 40 bytes
 //! besides its address; times are kept as milliseconds since the table's
 //! first use.
 
@@ -49,6 +49,8 @@ struct Source {
     /// The `GetNeighbors` txn awaiting verification (see `deferred`).
     deferred_txn: u64,
     tokens: f32,
+    /// The separate bucket of Data from a verified source.
+    data_tokens: f32,
     /// Milliseconds since the table's epoch (wrapping; entries never live
     /// long enough for a wrap to matter) of the last refill.
     last: u32,
@@ -66,10 +68,11 @@ struct Source {
 
 impl Source {
     /// A source heard for the first time, `ms` after the epoch.
-    fn fresh(burst: f32, ms: u32) -> Source {
+    fn fresh(burst: f32, data_burst: f32, ms: u32) -> Source {
         Source {
             deferred_txn: 0,
             tokens: burst,
+            data_tokens: data_burst,
             last: ms,
             probed_at: 0,
             bytes_in: 0,
@@ -87,6 +90,8 @@ impl Source {
 pub(crate) struct Sources<A> {
     rate: f32,
     burst: f32,
+    data_rate: f32,
+    data_burst: f32,
     cap: usize,
     /// The generation being filled.
     young: HashMap<A, Source, Keyed>,
@@ -105,6 +110,8 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         Sources {
             rate: rate as f32,
             burst: burst.max(1) as f32,
+            data_rate: rate as f32,
+            data_burst: burst.max(1) as f32,
             cap: cap.max(2),
             young: HashMap::with_hasher(Keyed(key.0, key.1)),
             old: HashMap::with_hasher(Keyed(key.0, key.1)),
@@ -140,12 +147,12 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
                 self.turn(t);
             }
         }
-        let (burst, ms) = (self.burst, t.as_millis() as u32);
+        let (burst, data_burst, ms) = (self.burst, self.data_burst, t.as_millis() as u32);
         if !self.young.contains_key(addr) {
             let entry = self
                 .old
                 .remove(addr)
-                .unwrap_or_else(|| Source::fresh(burst, ms));
+                .unwrap_or_else(|| Source::fresh(burst, data_burst, ms));
             // Each generation holds at most half the cap, so both together
             // never exceed it.
             if self.young.len() >= self.cap / 2 {
@@ -155,7 +162,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         }
         self.young
             .entry(addr.clone())
-            .or_insert_with(|| Source::fresh(burst, ms))
+            .or_insert_with(|| Source::fresh(burst, data_burst, ms))
     }
 
     /// The entry of `addr` in either generation, without moving it.
@@ -179,19 +186,48 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
             .saturating_add(len.try_into().unwrap_or(u32::MAX));
     }
 
-    /// Takes one request token from `addr`'s bucket; false if it has none.
-    pub(crate) fn allow(&mut self, addr: &A, now: Instant) -> bool {
+    /// Gives Data from verified sources a bucket of its own (by default
+    /// the same rate and burst as other requests).
+    pub(crate) fn with_data_bucket(mut self, rate: u32, burst: u32) -> Sources<A> {
+        self.data_rate = rate as f32;
+        self.data_burst = burst.max(1) as f32;
+        self
+    }
+
+    /// The entry of `addr` with both its buckets refilled to `now`.
+    fn refilled(&mut self, addr: &A, now: Instant) -> &mut Source {
         let (rate, burst) = (self.rate, self.burst);
+        let (data_rate, data_burst) = (self.data_rate, self.data_burst);
         let ms = self.since_epoch(now).as_millis() as u32;
         let s = self.touch(addr, now);
         let elapsed = ms.wrapping_sub(s.last);
         if elapsed < u32::MAX / 2 {
             // Not behind the last refill (times passed in may go back).
             s.last = ms;
-            s.tokens = (s.tokens + elapsed as f32 * rate / 1000.0).min(burst);
+            let secs = elapsed as f32 / 1000.0;
+            s.tokens = (s.tokens + secs * rate).min(burst);
+            s.data_tokens = (s.data_tokens + secs * data_rate).min(data_burst);
         }
+        s
+    }
+
+    /// Takes one request token from `addr`'s bucket; false if it has none.
+    pub(crate) fn allow(&mut self, addr: &A, now: Instant) -> bool {
+        let s = self.refilled(addr, now);
         if s.tokens >= 1.0 {
             s.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes one token from `addr`'s Data bucket (for verified sources);
+    /// false if it has none.
+    pub(crate) fn allow_data(&mut self, addr: &A, now: Instant) -> bool {
+        let s = self.refilled(addr, now);
+        if s.data_tokens >= 1.0 {
+            s.data_tokens -= 1.0;
             true
         } else {
             false
@@ -399,7 +435,19 @@ mod tests {
     }
 
     #[test]
+    fn data_of_verified_sources_has_its_own_bucket() {
+        let t0 = Instant::now();
+        let mut s = Sources::<u32>::new(10, 5, 8, (1, 2)).with_data_bucket(1000, 100);
+        assert_eq!((0..20).filter(|_| s.allow(&1, t0)).count(), 5);
+        // Requests are spent; the Data bucket is not.
+        assert_eq!((0..200).filter(|_| s.allow_data(&1, t0)).count(), 100);
+        let t1 = t0 + Duration::from_millis(50);
+        assert_eq!((0..200).filter(|_| s.allow_data(&1, t1)).count(), 50);
+        assert_eq!((0..20).filter(|_| s.allow(&1, t1)).count(), 0);
+    }
+
+    #[test]
     fn entries_stay_small() {
-        assert!(std::mem::size_of::<Source>() <= 32);
+        assert!(std::mem::size_of::<Source>() <= 40);
     }
 }

@@ -211,7 +211,8 @@ impl<A: Address> LocalNode<A> {
         // other random choices do not depend on it.
         let mut key_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_50C5_0000_0001);
         let key = (key_rng.next_u64(), key_rng.next_u64());
-        let sources = Sources::new(cfg.source_rate, cfg.source_burst, cfg.max_sources, key);
+        let sources = Sources::new(cfg.source_rate, cfg.source_burst, cfg.max_sources, key)
+            .with_data_bucket(cfg.data_rate, cfg.data_burst);
         // A retry can arrive up to send_timeout after the first copy, plus
         // one attempt's worth of delay in the network.
         let retention = cfg.send_timeout + cfg.send_attempt_timeout;
@@ -585,7 +586,14 @@ impl<A: Address> LocalNode<A> {
         );
         // Requests cost state and replies: each takes a token of its
         // source's bucket. Replies only match what this node asked for.
-        if request && !self.sources.allow(&from, now) {
+        let allowed = match msg {
+            // A verified neighbour's messages have a bucket of their own.
+            Message::Data(_) if self.sources.is_verified(&from) => {
+                self.sources.allow_data(&from, now)
+            }
+            _ => !request || self.sources.allow(&from, now),
+        };
+        if !allowed {
             self.stats.dropped_rate_limited += 1;
             return;
         }
