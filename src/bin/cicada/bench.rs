@@ -325,8 +325,28 @@ async fn throughput(
             n
         })
     };
-    let payload = bytes::Bytes::from(vec![0x5au8; size]);
     let start = Instant::now();
+    let (ok, first_error) = pipelined_sends(a, &to, size, count).await;
+    let secs = start.elapsed().as_secs_f64();
+    let received = reader.await.map_err(|e| e.to_string())?;
+    if ok != count || received != count {
+        println!(
+            "  !! {size} B: {ok} confirmed, {received} received of {count}; first error: {}",
+            first_error.unwrap_or_default()
+        );
+    }
+    Ok((ok as f64 / secs, ok as f64 / count as f64))
+}
+
+/// Sends `count` one-hop messages of `size` bytes from `a` to `to`, 256 in
+/// flight; returns how many were confirmed and the first error.
+pub(crate) async fn pipelined_sends(
+    a: &Arc<SwarmPeer>,
+    to: &PeerAddr,
+    size: usize,
+    count: usize,
+) -> (usize, Option<String>) {
+    let payload = bytes::Bytes::from(vec![0x5au8; size]);
     let mut inflight = JoinSet::new();
     let mut ok = 0usize;
     let mut first_error = None;
@@ -348,15 +368,7 @@ async fn throughput(
     while !inflight.is_empty() {
         tally(inflight.join_next().await);
     }
-    let secs = start.elapsed().as_secs_f64();
-    let received = reader.await.map_err(|e| e.to_string())?;
-    if ok != count || received != count {
-        println!(
-            "  !! {size} B: {ok} confirmed, {received} received of {count}; first error: {}",
-            first_error.unwrap_or_default()
-        );
-    }
-    Ok((ok as f64 / secs, ok as f64 / count as f64))
+    (ok, first_error)
 }
 
 pub(crate) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use cicada::{Hooks, PeerAddr, PeerConfig, SwarmPeer};
 use serde_json::{json, Map, Value};
-use tokio::task::JoinSet;
 
-use crate::bench::{percentiles, R};
+use crate::bench::{percentiles, pipelined_sends, R};
 
 /// Seconds the C `ocbr` client floods.
 const OCBR_SECONDS: u32 = 2;
@@ -376,28 +375,8 @@ pub async fn rows(
 
 /// Confirmed one-hop sends per second (256 in flight), and the fraction confirmed.
 async fn throughput(a: &Arc<SwarmPeer>, to: &PeerAddr, size: usize, count: usize) -> (f64, f64) {
-    let payload = bytes::Bytes::from(vec![0x5au8; size]);
     let start = Instant::now();
-    let mut inflight = JoinSet::new();
-    let mut ok = 0usize;
-    let mut first_error = None;
-    let mut tally = |r: Option<Result<cicada::Result<cicada::Delivery>, _>>| match r {
-        Some(Ok(Ok(_))) => ok += 1,
-        Some(Ok(Err(e))) => {
-            first_error.get_or_insert_with(|| e.to_string());
-        }
-        _ => {}
-    };
-    for _ in 0..count {
-        if inflight.len() >= 256 {
-            tally(inflight.join_next().await);
-        }
-        let (a, p, to) = (a.clone(), payload.clone(), to.clone());
-        inflight.spawn(async move { a.send(to, p, 0).await });
-    }
-    while !inflight.is_empty() {
-        tally(inflight.join_next().await);
-    }
+    let (ok, first_error) = pipelined_sends(a, to, size, count).await;
     let secs = start.elapsed().as_secs_f64();
     if ok != count {
         println!(
