@@ -274,35 +274,22 @@ impl SwarmPeer {
             counters.hooks_dropped.clone(),
         );
         let cfg = self.cfg.clone();
+        let parts = (
+            me.clone(),
+            cfg,
+            seed,
+            cmd_rx,
+            in_tx,
+            hooks,
+            counters.clone(),
+        );
         let (task, secure) = match self.cfg.swarm_key.clone() {
             Some(key) => {
                 let link = SecureLink::with_config(link, key, self.cfg.secure.clone());
                 let stats = link.stats_handle();
-                let driver = Driver::new(
-                    link,
-                    me.clone(),
-                    cfg,
-                    seed,
-                    cmd_rx,
-                    in_tx,
-                    hooks,
-                    counters.clone(),
-                )?;
-                (tokio::spawn(driver.run()), Some(stats))
+                (spawn_driver(link, parts)?, Some(stats))
             }
-            None => {
-                let driver = Driver::new(
-                    link,
-                    me.clone(),
-                    cfg,
-                    seed,
-                    cmd_rx,
-                    in_tx,
-                    hooks,
-                    counters.clone(),
-                )?;
-                (tokio::spawn(driver.run()), None)
-            }
+            None => (spawn_driver(link, parts)?, None),
         };
         tracing::debug!(id = %me.id.short(), %local, %external, "bound");
         self.bound = Some(Bound {
@@ -547,6 +534,24 @@ impl SwarmPeer {
     pub fn is_closed(&self) -> bool {
         self.bound.as_ref().is_some_and(|b| b.commands.is_closed())
     }
+}
+
+/// Everything a driver needs besides its link.
+type DriverParts = (
+    RemoteNode,
+    PeerConfig,
+    u64,
+    mpsc::Receiver<Command<PeerAddr>>,
+    mpsc::Sender<Incoming<PeerAddr>>,
+    HookQueue<PeerAddr>,
+    Arc<Counters>,
+);
+
+/// Starts the driver over `link` (keyed or not) on the current runtime.
+fn spawn_driver<L: Link<Addr = PeerAddr>>(link: L, parts: DriverParts) -> Result<JoinHandle<()>> {
+    let (me, cfg, seed, commands, inbox, hooks, counters) = parts;
+    let driver = Driver::new(link, me, cfg, seed, commands, inbox, hooks, counters)?;
+    Ok(tokio::spawn(driver.run()))
 }
 
 impl Drop for SwarmPeer {

@@ -135,16 +135,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     );
 
     // Two peers, one hop apart.
-    let a = Arc::new(peer(fast()).await?);
-    let b = Arc::new(peer(fast()).await?);
-    b.connect(
-        a.listener().map_err(|e| e.to_string())?,
-        Duration::from_secs(5),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let b_addr = b.listener().map_err(|e| e.to_string())?;
+    let (a, b, b_addr) = pair(fast()).await?;
 
     let mut unkeyed = Vec::new();
     for size in [64usize, 1024, 16 * 1024] {
@@ -225,16 +216,7 @@ async fn keyed_rows(
         "private swarm (swarm key)", "keyed", "unkeyed", "ratio"
     );
     let key = cicada::SwarmKey::generate().map_err(|e| e.to_string())?;
-    let a = Arc::new(peer(fast().swarm_key(key.clone())).await?);
-    let b = Arc::new(peer(fast().swarm_key(key)).await?);
-    b.connect(
-        a.listener().map_err(|e| e.to_string())?,
-        Duration::from_secs(5),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let b_addr = b.listener().map_err(|e| e.to_string())?;
+    let (a, b, b_addr) = pair(fast().swarm_key(key)).await?;
     for (size, plain) in [64usize, 1024, 16 * 1024].into_iter().zip(unkeyed) {
         let (keyed, confirmed) = throughput(&a, &b, b_addr.clone(), size, args.messages).await?;
         println!(
@@ -339,6 +321,22 @@ async fn throughput(
         );
     }
     Ok((ok as f64 / secs, ok as f64 / count as f64))
+}
+
+/// Two peers of configuration `cfg`, one hop apart and settled; and the
+/// address of the second.
+async fn pair(cfg: PeerConfig) -> R<(Arc<SwarmPeer>, Arc<SwarmPeer>, PeerAddr)> {
+    let a = Arc::new(peer(cfg.clone()).await?);
+    let b = Arc::new(peer(cfg).await?);
+    b.connect(
+        a.listener().map_err(|e| e.to_string())?,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b_addr = b.listener().map_err(|e| e.to_string())?;
+    Ok((a, b, b_addr))
 }
 
 /// Sends `count` one-hop messages of `size` bytes from `a` to `to`, 256 in
