@@ -48,6 +48,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    init_log();
     let code = match cli.command {
         Command::Node(args) => node::main(args),
         Command::Map(args) => map::main(args),
@@ -66,4 +67,27 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+/// Diagnostics on stderr when `RUST_LOG` asks for them, in the usual
+/// `target=level,...` form (e.g. `RUST_LOG=cicada_chord=debug`); nothing
+/// otherwise, so that stdout's JSON and the tables stay clean. A value that
+/// does not parse is reported and ignored.
+fn init_log() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let Ok(spec) = std::env::var("RUST_LOG") else {
+        return;
+    };
+    match spec.parse::<Targets>() {
+        Ok(filter) => tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false),
+            )
+            .with(filter)
+            .init(),
+        Err(e) => eprintln!("warning: RUST_LOG={spec:?} ignored: {e}"),
+    }
 }
