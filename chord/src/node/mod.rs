@@ -1564,6 +1564,7 @@ impl<A: Address> LocalNode<A> {
                     .map(|n| n.id)
                     .filter(|id| self.probed.iter().any(|(p, ok)| p == id && !*ok))
                     .collect();
+                tracing::trace!(me = %self.me.id.short(), silent = silent.len(), "skipping silent backups");
                 for id in silent {
                     // Silent, maybe only slow: remembered, and probed later.
                     if let Some(n) = self.table.get(&id).cloned() {
@@ -1579,6 +1580,7 @@ impl<A: Address> LocalNode<A> {
                 // Every successor is gone: the nearest finger is the best
                 // guess, and stabilize walks back from it through predecessors.
                 let fingers = self.table.fingers().to_vec();
+                tracing::trace!(me = %self.me.id.short(), fingers = fingers.len(), "every successor gone");
                 self.table.set_successors(fingers);
             }
             self.send_stabilize(now);
@@ -1640,6 +1642,7 @@ impl<A: Address> LocalNode<A> {
         p.next_probe = now + p.backoff;
         p.backoff = (p.backoff * 2).min(max);
         let node = p.node.clone();
+        tracing::trace!(me = %self.me.id.short(), peer = %node.id.short(), "probing a past peer");
         self.stats.past_probes += 1;
         self.admit(node, Role::Past, now);
     }
@@ -1676,6 +1679,14 @@ impl<A: Address> LocalNode<A> {
             return;
         }
         self.known_version = self.table.version();
+        tracing::trace!(
+            me = %self.me.id.short(),
+            succ = ?self.table.successors().iter().map(|n| n.id.short()).collect::<Vec<_>>(),
+            pred = ?self.table.predecessor().map(|n| n.id.short()),
+            fingers = self.table.fingers().len(),
+            past = self.past.len(),
+            "table"
+        );
         let mut now_known: Vec<NodeRef<A>> = self.table.peers().cloned().collect();
         now_known.sort_by_key(|a| a.id);
         now_known.dedup_by(|a, b| a.id == b.id);
