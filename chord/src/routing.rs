@@ -276,7 +276,11 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
     }
 
     /// Where a message for `key` goes next, skipping nodes in `exclude`
-    /// (those that failed to acknowledge it already).
+    /// (those that failed to acknowledge it already). When every node
+    /// before `key` is excluded, the successor is still the only way on,
+    /// and it is returned as a hop even though excluded: it is never named
+    /// the owner of a key past it (a lost acknowledgement once made the
+    /// successor the "owner" of keys it does not hold).
     pub fn next_hop(&self, key: &Hash, exclude: &[Hash]) -> NextHop<'_, A> {
         let Some(succ) = self.successor() else {
             return NextHop::Owner(None);
@@ -284,10 +288,7 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
         if Interval::open_closed(self.me, succ.id).contains(key) {
             return NextHop::Owner(Some(succ));
         }
-        match self.closest_preceding(key, exclude) {
-            Some(n) => NextHop::Forward(n),
-            None => NextHop::Owner(Some(succ)),
-        }
+        NextHop::Forward(self.closest_preceding(key, exclude).unwrap_or(succ))
     }
 
     /// The known node in `(me, key)` nearest to `key`, from the fingers and
@@ -446,6 +447,19 @@ mod tests {
             NextHop::Forward(&n(10))
         );
         assert_eq!(table(0).next_hop(&n(5).id, &[]), NextHop::Owner(None));
+    }
+
+    #[test]
+    fn next_hop_never_names_an_owner_past_the_successor() {
+        let mut t = table(0);
+        t.set_successors([n(10), n(20)]);
+        t.insert_finger(n(64));
+        // Every node before the key excluded: the successor is the way on,
+        // not the owner of a key 120 past it.
+        let all = [n(10).id, n(20).id, n(64).id];
+        assert_eq!(t.next_hop(&n(130).id, &all), NextHop::Forward(&n(10)));
+        // A key it does hold it still owns, excluded or not.
+        assert_eq!(t.next_hop(&n(7).id, &all), NextHop::Owner(Some(&n(10))));
     }
 
     #[test]

@@ -273,7 +273,9 @@ impl<A: Address> LocalNode<A> {
             prev = s.id;
         }
         match self.table.next_hop(key, exclude) {
-            NextHop::Forward(n) => Decision::Forward(n.clone(), false),
+            // Data whose every way on failed is refused (the origin tries
+            // again); only lookups go back to a silent successor.
+            NextHop::Forward(n) if !exclude.contains(&n.id) => Decision::Forward(n.clone(), false),
             _ => Decision::Refuse(Refusal::NoRoute),
         }
     }
