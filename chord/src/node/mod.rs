@@ -1,6 +1,7 @@
 //! [`LocalNode`]: one Chord node as a state machine without I/O.
 
 mod data;
+mod identity;
 #[cfg(test)]
 mod tests;
 
@@ -187,7 +188,7 @@ pub struct LocalNode<A> {
     /// Token buckets, byte counts and verification of source addresses.
     sources: Sources<A>,
     /// How ids derive from addresses, if they must (see `with_identity`).
-    identity: Option<fn(&A) -> Hash>,
+    identity: Option<Box<identity::Identity<A>>>,
     /// Peers that failed, probed with backoff to notice a healed partition.
     past: Vec<PastPeer<A>>,
     rng: ChaCha8Rng,
@@ -268,7 +269,7 @@ impl<A: Address> LocalNode<A> {
     /// assert!(node.stats().dropped_bad_identity == 0);
     /// ```
     pub fn with_identity(mut self, derive: fn(&A) -> Hash) -> Self {
-        self.identity = Some(derive);
+        self.identity = Some(Box::new(identity::Identity::new(derive)));
         self
     }
 
@@ -567,8 +568,8 @@ impl<A: Address> LocalNode<A> {
                 return;
             }
         };
-        if let Some(derive) = self.identity {
-            if msg.nodes().any(|n| derive(&n.addr) != n.id) {
+        if let Some(identity) = &mut self.identity {
+            if msg.nodes().any(|n| !identity.matches(&n.addr, &n.id)) {
                 self.stats.dropped_bad_identity += 1;
                 tracing::debug!(?from, "dropped a message naming a node under a false id");
                 return;
