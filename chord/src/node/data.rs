@@ -40,6 +40,11 @@ pub(super) struct Outgoing {
     /// A forwarder said no live node has the target id; the send fails so
     /// at `deadline` unless a confirmation overtakes the verdict.
     no_such_node: bool,
+    /// The pending requests (txns) that handed a copy of this message to
+    /// a first hop, so that the destination's `Delivered` finds the ones
+    /// it proves without a scan of every pending request. Entries whose
+    /// request is gone are dropped as new ones come.
+    first_hops: Vec<u64>,
 }
 
 impl Outgoing {
@@ -84,6 +89,7 @@ impl<A: Address> LocalNode<A> {
                 avoid: Vec::new(),
                 refusals: 0,
                 no_such_node: false,
+                first_hops: Vec::new(),
             },
         );
         self.send_attempt(id, now);
@@ -295,17 +301,25 @@ impl<A: Address> LocalNode<A> {
         } else {
             0
         };
+        let (msg, mine) = (header.msg, header.origin.id == self.me.id);
         let waiting = Waiting::Data {
             next: next.id,
             exclude,
-            msg: header.msg,
+            msg,
         };
-        self.request(next.addr, retries, waiting, now, |txn| {
+        let txn = self.request(next.addr, retries, waiting, now, |txn| {
             Message::Data(Data {
                 header: DataHeader { txn, ..header },
                 payload,
             })
         });
+        if let (Some(txn), true) = (txn, mine) {
+            if let Some(o) = self.outgoing.get_mut(&msg) {
+                let pending = &self.pending;
+                o.first_hops.retain(|t| pending.contains_key(t));
+                o.first_hops.push(txn);
+            }
+        }
     }
 
     /// The next hop of a message did not acknowledge it: route around it.
@@ -512,18 +526,22 @@ impl<A: Address> LocalNode<A> {
     pub(super) fn on_delivered(&mut self, from: A, m: Delivered<A>, now: Instant) {
         // Sent to the destination itself, the message needs no HopAck: this
         // confirmation proves the hop (and ends its retries).
-        let hops: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| {
-                p.to == from && matches!(p.waiting, Waiting::Data { msg, .. } if msg == m.msg)
-            })
-            .map(|(txn, _)| *txn)
-            .collect();
-        if !hops.is_empty() {
-            for txn in hops {
-                self.pending.remove(&txn);
+        // Only the origin hears `Delivered`, and its copies' first hops are
+        // listed in the outgoing entry (none once it is gone: a late
+        // confirmation of a message delivered already).
+        let mut proved = false;
+        if let Some(o) = self.outgoing.get(&m.msg) {
+            for txn in &o.first_hops {
+                let hop = self.pending.get(txn).is_some_and(|p| {
+                    p.to == from && matches!(p.waiting, Waiting::Data { msg, .. } if msg == m.msg)
+                });
+                if hop {
+                    self.pending.remove(txn);
+                    proved = true;
+                }
             }
+        }
+        if proved {
             self.verified(from, now);
         }
         if self.outgoing.remove(&m.msg).is_some() {

@@ -19,7 +19,7 @@ use crate::delivery::{Dedup, Reassembly};
 use crate::event::{Event, JoinError, LookupId, Stats, Transmit};
 use crate::hash::{Hash, Interval};
 use crate::routing::{NextHop, RoutingTable};
-use crate::sources::Sources;
+use crate::sources::{Arrival, Sources};
 use crate::wire::{
     DecodeError, FindSuccessor, Found, GetNeighbors, HopAck, Leave, Message, Neighbors, NodeRef,
     Ping, SuccessorHint, VersionMismatch,
@@ -575,25 +575,19 @@ impl<A: Address> LocalNode<A> {
                 return;
             }
         }
-        self.sources.received(&from, bytes.len(), now);
-        let request = matches!(
-            msg,
-            Message::Ping(_)
-                | Message::GetNeighbors(_)
-                | Message::FindSuccessor(_)
-                | Message::Data(_)
-                | Message::Leave(_)
-                | Message::SuccessorHint(_)
-        );
         // Requests cost state and replies: each takes a token of its
-        // source's bucket. Replies only match what this node asked for.
-        let allowed = match msg {
-            // A verified neighbour's messages have a bucket of their own.
-            Message::Data(_) if self.sources.is_verified(&from) => {
-                self.sources.allow_data(&from, now)
-            }
-            _ => !request || self.sources.allow(&from, now),
+        // source's bucket (a verified neighbour's Data has a bucket of its
+        // own). Replies only match what this node asked for.
+        let kind = match msg {
+            Message::Data(_) => Arrival::Data,
+            Message::Ping(_)
+            | Message::GetNeighbors(_)
+            | Message::FindSuccessor(_)
+            | Message::Leave(_)
+            | Message::SuccessorHint(_) => Arrival::Request,
+            _ => Arrival::Reply,
         };
+        let allowed = self.sources.arrived(&from, bytes.len(), kind, now);
         if !allowed {
             self.stats.dropped_rate_limited += 1;
             return;
@@ -888,8 +882,7 @@ impl<A: Address> LocalNode<A> {
     /// `GetNeighbors` of its that was waiting for that is answered now.
     fn verified(&mut self, addr: A, now: Instant) {
         let _ = now;
-        self.sources.verify(&addr, now);
-        if let Some((txn, want_fingers)) = self.sources.take_deferred(&addr) {
+        if let Some((txn, want_fingers)) = self.sources.verify_and_take_deferred(&addr, now) {
             if self.phase == Phase::Joined {
                 let reply = self.neighbors_reply(txn, want_fingers);
                 self.reply(addr, reply);
@@ -1450,10 +1443,10 @@ impl<A: Address> LocalNode<A> {
         waiting: Waiting<A>,
         now: Instant,
         message: impl FnOnce(u64) -> Message<A>,
-    ) {
+    ) -> Option<u64> {
         if self.pending.len() >= self.cfg.max_pending {
             self.stats.dropped_overload += 1;
-            return;
+            return None;
         }
         let txn = self.fresh_txn();
         let bytes = message(txn).encode();
@@ -1468,6 +1461,7 @@ impl<A: Address> LocalNode<A> {
             },
         );
         self.push_transmit(to, bytes);
+        Some(txn)
     }
 
     fn pending_expired(&mut self, txn: u64, now: Instant) {
