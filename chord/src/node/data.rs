@@ -149,13 +149,18 @@ impl<A: Address> LocalNode<A> {
         };
         o.retry_at = now + retry;
         o.refusals = 0;
+        let wake = o.wake_at();
         let (target, mode) = match o.target {
             Target::Key(k) => (k, Mode::Key),
             Target::Node(n) => (n, Mode::Node),
         };
         let copies = o.duplicates as usize + 1;
-        let parts = fragments(&o.payload, self.cfg.max_fragment);
+        // Out of the entry while the copies go (routing may touch the
+        // entry), so that each fragment is copied once, into its datagram.
+        let payload = std::mem::take(&mut o.payload);
         let mut avoid = o.avoid.clone();
+        self.arm(wake);
+        let parts = fragment_slices(&payload, self.cfg.max_fragment);
         let count = parts.len() as u16;
         for copy in 0..copies {
             let mut first = None;
@@ -178,7 +183,7 @@ impl<A: Address> LocalNode<A> {
                     frag: i as u16,
                     frags: count,
                 };
-                first = self.route_data(header, part.clone(), avoid.clone(), now);
+                first = self.route_data(header, part.to_vec(), avoid.clone(), now);
             }
             match first {
                 Some(hop) => avoid.push(hop),
@@ -187,6 +192,7 @@ impl<A: Address> LocalNode<A> {
         }
         if let Some(o) = self.outgoing.get_mut(&id) {
             o.avoid = avoid;
+            o.payload = payload;
         }
     }
 
@@ -567,11 +573,14 @@ impl<A: Address> LocalNode<A> {
                 o.no_such_node = true;
                 o.deadline = o.deadline.min(grace);
                 o.retry_at = o.deadline;
+                let wake = o.retry_at;
+                self.arm(wake);
             }
             Refusal::NoRoute => {
                 o.refusals += 1;
                 if o.refusals > o.duplicates as u32 {
                     o.retry_at = now; // every copy refused: try again now
+                    self.arm(now);
                 }
             }
         }
@@ -615,6 +624,15 @@ impl<A: Address> LocalNode<A> {
             });
         }
     }
+}
+
+/// Splits a payload into pieces of at most `max` bytes, without copying
+/// (one empty piece for an empty payload).
+fn fragment_slices(payload: &[u8], max: usize) -> Vec<&[u8]> {
+    if payload.len() <= max {
+        return vec![payload];
+    }
+    payload.chunks(max.max(1)).collect()
 }
 
 /// Splits a payload into pieces of at most `max` bytes (one empty piece for

@@ -174,6 +174,11 @@ pub struct LocalNode<A> {
     pred_seen: Option<Instant>,
     finger_cursor: u32,
     next_tick: Option<Instant>,
+    /// No timer of the node is due before this (`poll_timeout`): lowered
+    /// whenever a deadline is set, made exact by `handle_timeout`. It may
+    /// be early (the entry that set it is gone), which costs one wake-up
+    /// that finds nothing due; it is never late.
+    wake: Option<Instant>,
     pending: BTreeMap<u64, Pending<A>>,
     lookups: BTreeMap<u64, Lookup>,
     known: Vec<NodeRef<A>>,
@@ -230,6 +235,7 @@ impl<A: Address> LocalNode<A> {
             pred_seen: None,
             finger_cursor: 0,
             next_tick: None,
+            wake: None,
             pending: BTreeMap::new(),
             lookups: BTreeMap::new(),
             known: Vec::new(),
@@ -341,6 +347,14 @@ impl<A: Address> LocalNode<A> {
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
         self.table.check_invariants()?;
+        if let Some(t) = self.earliest_timer() {
+            if self.wake.is_none_or(|w| w > t) {
+                return Err(format!(
+                    "poll_timeout {:?} is later than the earliest timer {t:?}",
+                    self.wake
+                ));
+            }
+        }
         let cfg = &self.cfg;
         let bounds = [
             ("pending requests", self.pending.len(), cfg.max_pending),
@@ -493,6 +507,12 @@ impl<A: Address> LocalNode<A> {
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     /// Calling it early or late is harmless.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        self.wake
+    }
+
+    /// The earliest timer of every pending request, lookup and message,
+    /// and of the periodic tick: a scan of them all.
+    fn earliest_timer(&self) -> Option<Instant> {
         let pending = self.pending.values().map(|p| p.deadline);
         let lookups = self.lookups.values().map(|l| l.retry_at.min(l.deadline));
         let outgoing = self.outgoing.values().map(|o| o.wake_at());
@@ -536,6 +556,12 @@ impl<A: Address> LocalNode<A> {
             self.tick(now);
         }
         self.sync_known();
+        self.wake = self.earliest_timer();
+    }
+
+    /// Makes sure `poll_timeout` is no later than `at`.
+    fn arm(&mut self, at: Instant) {
+        self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
     }
 
     /// Handles one datagram from `from`. Malformed or unexpected datagrams
@@ -1138,15 +1164,14 @@ impl<A: Address> LocalNode<A> {
 
     fn start_lookup(&mut self, key: Hash, purpose: Purpose, now: Instant) -> u64 {
         let id = self.fresh_id(|n, id| n.lookups.contains_key(&id));
-        self.lookups.insert(
-            id,
-            Lookup {
-                key,
-                purpose,
-                retry_at: now + self.attempt_timeout(),
-                deadline: now + self.cfg.lookup_timeout,
-            },
-        );
+        let l = Lookup {
+            key,
+            purpose,
+            retry_at: now + self.attempt_timeout(),
+            deadline: now + self.cfg.lookup_timeout,
+        };
+        self.arm(l.retry_at.min(l.deadline));
+        self.lookups.insert(id, l);
         id
     }
 
@@ -1162,6 +1187,7 @@ impl<A: Address> LocalNode<A> {
         };
         l.retry_at = retry_at;
         let (key, purpose) = (l.key, l.purpose);
+        self.arm(retry_at);
         if purpose == Purpose::Join {
             // Retry through the bootstrap.
             if let Phase::Joining { bootstrap } = &self.phase {
@@ -1330,7 +1356,9 @@ impl<A: Address> LocalNode<A> {
         // Jitter of +-20% keeps nodes from falling into lock step.
         let base = self.cfg.stabilize_interval;
         let jitter = (self.rng.next_u32() % 401) as f64 / 1000.0 + 0.8;
-        self.next_tick = Some(now + base.mul_f64(jitter));
+        let at = now + base.mul_f64(jitter);
+        self.next_tick = Some(at);
+        self.arm(at);
     }
 
     fn tick(&mut self, now: Instant) {
@@ -1450,12 +1478,14 @@ impl<A: Address> LocalNode<A> {
         }
         let txn = self.fresh_txn();
         let bytes = message(txn).encode();
+        let deadline = now + self.cfg.request_timeout;
+        self.arm(deadline);
         self.pending.insert(
             txn,
             Pending {
                 to: to.clone(),
                 bytes: bytes.clone(),
-                deadline: now + self.cfg.request_timeout,
+                deadline,
                 retries_left: retries,
                 waiting,
             },
@@ -1474,6 +1504,7 @@ impl<A: Address> LocalNode<A> {
                 if first_retry && self.table.successor().is_some_and(|s| s.id == peer.id));
             p.retries_left -= 1;
             p.deadline = now + self.cfg.request_timeout;
+            self.arm(p.deadline);
             self.push_transmit(p.to.clone(), p.bytes.clone());
             // Back in the table before anything else is requested: the
             // probes below must count it against max_pending (found by the
