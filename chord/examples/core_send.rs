@@ -20,13 +20,16 @@ use chord::{Config, Event, Hash, LocalNode, NodeRef, Target};
 
 fn node(port: u16, seed: u64, now: Instant) -> LocalNode<SocketAddr> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut cfg = Config::default();
-    cfg.max_fragment = 60_000;
-    cfg.max_pending = 65_536;
-    cfg.source_rate = 10_000_000;
-    cfg.source_burst = 10_000_000;
-    cfg.data_rate = 10_000_000;
-    cfg.data_burst = 10_000_000;
+    // As `cicada bench`: whole 1 KiB payloads, the per-source buckets lifted.
+    let cfg = Config {
+        max_fragment: 60_000,
+        max_pending: 65_536,
+        source_rate: 10_000_000,
+        source_burst: 10_000_000,
+        data_rate: 10_000_000,
+        data_burst: 10_000_000,
+        ..Config::default()
+    };
     LocalNode::new(
         cfg,
         NodeRef::new(Hash::of(addr.to_string()), addr),
