@@ -103,6 +103,9 @@ pub(crate) struct Driver<L: Link> {
     sends: HashMap<chord::MessageId, Reply<Reached<L::Addr>>>,
     leave_replies: Vec<oneshot::Sender<()>>,
     seen_peers: HashSet<Hash>,
+    /// Datagrams of one size to one address, back to back, for one
+    /// segmented send.
+    batch: Vec<u8>,
 }
 
 impl<L: Link> Driver<L> {
@@ -135,6 +138,7 @@ impl<L: Link> Driver<L> {
             sends: HashMap::new(),
             leave_replies: Vec::new(),
             seen_peers: HashSet::new(),
+            batch: Vec::new(),
         })
     }
 
@@ -156,15 +160,28 @@ impl<L: Link> Driver<L> {
     /// Runs until `Close`, or until every handle to the peer is gone.
     pub(crate) async fn run(mut self) {
         let mut buf = vec![0u8; RECV_BUFFER];
+        // One timer, moved only when the core's next deadline moves (not
+        // a new one registered on every wake-up).
+        let sleep = tokio::time::sleep(IDLE_WAKE);
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
         loop {
             self.flush().await;
-            let wake = self
-                .node
-                .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
+            let wake = match self.node.poll_timeout() {
+                Some(t) => t,
+                None => armed.unwrap_or_else(|| Instant::now() + IDLE_WAKE),
+            };
+            if armed != Some(wake) {
+                sleep.as_mut().reset(wake.into());
+                armed = Some(wake);
+            }
             tokio::select! {
                 r = self.link.recv_from(&mut buf) => self.datagram(r, &buf),
-                _ = tokio::time::sleep_until(wake.into()) => self.node.handle_timeout(Instant::now()),
+                _ = &mut sleep => {
+                    // Fired: re-armed on the next turn, whatever the deadline.
+                    armed = None;
+                    self.node.handle_timeout(Instant::now());
+                }
                 c = self.commands.recv() => match c {
                     Some(Command::Close) | None => break,
                     Some(c) => self.command(c),
@@ -308,19 +325,59 @@ impl<L: Link> Driver<L> {
     }
 
     /// Sends what the core wants sent and delivers what it reports.
+    ///
+    /// Datagrams of one size in a row to one address (a burst of sends to
+    /// a neighbour, its burst of confirmations back) go out in one call
+    /// where the link can ([`Link::send_segments`]): one system call for
+    /// up to [`Link::max_segments`] datagrams instead of one each.
     async fn flush(&mut self) {
-        while let Some(t) = self.node.poll_transmit() {
-            if let Err(e) = self.link.send_to(&t.bytes, &t.to).await {
+        let max = self.link.max_segments();
+        let mut next = self.node.poll_transmit();
+        while let Some(t) = next.take() {
+            next = self.node.poll_transmit();
+            let size = t.bytes.len();
+            let result = if max > 1
+                && size <= crate::link::GSO_SEGMENT_MAX
+                && next
+                    .as_ref()
+                    .is_some_and(|n| n.to == t.to && n.bytes.len() == size)
+            {
+                self.batch.clear();
+                self.batch.extend_from_slice(&t.bytes);
+                let mut count = 1;
+                while count < max {
+                    match next.take() {
+                        Some(n) if n.to == t.to && n.bytes.len() == size => {
+                            self.batch.extend_from_slice(&n.bytes);
+                            count += 1;
+                            self.sent_hook(n);
+                            next = self.node.poll_transmit();
+                        }
+                        other => {
+                            next = other;
+                            break;
+                        }
+                    }
+                }
+                self.link.send_segments(&self.batch, size, &t.to).await
+            } else {
+                self.link.send_to(&t.bytes, &t.to).await
+            };
+            if let Err(e) = result {
                 self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(to = %t.to, error = %e, "send error");
             }
-            if self.hooks.wants_send() {
-                let id = Hash::of(t.to.to_string());
-                self.hooks.sent(NodeRef::new(id, t.to), t.bytes);
-            }
+            self.sent_hook(t);
         }
         while let Some(e) = self.node.poll_event() {
             self.event(e);
+        }
+    }
+
+    fn sent_hook(&self, t: chord::Transmit<L::Addr>) {
+        if self.hooks.wants_send() {
+            let id = Hash::of(t.to.to_string());
+            self.hooks.sent(NodeRef::new(id, t.to), t.bytes);
         }
     }
 

@@ -85,6 +85,55 @@ impl Source {
     }
 }
 
+impl Source {
+    fn add_in(&mut self, len: usize) {
+        self.bytes_in = self
+            .bytes_in
+            .saturating_add(len.try_into().unwrap_or(u32::MAX));
+    }
+
+    /// Refills both buckets to `ms` after the epoch.
+    fn refill(&mut self, ms: u32, r: Rates) {
+        let elapsed = ms.wrapping_sub(self.last);
+        if elapsed < u32::MAX / 2 {
+            // Not behind the last refill (times passed in may go back).
+            self.last = ms;
+            let secs = elapsed as f32 / 1000.0;
+            self.tokens = (self.tokens + secs * r.rate).min(r.burst);
+            self.data_tokens = (self.data_tokens + secs * r.data_rate).min(r.data_burst);
+        }
+    }
+}
+
+/// Takes one token from a bucket; false if it has none.
+fn take(tokens: &mut f32) -> bool {
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        true
+    } else {
+        false
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Rates {
+    rate: f32,
+    burst: f32,
+    data_rate: f32,
+    data_burst: f32,
+}
+
+/// What kind of datagram arrived, for [`Sources::arrived`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// An answer to something this node asked: costs no token.
+    Reply,
+    /// An application message: the Data bucket once its source is verified.
+    Data,
+    /// Any other request.
+    Request,
+}
+
 /// What the node knows of every address it heard from recently.
 #[derive(Clone, Debug)]
 pub(crate) struct Sources<A> {
@@ -136,10 +185,17 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         self.turned = at;
     }
 
-    /// The entry of `addr`, created if absent, in the young generation.
-    fn touch(&mut self, addr: &A, now: Instant) -> &mut Source {
+    /// Applies `f` to the entry of `addr`, created if absent, in the young
+    /// generation. An address already there (every datagram of a busy
+    /// neighbour) costs one hash lookup.
+    fn with<R>(&mut self, addr: &A, now: Instant, f: impl FnOnce(&mut Source, u32) -> R) -> R {
         let t = self.since_epoch(now);
-        if t >= self.turned + GENERATION {
+        let ms = t.as_millis() as u32;
+        if t < self.turned + GENERATION {
+            if let Some(s) = self.young.get_mut(addr) {
+                return f(s, ms);
+            }
+        } else {
             let silent = t >= self.turned + GENERATION * 2;
             self.turn(t);
             if silent {
@@ -147,22 +203,19 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
                 self.turn(t);
             }
         }
-        let (burst, data_burst, ms) = (self.burst, self.data_burst, t.as_millis() as u32);
-        if !self.young.contains_key(addr) {
-            let entry = self
-                .old
-                .remove(addr)
-                .unwrap_or_else(|| Source::fresh(burst, data_burst, ms));
-            // Each generation holds at most half the cap, so both together
-            // never exceed it.
-            if self.young.len() >= self.cap / 2 {
-                self.turn(t);
-            }
-            self.young.insert(addr.clone(), entry);
+        let (burst, data_burst) = (self.burst, self.data_burst);
+        let mut entry = self
+            .old
+            .remove(addr)
+            .unwrap_or_else(|| Source::fresh(burst, data_burst, ms));
+        // Each generation holds at most half the cap, so both together
+        // never exceed it.
+        if self.young.len() >= self.cap / 2 {
+            self.turn(t);
         }
-        self.young
-            .entry(addr.clone())
-            .or_insert_with(|| Source::fresh(burst, data_burst, ms))
+        let r = f(&mut entry, ms);
+        self.young.insert(addr.clone(), entry);
+        r
     }
 
     /// The entry of `addr` in either generation, without moving it.
@@ -178,12 +231,43 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         }
     }
 
+    #[cfg(test)]
     /// Records a datagram of `len` bytes from `addr`.
     pub(crate) fn received(&mut self, addr: &A, len: usize, now: Instant) {
-        let s = self.touch(addr, now);
-        s.bytes_in = s
-            .bytes_in
-            .saturating_add(len.try_into().unwrap_or(u32::MAX));
+        self.with(addr, now, |s, _| s.add_in(len));
+    }
+
+    /// Records a datagram of `len` bytes from `addr` and, for a request,
+    /// takes a token: from the Data bucket for `Data` of a verified
+    /// source, from the request bucket otherwise. False if the request is
+    /// over its rate. One lookup for [`received`](Self::received),
+    /// [`is_verified`](Self::is_verified) and [`allow`](Self::allow) or
+    /// [`allow_data`](Self::allow_data) together.
+    pub(crate) fn arrived(&mut self, addr: &A, len: usize, kind: Arrival, now: Instant) -> bool {
+        let rates = self.rates();
+        self.with(addr, now, |s, ms| {
+            s.add_in(len);
+            match kind {
+                Arrival::Reply => true,
+                Arrival::Data if s.verified => {
+                    s.refill(ms, rates);
+                    take(&mut s.data_tokens)
+                }
+                Arrival::Data | Arrival::Request => {
+                    s.refill(ms, rates);
+                    take(&mut s.tokens)
+                }
+            }
+        })
+    }
+
+    fn rates(&self) -> Rates {
+        Rates {
+            rate: self.rate,
+            burst: self.burst,
+            data_rate: self.data_rate,
+            data_burst: self.data_burst,
+        }
     }
 
     /// Gives Data from verified sources a bucket of its own (by default
@@ -194,49 +278,45 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         self
     }
 
-    /// The entry of `addr` with both its buckets refilled to `now`.
-    fn refilled(&mut self, addr: &A, now: Instant) -> &mut Source {
-        let (rate, burst) = (self.rate, self.burst);
-        let (data_rate, data_burst) = (self.data_rate, self.data_burst);
-        let ms = self.since_epoch(now).as_millis() as u32;
-        let s = self.touch(addr, now);
-        let elapsed = ms.wrapping_sub(s.last);
-        if elapsed < u32::MAX / 2 {
-            // Not behind the last refill (times passed in may go back).
-            s.last = ms;
-            let secs = elapsed as f32 / 1000.0;
-            s.tokens = (s.tokens + secs * rate).min(burst);
-            s.data_tokens = (s.data_tokens + secs * data_rate).min(data_burst);
-        }
-        s
-    }
-
+    #[cfg(test)]
     /// Takes one request token from `addr`'s bucket; false if it has none.
     pub(crate) fn allow(&mut self, addr: &A, now: Instant) -> bool {
-        let s = self.refilled(addr, now);
-        if s.tokens >= 1.0 {
-            s.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let rates = self.rates();
+        self.with(addr, now, |s, ms| {
+            s.refill(ms, rates);
+            take(&mut s.tokens)
+        })
     }
 
+    #[cfg(test)]
     /// Takes one token from `addr`'s Data bucket (for verified sources);
     /// false if it has none.
     pub(crate) fn allow_data(&mut self, addr: &A, now: Instant) -> bool {
-        let s = self.refilled(addr, now);
-        if s.data_tokens >= 1.0 {
-            s.data_tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let rates = self.rates();
+        self.with(addr, now, |s, ms| {
+            s.refill(ms, rates);
+            take(&mut s.data_tokens)
+        })
     }
 
+    #[cfg(test)]
     /// `addr` answered a request sent to it: it really receives there.
     pub(crate) fn verify(&mut self, addr: &A, now: Instant) {
-        self.touch(addr, now).verified = true;
+        self.with(addr, now, |s, _| s.verified = true);
+    }
+
+    /// [`verify`](Self::verify) and [`take_deferred`](Self::take_deferred)
+    /// in one lookup.
+    pub(crate) fn verify_and_take_deferred(
+        &mut self,
+        addr: &A,
+        now: Instant,
+    ) -> Option<(u64, bool)> {
+        self.with(addr, now, |s, _| {
+            s.verified = true;
+            let kind = std::mem::replace(&mut s.deferred, DEFER_NONE);
+            (kind != DEFER_NONE).then_some((s.deferred_txn, kind == DEFER_FINGERS))
+        })
     }
 
     /// Bytes that may still be sent to `addr` in reply: `None` for a
@@ -304,6 +384,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         }
     }
 
+    #[cfg(test)]
     /// The request deferred for `addr`, if any, forgetting it.
     pub(crate) fn take_deferred(&mut self, addr: &A) -> Option<(u64, bool)> {
         let s = self.find_mut(addr)?;
@@ -345,6 +426,31 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrived_takes_from_the_bucket_the_kind_of_datagram_calls_for() {
+        let t0 = Instant::now();
+        let mut s = Sources::<u32>::new(10, 5, 8, (1, 2)).with_data_bucket(10, 3);
+        // Replies take nothing, and count their bytes.
+        assert!((0..20).all(|_| s.arrived(&1, 10, Arrival::Reply, t0)));
+        assert_eq!(s.budget(&1), Some(200));
+        // Data of an unverified source goes by the request bucket.
+        let n = |s: &mut Sources<u32>, kind| (0..20).filter(|_| s.arrived(&1, 1, kind, t0)).count();
+        assert_eq!(n(&mut s, Arrival::Data), 5);
+        assert_eq!(n(&mut s, Arrival::Request), 0);
+        // Verified, its Data has a bucket of its own; other requests still wait.
+        s.verify(&1, t0);
+        assert_eq!(n(&mut s, Arrival::Data), 3);
+        assert_eq!(n(&mut s, Arrival::Request), 0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(n(&mut s, Arrival::Request), 0, "t0 still");
+        assert_eq!(
+            (0..20)
+                .filter(|_| s.arrived(&1, 1, Arrival::Request, t1))
+                .count(),
+            5
+        );
+    }
 
     #[test]
     fn bucket_refills_at_rate_and_caps_at_burst() {

@@ -357,7 +357,14 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
 
     /// Encodes the message, header included.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
+        // Room for the whole datagram at once: a Data header is about 120
+        // bytes besides its payload (growing the buffer on the way cost a
+        // reallocation and a copy of the payload per step).
+        let room = match self {
+            Message::Data(m) => ENCODE_ROOM + m.payload.len(),
+            _ => ENCODE_ROOM,
+        };
+        let mut out = Vec::with_capacity(room);
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(self.kind());
@@ -458,6 +465,10 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
         Ok(msg)
     }
 }
+
+/// Bytes reserved by `encode` besides a Data payload: more than any
+/// message but the lists (`Neighbors`, `Leave`) needs.
+const ENCODE_ROOM: usize = 256;
 
 fn append<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), postcard::Error> {
     let buf = std::mem::take(out);

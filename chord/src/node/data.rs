@@ -40,6 +40,11 @@ pub(super) struct Outgoing {
     /// A forwarder said no live node has the target id; the send fails so
     /// at `deadline` unless a confirmation overtakes the verdict.
     no_such_node: bool,
+    /// The pending requests (txns) that handed a copy of this message to
+    /// a first hop, so that the destination's `Delivered` finds the ones
+    /// it proves without a scan of every pending request. Entries whose
+    /// request is gone are dropped as new ones come.
+    first_hops: Vec<u64>,
 }
 
 impl Outgoing {
@@ -84,6 +89,7 @@ impl<A: Address> LocalNode<A> {
                 avoid: Vec::new(),
                 refusals: 0,
                 no_such_node: false,
+                first_hops: Vec::new(),
             },
         );
         self.send_attempt(id, now);
@@ -143,13 +149,18 @@ impl<A: Address> LocalNode<A> {
         };
         o.retry_at = now + retry;
         o.refusals = 0;
+        let wake = o.wake_at();
         let (target, mode) = match o.target {
             Target::Key(k) => (k, Mode::Key),
             Target::Node(n) => (n, Mode::Node),
         };
         let copies = o.duplicates as usize + 1;
-        let parts = fragments(&o.payload, self.cfg.max_fragment);
+        // Out of the entry while the copies go (routing may touch the
+        // entry), so that each fragment is copied once, into its datagram.
+        let payload = std::mem::take(&mut o.payload);
         let mut avoid = o.avoid.clone();
+        self.arm(wake);
+        let parts = fragment_slices(&payload, self.cfg.max_fragment);
         let count = parts.len() as u16;
         for copy in 0..copies {
             let mut first = None;
@@ -172,7 +183,7 @@ impl<A: Address> LocalNode<A> {
                     frag: i as u16,
                     frags: count,
                 };
-                first = self.route_data(header, part.clone(), avoid.clone(), now);
+                first = self.route_data(header, part.to_vec(), avoid.clone(), now);
             }
             match first {
                 Some(hop) => avoid.push(hop),
@@ -181,6 +192,7 @@ impl<A: Address> LocalNode<A> {
         }
         if let Some(o) = self.outgoing.get_mut(&id) {
             o.avoid = avoid;
+            o.payload = payload;
         }
     }
 
@@ -297,17 +309,25 @@ impl<A: Address> LocalNode<A> {
         } else {
             0
         };
+        let (msg, mine) = (header.msg, header.origin.id == self.me.id);
         let waiting = Waiting::Data {
             next: next.id,
             exclude,
-            msg: header.msg,
+            msg,
         };
-        self.request(next.addr, retries, waiting, now, |txn| {
+        let txn = self.request(next.addr, retries, waiting, now, |txn| {
             Message::Data(Data {
                 header: DataHeader { txn, ..header },
                 payload,
             })
         });
+        if let (Some(txn), true) = (txn, mine) {
+            if let Some(o) = self.outgoing.get_mut(&msg) {
+                let pending = &self.pending;
+                o.first_hops.retain(|t| pending.contains_key(t));
+                o.first_hops.push(txn);
+            }
+        }
     }
 
     /// The next hop of a message did not acknowledge it: route around it.
@@ -514,18 +534,22 @@ impl<A: Address> LocalNode<A> {
     pub(super) fn on_delivered(&mut self, from: A, m: Delivered<A>, now: Instant) {
         // Sent to the destination itself, the message needs no HopAck: this
         // confirmation proves the hop (and ends its retries).
-        let hops: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| {
-                p.to == from && matches!(p.waiting, Waiting::Data { msg, .. } if msg == m.msg)
-            })
-            .map(|(txn, _)| *txn)
-            .collect();
-        if !hops.is_empty() {
-            for txn in hops {
-                self.pending.remove(&txn);
+        // Only the origin hears `Delivered`, and its copies' first hops are
+        // listed in the outgoing entry (none once it is gone: a late
+        // confirmation of a message delivered already).
+        let mut proved = false;
+        if let Some(o) = self.outgoing.get(&m.msg) {
+            for txn in &o.first_hops {
+                let hop = self.pending.get(txn).is_some_and(|p| {
+                    p.to == from && matches!(p.waiting, Waiting::Data { msg, .. } if msg == m.msg)
+                });
+                if hop {
+                    self.pending.remove(txn);
+                    proved = true;
+                }
             }
+        }
+        if proved {
             self.verified(from, now);
         }
         if self.outgoing.remove(&m.msg).is_some() {
@@ -551,11 +575,14 @@ impl<A: Address> LocalNode<A> {
                 o.no_such_node = true;
                 o.deadline = o.deadline.min(grace);
                 o.retry_at = o.deadline;
+                let wake = o.retry_at;
+                self.arm(wake);
             }
             Refusal::NoRoute => {
                 o.refusals += 1;
                 if o.refusals > o.duplicates as u32 {
                     o.retry_at = now; // every copy refused: try again now
+                    self.arm(now);
                 }
             }
         }
@@ -599,6 +626,15 @@ impl<A: Address> LocalNode<A> {
             });
         }
     }
+}
+
+/// Splits a payload into pieces of at most `max` bytes, without copying
+/// (one empty piece for an empty payload).
+fn fragment_slices(payload: &[u8], max: usize) -> Vec<&[u8]> {
+    if payload.len() <= max {
+        return vec![payload];
+    }
+    payload.chunks(max.max(1)).collect()
 }
 
 /// Splits a payload into pieces of at most `max` bytes (one empty piece for

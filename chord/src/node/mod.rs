@@ -1,6 +1,7 @@
 //! [`LocalNode`]: one Chord node as a state machine without I/O.
 
 mod data;
+mod identity;
 #[cfg(test)]
 mod tests;
 
@@ -18,7 +19,7 @@ use crate::delivery::{Dedup, Reassembly};
 use crate::event::{Event, JoinError, LookupId, Stats, Transmit};
 use crate::hash::{Hash, Interval};
 use crate::routing::{NextHop, RoutingTable};
-use crate::sources::Sources;
+use crate::sources::{Arrival, Sources};
 use crate::wire::{
     DecodeError, FindSuccessor, Found, GetNeighbors, HopAck, Leave, Message, Neighbors, NodeRef,
     Ping, SuccessorHint, VersionMismatch,
@@ -173,6 +174,11 @@ pub struct LocalNode<A> {
     pred_seen: Option<Instant>,
     finger_cursor: u32,
     next_tick: Option<Instant>,
+    /// No timer of the node is due before this (`poll_timeout`): lowered
+    /// whenever a deadline is set, made exact by `handle_timeout`. It may
+    /// be early (the entry that set it is gone), which costs one wake-up
+    /// that finds nothing due; it is never late.
+    wake: Option<Instant>,
     pending: BTreeMap<u64, Pending<A>>,
     lookups: BTreeMap<u64, Lookup>,
     known: Vec<NodeRef<A>>,
@@ -187,7 +193,7 @@ pub struct LocalNode<A> {
     /// Token buckets, byte counts and verification of source addresses.
     sources: Sources<A>,
     /// How ids derive from addresses, if they must (see `with_identity`).
-    identity: Option<fn(&A) -> Hash>,
+    identity: Option<Box<identity::Identity<A>>>,
     /// Peers that failed, probed with backoff to notice a healed partition.
     past: Vec<PastPeer<A>>,
     rng: ChaCha8Rng,
@@ -229,6 +235,7 @@ impl<A: Address> LocalNode<A> {
             pred_seen: None,
             finger_cursor: 0,
             next_tick: None,
+            wake: None,
             pending: BTreeMap::new(),
             lookups: BTreeMap::new(),
             known: Vec::new(),
@@ -268,7 +275,7 @@ impl<A: Address> LocalNode<A> {
     /// assert!(node.stats().dropped_bad_identity == 0);
     /// ```
     pub fn with_identity(mut self, derive: fn(&A) -> Hash) -> Self {
-        self.identity = Some(derive);
+        self.identity = Some(Box::new(identity::Identity::new(derive)));
         self
     }
 
@@ -340,6 +347,14 @@ impl<A: Address> LocalNode<A> {
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
         self.table.check_invariants()?;
+        if let Some(t) = self.earliest_timer() {
+            if self.wake.is_none_or(|w| w > t) {
+                return Err(format!(
+                    "poll_timeout {:?} is later than the earliest timer {t:?}",
+                    self.wake
+                ));
+            }
+        }
         let cfg = &self.cfg;
         let bounds = [
             ("pending requests", self.pending.len(), cfg.max_pending),
@@ -492,6 +507,12 @@ impl<A: Address> LocalNode<A> {
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     /// Calling it early or late is harmless.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        self.wake
+    }
+
+    /// The earliest timer of every pending request, lookup and message,
+    /// and of the periodic tick: a scan of them all.
+    fn earliest_timer(&self) -> Option<Instant> {
         let pending = self.pending.values().map(|p| p.deadline);
         let lookups = self.lookups.values().map(|l| l.retry_at.min(l.deadline));
         let outgoing = self.outgoing.values().map(|o| o.wake_at());
@@ -535,6 +556,12 @@ impl<A: Address> LocalNode<A> {
             self.tick(now);
         }
         self.sync_known();
+        self.wake = self.earliest_timer();
+    }
+
+    /// Makes sure `poll_timeout` is no later than `at`.
+    fn arm(&mut self, at: Instant) {
+        self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
     }
 
     /// Handles one datagram from `from`. Malformed or unexpected datagrams
@@ -567,32 +594,26 @@ impl<A: Address> LocalNode<A> {
                 return;
             }
         };
-        if let Some(derive) = self.identity {
-            if msg.nodes().any(|n| derive(&n.addr) != n.id) {
+        if let Some(identity) = &mut self.identity {
+            if msg.nodes().any(|n| !identity.matches(&n.addr, &n.id)) {
                 self.stats.dropped_bad_identity += 1;
                 tracing::debug!(?from, "dropped a message naming a node under a false id");
                 return;
             }
         }
-        self.sources.received(&from, bytes.len(), now);
-        let request = matches!(
-            msg,
-            Message::Ping(_)
-                | Message::GetNeighbors(_)
-                | Message::FindSuccessor(_)
-                | Message::Data(_)
-                | Message::Leave(_)
-                | Message::SuccessorHint(_)
-        );
         // Requests cost state and replies: each takes a token of its
-        // source's bucket. Replies only match what this node asked for.
-        let allowed = match msg {
-            // A verified neighbour's messages have a bucket of their own.
-            Message::Data(_) if self.sources.is_verified(&from) => {
-                self.sources.allow_data(&from, now)
-            }
-            _ => !request || self.sources.allow(&from, now),
+        // source's bucket (a verified neighbour's Data has a bucket of its
+        // own). Replies only match what this node asked for.
+        let kind = match msg {
+            Message::Data(_) => Arrival::Data,
+            Message::Ping(_)
+            | Message::GetNeighbors(_)
+            | Message::FindSuccessor(_)
+            | Message::Leave(_)
+            | Message::SuccessorHint(_) => Arrival::Request,
+            _ => Arrival::Reply,
         };
+        let allowed = self.sources.arrived(&from, bytes.len(), kind, now);
         if !allowed {
             self.stats.dropped_rate_limited += 1;
             return;
@@ -887,8 +908,7 @@ impl<A: Address> LocalNode<A> {
     /// `GetNeighbors` of its that was waiting for that is answered now.
     fn verified(&mut self, addr: A, now: Instant) {
         let _ = now;
-        self.sources.verify(&addr, now);
-        if let Some((txn, want_fingers)) = self.sources.take_deferred(&addr) {
+        if let Some((txn, want_fingers)) = self.sources.verify_and_take_deferred(&addr, now) {
             if self.phase == Phase::Joined {
                 let reply = self.neighbors_reply(txn, want_fingers);
                 self.reply(addr, reply);
@@ -1144,15 +1164,14 @@ impl<A: Address> LocalNode<A> {
 
     fn start_lookup(&mut self, key: Hash, purpose: Purpose, now: Instant) -> u64 {
         let id = self.fresh_id(|n, id| n.lookups.contains_key(&id));
-        self.lookups.insert(
-            id,
-            Lookup {
-                key,
-                purpose,
-                retry_at: now + self.attempt_timeout(),
-                deadline: now + self.cfg.lookup_timeout,
-            },
-        );
+        let l = Lookup {
+            key,
+            purpose,
+            retry_at: now + self.attempt_timeout(),
+            deadline: now + self.cfg.lookup_timeout,
+        };
+        self.arm(l.retry_at.min(l.deadline));
+        self.lookups.insert(id, l);
         id
     }
 
@@ -1168,6 +1187,7 @@ impl<A: Address> LocalNode<A> {
         };
         l.retry_at = retry_at;
         let (key, purpose) = (l.key, l.purpose);
+        self.arm(retry_at);
         if purpose == Purpose::Join {
             // Retry through the bootstrap.
             if let Phase::Joining { bootstrap } = &self.phase {
@@ -1336,7 +1356,9 @@ impl<A: Address> LocalNode<A> {
         // Jitter of +-20% keeps nodes from falling into lock step.
         let base = self.cfg.stabilize_interval;
         let jitter = (self.rng.next_u32() % 401) as f64 / 1000.0 + 0.8;
-        self.next_tick = Some(now + base.mul_f64(jitter));
+        let at = now + base.mul_f64(jitter);
+        self.next_tick = Some(at);
+        self.arm(at);
     }
 
     fn tick(&mut self, now: Instant) {
@@ -1449,24 +1471,27 @@ impl<A: Address> LocalNode<A> {
         waiting: Waiting<A>,
         now: Instant,
         message: impl FnOnce(u64) -> Message<A>,
-    ) {
+    ) -> Option<u64> {
         if self.pending.len() >= self.cfg.max_pending {
             self.stats.dropped_overload += 1;
-            return;
+            return None;
         }
         let txn = self.fresh_txn();
         let bytes = message(txn).encode();
+        let deadline = now + self.cfg.request_timeout;
+        self.arm(deadline);
         self.pending.insert(
             txn,
             Pending {
                 to: to.clone(),
                 bytes: bytes.clone(),
-                deadline: now + self.cfg.request_timeout,
+                deadline,
                 retries_left: retries,
                 waiting,
             },
         );
         self.push_transmit(to, bytes);
+        Some(txn)
     }
 
     fn pending_expired(&mut self, txn: u64, now: Instant) {
@@ -1479,6 +1504,7 @@ impl<A: Address> LocalNode<A> {
                 if first_retry && self.table.successor().is_some_and(|s| s.id == peer.id));
             p.retries_left -= 1;
             p.deadline = now + self.cfg.request_timeout;
+            self.arm(p.deadline);
             self.push_transmit(p.to.clone(), p.bytes.clone());
             // Back in the table before anything else is requested: the
             // probes below must count it against max_pending (found by the

@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Only the Ouroboros rows.
     #[arg(long)]
     only_ouroboros: bool,
+    /// Skip the Ouroboros rows even where an IRMd runs (its `ocbr` flood
+    /// loads a shared IRMd).
+    #[arg(long, conflicts_with = "only_ouroboros")]
+    no_ouroboros: bool,
     /// Internal: be the receiving peer of the Ouroboros rows, under this name.
     #[arg(long, hide = true)]
     ouroboros_serve: Option<String>,
@@ -117,13 +121,15 @@ async fn run(args: &BenchArgs) -> R<Value> {
     if !args.only_ouroboros {
         udp_rows(args, &mut report).await?;
     }
-    crate::bench_ouro::rows(
-        args.messages,
-        args.round_trips,
-        &args.ouroboros_layer,
-        &mut report,
-    )
-    .await?;
+    if !args.no_ouroboros {
+        crate::bench_ouro::rows(
+            args.messages,
+            args.round_trips,
+            &args.ouroboros_layer,
+            &mut report,
+        )
+        .await?;
+    }
     Ok(Value::Object(report))
 }
 
