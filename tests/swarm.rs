@@ -2403,3 +2403,6 @@ async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
         .await
         .expect("a member is served after the flood");
 }
+
+#[path = "swarm/link.rs"]
+mod link;

@@ -1,6 +1,6 @@
-//! `UdpLink::send_segments`: datagrams of one size sent together arrive as
-//! the same datagrams, in order, whether the kernel cut them (UDP
-//! segmentation offload) or the link sent them one by one.
+// `UdpLink::send_segments`: datagrams of one size sent together arrive as
+// the same datagrams, in order, whether the kernel cut them (UDP
+// segmentation offload) or the link sent them one by one.
 
 use std::net::SocketAddr;
 use std::time::Duration;
