@@ -796,6 +796,5 @@ mod tests {
     fn timespec_conversion() {
         let t = to_timespec(Duration::from_millis(1500));
         assert_eq!((t.tv_sec, t.tv_nsec), (1, 500_000_000));
-        assert_eq!(from_timespec(&t), Duration::from_millis(1500));
     }
 }

@@ -304,6 +304,15 @@ fn timeouts_flags_and_queue_lengths() {
     let flags = f.get_flags().unwrap();
     assert!(flags.contains(FlowProperties::READ_WRITE));
     assert!(flags.contains(FlowProperties::NO_PARTIAL_READ));
+    // The binding keeps the library flow in non-blocking write mode (it
+    // waits itself); the flags say what the user asked for.
+    assert!(!flags.contains(FlowProperties::NON_BLOCKING_WRITE));
+    f.set_flags(flags | FlowProperties::NON_BLOCKING_WRITE)
+        .unwrap();
+    assert!(f
+        .get_flags()
+        .unwrap()
+        .contains(FlowProperties::NON_BLOCKING_WRITE));
     f.set_flags(flags | FlowProperties::NON_BLOCKING_READ)
         .unwrap();
     assert!(f
