@@ -66,6 +66,12 @@ const HELLO_MAGIC: &[u8; 8] = b"CICADA-H";
 const HELLO_VERSION: u8 = 1;
 /// How often the reader thread checks for idle flows.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// A flow that went down is deallocated once it has been down this long
+/// and its transmit queue is empty (see [`Shared::bury`]).
+const DEAD_GRACE: Duration = Duration::from_secs(1);
+/// A flow that went down and still has packets queued towards its peer
+/// after this long is left to the library (deallocating it would block).
+const DEAD_GIVE_UP: Duration = Duration::from_secs(10);
 /// How long the reader thread waits in one `fevent`, so that it notices
 /// the link closing.
 const EVENT_SLICE: Duration = Duration::from_millis(100);
@@ -100,6 +106,7 @@ struct Counters {
     dropped: AtomicU64,
     closed: AtomicU64,
     leaked: AtomicU64,
+    released: AtomicU64,
 }
 
 /// What an [`OuroborosLink`] counted so far.
@@ -119,6 +126,9 @@ pub struct FlowStats {
     /// peer may be gone (deallocating them could block forever in
     /// Ouroboros 0.23, see `docs/ouroboros.md`).
     pub leaked: u64,
+    /// Flows that went down and were deallocated once nothing was queued
+    /// towards their peer.
+    pub released: u64,
     /// Flows open now.
     pub open: usize,
 }
@@ -180,6 +190,8 @@ struct Shared {
     /// Every open flow, by descriptor (also flows replaced by a newer one,
     /// still read until idle).
     slots: Mutex<HashMap<i32, Arc<Slot>>>,
+    /// Flows that went down, waiting to be released (see [`Shared::bury`]).
+    graveyard: Mutex<Vec<(Instant, Arc<Slot>)>>,
     set: Arc<FlowSet>,
     backoff: Mutex<HashMap<String, Instant>>,
     incoming: mpsc::Sender<(Vec<u8>, String)>,
@@ -259,6 +271,7 @@ impl OuroborosLink {
             epoch: Instant::now(),
             routes: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            graveyard: Mutex::new(Vec::new()),
             set: Arc::new(set),
             backoff: Mutex::new(HashMap::new()),
             incoming: tx,
@@ -316,6 +329,7 @@ impl OuroborosLink {
             dropped: c.dropped.load(Ordering::Relaxed),
             closed: c.closed.load(Ordering::Relaxed),
             leaked: c.leaked.load(Ordering::Relaxed),
+            released: c.released.load(Ordering::Relaxed),
             open: self.shared.live.load(Ordering::Relaxed),
         }
     }
@@ -331,6 +345,7 @@ impl Drop for OuroborosLink {
         }
         lock(&self.shared.routes).clear();
         lock(&self.shared.slots).clear();
+        lock(&self.shared.graveyard).clear();
         // Unbind and unregister now, not when the last task lets go.
         drop(lock(&self.name).take());
         IN_USE.store(false, Ordering::Release);
@@ -597,6 +612,41 @@ impl Shared {
         removed.dealloc.store(alive, Ordering::Release);
         self.counters.closed.fetch_add(1, Ordering::Relaxed);
         self.live.fetch_sub(1, Ordering::Relaxed);
+        if !alive && !self.stop.load(Ordering::Acquire) {
+            lock(&self.graveyard).push((Instant::now(), removed));
+        }
+    }
+
+    /// Releases the flows that went down. `flow_dealloc` in 0.23 blocks
+    /// (holding the process lock) only while the flow's transmit queue is
+    /// not empty: nobody reads it once the peer is gone. Once a flow is
+    /// marked down the library sends no more keepalives on it and the link
+    /// writes nothing more to it (it is out of the routes), so a flow that
+    /// has been down for [`DEAD_GRACE`] with an empty transmit queue is
+    /// deallocated; one whose queue is still not empty after
+    /// [`DEAD_GIVE_UP`] is left to the library (counted as leaked).
+    fn bury(&self) {
+        let ready: Vec<Arc<Slot>> = {
+            let mut g = lock(&self.graveyard);
+            let mut ready = Vec::new();
+            g.retain(|(since, slot)| {
+                if since.elapsed() < DEAD_GRACE {
+                    return true;
+                }
+                if slot.flow().get_tx_queue_len().is_ok_and(|n| n == 0) {
+                    slot.dealloc.store(true, Ordering::Release);
+                    ready.push(slot.clone());
+                    false
+                } else {
+                    since.elapsed() < DEAD_GIVE_UP
+                }
+            });
+            ready
+        };
+        for slot in ready {
+            tracing::debug!(peer = %slot.peer, "flow that went down released");
+            self.counters.released.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Reads everything waiting on `slot` and hands it to the driver.
@@ -744,6 +794,7 @@ fn read_loop(s: Arc<Shared>) {
         }
         if last_idle_check.elapsed() >= IDLE_CHECK {
             last_idle_check = Instant::now();
+            s.bury();
             let now = s.now_ms();
             let idle: Vec<Arc<Slot>> = lock(&s.slots)
                 .values()

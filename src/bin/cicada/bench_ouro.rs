@@ -287,10 +287,29 @@ pub async fn rows(
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
+        .spawn();
+    // The C client has no send timeout: when the library's pool wait misses
+    // its wake-up (docs/ouroboros.md) it would wait forever. Bound it.
+    let stalled = match client {
+        Ok(mut c) => {
+            let deadline = Instant::now() + Duration::from_secs(u64::from(OCBR_SECONDS) + 10);
+            while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let stalled = !matches!(c.try_wait(), Ok(Some(_)));
+            sigterm(&mut c, Duration::from_secs(5));
+            stalled
+        }
+        Err(e) => {
+            srv.stop();
+            return Err(format!("ocbr client: {e}"));
+        }
+    };
+    if stalled {
+        println!("  (the C ocbr client stalled in flow_write and was stopped)");
+    }
     std::thread::sleep(Duration::from_millis(1500));
     let out = srv.stop();
-    client.map_err(|e| format!("ocbr client: {e}"))?;
     let ocbr = ocbr_pps(&out).ok_or_else(|| format!("no ocbr figures in {out:?}"))?;
 
     let oping_name = format!("cicada-bench-oping-{pid}");
