@@ -6,6 +6,7 @@
 #                          already answers, and create the layers:
 #                            local_layer  (ipcpd-local,  IPCP local_ipcp)
 #                            udp_layer    (ipcpd-udp4 on 127.0.0.1, IPCP udp_ipcp)
+#                            bc_layer     (ipcpd-broadcast, IPCP bc_ipcp; flow_join)
 #   .ci/ouroboros.sh down  stop what `up` started, with SIGTERM, and wait
 #
 # Ouroboros processes are only ever stopped with SIGTERM: SIGKILL can wedge
@@ -18,6 +19,7 @@ SOCK=/var/run/ouroboros/irm.sock
 LOCAL_LAYER=${OUROBOROS_LOCAL_LAYER:-local_layer}
 UDP_LAYER=${OUROBOROS_UDP_LAYER:-udp_layer}
 UDP_PORT=${OUROBOROS_UDP_PORT:-3435}
+BC_LAYER=${OUROBOROS_BC_LAYER:-bc_layer}
 
 note() { echo "ouroboros.sh: $*"; }
 
@@ -71,6 +73,10 @@ up() {
     timeout 10 "$irm" ipcp bootstrap type udp4 name udp_ipcp layer "$UDP_LAYER" \
       ip 127.0.0.1 port "$UDP_PORT" \
       && note "created layer $UDP_LAYER on 127.0.0.1:$UDP_PORT" || note "could not create $UDP_LAYER"
+  fi
+  if ! has_layer "$BC_LAYER"; then
+    timeout 10 "$irm" ipcp bootstrap type broadcast name bc_ipcp layer "$BC_LAYER" \
+      && note "created broadcast layer $BC_LAYER" || note "could not create $BC_LAYER"
   fi
   return 0
 }

@@ -2,18 +2,22 @@
 //!
 //! The peer's name is registered in a layer and bound to the process; flows
 //! are accepted from other peers and allocated to their names when the core
-//! first sends to them. Each flow has exactly one owner, a tokio task that
-//! reads it and writes it (Ouroboros 0.23 misbehaves when one flow is used
-//! from several threads at once); the driver reaches it through a bounded
-//! queue, and hears from all flows through one bounded queue that
-//! `recv_from` reads (an mpsc receive is cancel-safe, so nothing is lost when
-//! the driver's `select!` drops it).
+//! first sends to them. The driver writes a datagram straight onto the
+//! flow (a non-blocking write, from the driver's task); one reader thread
+//! waits on a flow set holding every flow of the link (`fevent`), reads
+//! whatever arrived and feeds the driver through one bounded queue, which
+//! `recv_from` reads (an mpsc receive is cancel-safe, so nothing is lost
+//! when the driver's `select!` drops it). Per datagram that is one
+//! cross-thread wake-up, on the receiving side, as over a UDP socket. The
+//! flows are raw (no FRCT): Ouroboros 0.23's FRCT misbehaves when a flow is
+//! used from several threads, raw flows read by one thread and written by
+//! another are fine.
 //!
 //! The first packet on every flow is a hello carrying the allocator's name:
 //! an accepted flow does not say who allocated it, and the core needs the
 //! sender's address. A flow that goes down, or stays idle for
-//! [`FLOW_IDLE`], is deallocated and forgotten; the next datagram to that
-//! name allocates a new one. Nothing is reported to the core: datagrams to a
+//! [`FLOW_IDLE`], is dropped from the link; the next datagram to that name
+//! allocates a new one. Nothing is reported to the core: datagrams to a
 //! dead peer are lost, as over UDP, and the core's request timeouts notice
 //! (`tests/swarm.rs` shows routing recover after a peer is killed).
 
@@ -24,9 +28,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cicada_ouroboros::{self as ouro, AsyncFlow, Flow, Name, QoSSpec};
+use cicada_ouroboros::{
+    self as ouro, FEventQueue, FEventType, Flow, FlowProperties, FlowSet, Name, QoSSpec,
+};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 
 use crate::addr::{valid_name, PeerAddr};
 use crate::link::Link;
@@ -50,8 +55,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most flows (allocated and accepted) at once; further accepted flows are
 /// deallocated at once, further allocations refused.
 pub const MAX_FLOWS: usize = 1024;
-/// Datagrams waiting for one flow's owner; past it they are dropped, as a
-/// full socket buffer drops them.
+/// Datagrams waiting for a flow to a name while it is being allocated;
+/// past it they are dropped, as a full socket buffer drops them.
 pub const FLOW_QUEUE: usize = 512;
 /// Datagrams from all flows waiting for the driver.
 pub const INCOMING_QUEUE: usize = 4096;
@@ -59,11 +64,24 @@ pub const INCOMING_QUEUE: usize = 4096;
 /// The hello: this magic, one version byte, then the allocator's name.
 const HELLO_MAGIC: &[u8; 8] = b"CICADA-H";
 const HELLO_VERSION: u8 = 1;
-/// How often a flow's owner checks whether it went idle.
+/// How often the reader thread checks for idle flows.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// A flow that went down is deallocated once it has been down this long
+/// and its transmit queue is empty (see [`Shared::bury`]).
+const DEAD_GRACE: Duration = Duration::from_secs(1);
+/// A flow that went down and still has packets queued towards its peer
+/// after this long is left to the library (deallocating it would block).
+const DEAD_GIVE_UP: Duration = Duration::from_secs(10);
+/// How long the reader thread waits in one `fevent`, so that it notices
+/// the link closing.
+const EVENT_SLICE: Duration = Duration::from_millis(100);
 /// How long the accepting thread waits in one `flow_accept`, so that it
 /// notices the link closing.
 const ACCEPT_SLICE: Duration = Duration::from_secs(1);
+/// A write that finds the packet pool or the flow's queue full yields this
+/// many times to the runtime and tries again before the datagram is
+/// dropped (a full pool empties in microseconds when the peer reads).
+const WRITE_RETRIES: usize = 16;
 
 /// Only one Ouroboros link per process: `flow_accept` cannot tell which of
 /// the process's names a flow was allocated to.
@@ -88,6 +106,7 @@ struct Counters {
     dropped: AtomicU64,
     closed: AtomicU64,
     leaked: AtomicU64,
+    released: AtomicU64,
 }
 
 /// What an [`OuroborosLink`] counted so far.
@@ -107,26 +126,80 @@ pub struct FlowStats {
     /// peer may be gone (deallocating them could block forever in
     /// Ouroboros 0.23, see `docs/ouroboros.md`).
     pub leaked: u64,
+    /// Flows that went down and were deallocated once nothing was queued
+    /// towards their peer.
+    pub released: u64,
     /// Flows open now.
     pub open: usize,
 }
 
-struct Entry {
+/// One open flow of the link. Written by the driver, read by the reader
+/// thread; released when the last reference goes (see [`Slot::drop`]).
+struct Slot {
+    flow: Option<Flow>,
+    fd: i32,
+    peer: String,
     gen: u64,
-    out: mpsc::Sender<Bytes>,
+    /// Milliseconds since the link's epoch of the last packet either way.
+    last: AtomicU64,
+    /// Set when the peer is known alive: deallocate on drop.
+    dealloc: AtomicBool,
+    set: Arc<FlowSet>,
+    counters: Arc<Counters>,
+}
+
+impl Slot {
+    fn flow(&self) -> &Flow {
+        self.flow.as_ref().expect("present until dropped")
+    }
+}
+
+/// `flow_dealloc` of Ouroboros 0.23 waits, holding the library's process
+/// lock, until the peer has read every packet still queued towards it (the
+/// library's own keepalives included), which never happens when the peer is
+/// gone; every later allocation or accept of the process then hangs. So
+/// only a flow whose peer is known alive (it went idle while the peer's
+/// keepalives kept coming) is deallocated; a flow that went down, or that
+/// is dropped because the link closes, is left allocated (counted as
+/// `leaked`) for the library's destructor at exit, which does not wait.
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Some(f) = self.flow.take() else { return };
+        self.set.remove(&f);
+        if self.dealloc.load(Ordering::Acquire) {
+            drop(f);
+        } else {
+            self.counters.leaked.fetch_add(1, Ordering::Relaxed);
+            std::mem::forget(f);
+        }
+    }
+}
+
+/// Where datagrams to a name go.
+enum Route {
+    /// A flow is being allocated; datagrams wait for it.
+    Pending { gen: u64, queue: Vec<Bytes> },
+    /// The newest flow to the name.
+    Ready(Arc<Slot>),
 }
 
 struct Shared {
     me: String,
-    flows: Mutex<HashMap<String, Entry>>,
+    epoch: Instant,
+    routes: Mutex<HashMap<String, Route>>,
+    /// Every open flow, by descriptor (also flows replaced by a newer one,
+    /// still read until idle).
+    slots: Mutex<HashMap<i32, Arc<Slot>>>,
+    /// Flows that went down, waiting to be released (see [`Shared::bury`]).
+    graveyard: Mutex<Vec<(Instant, Arc<Slot>)>>,
+    set: Arc<FlowSet>,
     backoff: Mutex<HashMap<String, Instant>>,
     incoming: mpsc::Sender<(Vec<u8>, String)>,
     runtime: tokio::runtime::Handle,
-    tasks: Mutex<Vec<AbortHandle>>,
     next_gen: AtomicU64,
     live: AtomicUsize,
     stop: AtomicBool,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,7 +225,7 @@ pub struct OuroborosLink {
     shared: Arc<Shared>,
     name: Mutex<Option<Name>>,
     incoming: tokio::sync::Mutex<mpsc::Receiver<(Vec<u8>, String)>>,
-    acceptor: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for OuroborosLink {
@@ -180,11 +253,12 @@ impl OuroborosLink {
         let (n, l) = (name.to_owned(), layer.to_owned());
         let bound = tokio::task::spawn_blocking(move || {
             ouro::check()?;
-            Name::bind(&n, &[&l])
+            let set = FlowSet::new()?;
+            Name::bind(&n, &[&l]).map(|g| (g, set))
         })
         .await
         .unwrap_or(Err(ouro::Error::Deallocated));
-        let name_guard = match bound {
+        let (name_guard, set) = match bound {
             Ok(g) => g,
             Err(e) => {
                 IN_USE.store(false, Ordering::Release);
@@ -194,27 +268,49 @@ impl OuroborosLink {
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         let shared = Arc::new(Shared {
             me: name.to_owned(),
-            flows: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            routes: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+            graveyard: Mutex::new(Vec::new()),
+            set: Arc::new(set),
             backoff: Mutex::new(HashMap::new()),
             incoming: tx,
             runtime,
-            tasks: Mutex::new(Vec::new()),
             next_gen: AtomicU64::new(1),
             live: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
-            counters: Counters::default(),
+            counters: Arc::new(Counters::default()),
         });
+        let mut threads = Vec::new();
         let s = shared.clone();
-        let acceptor = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("cicada-ouro-accept".into())
             .spawn(move || accept_loop(s))
-            .map_err(crate::Error::Io)?;
+            .and_then(|t| {
+                threads.push(t);
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name("cicada-ouro-read".into())
+                    .spawn(move || read_loop(s))
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                shared.stop.store(true, Ordering::Release);
+                for t in threads {
+                    let _ = t.join();
+                }
+                drop(name_guard);
+                IN_USE.store(false, Ordering::Release);
+                return Err(crate::Error::Io(e));
+            }
+        }
         tracing::debug!(%name, %layer, "ouroboros link bound");
         Ok(OuroborosLink {
             shared,
             name: Mutex::new(Some(name_guard)),
             incoming: tokio::sync::Mutex::new(rx),
-            acceptor: Some(acceptor),
+            threads,
         })
     }
 
@@ -233,6 +329,7 @@ impl OuroborosLink {
             dropped: c.dropped.load(Ordering::Relaxed),
             closed: c.closed.load(Ordering::Relaxed),
             leaked: c.leaked.load(Ordering::Relaxed),
+            released: c.released.load(Ordering::Relaxed),
             open: self.shared.live.load(Ordering::Relaxed),
         }
     }
@@ -241,13 +338,14 @@ impl OuroborosLink {
 impl Drop for OuroborosLink {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        if let Some(t) = self.acceptor.take() {
+        // The reader thread may wait for room in the incoming queue.
+        self.incoming.get_mut().close();
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        for t in lock(&self.shared.tasks).drain(..) {
-            t.abort();
-        }
-        lock(&self.shared.flows).clear();
+        lock(&self.shared.routes).clear();
+        lock(&self.shared.slots).clear();
+        lock(&self.shared.graveyard).clear();
         // Unbind and unregister now, not when the last task lets go.
         drop(lock(&self.name).take());
         IN_USE.store(false, Ordering::Release);
@@ -268,7 +366,28 @@ impl Link for OuroborosLink {
                 format!("{to} is not an Ouroboros name"),
             ));
         };
-        self.shared.send(name, Bytes::copy_from_slice(bytes))
+        let Some(slot) = self.shared.route(name, bytes)? else {
+            return Ok(()); // queued behind the allocation
+        };
+        for _ in 0..WRITE_RETRIES {
+            match slot.flow().write(bytes) {
+                Ok(_) => {
+                    self.shared.touch(&slot);
+                    return Ok(());
+                }
+                Err(ouro::Error::WouldBlock { .. }) => tokio::task::yield_now().await,
+                Err(e) => {
+                    self.shared.drop_one();
+                    if e.is_flow_dead() {
+                        tracing::debug!(peer = %slot.peer, error = %e, "flow down on write");
+                        self.shared.close(&slot, false);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        self.shared.drop_one();
+        Err(io::ErrorKind::WouldBlock.into())
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, PeerAddr)> {
@@ -279,7 +398,7 @@ impl Link for OuroborosLink {
                 return Err(io::Error::new(io::ErrorKind::NotConnected, "link closed"));
             };
             if data.len() > buf.len() {
-                self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.drop_one();
                 continue;
             }
             buf[..data.len()].copy_from_slice(&data);
@@ -292,7 +411,7 @@ impl Link for OuroborosLink {
         loop {
             let (data, from) = rx.try_recv().ok()?;
             if data.len() > buf.len() {
-                self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.drop_one();
                 continue;
             }
             buf[..data.len()].copy_from_slice(&data);
@@ -306,7 +425,17 @@ impl Shared {
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn send(self: &Arc<Self>, name: &str, bytes: Bytes) -> io::Result<()> {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self, slot: &Slot) {
+        slot.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The flow to write a datagram to `name` on, or `None` when the
+    /// datagram was queued behind an allocation (started here if needed).
+    fn route(self: &Arc<Self>, name: &str, bytes: &[u8]) -> io::Result<Option<Arc<Slot>>> {
         if name == self.me {
             self.drop_one();
             return Err(io::Error::new(
@@ -314,20 +443,18 @@ impl Shared {
                 "no flow to our own name",
             ));
         }
-        let mut flows = lock(&self.flows);
-        if let Some(e) = flows.get(name) {
-            return match e.out.try_send(bytes) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
+        let mut routes = lock(&self.routes);
+        match routes.get_mut(name) {
+            Some(Route::Ready(slot)) => return Ok(Some(slot.clone())),
+            Some(Route::Pending { queue, .. }) => {
+                if queue.len() >= FLOW_QUEUE {
                     self.drop_one();
-                    Err(io::ErrorKind::WouldBlock.into())
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    flows.remove(name);
-                    self.drop_one();
-                    Err(io::ErrorKind::NotConnected.into())
-                }
-            };
+                queue.push(Bytes::copy_from_slice(bytes));
+                return Ok(None);
+            }
+            None => {}
         }
         {
             let mut backoff = lock(&self.backoff);
@@ -343,70 +470,210 @@ impl Shared {
             self.drop_one();
             return Err(io::Error::other("too many flows"));
         }
-        // Allocation: one per name at a time (the entry exists while it runs,
-        // so further datagrams queue behind it), never to our own name.
-        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-        let _ = tx.try_send(bytes);
+        // Allocation: one per name at a time (the route exists while it
+        // runs, so further datagrams queue behind it), never to our own name.
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
-        flows.insert(name.to_owned(), Entry { gen, out: tx });
-        drop(flows);
+        routes.insert(
+            name.to_owned(),
+            Route::Pending {
+                gen,
+                queue: vec![Bytes::copy_from_slice(bytes)],
+            },
+        );
+        drop(routes);
         self.live.fetch_add(1, Ordering::Relaxed);
         let s = self.clone();
         let peer = name.to_owned();
-        let h = self.runtime.spawn(async move {
-            let p = peer.clone();
-            let me = s.me.clone();
-            let r = tokio::task::spawn_blocking(move || allocate(&p, &me))
-                .await
-                .unwrap_or(Err(ouro::Error::Deallocated));
-            match r.and_then(AsyncFlow::new) {
-                Ok(flow) => {
-                    s.counters.allocated.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(to = %peer, "flow allocated");
-                    own_flow(s, flow, peer, gen, Some(rx)).await;
+        // Not tracked: an allocation cannot be interrupted; one that ends
+        // after the link closed leaves its flow to the library (`register`).
+        drop(
+            self.runtime
+                .spawn_blocking(move || match allocate(&peer, &s.me) {
+                    Ok(flow) => {
+                        s.counters.allocated.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(to = %peer, "flow allocated");
+                        s.register(flow, peer, Some(gen));
+                    }
+                    Err(e) => {
+                        tracing::debug!(to = %peer, error = %e, "flow allocation failed");
+                        s.counters.alloc_failed.fetch_add(1, Ordering::Relaxed);
+                        lock(&s.backoff).insert(peer.clone(), Instant::now());
+                        let mut routes = lock(&s.routes);
+                        if let Some(Route::Pending { gen: g, queue }) = routes.get(&peer) {
+                            if *g == gen {
+                                s.counters
+                                    .dropped
+                                    .fetch_add(queue.len() as u64, Ordering::Relaxed);
+                                routes.remove(&peer);
+                            }
+                        }
+                        drop(routes);
+                        s.live.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }),
+        );
+        Ok(None)
+    }
+
+    /// Makes `flow` (allocated by us for the pending route of generation
+    /// `pending`, or accepted with `None`) the one datagrams to `peer` go
+    /// out on, writes what waited for it, and has the reader thread watch
+    /// it. Blocking: runs off the runtime. `live` already counts it.
+    fn register(self: &Arc<Self>, flow: Flow, peer: String, pending: Option<u64>) {
+        let flags = flow.get_flags().map(|f| f | FlowProperties::NON_BLOCKING);
+        if let Err(e) = flags.and_then(|f| flow.set_flags(f)) {
+            tracing::debug!(%peer, error = %e, "flow unusable");
+            self.counters.leaked.fetch_add(1, Ordering::Relaxed);
+            std::mem::forget(flow);
+            self.unpend(&peer, pending);
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let Some(id) = flow.id() else {
+            self.unpend(&peer, pending);
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
+        let slot = Arc::new(Slot {
+            fd: id.raw(),
+            flow: Some(flow),
+            peer: peer.clone(),
+            gen: self.next_gen.fetch_add(1, Ordering::Relaxed),
+            last: AtomicU64::new(self.now_ms()),
+            dealloc: AtomicBool::new(false),
+            set: self.set.clone(),
+            counters: self.counters.clone(),
+        });
+        if self.stop.load(Ordering::Acquire) {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return; // dropped: left to the library
+        }
+        lock(&self.slots).insert(slot.fd, slot.clone());
+        if let Err(e) = self.set.add(slot.flow()) {
+            tracing::debug!(%peer, error = %e, "fset_add failed");
+            self.close(&slot, false);
+            self.unpend(&peer, pending);
+            return;
+        }
+        let queued = {
+            let mut routes = lock(&self.routes);
+            let queued = match routes.get_mut(&peer) {
+                Some(Route::Pending { gen, queue }) if Some(*gen) == pending => {
+                    std::mem::take(queue)
                 }
-                Err(e) => {
-                    tracing::debug!(to = %peer, error = %e, "flow allocation failed");
-                    s.counters.alloc_failed.fetch_add(1, Ordering::Relaxed);
-                    s.counters
-                        .dropped
-                        .fetch_add(rx.len() as u64, Ordering::Relaxed);
-                    lock(&s.backoff).insert(peer.clone(), Instant::now());
-                    s.forget(&peer, gen);
-                    s.live.fetch_sub(1, Ordering::Relaxed);
+                _ => Vec::new(),
+            };
+            // The newest flow to a name wins; a flow it replaces is still
+            // read until idle.
+            routes.insert(peer.clone(), Route::Ready(slot.clone()));
+            queued
+        };
+        for b in queued {
+            if slot.flow().write(&b).is_err() {
+                self.drop_one();
+            }
+        }
+    }
+
+    /// Removes the pending route of generation `gen` (if it is still there)
+    /// and counts what waited in it as dropped.
+    fn unpend(&self, peer: &str, gen: Option<u64>) {
+        let Some(gen) = gen else { return };
+        let mut routes = lock(&self.routes);
+        if let Some(Route::Pending { gen: g, queue }) = routes.get(peer) {
+            if *g == gen {
+                self.counters
+                    .dropped
+                    .fetch_add(queue.len() as u64, Ordering::Relaxed);
+                routes.remove(peer);
+            }
+        }
+    }
+
+    /// Forgets a flow (down, idle or replaced and idle); it is released
+    /// when the last reference goes, deallocated only if `alive`.
+    fn close(&self, slot: &Arc<Slot>, alive: bool) {
+        let removed = {
+            let mut slots = lock(&self.slots);
+            match slots.get(&slot.fd) {
+                Some(s) if Arc::ptr_eq(s, slot) => slots.remove(&slot.fd),
+                _ => None,
+            }
+        };
+        let Some(removed) = removed else { return };
+        {
+            let mut routes = lock(&self.routes);
+            if let Some(Route::Ready(r)) = routes.get(&slot.peer) {
+                if r.gen == slot.gen {
+                    routes.remove(&slot.peer);
                 }
             }
-        });
-        self.track(h.abort_handle());
-        Ok(())
-    }
-
-    fn track(&self, h: AbortHandle) {
-        let mut t = lock(&self.tasks);
-        if t.len() >= 64 {
-            t.retain(|h| !h.is_finished());
         }
-        t.push(h);
-    }
-
-    /// Removes the entry of `peer` if it is still the one of generation `gen`.
-    fn forget(&self, peer: &str, gen: u64) {
-        let mut flows = lock(&self.flows);
-        if flows.get(peer).is_some_and(|e| e.gen == gen) {
-            flows.remove(peer);
+        removed.dealloc.store(alive, Ordering::Release);
+        self.counters.closed.fetch_add(1, Ordering::Relaxed);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        if !alive && !self.stop.load(Ordering::Acquire) {
+            lock(&self.graveyard).push((Instant::now(), removed));
         }
     }
 
-    /// Makes an accepted flow the one datagrams to `peer` go out on (the
-    /// newest flow wins; the one it replaces keeps being read until idle).
-    fn adopt(&self, peer: &str) -> Option<(u64, mpsc::Receiver<Bytes>)> {
-        if self.stop.load(Ordering::Acquire) {
-            return None;
+    /// Releases the flows that went down. `flow_dealloc` in 0.23 blocks
+    /// (holding the process lock) only while the flow's transmit queue is
+    /// not empty: nobody reads it once the peer is gone. Once a flow is
+    /// marked down the library sends no more keepalives on it and the link
+    /// writes nothing more to it (it is out of the routes), so a flow that
+    /// has been down for [`DEAD_GRACE`] with an empty transmit queue is
+    /// deallocated; one whose queue is still not empty after
+    /// [`DEAD_GIVE_UP`] is left to the library (counted as leaked).
+    fn bury(&self) {
+        let ready: Vec<Arc<Slot>> = {
+            let mut g = lock(&self.graveyard);
+            let mut ready = Vec::new();
+            g.retain(|(since, slot)| {
+                if since.elapsed() < DEAD_GRACE {
+                    return true;
+                }
+                if slot.flow().get_tx_queue_len().is_ok_and(|n| n == 0) {
+                    slot.dealloc.store(true, Ordering::Release);
+                    ready.push(slot.clone());
+                    false
+                } else {
+                    since.elapsed() < DEAD_GIVE_UP
+                }
+            });
+            ready
+        };
+        for slot in ready {
+            tracing::debug!(peer = %slot.peer, "flow that went down released");
+            self.counters.released.fetch_add(1, Ordering::Relaxed);
         }
-        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-        let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
-        lock(&self.flows).insert(peer.to_owned(), Entry { gen, out: tx });
-        Some((gen, rx))
+    }
+
+    /// Reads everything waiting on `slot` and hands it to the driver.
+    fn drain(&self, slot: &Arc<Slot>) {
+        loop {
+            match slot.flow().recv() {
+                Ok(p) if p.is_empty() => {}
+                Ok(p) => {
+                    self.touch(slot);
+                    // Waits for room: the driver's queue is the back-pressure
+                    // (packets then wait in the flow, as in a socket buffer).
+                    if self.incoming.blocking_send((p, slot.peer.clone())).is_err() {
+                        return; // the link is closing
+                    }
+                }
+                Err(ouro::Error::WouldBlock { .. }) => return,
+                Err(e) if e.is_flow_dead() => {
+                    tracing::debug!(peer = %slot.peer, error = %e, "flow down");
+                    self.close(slot, false);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %slot.peer, error = %e, "flow read error");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -433,7 +700,7 @@ fn parse_hello(p: &[u8]) -> Option<String> {
 fn allocate(peer: &str, me: &str) -> ouro::Result<Flow> {
     let flow = ouro::flow_alloc(peer, Some(flow_qos()), Some(ALLOC_TIMEOUT))?;
     if let Err(e) = flow.write(&hello(me)) {
-        // The peer may be gone: not deallocated (see `Owned`).
+        // The peer may be gone: not deallocated (see `Slot`).
         std::mem::forget(flow);
         return Err(e);
     }
@@ -450,8 +717,7 @@ fn accept_loop(s: Arc<Shared>) {
                 }
                 s.live.fetch_add(1, Ordering::Relaxed);
                 let s2 = s.clone();
-                let h = s.runtime.spawn(accepted(s2, flow));
-                s.track(h.abort_handle());
+                drop(s.runtime.spawn_blocking(move || accepted(s2, flow)));
             }
             Err(ouro::Error::Timeout { .. }) => {}
             Err(e) => {
@@ -462,159 +728,90 @@ fn accept_loop(s: Arc<Shared>) {
     }
 }
 
-/// Reads the hello of an accepted flow, then owns it.
-async fn accepted(s: Arc<Shared>, flow: Flow) {
-    let r = tokio::task::spawn_blocking(move || {
-        let first = flow
-            .set_rcv_timeout(Some(HELLO_TIMEOUT))
-            .and_then(|_| flow.recv())
-            .and_then(|first| flow.set_rcv_timeout(None).map(|_| first));
-        match first {
-            Ok(first) => Ok((flow, first)),
-            Err(e) => {
-                // No hello: the peer may be gone, so not deallocated (see `Owned`).
-                std::mem::forget(flow);
-                Err(e)
-            }
-        }
-    })
-    .await;
-    let (flow, first) = match r {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
+/// Reads the hello of an accepted flow, then registers it (blocking).
+fn accepted(s: Arc<Shared>, flow: Flow) {
+    let first = flow
+        .set_rcv_timeout(Some(HELLO_TIMEOUT))
+        .and_then(|_| flow.recv())
+        .and_then(|first| flow.set_rcv_timeout(None).map(|_| first));
+    let first = match first {
+        Ok(first) => first,
+        Err(e) => {
             tracing::debug!(error = %e, "accepted flow sent no hello");
-            s.live.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
-        Err(_) => {
+            // No hello: the peer may be gone, so not deallocated (see `Slot`).
+            s.counters.leaked.fetch_add(1, Ordering::Relaxed);
+            std::mem::forget(flow);
             s.live.fetch_sub(1, Ordering::Relaxed);
             return;
         }
     };
     let Some(peer) = parse_hello(&first).filter(|p| *p != s.me) else {
-        tracing::debug!("accepted flow without a valid hello: deallocated");
-        s.live.fetch_sub(1, Ordering::Relaxed);
-        // Its peer may be gone: not deallocated (see `Owned`).
+        tracing::debug!("accepted flow without a valid hello: left to the library");
         s.counters.leaked.fetch_add(1, Ordering::Relaxed);
         std::mem::forget(flow);
-        return;
-    };
-    let flow = match AsyncFlow::new(flow) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::debug!(error = %e, "accepted flow unusable");
-            s.live.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
-    };
-    let Some((gen, rx)) = s.adopt(&peer) else {
         s.live.fetch_sub(1, Ordering::Relaxed);
         return;
     };
     s.counters.accepted.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(from = %peer, "flow accepted");
-    own_flow(s, flow, peer, gen, Some(rx)).await;
+    s.register(flow, peer, None);
 }
 
-/// An owned flow, released safely when dropped (also when its task is
-/// aborted). `flow_dealloc` of Ouroboros 0.23 waits, holding the library's
-/// process lock, until the peer has read every packet still queued towards
-/// it (the library's own keepalives included), which never happens when the
-/// peer is gone; every later allocation or accept of the process then hangs.
-/// So only a flow whose peer is known alive (it went idle while the peer's
-/// keepalives kept coming) is deallocated; a flow that went down, or that is
-/// dropped because the link closes, is left allocated (counted as `leaked`)
-/// for the library's destructor at exit, which does not wait.
-struct Owned {
-    flow: Option<AsyncFlow>,
-    shared: Arc<Shared>,
-    /// Set when the peer is known alive: deallocate on drop.
-    dealloc: bool,
-}
-
-impl std::ops::Deref for Owned {
-    type Target = AsyncFlow;
-    fn deref(&self) -> &AsyncFlow {
-        self.flow.as_ref().expect("present until dropped")
-    }
-}
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        let Some(f) = self.flow.take() else { return };
-        let Ok(f) = f.into_inner() else { return };
-        if self.dealloc {
-            drop(f);
-        } else {
-            self.shared.counters.leaked.fetch_add(1, Ordering::Relaxed);
-            std::mem::forget(f);
+/// The reader thread: waits on the link's flow set, reads what arrived,
+/// forgets flows that went down, and deallocates flows gone idle.
+fn read_loop(s: Arc<Shared>) {
+    let mut fq = match FEventQueue::new() {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::error!(error = %e, "fqueue_create failed: the Ouroboros link reads nothing");
+            return;
         }
-    }
-}
-
-/// The one owner of a flow: reads it, writes what the driver queued, and
-/// deallocates it when it goes down or idle.
-async fn own_flow(
-    s: Arc<Shared>,
-    flow: AsyncFlow,
-    peer: String,
-    gen: u64,
-    mut out: Option<mpsc::Receiver<Bytes>>,
-) {
-    let mut flow = Owned {
-        flow: Some(flow),
-        shared: s.clone(),
-        dealloc: false,
     };
-    let mut last = Instant::now();
-    let mut tick = tokio::time::interval(IDLE_CHECK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            r = flow.recv() => match r {
-                Ok(p) if p.is_empty() => {}
-                Ok(p) => {
-                    last = Instant::now();
-                    if s.incoming.send((p, peer.clone())).await.is_err() {
-                        break; // the link is gone
-                    }
+    let mut last_idle_check = Instant::now();
+    while !s.stop.load(Ordering::Acquire) {
+        match s.set.wait(&mut fq, Some(EVENT_SLICE)) {
+            Ok(()) => {}
+            Err(ouro::Error::Timeout { .. }) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "fevent failed");
+                std::thread::sleep(EVENT_SLICE);
+            }
+        }
+        for (id, t) in &mut fq {
+            let Some(slot) = lock(&s.slots).get(&id.raw()).cloned() else {
+                continue;
+            };
+            match t {
+                FEventType::FlowPkt => s.drain(&slot),
+                FEventType::FlowDown | FEventType::FlowDealloc | FEventType::FlowPeer => {
+                    // What arrived before the flow went down still counts.
+                    s.drain(&slot);
+                    tracing::debug!(peer = %slot.peer, event = ?t, "flow down");
+                    s.close(&slot, false);
                 }
-                Err(e) if e.is_flow_dead() => {
-                    tracing::debug!(%peer, error = %e, "flow down");
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "flow read error");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            m = async { match out.as_mut() { Some(o) => o.recv().await, None => std::future::pending().await } } => match m {
-                Some(b) => {
-                    last = Instant::now();
-                    if let Err(e) = flow.write(&b).await {
-                        s.drop_one();
-                        if e.is_flow_dead() {
-                            tracing::debug!(%peer, error = %e, "flow down on write");
-                            break;
-                        }
-                    }
-                }
-                // Replaced by a newer flow: read what still comes, until idle.
-                None => out = None,
-            },
-            _ = tick.tick() => if last.elapsed() > FLOW_IDLE {
+                FEventType::FlowUp | FEventType::FlowAlloc => {}
+            }
+        }
+        if last_idle_check.elapsed() >= IDLE_CHECK {
+            last_idle_check = Instant::now();
+            s.bury();
+            let now = s.now_ms();
+            let idle: Vec<Arc<Slot>> = lock(&s.slots)
+                .values()
+                .filter(|sl| {
+                    now.saturating_sub(sl.last.load(Ordering::Relaxed))
+                        > FLOW_IDLE.as_millis() as u64
+                })
+                .cloned()
+                .collect();
+            for slot in idle {
                 // The peer is alive (its keepalives keep the flow up, it would
                 // have gone down after FLOW_PEER_TIMEOUT_MS otherwise).
-                tracing::debug!(%peer, "flow idle");
-                flow.dealloc = true;
-                break;
-            },
+                tracing::debug!(peer = %slot.peer, "flow idle");
+                s.close(&slot, true);
+            }
         }
     }
-    s.forget(&peer, gen);
-    s.counters.closed.fetch_add(1, Ordering::Relaxed);
-    s.live.fetch_sub(1, Ordering::Relaxed);
-    drop(flow);
 }
 
 #[cfg(test)]

@@ -432,13 +432,6 @@ pub fn to_timespec(d: Duration) -> timespec {
     }
 }
 
-fn from_timespec(t: &timespec) -> Duration {
-    Duration::new(
-        t.tv_sec.max(0) as u64,
-        t.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
-}
-
 fn ts_ptr(t: &Option<timespec>) -> *const timespec {
     t.as_ref()
         .map_or(std::ptr::null(), |t| t as *const timespec)
@@ -446,9 +439,7 @@ fn ts_ptr(t: &Option<timespec>) -> *const timespec {
 
 // fccntl commands (fccntl.h).
 const FLOWSRCVTIMEO: c_int = 0o1;
-const FLOWGRCVTIMEO: c_int = 0o2;
 const FLOWSSNDTIMEO: c_int = 0o3;
-const FLOWGSNDTIMEO: c_int = 0o4;
 const FLOWGQOSSPEC: c_int = 0o5;
 const FLOWSFLAGS: c_int = 0o6;
 const FLOWGFLAGS: c_int = 0o7;
@@ -530,22 +521,6 @@ impl Lib {
         let ts = t.map(to_timespec);
         // SAFETY: the command takes a `struct timespec *` (NULL = none).
         unsafe { (self.fccntl)(fd, cmd, ts_ptr(&ts)) }
-    }
-
-    /// Ok(None) when the flow has no timeout (the library says -EPERM).
-    pub fn get_timeout(&self, fd: c_int, snd: bool) -> Result<Option<Duration>, c_int> {
-        let cmd = if snd { FLOWGSNDTIMEO } else { FLOWGRCVTIMEO };
-        let mut ts = timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: the command writes a `struct timespec` through the pointer.
-        let r = unsafe { (self.fccntl)(fd, cmd, &mut ts as *mut timespec) };
-        match r {
-            0 => Ok(Some(from_timespec(&ts))),
-            r if r == -libc::EPERM => Ok(None),
-            r => Err(r),
-        }
     }
 
     pub fn get_qos(&self, fd: c_int) -> Result<RawQos, c_int> {
@@ -821,6 +796,5 @@ mod tests {
     fn timespec_conversion() {
         let t = to_timespec(Duration::from_millis(1500));
         assert_eq!((t.tv_sec, t.tv_nsec), (1, 500_000_000));
-        assert_eq!(from_timespec(&t), Duration::from_millis(1500));
     }
 }

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::ffi::{c_int, CString};
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{codes, Error, Result};
 use crate::ffi::{self, Lib, RawQos};
@@ -21,6 +21,16 @@ pub const MAX_PACKET_SIZE: usize = 1 << 20;
 /// length, so that a dead peer is noticed (a read without a timeout never
 /// wakes when the peer dies in 0.23).
 const READ_SLICE: Duration = Duration::from_millis(200);
+
+/// Slots of a flow's transmit ring (`SSM_RBUFF_SIZE` 1024 in 0.23, of which
+/// 1023 usable). A non-blocking `flow_write` to a full ring frees the
+/// packet and still reports success, so the binding checks the queue length
+/// first.
+const TX_RING_USABLE: usize = 1023;
+
+/// Longest pause between two tries of a blocking write that found the
+/// packet pool (or the transmit ring) full.
+const WRITE_BACKOFF_MAX: Duration = Duration::from_micros(500);
 
 bitflags::bitflags! {
     /// Flow flags (`fccntl` `FLOWSFLAGS`/`FLOWGFLAGS`), the pyOuroboros
@@ -153,6 +163,12 @@ pub struct Flow {
     /// The receive timeout the user asked for (the library is given
     /// READ_SLICE while this is None).
     rcv_timeo: Mutex<Option<Duration>>,
+    /// The send timeout the user asked for: the binding implements blocking
+    /// writes itself (see [`Flow::write`]).
+    snd_timeo: Mutex<Option<Duration>>,
+    /// Whether the user asked for non-blocking writes (the library flow is
+    /// always in non-blocking write mode).
+    nb_write: AtomicBool,
     state: Arc<AtomicU8>,
 }
 
@@ -239,6 +255,8 @@ impl Flow {
             qos: QoSSpec::raw(),
             rx: Mutex::new(Rx::default()),
             rcv_timeo: Mutex::new(None),
+            snd_timeo: Mutex::new(None),
+            nb_write: AtomicBool::new(false),
             state: Arc::new(AtomicU8::new(ALIVE)),
         }
     }
@@ -256,11 +274,15 @@ impl Flow {
         self.state = Arc::new(AtomicU8::new(ALIVE));
         *self.rx.get_mut().unwrap_or_else(|e| e.into_inner()) = Rx::default();
         *self.rcv_timeo.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.snd_timeo.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.nb_write.get_mut() = false;
         // Whole packets only (a short read would lose the rest of the
-        // packet), and reads that wake up to notice a dead peer.
+        // packet), reads that wake up to notice a dead peer, and writes
+        // that never block inside the library (see `Flow::write`).
         let flags = (FlowProperties::READ_WRITE
             | FlowProperties::NO_PARTIAL_WRITE
-            | FlowProperties::NO_PARTIAL_READ)
+            | FlowProperties::NO_PARTIAL_READ
+            | FlowProperties::NON_BLOCKING_WRITE)
             .bits();
         let r = check("fccntl(FLOWSFLAGS)", lib.set_flags(fd, flags)).and_then(|_| {
             check(
@@ -451,10 +473,65 @@ impl Flow {
     /// Ouroboros 0.23 reports success when writing to a dead peer; once the
     /// binding has seen the flow go down (a read, or an event of the async
     /// face), writes fail with [`Error::FlowDown`] / [`Error::PeerGone`].
+    ///
+    /// A blocking write (the default) waits while the shared packet pool or
+    /// the flow's transmit queue is full, up to the send timeout. The
+    /// binding does that wait itself, by retrying a non-blocking write with
+    /// a short backoff: the library's own blocking wait in 0.23 can miss
+    /// its wake-up (a block freed by the reader between the failed
+    /// allocation and the wait, or freed into another process's pool shard
+    /// while this one holds no block in flight) and then sleeps until the
+    /// send timeout or forever, which stalled floods here.
     pub fn write(&self, buf: &[u8]) -> Result<usize> {
         let (lib, fd) = self.live()?;
         if let Some(e) = self.dead_error("flow_write") {
             return Err(e);
+        }
+        match self.try_write(lib, fd, buf) {
+            Err(Error::WouldBlock { .. }) if !self.nb_write.load(Ordering::Relaxed) => {}
+            r => return r,
+        }
+        let timeout = *self.snd_timeo.lock().unwrap_or_else(|e| e.into_inner());
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(2);
+        let mut tries = 0u32;
+        loop {
+            if timeout.is_some_and(|t| start.elapsed() >= t) {
+                return Err(Error::Timeout {
+                    op: "flow_write",
+                    code: libc::ETIMEDOUT,
+                });
+            }
+            if let Some(e) = self.dead_error("flow_write") {
+                return Err(e);
+            }
+            tries += 1;
+            if tries <= 4 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(WRITE_BACKOFF_MAX);
+            }
+            match self.try_write(lib, fd, buf) {
+                Err(Error::WouldBlock { .. }) => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// One non-blocking write; [`Error::WouldBlock`] when the pool or the
+    /// transmit ring is full.
+    fn try_write(&self, lib: &'static Lib, fd: c_int, buf: &[u8]) -> Result<usize> {
+        // A full ring would make the library drop the packet and say it
+        // was sent.
+        if lib
+            .get_queue_len(fd, true)
+            .is_ok_and(|n| n >= TX_RING_USABLE)
+        {
+            return Err(Error::WouldBlock {
+                op: "flow_write",
+                code: libc::EAGAIN,
+            });
         }
         let n = lib.flow_write(fd, buf);
         if n < 0 {
@@ -474,7 +551,10 @@ impl Flow {
     /// Sets the timeout of blocking writes (`None` = block).
     pub fn set_snd_timeout(&self, t: Option<Duration>) -> Result<()> {
         let (lib, fd) = self.live()?;
-        check("fccntl(FLOWSSNDTIMEO)", lib.set_timeout(fd, true, t))
+        let mut g = self.snd_timeo.lock().unwrap_or_else(|e| e.into_inner());
+        check("fccntl(FLOWSSNDTIMEO)", lib.set_timeout(fd, true, t))?;
+        *g = t;
+        Ok(())
     }
 
     /// Sets the timeout of blocking reads (`None` = block until a packet
@@ -492,9 +572,8 @@ impl Flow {
 
     /// The timeout of blocking writes (`None` = none).
     pub fn get_snd_timeout(&self) -> Result<Option<Duration>> {
-        let (lib, fd) = self.live()?;
-        lib.get_timeout(fd, true)
-            .map_err(|r| Error::from_ret("fccntl(FLOWGSNDTIMEO)", r.into()))
+        self.live()?;
+        Ok(*self.snd_timeo.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The timeout of blocking reads (`None` = none).
@@ -526,19 +605,34 @@ impl Flow {
     }
 
     /// Sets the flow flags. [`FlowProperties::NO_PARTIAL_READ`] is always
-    /// added (see [`FlowProperties`]).
+    /// added (see [`FlowProperties`]). Blocking writes are done by the
+    /// binding (see [`Flow::write`]): the library flow stays in
+    /// non-blocking write mode whatever is asked, and
+    /// [`get_flags`](Self::get_flags) reports what was asked.
     pub fn set_flags(&self, flags: FlowProperties) -> Result<()> {
         let (lib, fd) = self.live()?;
-        let f = (flags | FlowProperties::NO_PARTIAL_READ).bits();
-        check("fccntl(FLOWSFLAGS)", lib.set_flags(fd, f))
+        let f =
+            (flags | FlowProperties::NO_PARTIAL_READ | FlowProperties::NON_BLOCKING_WRITE).bits();
+        check("fccntl(FLOWSFLAGS)", lib.set_flags(fd, f))?;
+        self.nb_write.store(
+            flags.contains(FlowProperties::NON_BLOCKING_WRITE),
+            Ordering::Relaxed,
+        );
+        Ok(())
     }
 
     /// The flow flags.
     pub fn get_flags(&self) -> Result<FlowProperties> {
         let (lib, fd) = self.live()?;
-        lib.get_flags(fd)
+        let f = lib
+            .get_flags(fd)
             .map(FlowProperties::from_bits_retain)
-            .map_err(|r| Error::from_ret("fccntl(FLOWGFLAGS)", r.into()))
+            .map_err(|r| Error::from_ret("fccntl(FLOWGFLAGS)", r.into()))?;
+        Ok(if self.nb_write.load(Ordering::Relaxed) {
+            f
+        } else {
+            f - FlowProperties::NON_BLOCKING_WRITE
+        })
     }
 
     /// Sets the FRCT flags; fails with [`Error::Permission`] on a flow

@@ -94,15 +94,17 @@ impl FlowSet {
 
     /// A set holding `flows`.
     pub fn with_flows(flows: &[&Flow]) -> Result<FlowSet> {
-        let mut s = FlowSet::new()?;
+        let s = FlowSet::new()?;
         for f in flows {
             s.add(f)?;
         }
         Ok(s)
     }
 
-    /// Adds a flow.
-    pub fn add(&mut self, flow: &Flow) -> Result<()> {
+    /// Adds a flow. The library locks the set itself, so flows can be
+    /// added and removed from any thread, also while another thread waits
+    /// on the set.
+    pub fn add(&self, flow: &Flow) -> Result<()> {
         let (_, fd) = flow.live()?;
         let Some(set) = &self.set else {
             return Err(Error::Deallocated);
@@ -115,7 +117,7 @@ impl FlowSet {
     }
 
     /// Removes a flow (nothing happens if it is not in the set).
-    pub fn remove(&mut self, flow: &Flow) {
+    pub fn remove(&self, flow: &Flow) {
         if let (Some(id), Some(set)) = (flow.id(), &self.set) {
             self.lib.fset_del(set, id.0);
         }

@@ -14,11 +14,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cicada_ouroboros::{
-    flow_accept, flow_alloc, AsyncFlow, Error, FEventQueue, FEventType, Flow, FlowProperties,
-    FlowSet, FrctFlags, Name, QoSSpec,
+    flow_accept, flow_alloc, flow_join, AsyncFlow, Error, FEventQueue, FEventType, Flow,
+    FlowProperties, FlowSet, FrctFlags, Name, QoSSpec,
 };
 
 const LAYER: &str = "local_layer";
+/// The broadcast layer `.ci/ouroboros.sh up` bootstraps (`ipcpd-broadcast`).
+const BC_LAYER: &str = "bc_layer";
 const QOS_CONC: QoSSpec = QoSSpec::raw();
 const T: Option<Duration> = Some(Duration::from_secs(10));
 
@@ -302,6 +304,15 @@ fn timeouts_flags_and_queue_lengths() {
     let flags = f.get_flags().unwrap();
     assert!(flags.contains(FlowProperties::READ_WRITE));
     assert!(flags.contains(FlowProperties::NO_PARTIAL_READ));
+    // The binding keeps the library flow in non-blocking write mode (it
+    // waits itself); the flags say what the user asked for.
+    assert!(!flags.contains(FlowProperties::NON_BLOCKING_WRITE));
+    f.set_flags(flags | FlowProperties::NON_BLOCKING_WRITE)
+        .unwrap();
+    assert!(f
+        .get_flags()
+        .unwrap()
+        .contains(FlowProperties::NON_BLOCKING_WRITE));
     f.set_flags(flags | FlowProperties::NON_BLOCKING_READ)
         .unwrap();
     assert!(f
@@ -660,6 +671,55 @@ fn name_management() {
     ));
 }
 
+/// `flow_join`: two processes join the broadcast layer; what one writes the
+/// other reads (the broadcast IPCP forwards a packet to every other joined
+/// flow), both ways.
+#[test]
+fn flow_join_broadcast_layer_between_processes() {
+    let Some(_serial) = ready("flow_join_broadcast_layer_between_processes") else {
+        return;
+    };
+    match cicada_ouroboros::list_ipcps() {
+        Ok(l) if l.iter().any(|i| i.layer == BC_LAYER) => {}
+        _ => {
+            skipped(format_args!(
+                "flow_join_broadcast_layer_between_processes: no broadcast IPCP in layer {BC_LAYER} (run .ci/ouroboros.sh up)"
+            ));
+            return;
+        }
+    }
+    // The helper joins the layer and answers every `ping X` it reads with
+    // `pong X`.
+    let _h = helper("join", BC_LAYER);
+    let f = flow_join(BC_LAYER, T).expect("flow_join");
+    assert!(f.is_allocated());
+    f.set_rcv_timeout(Some(Duration::from_millis(200))).unwrap();
+    let tag = unique("bc");
+    let want = format!("pong {tag}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = false;
+    // The helper's join may still be settling in the IPCP: ping until the
+    // answer comes, within the deadline.
+    while !got && Instant::now() < deadline {
+        f.writeline(&format!("ping {tag}")).unwrap();
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            match f.readline(2048) {
+                Ok(l) if l == want => {
+                    got = true;
+                    break;
+                }
+                Ok(_) => {} // another member's packet, or our ping repeated
+                Err(Error::Timeout { .. }) => {}
+                Err(e) => panic!("read on the joined flow: {e}"),
+            }
+        }
+    }
+    assert!(got, "no `{want}` on the broadcast layer within 10 s");
+    // A name that is not a broadcast layer cannot be joined.
+    assert!(flow_join("cicada-no-such-layer", Some(Duration::from_secs(3))).is_err());
+}
+
 /// Helper processes for the tests above; they do nothing unless started by
 /// a test (with `CICADA_OURO_HELPER_NAME` set).
 mod helpers {
@@ -746,5 +806,30 @@ mod helpers {
         f.writeline("hello from the client").unwrap();
         f.set_rcv_timeout(T).unwrap();
         let _ = f.readline(100);
+    }
+
+    /// Joins the broadcast layer named by `CICADA_OURO_HELPER_NAME` and
+    /// answers every `ping X` line it reads with `pong X`, until SIGTERM.
+    #[test]
+    #[ignore = "helper process, started by the other tests"]
+    fn join() {
+        let Some((layer, _)) = env() else { return };
+        let stop = cicada_ouroboros::termination_flag().expect("signal handler");
+        let f = flow_join(&layer, T).expect("helper flow_join");
+        f.set_rcv_timeout(Some(Duration::from_millis(100))).unwrap();
+        announce();
+        while !stop.load(Ordering::Relaxed) {
+            match f.readline(2048) {
+                Ok(l) => {
+                    if let Some(tag) = l.strip_prefix("ping ") {
+                        if f.writeline(&format!("pong {tag}")).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(Error::Timeout { .. }) => {}
+                Err(_) => return,
+            }
+        }
     }
 }
