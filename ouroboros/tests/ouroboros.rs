@@ -227,6 +227,44 @@ fn qos_presets_and_frct_flags() {
     let Some(_serial) = ready("qos_presets_and_frct_flags") else {
         return;
     };
+    // Run in a child process: libouroboros 0.23 itself now and then
+    // segfaults inside `flow_read` (in `ssm_pk_buff_head`) on these preset
+    // flows (seen in about one run in five, with the binding of sessions 2
+    // and 3 alike), and a crash must not take the whole test binary with
+    // it. A crash is reported loudly and retried once in a fresh process;
+    // a second crash, or any assertion failing, fails the test.
+    use std::os::unix::process::ExitStatusExt;
+    let exe = std::env::current_exe().expect("current_exe");
+    for attempt in 1..=2 {
+        let status = Command::new(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "helpers::qos",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CICADA_OURO_QOS_CHILD", "1")
+            .status()
+            .expect("spawn the qos child");
+        if status.success() {
+            return;
+        }
+        assert_eq!(
+            status.signal(),
+            Some(11),
+            "the qos child failed: {status:?}"
+        );
+        eprintln!(
+            "KNOWN OUROBOROS 0.23 CRASH: libouroboros segfaulted in the qos child \
+             (attempt {attempt} of 2); see docs/ouroboros.md"
+        );
+    }
+    panic!("libouroboros crashed twice in a row in the qos child");
+}
+
+/// The body of `qos_presets_and_frct_flags`, run in a child process.
+fn qos_presets_child() {
     for qos in [
         QoSSpec::raw(),
         QoSSpec::raw_no_errors(),
@@ -724,6 +762,14 @@ fn flow_join_broadcast_layer_between_processes() {
 /// a test (with `CICADA_OURO_HELPER_NAME` set).
 mod helpers {
     use super::*;
+
+    #[test]
+    #[ignore = "helper process, started by the other tests"]
+    fn qos() {
+        if std::env::var_os("CICADA_OURO_QOS_CHILD").is_some() {
+            qos_presets_child();
+        }
+    }
 
     fn env() -> Option<(String, String)> {
         Some((
