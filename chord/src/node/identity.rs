@@ -60,41 +60,13 @@ impl<A: Clone + Eq + std::hash::Hash> Identity<A> {
     }
 }
 
-/// The slot of `addr`: a multiplicative (Fx-style) hash, not keyed. An
+/// The slot of `addr`: std's hasher with its fixed keys (not secret). An
 /// attacker who picks addresses that share a slot only costs the node the
 /// derivations it made before there was a cache.
 fn slot_of<A: std::hash::Hash>(addr: &A) -> usize {
-    let mut h = Fx(0);
-    std::hash::Hash::hash(addr, &mut h);
-    (h.0 >> 59) as usize % SLOTS
-}
-
-struct Fx(u64);
-
-impl Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
+    let mut h = std::hash::DefaultHasher::new();
+    addr.hash(&mut h);
+    h.finish() as usize % SLOTS
 }
 
 #[cfg(test)]
