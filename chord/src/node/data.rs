@@ -171,18 +171,7 @@ impl<A: Address> LocalNode<A> {
                 avoid.clear();
             }
             for (i, part) in parts.iter().enumerate() {
-                let header = DataHeader {
-                    txn: 0,
-                    msg: id,
-                    origin: self.me.clone(),
-                    target,
-                    mode,
-                    limit: Hash::ZERO,
-                    hops: 0,
-                    last_hop: false,
-                    frag: i as u16,
-                    frags: count,
-                };
+                let header = self.first_header(id, target, mode, i as u16, count);
                 first = self.route_data(header, part.to_vec(), avoid.clone(), now);
             }
             match first {
@@ -199,22 +188,35 @@ impl<A: Address> LocalNode<A> {
     /// Whether a message from here to `target` would be refused for want
     /// of a route when the first hops in `avoid` are excluded.
     fn no_route_avoiding(&self, target: Hash, mode: Mode, avoid: &[Hash]) -> bool {
-        let probe = DataHeader {
+        let probe = self.first_header(0, target, mode, 0, 1);
+        matches!(
+            self.decide(&probe, avoid),
+            Decision::Refuse(Refusal::NoRoute)
+        )
+    }
+
+    /// The header of fragment `frag` of `frags` of message `msg` as it
+    /// leaves its origin (this node).
+    fn first_header(
+        &self,
+        msg: u64,
+        target: Hash,
+        mode: Mode,
+        frag: u16,
+        frags: u16,
+    ) -> DataHeader<A> {
+        DataHeader {
             txn: 0,
-            msg: 0,
+            msg,
             origin: self.me.clone(),
             target,
             mode,
             limit: Hash::ZERO,
             hops: 0,
             last_hop: false,
-            frag: 0,
-            frags: 1,
-        };
-        matches!(
-            self.decide(&probe, avoid),
-            Decision::Refuse(Refusal::NoRoute)
-        )
+            frag,
+            frags,
+        }
     }
 
     /// Moves a message one step; returns the next hop's id if it was sent on.
