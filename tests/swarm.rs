@@ -186,19 +186,21 @@ impl Node {
             .collect()
     }
 
-    /// Asks for `peers` and returns how many peers the node knows.
-    fn known(&mut self) -> Option<usize> {
+    /// Asks for `peers` and returns the answer.
+    fn peers(&mut self) -> Option<Value> {
         let from = self.len();
         self.cmd("peers");
-        let v = self.wait_for(from, Duration::from_secs(5), |v| v["event"] == "peers")?;
-        v["peers"].as_array().map(Vec::len)
+        self.wait_for(from, Duration::from_secs(5), |v| v["event"] == "peers")
     }
 
-    /// Asks for `peers` and returns (successor, predecessor).
+    /// How many peers the node knows.
+    fn known(&mut self) -> Option<usize> {
+        self.peers()?["peers"].as_array().map(Vec::len)
+    }
+
+    /// The node's (successor, predecessor).
     fn neighbours(&mut self) -> Option<(Value, Value)> {
-        let from = self.len();
-        self.cmd("peers");
-        let v = self.wait_for(from, Duration::from_secs(5), |v| v["event"] == "peers")?;
+        let v = self.peers()?;
         Some((v["successor"].clone(), v["predecessor"].clone()))
     }
 
