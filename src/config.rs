@@ -15,8 +15,10 @@ pub const DEFAULT_COMMAND_QUEUE: usize = 256;
 pub const DEFAULT_HOOK_QUEUE: usize = 4096;
 /// Default wait of `connect` for the join to complete.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Receive buffer: the largest datagram the core accepts.
-pub const RECV_BUFFER: usize = chord::MAX_DATAGRAM;
+/// Receive buffer of a peer: 64 KiB, room for the largest datagram the
+/// core accepts ([`chord::MAX_DATAGRAM`]) and for a coalesced receive of a
+/// run of datagrams (UDP GRO, see [`crate::UdpLink`]).
+pub const RECV_BUFFER: usize = 65_536;
 
 /// Everything a [`crate::SwarmPeer`] can be tuned with: the Chord core's
 /// [`chord::Config`] and the peer's own queues.

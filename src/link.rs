@@ -6,7 +6,8 @@ use std::fmt::Display;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use chord::Hash;
 use tokio::net::UdpSocket;
@@ -88,11 +89,21 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 
 /// A [`Link`] over a tokio [`UdpSocket`], IPv4 or IPv6.
 ///
-/// On 64-bit Linux, datagrams of one size to one address queued together
-/// leave in one `sendmsg` with `UDP_SEGMENT` (generic segmentation
-/// offload: the kernel cuts them); where the kernel refuses that, the link
-/// falls back to one `send_to` per datagram for good. The environment
-/// variable `CICADA_UDP_GSO=0` turns it off (to compare, or to rule it out).
+/// On Linux the socket batches both ways through `quinn-udp`:
+/// - datagrams of one size to one address queued together leave in one
+///   `sendmsg` with `UDP_SEGMENT` (generic segmentation offload: the kernel
+///   cuts them); where the kernel refuses that, the link falls back to one
+///   `send_to` per datagram for good;
+/// - such a run arrives in one receive as well (`UDP_GRO`): the link keeps
+///   the run and hands its datagrams out one by one, so a burst of 64 costs
+///   one system call at each end instead of 64.
+///
+/// Datagrams leave with fragmentation forbidden (`IP_PMTUDISC_PROBE`, as
+/// QUIC does): one larger than the interface MTU fails with `EMSGSIZE`
+/// (counted as a link error) instead of travelling as IP fragments, which
+/// many paths drop. The core's default `max_fragment` (1,200 bytes) fits
+/// any path. The environment variable `CICADA_UDP_GSO=0` turns the
+/// segmented sends off (to compare, or to rule them out).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -105,9 +116,41 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 #[derive(Debug)]
 pub struct UdpLink {
     socket: UdpSocket,
-    /// Whether the system takes segmented sends (`UDP_SEGMENT`); cleared
-    /// for good at the first refusal.
+    state: quinn_udp::UdpSocketState,
+    /// Whether segmented sends are wanted (`CICADA_UDP_GSO`); cleared for
+    /// good at the first refusal.
     gso: AtomicBool,
+    /// The rest of a coalesced receive, not yet handed out.
+    run: Mutex<Run>,
+    /// Datagrams that arrived in a coalesced receive.
+    coalesced: AtomicU64,
+}
+
+/// A coalesced receive: `len` bytes of `buf`, datagrams of `stride` bytes
+/// back to back (the last may be shorter), all from `from`; those before
+/// `at` are handed out already.
+#[derive(Debug)]
+struct Run {
+    buf: Vec<u8>,
+    len: usize,
+    stride: usize,
+    at: usize,
+    from: SocketAddr,
+}
+
+impl Run {
+    /// Copies the next datagram of the run into `out`: its length (cut to
+    /// `out`, as a UDP receive cuts) and its sender.
+    fn take(&mut self, out: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        if self.at >= self.len {
+            return None;
+        }
+        let end = (self.at + self.stride).min(self.len);
+        let n = (end - self.at).min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at = end;
+        Some((n, self.from))
+    }
 }
 
 /// Most datagrams sent in one segmented call: Linux takes up to 64.
@@ -119,6 +162,9 @@ const GSO_BYTES: usize = 65_000;
 /// kernel refuses larger ones), and 1,452 bytes fit a 1,500-byte MTU under
 /// IPv6 and IPv4 headers. Larger datagrams go one by one.
 pub(crate) const GSO_SEGMENT_MAX: usize = 1_452;
+/// Room for any receive, coalesced or not: the largest UDP payload, as
+/// [`crate::RECV_BUFFER`].
+const RUN_BUFFER: usize = crate::config::RECV_BUFFER;
 
 impl UdpLink {
     /// Binds a UDP socket on `addr` (port 0 picks a free one), with send
@@ -137,36 +183,119 @@ impl UdpLink {
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         let socket = UdpSocket::from_std(socket.into())?;
-        Ok(UdpLink::from_socket(socket))
+        UdpLink::from_socket(socket)
     }
 
-    /// Wraps a socket bound already.
-    pub fn from_socket(socket: UdpSocket) -> UdpLink {
-        UdpLink {
+    /// Wraps a socket bound already, switching on the batching the system
+    /// offers (see [`UdpLink`]).
+    pub fn from_socket(socket: UdpSocket) -> io::Result<UdpLink> {
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let from = socket.local_addr()?;
+        Ok(UdpLink {
             socket,
-            gso: AtomicBool::new(
-                cfg!(all(target_os = "linux", target_pointer_width = "64"))
-                    && std::env::var_os("CICADA_UDP_GSO").is_none_or(|v| v != "0"),
-            ),
+            state,
+            gso: AtomicBool::new(std::env::var_os("CICADA_UDP_GSO").is_none_or(|v| v != "0")),
+            run: Mutex::new(Run {
+                buf: Vec::new(),
+                len: 0,
+                stride: 1,
+                at: 0,
+                from,
+            }),
+            coalesced: AtomicU64::new(0),
+        })
+    }
+
+    /// How many datagrams arrived in coalesced receives (several in one
+    /// system call) since the link was made.
+    pub fn coalesced(&self) -> u64 {
+        self.coalesced.load(Ordering::Relaxed)
+    }
+
+    /// The run left from a coalesced receive. A panic elsewhere while it
+    /// was held leaves it consistent (every field is set before use), so a
+    /// poisoned lock is taken over.
+    fn run(&self) -> std::sync::MutexGuard<'_, Run> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One receive without waiting: the next datagram of the run, or a new
+    /// receive from the socket (`WouldBlock` when none is there).
+    ///
+    /// The receive lands in `out` itself where it can hold any datagram;
+    /// only the rest of a coalesced run is copied aside, so an idle link
+    /// keeps no buffer of its own.
+    fn receive(&self, out: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let mut run = self.run();
+        if let Some(r) = run.take(out) {
+            return Ok(r);
+        }
+        if out.len() < RUN_BUFFER {
+            // A caller's buffer too small for a run: receive into ours.
+            run.buf.resize(RUN_BUFFER, 0);
+            let m = self.recv_into(&mut run.buf)?;
+            let stride = m.stride.clamp(1, m.len.max(1));
+            *run = Run {
+                buf: std::mem::take(&mut run.buf),
+                len: m.len,
+                stride,
+                at: 0,
+                from: m.addr,
+            };
+            self.count_run(m.len, stride);
+            return run
+                .take(out)
+                .ok_or_else(|| io::ErrorKind::WouldBlock.into());
+        }
+        let m = self.recv_into(out)?;
+        let stride = m.stride.clamp(1, m.len.max(1));
+        if m.len > stride {
+            run.buf.clear();
+            run.buf.extend_from_slice(&out[stride..m.len]);
+            run.len = m.len - stride;
+            run.stride = stride;
+            run.at = 0;
+            run.from = m.addr;
+            self.count_run(m.len, stride);
+        }
+        Ok((stride.min(m.len), m.addr))
+    }
+
+    /// One system receive into `buf`.
+    fn recv_into(&self, buf: &mut [u8]) -> io::Result<quinn_udp::RecvMeta> {
+        let mut meta = [quinn_udp::RecvMeta::default()];
+        let mut bufs = [io::IoSliceMut::new(buf)];
+        match self
+            .state
+            .recv((&self.socket).into(), &mut bufs, &mut meta)?
+        {
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Ok(meta[0]),
+        }
+    }
+
+    fn count_run(&self, len: usize, stride: usize) {
+        if len > stride {
+            let count = len.div_ceil(stride) as u64;
+            self.coalesced.fetch_add(count, Ordering::Relaxed);
         }
     }
 
     /// One `sendmsg` of `bytes` cut by the kernel into datagrams of
     /// `segment` bytes (`UDP_SEGMENT`).
-    async fn send_gso(&self, bytes: &[u8], segment: u16, to: &SocketAddr) -> io::Result<()> {
-        let control = udp_segment_control(segment);
-        let addr = socket2::SockAddr::from(*to);
+    async fn send_gso(&self, bytes: &[u8], segment: usize, to: &SocketAddr) -> io::Result<()> {
+        let transmit = quinn_udp::Transmit {
+            destination: *to,
+            ecn: None,
+            contents: bytes,
+            segment_size: Some(segment),
+            src_ip: None,
+        };
         self.socket
             .async_io(tokio::io::Interest::WRITABLE, || {
-                let iov = [std::io::IoSlice::new(bytes)];
-                let msg = socket2::MsgHdr::new()
-                    .with_addr(&addr)
-                    .with_buffers(&iov)
-                    .with_control(&control);
-                socket2::SockRef::from(&self.socket).sendmsg(&msg, 0)
+                self.state.try_send((&self.socket).into(), &transmit)
             })
             .await
-            .map(|_| ())
     }
 }
 
@@ -188,7 +317,7 @@ impl Link for UdpLink {
 
     fn max_segments(&self) -> usize {
         if self.gso.load(Ordering::Relaxed) {
-            GSO_SEGMENTS
+            self.state.max_gso_segments().min(GSO_SEGMENTS)
         } else {
             1
         }
@@ -201,11 +330,8 @@ impl Link for UdpLink {
         let per_call = (GSO_BYTES / segment).clamp(1, GSO_SEGMENTS);
         let mut result = Ok(());
         for group in bytes.chunks(per_call * segment) {
-            if group.len() > segment
-                && segment <= GSO_SEGMENT_MAX
-                && self.gso.load(Ordering::Relaxed)
-            {
-                match self.send_gso(group, segment as u16, to).await {
+            if group.len() > segment && segment <= GSO_SEGMENT_MAX && self.max_segments() > 1 {
+                match self.send_gso(group, segment, to).await {
                     Ok(()) => continue,
                     // No segmentation here (EIO: no checksum offload;
                     // EINVAL: not supported): one by one from now on.
@@ -229,31 +355,29 @@ impl Link for UdpLink {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        // UdpSocket::recv_from is cancel-safe.
-        self.socket.recv_from(buf).await
+        // Cancel-safe: the receive itself runs inside one poll, whole or
+        // not at all.
+        if let Some(r) = self.run().take(buf) {
+            return Ok(r);
+        }
+        self.socket
+            .async_io(tokio::io::Interest::READABLE, || self.receive(buf))
+            .await
     }
 
     fn try_recv_from(&self, buf: &mut [u8]) -> Option<io::Result<(usize, SocketAddr)>> {
-        match self.socket.try_recv_from(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        match self
+            .socket
+            .try_io(tokio::io::Interest::READABLE, || self.receive(buf))
+        {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // try_io only runs the receive when the socket was seen
+                // readable; a run left over is handed out regardless.
+                self.run().take(buf).map(Ok)
+            }
             r => Some(r),
         }
     }
-}
-
-/// The control message asking the kernel to cut a send into datagrams of
-/// `segment` bytes: a `cmsghdr` (Linux, 64-bit: length as `usize`, level
-/// and type as `i32`) for `SOL_UDP` (17) / `UDP_SEGMENT` (103), then the
-/// size as a `u16`, padded to 8 bytes (`CMSG_SPACE(2)` = 24, `CMSG_LEN(2)`
-/// = 18). Written out by hand so that no unsafe `libc` macro is needed;
-/// only used where `UdpLink::gso` starts true (Linux, 64-bit).
-fn udp_segment_control(segment: u16) -> [u8; 24] {
-    let mut c = [0u8; 24];
-    c[0..8].copy_from_slice(&18u64.to_ne_bytes());
-    c[8..12].copy_from_slice(&17i32.to_ne_bytes());
-    c[12..16].copy_from_slice(&103i32.to_ne_bytes());
-    c[16..18].copy_from_slice(&segment.to_ne_bytes());
-    c
 }
 
 /// The link of a [`crate::SwarmPeer`]: UDP or Ouroboros, both addressed by

@@ -47,6 +47,14 @@ async fn roundtrip(count: usize, size: usize, last: usize) {
         // Linux on loopback takes segmented sends: the link must not have
         // fallen back (a malformed control message is refused with EINVAL).
         assert_eq!(tx.max_segments(), 64, "segmentation offload was refused");
+        // And the run arrives in one receive (UDP_GRO), handed out one by one.
+        if count > 1 && size <= 1_452 {
+            assert_eq!(
+                rx.coalesced(),
+                count as u64,
+                "the run was not received coalesced"
+            );
+        }
     }
 }
 
