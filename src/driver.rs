@@ -440,7 +440,9 @@ impl<L: Link> Driver<L> {
     fn received(&mut self, from: NodeRef<L::Addr>, payload: Vec<u8>) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         let data = Bytes::from(payload);
-        self.hooks.received(from.clone(), data.clone());
+        if self.hooks.wants_recv() {
+            self.hooks.received(from.clone(), data.clone());
+        }
         if self.inbox.try_send(Incoming { from, data }).is_err() {
             self.counters.recv_overflow.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("receive queue full: message dropped");

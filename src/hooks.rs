@@ -168,6 +168,12 @@ impl<A: Send + 'static> HookQueue<A> {
         self.wants_send && self.tx.is_some()
     }
 
+    /// Whether a `recv` hook is set: the driver clones a message for it
+    /// only then.
+    pub(crate) fn wants_recv(&self) -> bool {
+        self.wants_recv && self.tx.is_some()
+    }
+
     pub(crate) fn sent(&self, to: NodeRef<A>, bytes: Vec<u8>) {
         if self.wants_send {
             self.push(Call::Send(to, bytes));
