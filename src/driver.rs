@@ -43,7 +43,7 @@ pub(crate) enum Command<A> {
     },
     Send {
         target: chord::Target,
-        payload: Vec<u8>,
+        payload: Bytes,
         duplicates: u8,
         reply: Reply<Reached<A>>,
     },
@@ -297,7 +297,7 @@ impl<L: Link> Driver<L> {
     fn send(
         &mut self,
         target: chord::Target,
-        payload: Vec<u8>,
+        payload: Bytes,
         duplicates: u8,
         reply: Reply<Reached<L::Addr>>,
         now: Instant,

@@ -386,7 +386,7 @@ impl SwarmPeer {
             SendTarget::Key(k) => chord::Target::Key(k),
             SendTarget::Unbound => return Err(Error::NotBound),
         };
-        let payload = data.into().to_vec();
+        let payload = data.into();
         let (to, hops) = self
             .ask(|reply| Command::Send {
                 target,

@@ -12,6 +12,7 @@
 //! up to the next one. In a stable ring every node receives it exactly once:
 //! N-1 messages.
 
+use bytes::Bytes;
 use std::time::Instant;
 
 use super::{LocalNode, Phase, Waiting};
@@ -30,7 +31,7 @@ const WHOLE: u16 = u16::MAX;
 #[derive(Clone, Debug)]
 pub(super) struct Outgoing {
     target: Target,
-    payload: Vec<u8>,
+    payload: Bytes,
     duplicates: u8,
     retry_at: Instant,
     deadline: Instant,
@@ -65,14 +66,16 @@ impl<A: Address> LocalNode<A> {
     /// destination confirmed) or [`Event::SendFailed`].
     ///
     /// Refused at once when the node is not in a ring, the payload is larger
-    /// than `max_payload`, or too many sends are outstanding.
+    /// than `max_payload`, or too many sends are outstanding. The payload
+    /// (a `Vec<u8>`, a `Bytes`, ...) is kept for retries as it is, not copied.
     pub fn send(
         &mut self,
         target: Target,
-        payload: Vec<u8>,
+        payload: impl Into<Bytes>,
         duplicates: u8,
         now: Instant,
     ) -> Result<MessageId, SendError> {
+        let payload = payload.into();
         self.check_sendable(payload.len())?;
         if self.outgoing.len() >= self.cfg.max_pending {
             return Err(SendError::Overloaded);
