@@ -58,6 +58,18 @@ const NODE_FLAGS: [&str; 7] = [
     "3000",
 ];
 
+/// The value of a `NODE_FLAGS` flag given in milliseconds.
+fn flag_ms(name: &str) -> Duration {
+    let at = NODE_FLAGS
+        .iter()
+        .position(|f| *f == name)
+        .unwrap_or_else(|| panic!("{name} is not in NODE_FLAGS"));
+    let ms = NODE_FLAGS[at + 1]
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} in NODE_FLAGS is not a number"));
+    Duration::from_millis(ms)
+}
+
 impl Node {
     fn start(port: u16, join: Option<&str>) -> Node {
         Node::start_with(port, join, &NODE_FLAGS)
@@ -249,6 +261,22 @@ fn recv_of(data: String) -> impl Fn(&Value) -> bool {
     move |v| v["event"] == "recv" && v["data"] == data.as_str()
 }
 
+/// Asks `check` every 300 ms until it passes or `within` is over; the
+/// last failure is the error. With `within` zero, asks once.
+fn poll_until(
+    within: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
 /// Waits until every live node's successor and predecessor are the true ones.
 fn wait_ring(nodes: &mut [Node], live: &[usize], within: Duration) -> Result<(), String> {
     let mut ring: Vec<(String, String)> = live
@@ -257,8 +285,7 @@ fn wait_ring(nodes: &mut [Node], live: &[usize], within: Duration) -> Result<(),
         .collect();
     ring.sort();
     let n = ring.len();
-    let deadline = Instant::now() + within;
-    loop {
+    poll_until(within, || {
         let mut wrong = Vec::new();
         for &i in live {
             let pos = ring
@@ -276,21 +303,18 @@ fn wait_ring(nodes: &mut [Node], live: &[usize], within: Duration) -> Result<(),
             }
         }
         if wrong.is_empty() {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(wrong.join("\n"))
         }
-        if Instant::now() >= deadline {
-            return Err(wrong.join("\n"));
-        }
-        thread::sleep(Duration::from_millis(300));
-    }
+    })
 }
 
 /// Waits until every node in `live` knows all the others (a settled ring
 /// of fewer nodes than a successor list holds).
 fn wait_settled(nodes: &mut [Node], live: &[usize], within: Duration) -> Result<(), String> {
     let want = live.len() - 1;
-    let deadline = Instant::now() + within;
-    loop {
+    poll_until(within, || {
         let short: Vec<String> = live
             .iter()
             .filter_map(|&i| match nodes[i].known() {
@@ -299,13 +323,11 @@ fn wait_settled(nodes: &mut [Node], live: &[usize], within: Duration) -> Result<
             })
             .collect();
         if short.is_empty() {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(short.join("\n"))
         }
-        if Instant::now() >= deadline {
-            return Err(short.join("\n"));
-        }
-        thread::sleep(Duration::from_millis(300));
-    }
+    })
 }
 
 // -------------------------------------------------------- across processes
@@ -597,8 +619,8 @@ fn thirty_two_processes_keep_their_promises_while_a_quarter_is_killed() {
     // retries) and two periods pass, the ring of survivors is correct,
     // every lookup names the true owner, and a broadcast reaches every
     // survivor once. Checked at that moment, with no further waiting
-    // (NODE_FLAGS: 200 ms periods, 100 ms request timeouts).
-    let (period, timeout) = (Duration::from_millis(200), Duration::from_millis(100));
+    // (the periods and timeouts the nodes run with, from NODE_FLAGS).
+    let (period, timeout) = (flag_ms("--stabilize-ms"), flag_ms("--request-timeout-ms"));
     let promise = period * 6 / 5 + timeout * 3 + period * 2;
     thread::sleep(promise.saturating_sub(last_kill.elapsed()));
     eprintln!(
