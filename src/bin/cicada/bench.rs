@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// loads a shared IRMd).
     #[arg(long, conflicts_with = "only_ouroboros")]
     no_ouroboros: bool,
+    /// Run everything (Cicada and the baselines) on a current-thread tokio
+    /// runtime instead of the default two worker threads.
+    #[arg(long)]
+    current_thread: bool,
     /// Internal: be the receiving peer of the Ouroboros rows, under this name.
     #[arg(long, hide = true)]
     ouroboros_serve: Option<String>,
@@ -49,11 +53,14 @@ pub struct BenchArgs {
 
 /// Runs `cicada bench`; returns the exit code.
 pub fn main(args: BenchArgs) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let mut builder = if args.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
