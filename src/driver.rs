@@ -31,6 +31,31 @@ const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// small enough that replies do not wait behind a long burst.
 const DRAIN_BATCH: usize = 64;
 
+/// Most runs gathered at once in one turn (distinct destinations and sizes).
+const MAX_RUNS: usize = 8;
+
+/// Run buffers kept between turns (one flow each way needs two).
+const KEPT_RUNS: usize = 2;
+
+/// Datagrams of `size` bytes to `to`, back to back.
+struct Run<A> {
+    to: Option<A>,
+    size: usize,
+    count: usize,
+    bytes: Vec<u8>,
+}
+
+impl<A> Default for Run<A> {
+    fn default() -> Self {
+        Run {
+            to: None,
+            size: 0,
+            count: 0,
+            bytes: Vec::new(),
+        }
+    }
+}
+
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// Where a lookup or a send ended: the peer, and the hops it took.
 type Reached<A> = (NodeRef<A>, u32);
@@ -103,9 +128,11 @@ pub(crate) struct Driver<L: Link> {
     sends: HashMap<chord::MessageId, Reply<Reached<L::Addr>>>,
     leave_replies: Vec<oneshot::Sender<()>>,
     seen_peers: HashSet<Hash>,
-    /// Datagrams of one size to one address, back to back, for one
-    /// segmented send.
-    batch: Vec<u8>,
+    /// Runs of datagrams of one size to one address, gathered for one
+    /// segmented send each: the first `open` are in use, the rest keep
+    /// their buffers for later.
+    runs: Vec<Run<L::Addr>>,
+    open: usize,
 }
 
 impl<L: Link> Driver<L> {
@@ -138,7 +165,8 @@ impl<L: Link> Driver<L> {
             sends: HashMap::new(),
             leave_replies: Vec::new(),
             seen_peers: HashSet::new(),
-            batch: Vec::new(),
+            runs: Vec::new(),
+            open: 0,
         })
     }
 
@@ -326,51 +354,88 @@ impl<L: Link> Driver<L> {
 
     /// Sends what the core wants sent and delivers what it reports.
     ///
-    /// Datagrams of one size in a row to one address (a burst of sends to
-    /// a neighbour, its burst of confirmations back) go out in one call
-    /// where the link can ([`Link::send_segments`]): one system call for
-    /// up to [`Link::max_segments`] datagrams instead of one each.
+    /// Where the link can send a run of datagrams in one call
+    /// ([`Link::send_segments`]: up to [`Link::max_segments`] datagrams of
+    /// one size to one address), the datagrams of this turn are gathered
+    /// into such runs first. Consecutive datagrams rarely match: ids are
+    /// variable-length integers on the wire, so two messages of one kind
+    /// often differ by a byte. Datagrams to one address may leave in
+    /// another order than the core made them, which UDP allows anyway.
     async fn flush(&mut self) {
         let max = self.link.max_segments();
-        let mut next = self.node.poll_transmit();
-        while let Some(t) = next.take() {
-            next = self.node.poll_transmit();
+        while let Some(t) = self.node.poll_transmit() {
             let size = t.bytes.len();
-            let result = if max > 1
-                && size <= crate::link::GSO_SEGMENT_MAX
-                && next
-                    .as_ref()
-                    .is_some_and(|n| n.to == t.to && n.bytes.len() == size)
-            {
-                self.batch.clear();
-                self.batch.extend_from_slice(&t.bytes);
-                let mut count = 1;
-                while count < max {
-                    match next.take() {
-                        Some(n) if n.to == t.to && n.bytes.len() == size => {
-                            self.batch.extend_from_slice(&n.bytes);
-                            count += 1;
-                            self.sent_hook(n);
-                            next = self.node.poll_transmit();
-                        }
-                        other => {
-                            next = other;
-                            break;
-                        }
-                    }
-                }
-                self.link.send_segments(&self.batch, size, &t.to).await
-            } else {
-                self.link.send_to(&t.bytes, &t.to).await
-            };
-            if let Err(e) = result {
-                self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(to = %t.to, error = %e, "send error");
+            if max <= 1 || size > crate::link::GSO_SEGMENT_MAX {
+                let result = self.link.send_to(&t.bytes, &t.to).await;
+                self.sent(result, &t.to);
+                self.sent_hook(t);
+                continue;
             }
+            let at = match self.runs[..self.open]
+                .iter()
+                .position(|r| r.size == size && r.to.as_ref() == Some(&t.to))
+            {
+                Some(at) => at,
+                None => {
+                    if self.open == MAX_RUNS {
+                        // Too many destinations and sizes at once: the
+                        // oldest run leaves now.
+                        self.send_run(0).await;
+                    }
+                    if self.open == self.runs.len() {
+                        self.runs.push(Run::default());
+                    }
+                    let r = &mut self.runs[self.open];
+                    r.to = Some(t.to.clone());
+                    r.size = size;
+                    self.open += 1;
+                    self.open - 1
+                }
+            };
+            let r = &mut self.runs[at];
+            r.bytes.extend_from_slice(&t.bytes);
+            r.count += 1;
+            let full = r.count >= max;
             self.sent_hook(t);
+            if full {
+                self.send_run(at).await;
+            }
+        }
+        while self.open > 0 {
+            self.send_run(0).await;
         }
         while let Some(e) = self.node.poll_event() {
             self.event(e);
+        }
+    }
+
+    /// Sends open run `at` (one call for all its datagrams) and closes it;
+    /// its buffer is kept for the next.
+    async fn send_run(&mut self, at: usize) {
+        let mut r = self.runs.remove(at);
+        self.open -= 1;
+        if let Some(to) = r.to.take() {
+            let result = if r.count > 1 {
+                self.link.send_segments(&r.bytes, r.size, &to).await
+            } else {
+                self.link.send_to(&r.bytes, &to).await
+            };
+            self.sent(result, &to);
+        }
+        r.bytes.clear();
+        r.count = 0;
+        if self.runs.len() - self.open >= KEPT_RUNS {
+            // Beyond the buffers a steady flow reuses: freed, so that a
+            // peer is not left holding several runs' worth after a burst.
+            r.bytes = Vec::new();
+        }
+        self.runs.push(r);
+    }
+
+    fn sent(&self, result: std::io::Result<()>, to: &L::Addr) {
+        if let Err(e) = result {
+            self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%to, error = %e, "send error");
         }
     }
 
