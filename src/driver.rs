@@ -34,26 +34,15 @@ const DRAIN_BATCH: usize = 64;
 /// Most runs gathered at once in one turn (distinct destinations and sizes).
 const MAX_RUNS: usize = 8;
 
-/// Run buffers kept between turns (one flow each way needs two).
-const KEPT_RUNS: usize = 2;
-
-/// Datagrams of `size` bytes to `to`, back to back.
+/// Datagrams of `size` bytes to `to`, back to back: the first as the core
+/// made it (a run of one is sent from it, with no copy), the rest appended
+/// in `bytes` (which then starts with a copy of the first).
 struct Run<A> {
-    to: Option<A>,
+    to: A,
     size: usize,
     count: usize,
+    first: Vec<u8>,
     bytes: Vec<u8>,
-}
-
-impl<A> Default for Run<A> {
-    fn default() -> Self {
-        Run {
-            to: None,
-            size: 0,
-            count: 0,
-            bytes: Vec::new(),
-        }
-    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -128,11 +117,9 @@ pub(crate) struct Driver<L: Link> {
     sends: HashMap<chord::MessageId, Reply<Reached<L::Addr>>>,
     leave_replies: Vec<oneshot::Sender<()>>,
     seen_peers: HashSet<Hash>,
-    /// Runs of datagrams of one size to one address, gathered for one
-    /// segmented send each: the first `open` are in use, the rest keep
-    /// their buffers for later.
+    /// Runs of datagrams of one size to one address, gathered in one turn
+    /// for one segmented send each.
     runs: Vec<Run<L::Addr>>,
-    open: usize,
 }
 
 impl<L: Link> Driver<L> {
@@ -166,7 +153,6 @@ impl<L: Link> Driver<L> {
             leave_replies: Vec::new(),
             seen_peers: HashSet::new(),
             runs: Vec::new(),
-            open: 0,
         })
     }
 
@@ -371,37 +357,54 @@ impl<L: Link> Driver<L> {
                 self.sent_hook(t);
                 continue;
             }
-            let at = match self.runs[..self.open]
+            let at = match self
+                .runs
                 .iter()
-                .position(|r| r.size == size && r.to.as_ref() == Some(&t.to))
+                .position(|r| r.size == size && r.to == t.to)
             {
-                Some(at) => at,
+                Some(at) => {
+                    let r = &mut self.runs[at];
+                    if r.count == 1 {
+                        r.bytes = Vec::with_capacity(size * max);
+                        r.bytes.extend_from_slice(&r.first);
+                    }
+                    r.bytes.extend_from_slice(&t.bytes);
+                    r.count += 1;
+                    at
+                }
                 None => {
-                    if self.open == MAX_RUNS {
+                    if self.runs.len() == MAX_RUNS {
                         // Too many destinations and sizes at once: the
                         // oldest run leaves now.
                         self.send_run(0).await;
                     }
-                    if self.open == self.runs.len() {
-                        self.runs.push(Run::default());
-                    }
-                    let r = &mut self.runs[self.open];
-                    r.to = Some(t.to.clone());
-                    r.size = size;
-                    self.open += 1;
-                    self.open - 1
+                    self.runs.push(Run {
+                        to: t.to.clone(),
+                        size,
+                        count: 1,
+                        first: Vec::new(),
+                        bytes: Vec::new(),
+                    });
+                    self.runs.len() - 1
                 }
             };
-            let r = &mut self.runs[at];
-            r.bytes.extend_from_slice(&t.bytes);
-            r.count += 1;
-            let full = r.count >= max;
-            self.sent_hook(t);
+            let full = self.runs[at].count >= max;
+            if self.runs[at].count == 1 {
+                // Kept as it is (the hook below gets a copy only if set).
+                if self.hooks.wants_send() {
+                    self.runs[at].first = t.bytes.clone();
+                    self.sent_hook(t);
+                } else {
+                    self.runs[at].first = t.bytes;
+                }
+            } else {
+                self.sent_hook(t);
+            }
             if full {
                 self.send_run(at).await;
             }
         }
-        while self.open > 0 {
+        while !self.runs.is_empty() {
             self.send_run(0).await;
         }
         while let Some(e) = self.node.poll_event() {
@@ -409,27 +412,15 @@ impl<L: Link> Driver<L> {
         }
     }
 
-    /// Sends open run `at` (one call for all its datagrams) and closes it;
-    /// its buffer is kept for the next.
+    /// Sends run `at` (one call for all its datagrams) and closes it.
     async fn send_run(&mut self, at: usize) {
-        let mut r = self.runs.remove(at);
-        self.open -= 1;
-        if let Some(to) = r.to.take() {
-            let result = if r.count > 1 {
-                self.link.send_segments(&r.bytes, r.size, &to).await
-            } else {
-                self.link.send_to(&r.bytes, &to).await
-            };
-            self.sent(result, &to);
-        }
-        r.bytes.clear();
-        r.count = 0;
-        if self.runs.len() - self.open >= KEPT_RUNS {
-            // Beyond the buffers a steady flow reuses: freed, so that a
-            // peer is not left holding several runs' worth after a burst.
-            r.bytes = Vec::new();
-        }
-        self.runs.push(r);
+        let r = self.runs.remove(at);
+        let result = if r.count > 1 {
+            self.link.send_segments(&r.bytes, r.size, &r.to).await
+        } else {
+            self.link.send_to(&r.first, &r.to).await
+        };
+        self.sent(result, &r.to);
     }
 
     fn sent(&self, result: std::io::Result<()>, to: &L::Addr) {
