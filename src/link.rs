@@ -149,6 +149,10 @@ impl Run {
         let n = (end - self.at).min(out.len());
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
         self.at = end;
+        if self.at >= self.len && self.buf.capacity() > RUN_KEPT {
+            // Handed out whole: an idle link keeps no large buffer.
+            self.buf = Vec::new();
+        }
         Some((n, self.from))
     }
 }
@@ -162,6 +166,8 @@ const GSO_BYTES: usize = 65_000;
 /// kernel refuses larger ones), and 1,452 bytes fit a 1,500-byte MTU under
 /// IPv6 and IPv4 headers. Larger datagrams go one by one.
 pub(crate) const GSO_SEGMENT_MAX: usize = 1_452;
+/// Largest buffer a link keeps once its run is handed out.
+const RUN_KEPT: usize = 4_096;
 /// Room for any receive, coalesced or not: the largest UDP payload, as
 /// [`crate::RECV_BUFFER`].
 const RUN_BUFFER: usize = crate::config::RECV_BUFFER;
