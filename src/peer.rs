@@ -1,5 +1,6 @@
 //! [`SwarmPeer`]: a member of a Cicada swarm, used like a socket.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,28 @@ struct Bound {
     task: Mutex<Option<JoinHandle<()>>>,
     /// The gateway mapping of the socket's port, removed on close.
     mapping: tokio::sync::Mutex<Option<traversal::PortMapping>>,
+    /// Ids of the addresses sent to (a SHA-256 of the address text each),
+    /// so that a stream of sends to one peer derives its id once.
+    ids: Mutex<HashMap<PeerAddr, Hash>>,
+}
+
+/// Most addresses whose ids a peer remembers; past it the memory is cleared.
+const ID_MEMORY: usize = 256;
+
+impl Bound {
+    /// The id of the peer at `addr` ([`node_id`]), remembered.
+    fn id_of(&self, addr: PeerAddr) -> Hash {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = ids.get(&addr) {
+            return *id;
+        }
+        let id = node_id(&addr);
+        if ids.len() >= ID_MEMORY {
+            ids.clear();
+        }
+        ids.insert(addr, id);
+        id
+    }
 }
 
 /// A member of a Cicada swarm, used like a socket: `bind` first (to a UDP
@@ -301,6 +324,7 @@ impl SwarmPeer {
             secure,
             task: Mutex::new(Some(task)),
             mapping: tokio::sync::Mutex::new(mapping),
+            ids: Mutex::new(HashMap::new()),
         });
         Ok(())
     }
@@ -380,7 +404,7 @@ impl SwarmPeer {
         duplicates: u8,
     ) -> Result<Delivery> {
         let target = match target.into() {
-            SendTarget::Addr(a) => chord::Target::Node(node_id(&a)),
+            SendTarget::Addr(a) => chord::Target::Node(self.bound()?.id_of(a)),
             SendTarget::Host(h, p) => chord::Target::Node(node_id(&resolve(&h, p).await?.into())),
             SendTarget::Node(id) => chord::Target::Node(id),
             SendTarget::Key(k) => chord::Target::Key(k),
