@@ -101,6 +101,8 @@ pub(crate) struct Counters {
     pub hooks_dropped: Arc<AtomicU64>,
     pub link_errors: AtomicU64,
     pub received: AtomicU64,
+    /// Calls to the link's send (one per datagram, or one per run).
+    pub link_sends: AtomicU64,
 }
 
 pub(crate) struct Driver<L: Link> {
@@ -424,6 +426,7 @@ impl<L: Link> Driver<L> {
     }
 
     fn sent(&self, result: std::io::Result<()>, to: &L::Addr) {
+        self.counters.link_sends.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = result {
             self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%to, error = %e, "send error");

@@ -39,6 +39,11 @@ pub struct PeerStats {
     pub hooks_dropped: u64,
     /// Errors the link reported on sending or receiving.
     pub link_errors: u64,
+    /// Sends handed to the link: one per datagram, or one per run of
+    /// datagrams of one size to one address (a single system call where
+    /// the system segments them, see [`UdpLink`]). Against
+    /// `core.datagrams_out`, how well sends were batched.
+    pub link_sends: u64,
     /// The keyed link's counters (handshakes, datagrams dropped for a bad
     /// MAC, a replay, an unknown session…); `None` without a swarm key.
     pub secure: Option<SecureStats>,
@@ -524,6 +529,7 @@ impl SwarmPeer {
             recv_overflow: c.recv_overflow.load(Ordering::Relaxed),
             hooks_dropped: c.hooks_dropped.load(Ordering::Relaxed),
             link_errors: c.link_errors.load(Ordering::Relaxed),
+            link_sends: c.link_sends.load(Ordering::Relaxed),
             secure: self.bound()?.secure.as_ref().map(SecureStatsHandle::get),
         })
     }
