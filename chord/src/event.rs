@@ -216,9 +216,13 @@ pub struct Stats {
     /// Peers that failed earlier and answered such a probe, outside the
     /// routing table: a healed partition, or a peer back from an outage.
     pub past_peers_found: u64,
-    /// User lookups whose answer named an owner that did not answer a Ping
-    /// (dead or unreachable); each was looked up again.
+    /// User lookups whose answer named an owner that did not answer its
+    /// `OwnerCheck` (dead or unreachable); each was looked up again.
     pub lookup_owners_silent: u64,
+    /// User lookups whose answer named a live node that said the key is
+    /// not its own (it lies before its predecessor); each was looked up
+    /// again one attempt later.
+    pub lookup_owners_disowned: u64,
     /// Message ids forgotten before their retention ran out because the
     /// dedup window (`Config::dedup_window`) was full: a late retry of one
     /// of them would be handed up twice.

@@ -87,6 +87,27 @@ pub struct Ping {
     pub txn: u64,
 }
 
+/// Asks the owner a lookup named whether it owns `key`: whether `key` lies
+/// between its predecessor (exclusive) and itself (inclusive). Answered by
+/// [`Message::Owns`], which is smaller than this request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerCheck {
+    /// Request id, echoed in the reply.
+    pub txn: u64,
+    /// The key looked up.
+    pub key: Hash,
+}
+
+/// Reply to [`OwnerCheck`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owns {
+    /// The request's id.
+    pub txn: u64,
+    /// Whether the key lies between the responder's predecessor and the
+    /// responder (true as well when it knows no predecessor).
+    pub yes: bool,
+}
+
 /// Stabilize: "tell me your predecessor and successors", and with `notify`
 /// "I believe I am your predecessor" (Chord's `notify`, folded in to save a
 /// message per period).
@@ -289,6 +310,10 @@ pub enum Message<A> {
     Delivered(Delivered<A>),
     /// Kind 12.
     Undeliverable(Undeliverable),
+    /// Kind 13.
+    OwnerCheck(OwnerCheck),
+    /// Kind 14: reply to [`Message::OwnerCheck`].
+    Owns(Owns),
 }
 
 impl<A> Message<A> {
@@ -307,7 +332,9 @@ impl<A> Message<A> {
             | Message::Ping(_)
             | Message::Pong(_)
             | Message::HopAck(_)
-            | Message::Undeliverable(_) => (None, [&[], &[]]),
+            | Message::Undeliverable(_)
+            | Message::OwnerCheck(_)
+            | Message::Owns(_) => (None, [&[], &[]]),
         };
         one.into_iter().chain(lists.into_iter().flatten())
     }
@@ -352,6 +379,8 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::Data(_) => 10,
             Message::Delivered(_) => 11,
             Message::Undeliverable(_) => 12,
+            Message::OwnerCheck(_) => 13,
+            Message::Owns(_) => 14,
         }
     }
 
@@ -389,6 +418,8 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             }
             Message::Delivered(m) => append(&mut out, m),
             Message::Undeliverable(m) => append(&mut out, m),
+            Message::OwnerCheck(m) => append(&mut out, m),
+            Message::Owns(m) => append(&mut out, m),
         };
         // Serializing our own in-memory values into a Vec cannot fail: postcard
         // only fails on sequences of unknown length, which we do not have.
@@ -460,6 +491,8 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
                 }
                 11 => Message::Delivered(body("Delivered", rest)?),
                 12 => Message::Undeliverable(body("Undeliverable", rest)?),
+                13 => Message::OwnerCheck(body("OwnerCheck", rest)?),
+                14 => Message::Owns(body("Owns", rest)?),
                 other => return Err(DecodeError::UnknownKind(other)),
             };
         Ok(msg)
@@ -677,6 +710,8 @@ mod tests {
                 Message::Data(Data { header: DataHeader { txn, msg: lookup, origin: origin.clone(), target: Hash::from_bytes(key), mode: Mode::Broadcast, limit: Hash::from_bytes(key), hops, last_hop: n % 2 == 0, frag: 0, frags: 1 + n as u16 }, payload: vec![7; n * 50] }),
                 Message::Delivered(Delivered { msg: lookup, owner: origin.clone(), hops }),
                 Message::Undeliverable(Undeliverable { msg: lookup, reason: Refusal::NoRoute }),
+                Message::OwnerCheck(OwnerCheck { txn, key: Hash::from_bytes(key) }),
+                Message::Owns(Owns { txn, yes: n % 2 == 0 }),
             ];
             for m in msgs {
                 prop_assert_eq!(Message::<u32>::decode(&m.encode()), Ok(m));
@@ -711,6 +746,8 @@ mod tests {
                 Message::Data(Data { header: DataHeader { txn, msg: !txn, origin: me.clone(), target: h, mode: Mode::Key, limit: Hash::ZERO, hops: 0, last_hop: v6, frag: frags - 1, frags }, payload }),
                 Message::Delivered(Delivered { msg: txn, owner: me, hops: 9 }),
                 Message::Undeliverable(Undeliverable { msg: txn, reason: Refusal::NoSuchNode }),
+                Message::OwnerCheck(OwnerCheck { txn, key: h }),
+                Message::Owns(Owns { txn, yes: v6 }),
             ];
             for m in msgs {
                 let bytes = m.encode();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chord::wire::{
     Data, DataHeader, FindSuccessor, Found, GetNeighbors, HopAck, Leave, Message, Mode, Neighbors,
-    Ping, SuccessorHint,
+    OwnerCheck, Owns, Ping, SuccessorHint,
 };
 use chord::{Config, Event, Hash, LocalNode, NodeRef, Target};
 use proptest::prelude::*;
@@ -388,6 +388,9 @@ fn arb_message(ids: Vec<NodeRef<u32>>) -> impl Strategy<Value = Message<u32>> {
     prop_oneof![
         any::<u64>().prop_map(|txn| Message::Ping(Ping { txn })),
         any::<u64>().prop_map(|txn| Message::Pong(Ping { txn })),
+        (any::<u64>(), key.clone())
+            .prop_map(|(txn, key)| Message::OwnerCheck(OwnerCheck { txn, key })),
+        (any::<u64>(), any::<bool>()).prop_map(|(txn, yes)| Message::Owns(Owns { txn, yes })),
         (any::<u64>(), who.clone(), any::<bool>(), any::<bool>()).prop_map(
             |(txn, sender, notify, want_fingers)| Message::GetNeighbors(GetNeighbors {
                 txn,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use chord::wire::{
     Data, DataHeader, Delivered, FindSuccessor, Found, GetNeighbors, HopAck, Leave, Message, Mode,
-    Neighbors, Ping, Refusal, SuccessorHint, Undeliverable, VersionMismatch,
+    Neighbors, OwnerCheck, Owns, Ping, Refusal, SuccessorHint, Undeliverable, VersionMismatch,
 };
 use chord::{Config, Hash, LocalNode, NodeRef, Target};
 use libfuzzer_sys::fuzz_target;
@@ -194,6 +194,14 @@ enum Crafted {
         msg: u64,
         no_such_node: bool,
     },
+    OwnerCheck {
+        txn: u64,
+        key: Key,
+    },
+    Owns {
+        txn: u64,
+        yes: bool,
+    },
 }
 
 fn craft(c: &Crafted, ids: &[NodeRef<u32>]) -> Vec<u8> {
@@ -303,6 +311,14 @@ fn craft(c: &Crafted, ids: &[NodeRef<u32>]) -> Vec<u8> {
             } else {
                 Refusal::NoRoute
             },
+        }),
+        Crafted::OwnerCheck { txn, key: k } => Message::OwnerCheck(OwnerCheck {
+            txn: *txn,
+            key: key(k, ids),
+        }),
+        Crafted::Owns { txn, yes } => Message::Owns(Owns {
+            txn: *txn,
+            yes: *yes,
         }),
     };
     msg.encode()

@@ -22,7 +22,7 @@ use crate::routing::{NextHop, RoutingTable};
 use crate::sources::{Arrival, Sources};
 use crate::wire::{
     DecodeError, FindSuccessor, Found, GetNeighbors, HopAck, Leave, Message, Neighbors, NodeRef,
-    Ping, SuccessorHint, VersionMismatch,
+    OwnerCheck, Owns, Ping, SuccessorHint, VersionMismatch,
 };
 
 /// What the core needs of an address: it stores, compares, encodes and hands
@@ -57,8 +57,9 @@ enum Phase<A> {
 enum Waiting<A> {
     /// A liveness probe of the predecessor or of a successor-list entry.
     Ping { peer: NodeRef<A> },
-    /// A Ping to the owner a user lookup found: the answer is reported only
-    /// once the owner has shown it is alive.
+    /// An `OwnerCheck` to the owner a user lookup found: the answer is
+    /// reported only once the owner has shown it is alive and says the key
+    /// is its own.
     Confirm {
         lookup: u64,
         owner: NodeRef<A>,
@@ -607,6 +608,7 @@ impl<A: Address> LocalNode<A> {
         let kind = match msg {
             Message::Data(_) => Arrival::Data,
             Message::Ping(_)
+            | Message::OwnerCheck(_)
             | Message::GetNeighbors(_)
             | Message::FindSuccessor(_)
             | Message::Leave(_)
@@ -638,6 +640,8 @@ impl<A: Address> LocalNode<A> {
             Message::Data(m) => self.on_data(from, m, now),
             Message::Delivered(m) => self.on_delivered(from, m, now),
             Message::Undeliverable(m) => self.on_undeliverable(m, now),
+            Message::OwnerCheck(m) => self.on_owner_check(from, m),
+            Message::Owns(m) => self.on_owns(m, now),
         }
         self.sync_known();
     }
@@ -664,21 +668,6 @@ impl<A: Address> LocalNode<A> {
                 to,
                 ..
             }) => self.verified(to, now),
-            Some(Pending {
-                waiting:
-                    Waiting::Confirm {
-                        lookup,
-                        owner,
-                        hops,
-                    },
-                to,
-                ..
-            }) => {
-                self.verified(to, now);
-                if let Some(l) = self.lookups.remove(&lookup) {
-                    self.lookup_succeeded(lookup, l, owner, hops, now);
-                }
-            }
             Some(Pending {
                 waiting: Waiting::Admit { node, roles },
                 to,
@@ -708,6 +697,64 @@ impl<A: Address> LocalNode<A> {
                 self.stats.dropped_unexpected += 1;
             }
             None => self.stats.dropped_unexpected += 1,
+        }
+    }
+
+    /// Whether `key` is ours: between our predecessor (exclusive) and us.
+    /// Knowing no predecessor, we cannot tell otherwise and say yes. The
+    /// reply is smaller than the request, so it needs no budget.
+    fn on_owner_check(&mut self, from: A, m: OwnerCheck) {
+        if self.phase != Phase::Joined {
+            return; // not in a ring: no answer is better than a wrong one
+        }
+        let yes = self
+            .table
+            .predecessor()
+            .is_none_or(|p| Interval::open_closed(p.id, self.me.id).contains(&m.key));
+        let reply = Message::<A>::Owns(Owns { txn: m.txn, yes }).encode();
+        self.reply(from, reply);
+    }
+
+    fn on_owns(&mut self, m: Owns, now: Instant) {
+        let (lookup, owner, hops, to) = match self.pending.remove(&m.txn) {
+            Some(Pending {
+                waiting:
+                    Waiting::Confirm {
+                        lookup,
+                        owner,
+                        hops,
+                    },
+                to,
+                ..
+            }) => (lookup, owner, hops, to),
+            Some(other) => {
+                self.pending.insert(m.txn, other);
+                self.stats.dropped_unexpected += 1;
+                return;
+            }
+            None => {
+                self.stats.dropped_unexpected += 1;
+                return;
+            }
+        };
+        self.verified(to, now);
+        if m.yes {
+            if let Some(l) = self.lookups.remove(&lookup) {
+                self.lookup_succeeded(lookup, l, owner, hops, now);
+            }
+            return;
+        }
+        // Alive, but the key lies before its predecessor: the route that
+        // named it skipped the true owner (a node wrongly thought dead,
+        // or one that just joined). Look again after one attempt's time,
+        // once the tables had a chance to mend; the deadline still bounds
+        // the whole lookup.
+        self.stats.lookup_owners_disowned += 1;
+        tracing::trace!(me = %self.me.id.short(), owner = ?owner.addr, "lookup owner disowns the key; looking again");
+        let retry_at = now + self.attempt_timeout();
+        if let Some(l) = self.lookups.get_mut(&lookup) {
+            l.retry_at = retry_at;
+            self.arm(retry_at);
         }
     }
 
@@ -1084,7 +1131,10 @@ impl<A: Address> LocalNode<A> {
                 hops: m.hops as u32,
             };
             let (to, retries) = (m.owner.addr, self.cfg.request_retries);
-            self.request(to, retries, waiting, now, |txn| Message::Ping(Ping { txn }));
+            let key = m.key;
+            self.request(to, retries, waiting, now, |txn| {
+                Message::OwnerCheck(OwnerCheck { txn, key })
+            });
             return;
         }
         let Some(l) = self.lookups.remove(&m.lookup) else {

@@ -545,3 +545,89 @@ fn fragments_refused_by_a_full_reassembly_are_taken_from_a_retry() {
         "{ev:?}"
     );
 }
+
+/// The three nodes of `ring_of_three` by address, in ring order of ids.
+fn in_ring_order(nodes: &[LocalNode<u32>]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by_key(|&i| nodes[i].id());
+    order
+}
+
+#[test]
+fn an_owner_check_is_answered_from_the_predecessor() {
+    use crate::wire::{OwnerCheck, Owns};
+    let (mut nodes, now) = ring_of_three();
+    let order = in_ring_order(&nodes);
+    let (pred, x) = (order[0], order[1]);
+    let (p_id, x_id) = (nodes[pred].id(), nodes[x].id());
+    let cases = [
+        (x_id, true),                              // the owner's own id is its own
+        (p_id.wrapping_add(&Hash::pow2(0)), true), // just past the predecessor
+        (p_id, false),                             // the predecessor's id is not
+        (nodes[order[2]].id(), false),             // nor the third node's
+    ];
+    for (txn, (key, want)) in cases.into_iter().enumerate() {
+        let txn = txn as u64 + 1;
+        let ask = Message::<u32>::OwnerCheck(OwnerCheck { txn, key }).encode();
+        nodes[x].handle_datagram(now, 9, &ask);
+        let replies: Vec<_> = std::iter::from_fn(|| nodes[x].poll_transmit())
+            .filter(|t| t.to == 9)
+            .collect();
+        assert_eq!(replies.len(), 1, "one answer to the check of {key}");
+        assert!(replies[0].bytes.len() <= ask.len(), "no amplification");
+        assert_eq!(
+            Message::<u32>::decode(&replies[0].bytes),
+            Ok(Message::Owns(Owns { txn, yes: want })),
+            "is {key} owned by {x_id}?"
+        );
+    }
+}
+
+/// A lookup answer naming a live node that is not the key's owner (what a
+/// route past a node wrongly thought dead gives) is not reported: the
+/// named node disowns the key, and the lookup runs again and finds the
+/// true owner.
+#[test]
+fn a_lookup_answer_naming_a_node_that_disowns_the_key_is_not_reported() {
+    use crate::wire::Found;
+    let (mut nodes, now) = ring_of_three();
+    let order = in_ring_order(&nodes);
+    // The key is the third node's id: the origin routes it through the
+    // second node (it answers only keys up to its own successor itself).
+    let (origin, wrong, owner) = (order[0], order[1], order[2]);
+    let key = nodes[owner].id();
+    let id = nodes[origin].lookup(key, now);
+    // The route's own messages are lost; a forged answer names `wrong`,
+    // which is alive, but the key lies past it.
+    while nodes[origin].poll_transmit().is_some() {}
+    let found = Found {
+        lookup: id.0,
+        key,
+        owner: nodes[wrong].me().clone(),
+        hops: 1,
+    };
+    nodes[origin].handle_datagram(now, wrong as u32, &Message::Found(found).encode());
+    let checks: Vec<_> = std::iter::from_fn(|| nodes[origin].poll_transmit()).collect();
+    assert_eq!(checks.len(), 1, "one OwnerCheck to the named owner");
+    assert_eq!(checks[0].to, wrong as u32);
+    nodes[wrong].handle_datagram(now, origin as u32, &checks[0].bytes);
+    let answer = nodes[wrong].poll_transmit().expect("an answer");
+    nodes[origin].handle_datagram(now, wrong as u32, &answer.bytes);
+    assert!(
+        !events(&mut nodes[origin])
+            .iter()
+            .any(|e| matches!(e, Event::LookupDone { .. })),
+        "a disowned answer is not reported"
+    );
+    assert_eq!(nodes[origin].stats().lookup_owners_disowned, 1);
+    // Looked up again, it finds the owner.
+    run(&mut nodes, now, Duration::from_secs(3));
+    let done: Vec<_> = events(&mut nodes[origin])
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::LookupDone { id: d, owner, .. } if d == id => Some(owner.addr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, vec![owner as u32], "the true owner, once");
+}
