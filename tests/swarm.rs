@@ -1443,7 +1443,7 @@ async fn oversized_sends_fail_with_a_typed_error() {
 fn node_process_sends_to_keys_and_with_duplicates() {
     let _g = heavy();
     let ports = free_ports(3);
-    let mut a = Node::start(ports[0], None);
+    let a = Node::start(ports[0], None);
     let b = Node::start(ports[1], Some(&a.addr));
     let c = Node::start(ports[2], Some(&a.addr));
     for n in [&b, &c] {
@@ -1451,6 +1451,15 @@ fn node_process_sends_to_keys_and_with_duplicates() {
             .wait_for(0, Duration::from_secs(10), is("joined"))
             .is_some());
     }
+    // Sends start once the ring is right: until a new node's first
+    // stabilize reaches its successor, that successor still answers for
+    // its id that no such node exists (see docs/architecture.md).
+    let mut nodes = vec![a, b, c];
+    wait_ring(&mut nodes, &[0, 1, 2], Duration::from_secs(10)).expect("a ring of three");
+    let [mut a, b, c]: [Node; 3] = match nodes.try_into() {
+        Ok(n) => n,
+        Err(_) => unreachable!("three nodes"),
+    };
     // To a key: exactly b's id, so b owns it.
     a.cmd(&format!("send {} keyed", b.id));
     let s = a
