@@ -716,26 +716,18 @@ impl<A: Address> LocalNode<A> {
     }
 
     fn on_owns(&mut self, m: Owns, now: Instant) {
-        let (lookup, owner, hops, to) = match self.pending.remove(&m.txn) {
-            Some(Pending {
-                waiting:
-                    Waiting::Confirm {
-                        lookup,
-                        owner,
-                        hops,
-                    },
-                to,
-                ..
-            }) => (lookup, owner, hops, to),
-            Some(other) => {
-                self.pending.insert(m.txn, other);
-                self.stats.dropped_unexpected += 1;
-                return;
-            }
-            None => {
-                self.stats.dropped_unexpected += 1;
-                return;
-            }
+        let Some(Pending {
+            waiting:
+                Waiting::Confirm {
+                    lookup,
+                    owner,
+                    hops,
+                },
+            to,
+            ..
+        }) = self.take_reply(m.txn, |w| matches!(w, Waiting::Confirm { .. }))
+        else {
+            return;
         };
         self.verified(to, now);
         if m.yes {
@@ -981,25 +973,15 @@ impl<A: Address> LocalNode<A> {
     }
 
     fn on_neighbors(&mut self, m: Neighbors<A>, now: Instant) {
-        let peer = match self.pending.remove(&m.txn) {
-            Some(Pending {
-                waiting: Waiting::Stabilize { peer },
-                to,
-                ..
-            }) => {
-                self.verified(to, now);
-                peer
-            }
-            Some(other) => {
-                self.pending.insert(m.txn, other);
-                self.stats.dropped_unexpected += 1;
-                return;
-            }
-            None => {
-                self.stats.dropped_unexpected += 1;
-                return;
-            }
+        let Some(Pending {
+            waiting: Waiting::Stabilize { peer },
+            to,
+            ..
+        }) = self.take_reply(m.txn, |w| matches!(w, Waiting::Stabilize { .. }))
+        else {
+            return;
         };
+        self.verified(to, now);
         if matches!(self.phase, Phase::Joining { .. }) {
             self.phase = Phase::Joined;
             self.schedule_tick(now);
@@ -1542,6 +1524,28 @@ impl<A: Address> LocalNode<A> {
         );
         self.push_transmit(to, bytes);
         Some(txn)
+    }
+
+    /// The pending request `txn`, if what it waits for is what `expected`
+    /// accepts; a reply that matches nothing, or another kind of request,
+    /// is counted as unexpected (and the request left pending).
+    fn take_reply(
+        &mut self,
+        txn: u64,
+        expected: impl Fn(&Waiting<A>) -> bool,
+    ) -> Option<Pending<A>> {
+        match self.pending.remove(&txn) {
+            Some(p) if expected(&p.waiting) => Some(p),
+            Some(other) => {
+                self.pending.insert(txn, other);
+                self.stats.dropped_unexpected += 1;
+                None
+            }
+            None => {
+                self.stats.dropped_unexpected += 1;
+                None
+            }
+        }
     }
 
     fn pending_expired(&mut self, txn: u64, now: Instant) {
