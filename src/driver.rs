@@ -356,9 +356,10 @@ impl<L: Link> Driver<L> {
             if max <= 1 || size > crate::link::GSO_SEGMENT_MAX {
                 let result = self.link.send_to(&t.bytes, &t.to).await;
                 self.sent(result, &t.to);
-                self.sent_hook(t);
+                self.sent_hook(&t);
                 continue;
             }
+            self.sent_hook(&t);
             let at = match self
                 .runs
                 .iter()
@@ -381,28 +382,16 @@ impl<L: Link> Driver<L> {
                         self.send_run(0).await;
                     }
                     self.runs.push(Run {
-                        to: t.to.clone(),
+                        to: t.to,
                         size,
                         count: 1,
-                        first: Vec::new(),
+                        first: t.bytes,
                         bytes: Vec::new(),
                     });
                     self.runs.len() - 1
                 }
             };
-            let full = self.runs[at].count >= max;
-            if self.runs[at].count == 1 {
-                // Kept as it is (the hook below gets a copy only if set).
-                if self.hooks.wants_send() {
-                    self.runs[at].first = t.bytes.clone();
-                    self.sent_hook(t);
-                } else {
-                    self.runs[at].first = t.bytes;
-                }
-            } else {
-                self.sent_hook(t);
-            }
-            if full {
+            if self.runs[at].count >= max {
                 self.send_run(at).await;
             }
         }
@@ -433,10 +422,12 @@ impl<L: Link> Driver<L> {
         }
     }
 
-    fn sent_hook(&self, t: chord::Transmit<L::Addr>) {
+    /// The `send` hook's call for `t`, with its own copy (only when set).
+    fn sent_hook(&self, t: &chord::Transmit<L::Addr>) {
         if self.hooks.wants_send() {
             let id = Hash::of(t.to.to_string());
-            self.hooks.sent(NodeRef::new(id, t.to), t.bytes);
+            self.hooks
+                .sent(NodeRef::new(id, t.to.clone()), t.bytes.clone());
         }
     }
 
