@@ -153,17 +153,8 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
 
     let mut unkeyed = Vec::new();
     for size in [64usize, 1024, 16 * 1024] {
-        // Raw and Cicada take turns, ROUNDS times each; the medians are
-        // compared. One run of each swung the raw figure 4x with where
-        // the scheduler happened to put its two tasks.
-        let (mut raws, mut ours, mut confirmed) = (Vec::new(), Vec::new(), 1.0f64);
-        for _ in 0..ROUNDS {
-            raws.push(raw_throughput(size, args.messages).await?);
-            let (rate, fraction) = throughput(&a, &b, b_addr.clone(), size, args.messages).await?;
-            ours.push(rate);
-            confirmed = confirmed.min(fraction);
-        }
-        let (raw, ours) = (median(raws), median(ours));
+        let (ours, raw, confirmed) =
+            throughput_turns(&a, &b, &b_addr, size, args.messages, true).await?;
         unkeyed.push(ours);
         let ratio = ours / raw;
         println!(
@@ -184,12 +175,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
         report.insert(format!("confirmed_fraction_{key}"), json!(confirmed));
     }
 
-    // Turns as well; the percentiles are taken over all rounds' samples.
-    let (mut raw_times, mut times) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        raw_times.extend(raw_latency(args.round_trips).await?);
-        times.extend(latency(&a, b_addr.clone(), args.round_trips).await?);
-    }
+    let (times, raw_times) = latency_turns(&a, &b_addr, args.round_trips, true).await?;
     let (raw50, raw99) = percentiles(raw_times);
     let (p50, p99) = percentiles(times);
     println!(
@@ -247,13 +233,8 @@ async fn keyed_rows(
     let key = cicada::SwarmKey::generate().map_err(|e| e.to_string())?;
     let (a, b, b_addr) = pair(fast().swarm_key(key)).await?;
     for (size, plain) in [64usize, 1024, 16 * 1024].into_iter().zip(unkeyed) {
-        let (mut rates, mut confirmed) = (Vec::new(), 1.0f64);
-        for _ in 0..ROUNDS {
-            let (rate, fraction) = throughput(&a, &b, b_addr.clone(), size, args.messages).await?;
-            rates.push(rate);
-            confirmed = confirmed.min(fraction);
-        }
-        let keyed = median(rates);
+        let (keyed, _, confirmed) =
+            throughput_turns(&a, &b, &b_addr, size, args.messages, false).await?;
         println!(
             "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
             format!("throughput {size} B"),
@@ -270,11 +251,7 @@ async fn keyed_rows(
         report.insert(format!("keyed_throughput_ratio_{k}"), json!(keyed / plain));
         report.insert(format!("keyed_confirmed_fraction_{k}"), json!(confirmed));
     }
-    let mut times = Vec::new();
-    for _ in 0..ROUNDS {
-        times.extend(latency(&a, b_addr.clone(), args.round_trips).await?);
-    }
-    let (p50, p99) = percentiles(times);
+    let (p50, p99) = percentiles(latency_turns(&a, &b_addr, args.round_trips, false).await?.0);
     for (name, k, u, key) in [("p50", p50, u50, "p50"), ("p99", p99, u99, "p99")] {
         println!(
             "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
@@ -413,6 +390,48 @@ pub(crate) async fn pipelined_sends(
 
 /// Runs of each throughput and latency row, taking turns with the baseline.
 const ROUNDS: usize = 3;
+
+/// A throughput row run [`ROUNDS`] times, taking turns with the raw UDP
+/// baseline when `with_raw`: the medians (Cicada's, the baseline's or 0)
+/// and the smallest fraction of sends confirmed. One run of each swung
+/// the raw figure 4x with where the scheduler put its two tasks.
+async fn throughput_turns(
+    a: &Arc<SwarmPeer>,
+    b: &Arc<SwarmPeer>,
+    to: &PeerAddr,
+    size: usize,
+    count: usize,
+    with_raw: bool,
+) -> R<(f64, f64, f64)> {
+    let (mut ours, mut raws, mut confirmed) = (Vec::new(), Vec::new(), 1.0f64);
+    for _ in 0..ROUNDS {
+        if with_raw {
+            raws.push(raw_throughput(size, count).await?);
+        }
+        let (rate, fraction) = throughput(a, b, to.clone(), size, count).await?;
+        ours.push(rate);
+        confirmed = confirmed.min(fraction);
+    }
+    Ok((median(ours), median(raws), confirmed))
+}
+
+/// The latency row's samples over [`ROUNDS`] turns (Cicada's, and the raw
+/// ping-pong's when `with_raw`): percentiles are taken over all of them.
+async fn latency_turns(
+    a: &SwarmPeer,
+    to: &PeerAddr,
+    n: usize,
+    with_raw: bool,
+) -> R<(Vec<f64>, Vec<f64>)> {
+    let (mut ours, mut raws) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        if with_raw {
+            raws.extend(raw_latency(n).await?);
+        }
+        ours.extend(latency(a, to.clone(), n).await?);
+    }
+    Ok((ours, raws))
+}
 
 /// The middle of `v` (the upper middle of an even count; 0 when empty).
 fn median(mut v: Vec<f64>) -> f64 {
