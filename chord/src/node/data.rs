@@ -38,14 +38,31 @@ pub(super) struct Outgoing {
     /// First hops of earlier attempts: later attempts try others.
     avoid: Vec<Hash>,
     refusals: u32,
-    /// A forwarder said no live node has the target id; the send fails so
-    /// at `deadline` unless a confirmation overtakes the verdict.
-    no_such_node: bool,
+    /// What `NoSuchNode` answers have done to this message.
+    no_such_node: Verdict,
     /// The pending requests (txns) that handed a copy of this message to
     /// a first hop, so that the destination's `Delivered` finds the ones
     /// it proves without a scan of every pending request. Entries whose
     /// request is gone are dropped as new ones come.
     first_hops: Vec<u64>,
+}
+
+/// Where `NoSuchNode` answers left an outgoing message. The first gets
+/// one more attempt a request timeout later: a node that has just joined
+/// is not yet in its successor's table (nor in the table of the node it
+/// joined through) until that node has probed it, so the first verdict
+/// on a fresh node can be early. The second stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// No `NoSuchNode` yet.
+    None,
+    /// One came: another attempt is due at `retry_at`.
+    Recheck,
+    /// That attempt has gone out.
+    Rechecking,
+    /// Refused again: the send fails with `NoSuchNode` at `deadline`
+    /// unless a confirmation overtakes the verdict.
+    Final,
 }
 
 impl Outgoing {
@@ -91,7 +108,7 @@ impl<A: Address> LocalNode<A> {
                 deadline: now + self.cfg.send_timeout,
                 avoid: Vec::new(),
                 refusals: 0,
-                no_such_node: false,
+                no_such_node: Verdict::None,
                 first_hops: Vec::new(),
             },
         );
@@ -152,6 +169,9 @@ impl<A: Address> LocalNode<A> {
         };
         o.retry_at = now + retry;
         o.refusals = 0;
+        if o.no_such_node == Verdict::Recheck {
+            o.no_such_node = Verdict::Rechecking;
+        }
         let wake = o.wake_at();
         let (target, mode) = match o.target {
             Target::Key(k) => (k, Mode::Key),
@@ -573,14 +593,26 @@ impl<A: Address> LocalNode<A> {
         };
         match m.reason {
             Refusal::NoSuchNode => {
-                // The destination may have received a copy whose hop
-                // acknowledgement came late: give its confirmation one
-                // request timeout to arrive, then fail with this reason.
-                let grace = now + self.cfg.request_timeout;
-                o.no_such_node = true;
-                o.deadline = o.deadline.min(grace);
-                o.retry_at = o.deadline;
-                let wake = o.retry_at;
+                let later = now + self.cfg.request_timeout;
+                match o.no_such_node {
+                    Verdict::None => {
+                        // Perhaps early (see `Verdict`): once more, later.
+                        o.no_such_node = Verdict::Recheck;
+                        o.retry_at = later.min(o.deadline);
+                    }
+                    // Another copy's answer to the same attempt.
+                    Verdict::Recheck => return,
+                    Verdict::Rechecking | Verdict::Final => {
+                        // The destination may have received a copy whose
+                        // hop acknowledgement came late: give its
+                        // confirmation one request timeout to arrive,
+                        // then fail with this reason.
+                        o.no_such_node = Verdict::Final;
+                        o.deadline = o.deadline.min(later);
+                        o.retry_at = o.deadline;
+                    }
+                }
+                let wake = o.wake_at();
                 self.arm(wake);
             }
             Refusal::NoRoute => {
@@ -606,7 +638,7 @@ impl<A: Address> LocalNode<A> {
                 continue;
             };
             if o.deadline <= now {
-                let reason = if o.no_such_node {
+                let reason = if o.no_such_node != Verdict::None {
                     SendError::NoSuchNode
                 } else {
                     SendError::Timeout

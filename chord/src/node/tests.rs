@@ -182,9 +182,14 @@ fn send_rules_at_the_api() {
     let id = a
         .send(Target::Node(Hash::of("nobody")), b"x".to_vec(), 0, now)
         .unwrap();
-    // The verdict stands once a confirmation had its chance to overtake it.
+    // The first verdict gets a second attempt a request timeout later (a
+    // node that has just joined may not be known yet); the second stands
+    // once a confirmation had its chance to overtake it.
+    let rt = a.config().request_timeout;
     assert!(events(&mut a).is_empty());
-    a.handle_timeout(now + a.config().request_timeout);
+    a.handle_timeout(now + rt);
+    assert!(events(&mut a).is_empty(), "failed on the first verdict");
+    a.handle_timeout(now + rt * 2);
     assert!(events(&mut a).contains(&Event::SendFailed {
         id,
         reason: SendError::NoSuchNode
@@ -630,4 +635,49 @@ fn a_lookup_answer_naming_a_node_that_disowns_the_key_is_not_reported() {
         })
         .collect();
     assert_eq!(done, vec![owner as u32], "the true owner, once");
+}
+
+#[test]
+fn a_send_to_a_node_that_has_just_joined_is_not_refused_for_good() {
+    let now = Instant::now();
+    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
+    nodes[0].create(now);
+    events(&mut nodes[0]);
+    nodes[1].join(0, now);
+    // Datagrams go one way at a time, until b has joined.
+    let mut joined = false;
+    for _ in 0..20 {
+        for i in [1, 0] {
+            let out: Vec<_> = std::iter::from_fn(|| nodes[i].poll_transmit()).collect();
+            for t in out {
+                nodes[t.to as usize].handle_datagram(now, i as u32, &t.bytes);
+            }
+            if i == 1 {
+                continue;
+            }
+            joined = events(&mut nodes[1])
+                .iter()
+                .any(|e| matches!(e, Event::Joined { .. }));
+            if joined {
+                break;
+            }
+        }
+        if joined {
+            break;
+        }
+    }
+    assert!(joined, "b never joined");
+    let b = nodes[1].id();
+    // The moment this is about: a has not admitted b yet.
+    assert!(nodes[0].peers().iter().all(|p| p.id != b));
+    let id = nodes[0]
+        .send(Target::Node(b), b"hello".to_vec(), 0, now)
+        .unwrap();
+    run(&mut nodes, now, Duration::from_secs(3));
+    let ev = events(&mut nodes[0]);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Delivered { id: d, .. } if *d == id)),
+        "{ev:?}"
+    );
 }
