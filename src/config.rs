@@ -8,8 +8,9 @@ use crate::secure::{SecureConfig, SwarmKey};
 /// Application messages waiting for `recv`: enough to absorb a burst of a
 /// swarm-wide broadcast storm; past it messages are dropped and counted.
 pub const DEFAULT_RECV_QUEUE: usize = 1024;
-/// Calls waiting for the driver: callers wait (back-pressure) when it is full.
-pub const DEFAULT_COMMAND_QUEUE: usize = 256;
+/// Datagrams the core may hold waiting for the link before a caller waits
+/// to send them itself (back-pressure): a burst of 256 sends in flight.
+pub const DEFAULT_SEND_QUEUE: usize = 256;
 /// Hook calls waiting for the hook thread; a hook slower than the traffic
 /// loses calls (counted) instead of growing memory.
 pub const DEFAULT_HOOK_QUEUE: usize = 4096;
@@ -37,8 +38,9 @@ pub struct PeerConfig {
     pub chord: chord::Config,
     /// Capacity of the receive queue ([`DEFAULT_RECV_QUEUE`]).
     pub recv_queue: usize,
-    /// Capacity of the command queue ([`DEFAULT_COMMAND_QUEUE`]).
-    pub command_queue: usize,
+    /// Datagrams waiting for the link past which callers wait
+    /// ([`DEFAULT_SEND_QUEUE`]).
+    pub send_queue: usize,
     /// Capacity of the hook queue ([`DEFAULT_HOOK_QUEUE`]).
     pub hook_queue: usize,
     /// Seed of the core's randomness; `None` draws one from the clock and the id.
@@ -55,7 +57,7 @@ impl Default for PeerConfig {
         PeerConfig {
             chord: chord::Config::default(),
             recv_queue: DEFAULT_RECV_QUEUE,
-            command_queue: DEFAULT_COMMAND_QUEUE,
+            send_queue: DEFAULT_SEND_QUEUE,
             hook_queue: DEFAULT_HOOK_QUEUE,
             seed: None,
             swarm_key: None,
@@ -151,7 +153,7 @@ impl PeerConfig {
     /// Checks that the values can work together.
     pub fn validate(&self) -> Result<(), chord::ConfigError> {
         self.chord.validate()?;
-        if self.recv_queue == 0 || self.command_queue == 0 || self.hook_queue == 0 {
+        if self.recv_queue == 0 || self.send_queue == 0 || self.hook_queue == 0 {
             return Err(chord::ConfigError("queue capacities must be positive"));
         }
         let s = &self.secure;

@@ -1,20 +1,31 @@
-//! The driver: one task that owns the [`LocalNode`], feeds it the datagrams
-//! the link receives, the passing of time and the application's commands, and
-//! carries out what it asks for (datagrams to send, events to deliver).
+//! The driver: the [`LocalNode`] behind a lock, shared by the peer's
+//! background task and the application's calls.
 //!
-//! Nothing else touches the node, so there is no lock around it; the
-//! application talks to the driver through a bounded command channel and
-//! one-shot replies, and hears from it through the bounded receive queue and
-//! the hook queue.
+//! The background task ([`Shared::run`]) feeds the node the datagrams the
+//! link receives and the passing of time. An application call (`send`,
+//! `get_route`, `connect`...) runs on the caller's own task: it takes the
+//! lock, hands the node its command and delivers the events that follow.
+//! When few sends are in flight the caller then sends the datagrams its
+//! command made itself, so a lone send leaves without a hand-off to another
+//! task (hand-offs are most of a round trip's cost on loopback). Under load
+//! it leaves them to the background task instead, which sends everything
+//! queued in runs (one system call for many datagrams).
+//!
+//! The lock is a plain mutex, held for the core's work and never across a
+//! wait. Sending is serialised apart from it by the *flush role*: whoever
+//! holds it (caller or background task) sends until the core's queue is
+//! empty, so datagrams made while someone else sends are not left behind.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chord::{Event, Hash, LocalNode, LookupId, NodeRef};
-use tokio::sync::{mpsc, oneshot};
+use chord::{Event, Hash, LocalNode, LookupId, NodeRef, Transmit};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::{PeerConfig, RECV_BUFFER};
 use crate::error::Error;
@@ -26,10 +37,18 @@ use crate::link::Link;
 const NEW_PEER_MEMORY: usize = 65_536;
 /// How long the driver sleeps when the core asks for no timer at all.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
-/// Most ready datagrams (and commands) taken after one wake-up before the
-/// transmits they caused go out: large enough to amortise the wake-up,
-/// small enough that replies do not wait behind a long burst.
+/// Most ready datagrams taken after one wake-up before the transmits they
+/// caused go out, and most transmits taken from the core in one round of
+/// a flush: large enough to amortise the wake-up, small enough that
+/// replies do not wait behind a long burst.
 const DRAIN_BATCH: usize = 64;
+/// Rounds of [`DRAIN_BATCH`] transmits one holder of the flush role sends
+/// before it hands what is left to the background task: a caller that
+/// became the sender for everyone does not stay so for long.
+const FLUSH_ROUNDS: usize = 4;
+/// Sends in flight up to which a caller sends its datagrams itself; past
+/// it they wait for the background task's next run, which batches them.
+const DIRECT_SENDS: usize = 4;
 
 /// Most runs gathered at once in one turn (distinct destinations and sizes).
 const MAX_RUNS: usize = 8;
@@ -49,7 +68,7 @@ type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// Where a lookup or a send ended: the peer, and the hops it took.
 type Reached<A> = (NodeRef<A>, u32);
 
-/// What the application asks of the driver.
+/// What the application asks of the core.
 pub(crate) enum Command<A> {
     Join {
         bootstrap: A,
@@ -75,7 +94,6 @@ pub(crate) enum Command<A> {
     Leave {
         reply: oneshot::Sender<()>,
     },
-    Close,
 }
 
 /// The routing state and counters at one moment.
@@ -105,12 +123,39 @@ pub(crate) struct Counters {
     pub link_sends: AtomicU64,
 }
 
-pub(crate) struct Driver<L: Link> {
-    link: L,
+/// Who sends the datagrams a call made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flush {
+    /// Nothing to send, or the background task sends it.
+    No,
+    /// The caller sends them, unless someone else is sending already (who
+    /// then takes them too).
+    Try,
+    /// The core holds more than the send queue allows: the caller waits
+    /// for the flush role and sends (back-pressure).
+    Wait,
+}
+
+/// The peer's side of the driver, as [`crate::SwarmPeer`] sees it.
+pub(crate) trait Handle<A>: Send + Sync {
+    /// Hands the core `c` on the caller's task and delivers the events
+    /// that follow; says who sends the datagrams it made. After
+    /// [`close`](Self::close), `c` is dropped (its reply says `Closed`).
+    fn submit(&self, c: Command<A>) -> Flush;
+    /// Sends what the core has queued, as [`Flush`] says.
+    fn flush(&self, how: Flush) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Stops the peer: every waiting call gets `Closed`, the background
+    /// task ends on its next wake-up (which this causes).
+    fn close(&self);
+    /// Whether [`close`](Self::close) has run.
+    fn is_closed(&self) -> bool;
+}
+
+/// Everything the lock guards: the core and what waits on it.
+struct State<L: Link> {
     node: LocalNode<L::Addr>,
     cfg: PeerConfig,
     seed: u64,
-    commands: mpsc::Receiver<Command<L::Addr>>,
     inbox: mpsc::Sender<Incoming<L::Addr>>,
     hooks: HookQueue<L::Addr>,
     counters: Arc<Counters>,
@@ -119,45 +164,342 @@ pub(crate) struct Driver<L: Link> {
     sends: HashMap<chord::MessageId, Reply<Reached<L::Addr>>>,
     leave_replies: Vec<oneshot::Sender<()>>,
     seen_peers: HashSet<Hash>,
-    /// Runs of datagrams of one size to one address, gathered in one turn
-    /// for one segmented send each.
-    runs: Vec<Run<L::Addr>>,
+    /// The deadline the background task sleeps until (`None` while it is
+    /// awake and will read the core's next one anyway): a call that makes
+    /// an earlier one wakes it.
+    armed: Option<Instant>,
 }
 
-impl<L: Link> Driver<L> {
+/// The driver of one peer: its link, and its core behind a lock.
+pub(crate) struct Shared<L: Link> {
+    link: L,
+    /// `None` once closed.
+    state: Mutex<Option<State<L>>>,
+    /// The flush role, and the runs its holder gathers (kept to reuse the
+    /// `Vec`).
+    flushing: tokio::sync::Mutex<Vec<Run<L::Addr>>>,
+    /// Wakes the background task: an earlier deadline, datagrams left for
+    /// it to send, or closing.
+    wake: Notify,
+    counters: Arc<Counters>,
+    /// Datagrams the core may hold before a caller waits to send them.
+    send_queue: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The core is left consistent between its calls; a panic elsewhere
+    // while holding the lock does not make it unusable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<L: Link> Shared<L> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         link: L,
         me: NodeRef<L::Addr>,
         cfg: PeerConfig,
         seed: u64,
-        commands: mpsc::Receiver<Command<L::Addr>>,
         inbox: mpsc::Sender<Incoming<L::Addr>>,
         hooks: HookQueue<L::Addr>,
         counters: Arc<Counters>,
     ) -> Result<Self, Error> {
         let now = Instant::now();
-        let mut node = Self::node(&cfg, me, seed, now)?;
+        let mut node = State::<L>::node(&cfg, me, seed, now)?;
         // Alone until `connect`: the first member of its own swarm.
         node.create(now);
-        Ok(Driver {
-            link,
+        let send_queue = cfg.send_queue;
+        let state = State {
             node,
             cfg,
             seed,
-            commands,
             inbox,
             hooks,
-            counters,
+            counters: counters.clone(),
             join_reply: None,
             lookups: HashMap::new(),
             sends: HashMap::new(),
             leave_replies: Vec::new(),
             seen_peers: HashSet::new(),
-            runs: Vec::new(),
+            armed: None,
+        };
+        Ok(Shared {
+            link,
+            state: Mutex::new(Some(state)),
+            flushing: tokio::sync::Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            counters,
+            send_queue,
         })
     }
 
+    /// `f` on the state under the lock; `None` once closed.
+    fn with<T>(&self, f: impl FnOnce(&mut State<L>) -> T) -> Option<T> {
+        lock(&self.state).as_mut().map(f)
+    }
+
+    /// The background task: runs until the peer is closed.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        // One timer, moved only when the core's next deadline moves (not
+        // a new one registered on every wake-up).
+        let sleep = tokio::time::sleep(IDLE_WAKE);
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        loop {
+            self.flush_now(Flush::Try).await;
+            let wake = self.with(|st| {
+                let wake = match st.node.poll_timeout() {
+                    Some(t) => t,
+                    None => armed.unwrap_or_else(|| Instant::now() + IDLE_WAKE),
+                };
+                st.armed = Some(wake);
+                wake
+            });
+            let Some(wake) = wake else { break };
+            if armed != Some(wake) {
+                sleep.as_mut().reset(wake.into());
+                armed = Some(wake);
+            }
+            tokio::select! {
+                r = self.link.recv_from(&mut buf) => self.datagram(r, &buf),
+                _ = &mut sleep => {
+                    // Fired: re-armed on the next turn, whatever the deadline.
+                    armed = None;
+                    self.with(|st| {
+                        st.armed = None;
+                        st.node.handle_timeout(Instant::now());
+                        st.events();
+                    });
+                }
+                _ = self.wake.notified() => {}
+            }
+            // Whatever else has arrived already is taken now, before the
+            // transmits go out: a burst costs one trip through the select
+            // (and one timer registration), not one per datagram.
+            for _ in 0..DRAIN_BATCH {
+                match self.link.try_recv_from(&mut buf) {
+                    Some(r) => self.datagram(r, &buf),
+                    None => break,
+                }
+            }
+        }
+        tracing::debug!("driver stopped");
+    }
+
+    fn datagram(&self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) {
+        match r {
+            Ok((n, from)) => {
+                self.with(|st| {
+                    // The clock is read under the lock, so the core's time
+                    // never goes backwards between callers.
+                    st.node.handle_datagram(Instant::now(), from, &buf[..n]);
+                    st.events();
+                });
+            }
+            Err(e) => {
+                // Unconnected UDP sockets can report errors of earlier
+                // sends here (ICMP unreachable on some systems): not fatal.
+                self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "receive error");
+            }
+        }
+    }
+
+    /// Sends what the core has queued: with the flush role, taken as `how`
+    /// says, until the queue is empty or [`FLUSH_ROUNDS`] rounds are done
+    /// (the background task is then woken to go on).
+    async fn flush_now(&self, how: Flush) {
+        let runs = match how {
+            Flush::No => return,
+            Flush::Wait => self.flushing.lock().await,
+            Flush::Try => match self.flushing.try_lock() {
+                Ok(runs) => runs,
+                // The holder sends ours too: it stops only on an empty queue.
+                Err(_) => return,
+            },
+        };
+        let mut role = Role {
+            runs: Some(runs),
+            wake: &self.wake,
+        };
+        let mut batch = Vec::with_capacity(DRAIN_BATCH);
+        for _ in 0..FLUSH_ROUNDS {
+            {
+                let mut g = lock(&self.state);
+                let Some(st) = g.as_mut() else {
+                    role.give_up();
+                    return;
+                };
+                while batch.len() < DRAIN_BATCH {
+                    let Some(t) = st.node.poll_transmit() else {
+                        break;
+                    };
+                    st.sent_hook(&t);
+                    batch.push(t);
+                }
+                if batch.is_empty() {
+                    // Given up while the state is still locked: whoever
+                    // queues a datagram after this finds the role free.
+                    role.give_up();
+                    return;
+                }
+            }
+            let Some(runs) = role.runs.as_mut() else {
+                return;
+            };
+            self.send_batch(runs, &mut batch).await;
+        }
+        // More is queued: `role` wakes the background task as it goes.
+    }
+
+    /// Sends `batch`, gathered into runs per destination and size where
+    /// the link can send a run in one call ([`Link::send_segments`]: up to
+    /// [`Link::max_segments`] datagrams). Consecutive datagrams rarely
+    /// match: ids are variable-length integers on the wire, so two
+    /// messages of one kind often differ by a byte. Datagrams to one
+    /// address may leave in another order than the core made them, which
+    /// UDP allows anyway.
+    async fn send_batch(&self, runs: &mut Vec<Run<L::Addr>>, batch: &mut Vec<Transmit<L::Addr>>) {
+        let max = self.link.max_segments();
+        for t in batch.drain(..) {
+            let size = t.bytes.len();
+            if max <= 1 || size > crate::link::GSO_SEGMENT_MAX {
+                let result = self.link.send_to(&t.bytes, &t.to).await;
+                self.sent(result, &t.to);
+                continue;
+            }
+            let at = match runs.iter().position(|r| r.size == size && r.to == t.to) {
+                Some(at) => {
+                    let r = &mut runs[at];
+                    if r.count == 1 {
+                        r.bytes = Vec::with_capacity(size * max);
+                        r.bytes.extend_from_slice(&r.first);
+                    }
+                    r.bytes.extend_from_slice(&t.bytes);
+                    r.count += 1;
+                    at
+                }
+                None => {
+                    if runs.len() == MAX_RUNS {
+                        // Too many destinations and sizes at once: the
+                        // oldest run leaves now.
+                        self.send_run(runs, 0).await;
+                    }
+                    runs.push(Run {
+                        to: t.to,
+                        size,
+                        count: 1,
+                        first: t.bytes,
+                        bytes: Vec::new(),
+                    });
+                    runs.len() - 1
+                }
+            };
+            if runs[at].count >= max {
+                self.send_run(runs, at).await;
+            }
+        }
+        while !runs.is_empty() {
+            self.send_run(runs, 0).await;
+        }
+    }
+
+    /// Sends run `at` (one call for all its datagrams) and closes it.
+    async fn send_run(&self, runs: &mut Vec<Run<L::Addr>>, at: usize) {
+        let r = runs.remove(at);
+        let result = if r.count > 1 {
+            self.link.send_segments(&r.bytes, r.size, &r.to).await
+        } else {
+            self.link.send_to(&r.first, &r.to).await
+        };
+        self.sent(result, &r.to);
+    }
+
+    fn sent(&self, result: std::io::Result<()>, to: &L::Addr) {
+        self.counters.link_sends.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = result {
+            self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%to, error = %e, "send error");
+        }
+    }
+}
+
+/// The flush role while held; let go of it by [`give_up`](Self::give_up)
+/// with the queue seen empty, or by dropping it (the queue may not be
+/// empty: the background task is woken to send the rest). Dropping covers
+/// a caller whose call was cancelled in the middle of sending.
+struct Role<'a, A> {
+    runs: Option<tokio::sync::MutexGuard<'a, Vec<Run<A>>>>,
+    wake: &'a Notify,
+}
+
+impl<A> Role<'_, A> {
+    fn give_up(&mut self) {
+        if let Some(mut runs) = self.runs.take() {
+            runs.clear();
+        }
+    }
+}
+
+impl<A> Drop for Role<'_, A> {
+    fn drop(&mut self) {
+        if let Some(mut runs) = self.runs.take() {
+            // Cancelled with a run gathered: it is lost, as a datagram on
+            // the network may be (the core retries what needs it).
+            runs.clear();
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl<L: Link> Handle<L::Addr> for Shared<L> {
+    fn submit(&self, c: Command<L::Addr>) -> Flush {
+        let mut g = lock(&self.state);
+        let Some(st) = g.as_mut() else {
+            return Flush::No;
+        };
+        st.command(c);
+        st.events();
+        let earlier = match (st.node.poll_timeout(), st.armed) {
+            (Some(t), Some(armed)) => t < armed,
+            _ => false,
+        };
+        let queued = st.node.queued_transmits();
+        let direct = st.node.sends_in_flight() <= DIRECT_SENDS;
+        drop(g);
+        let how = if queued == 0 {
+            Flush::No
+        } else if queued > self.send_queue {
+            Flush::Wait
+        } else if direct {
+            Flush::Try
+        } else {
+            Flush::No
+        };
+        if earlier || (queued > 0 && how == Flush::No) {
+            self.wake.notify_one();
+        }
+        how
+    }
+
+    fn flush(&self, how: Flush) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.flush_now(how))
+    }
+
+    fn close(&self) {
+        // Dropping the state drops every waiting reply (`Closed`), the
+        // receive queue's sender and the hook queue.
+        let state = lock(&self.state).take();
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        lock(&self.state).is_none()
+    }
+}
+
+impl<L: Link> State<L> {
     /// A fresh core for `me`, requiring ids to derive from addresses where
     /// the link says how.
     fn node(
@@ -173,84 +515,8 @@ impl<L: Link> Driver<L> {
         })
     }
 
-    /// Runs until `Close`, or until every handle to the peer is gone.
-    pub(crate) async fn run(mut self) {
-        let mut buf = vec![0u8; RECV_BUFFER];
-        // One timer, moved only when the core's next deadline moves (not
-        // a new one registered on every wake-up).
-        let sleep = tokio::time::sleep(IDLE_WAKE);
-        tokio::pin!(sleep);
-        let mut armed: Option<Instant> = None;
-        loop {
-            self.flush().await;
-            let wake = match self.node.poll_timeout() {
-                Some(t) => t,
-                None => armed.unwrap_or_else(|| Instant::now() + IDLE_WAKE),
-            };
-            if armed != Some(wake) {
-                sleep.as_mut().reset(wake.into());
-                armed = Some(wake);
-            }
-            tokio::select! {
-                r = self.link.recv_from(&mut buf) => self.datagram(r, &buf),
-                _ = &mut sleep => {
-                    // Fired: re-armed on the next turn, whatever the deadline.
-                    armed = None;
-                    self.node.handle_timeout(Instant::now());
-                }
-                c = self.commands.recv() => match c {
-                    Some(Command::Close) | None => break,
-                    Some(c) => self.command(c),
-                },
-            }
-            // Whatever else is ready already is taken now, before the
-            // transmits go out: a burst costs one trip through the select
-            // (and one timer registration), not one per datagram.
-            if !self.drain(&mut buf) {
-                break;
-            }
-        }
-        tracing::debug!(id = %self.node.id().short(), "driver stopped");
-        // Dropping the pending reply senders tells every waiting caller `Closed`.
-    }
-
-    fn datagram(&mut self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) {
-        match r {
-            Ok((n, from)) => self.node.handle_datagram(Instant::now(), from, &buf[..n]),
-            Err(e) => {
-                // Unconnected UDP sockets can report errors of earlier
-                // sends here (ICMP unreachable on some systems): not fatal.
-                self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "receive error");
-            }
-        }
-    }
-
-    /// Takes up to [`DRAIN_BATCH`] ready datagrams and commands without
-    /// waiting; false when the peer is to stop.
-    fn drain(&mut self, buf: &mut [u8]) -> bool {
-        for _ in 0..DRAIN_BATCH {
-            let mut idle = true;
-            if let Some(r) = self.link.try_recv_from(buf) {
-                self.datagram(r, buf);
-                idle = false;
-            }
-            match self.commands.try_recv() {
-                Ok(Command::Close) | Err(mpsc::error::TryRecvError::Disconnected) => return false,
-                Ok(c) => {
-                    self.command(c);
-                    idle = false;
-                }
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
-            if idle {
-                break;
-            }
-        }
-        true
-    }
-
     fn command(&mut self, c: Command<L::Addr>) {
+        // Read under the lock, so the core's time never goes backwards.
         let now = Instant::now();
         match c {
             Command::Join { bootstrap, reply } => {
@@ -279,8 +545,20 @@ impl<L: Link> Driver<L> {
                 payload,
                 duplicates,
                 reply,
-            } => self.send(target, payload, duplicates, reply, now),
-            Command::Broadcast { payload, reply } => self.broadcast(payload, reply, now),
+            } => match self.node.send(target, payload, duplicates, now) {
+                Ok(id) => {
+                    self.sends.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Command::Broadcast { payload, reply } => {
+                // Accepted is all a broadcast promises: it has no single
+                // destination to confirm.
+                let r = self.node.broadcast(payload, now);
+                let _ = reply.send(r.map(|_| ()).map_err(Error::from));
+            }
             Command::Lookup { key, reply } => {
                 if !self.node.is_joined() {
                     let _ = reply.send(Err(Error::NotJoined));
@@ -306,124 +584,18 @@ impl<L: Link> Driver<L> {
                     let _ = reply.send(());
                 }
             }
-            Command::Close => {}
         }
     }
 
-    fn send(
-        &mut self,
-        target: chord::Target,
-        payload: Bytes,
-        duplicates: u8,
-        reply: Reply<Reached<L::Addr>>,
-        now: Instant,
-    ) {
-        match self.node.send(target, payload, duplicates, now) {
-            Ok(id) => {
-                self.sends.insert(id, reply);
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e.into()));
-            }
-        }
-    }
-
-    fn broadcast(&mut self, payload: Vec<u8>, reply: Reply<()>, now: Instant) {
-        match self.node.broadcast(payload, now) {
-            // Accepted is all a broadcast promises: it has no single destination to confirm.
-            Ok(_) => {
-                let _ = reply.send(Ok(()));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e.into()));
-            }
-        }
-    }
-
-    /// Sends what the core wants sent and delivers what it reports.
-    ///
-    /// Where the link can send a run of datagrams in one call
-    /// ([`Link::send_segments`]: up to [`Link::max_segments`] datagrams of
-    /// one size to one address), the datagrams of this turn are gathered
-    /// into such runs first. Consecutive datagrams rarely match: ids are
-    /// variable-length integers on the wire, so two messages of one kind
-    /// often differ by a byte. Datagrams to one address may leave in
-    /// another order than the core made them, which UDP allows anyway.
-    async fn flush(&mut self) {
-        let max = self.link.max_segments();
-        while let Some(t) = self.node.poll_transmit() {
-            let size = t.bytes.len();
-            if max <= 1 || size > crate::link::GSO_SEGMENT_MAX {
-                let result = self.link.send_to(&t.bytes, &t.to).await;
-                self.sent(result, &t.to);
-                self.sent_hook(&t);
-                continue;
-            }
-            self.sent_hook(&t);
-            let at = match self
-                .runs
-                .iter()
-                .position(|r| r.size == size && r.to == t.to)
-            {
-                Some(at) => {
-                    let r = &mut self.runs[at];
-                    if r.count == 1 {
-                        r.bytes = Vec::with_capacity(size * max);
-                        r.bytes.extend_from_slice(&r.first);
-                    }
-                    r.bytes.extend_from_slice(&t.bytes);
-                    r.count += 1;
-                    at
-                }
-                None => {
-                    if self.runs.len() == MAX_RUNS {
-                        // Too many destinations and sizes at once: the
-                        // oldest run leaves now.
-                        self.send_run(0).await;
-                    }
-                    self.runs.push(Run {
-                        to: t.to,
-                        size,
-                        count: 1,
-                        first: t.bytes,
-                        bytes: Vec::new(),
-                    });
-                    self.runs.len() - 1
-                }
-            };
-            if self.runs[at].count >= max {
-                self.send_run(at).await;
-            }
-        }
-        while !self.runs.is_empty() {
-            self.send_run(0).await;
-        }
+    /// Delivers every event the core has reported.
+    fn events(&mut self) {
         while let Some(e) = self.node.poll_event() {
             self.event(e);
         }
     }
 
-    /// Sends run `at` (one call for all its datagrams) and closes it.
-    async fn send_run(&mut self, at: usize) {
-        let r = self.runs.remove(at);
-        let result = if r.count > 1 {
-            self.link.send_segments(&r.bytes, r.size, &r.to).await
-        } else {
-            self.link.send_to(&r.first, &r.to).await
-        };
-        self.sent(result, &r.to);
-    }
-
-    fn sent(&self, result: std::io::Result<()>, to: &L::Addr) {
-        self.counters.link_sends.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = result {
-            self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%to, error = %e, "send error");
-        }
-    }
-
     /// The `send` hook's call for `t`, with its own copy (only when set).
-    fn sent_hook(&self, t: &chord::Transmit<L::Addr>) {
+    fn sent_hook(&self, t: &Transmit<L::Addr>) {
         if self.hooks.wants_send() {
             let id = Hash::of(t.to.to_string());
             self.hooks

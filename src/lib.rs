@@ -45,8 +45,8 @@ pub use traversal;
 pub use addr::{InvalidName, PeerAddr, MAX_NAME_LEN};
 pub use chord::{Hash, Stats};
 pub use config::{
-    PeerConfig, DEFAULT_COMMAND_QUEUE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HOOK_QUEUE,
-    DEFAULT_RECV_QUEUE, RECV_BUFFER,
+    PeerConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HOOK_QUEUE, DEFAULT_RECV_QUEUE,
+    DEFAULT_SEND_QUEUE, RECV_BUFFER,
 };
 pub use error::{Error, Result};
 pub use hooks::Hooks;

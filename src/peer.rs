@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
-use crate::driver::{Command, Counters, Driver, Incoming, Snapshot};
+use crate::driver::{Command, Counters, Flush, Handle, Incoming, Shared, Snapshot};
 use crate::error::{Error, Result};
 use crate::hooks::{HookQueue, Hooks};
 use crate::link::{Link, PeerLink, UdpLink};
@@ -52,7 +52,9 @@ pub struct PeerStats {
 struct Bound {
     me: RemoteNode,
     local: PeerAddr,
-    commands: mpsc::Sender<Command<PeerAddr>>,
+    /// The driver's shared side; taken by `close`, so that the link is
+    /// released once the calls under way return.
+    handle: RwLock<Option<Arc<dyn Handle<PeerAddr>>>>,
     inbox: tokio::sync::Mutex<mpsc::Receiver<Incoming<PeerAddr>>>,
     counters: Arc<Counters>,
     /// The keyed link's counters, with a swarm key.
@@ -69,6 +71,14 @@ struct Bound {
 const ID_MEMORY: usize = 256;
 
 impl Bound {
+    /// The driver's handle; `None` once closed.
+    fn handle(&self) -> Option<Arc<dyn Handle<PeerAddr>>> {
+        self.handle
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The id of the peer at `addr` ([`node_id`]), remembered.
     fn id_of(&self, addr: PeerAddr) -> Hash {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
@@ -294,7 +304,6 @@ impl SwarmPeer {
             nanos ^ u64::from_be_bytes(me.id.to_bytes()[..8].try_into().unwrap_or([0; 8]))
         });
         let counters = Arc::new(Counters::default());
-        let (cmd_tx, cmd_rx) = mpsc::channel(self.cfg.command_queue);
         let (in_tx, in_rx) = mpsc::channel(self.cfg.recv_queue);
         let hooks = HookQueue::start(
             self.hooks.clone(),
@@ -302,16 +311,8 @@ impl SwarmPeer {
             counters.hooks_dropped.clone(),
         );
         let cfg = self.cfg.clone();
-        let parts = (
-            me.clone(),
-            cfg,
-            seed,
-            cmd_rx,
-            in_tx,
-            hooks,
-            counters.clone(),
-        );
-        let (task, secure) = match self.cfg.swarm_key.clone() {
+        let parts = (me.clone(), cfg, seed, in_tx, hooks, counters.clone());
+        let ((handle, task), secure) = match self.cfg.swarm_key.clone() {
             Some(key) => {
                 let link = SecureLink::with_config(link, key, self.cfg.secure.clone());
                 let stats = link.stats_handle();
@@ -323,7 +324,7 @@ impl SwarmPeer {
         self.bound = Some(Bound {
             me,
             local,
-            commands: cmd_tx,
+            handle: RwLock::new(Some(handle)),
             inbox: tokio::sync::Mutex::new(in_rx),
             counters,
             secure,
@@ -338,13 +339,18 @@ impl SwarmPeer {
         self.bound.as_ref().ok_or(Error::NotBound)
     }
 
+    /// Hands the core a command on this task, sends the datagrams it made
+    /// when that falls to this task, and waits for the reply.
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command<PeerAddr>,
     ) -> Result<T> {
-        let b = self.bound()?;
+        let handle = self.bound()?.handle().ok_or(Error::Closed)?;
         let (tx, rx) = oneshot::channel();
-        b.commands.send(make(tx)).await.map_err(|_| Error::Closed)?;
+        let how = handle.submit(make(tx));
+        if how != Flush::No {
+            handle.flush(how).await;
+        }
         rx.await.map_err(|_| Error::Closed)
     }
 
@@ -544,13 +550,12 @@ impl SwarmPeer {
     /// Idempotent; dropping the peer does the same without waiting.
     pub async fn close(&self) {
         let Some(b) = &self.bound else { return };
-        let _ = b.commands.try_send(Command::Close);
+        let handle = b.handle.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            h.close();
+        }
         let task = b.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
-            // Closing while the command queue is full: stop the task outright.
-            if b.commands.capacity() == 0 {
-                task.abort();
-            }
             let _ = task.await;
         }
         if let Some(mapping) = b.mapping.lock().await.take() {
@@ -562,7 +567,9 @@ impl SwarmPeer {
 
     /// Whether [`close`](Self::close) has run (or the driver stopped).
     pub fn is_closed(&self) -> bool {
-        self.bound.as_ref().is_some_and(|b| b.commands.is_closed())
+        self.bound
+            .as_ref()
+            .is_some_and(|b| b.handle().is_none_or(|h| h.is_closed()))
     }
 }
 
@@ -571,17 +578,20 @@ type DriverParts = (
     RemoteNode,
     PeerConfig,
     u64,
-    mpsc::Receiver<Command<PeerAddr>>,
     mpsc::Sender<Incoming<PeerAddr>>,
     HookQueue<PeerAddr>,
     Arc<Counters>,
 );
 
 /// Starts the driver over `link` (keyed or not) on the current runtime.
-fn spawn_driver<L: Link<Addr = PeerAddr>>(link: L, parts: DriverParts) -> Result<JoinHandle<()>> {
-    let (me, cfg, seed, commands, inbox, hooks, counters) = parts;
-    let driver = Driver::new(link, me, cfg, seed, commands, inbox, hooks, counters)?;
-    Ok(tokio::spawn(driver.run()))
+fn spawn_driver<L: Link<Addr = PeerAddr>>(
+    link: L,
+    parts: DriverParts,
+) -> Result<(Arc<dyn Handle<PeerAddr>>, JoinHandle<()>)> {
+    let (me, cfg, seed, inbox, hooks, counters) = parts;
+    let shared = Arc::new(Shared::new(link, me, cfg, seed, inbox, hooks, counters)?);
+    let task = tokio::spawn(shared.clone().run());
+    Ok((shared, task))
 }
 
 impl Drop for SwarmPeer {

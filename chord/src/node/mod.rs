@@ -500,6 +500,18 @@ impl<A: Address> LocalNode<A> {
         Some(t)
     }
 
+    /// Datagrams waiting for [`poll_transmit`](Self::poll_transmit). A
+    /// driver shared by several tasks uses it to decide who sends them.
+    pub fn queued_transmits(&self) -> usize {
+        self.transmits.len()
+    }
+
+    /// Application messages accepted by [`send`](Self::send) and not yet
+    /// delivered or failed.
+    pub fn sends_in_flight(&self) -> usize {
+        self.outgoing.len()
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event<A>> {
         self.events.pop_front()
