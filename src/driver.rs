@@ -144,6 +144,13 @@ pub(crate) trait Handle<A>: Send + Sync {
     fn submit(&self, c: Command<A>) -> Flush;
     /// Sends what the core has queued, as [`Flush`] says.
     fn flush(&self, how: Flush) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Whether a caller may receive from the link itself while it waits
+    /// for a reply ([`Link::shares_receive`]).
+    fn shares_receive(&self) -> bool;
+    /// Waits for one datagram from the link and hands it to the core, on
+    /// the caller's task (where [`shares_receive`](Self::shares_receive)).
+    /// A reply that comes back to a lone call then wakes no other task.
+    fn receive_once(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     /// Stops the peer: every waiting call gets `Closed`, the background
     /// task ends on its next wake-up (which this causes).
     fn close(&self);
@@ -184,7 +191,13 @@ pub(crate) struct Shared<L: Link> {
     counters: Arc<Counters>,
     /// Datagrams the core may hold before a caller waits to send them.
     send_queue: usize,
+    /// Receive buffers of callers that receive (see
+    /// [`Handle::receive_once`]), kept for the next one.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Most receive buffers kept in [`Shared::spare`].
+const SPARE_BUFFERS: usize = 4;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The core is left consistent between its calls; a panic elsewhere
@@ -229,6 +242,7 @@ impl<L: Link> Shared<L> {
             wake: Notify::new(),
             counters,
             send_queue,
+            spare: Mutex::new(Vec::new()),
         })
     }
 
@@ -452,6 +466,21 @@ impl<A> Drop for Role<'_, A> {
     }
 }
 
+/// A receive buffer taken from [`Shared::spare`], put back when dropped.
+struct Spare<'a> {
+    buf: Vec<u8>,
+    pool: &'a Mutex<Vec<Vec<u8>>>,
+}
+
+impl Drop for Spare<'_> {
+    fn drop(&mut self) {
+        let mut pool = lock(self.pool);
+        if pool.len() < SPARE_BUFFERS {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
 impl<L: Link> Handle<L::Addr> for Shared<L> {
     fn submit(&self, c: Command<L::Addr>) -> Flush {
         let mut g = lock(&self.state);
@@ -484,6 +513,31 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
 
     fn flush(&self, how: Flush) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(self.flush_now(how))
+    }
+
+    fn shares_receive(&self) -> bool {
+        self.link.shares_receive()
+    }
+
+    fn receive_once(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let mut buf = Spare {
+                buf: lock(&self.spare).pop().unwrap_or_default(),
+                pool: &self.spare,
+            };
+            if buf.buf.len() < RECV_BUFFER {
+                buf.buf.resize(RECV_BUFFER, 0);
+            }
+            // Cancel-safe: a datagram is received whole or not at all, and
+            // handled before the next wait.
+            let r = self.link.recv_from(&mut buf.buf).await;
+            self.datagram(r, &buf.buf);
+            if self.link.holds_received() {
+                // The rest of a run: the background task takes it.
+                self.wake.notify_one();
+            }
+            self.flush_now(Flush::Try).await;
+        })
     }
 
     fn close(&self) {

@@ -79,6 +79,21 @@ pub trait Link: Send + Sync + 'static {
         let _ = buf;
         None
     }
+
+    /// Whether several tasks may wait in [`recv_from`](Self::recv_from) at
+    /// once, each getting whole datagrams, and each woken when one comes.
+    /// The driver then lets a caller waiting for a reply receive it
+    /// itself. `false` (the default) keeps receiving to the driver's task.
+    fn shares_receive(&self) -> bool {
+        false
+    }
+
+    /// Whether the link holds datagrams it has taken from the system but
+    /// not handed out yet (the rest of a coalesced run): a task that
+    /// received and stops receiving wakes the driver to take them.
+    fn holds_received(&self) -> bool {
+        false
+    }
 }
 
 /// Send and receive buffer asked for each UDP socket: 4 MiB. The system
@@ -384,6 +399,17 @@ impl Link for UdpLink {
             r => Some(r),
         }
     }
+
+    fn shares_receive(&self) -> bool {
+        // tokio wakes every task waiting for readability; the receive
+        // itself runs under the run's lock, whole or not at all.
+        true
+    }
+
+    fn holds_received(&self) -> bool {
+        let run = self.run();
+        run.at < run.len
+    }
 }
 
 /// The link of a [`crate::SwarmPeer`]: UDP or Ouroboros, both addressed by
@@ -445,6 +471,20 @@ impl Link for PeerLink {
         match self {
             PeerLink::Udp(l) => l.recv_from(buf).await.map(|(n, a)| (n, PeerAddr::Udp(a))),
             PeerLink::Ouroboros(l) => l.recv_from(buf).await,
+        }
+    }
+
+    fn shares_receive(&self) -> bool {
+        match self {
+            PeerLink::Udp(l) => l.shares_receive(),
+            PeerLink::Ouroboros(l) => l.shares_receive(),
+        }
+    }
+
+    fn holds_received(&self) -> bool {
+        match self {
+            PeerLink::Udp(l) => l.holds_received(),
+            PeerLink::Ouroboros(l) => l.holds_received(),
         }
     }
 

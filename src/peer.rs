@@ -351,6 +351,18 @@ impl SwarmPeer {
         if how != Flush::No {
             handle.flush(how).await;
         }
+        let mut rx = rx;
+        if how == Flush::Try && handle.shares_receive() {
+            // A lone call: its reply is received on this task too, so
+            // that it wakes no other task on the way.
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut rx => return r.map_err(|_| Error::Closed),
+                    _ = handle.receive_once() => {}
+                }
+            }
+        }
         rx.await.map_err(|_| Error::Closed)
     }
 
