@@ -57,6 +57,10 @@ pub enum SendError {
     /// This node left the ring before the message was confirmed.
     #[error("this peer left the swarm")]
     Left,
+    /// No way on from here at the moment (the ring is healing): returned
+    /// by `send_datagram`, which does not retry; `send` retries instead.
+    #[error("no route to the destination from here at the moment")]
+    NoRoute,
 }
 
 /// Why a join failed.
@@ -190,6 +194,11 @@ pub struct Stats {
     pub reassembly_refused: u64,
     /// Messages reported undeliverable to their origin.
     pub undeliverable: u64,
+    /// Unconfirmed datagrams sent from here (`LocalNode::send_datagram`).
+    pub datagrams_sent: u64,
+    /// Unconfirmed datagrams dropped here: no route on, no such node, or
+    /// malformed (split in fragments, or a broadcast without an id).
+    pub datagrams_dropped: u64,
     /// Requests dropped because their source address had used up its
     /// token bucket (`Config::source_rate`, `Config::source_burst`).
     pub dropped_rate_limited: u64,

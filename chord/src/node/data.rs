@@ -146,6 +146,60 @@ impl<A: Address> LocalNode<A> {
         Ok(MessageId(id))
     }
 
+    /// Sends `payload` towards `target` once, unconfirmed: no message id,
+    /// no hop acknowledgements, no retries, no end-to-end confirmation,
+    /// and no state kept here or at any hop. It is one datagram, so the
+    /// payload must fit one fragment (`Config::max_fragment`).
+    ///
+    /// `Ok` says the datagram left (or was handed up here, when this node
+    /// is the destination), not that it arrived; a refusal decided here
+    /// (`NoSuchNode`, `NoRoute`) is returned at once. On the wire such a
+    /// datagram is a `Data` with message id 0 and hop id 0 (ids are never
+    /// 0 otherwise); its receiver sees [`Event::Received`] with
+    /// `id: MessageId(0)`.
+    pub fn send_datagram(
+        &mut self,
+        target: Target,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), SendError> {
+        self.check_sendable(payload.len())?;
+        if payload.len() > self.cfg.max_fragment {
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                max: self.cfg.max_fragment,
+            });
+        }
+        let (key, mode) = match target {
+            Target::Key(k) => (k, Mode::Key),
+            Target::Node(n) => (n, Mode::Node),
+        };
+        let mut header = self.first_header(0, key, mode, 0, 1);
+        match self.decide(&header, &[]) {
+            Decision::Here => self.data_here(header, payload.to_vec(), now),
+            Decision::Forward(next, last_hop) => {
+                header.hops = 1;
+                header.last_hop = last_hop;
+                self.forward_datagram(header, payload.to_vec(), &next.addr);
+            }
+            Decision::Refuse(Refusal::NoSuchNode) => return Err(SendError::NoSuchNode),
+            Decision::Refuse(Refusal::NoRoute) => return Err(SendError::NoRoute),
+        }
+        self.stats.datagrams_sent += 1;
+        Ok(())
+    }
+
+    /// Sends an unconfirmed datagram (message id 0) on to `to`, keeping
+    /// nothing: hop id 0 asks for no acknowledgement.
+    fn forward_datagram(&mut self, header: DataHeader<A>, payload: Vec<u8>, to: &A) {
+        let bytes = Message::Data(Data {
+            header: DataHeader { txn: 0, ..header },
+            payload,
+        })
+        .encode();
+        self.push_transmit(to.clone(), bytes);
+    }
+
     fn check_sendable(&self, len: usize) -> Result<(), SendError> {
         match self.phase {
             Phase::Joined => {}
@@ -325,6 +379,10 @@ impl<A: Address> LocalNode<A> {
         exclude: Vec<Hash>,
         now: Instant,
     ) {
+        if header.msg == 0 {
+            self.forward_datagram(header, payload, &next.addr);
+            return;
+        }
         // A silent forwarder is routed around at once (the datagram is kept
         // in the pending entry for that); the destination itself is asked
         // again first, as any request is: slow is not dead, and there is no
@@ -398,7 +456,8 @@ impl<A: Address> LocalNode<A> {
         // A destination that confirmed the message to the very node that
         // handed it over (a one-hop send) has proved the hop with that
         // `Delivered`: no HopAck besides it.
-        if self.confirmed_to.take().as_ref() != Some(&from) {
+        // Hop id 0 (an unconfirmed datagram) asks for no acknowledgement.
+        if self.confirmed_to.take().as_ref() != Some(&from) && txn != 0 {
             let ack = Message::<A>::HopAck(crate::wire::HopAck { txn });
             self.reply(from, ack.encode());
         }
@@ -411,6 +470,12 @@ impl<A: Address> LocalNode<A> {
         }
         self.stats.data_forwarded += 1;
         let Data { header, payload } = data;
+        if header.msg == 0 && (header.frags != 1 || header.mode == Mode::Broadcast) {
+            // An unconfirmed datagram is one whole unicast message: without
+            // a message id there is nothing to reassemble or deduplicate by.
+            self.stats.datagrams_dropped += 1;
+            return;
+        }
         if header.last_hop {
             let key = header.target;
             match header.mode {
@@ -456,6 +521,18 @@ impl<A: Address> LocalNode<A> {
             self.stats.max_broadcast_hops = self.stats.max_broadcast_hops.max(header.hops as u32);
             self.fan_out(&header, payload.clone(), now);
             self.assemble(header, payload, now);
+            return;
+        }
+        if header.msg == 0 {
+            // An unconfirmed datagram: whole (checked on arrival), with no
+            // id to deduplicate or confirm by.
+            self.events.push_back(Event::Received {
+                from: header.origin,
+                id: MessageId(0),
+                payload,
+                broadcast: false,
+                hops: header.hops as u32,
+            });
             return;
         }
         if self.seen.contains(&(origin, header.msg, WHOLE)) {
@@ -520,6 +597,11 @@ impl<A: Address> LocalNode<A> {
     fn refuse(&mut self, header: &DataHeader<A>, reason: Refusal, now: Instant) {
         if header.mode == Mode::Broadcast {
             return; // nobody waits for a broadcast
+        }
+        if header.msg == 0 {
+            // Nobody waits for an unconfirmed datagram either.
+            self.stats.datagrams_dropped += 1;
+            return;
         }
         self.stats.undeliverable += 1;
         let msg = Undeliverable {

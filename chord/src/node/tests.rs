@@ -681,3 +681,132 @@ fn a_send_to_a_node_that_has_just_joined_is_not_refused_for_good() {
         "{ev:?}"
     );
 }
+
+/// Datagrams handed out by every node so far.
+fn sent_total(nodes: &[LocalNode<u32>]) -> u64 {
+    nodes.iter().map(|n| n.stats().datagrams_out).sum()
+}
+
+#[test]
+fn an_unconfirmed_datagram_arrives_once_and_nothing_comes_back() {
+    let (mut nodes, now) = ring_of_three();
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    for (to, target) in [
+        (2usize, Target::Node(nodes[2].id())),
+        (1, Target::Node(nodes[1].id())),
+    ] {
+        let before = sent_total(&nodes);
+        nodes[0].send_datagram(target, b"tick", now).unwrap();
+        settle(&mut nodes, now);
+        let got: Vec<_> = events(&mut nodes[to])
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Received {
+                    id, payload, hops, ..
+                } => Some((id, payload, hops)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        let (id, payload, hops) = &got[0];
+        assert_eq!((id.0, &payload[..]), (0, &b"tick"[..]));
+        // One datagram per hop and nothing else: no hop acknowledgement,
+        // no confirmation.
+        assert_eq!(sent_total(&nodes) - before, *hops as u64);
+        assert!(events(&mut nodes[0]).is_empty());
+    }
+    // Nothing is kept for it anywhere.
+    assert!(nodes.iter().all(|n| n.pending_len() == 0));
+    assert_eq!(nodes[0].stats().datagrams_sent, 2);
+}
+
+#[test]
+fn an_unconfirmed_datagram_to_a_key_reaches_its_owner() {
+    let (mut nodes, now) = ring_of_three();
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    let key = Hash::of("some key");
+    let owner = nodes[0].route(&key).0.map(|o| o.addr);
+    nodes[1].send_datagram(Target::Key(key), b"k", now).unwrap();
+    settle(&mut nodes, now);
+    let at: Vec<usize> = (0..3)
+        .filter(|i| {
+            events(&mut nodes[*i])
+                .iter()
+                .any(|e| matches!(e, Event::Received { payload, .. } if payload == b"k"))
+        })
+        .collect();
+    assert_eq!(at.len(), 1);
+    let mut ids: Vec<(Hash, usize)> = (0..3).map(|i| (nodes[i].id(), i)).collect();
+    ids.sort();
+    let expect = ids.iter().find(|(id, _)| *id >= key).unwrap_or(&ids[0]).1;
+    assert_eq!(at[0], expect, "route said {owner:?}");
+}
+
+#[test]
+fn unconfirmed_datagrams_refuse_what_they_cannot_carry() {
+    let now = Instant::now();
+    let mut a = node("a", 0, now);
+    a.create(now);
+    let max = a.config().max_fragment;
+    assert_eq!(
+        a.send_datagram(Target::Key(Hash::ZERO), &vec![0; max + 1], now),
+        Err(SendError::TooLarge { size: max + 1, max })
+    );
+    // Alone: another node's id is nobody's, said at once.
+    assert_eq!(
+        a.send_datagram(Target::Node(Hash::of("nobody")), b"x", now),
+        Err(SendError::NoSuchNode)
+    );
+    // In a ring, the owner of the id drops it and counts it; nobody answers.
+    let (mut nodes, now) = ring_of_three();
+    let before = sent_total(&nodes);
+    nodes[0]
+        .send_datagram(Target::Node(Hash::of("nobody")), b"x", now)
+        .unwrap();
+    settle(&mut nodes, now);
+    let dropped: u64 = nodes.iter().map(|n| n.stats().datagrams_dropped).sum();
+    assert_eq!(dropped, 1);
+    assert!(sent_total(&nodes) - before <= 2, "something answered");
+}
+
+#[test]
+fn a_split_or_broadcast_datagram_without_an_id_is_dropped() {
+    use crate::wire::{Data, DataHeader, Mode};
+    let (mut nodes, now) = ring_of_three();
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    let origin = nodes[0].me().clone();
+    let target = nodes[1].id();
+    for (mode, frags) in [(Mode::Node, 2u16), (Mode::Broadcast, 1)] {
+        let bytes = Message::Data(Data {
+            header: DataHeader {
+                txn: 0,
+                msg: 0,
+                origin: origin.clone(),
+                target,
+                mode,
+                limit: target,
+                hops: 1,
+                last_hop: true,
+                frag: 0,
+                frags,
+            },
+            payload: b"x".to_vec(),
+        })
+        .encode();
+        nodes[1].handle_datagram(now, 0, &bytes);
+    }
+    assert!(events(&mut nodes[1])
+        .iter()
+        .all(|e| !matches!(e, Event::Received { .. })));
+    assert_eq!(nodes[1].stats().datagrams_dropped, 2);
+    assert!(
+        nodes[1].poll_transmit().is_none(),
+        "a datagram was answered"
+    );
+}
