@@ -125,6 +125,16 @@ impl SwarmPeer {
         self.run(|p| p.send(target, data, duplicates))
     }
 
+    /// See [`crate::SwarmPeer::send_datagram`].
+    pub fn send_datagram(
+        &self,
+        target: impl Into<SendTarget>,
+        data: impl AsRef<[u8]>,
+    ) -> Result<()> {
+        let target = target.into();
+        self.run(|p| p.send_datagram(target, data))
+    }
+
     /// See [`crate::SwarmPeer::broadcast`].
     pub fn broadcast(&self, data: impl Into<Bytes>) -> Result<()> {
         let data = data.into();

@@ -142,6 +142,9 @@ pub(crate) trait Handle<A>: Send + Sync {
     /// that follow; says who sends the datagrams it made. After
     /// [`close`](Self::close), `c` is dropped (its reply says `Closed`).
     fn submit(&self, c: Command<A>) -> Flush;
+    /// Hands the core an unconfirmed datagram
+    /// ([`chord::LocalNode::send_datagram`]); says who sends it.
+    fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush, Error>;
     /// Sends what the core has queued, as [`Flush`] says.
     fn flush(&self, how: Flush) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     /// Whether a caller may receive from the link itself while it waits
@@ -206,7 +209,35 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<L: Link> Shared<L> {
-    #[allow(clippy::too_many_arguments)]
+    /// What a call leaves to do once the core has its command: deliver
+    /// the events, wake the background task if the next deadline moved
+    /// earlier, and say who sends the datagrams (see [`Flush`]).
+    fn after_call(&self, mut g: MutexGuard<'_, Option<State<L>>>) -> Flush {
+        let Some(st) = g.as_mut() else {
+            return Flush::No;
+        };
+        st.events();
+        let earlier = match (st.node.poll_timeout(), st.armed) {
+            (Some(t), Some(armed)) => t < armed,
+            _ => false,
+        };
+        let queued = st.node.queued_transmits();
+        let direct = st.node.sends_in_flight() <= DIRECT_SENDS;
+        drop(g);
+        let how = if queued == 0 {
+            Flush::No
+        } else if queued > self.send_queue {
+            Flush::Wait
+        } else if direct {
+            Flush::Try
+        } else {
+            Flush::No
+        };
+        if earlier || (queued > 0 && how == Flush::No) {
+            self.wake.notify_one();
+        }
+        how
+    }
     pub(crate) fn new(
         link: L,
         me: NodeRef<L::Addr>,
@@ -488,27 +519,16 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
             return Flush::No;
         };
         st.command(c);
-        st.events();
-        let earlier = match (st.node.poll_timeout(), st.armed) {
-            (Some(t), Some(armed)) => t < armed,
-            _ => false,
+        self.after_call(g)
+    }
+
+    fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush, Error> {
+        let mut g = lock(&self.state);
+        let Some(st) = g.as_mut() else {
+            return Err(Error::Closed);
         };
-        let queued = st.node.queued_transmits();
-        let direct = st.node.sends_in_flight() <= DIRECT_SENDS;
-        drop(g);
-        let how = if queued == 0 {
-            Flush::No
-        } else if queued > self.send_queue {
-            Flush::Wait
-        } else if direct {
-            Flush::Try
-        } else {
-            Flush::No
-        };
-        if earlier || (queued > 0 && how == Flush::No) {
-            self.wake.notify_one();
-        }
-        how
+        st.node.send_datagram(target, payload, Instant::now())?;
+        Ok(self.after_call(g))
     }
 
     fn flush(&self, how: Flush) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {

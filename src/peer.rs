@@ -426,13 +426,7 @@ impl SwarmPeer {
         data: impl Into<Bytes>,
         duplicates: u8,
     ) -> Result<Delivery> {
-        let target = match target.into() {
-            SendTarget::Addr(a) => chord::Target::Node(self.bound()?.id_of(a)),
-            SendTarget::Host(h, p) => chord::Target::Node(node_id(&resolve(&h, p).await?.into())),
-            SendTarget::Node(id) => chord::Target::Node(id),
-            SendTarget::Key(k) => chord::Target::Key(k),
-            SendTarget::Unbound => return Err(Error::NotBound),
-        };
+        let target = self.target(target.into()).await?;
         let payload = data.into();
         let (to, hops) = self
             .ask(|reply| Command::Send {
@@ -443,6 +437,63 @@ impl SwarmPeer {
             })
             .await??;
         Ok(Delivery { to, hops })
+    }
+
+    /// Sends `data` to `target` once, unconfirmed, the way a UDP socket
+    /// sends: no acknowledgement at any hop, no retry, no confirmation,
+    /// and nothing kept anywhere for it. For state that the next message
+    /// makes stale anyway (positions in a game, sensor readings).
+    ///
+    /// `Ok` says the datagram left this peer, not that it arrived; a
+    /// datagram lost on the way, or dropped by a peer with no way on, is
+    /// gone without a word (counted in the dropping peer's
+    /// `core.datagrams_dropped`). The receiver gets it from `recv` like any
+    /// message. It must fit one datagram: at most `max_fragment` bytes
+    /// (1,200 by default), else [`Error::Send`] with
+    /// [`TooLarge`](chord::SendError::TooLarge). Fails at once with
+    /// `NoSuchNode` or `NoRoute` when this peer already knows it cannot
+    /// go on. Targets as for [`send`](Self::send).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cicada::Error> {
+    /// use std::time::Duration;
+    /// use cicada::SwarmPeer;
+    ///
+    /// let mut a = SwarmPeer::new(cicada::Hooks::new());
+    /// a.bind("127.0.0.1:0".parse().unwrap()).await?;
+    /// let mut b = SwarmPeer::new(cicada::Hooks::new());
+    /// b.bind("127.0.0.1:0".parse().unwrap()).await?;
+    /// b.connect(a.listener()?, Duration::from_secs(5)).await?;
+    /// b.send_datagram(a.listener()?, b"position 3,4").await?;
+    /// let got = a.recv_timeout(Duration::from_secs(5)).await?;
+    /// assert_eq!(got.map(|(_, data, _)| data.to_vec()), Some(b"position 3,4".to_vec()));
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_datagram(
+        &self,
+        target: impl Into<SendTarget>,
+        data: impl AsRef<[u8]>,
+    ) -> Result<()> {
+        let target = self.target(target.into()).await?;
+        let handle = self.bound()?.handle().ok_or(Error::Closed)?;
+        let how = handle.datagram(target, data.as_ref())?;
+        if how != Flush::No {
+            handle.flush(how).await;
+        }
+        Ok(())
+    }
+
+    /// The core's target for `t`: a peer's id (derived from its address),
+    /// or a key.
+    async fn target(&self, t: SendTarget) -> Result<chord::Target> {
+        Ok(match t {
+            SendTarget::Addr(a) => chord::Target::Node(self.bound()?.id_of(a)),
+            SendTarget::Host(h, p) => chord::Target::Node(node_id(&resolve(&h, p).await?.into())),
+            SendTarget::Node(id) => chord::Target::Node(id),
+            SendTarget::Key(k) => chord::Target::Key(k),
+            SendTarget::Unbound => return Err(Error::NotBound),
+        })
     }
 
     /// Sends `data` to every other peer of the swarm, each receiving it once.

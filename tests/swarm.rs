@@ -2439,3 +2439,53 @@ async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
 
 #[path = "swarm/link.rs"]
 mod link;
+
+#[tokio::test]
+async fn unconfirmed_datagrams_reach_every_peer_once() {
+    let peers = swarm(8, fast()).await;
+    settle(&peers).await;
+    for (i, from) in peers.iter().enumerate() {
+        for (j, to) in peers.iter().enumerate() {
+            if i != j {
+                from.send_datagram(to.listener().unwrap(), format!("{i}->{j}"))
+                    .await
+                    .expect("sent");
+            }
+        }
+    }
+    // To a key: whichever peer owns it.
+    peers[0]
+        .send_datagram(Hash::of("a key"), b"keyed")
+        .await
+        .expect("sent");
+    let mut keyed = 0;
+    for (j, p) in peers.iter().enumerate() {
+        let mut got = Vec::new();
+        while let Some((from, data, _)) = p.recv_timeout(Duration::from_millis(500)).await.unwrap()
+        {
+            if &data[..] == b"keyed" {
+                keyed += 1;
+                continue;
+            }
+            let text = String::from_utf8(data.to_vec()).unwrap();
+            let i: usize = text.split("->").next().unwrap().parse().unwrap();
+            assert_eq!(from.addr, peers[i].listener().unwrap());
+            assert!(text.ends_with(&format!("->{j}")), "{text} at {j}");
+            got.push(i);
+        }
+        got.sort();
+        let expect: Vec<usize> = (0..peers.len()).filter(|i| *i != j).collect();
+        assert_eq!(got, expect, "at peer {j}");
+    }
+    assert_eq!(keyed, 1);
+    let stats = peers[0].stats().await.unwrap();
+    assert_eq!(stats.core.datagrams_sent, peers.len() as u64);
+    // Larger than one datagram: refused, not split.
+    let max = chord::Config::default().max_fragment;
+    assert!(matches!(
+        peers[0]
+            .send_datagram(peers[1].listener().unwrap(), vec![0u8; max + 1])
+            .await,
+        Err(Error::Send(chord::SendError::TooLarge { .. }))
+    ));
+}
