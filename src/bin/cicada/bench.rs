@@ -175,6 +175,35 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
         report.insert(format!("confirmed_fraction_{key}"), json!(confirmed));
     }
 
+    // Unconfirmed datagrams: like for like with the raw flood, which no
+    // one acknowledges either. Counted at the receiver.
+    for size in [64usize, 1024] {
+        let (mut ours, mut raws, mut arrived) = (Vec::new(), Vec::new(), 1.0f64);
+        for _ in 0..ROUNDS {
+            raws.push(raw_throughput(size, args.messages).await?);
+            let (rate, fraction) =
+                datagram_throughput(&a, &b, &b_addr, size, args.messages).await?;
+            ours.push(rate);
+            arrived = arrived.min(fraction);
+        }
+        let (ours, raw) = (median(ours), median(raws));
+        println!(
+            "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
+            format!("datagrams {size} B (unconfirmed)"),
+            ours,
+            raw,
+            ours / raw
+        );
+        let key = if size == 64 { "64" } else { "1k" };
+        report.insert(format!("datagram_msgs_per_s_{key}"), json!(ours));
+        report.insert(format!("datagram_raw_udp_msgs_per_s_{key}"), json!(raw));
+        report.insert(
+            format!("datagram_throughput_ratio_{key}"),
+            json!(ours / raw),
+        );
+        report.insert(format!("datagram_arrived_fraction_{key}"), json!(arrived));
+    }
+
     let (times, raw_times) = latency_turns(&a, &b_addr, args.round_trips, true).await?;
     let (raw50, raw99) = percentiles(raw_times);
     let (p50, p99) = percentiles(times);
@@ -303,6 +332,43 @@ async fn raw_throughput(size: usize, count: usize) -> R<f64> {
     let n = got.load(Ordering::Relaxed) as f64;
     let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
     Ok(if secs > 0.0 { n / secs } else { 0.0 })
+}
+
+/// Unconfirmed one-hop datagrams per second as `b` receives them (from
+/// its first to its last, as for the raw flood), and the fraction of the
+/// `count` sent that arrived.
+async fn datagram_throughput(
+    a: &Arc<SwarmPeer>,
+    b: &Arc<SwarmPeer>,
+    to: &PeerAddr,
+    size: usize,
+    count: usize,
+) -> R<(f64, f64)> {
+    let reader = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let (mut n, mut first, mut last) = (0usize, None, Instant::now());
+            while let Ok(Some(_)) = b.recv_timeout(Duration::from_millis(300)).await {
+                last = Instant::now();
+                first.get_or_insert(last);
+                n += 1;
+            }
+            (n, first, last)
+        })
+    };
+    let payload = vec![0x5au8; size];
+    for i in 0..count {
+        a.send_datagram(to, &payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        if i % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let (n, first, last) = reader.await.map_err(|e| e.to_string())?;
+    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    Ok((rate, n as f64 / count as f64))
 }
 
 /// Confirmed one-hop sends per second (256 in flight), and the fraction confirmed.
