@@ -362,6 +362,13 @@ enum Op {
         node: u8,
         len: u16,
     },
+    /// An unconfirmed datagram (message and hop id 0).
+    Datagram {
+        node: u8,
+        key: Key,
+        exact: bool,
+        len: u16,
+    },
     Leave(u8),
     Flood {
         to: u8,
@@ -460,6 +467,21 @@ fuzz_target!(|ops: Vec<Op>| {
                 };
                 let _ =
                     nodes[idx(*node)].send(target, vec![1; usize::from(*len) % 1500], dup % 3, now);
+            }
+            Op::Datagram {
+                node,
+                key: k,
+                exact,
+                len,
+            } => {
+                let k = key(k, &ids);
+                let target = if *exact {
+                    Target::Node(k)
+                } else {
+                    Target::Key(k)
+                };
+                let payload = vec![3; usize::from(*len) % 1500];
+                let _ = nodes[idx(*node)].send_datagram(target, &payload, now);
             }
             Op::Broadcast { node, len } => {
                 let _ = nodes[idx(*node)].broadcast(vec![2; usize::from(*len) % 1500], now);
