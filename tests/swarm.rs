@@ -1489,6 +1489,21 @@ fn node_process_sends_to_keys_and_with_duplicates() {
         1,
         "a duplicated send is received once"
     );
+    // Unconfirmed: reported as sent once it left, received as any message.
+    a.cmd(&format!("datagram {} unconfirmed", c.addr));
+    let s = a
+        .wait_for(0, Duration::from_secs(5), |v| {
+            v["event"] == "sent" && v["data"] == "unconfirmed"
+        })
+        .expect("outcome");
+    assert_eq!(
+        (&s["ok"], &s["unconfirmed"]),
+        (&Value::Bool(true), &Value::Bool(true)),
+        "{s}"
+    );
+    assert!(c
+        .wait_for(0, Duration::from_secs(5), recv_of("unconfirmed".into()))
+        .is_some());
     // Malformed datagrams to the process are counted in `stats`.
     let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
     for _ in 0..3 {

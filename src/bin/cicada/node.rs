@@ -369,6 +369,24 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                 Err(_) => out.error(format!("send-dup: bad count {n:?}")),
             }
         }
+        "datagram" => {
+            let (target_text, data) = split_word(rest);
+            let target = match parse_target(target_text) {
+                Ok(t) => t,
+                Err(e) => {
+                    out.error(e);
+                    return Flow::Go;
+                }
+            };
+            let (p, target_text, data) = (peer.clone(), target_text.to_string(), data.to_string());
+            tokio::spawn(async move {
+                let r = p.send_datagram(target, data.as_bytes()).await;
+                out.emit(json!({
+                    "event": "sent", "target": target_text, "data": data, "unconfirmed": true,
+                    "ok": r.is_ok(), "error": r.err().map(|e| e.to_string()),
+                }));
+            });
+        }
         "broadcast" | "bcast" => {
             let (p, data) = (peer.clone(), rest.to_string());
             tokio::spawn(async move {
