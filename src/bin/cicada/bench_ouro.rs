@@ -9,9 +9,8 @@
 //! closing its stdin), never SIGKILL.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cicada::{Hooks, PeerAddr, PeerConfig, SwarmPeer};
@@ -166,8 +165,11 @@ fn oping_times(out: &str) -> Vec<f64> {
 }
 
 /// The receiving peer in its own process, stopped by closing its stdin.
+/// A line `mark` on its stdin makes it print what it received since the
+/// last mark: `COUNT SECONDS` (from the first message to the last).
 struct Receiver {
     child: Child,
+    out: BufReader<ChildStdout>,
 }
 
 impl Receiver {
@@ -187,14 +189,33 @@ impl Receiver {
             .spawn()
             .map_err(|e| format!("cannot start the receiving peer: {e}"))?;
         let stdout = child.stdout.take().ok_or("stdout not piped")?;
+        let mut out = BufReader::new(stdout);
         let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let mut r = Receiver { child };
+        let _ = out.read_line(&mut line);
+        let mut r = Receiver { child, out };
         if line.trim() != "ready" {
             r.stop();
             return Err(format!("the receiving peer did not start: {line:?}"));
         }
         Ok(r)
+    }
+
+    /// Messages received since the last mark, and the seconds from the
+    /// first of them to the last.
+    fn mark(&mut self) -> R<(u64, f64)> {
+        let stdin = self.child.stdin.as_mut().ok_or("receiver stopped")?;
+        writeln!(stdin, "mark").map_err(|e| e.to_string())?;
+        stdin.flush().map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.out.read_line(&mut line).map_err(|e| e.to_string())?;
+        let mut w = line.split_whitespace();
+        match (
+            w.next().and_then(|n| n.parse().ok()),
+            w.next().and_then(|t| t.parse().ok()),
+        ) {
+            (Some(n), Some(t)) => Ok((n, t)),
+            _ => Err(format!("the receiving peer said {line:?}")),
+        }
     }
 
     fn stop(&mut self) {
@@ -224,26 +245,41 @@ pub async fn serve(name: &str, layer: &str) -> R<()> {
         .await
         .map_err(|e| e.to_string())?;
     let p = Arc::new(p);
-    let got = Arc::new(AtomicU64::new(0));
-    let (q, g) = (p.clone(), got.clone());
+    // Since the last mark: messages, first and last arrival.
+    type Tally = (u64, Option<(Instant, Instant)>);
+    let tally: Arc<Mutex<Tally>> = Arc::new(Mutex::new((0, None)));
+    let (q, t) = (p.clone(), tally.clone());
     let drain = tokio::spawn(async move {
         while q.recv().await.is_ok() {
-            g.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            t.0 += 1;
+            t.1 = Some(t.1.map_or((now, now), |(first, _)| (first, now)));
         }
     });
     println!("ready");
     let _ = std::io::stdout().flush();
-    let _ = tokio::task::spawn_blocking(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
+    let t = tally.clone();
+    let total = tokio::task::spawn_blocking(move || {
+        let mut total = 0;
+        for line in std::io::stdin().lines() {
+            if line.map_or(true, |l| l.trim() != "mark") {
+                continue;
+            }
+            let (n, span) = std::mem::take(&mut *t.lock().unwrap_or_else(|e| e.into_inner()));
+            total += n;
+            let secs = span.map_or(0.0, |(first, last)| (last - first).as_secs_f64());
+            println!("{n} {secs}");
+            let _ = std::io::stdout().flush();
+        }
+        total
     })
-    .await;
+    .await
+    .unwrap_or(0);
     p.close().await;
     drain.abort();
-    eprintln!(
-        "receiving peer {name}: {} messages",
-        got.load(Ordering::Relaxed)
-    );
+    let left = tally.lock().unwrap_or_else(|e| e.into_inner()).0;
+    eprintln!("receiving peer {name}: {} messages", total + left);
     Ok(())
 }
 
@@ -341,6 +377,26 @@ pub async fn rows(
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let (ours, confirmed) = throughput(&a, &to, 1024, messages).await;
+    // Unconfirmed datagrams, counted at the receiver as ocbr counts: the
+    // like-for-like row for ocbr's flood, which no one acknowledges.
+    receiver.mark()?;
+    let payload = vec![0x5au8; 1024];
+    for i in 0..messages {
+        a.send_datagram(&to, &payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        if i % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (arrived, secs) = receiver.mark()?;
+    let datagrams = if secs > 0.0 {
+        arrived as f64 / secs
+    } else {
+        0.0
+    };
+    let arrived = arrived as f64 / messages as f64;
     if let Ok(st) = a.stats().await {
         tracing::debug!(?st, "after the throughput row");
         if confirmed < 1.0 {
@@ -370,6 +426,14 @@ pub async fn rows(
         ours,
         ocbr,
         ours / ocbr
+    );
+    println!(
+        "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}   ({:.0}% arrived)",
+        "datagrams 1024 B, unconfirmed",
+        datagrams,
+        ocbr,
+        datagrams / ocbr,
+        arrived * 100.0
     );
     for (label, ours, c) in [("p50", p50, c50), ("p99", p99, c99)] {
         println!(
@@ -407,6 +471,15 @@ pub async fn rows(
     report.insert("ocbr_msgs_per_s_1k".into(), json!(ocbr));
     report.insert("ouroboros_throughput_ratio_1k".into(), json!(ours / ocbr));
     report.insert("ouroboros_confirmed_fraction_1k".into(), json!(confirmed));
+    report.insert("ouroboros_datagram_msgs_per_s_1k".into(), json!(datagrams));
+    report.insert(
+        "ouroboros_datagram_throughput_ratio_1k".into(),
+        json!(datagrams / ocbr),
+    );
+    report.insert(
+        "ouroboros_datagram_arrived_fraction_1k".into(),
+        json!(arrived),
+    );
     report.insert("ouroboros_latency_p50_us".into(), json!(p50 * 1e6));
     report.insert("ouroboros_latency_p99_us".into(), json!(p99 * 1e6));
     report.insert("oping_latency_p50_us".into(), json!(c50 * 1e6));
