@@ -217,10 +217,7 @@ impl<L: Link> Shared<L> {
             return Flush::No;
         };
         st.events();
-        let earlier = match (st.node.poll_timeout(), st.armed) {
-            (Some(t), Some(armed)) => t < armed,
-            _ => false,
-        };
+        let earlier = st.deadline_moved_earlier();
         let queued = st.node.queued_transmits();
         let direct = st.node.sends_in_flight() <= DIRECT_SENDS;
         drop(g);
@@ -238,6 +235,7 @@ impl<L: Link> Shared<L> {
         }
         how
     }
+
     pub(crate) fn new(
         link: L,
         me: NodeRef<L::Addr>,
@@ -306,7 +304,10 @@ impl<L: Link> Shared<L> {
                 armed = Some(wake);
             }
             tokio::select! {
-                r = self.link.recv_from(&mut buf) => self.datagram(r, &buf),
+                // The deadline is read again at the top of the loop.
+                r = self.link.recv_from(&mut buf) => {
+                    self.datagram(r, &buf);
+                }
                 _ = &mut sleep => {
                     // Fired: re-armed on the next turn, whatever the deadline.
                     armed = None;
@@ -323,7 +324,9 @@ impl<L: Link> Shared<L> {
             // (and one timer registration), not one per datagram.
             for _ in 0..DRAIN_BATCH {
                 match self.link.try_recv_from(&mut buf) {
-                    Some(r) => self.datagram(r, &buf),
+                    Some(r) => {
+                        self.datagram(r, &buf);
+                    }
                     None => break,
                 }
             }
@@ -331,21 +334,26 @@ impl<L: Link> Shared<L> {
         tracing::debug!("driver stopped");
     }
 
-    fn datagram(&self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) {
+    /// Hands a received datagram to the core; true when that moved the
+    /// core's next deadline before the one the background task sleeps
+    /// until (a caller that received it must then wake the task).
+    fn datagram(&self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) -> bool {
         match r {
-            Ok((n, from)) => {
-                self.with(|st| {
+            Ok((n, from)) => self
+                .with(|st| {
                     // The clock is read under the lock, so the core's time
                     // never goes backwards between callers.
                     st.node.handle_datagram(Instant::now(), from, &buf[..n]);
                     st.events();
-                });
-            }
+                    st.deadline_moved_earlier()
+                })
+                .unwrap_or(false),
             Err(e) => {
                 // Unconnected UDP sockets can report errors of earlier
                 // sends here (ICMP unreachable on some systems): not fatal.
                 self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "receive error");
+                false
             }
         }
     }
@@ -551,9 +559,10 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
             // Cancel-safe: a datagram is received whole or not at all, and
             // handled before the next wait.
             let r = self.link.recv_from(&mut buf.buf).await;
-            self.datagram(r, &buf.buf);
-            if self.link.holds_received() {
-                // The rest of a run: the background task takes it.
+            let earlier = self.datagram(r, &buf.buf);
+            if earlier || self.link.holds_received() {
+                // A timer due before the background task's, or the rest of
+                // a run for it to take.
                 self.wake.notify_one();
             }
             self.flush_now(Flush::Try).await;
@@ -574,6 +583,15 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
 }
 
 impl<L: Link> State<L> {
+    /// Whether the core's next deadline lies before the one the background
+    /// task sleeps until (which must then be woken to sleep less).
+    fn deadline_moved_earlier(&self) -> bool {
+        match (self.node.poll_timeout(), self.armed) {
+            (Some(t), Some(armed)) => t < armed,
+            _ => false,
+        }
+    }
+
     /// A fresh core for `me`, requiring ids to derive from addresses where
     /// the link says how.
     fn node(
