@@ -8,8 +8,9 @@ use crate::secure::{SecureConfig, SwarmKey};
 /// Application messages waiting for `recv`: enough to absorb a burst of a
 /// swarm-wide broadcast storm; past it messages are dropped and counted.
 pub const DEFAULT_RECV_QUEUE: usize = 1024;
-/// Datagrams the core may hold waiting for the link before a caller waits
-/// to send them itself (back-pressure): a burst of 256 sends in flight.
+/// Calls waiting for the peer's background task under load, and datagrams
+/// the core may hold waiting for the link, before callers wait
+/// (back-pressure): a burst of 256 sends in flight.
 pub const DEFAULT_SEND_QUEUE: usize = 256;
 /// Hook calls waiting for the hook thread; a hook slower than the traffic
 /// loses calls (counted) instead of growing memory.
@@ -38,8 +39,8 @@ pub struct PeerConfig {
     pub chord: chord::Config,
     /// Capacity of the receive queue ([`DEFAULT_RECV_QUEUE`]).
     pub recv_queue: usize,
-    /// Datagrams waiting for the link past which callers wait
-    /// ([`DEFAULT_SEND_QUEUE`]).
+    /// Calls waiting for the background task, and datagrams waiting for
+    /// the link, past which callers wait ([`DEFAULT_SEND_QUEUE`]).
     pub send_queue: usize,
     /// Capacity of the hook queue ([`DEFAULT_HOOK_QUEUE`]).
     pub hook_queue: usize,

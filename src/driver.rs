@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -38,16 +38,25 @@ const NEW_PEER_MEMORY: usize = 65_536;
 /// How long the driver sleeps when the core asks for no timer at all.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// Most ready datagrams taken after one wake-up before the transmits they
-/// caused go out, and most transmits taken from the core in one round of
-/// a flush: large enough to amortise the wake-up, small enough that
+/// caused go out: large enough to amortise the wake-up, small enough that
 /// replies do not wait behind a long burst.
 const DRAIN_BATCH: usize = 64;
-/// Rounds of [`DRAIN_BATCH`] transmits one holder of the flush role sends
+/// Most transmits taken from the core in one round of a flush. Larger than
+/// what one drain makes (a wake-up's datagram, then [`DRAIN_BATCH`] more,
+/// each answered), so that a turn's datagrams leave in one round and not
+/// as 64 and a straggler sent alone.
+const FLUSH_BATCH: usize = 256;
+/// Rounds of [`FLUSH_BATCH`] transmits one holder of the flush role sends
 /// before it hands what is left to the background task: a caller that
 /// became the sender for everyone does not stay so for long.
 const FLUSH_ROUNDS: usize = 4;
-/// Sends in flight up to which a caller sends its datagrams itself; past
-/// it they wait for the background task's next run, which batches them.
+/// Calls under way (and sends in flight) up to which a call runs the core
+/// on the caller's task and sends its datagrams itself. Past it the call
+/// goes to the background
+/// task through the command queue, as a burst of calls is handled best:
+/// one task takes the lock once for many of them and sends what they made
+/// in runs, instead of every caller contending for the lock and waking the
+/// task for its datagrams.
 const DIRECT_SENDS: usize = 4;
 
 /// Most runs gathered at once in one turn (distinct destinations and sizes).
@@ -65,6 +74,8 @@ struct Run<A> {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
+/// The background task's end of the command queue.
+pub(crate) type Queue<A> = mpsc::Receiver<Command<A>>;
 /// Where a lookup or a send ended: the peer, and the hops it took.
 type Reached<A> = (NodeRef<A>, u32);
 
@@ -121,6 +132,28 @@ pub(crate) struct Counters {
     pub received: AtomicU64,
     /// Calls to the link's send (one per datagram, or one per run).
     pub link_sends: AtomicU64,
+    /// Calls of the application under way (see [`Call`]): whether a call
+    /// runs on the caller's task (see [`DIRECT_SENDS`]).
+    pub calls: AtomicUsize,
+}
+
+/// One application call under way, counted in [`Counters::calls`] until
+/// it is dropped (returned or cancelled).
+pub(crate) struct Call<'a>(&'a Counters);
+
+impl<'a> Call<'a> {
+    /// Counts a call; true in the second place when it is one of at most
+    /// [`DIRECT_SENDS`] under way.
+    pub(crate) fn start(counters: &'a Counters) -> (Self, bool) {
+        let before = counters.calls.fetch_add(1, Ordering::Relaxed);
+        (Call(counters), before < DIRECT_SENDS)
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Who sends the datagrams a call made.
@@ -141,7 +174,13 @@ pub(crate) trait Handle<A>: Send + Sync {
     /// Hands the core `c` on the caller's task and delivers the events
     /// that follow; says who sends the datagrams it made. After
     /// [`close`](Self::close), `c` is dropped (its reply says `Closed`).
-    fn submit(&self, c: Command<A>) -> Flush;
+    /// Under load (`lone` false: more than [`DIRECT_SENDS`] calls under
+    /// way) `c` comes back: the caller hands it to the background task
+    /// through [`queue`](Self::queue) instead.
+    fn submit(&self, c: Command<A>, lone: bool) -> Result<Flush, Command<A>>;
+    /// The background task's command queue (bounded: callers wait when it
+    /// is full).
+    fn queue(&self) -> &mpsc::Sender<Command<A>>;
     /// Hands the core an unconfirmed datagram
     /// ([`chord::LocalNode::send_datagram`]); says who sends it.
     fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush, Error>;
@@ -194,13 +233,17 @@ pub(crate) struct Shared<L: Link> {
     counters: Arc<Counters>,
     /// Datagrams the core may hold before a caller waits to send them.
     send_queue: usize,
-    /// Receive buffers of callers that receive (see
-    /// [`Handle::receive_once`]), kept for the next one.
-    spare: Mutex<Vec<Vec<u8>>>,
+    /// Calls handed to the background task under load.
+    commands: mpsc::Sender<Command<L::Addr>>,
 }
 
-/// Most receive buffers kept in [`Shared::spare`].
-const SPARE_BUFFERS: usize = 4;
+/// Receive buffers of callers that receive (see [`Handle::receive_once`]),
+/// kept for the next one. One pool for the whole process: a buffer kept
+/// per peer would add 64 KiB to every idle peer.
+static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// Most receive buffers kept in [`SPARE`].
+const SPARE_BUFFERS: usize = 8;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The core is left consistent between its calls; a panic elsewhere
@@ -244,12 +287,13 @@ impl<L: Link> Shared<L> {
         inbox: mpsc::Sender<Incoming<L::Addr>>,
         hooks: HookQueue<L::Addr>,
         counters: Arc<Counters>,
-    ) -> Result<Self, Error> {
+    ) -> Result<(Self, Queue<L::Addr>), Error> {
         let now = Instant::now();
         let mut node = State::<L>::node(&cfg, me, seed, now)?;
         // Alone until `connect`: the first member of its own swarm.
         node.create(now);
         let send_queue = cfg.send_queue;
+        let (commands, queue) = mpsc::channel(send_queue);
         let state = State {
             node,
             cfg,
@@ -264,15 +308,16 @@ impl<L: Link> Shared<L> {
             seen_peers: HashSet::new(),
             armed: None,
         };
-        Ok(Shared {
+        let shared = Shared {
             link,
             state: Mutex::new(Some(state)),
             flushing: tokio::sync::Mutex::new(Vec::new()),
             wake: Notify::new(),
             counters,
             send_queue,
-            spare: Mutex::new(Vec::new()),
-        })
+            commands,
+        };
+        Ok((shared, queue))
     }
 
     /// `f` on the state under the lock; `None` once closed.
@@ -280,8 +325,9 @@ impl<L: Link> Shared<L> {
         lock(&self.state).as_mut().map(f)
     }
 
-    /// The background task: runs until the peer is closed.
-    pub(crate) async fn run(self: Arc<Self>) {
+    /// The background task: runs until the peer is closed. `queue` is the
+    /// receiving end of the command queue [`Shared::new`] made.
+    pub(crate) async fn run(self: Arc<Self>, mut queue: Queue<L::Addr>) {
         let mut buf = vec![0u8; RECV_BUFFER];
         // One timer, moved only when the core's next deadline moves (not
         // a new one registered on every wake-up).
@@ -318,16 +364,35 @@ impl<L: Link> Shared<L> {
                     });
                 }
                 _ = self.wake.notified() => {}
+                Some(c) = queue.recv() => {
+                    self.with(|st| {
+                        st.command(c);
+                        st.events();
+                    });
+                }
             }
             // Whatever else has arrived already is taken now, before the
             // transmits go out: a burst costs one trip through the select
             // (and one timer registration), not one per datagram.
-            for _ in 0..DRAIN_BATCH {
-                match self.link.try_recv_from(&mut buf) {
-                    Some(r) => {
-                        self.datagram(r, &buf);
+            // The lock is held over the whole drain (receives that do not
+            // wait): one acquisition per burst, not one per datagram, which
+            // on two worker threads the callers' sends would contend for.
+            let mut g = lock(&self.state);
+            if let Some(st) = g.as_mut() {
+                for _ in 0..DRAIN_BATCH {
+                    let mut idle = true;
+                    if let Some(r) = self.link.try_recv_from(&mut buf) {
+                        st.datagram(r, &buf, &self.counters);
+                        idle = false;
                     }
-                    None => break,
+                    if let Ok(c) = queue.try_recv() {
+                        st.command(c);
+                        st.events();
+                        idle = false;
+                    }
+                    if idle {
+                        break;
+                    }
                 }
             }
         }
@@ -338,24 +403,11 @@ impl<L: Link> Shared<L> {
     /// core's next deadline before the one the background task sleeps
     /// until (a caller that received it must then wake the task).
     fn datagram(&self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) -> bool {
-        match r {
-            Ok((n, from)) => self
-                .with(|st| {
-                    // The clock is read under the lock, so the core's time
-                    // never goes backwards between callers.
-                    st.node.handle_datagram(Instant::now(), from, &buf[..n]);
-                    st.events();
-                    st.deadline_moved_earlier()
-                })
-                .unwrap_or(false),
-            Err(e) => {
-                // Unconnected UDP sockets can report errors of earlier
-                // sends here (ICMP unreachable on some systems): not fatal.
-                self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "receive error");
-                false
-            }
-        }
+        self.with(|st| {
+            st.datagram(r, buf, &self.counters);
+            st.deadline_moved_earlier()
+        })
+        .unwrap_or(false)
     }
 
     /// Sends what the core has queued: with the flush role, taken as `how`
@@ -375,7 +427,7 @@ impl<L: Link> Shared<L> {
             runs: Some(runs),
             wake: &self.wake,
         };
-        let mut batch = Vec::with_capacity(DRAIN_BATCH);
+        let mut batch = Vec::new();
         for _ in 0..FLUSH_ROUNDS {
             {
                 let mut g = lock(&self.state);
@@ -383,7 +435,7 @@ impl<L: Link> Shared<L> {
                     role.give_up();
                     return;
                 };
-                while batch.len() < DRAIN_BATCH {
+                while batch.len() < FLUSH_BATCH {
                     let Some(t) = st.node.poll_transmit() else {
                         break;
                     };
@@ -505,15 +557,14 @@ impl<A> Drop for Role<'_, A> {
     }
 }
 
-/// A receive buffer taken from [`Shared::spare`], put back when dropped.
-struct Spare<'a> {
+/// A receive buffer taken from [`SPARE`], put back when dropped.
+struct Spare {
     buf: Vec<u8>,
-    pool: &'a Mutex<Vec<Vec<u8>>>,
 }
 
-impl Drop for Spare<'_> {
+impl Drop for Spare {
     fn drop(&mut self) {
-        let mut pool = lock(self.pool);
+        let mut pool = lock(&SPARE);
         if pool.len() < SPARE_BUFFERS {
             pool.push(std::mem::take(&mut self.buf));
         }
@@ -521,13 +572,20 @@ impl Drop for Spare<'_> {
 }
 
 impl<L: Link> Handle<L::Addr> for Shared<L> {
-    fn submit(&self, c: Command<L::Addr>) -> Flush {
+    fn submit(&self, c: Command<L::Addr>, lone: bool) -> Result<Flush, Command<L::Addr>> {
+        if !lone {
+            return Err(c);
+        }
         let mut g = lock(&self.state);
         let Some(st) = g.as_mut() else {
-            return Flush::No;
+            return Ok(Flush::No);
         };
         st.command(c);
-        self.after_call(g)
+        Ok(self.after_call(g))
+    }
+
+    fn queue(&self) -> &mpsc::Sender<Command<L::Addr>> {
+        &self.commands
     }
 
     fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush, Error> {
@@ -550,8 +608,7 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
     fn receive_once(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let mut buf = Spare {
-                buf: lock(&self.spare).pop().unwrap_or_default(),
-                pool: &self.spare,
+                buf: lock(&SPARE).pop().unwrap_or_default(),
             };
             if buf.buf.len() < RECV_BUFFER {
                 buf.buf.resize(RECV_BUFFER, 0);
@@ -675,6 +732,25 @@ impl<L: Link> State<L> {
                 } else {
                     let _ = reply.send(());
                 }
+            }
+        }
+    }
+
+    /// Hands a received datagram (or the link's error) to the core and
+    /// delivers the events that follow.
+    fn datagram(&mut self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8], counters: &Counters) {
+        match r {
+            Ok((n, from)) => {
+                // The clock is read under the lock, so the core's time
+                // never goes backwards between callers.
+                self.node.handle_datagram(Instant::now(), from, &buf[..n]);
+                self.events();
+            }
+            Err(e) => {
+                // Unconnected UDP sockets can report errors of earlier
+                // sends here (ICMP unreachable on some systems): not fatal.
+                counters.link_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "receive error");
             }
         }
     }

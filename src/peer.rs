@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
-use crate::driver::{Command, Counters, Flush, Handle, Incoming, Shared, Snapshot};
+use crate::driver::{Call, Command, Counters, Flush, Handle, Incoming, Shared, Snapshot};
 use crate::error::{Error, Result};
 use crate::hooks::{HookQueue, Hooks};
 use crate::link::{Link, PeerLink, UdpLink};
@@ -345,9 +345,19 @@ impl SwarmPeer {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command<PeerAddr>,
     ) -> Result<T> {
-        let handle = self.bound()?.handle().ok_or(Error::Closed)?;
+        let b = self.bound()?;
+        let handle = b.handle().ok_or(Error::Closed)?;
+        let (_call, lone) = Call::start(&b.counters);
         let (tx, rx) = oneshot::channel();
-        let how = handle.submit(make(tx));
+        let how = match handle.submit(make(tx), lone) {
+            Ok(how) => how,
+            Err(c) => {
+                // Under load: to the background task (waiting while its
+                // queue is full), which sends in runs.
+                handle.queue().send(c).await.map_err(|_| Error::Closed)?;
+                Flush::No
+            }
+        };
         if how != Flush::No {
             handle.flush(how).await;
         }
@@ -652,8 +662,9 @@ fn spawn_driver<L: Link<Addr = PeerAddr>>(
     parts: DriverParts,
 ) -> Result<(Arc<dyn Handle<PeerAddr>>, JoinHandle<()>)> {
     let (me, cfg, seed, inbox, hooks, counters) = parts;
-    let shared = Arc::new(Shared::new(link, me, cfg, seed, inbox, hooks, counters)?);
-    let task = tokio::spawn(shared.clone().run());
+    let (shared, queue) = Shared::new(link, me, cfg, seed, inbox, hooks, counters)?;
+    let shared = Arc::new(shared);
+    let task = tokio::spawn(shared.clone().run(queue));
     Ok((shared, task))
 }
 
