@@ -42,6 +42,12 @@ pub struct BenchArgs {
     /// loads a shared IRMd).
     #[arg(long, conflicts_with = "only_ouroboros")]
     no_ouroboros: bool,
+    /// Add the Ouroboros row of unconfirmed datagrams (a flood, like
+    /// `ocbr`'s). Off by default: with libouroboros 0.23 the flood crashes
+    /// the receiving process most times (heap corruption inside the
+    /// library), which can leave the IRMd's packet pool wedged.
+    #[arg(long)]
+    ouroboros_datagrams: bool,
     /// Run everything (Cicada and the baselines) on a current-thread tokio
     /// runtime instead of the default two worker threads.
     #[arg(long)]
@@ -133,6 +139,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
             args.messages,
             args.round_trips,
             &args.ouroboros_layer,
+            args.ouroboros_datagrams,
             &mut report,
         )
         .await?;

@@ -204,8 +204,13 @@ impl Receiver {
     /// first of them to the last.
     fn mark(&mut self) -> R<(u64, f64)> {
         let stdin = self.child.stdin.as_mut().ok_or("receiver stopped")?;
-        writeln!(stdin, "mark").map_err(|e| e.to_string())?;
-        stdin.flush().map_err(|e| e.to_string())?;
+        if let Err(e) = writeln!(stdin, "mark").and_then(|()| stdin.flush()) {
+            std::thread::sleep(Duration::from_millis(200));
+            return Err(format!(
+                "the receiving peer is gone ({e}): {:?}",
+                self.child.try_wait()
+            ));
+        }
         let mut line = String::new();
         self.out.read_line(&mut line).map_err(|e| e.to_string())?;
         let mut w = line.split_whitespace();
@@ -288,6 +293,7 @@ pub async fn rows(
     messages: usize,
     round_trips: usize,
     layer: &str,
+    datagrams: bool,
     report: &mut Map<String, Value>,
 ) -> R<()> {
     println!();
@@ -377,26 +383,6 @@ pub async fn rows(
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let (ours, confirmed) = throughput(&a, &to, 1024, messages).await;
-    // Unconfirmed datagrams, counted at the receiver as ocbr counts: the
-    // like-for-like row for ocbr's flood, which no one acknowledges.
-    receiver.mark()?;
-    let payload = vec![0x5au8; 1024];
-    for i in 0..messages {
-        a.send_datagram(&to, &payload)
-            .await
-            .map_err(|e| e.to_string())?;
-        if i % 64 == 63 {
-            tokio::task::yield_now().await;
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (arrived, secs) = receiver.mark()?;
-    let datagrams = if secs > 0.0 {
-        arrived as f64 / secs
-    } else {
-        0.0
-    };
-    let arrived = arrived as f64 / messages as f64;
     if let Ok(st) = a.stats().await {
         tracing::debug!(?st, "after the throughput row");
         if confirmed < 1.0 {
@@ -417,6 +403,12 @@ pub async fn rows(
     let (p50, p99) = latency(&a, &to, round_trips, true).await?;
     // Informational: the same back to back, as the UDP rows measure them.
     let (b50, b99) = latency(&a, &to, round_trips, false).await?;
+    // Last, as it may crash the receiving process (see `--ouroboros-datagrams`).
+    let flood = if datagrams {
+        Some(datagram_flood(&a, &to, &mut receiver, messages).await)
+    } else {
+        None
+    };
     a.close().await;
     receiver.stop();
 
@@ -427,14 +419,32 @@ pub async fn rows(
         ocbr,
         ours / ocbr
     );
-    println!(
-        "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}   ({:.0}% arrived)",
-        "datagrams 1024 B, unconfirmed",
-        datagrams,
-        ocbr,
-        datagrams / ocbr,
-        arrived * 100.0
-    );
+    match &flood {
+        Some(Ok((datagrams, arrived))) => {
+            println!(
+                "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}   ({:.0}% arrived)",
+                "datagrams 1024 B, unconfirmed",
+                datagrams,
+                ocbr,
+                datagrams / ocbr,
+                arrived * 100.0
+            );
+            report.insert("ouroboros_datagram_msgs_per_s_1k".into(), json!(datagrams));
+            report.insert(
+                "ouroboros_datagram_throughput_ratio_1k".into(),
+                json!(datagrams / ocbr),
+            );
+            report.insert(
+                "ouroboros_datagram_arrived_fraction_1k".into(),
+                json!(arrived),
+            );
+        }
+        Some(Err(e)) => {
+            println!("  datagrams 1024 B, unconfirmed: FAILED: {e}");
+            report.insert("ouroboros_datagram_error".into(), json!(e));
+        }
+        None => {}
+    }
     for (label, ours, c) in [("p50", p50, c50), ("p99", p99, c99)] {
         println!(
             "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
@@ -471,15 +481,6 @@ pub async fn rows(
     report.insert("ocbr_msgs_per_s_1k".into(), json!(ocbr));
     report.insert("ouroboros_throughput_ratio_1k".into(), json!(ours / ocbr));
     report.insert("ouroboros_confirmed_fraction_1k".into(), json!(confirmed));
-    report.insert("ouroboros_datagram_msgs_per_s_1k".into(), json!(datagrams));
-    report.insert(
-        "ouroboros_datagram_throughput_ratio_1k".into(),
-        json!(datagrams / ocbr),
-    );
-    report.insert(
-        "ouroboros_datagram_arrived_fraction_1k".into(),
-        json!(arrived),
-    );
     report.insert("ouroboros_latency_p50_us".into(), json!(p50 * 1e6));
     report.insert("ouroboros_latency_p99_us".into(), json!(p99 * 1e6));
     report.insert("oping_latency_p50_us".into(), json!(c50 * 1e6));
@@ -487,6 +488,35 @@ pub async fn rows(
     report.insert("ouroboros_latency_p50_ratio".into(), json!(p50 / c50));
     report.insert("ouroboros_latency_p99_ratio".into(), json!(p99 / c99));
     Ok(())
+}
+
+/// Unconfirmed 1 KiB datagrams, counted at the receiver as `ocbr` counts:
+/// the like-for-like row for `ocbr`'s flood, which no one acknowledges.
+/// Messages per second and the fraction that arrived.
+async fn datagram_flood(
+    a: &SwarmPeer,
+    to: &PeerAddr,
+    receiver: &mut Receiver,
+    messages: usize,
+) -> R<(f64, f64)> {
+    receiver.mark()?;
+    let payload = vec![0x5au8; 1024];
+    for i in 0..messages {
+        a.send_datagram(to, &payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        if i % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (arrived, secs) = receiver.mark()?;
+    let rate = if secs > 0.0 {
+        arrived as f64 / secs
+    } else {
+        0.0
+    };
+    Ok((rate, arrived as f64 / messages as f64))
 }
 
 /// Confirmed one-hop sends per second (256 in flight), and the fraction confirmed.
