@@ -378,6 +378,15 @@ enum Op {
     },
 }
 
+/// The node with id `k` when `exact`, else the owner of key `k`.
+fn target(k: Hash, exact: bool) -> Target {
+    if exact {
+        Target::Node(k)
+    } else {
+        Target::Key(k)
+    }
+}
+
 fn check(nodes: &[LocalNode<u32>], op: &Op) {
     for (i, n) in nodes.iter().enumerate() {
         if let Err(e) = n.check_invariants() {
@@ -459,12 +468,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 len,
                 dup,
             } => {
-                let k = key(k, &ids);
-                let target = if *exact {
-                    Target::Node(k)
-                } else {
-                    Target::Key(k)
-                };
+                let target = target(key(k, &ids), *exact);
                 let _ =
                     nodes[idx(*node)].send(target, vec![1; usize::from(*len) % 1500], dup % 3, now);
             }
@@ -474,12 +478,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 exact,
                 len,
             } => {
-                let k = key(k, &ids);
-                let target = if *exact {
-                    Target::Node(k)
-                } else {
-                    Target::Key(k)
-                };
+                let target = target(key(k, &ids), *exact);
                 let payload = vec![3; usize::from(*len) % 1500];
                 let _ = nodes[idx(*node)].send_datagram(target, &payload, now);
             }

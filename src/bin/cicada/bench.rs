@@ -363,6 +363,21 @@ async fn datagram_throughput(
             (n, first, last)
         })
     };
+    send_datagrams(a, to, size, count).await?;
+    let (n, first, last) = reader.await.map_err(|e| e.to_string())?;
+    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    Ok((rate, n as f64 / count as f64))
+}
+
+/// Sends `count` unconfirmed datagrams of `size` bytes from `a` to `to`
+/// back to back, yielding every 64 as the raw flood does.
+pub(crate) async fn send_datagrams(
+    a: &SwarmPeer,
+    to: &PeerAddr,
+    size: usize,
+    count: usize,
+) -> R<()> {
     let payload = vec![0x5au8; size];
     for i in 0..count {
         a.send_datagram(to, &payload)
@@ -372,10 +387,7 @@ async fn datagram_throughput(
             tokio::task::yield_now().await;
         }
     }
-    let (n, first, last) = reader.await.map_err(|e| e.to_string())?;
-    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
-    let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
-    Ok((rate, n as f64 / count as f64))
+    Ok(())
 }
 
 /// Confirmed one-hop sends per second (256 in flight), and the fraction confirmed.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use cicada::{Hooks, PeerAddr, PeerConfig, SwarmPeer};
 use serde_json::{json, Map, Value};
 
-use crate::bench::{percentiles, pipelined_sends, R};
+use crate::bench::{percentiles, pipelined_sends, send_datagrams, R};
 
 /// Seconds the C `ocbr` client floods.
 const OCBR_SECONDS: u32 = 2;
@@ -500,15 +500,7 @@ async fn datagram_flood(
     messages: usize,
 ) -> R<(f64, f64)> {
     receiver.mark()?;
-    let payload = vec![0x5au8; 1024];
-    for i in 0..messages {
-        a.send_datagram(to, &payload)
-            .await
-            .map_err(|e| e.to_string())?;
-        if i % 64 == 63 {
-            tokio::task::yield_now().await;
-        }
-    }
+    send_datagrams(a, to, 1024, messages).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (arrived, secs) = receiver.mark()?;
     let rate = if secs > 0.0 {
