@@ -148,6 +148,12 @@ impl<'a> Call<'a> {
         let before = counters.calls.fetch_add(1, Ordering::Relaxed);
         (Call(counters), before < DIRECT_SENDS)
     }
+
+    /// Whether at most [`DIRECT_SENDS`] calls are under way (this one
+    /// among them).
+    pub(crate) fn lone(counters: &Counters) -> bool {
+        counters.calls.load(Ordering::Relaxed) <= DIRECT_SENDS
+    }
 }
 
 impl Drop for Call<'_> {

@@ -364,8 +364,11 @@ impl SwarmPeer {
         let mut rx = rx;
         if how == Flush::Try && handle.shares_receive() {
             // A lone call: its reply is received on this task too, so
-            // that it wakes no other task on the way.
-            loop {
+            // that it wakes no other task on the way. Only while the call
+            // stays lone: once others are under way, receiving (and
+            // sending what each datagram makes, one at a time) is left to
+            // the background task, which batches.
+            while Call::lone(&b.counters) {
                 tokio::select! {
                     biased;
                     r = &mut rx => return r.map_err(|_| Error::Closed),
