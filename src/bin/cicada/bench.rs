@@ -161,7 +161,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     let mut unkeyed = Vec::new();
     for size in [64usize, 1024, 16 * 1024] {
         let (ours, raw, confirmed) =
-            throughput_turns(&a, &b, &b_addr, size, args.messages, true).await?;
+            throughput_turns(&a, &b, &b_addr, size, args.messages, Sends::Confirmed).await?;
         unkeyed.push(ours);
         let ratio = ours / raw;
         println!(
@@ -185,15 +185,8 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     // Unconfirmed datagrams: like for like with the raw flood, which no
     // one acknowledges either. Counted at the receiver.
     for size in [64usize, 1024] {
-        let (mut ours, mut raws, mut arrived) = (Vec::new(), Vec::new(), 1.0f64);
-        for _ in 0..ROUNDS {
-            raws.push(raw_throughput(size, args.messages).await?);
-            let (rate, fraction) =
-                datagram_throughput(&a, &b, &b_addr, size, args.messages).await?;
-            ours.push(rate);
-            arrived = arrived.min(fraction);
-        }
-        let (ours, raw) = (median(ours), median(raws));
+        let (ours, raw, arrived) =
+            throughput_turns(&a, &b, &b_addr, size, args.messages, Sends::Datagrams).await?;
         println!(
             "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
             format!("datagrams {size} B (unconfirmed)"),
@@ -270,7 +263,7 @@ async fn keyed_rows(
     let (a, b, b_addr) = pair(fast().swarm_key(key)).await?;
     for (size, plain) in [64usize, 1024, 16 * 1024].into_iter().zip(unkeyed) {
         let (keyed, _, confirmed) =
-            throughput_turns(&a, &b, &b_addr, size, args.messages, false).await?;
+            throughput_turns(&a, &b, &b_addr, size, args.messages, Sends::ConfirmedAlone).await?;
         println!(
             "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
             format!("throughput {size} B"),
@@ -476,28 +469,44 @@ pub(crate) async fn pipelined_sends(
 /// Runs of each throughput and latency row, taking turns with the baseline.
 const ROUNDS: usize = 3;
 
+/// What a throughput row sends, and whether the raw UDP flood takes turns
+/// with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sends {
+    /// Confirmed sends, beside the raw flood.
+    Confirmed,
+    /// Confirmed sends alone (the keyed rows compare with the unkeyed).
+    ConfirmedAlone,
+    /// Unconfirmed datagrams, beside the raw flood.
+    Datagrams,
+}
+
 /// A throughput row run [`ROUNDS`] times, taking turns with the raw UDP
-/// baseline when `with_raw`: the medians (Cicada's, the baseline's or 0)
-/// and the smallest fraction of sends confirmed. One run of each swung
-/// the raw figure 4x with where the scheduler put its two tasks.
+/// baseline unless `sends` is `ConfirmedAlone`: the medians (Cicada's, the
+/// baseline's or 0) and the smallest fraction of sends confirmed (or of
+/// datagrams arrived). One run of each swung the raw figure 4x with where
+/// the scheduler put its two tasks.
 async fn throughput_turns(
     a: &Arc<SwarmPeer>,
     b: &Arc<SwarmPeer>,
     to: &PeerAddr,
     size: usize,
     count: usize,
-    with_raw: bool,
+    sends: Sends,
 ) -> R<(f64, f64, f64)> {
-    let (mut ours, mut raws, mut confirmed) = (Vec::new(), Vec::new(), 1.0f64);
+    let (mut ours, mut raws, mut reached) = (Vec::new(), Vec::new(), 1.0f64);
     for _ in 0..ROUNDS {
-        if with_raw {
+        if sends != Sends::ConfirmedAlone {
             raws.push(raw_throughput(size, count).await?);
         }
-        let (rate, fraction) = throughput(a, b, to.clone(), size, count).await?;
+        let (rate, fraction) = match sends {
+            Sends::Datagrams => datagram_throughput(a, b, to, size, count).await?,
+            _ => throughput(a, b, to.clone(), size, count).await?,
+        };
         ours.push(rate);
-        confirmed = confirmed.min(fraction);
+        reached = reached.min(fraction);
     }
-    Ok((median(ours), median(raws), confirmed))
+    Ok((median(ours), median(raws), reached))
 }
 
 /// The latency row's samples over [`ROUNDS`] turns (Cicada's, and the raw
