@@ -3,13 +3,14 @@
 //!
 //! The background task ([`Shared::run`]) feeds the node the datagrams the
 //! link receives and the passing of time. An application call (`send`,
-//! `get_route`, `connect`...) runs on the caller's own task: it takes the
-//! lock, hands the node its command and delivers the events that follow.
-//! When few sends are in flight the caller then sends the datagrams its
-//! command made itself, so a lone send leaves without a hand-off to another
-//! task (hand-offs are most of a round trip's cost on loopback). Under load
-//! it leaves them to the background task instead, which sends everything
-//! queued in runs (one system call for many datagrams).
+//! `get_route`, `connect`...) made while at most [`DIRECT_SENDS`] calls are
+//! under way runs on the caller's own task: it takes the lock, hands the
+//! node its command, delivers the events that follow, sends the datagrams
+//! its command made and (over UDP) receives its reply itself, so a lone
+//! send crosses no hand-off to another task (hand-offs are most of a round
+//! trip's cost on loopback). Under load calls go through the command queue
+//! to the background task instead, which takes a burst under one lock and
+//! sends everything queued in runs (one system call for many datagrams).
 //!
 //! The lock is a plain mutex, held for the core's work and never across a
 //! wait. Sending is serialised apart from it by the *flush role*: whoever
