@@ -164,18 +164,8 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
             throughput_turns(&a, &b, &b_addr, size, args.messages, Sends::Confirmed).await?;
         unkeyed.push(ours);
         let ratio = ours / raw;
-        println!(
-            "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
-            format!("throughput {size} B"),
-            ours,
-            raw,
-            ratio
-        );
-        let key = match size {
-            64 => "64",
-            1024 => "1k",
-            _ => "16k",
-        };
+        rate_row(&format!("throughput {size} B"), ours, raw);
+        let key = size_key(size);
         report.insert(format!("throughput_msgs_per_s_{key}"), json!(ours));
         report.insert(format!("raw_udp_msgs_per_s_{key}"), json!(raw));
         report.insert(format!("throughput_ratio_{key}"), json!(ratio));
@@ -187,14 +177,8 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     for size in [64usize, 1024] {
         let (ours, raw, arrived) =
             throughput_turns(&a, &b, &b_addr, size, args.messages, Sends::Datagrams).await?;
-        println!(
-            "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
-            format!("datagrams {size} B (unconfirmed)"),
-            ours,
-            raw,
-            ours / raw
-        );
-        let key = if size == 64 { "64" } else { "1k" };
+        rate_row(&format!("datagrams {size} B (unconfirmed)"), ours, raw);
+        let key = size_key(size);
         report.insert(format!("datagram_msgs_per_s_{key}"), json!(ours));
         report.insert(format!("datagram_raw_udp_msgs_per_s_{key}"), json!(raw));
         report.insert(
@@ -264,18 +248,8 @@ async fn keyed_rows(
     for (size, plain) in [64usize, 1024, 16 * 1024].into_iter().zip(unkeyed) {
         let (keyed, _, confirmed) =
             throughput_turns(&a, &b, &b_addr, size, args.messages, Sends::ConfirmedAlone).await?;
-        println!(
-            "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
-            format!("throughput {size} B"),
-            keyed,
-            plain,
-            keyed / plain
-        );
-        let k = match size {
-            64 => "64",
-            1024 => "1k",
-            _ => "16k",
-        };
+        rate_row(&format!("throughput {size} B"), keyed, *plain);
+        let k = size_key(size);
         report.insert(format!("keyed_throughput_msgs_per_s_{k}"), json!(keyed));
         report.insert(format!("keyed_throughput_ratio_{k}"), json!(keyed / plain));
         report.insert(format!("keyed_confirmed_fraction_{k}"), json!(confirmed));
@@ -299,6 +273,26 @@ async fn keyed_rows(
     a.close().await;
     b.close().await;
     Ok(())
+}
+
+/// One table row of rates: `ours` beside `base`, and their ratio.
+fn rate_row(label: &str, ours: f64, base: f64) {
+    println!(
+        "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}",
+        label,
+        ours,
+        base,
+        ours / base
+    );
+}
+
+/// The JSON key suffix of a payload size: `64`, `1k` or `16k`.
+fn size_key(size: usize) -> &'static str {
+    match size {
+        64 => "64",
+        1024 => "1k",
+        _ => "16k",
+    }
 }
 
 /// Messages per second a raw tokio socket pair moves (counted at the receiver).
