@@ -70,7 +70,7 @@ struct Run<A> {
     to: A,
     size: usize,
     count: usize,
-    first: Vec<u8>,
+    first: Bytes,
     bytes: Vec<u8>,
 }
 

@@ -105,7 +105,7 @@ impl<A> Hooks<A> {
 }
 
 enum Call<A> {
-    Send(NodeRef<A>, Vec<u8>),
+    Send(NodeRef<A>, Bytes),
     Recv(NodeRef<A>, Bytes),
     NewPeer(NodeRef<A>),
 }
@@ -174,7 +174,7 @@ impl<A: Send + 'static> HookQueue<A> {
         self.wants_recv && self.tx.is_some()
     }
 
-    pub(crate) fn sent(&self, to: NodeRef<A>, bytes: Vec<u8>) {
+    pub(crate) fn sent(&self, to: NodeRef<A>, bytes: Bytes) {
         if self.wants_send {
             self.push(Call::Send(to, bytes));
         }

@@ -52,8 +52,8 @@ fn arg(name: &str, default: usize) -> usize {
 /// The datagrams on their way between `a` and `b`, in order.
 #[derive(Default)]
 struct Wire {
-    to_b: std::collections::VecDeque<Vec<u8>>,
-    to_a: std::collections::VecDeque<Vec<u8>>,
+    to_b: std::collections::VecDeque<bytes::Bytes>,
+    to_a: std::collections::VecDeque<bytes::Bytes>,
 }
 
 /// One step of the network: takes what both nodes want sent, then hands

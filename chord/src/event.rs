@@ -1,6 +1,8 @@
 //! What a [`crate::LocalNode`] hands out: datagrams to send, events for the
 //! application, and the counters it keeps.
 
+use bytes::Bytes;
+
 use crate::hash::Hash;
 use crate::wire::NodeRef;
 
@@ -9,8 +11,8 @@ use crate::wire::NodeRef;
 pub struct Transmit<A> {
     /// Where to send it.
     pub to: A,
-    /// The encoded datagram.
-    pub bytes: Vec<u8>,
+    /// The encoded datagram (shared with the copy kept for a retry).
+    pub bytes: Bytes,
 }
 
 /// Names a lookup started with [`crate::LocalNode::lookup`].

@@ -137,9 +137,17 @@ impl Truth {
 
 #[derive(Debug)]
 enum Action {
-    Deliver { to: u32, from: u32, bytes: Vec<u8> },
-    Timer { node: u32 },
-    Join { node: u32 },
+    Deliver {
+        to: u32,
+        from: u32,
+        bytes: bytes::Bytes,
+    },
+    Timer {
+        node: u32,
+    },
+    Join {
+        node: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -565,7 +573,7 @@ impl Sim {
                                 Action::Deliver {
                                     to: from,
                                     from: to,
-                                    bytes: ack.encode(),
+                                    bytes: ack.encode().into(),
                                 },
                             );
                             return;

@@ -429,7 +429,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 flip,
             } => {
                 if let Some(t) = nodes[idx(*node)].poll_transmit() {
-                    sent.push((t.to, t.bytes));
+                    sent.push((t.to, t.bytes.to_vec()));
                 }
                 if let Some((_, bytes)) = sent.last() {
                     let mut bytes = bytes.clone();

@@ -709,12 +709,13 @@ impl<A: Address> LocalNode<A> {
 
     /// Retries and deadlines of outgoing messages.
     pub(super) fn outgoing_timeouts(&mut self, now: Instant) {
-        let due: Vec<u64> = self
+        let mut due: Vec<u64> = self
             .outgoing
             .iter()
             .filter(|(_, o)| o.wake_at() <= now)
             .map(|(id, _)| *id)
             .collect();
+        due.sort_unstable(); // id order, whatever the map's layout
         for id in due {
             let Some(o) = self.outgoing.get(&id) else {
                 continue;
@@ -738,7 +739,9 @@ impl<A: Address> LocalNode<A> {
 
     /// Fails every outgoing message (on leave).
     pub(super) fn fail_outgoing(&mut self) {
-        for id in std::mem::take(&mut self.outgoing).into_keys() {
+        let mut ids: Vec<u64> = std::mem::take(&mut self.outgoing).into_keys().collect();
+        ids.sort_unstable();
+        for id in ids {
             self.events.push_back(Event::SendFailed {
                 id: MessageId(id),
                 reason: SendError::Left,

@@ -5,6 +5,8 @@ mod identity;
 #[cfg(test)]
 mod tests;
 
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
@@ -114,7 +116,8 @@ struct PastPeer<A> {
 #[derive(Clone, Debug)]
 struct Pending<A> {
     to: A,
-    bytes: Vec<u8>,
+    /// The encoded request, shared with the transmit queue (no copy).
+    bytes: Bytes,
     deadline: Instant,
     retries_left: u32,
     waiting: Waiting<A>,
@@ -180,7 +183,9 @@ pub struct LocalNode<A> {
     /// be early (the entry that set it is gone), which costs one wake-up
     /// that finds nothing due; it is never late.
     wake: Option<Instant>,
-    pending: BTreeMap<u64, Pending<A>>,
+    /// Keyed by our own random txn ids (never a peer's), so a plain Fx
+    /// hash map: a B-tree moved whole entries on each insert and removal.
+    pending: FxHashMap<u64, Pending<A>>,
     lookups: BTreeMap<u64, Lookup>,
     known: Vec<NodeRef<A>>,
     known_version: u64,
@@ -188,7 +193,7 @@ pub struct LocalNode<A> {
     /// Backup successors probed since the head was suspected, and whether
     /// each has answered.
     probed: Vec<(Hash, bool)>,
-    outgoing: BTreeMap<u64, data::Outgoing>,
+    outgoing: FxHashMap<u64, data::Outgoing>,
     seen: Dedup,
     reassembly: Reassembly,
     /// Token buckets, byte counts and verification of source addresses.
@@ -237,13 +242,13 @@ impl<A: Address> LocalNode<A> {
             finger_cursor: 0,
             next_tick: None,
             wake: None,
-            pending: BTreeMap::new(),
+            pending: FxHashMap::default(),
             lookups: BTreeMap::new(),
             known: Vec::new(),
             known_version: 0,
             dead: VecDeque::new(),
             probed: Vec::new(),
-            outgoing: BTreeMap::new(),
+            outgoing: FxHashMap::default(),
             seen,
             reassembly,
             sources,
@@ -539,12 +544,15 @@ impl<A: Address> LocalNode<A> {
     /// Handles the passing of time: retransmits, failure detection, and the
     /// periodic stabilize, predecessor check and finger repair.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<u64> = self
+        let mut expired: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= now)
             .map(|(txn, _)| *txn)
             .collect();
+        // In id order, as a B-tree gave them: the simulator's runs do not
+        // depend on the hash map's layout.
+        expired.sort_unstable();
         for txn in expired {
             self.pending_expired(txn, now);
         }
@@ -1521,7 +1529,7 @@ impl<A: Address> LocalNode<A> {
             return None;
         }
         let txn = self.fresh_txn();
-        let bytes = message(txn).encode();
+        let bytes = Bytes::from(message(txn).encode());
         let deadline = now + self.cfg.request_timeout;
         self.arm(deadline);
         self.pending.insert(
@@ -1748,8 +1756,11 @@ impl<A: Address> LocalNode<A> {
 
     // --------------------------------------------------------------------- misc
 
-    fn push_transmit(&mut self, to: A, bytes: Vec<u8>) {
-        self.transmits.push_back(Transmit { to, bytes });
+    fn push_transmit(&mut self, to: A, bytes: impl Into<Bytes>) {
+        self.transmits.push_back(Transmit {
+            to,
+            bytes: bytes.into(),
+        });
     }
 
     fn fresh_txn(&mut self) -> u64 {

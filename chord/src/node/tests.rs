@@ -107,7 +107,7 @@ fn join_to_another_version_fails_with_version_mismatch() {
     let mut n = node("new", 0, now);
     n.join(1, now);
     let t = n.poll_transmit().expect("a join request");
-    let mut foreign = t.bytes.clone();
+    let mut foreign = t.bytes.to_vec();
     foreign[2] = VERSION + 1;
     // The bootstrap of another version answers with a VersionMismatch.
     let mut other = node("other", 1, now);
