@@ -1127,8 +1127,18 @@ async fn malformed_datagrams_are_dropped_and_counted_and_the_peer_keeps_working(
     let garbage: [&[u8]; 5] = [
         b"hello",
         &[0xC1],
-        &[0xC1, 0xCA, 1, 250, 1, 2, 3],
-        &[0xC1, 0xCA, 1, 2, 0xff, 0xff, 0xff, 0xff, 0xff],
+        &[0xC1, 0xCA, cicada::chord::VERSION, 250, 1, 2, 3],
+        &[
+            0xC1,
+            0xCA,
+            cicada::chord::VERSION,
+            2,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+        ],
         &[0u8; 2000],
     ];
     for g in garbage {
