@@ -834,9 +834,8 @@ impl<L: Link> State<L> {
         }
     }
 
-    fn received(&mut self, from: NodeRef<L::Addr>, payload: Vec<u8>) {
+    fn received(&mut self, from: NodeRef<L::Addr>, data: Bytes) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        let data = Bytes::from(payload);
         if self.hooks.wants_recv() {
             self.hooks.received(from.clone(), data.clone());
         }

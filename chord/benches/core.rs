@@ -72,7 +72,7 @@ fn messages() -> Vec<(&'static str, Message<SocketAddr>)> {
                     frag: 0,
                     frags: 1,
                 },
-                payload: vec![0x5a; 1024],
+                payload: vec![0x5a; 1024].into(),
             }),
         ),
     ]

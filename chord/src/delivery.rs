@@ -1,6 +1,7 @@
 //! Bounded bookkeeping for application messages: a window of ids already
 //! seen (so each message is handed up once) and reassembly of fragments.
 
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
@@ -172,7 +173,7 @@ pub struct Reassembly {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Assembled {
     /// The message is complete.
-    Complete(Vec<u8>),
+    Complete(Bytes),
     /// More fragments are needed.
     Incomplete,
     /// The fragment was refused: inconsistent, or over the memory bound.
@@ -209,12 +210,14 @@ impl Reassembly {
         msg: u64,
         index: u16,
         count: u16,
-        data: Vec<u8>,
+        data: impl Into<Bytes>,
         now: Instant,
     ) -> Assembled {
+        let data = data.into();
         if count <= 1 {
             return Assembled::Complete(data);
         }
+        let data = Vec::from(data);
         if index >= count || count > self.max_fragments {
             return Assembled::Refused;
         }
@@ -263,7 +266,7 @@ impl Reassembly {
         for part in done.parts.into_iter().flatten() {
             out.extend_from_slice(&part);
         }
-        Assembled::Complete(out)
+        Assembled::Complete(out.into())
     }
 
     /// Drops messages older than the age bound.
@@ -363,7 +366,7 @@ mod tests {
         );
         assert_eq!(
             r.add(Hash::ZERO, 1, 0, 2, b"hel".to_vec(), now),
-            Assembled::Complete(b"hello".to_vec())
+            Assembled::Complete(Bytes::from_static(b"hello"))
         );
         assert_eq!(r.bytes(), 0);
         assert_eq!(

@@ -151,7 +151,7 @@ pub enum Event<A> {
         /// The sender's id for it.
         id: MessageId,
         /// The application's bytes.
-        payload: Vec<u8>,
+        payload: Bytes,
         /// Whether it came by broadcast.
         broadcast: bool,
         /// Forwarding steps it took to arrive.

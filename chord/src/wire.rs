@@ -9,6 +9,7 @@
 //! Every message is described in `docs/protocol.md`; golden-byte tests below
 //! pin the encoding so that a change to it cannot go unnoticed.
 
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -239,7 +240,7 @@ pub struct Data<A> {
     /// Addressing and routing.
     pub header: DataHeader<A>,
     /// The application's bytes (or this fragment of them).
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 /// End-to-end acknowledgement: the destination has the whole message.
@@ -486,7 +487,7 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
                     }
                     Message::Data(Data {
                         header,
-                        payload: payload.to_vec(),
+                        payload: Bytes::copy_from_slice(payload),
                     })
                 }
                 11 => Message::Delivered(body("Delivered", rest)?),
@@ -600,7 +601,7 @@ mod tests {
                         frag: 0,
                         frags: 1,
                     },
-                    payload: b"hi".to_vec(),
+                    payload: Bytes::from_static(b"hi"),
                 }),
                 "c1ca020a 01 02 20 0303030303030303030303030303030303030303030303030303030303030303 03 \
                  20 0404040404040404040404040404040404040404040404040404040404040404 01 \
@@ -707,7 +708,7 @@ mod tests {
                 Message::Found(Found { lookup, key: Hash::from_bytes(key), owner: origin.clone(), hops }),
                 Message::Leave(Leave { sender: Hash::from_bytes(key), predecessor: Some(origin.clone()), successors: list }),
                 Message::SuccessorHint(SuccessorHint { node: origin.clone() }),
-                Message::Data(Data { header: DataHeader { txn, msg: lookup, origin: origin.clone(), target: Hash::from_bytes(key), mode: Mode::Broadcast, limit: Hash::from_bytes(key), hops, last_hop: n % 2 == 0, frag: 0, frags: 1 + n as u16 }, payload: vec![7; n * 50] }),
+                Message::Data(Data { header: DataHeader { txn, msg: lookup, origin: origin.clone(), target: Hash::from_bytes(key), mode: Mode::Broadcast, limit: Hash::from_bytes(key), hops, last_hop: n % 2 == 0, frag: 0, frags: 1 + n as u16 }, payload: vec![7; n * 50].into() }),
                 Message::Delivered(Delivered { msg: lookup, owner: origin.clone(), hops }),
                 Message::Undeliverable(Undeliverable { msg: lookup, reason: Refusal::NoRoute }),
                 Message::OwnerCheck(OwnerCheck { txn, key: Hash::from_bytes(key) }),
@@ -743,7 +744,7 @@ mod tests {
                 Message::Found(Found { lookup: txn, key: h, owner: me.clone(), hops: 1 }),
                 Message::Leave(Leave { sender: h, predecessor: None, successors: list }),
                 Message::SuccessorHint(SuccessorHint { node: me.clone() }),
-                Message::Data(Data { header: DataHeader { txn, msg: !txn, origin: me.clone(), target: h, mode: Mode::Key, limit: Hash::ZERO, hops: 0, last_hop: v6, frag: frags - 1, frags }, payload }),
+                Message::Data(Data { header: DataHeader { txn, msg: !txn, origin: me.clone(), target: h, mode: Mode::Key, limit: Hash::ZERO, hops: 0, last_hop: v6, frag: frags - 1, frags }, payload: payload.into() }),
                 Message::Delivered(Delivered { msg: txn, owner: me, hops: 9 }),
                 Message::Undeliverable(Undeliverable { msg: txn, reason: Refusal::NoSuchNode }),
                 Message::OwnerCheck(OwnerCheck { txn, key: h }),

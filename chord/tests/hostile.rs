@@ -169,7 +169,7 @@ fn data(i: u64, frags: u16) -> Vec<u8> {
             frag: 0,
             frags,
         },
-        payload: vec![7; 100],
+        payload: vec![7; 100].into(),
     })
     .encode()
 }
@@ -467,7 +467,7 @@ fn arb_message(ids: Vec<NodeRef<u32>>) -> impl Strategy<Value = Message<u32>> {
                             frag: frag % frags,
                             frags,
                         },
-                        payload: vec![1; len],
+                        payload: vec![1; len].into(),
                     })
                 }
             ),

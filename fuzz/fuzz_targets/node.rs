@@ -297,7 +297,7 @@ fn craft(c: &Crafted, ids: &[NodeRef<u32>]) -> Vec<u8> {
                 frag: *frag,
                 frags: *frags,
             },
-            payload: vec![0x5a; usize::from(*len) % 1500],
+            payload: vec![0x5a; usize::from(*len) % 1500].into(),
         }),
         Crafted::Delivered { msg, owner, hops } => Message::Delivered(Delivered {
             msg: *msg,

@@ -120,13 +120,18 @@ impl<A: Address> LocalNode<A> {
     /// Sends `payload` to every other live node of the ring, each once.
     /// There is no completion event: receivers see [`Event::Received`] with
     /// `broadcast: true`.
-    pub fn broadcast(&mut self, payload: Vec<u8>, now: Instant) -> Result<MessageId, SendError> {
+    pub fn broadcast(
+        &mut self,
+        payload: impl Into<Bytes>,
+        now: Instant,
+    ) -> Result<MessageId, SendError> {
+        let payload = payload.into();
         self.check_sendable(payload.len())?;
         let id = self.fresh_id(|_, _| false);
         let me = self.me.clone();
         let parts = fragments(&payload, self.cfg.max_fragment);
         let count = parts.len() as u16;
-        for (i, part) in parts.into_iter().enumerate() {
+        for (i, part) in parts.enumerate() {
             self.remember((me.id, id, i as u16), now);
             let header = DataHeader {
                 txn: 0,
@@ -176,11 +181,11 @@ impl<A: Address> LocalNode<A> {
         };
         let mut header = self.first_header(0, key, mode, 0, 1);
         match self.decide(&header, &[]) {
-            Decision::Here => self.data_here(header, payload.to_vec(), now),
+            Decision::Here => self.data_here(header, Bytes::copy_from_slice(payload), now),
             Decision::Forward(next, last_hop) => {
                 header.hops = 1;
                 header.last_hop = last_hop;
-                self.forward_datagram(header, payload.to_vec(), &next.addr);
+                self.forward_datagram(header, Bytes::copy_from_slice(payload), &next.addr);
             }
             Decision::Refuse(Refusal::NoSuchNode) => return Err(SendError::NoSuchNode),
             Decision::Refuse(Refusal::NoRoute) => return Err(SendError::NoRoute),
@@ -191,7 +196,7 @@ impl<A: Address> LocalNode<A> {
 
     /// Sends an unconfirmed datagram (message id 0) on to `to`, keeping
     /// nothing: hop id 0 asks for no acknowledgement.
-    fn forward_datagram(&mut self, header: DataHeader<A>, payload: Vec<u8>, to: &A) {
+    fn forward_datagram(&mut self, header: DataHeader<A>, payload: Bytes, to: &A) {
         let bytes = Message::Data(Data {
             header: DataHeader { txn: 0, ..header },
             payload,
@@ -237,7 +242,7 @@ impl<A: Address> LocalNode<A> {
         let payload = std::mem::take(&mut o.payload);
         let mut avoid = o.avoid.clone();
         self.arm(wake);
-        let parts = fragment_slices(&payload, self.cfg.max_fragment);
+        let parts = fragments(&payload, self.cfg.max_fragment);
         let count = parts.len() as u16;
         for copy in 0..copies {
             let mut first = None;
@@ -247,9 +252,9 @@ impl<A: Address> LocalNode<A> {
                 // refuse this attempt at once, so start the rotation over.
                 avoid.clear();
             }
-            for (i, part) in parts.iter().enumerate() {
+            for (i, part) in parts.clone().enumerate() {
                 let header = self.first_header(id, target, mode, i as u16, count);
-                first = self.route_data(header, part.to_vec(), avoid.clone(), now);
+                first = self.route_data(header, part, avoid.clone(), now);
             }
             match first {
                 Some(hop) => avoid.push(hop),
@@ -300,7 +305,7 @@ impl<A: Address> LocalNode<A> {
     fn route_data(
         &mut self,
         mut header: DataHeader<A>,
-        payload: Vec<u8>,
+        payload: Bytes,
         exclude: Vec<Hash>,
         now: Instant,
     ) -> Option<Hash> {
@@ -374,7 +379,7 @@ impl<A: Address> LocalNode<A> {
     fn forward_data(
         &mut self,
         header: DataHeader<A>,
-        payload: Vec<u8>,
+        payload: Bytes,
         next: NodeRef<A>,
         exclude: Vec<Hash>,
         now: Instant,
@@ -508,7 +513,7 @@ impl<A: Address> LocalNode<A> {
     }
 
     /// This node is the destination (or a broadcast receiver).
-    fn data_here(&mut self, header: DataHeader<A>, payload: Vec<u8>, now: Instant) {
+    fn data_here(&mut self, header: DataHeader<A>, payload: Bytes, now: Instant) {
         let origin = header.origin.id;
         if header.mode == Mode::Broadcast {
             if !Interval::closed_open(header.target, header.limit).contains(&self.me.id) {
@@ -554,7 +559,7 @@ impl<A: Address> LocalNode<A> {
         new
     }
 
-    fn assemble(&mut self, header: DataHeader<A>, payload: Vec<u8>, now: Instant) {
+    fn assemble(&mut self, header: DataHeader<A>, payload: Bytes, now: Instant) {
         let origin = header.origin.id;
         match self
             .reassembly
@@ -619,7 +624,7 @@ impl<A: Address> LocalNode<A> {
     }
 
     /// Hands a broadcast on to every known node in `(self, header.limit)`.
-    fn fan_out(&mut self, header: &DataHeader<A>, payload: Vec<u8>, now: Instant) {
+    fn fan_out(&mut self, header: &DataHeader<A>, payload: Bytes, now: Instant) {
         for (child, limit) in self.table.broadcast_children(&header.limit) {
             let h = DataHeader {
                 txn: 0,
@@ -750,20 +755,43 @@ impl<A: Address> LocalNode<A> {
     }
 }
 
-/// Splits a payload into pieces of at most `max` bytes, without copying
-/// (one empty piece for an empty payload).
-fn fragment_slices(payload: &[u8], max: usize) -> Vec<&[u8]> {
-    if payload.len() <= max {
-        return vec![payload];
+/// Splits a payload into pieces of at most `max` bytes, each sharing the
+/// payload's buffer (one empty piece for an empty payload).
+fn fragments(payload: &Bytes, max: usize) -> Fragments<'_> {
+    let max = max.max(1);
+    Fragments {
+        payload,
+        max,
+        at: 0,
+        count: payload.len().div_ceil(max).max(1),
     }
-    payload.chunks(max.max(1)).collect()
 }
 
-/// Splits a payload into pieces of at most `max` bytes (one empty piece for
-/// an empty payload).
-fn fragments(payload: &[u8], max: usize) -> Vec<Vec<u8>> {
-    if payload.len() <= max {
-        return vec![payload.to_vec()];
+/// The pieces of a payload, as [`fragments`] cuts them.
+#[derive(Clone)]
+struct Fragments<'a> {
+    payload: &'a Bytes,
+    max: usize,
+    at: usize,
+    count: usize,
+}
+
+impl Fragments<'_> {
+    fn len(&self) -> usize {
+        self.count
     }
-    payload.chunks(max.max(1)).map(<[u8]>::to_vec).collect()
+}
+
+impl Iterator for Fragments<'_> {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if self.at >= self.count {
+            return None;
+        }
+        let start = self.at * self.max;
+        let end = (start + self.max).min(self.payload.len());
+        self.at += 1;
+        Some(self.payload.slice(start.min(end)..end))
+    }
 }

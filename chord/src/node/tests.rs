@@ -175,7 +175,7 @@ fn send_rules_at_the_api() {
     let ev = events(&mut a);
     assert!(ev
         .iter()
-        .any(|e| matches!(e, Event::Received { payload, .. } if payload == b"mine")));
+        .any(|e| matches!(e, Event::Received { payload, .. } if payload[..] == b"mine"[..])));
     assert!(ev
         .iter()
         .any(|e| matches!(e, Event::Delivered { id: d, .. } if *d == id)));
@@ -736,7 +736,7 @@ fn an_unconfirmed_datagram_to_a_key_reaches_its_owner() {
         .filter(|i| {
             events(&mut nodes[*i])
                 .iter()
-                .any(|e| matches!(e, Event::Received { payload, .. } if payload == b"k"))
+                .any(|e| matches!(e, Event::Received { payload, .. } if payload[..] == b"k"[..]))
         })
         .collect();
     assert_eq!(at.len(), 1);
@@ -796,7 +796,7 @@ fn a_split_or_broadcast_datagram_without_an_id_is_dropped() {
                 frag: 0,
                 frags,
             },
-            payload: b"x".to_vec(),
+            payload: bytes::Bytes::from_static(b"x"),
         })
         .encode();
         nodes[1].handle_datagram(now, 0, &bytes);
