@@ -243,13 +243,23 @@ pub struct Data<A> {
     pub payload: Bytes,
 }
 
-/// End-to-end acknowledgement: the destination has the whole message.
+/// End-to-end acknowledgement: the destination has these whole messages,
+/// all from the origin it is sent to. A destination confirms together the
+/// messages of one origin that it handled in one go (between two
+/// `poll_transmit` drains), at most [`MAX_LIST_ON_WIRE`] per datagram.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivered<A> {
+    /// The node that received them.
+    pub owner: NodeRef<A>,
+    /// The messages, each with the forwarding steps it took.
+    pub msgs: Vec<Confirmed>,
+}
+
+/// One message of a [`Delivered`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmed {
     /// The origin's message id.
     pub msg: u64,
-    /// The node that received it.
-    pub owner: NodeRef<A>,
     /// Forwarding steps the message took.
     pub hops: u8,
 }
@@ -490,7 +500,15 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
                         payload: Bytes::copy_from_slice(payload),
                     })
                 }
-                11 => Message::Delivered(body("Delivered", rest)?),
+                11 => {
+                    let m: Delivered<A> = body("Delivered", rest)?;
+                    if m.msgs.len() > MAX_LIST_ON_WIRE {
+                        return Err(DecodeError::OverLimit(
+                            "confirmation list longer than the limit",
+                        ));
+                    }
+                    Message::Delivered(m)
+                }
                 12 => Message::Undeliverable(body("Undeliverable", rest)?),
                 13 => Message::OwnerCheck(body("OwnerCheck", rest)?),
                 14 => Message::Owns(body("Owns", rest)?),
@@ -608,8 +626,11 @@ mod tests {
                  20 0000000000000000000000000000000000000000000000000000000000000000 05 01 00 01 6869",
             ),
             (
-                Message::Delivered(Delivered { msg: 2, owner: node(6, 6), hops: 3 }),
-                "c1ca020b 02 20 0606060606060606060606060606060606060606060606060606060606060606 06 03",
+                Message::Delivered(Delivered {
+                    owner: node(6, 6),
+                    msgs: vec![Confirmed { msg: 2, hops: 3 }, Confirmed { msg: 300, hops: 1 }],
+                }),
+                "c1ca020b 20 0606060606060606060606060606060606060606060606060606060606060606 06 02 02 03 ac02 01",
             ),
             (
                 Message::Undeliverable(Undeliverable { msg: 2, reason: Refusal::NoSuchNode }),
@@ -709,7 +730,7 @@ mod tests {
                 Message::Leave(Leave { sender: Hash::from_bytes(key), predecessor: Some(origin.clone()), successors: list }),
                 Message::SuccessorHint(SuccessorHint { node: origin.clone() }),
                 Message::Data(Data { header: DataHeader { txn, msg: lookup, origin: origin.clone(), target: Hash::from_bytes(key), mode: Mode::Broadcast, limit: Hash::from_bytes(key), hops, last_hop: n % 2 == 0, frag: 0, frags: 1 + n as u16 }, payload: vec![7; n * 50].into() }),
-                Message::Delivered(Delivered { msg: lookup, owner: origin.clone(), hops }),
+                Message::Delivered(Delivered { owner: origin.clone(), msgs: vec![Confirmed { msg: lookup, hops }; n % 4] }),
                 Message::Undeliverable(Undeliverable { msg: lookup, reason: Refusal::NoRoute }),
                 Message::OwnerCheck(OwnerCheck { txn, key: Hash::from_bytes(key) }),
                 Message::Owns(Owns { txn, yes: n % 2 == 0 }),
@@ -745,7 +766,7 @@ mod tests {
                 Message::Leave(Leave { sender: h, predecessor: None, successors: list }),
                 Message::SuccessorHint(SuccessorHint { node: me.clone() }),
                 Message::Data(Data { header: DataHeader { txn, msg: !txn, origin: me.clone(), target: h, mode: Mode::Key, limit: Hash::ZERO, hops: 0, last_hop: v6, frag: frags - 1, frags }, payload: payload.into() }),
-                Message::Delivered(Delivered { msg: txn, owner: me, hops: 9 }),
+                Message::Delivered(Delivered { owner: me, msgs: vec![Confirmed { msg: txn, hops: 9 }] }),
                 Message::Undeliverable(Undeliverable { msg: txn, reason: Refusal::NoSuchNode }),
                 Message::OwnerCheck(OwnerCheck { txn, key: h }),
                 Message::Owns(Owns { txn, yes: v6 }),

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use chord::wire::{
-    Data, DataHeader, Delivered, FindSuccessor, Found, GetNeighbors, HopAck, Leave, Message, Mode,
-    Neighbors, OwnerCheck, Owns, Ping, Refusal, SuccessorHint, Undeliverable, VersionMismatch,
+    Confirmed, Data, DataHeader, Delivered, FindSuccessor, Found, GetNeighbors, HopAck, Leave,
+    Message, Mode, Neighbors, OwnerCheck, Owns, Ping, Refusal, SuccessorHint, Undeliverable,
+    VersionMismatch,
 };
 use chord::{Config, Hash, LocalNode, NodeRef, Target};
 use libfuzzer_sys::fuzz_target;
@@ -189,6 +190,8 @@ enum Crafted {
         msg: u64,
         owner: Who,
         hops: u8,
+        /// Further confirmations in the same datagram (ids msg+1, ...).
+        more: u8,
     },
     Undeliverable {
         msg: u64,
@@ -299,10 +302,19 @@ fn craft(c: &Crafted, ids: &[NodeRef<u32>]) -> Vec<u8> {
             },
             payload: vec![0x5a; usize::from(*len) % 1500].into(),
         }),
-        Crafted::Delivered { msg, owner, hops } => Message::Delivered(Delivered {
-            msg: *msg,
+        Crafted::Delivered {
+            msg,
+            owner,
+            hops,
+            more,
+        } => Message::Delivered(Delivered {
             owner: who(owner, ids),
-            hops: *hops,
+            msgs: (0..=u64::from(*more % 8))
+                .map(|i| Confirmed {
+                    msg: msg.wrapping_add(i),
+                    hops: *hops,
+                })
+                .collect(),
         }),
         Crafted::Undeliverable { msg, no_such_node } => Message::Undeliverable(Undeliverable {
             msg: *msg,

@@ -22,7 +22,9 @@ use crate::event::{Event, MessageId, SendError, Target};
 use crate::hash::{Hash, Interval};
 use crate::node::Address;
 use crate::routing::NextHop;
-use crate::wire::{Data, DataHeader, Delivered, Message, Mode, NodeRef, Refusal, Undeliverable};
+use crate::wire::{
+    Confirmed, Data, DataHeader, Delivered, Message, Mode, NodeRef, Refusal, Undeliverable,
+};
 
 /// Marks the completion of a whole message in the dedup window.
 const WHOLE: u16 = u16::MAX;
@@ -584,19 +586,48 @@ impl<A: Address> LocalNode<A> {
         }
     }
 
+    /// Confirms a message to its origin. Confirmations to one origin wait
+    /// in `acks` until the next `poll_transmit` and leave together, one
+    /// `Delivered` for all of them: a burst of messages from one origin
+    /// costs a datagram back per drain, not one per message, and no wait
+    /// (the driver drains after every batch it hands in).
     fn acknowledge(&mut self, header: &DataHeader<A>, now: Instant) {
-        let ack = Delivered {
+        let confirmed = Confirmed {
             msg: header.msg,
-            owner: self.me.clone(),
             hops: header.hops,
         };
         if header.origin.id == self.me.id {
+            let ack = Delivered {
+                owner: self.me.clone(),
+                msgs: vec![confirmed],
+            };
             let me = self.me.addr.clone();
             self.on_delivered(me, ack, now);
-        } else {
-            self.confirmed_to = Some(header.origin.addr.clone());
-            self.push_transmit(header.origin.addr.clone(), Message::Delivered(ack).encode());
+            return;
         }
+        let to = &header.origin.addr;
+        self.confirmed_to = Some(to.clone());
+        let at = match self.acks.iter().position(|(a, _)| a == to) {
+            Some(at) => at,
+            None => {
+                self.acks.push((to.clone(), Vec::new()));
+                self.acks.len() - 1
+            }
+        };
+        self.acks[at].1.push(confirmed);
+        if self.acks[at].1.len() >= crate::config::MAX_LIST_ON_WIRE {
+            let (to, msgs) = self.acks.swap_remove(at);
+            self.push_delivered(to, msgs);
+        }
+    }
+
+    /// Queues one `Delivered` for `msgs` to `to`.
+    pub(super) fn push_delivered(&mut self, to: A, msgs: Vec<Confirmed>) {
+        let ack = Delivered {
+            owner: self.me.clone(),
+            msgs,
+        };
+        self.push_transmit(to, Message::Delivered(ack).encode());
     }
 
     fn refuse(&mut self, header: &DataHeader<A>, reason: Refusal, now: Instant) {
@@ -650,28 +681,29 @@ impl<A: Address> LocalNode<A> {
         // listed in the outgoing entry (none once it is gone: a late
         // confirmation of a message delivered already).
         let mut proved = false;
-        if let Some(o) = self.outgoing.get(&m.msg) {
+        for c in &m.msgs {
+            let Some(o) = self.outgoing.remove(&c.msg) else {
+                // A later copy of something already delivered: expected.
+                continue;
+            };
             for txn in &o.first_hops {
                 let hop = self.pending.get(txn).is_some_and(|p| {
-                    p.to == from && matches!(p.waiting, Waiting::Data { msg, .. } if msg == m.msg)
+                    p.to == from && matches!(p.waiting, Waiting::Data { msg, .. } if msg == c.msg)
                 });
                 if hop {
                     self.pending.remove(txn);
                     proved = true;
                 }
             }
+            self.events.push_back(Event::Delivered {
+                id: MessageId(c.msg),
+                to: m.owner.clone(),
+                hops: c.hops as u32,
+            });
         }
         if proved {
             self.verified(from, now);
         }
-        if self.outgoing.remove(&m.msg).is_some() {
-            self.events.push_back(Event::Delivered {
-                id: MessageId(m.msg),
-                to: m.owner,
-                hops: m.hops as u32,
-            });
-        }
-        // Otherwise a later copy of something already delivered: expected.
     }
 
     pub(super) fn on_undeliverable(&mut self, m: Undeliverable, now: Instant) {

@@ -209,6 +209,9 @@ pub struct LocalNode<A> {
     /// Set while a `Data` datagram is handled when it was confirmed to its
     /// origin: the address the `Delivered` went to.
     confirmed_to: Option<A>,
+    /// Confirmations waiting to leave, per origin address (see
+    /// `acknowledge`): flushed by `poll_transmit`.
+    acks: Vec<(A, Vec<crate::wire::Confirmed>)>,
 }
 
 impl<A: Address> LocalNode<A> {
@@ -259,6 +262,7 @@ impl<A: Address> LocalNode<A> {
             events: VecDeque::new(),
             stats: Stats::default(),
             confirmed_to: None,
+            acks: Vec::new(),
         })
     }
 
@@ -499,6 +503,11 @@ impl<A: Address> LocalNode<A> {
 
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
+        if !self.acks.is_empty() {
+            for (to, msgs) in std::mem::take(&mut self.acks) {
+                self.push_delivered(to, msgs);
+            }
+        }
         let t = self.transmits.pop_front()?;
         self.stats.datagrams_out += 1;
         self.stats.bytes_out += t.bytes.len() as u64;
@@ -508,7 +517,7 @@ impl<A: Address> LocalNode<A> {
     /// Datagrams waiting for [`poll_transmit`](Self::poll_transmit). A
     /// driver shared by several tasks uses it to decide who sends them.
     pub fn queued_transmits(&self) -> usize {
-        self.transmits.len()
+        self.transmits.len() + self.acks.len()
     }
 
     /// Application messages accepted by [`send`](Self::send) and not yet

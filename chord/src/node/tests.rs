@@ -491,6 +491,66 @@ fn one_hop_send_is_confirmed_without_a_hop_ack() {
     assert!(again.is_empty(), "{} Data sent again", again.len());
 }
 
+#[test]
+fn a_burst_from_one_origin_is_confirmed_in_one_datagram_per_drain() {
+    use crate::wire::Message;
+    let now = Instant::now();
+    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(5));
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    let b = nodes[1].id();
+    let max = crate::config::MAX_LIST_ON_WIRE;
+    let count = max + 5;
+    let ids: Vec<_> = (0..count)
+        .map(|i| {
+            nodes[0]
+                .send(Target::Node(b), vec![i as u8; 10], 0, now)
+                .unwrap()
+        })
+        .collect();
+    let data: Vec<_> = std::iter::from_fn(|| nodes[0].poll_transmit()).collect();
+    assert_eq!(data.len(), count);
+    for d in &data {
+        nodes[1].handle_datagram(now, 0, &d.bytes);
+    }
+    // One full Delivered left as soon as it held the most a list may, the
+    // rest together at the drain; no HopAck.
+    assert_eq!(nodes[1].queued_transmits(), 2);
+    let replies: Vec<_> = std::iter::from_fn(|| nodes[1].poll_transmit()).collect();
+    let sizes: Vec<usize> = replies
+        .iter()
+        .map(|t| match Message::<u32>::decode(&t.bytes) {
+            Ok(Message::Delivered(d)) => d.msgs.len(),
+            other => panic!("not a Delivered: {other:?}"),
+        })
+        .collect();
+    assert_eq!(sizes, vec![max, 5]);
+    assert_eq!(events(&mut nodes[1]).len(), count);
+    for r in &replies {
+        nodes[0].handle_datagram(now, 1, &r.bytes);
+    }
+    let delivered: Vec<_> = events(&mut nodes[0])
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Delivered { id, hops, .. } => Some((id, hops)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered.len(), count);
+    assert!(ids.iter().all(|id| delivered.iter().any(|(d, _)| d == id)));
+    // Each hop is proven by its confirmation: nothing is sent again.
+    let later = now + nodes[0].config().request_timeout * 2;
+    nodes[0].handle_timeout(later);
+    let again = std::iter::from_fn(|| nodes[0].poll_transmit())
+        .filter(|t| matches!(Message::<u32>::decode(&t.bytes), Ok(Message::Data(_))))
+        .count();
+    assert_eq!(again, 0);
+}
+
 /// Regression: fragments were marked in the dedup window before reassembly
 /// took them, so a fragment that a full reassembly refused was taken for a
 /// duplicate on every retry and the message never completed (in `cicada
