@@ -461,7 +461,7 @@ pub(crate) async fn pipelined_sends(
 }
 
 /// Runs of each throughput and latency row, taking turns with the baseline.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// What a throughput row sends, and whether the raw UDP flood takes turns
 /// with it.
