@@ -527,7 +527,7 @@ impl<A: Address> LocalNode<A> {
             }
             self.stats.max_broadcast_hops = self.stats.max_broadcast_hops.max(header.hops as u32);
             self.fan_out(&header, payload.clone(), now);
-            self.assemble(header, payload, now);
+            self.assemble(header, payload, true, now);
             return;
         }
         if header.msg == 0 {
@@ -542,16 +542,25 @@ impl<A: Address> LocalNode<A> {
             });
             return;
         }
-        if self.seen.contains(&(origin, header.msg, WHOLE)) {
+        // A message in one datagram is marked at once (one fingerprint of
+        // its id, not two). Fragments are not marked one by one:
+        // reassembly ignores a copy of a fragment it holds, and a fragment
+        // it refused (full, or expired) must be accepted from the next
+        // retry, or the message could never complete and never be
+        // confirmed. Only the whole message is marked, once complete.
+        let whole = (origin, header.msg, WHOLE);
+        let split = header.frags > 1;
+        let fresh = if split {
+            !self.seen.contains(&whole)
+        } else {
+            self.remember(whole, now)
+        };
+        if !fresh {
             self.stats.duplicates_suppressed += 1;
             self.acknowledge(&header, now);
             return;
         }
-        // Fragments are not marked one by one: reassembly ignores a copy of
-        // a fragment it holds, and a fragment it refused (full, or expired)
-        // must be accepted from the next retry, or the message could never
-        // complete and never be confirmed. Only the whole message is marked.
-        self.assemble(header, payload, now);
+        self.assemble(header, payload, split, now);
     }
 
     /// Records a message (or fragment) id in the dedup window; true if new.
@@ -561,14 +570,18 @@ impl<A: Address> LocalNode<A> {
         new
     }
 
-    fn assemble(&mut self, header: DataHeader<A>, payload: Bytes, now: Instant) {
+    /// Hands the message up once whole; `mark` records it in the dedup
+    /// window then (unless the caller has).
+    fn assemble(&mut self, header: DataHeader<A>, payload: Bytes, mark: bool, now: Instant) {
         let origin = header.origin.id;
         match self
             .reassembly
             .add(origin, header.msg, header.frag, header.frags, payload, now)
         {
             Assembled::Complete(whole) => {
-                self.remember((origin, header.msg, WHOLE), now);
+                if mark {
+                    self.remember((origin, header.msg, WHOLE), now);
+                }
                 let broadcast = header.mode == Mode::Broadcast;
                 if !broadcast {
                     self.acknowledge(&header, now);
