@@ -214,6 +214,14 @@ pub struct LocalNode<A> {
     acks: Vec<(A, Vec<crate::wire::Confirmed>)>,
 }
 
+/// Gives back most of a map's room once it is three quarters empty (and
+/// not tiny), keeping twice what it holds.
+fn trim<V>(map: &mut FxHashMap<u64, V>) {
+    if map.capacity() > 16 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 impl<A: Address> LocalNode<A> {
     /// A node with identity `me` (its id and the address others reach it
     /// at), drawing its randomness from `seed`.
@@ -1424,6 +1432,10 @@ impl<A: Address> LocalNode<A> {
 
     fn tick(&mut self, now: Instant) {
         self.schedule_tick(now);
+        // A hash map keeps its largest size: a burst (a join, a flood of
+        // sends) would leave every idle node holding its peak.
+        trim(&mut self.pending);
+        trim(&mut self.outgoing);
         if self.phase != Phase::Joined {
             return;
         }

@@ -551,6 +551,31 @@ fn a_burst_from_one_origin_is_confirmed_in_one_datagram_per_drain() {
     assert_eq!(again, 0);
 }
 
+#[test]
+fn the_tables_of_a_burst_are_given_back_once_it_is_over() {
+    let now = Instant::now();
+    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(5));
+    let b = nodes[1].id();
+    for i in 0..500 {
+        nodes[0]
+            .send(Target::Node(b), vec![i as u8; 10], 0, now)
+            .unwrap();
+    }
+    let peak = (nodes[0].outgoing.capacity(), nodes[0].pending.capacity());
+    assert!(peak.0 >= 500 && peak.1 >= 500, "{peak:?}");
+    let later = run(&mut nodes, now, Duration::from_secs(3));
+    assert_eq!(nodes[0].sends_in_flight(), 0);
+    let _ = later;
+    let after = (nodes[0].outgoing.capacity(), nodes[0].pending.capacity());
+    assert!(
+        after.0 <= 16 && after.1 <= 16,
+        "kept {after:?} after a peak of {peak:?}"
+    );
+}
+
 /// Regression: fragments were marked in the dedup window before reassembly
 /// took them, so a fragment that a full reassembly refused was taken for a
 /// duplicate on every retry and the message never completed (in `cicada
