@@ -244,9 +244,11 @@ pub(crate) struct Shared<L: Link> {
     commands: mpsc::Sender<Command<L::Addr>>,
 }
 
-/// Receive buffers of callers that receive (see [`Handle::receive_once`]),
-/// kept for the next one. One pool for the whole process: a buffer kept
-/// per peer would add 64 KiB to every idle peer.
+/// Receive buffers of callers that receive (see [`Handle::receive_once`])
+/// and of background tasks draining a link that waits for readability
+/// ([`Link::waits_readable`]), kept for the next one. One pool for the
+/// whole process: a buffer kept per peer would add 64 KiB to every idle
+/// peer.
 static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// Most receive buffers kept in [`SPARE`].
@@ -335,7 +337,15 @@ impl<L: Link> Shared<L> {
     /// The background task: runs until the peer is closed. `queue` is the
     /// receiving end of the command queue [`Shared::new`] made.
     pub(crate) async fn run(self: Arc<Self>, mut queue: Queue<L::Addr>) {
-        let mut buf = vec![0u8; RECV_BUFFER];
+        // A link that can wait for readability without a buffer drains
+        // into one of the process's pooled buffers; otherwise the task
+        // keeps one of its own.
+        let pooled = self.link.waits_readable();
+        let mut own = if pooled {
+            Vec::new()
+        } else {
+            vec![0u8; RECV_BUFFER]
+        };
         // One timer, moved only when the core's next deadline moves (not
         // a new one registered on every wake-up).
         let sleep = tokio::time::sleep(IDLE_WAKE);
@@ -358,8 +368,10 @@ impl<L: Link> Shared<L> {
             }
             tokio::select! {
                 // The deadline is read again at the top of the loop.
-                r = self.link.recv_from(&mut buf) => {
-                    self.datagram(r, &buf);
+                r = arrival(&self.link, &mut own, pooled) => {
+                    if let Some(r) = r {
+                        self.datagram(r, &own);
+                    }
                 }
                 _ = &mut sleep => {
                     // Fired: re-armed on the next turn, whatever the deadline.
@@ -384,12 +396,17 @@ impl<L: Link> Shared<L> {
             // The lock is held over the whole drain (receives that do not
             // wait): one acquisition per burst, not one per datagram, which
             // on two worker threads the callers' sends would contend for.
+            let mut spare = pooled.then(Spare::take);
+            let buf = match spare.as_mut() {
+                Some(s) => &mut s.buf,
+                None => &mut own,
+            };
             let mut g = lock(&self.state);
             if let Some(st) = g.as_mut() {
                 for _ in 0..DRAIN_BATCH {
                     let mut idle = true;
-                    if let Some(r) = self.link.try_recv_from(&mut buf) {
-                        st.datagram(r, &buf, &self.counters);
+                    if let Some(r) = self.link.try_recv_from(buf) {
+                        st.datagram(r, buf, &self.counters);
                         idle = false;
                     }
                     if let Ok(c) = queue.try_recv() {
@@ -569,6 +586,32 @@ struct Spare {
     buf: Vec<u8>,
 }
 
+impl Spare {
+    /// A buffer for the largest datagram, from the pool if it has one.
+    fn take() -> Spare {
+        let mut buf = lock(&SPARE).pop().unwrap_or_default();
+        if buf.len() < RECV_BUFFER {
+            buf.resize(RECV_BUFFER, 0);
+        }
+        Spare { buf }
+    }
+}
+
+/// What the background task waits for on the link: a datagram received
+/// into `own`, or (`pooled`) only the news that one can be taken, with
+/// `None`.
+async fn arrival<L: Link>(
+    link: &L,
+    own: &mut [u8],
+    pooled: bool,
+) -> Option<std::io::Result<(usize, L::Addr)>> {
+    if pooled {
+        link.readable().await.err().map(Err)
+    } else {
+        Some(link.recv_from(own).await)
+    }
+}
+
 impl Drop for Spare {
     fn drop(&mut self) {
         let mut pool = lock(&SPARE);
@@ -614,12 +657,7 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
 
     fn receive_once(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            let mut buf = Spare {
-                buf: lock(&SPARE).pop().unwrap_or_default(),
-            };
-            if buf.buf.len() < RECV_BUFFER {
-                buf.buf.resize(RECV_BUFFER, 0);
-            }
+            let mut buf = Spare::take();
             // Cancel-safe: a datagram is received whole or not at all, and
             // handled before the next wait.
             let r = self.link.recv_from(&mut buf.buf).await;

@@ -94,6 +94,26 @@ pub trait Link: Send + Sync + 'static {
     fn holds_received(&self) -> bool {
         false
     }
+
+    /// Whether [`readable`](Self::readable) waits for datagrams. The
+    /// driver then keeps no receive buffer while it waits: it takes one
+    /// from a pool shared by the whole process only to drain, with
+    /// [`try_recv_from`](Self::try_recv_from), what has arrived. A buffer
+    /// kept per peer for the largest datagram (64 KiB) is most of an idle
+    /// peer's memory once it has been written. `false` (the default): the
+    /// driver waits in [`recv_from`](Self::recv_from) with a buffer of its
+    /// own.
+    fn waits_readable(&self) -> bool {
+        false
+    }
+
+    /// Waits until a datagram is probably ready for
+    /// [`try_recv_from`](Self::try_recv_from) (it may wake for nothing).
+    /// Only used when [`waits_readable`](Self::waits_readable) says so;
+    /// the default never returns.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::pending()
+    }
 }
 
 /// Send and receive buffer asked for each UDP socket: 4 MiB. The system
@@ -410,6 +430,17 @@ impl Link for UdpLink {
         let run = self.run();
         run.at < run.len
     }
+
+    fn waits_readable(&self) -> bool {
+        true
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        if self.holds_received() {
+            return Ok(());
+        }
+        self.socket.readable().await
+    }
 }
 
 /// The link of a [`crate::SwarmPeer`]: UDP or Ouroboros, both addressed by
@@ -485,6 +516,20 @@ impl Link for PeerLink {
         match self {
             PeerLink::Udp(l) => l.holds_received(),
             PeerLink::Ouroboros(l) => l.holds_received(),
+        }
+    }
+
+    fn waits_readable(&self) -> bool {
+        match self {
+            PeerLink::Udp(l) => l.waits_readable(),
+            PeerLink::Ouroboros(l) => l.waits_readable(),
+        }
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            PeerLink::Udp(l) => l.readable().await,
+            PeerLink::Ouroboros(l) => l.readable().await,
         }
     }
 
