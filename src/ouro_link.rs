@@ -5,11 +5,19 @@
 //! first sends to them. The driver writes a datagram straight onto the
 //! flow (a non-blocking write, from the driver's task); one reader thread
 //! waits on a flow set holding every flow of the link (`fevent`), reads
-//! whatever arrived and feeds the driver through one bounded queue, which
-//! `recv_from` reads (an mpsc receive is cancel-safe, so nothing is lost
-//! when the driver's `select!` drops it). Per datagram that is one
-//! cross-thread wake-up, on the receiving side, as over a UDP socket. The
-//! flows are raw (no FRCT): Ouroboros 0.23's FRCT misbehaves when a flow is
+//! one packet per event and feeds the driver through one bounded queue,
+//! which `recv_from` reads (an mpsc receive is cancel-safe, so nothing is
+//! lost when the driver's `select!` drops it). Per datagram that is one
+//! cross-thread wake-up, on the receiving side, as over a UDP socket.
+//!
+//! Reading exactly one packet per event, and never blocking between two
+//! `fevent` calls, is what keeps a flood from crashing the process:
+//! Ouroboros 0.23 queues one event per packet written, with no bound, and
+//! `fevent` copies the whole queue into a heap array of 1,024 events (see
+//! `docs/ouroboros.md`). Events not yet taken then never outnumber the
+//! packets waiting in the flows' rings (at most 1,023 each), and the reader
+//! returns to `fevent` after at most [`READ_BATCH`] reads. The
+//! //! flows are raw (no FRCT): Ouroboros 0.23's FRCT misbehaves when a flow is
 //! used from several threads, raw flows read by one thread and written by
 //! another are fine.
 //!
@@ -21,7 +29,7 @@
 //! dead peer are lost, as over UDP, and the core's request timeouts notice
 //! (`tests/swarm.rs` shows routing recover after a peer is killed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -75,6 +83,12 @@ const DEAD_GIVE_UP: Duration = Duration::from_secs(10);
 /// How long the reader thread waits in one `fevent`, so that it notices
 /// the link closing.
 const EVENT_SLICE: Duration = Duration::from_millis(100);
+/// Packets the reader thread reads between two `fevent` calls, at most.
+const READ_BATCH: usize = 64;
+/// While the driver's queue is full, how long the reader thread waits in
+/// `fevent` (taking events, reading nothing) before it offers the packet
+/// it holds again.
+const HELD_WAIT: Duration = Duration::from_micros(500);
 /// How long the accepting thread waits in one `flow_accept`, so that it
 /// notices the link closing.
 const ACCEPT_SLICE: Duration = Duration::from_secs(1);
@@ -107,6 +121,31 @@ struct Counters {
     closed: AtomicU64,
     leaked: AtomicU64,
     released: AtomicU64,
+    most_events: AtomicU64,
+    /// Flows open (or being allocated) now.
+    live: AtomicUsize,
+}
+
+/// Reads an [`OuroborosLink`]'s counters after the link has moved into its
+/// driver (see [`crate::PeerStats::ouroboros`]).
+#[derive(Clone, Debug)]
+pub(crate) struct FlowStatsHandle(Arc<Counters>);
+
+impl FlowStatsHandle {
+    pub(crate) fn get(&self) -> FlowStats {
+        let c = &self.0;
+        FlowStats {
+            allocated: c.allocated.load(Ordering::Relaxed),
+            accepted: c.accepted.load(Ordering::Relaxed),
+            alloc_failed: c.alloc_failed.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            closed: c.closed.load(Ordering::Relaxed),
+            leaked: c.leaked.load(Ordering::Relaxed),
+            released: c.released.load(Ordering::Relaxed),
+            open: c.live.load(Ordering::Relaxed),
+            most_events: c.most_events.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// What an [`OuroborosLink`] counted so far.
@@ -131,6 +170,10 @@ pub struct FlowStats {
     pub released: u64,
     /// Flows open now.
     pub open: usize,
+    /// The most events one `fevent` returned so far. Ouroboros 0.23
+    /// overflows the reader's heap past 1,024 (see `docs/ouroboros.md`);
+    /// this shows how close a run came.
+    pub most_events: u64,
 }
 
 /// One open flow of the link. Written by the driver, read by the reader
@@ -192,12 +235,14 @@ struct Shared {
     slots: Mutex<HashMap<i32, Arc<Slot>>>,
     /// Flows that went down, waiting to be released (see [`Shared::bury`]).
     graveyard: Mutex<Vec<(Instant, Arc<Slot>)>>,
+    /// Flows added to the set since the reader thread last looked: what
+    /// arrived on them before raised no event.
+    fresh: Mutex<Vec<Arc<Slot>>>,
     set: Arc<FlowSet>,
     backoff: Mutex<HashMap<String, Instant>>,
     incoming: mpsc::Sender<(Vec<u8>, String)>,
     runtime: tokio::runtime::Handle,
     next_gen: AtomicU64,
-    live: AtomicUsize,
     stop: AtomicBool,
     counters: Arc<Counters>,
 }
@@ -272,12 +317,12 @@ impl OuroborosLink {
             routes: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             graveyard: Mutex::new(Vec::new()),
+            fresh: Mutex::new(Vec::new()),
             set: Arc::new(set),
             backoff: Mutex::new(HashMap::new()),
             incoming: tx,
             runtime,
             next_gen: AtomicU64::new(1),
-            live: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             counters: Arc::new(Counters::default()),
         });
@@ -321,17 +366,12 @@ impl OuroborosLink {
 
     /// What the link counted so far.
     pub fn stats(&self) -> FlowStats {
-        let c = &self.shared.counters;
-        FlowStats {
-            allocated: c.allocated.load(Ordering::Relaxed),
-            accepted: c.accepted.load(Ordering::Relaxed),
-            alloc_failed: c.alloc_failed.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            closed: c.closed.load(Ordering::Relaxed),
-            leaked: c.leaked.load(Ordering::Relaxed),
-            released: c.released.load(Ordering::Relaxed),
-            open: self.shared.live.load(Ordering::Relaxed),
-        }
+        self.stats_handle().get()
+    }
+
+    /// A handle that reads the counters after the link has moved.
+    pub(crate) fn stats_handle(&self) -> FlowStatsHandle {
+        FlowStatsHandle(self.shared.counters.clone())
     }
 }
 
@@ -466,7 +506,9 @@ impl Shared {
                 backoff.remove(name);
             }
         }
-        if self.live.load(Ordering::Relaxed) >= MAX_FLOWS || self.stop.load(Ordering::Acquire) {
+        if self.counters.live.load(Ordering::Relaxed) >= MAX_FLOWS
+            || self.stop.load(Ordering::Acquire)
+        {
             self.drop_one();
             return Err(io::Error::other("too many flows"));
         }
@@ -481,7 +523,7 @@ impl Shared {
             },
         );
         drop(routes);
-        self.live.fetch_add(1, Ordering::Relaxed);
+        self.counters.live.fetch_add(1, Ordering::Relaxed);
         let s = self.clone();
         let peer = name.to_owned();
         // Not tracked: an allocation cannot be interrupted; one that ends
@@ -508,7 +550,7 @@ impl Shared {
                             }
                         }
                         drop(routes);
-                        s.live.fetch_sub(1, Ordering::Relaxed);
+                        s.counters.live.fetch_sub(1, Ordering::Relaxed);
                     }
                 }),
         );
@@ -526,12 +568,12 @@ impl Shared {
             self.counters.leaked.fetch_add(1, Ordering::Relaxed);
             std::mem::forget(flow);
             self.unpend(&peer, pending);
-            self.live.fetch_sub(1, Ordering::Relaxed);
+            self.counters.live.fetch_sub(1, Ordering::Relaxed);
             return;
         }
         let Some(id) = flow.id() else {
             self.unpend(&peer, pending);
-            self.live.fetch_sub(1, Ordering::Relaxed);
+            self.counters.live.fetch_sub(1, Ordering::Relaxed);
             return;
         };
         let slot = Arc::new(Slot {
@@ -545,7 +587,7 @@ impl Shared {
             counters: self.counters.clone(),
         });
         if self.stop.load(Ordering::Acquire) {
-            self.live.fetch_sub(1, Ordering::Relaxed);
+            self.counters.live.fetch_sub(1, Ordering::Relaxed);
             return; // dropped: left to the library
         }
         lock(&self.slots).insert(slot.fd, slot.clone());
@@ -555,6 +597,7 @@ impl Shared {
             self.unpend(&peer, pending);
             return;
         }
+        lock(&self.fresh).push(slot.clone());
         let queued = {
             let mut routes = lock(&self.routes);
             let queued = match routes.get_mut(&peer) {
@@ -611,7 +654,7 @@ impl Shared {
         }
         removed.dealloc.store(alive, Ordering::Release);
         self.counters.closed.fetch_add(1, Ordering::Relaxed);
-        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.counters.live.fetch_sub(1, Ordering::Relaxed);
         if !alive && !self.stop.load(Ordering::Acquire) {
             lock(&self.graveyard).push((Instant::now(), removed));
         }
@@ -649,32 +692,35 @@ impl Shared {
         }
     }
 
-    /// Reads everything waiting on `slot` and hands it to the driver.
-    fn drain(&self, slot: &Arc<Slot>) {
-        loop {
-            match slot.flow().recv() {
-                Ok(p) if p.is_empty() => {}
-                Ok(p) => {
-                    self.touch(slot);
-                    // Waits for room: the driver's queue is the back-pressure
-                    // (packets then wait in the flow, as in a socket buffer).
-                    if self.incoming.blocking_send((p, slot.peer.clone())).is_err() {
-                        return; // the link is closing
-                    }
-                }
-                Err(ouro::Error::WouldBlock { .. }) => return,
-                Err(e) if e.is_flow_dead() => {
-                    tracing::debug!(peer = %slot.peer, error = %e, "flow down");
-                    self.close(slot, false);
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %slot.peer, error = %e, "flow read error");
-                    return;
-                }
+    /// Reads one packet of `slot`: `None` for nothing (a keepalive, an
+    /// invalid packet the library dropped, an empty ring, a dead flow).
+    fn read_one(&self, slot: &Arc<Slot>) -> Option<(Vec<u8>, String)> {
+        match slot.flow().recv() {
+            Ok(p) if p.is_empty() => None,
+            Ok(p) => {
+                self.touch(slot);
+                Some((p, slot.peer.clone()))
+            }
+            Err(ouro::Error::WouldBlock { .. }) => None,
+            Err(e) if e.is_flow_dead() => {
+                tracing::debug!(peer = %slot.peer, error = %e, "flow down");
+                self.close(slot, false);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(peer = %slot.peer, error = %e, "flow read error");
+                None
             }
         }
     }
+}
+
+/// What the reader thread has still to do, taken from the library's events.
+enum Todo {
+    /// Read one packet of the flow.
+    Read(Arc<Slot>),
+    /// The flow went down: forget it (what it held was read before).
+    Down(Arc<Slot>, FEventType),
 }
 
 fn hello(me: &str) -> Vec<u8> {
@@ -711,11 +757,11 @@ fn accept_loop(s: Arc<Shared>) {
     while !s.stop.load(Ordering::Acquire) {
         match ouro::flow_accept(Some(ACCEPT_SLICE)) {
             Ok(flow) => {
-                if s.live.load(Ordering::Relaxed) >= MAX_FLOWS {
+                if s.counters.live.load(Ordering::Relaxed) >= MAX_FLOWS {
                     tracing::debug!("too many flows: accepted flow deallocated");
                     continue;
                 }
-                s.live.fetch_add(1, Ordering::Relaxed);
+                s.counters.live.fetch_add(1, Ordering::Relaxed);
                 let s2 = s.clone();
                 drop(s.runtime.spawn_blocking(move || accepted(s2, flow)));
             }
@@ -741,7 +787,7 @@ fn accepted(s: Arc<Shared>, flow: Flow) {
             // No hello: the peer may be gone, so not deallocated (see `Slot`).
             s.counters.leaked.fetch_add(1, Ordering::Relaxed);
             std::mem::forget(flow);
-            s.live.fetch_sub(1, Ordering::Relaxed);
+            s.counters.live.fetch_sub(1, Ordering::Relaxed);
             return;
         }
     };
@@ -749,7 +795,7 @@ fn accepted(s: Arc<Shared>, flow: Flow) {
         tracing::debug!("accepted flow without a valid hello: left to the library");
         s.counters.leaked.fetch_add(1, Ordering::Relaxed);
         std::mem::forget(flow);
-        s.live.fetch_sub(1, Ordering::Relaxed);
+        s.counters.live.fetch_sub(1, Ordering::Relaxed);
         return;
     };
     s.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -757,8 +803,15 @@ fn accepted(s: Arc<Shared>, flow: Flow) {
     s.register(flow, peer, None);
 }
 
-/// The reader thread: waits on the link's flow set, reads what arrived,
-/// forgets flows that went down, and deallocates flows gone idle.
+/// The reader thread: waits on the link's flow set, reads what arrived
+/// (one packet per event, at most [`READ_BATCH`] between two waits), forgets
+/// flows that went down, and deallocates flows gone idle.
+///
+/// It never blocks anywhere but in `fevent`: when the driver's queue is
+/// full it holds the packet it read and waits in `fevent` again, taking
+/// events into its own queue (`todo`), until there is room. Packets then
+/// wait in the flows' rings, and writers find them full, as a full socket
+/// buffer pushes back on a sender.
 fn read_loop(s: Arc<Shared>) {
     let mut fq = match FEventQueue::new() {
         Ok(q) => q,
@@ -767,9 +820,18 @@ fn read_loop(s: Arc<Shared>) {
             return;
         }
     };
+    let mut todo: VecDeque<Todo> = VecDeque::new();
+    let mut held: Option<(Vec<u8>, String)> = None;
     let mut last_idle_check = Instant::now();
     while !s.stop.load(Ordering::Acquire) {
-        match s.set.wait(&mut fq, Some(EVENT_SLICE)) {
+        let wait = if held.is_some() {
+            HELD_WAIT
+        } else if todo.is_empty() {
+            EVENT_SLICE
+        } else {
+            Duration::ZERO
+        };
+        match s.set.wait(&mut fq, Some(wait)) {
             Ok(()) => {}
             Err(ouro::Error::Timeout { .. }) => {}
             Err(e) => {
@@ -777,19 +839,56 @@ fn read_loop(s: Arc<Shared>) {
                 std::thread::sleep(EVENT_SLICE);
             }
         }
+        // Packets that reached a flow before it joined the set raised no
+        // event; read as many as it holds now.
+        for slot in std::mem::take(&mut *lock(&s.fresh)) {
+            let waiting = slot.flow().get_rx_queue_len().unwrap_or(0);
+            todo.extend(std::iter::repeat_with(|| Todo::Read(slot.clone())).take(waiting));
+        }
+        let mut events = 0u64;
         for (id, t) in &mut fq {
+            events += 1;
             let Some(slot) = lock(&s.slots).get(&id.raw()).cloned() else {
                 continue;
             };
             match t {
-                FEventType::FlowPkt => s.drain(&slot),
+                FEventType::FlowPkt => todo.push_back(Todo::Read(slot)),
                 FEventType::FlowDown | FEventType::FlowDealloc | FEventType::FlowPeer => {
-                    // What arrived before the flow went down still counts.
-                    s.drain(&slot);
+                    // What arrived before the flow went down still counts;
+                    // nothing more can arrive.
+                    let waiting = slot.flow().get_rx_queue_len().unwrap_or(0);
+                    todo.extend(std::iter::repeat_with(|| Todo::Read(slot.clone())).take(waiting));
+                    todo.push_back(Todo::Down(slot, t));
+                }
+                FEventType::FlowUp | FEventType::FlowAlloc => {}
+            }
+        }
+        s.counters.most_events.fetch_max(events, Ordering::Relaxed);
+        let mut reads = 0;
+        loop {
+            if let Some(p) = held.take() {
+                match s.incoming.try_send(p) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(p)) => {
+                        held = Some(p);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return, // the link is closing
+                }
+            }
+            if reads == READ_BATCH {
+                break;
+            }
+            match todo.pop_front() {
+                Some(Todo::Read(slot)) => {
+                    reads += 1;
+                    held = s.read_one(&slot);
+                }
+                Some(Todo::Down(slot, t)) => {
                     tracing::debug!(peer = %slot.peer, event = ?t, "flow down");
                     s.close(&slot, false);
                 }
-                FEventType::FlowUp | FEventType::FlowAlloc => {}
+                None => break,
             }
         }
         if last_idle_check.elapsed() >= IDLE_CHECK {

@@ -17,7 +17,7 @@ use crate::driver::{Call, Command, Counters, Flush, Handle, Incoming, Shared, Sn
 use crate::error::{Error, Result};
 use crate::hooks::{HookQueue, Hooks};
 use crate::link::{Link, PeerLink, UdpLink};
-use crate::ouro_link::OuroborosLink;
+use crate::ouro_link::{FlowStats, FlowStatsHandle, OuroborosLink};
 use crate::remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
 use crate::secure::{SecureLink, SecureStats, SecureStatsHandle};
 use crate::transport::Transport;
@@ -47,6 +47,10 @@ pub struct PeerStats {
     /// The keyed link's counters (handshakes, datagrams dropped for a bad
     /// MAC, a replay, an unknown session…); `None` without a swarm key.
     pub secure: Option<SecureStats>,
+    /// The Ouroboros link's counters (flows allocated and accepted,
+    /// datagrams dropped, the largest batch of flow events, …); `None`
+    /// over UDP.
+    pub ouroboros: Option<FlowStats>,
 }
 
 struct Bound {
@@ -59,6 +63,8 @@ struct Bound {
     counters: Arc<Counters>,
     /// The keyed link's counters, with a swarm key.
     secure: Option<SecureStatsHandle<PeerAddr>>,
+    /// The Ouroboros link's counters, over Ouroboros.
+    ouroboros: Option<FlowStatsHandle>,
     task: Mutex<Option<JoinHandle<()>>>,
     /// The gateway mapping of the socket's port, removed on close.
     mapping: tokio::sync::Mutex<Option<traversal::PortMapping>>,
@@ -312,6 +318,10 @@ impl SwarmPeer {
         );
         let cfg = self.cfg.clone();
         let parts = (me.clone(), cfg, seed, in_tx, hooks, counters.clone());
+        let ouroboros = match &link {
+            PeerLink::Ouroboros(l) => Some(l.stats_handle()),
+            PeerLink::Udp(_) => None,
+        };
         let ((handle, task), secure) = match self.cfg.swarm_key.clone() {
             Some(key) => {
                 let link = SecureLink::with_config(link, key, self.cfg.secure.clone());
@@ -328,6 +338,7 @@ impl SwarmPeer {
             inbox: tokio::sync::Mutex::new(in_rx),
             counters,
             secure,
+            ouroboros,
             task: Mutex::new(Some(task)),
             mapping: tokio::sync::Mutex::new(mapping),
             ids: Mutex::new(HashMap::new()),
@@ -613,6 +624,7 @@ impl SwarmPeer {
             link_errors: c.link_errors.load(Ordering::Relaxed),
             link_sends: c.link_sends.load(Ordering::Relaxed),
             secure: self.bound()?.secure.as_ref().map(SecureStatsHandle::get),
+            ouroboros: self.bound()?.ouroboros.as_ref().map(FlowStatsHandle::get),
         })
     }
 

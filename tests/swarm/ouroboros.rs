@@ -214,6 +214,87 @@ fn ouroboros_swarm_over_a_udp4_layer() {
     broadcast_reaches_all(&mut nodes, &all, 2, "b-2");
 }
 
+/// A flood of unconfirmed datagrams used to crash the receiving process:
+/// Ouroboros 0.23 queues one flow event per packet without a bound and
+/// `fevent` copies them all into a heap array of 1,024, and the link's
+/// reader used to read each flow dry before it returned to `fevent` (see
+/// `docs/ouroboros.md`). It now reads one packet per event.
+#[test]
+fn an_ouroboros_datagram_flood_leaves_the_receiver_alive_and_routing() {
+    let test = "an_ouroboros_datagram_flood_leaves_the_receiver_alive_and_routing";
+    if !irmd_or_skip(test) {
+        return;
+    }
+    let _g = heavy();
+    const FLOOD: usize = 20_000;
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..2 {
+        let join = (i > 0).then(|| nodes[0].addr.clone());
+        let node = start_ouro(&name("flood", i), "local_layer", join.as_deref(), &[]);
+        wait_joined(&node, i);
+        nodes.push(node);
+    }
+    wait_ring(&mut nodes, &[0, 1], Duration::from_secs(15)).expect("the ring of 2 converges");
+    let to = nodes[0].addr.clone();
+    let (m0, m1) = (nodes[0].len(), nodes[1].len());
+    nodes[1].cmd(&format!("flood {FLOOD} 1000 {to}"));
+    let flood = nodes[1]
+        .wait_for(m1, Duration::from_secs(120), is("flood"))
+        .expect("the flood ends");
+    let left = FLOOD as u64 - flood["failed"].as_u64().unwrap_or(FLOOD as u64);
+    let seconds = flood["seconds"].as_f64().unwrap_or(0.0);
+    // The receiver is alive and routing: a confirmed send after the flood
+    // arrives and is confirmed.
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        matches!(nodes[0].child.try_wait(), Ok(None)),
+        "the receiving process died during the flood: {:?}",
+        nodes[0].child.try_wait()
+    );
+    nodes[1].cmd(&format!("send {to} after-flood"));
+    let confirmed = nodes[1].wait_for(m1, Duration::from_secs(30), |v| {
+        v["event"] == "sent" && v["data"] == "after-flood"
+    });
+    assert_eq!(
+        confirmed.as_ref().map(|v| v["ok"] == true),
+        Some(true),
+        "a confirmed send after the flood: {confirmed:?}"
+    );
+    assert!(
+        nodes[0]
+            .wait_for(m0, Duration::from_secs(5), recv_of("after-flood".into()))
+            .is_some(),
+        "the receiver got the send after the flood"
+    );
+    let mut got: Vec<String> = nodes[0]
+        .all(is("recv"))
+        .into_iter()
+        .filter_map(|v| v["data"].as_str().map(str::to_string))
+        .filter(|d| d.starts_with("flood-"))
+        .collect();
+    let arrived = got.len();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), arrived, "no datagram arrived twice");
+    assert!(arrived > 0, "some of the flood arrived");
+    let at = nodes[0].len();
+    nodes[0].cmd("stats");
+    let stats = nodes[0]
+        .wait_for(at, Duration::from_secs(5), is("stats"))
+        .expect("the receiver's stats");
+    let most = stats["ouroboros"]["most_events"]
+        .as_u64()
+        .expect("Ouroboros counters in the stats");
+    assert!(
+        most < 1024,
+        "at most 1,024 flow events per fevent (Ouroboros 0.23's limit): {most}"
+    );
+    eprintln!(
+        "ouroboros flood: {left} of {FLOOD} datagrams left in {seconds:.2} s, {arrived} arrived, \
+         at most {most} flow events per fevent"
+    );
+}
+
 #[test]
 fn auto_falls_back_to_udp_without_an_irmd() {
     let _g = heavy();

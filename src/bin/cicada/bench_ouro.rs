@@ -281,10 +281,20 @@ pub async fn serve(name: &str, layer: &str) -> R<()> {
     })
     .await
     .unwrap_or(0);
+    let flows = p.stats().await.ok().and_then(|s| s.ouroboros);
     p.close().await;
     drain.abort();
     let left = tally.lock().unwrap_or_else(|e| e.into_inner()).0;
-    eprintln!("receiving peer {name}: {} messages", total + left);
+    match flows {
+        // Ouroboros 0.23 overflows the reader's heap past 1,024 events.
+        Some(f) => eprintln!(
+            "receiving peer {name}: {} messages, {} dropped by the link, at most {} flow events per fevent",
+            total + left,
+            f.dropped,
+            f.most_events
+        ),
+        None => eprintln!("receiving peer {name}: {} messages", total + left),
+    }
     Ok(())
 }
 

@@ -26,13 +26,19 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cicada::{Hash, Hooks, PeerAddr, PeerConfig, SendTarget, SwarmPeer, Transport};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::output::Out;
+
+/// Most datagrams one `flood` command sends.
+const MAX_FLOOD: usize = 10_000_000;
+/// Largest datagram payload a `flood` command takes (what `send_datagram`
+/// accepts is smaller still, see `PeerConfig::max_fragment`).
+const MAX_FLOOD_SIZE: usize = 65_536;
 
 /// Arguments of `cicada node`.
 #[derive(clap::Args, Debug)]
@@ -387,6 +393,46 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                 }));
             });
         }
+        "flood" => {
+            // flood COUNT SIZE TARGET: COUNT unconfirmed datagrams of SIZE
+            // bytes, back to back, as a load generator.
+            let (count, rest) = split_word(rest);
+            let (size, target_text) = split_word(rest);
+            let (Ok(count), Ok(size)) = (count.parse::<usize>(), size.parse::<usize>()) else {
+                out.error(format!("flood: want COUNT SIZE TARGET, got {rest:?}"));
+                return Flow::Go;
+            };
+            if count == 0 || count > MAX_FLOOD || size > MAX_FLOOD_SIZE {
+                out.error(format!(
+                    "flood: COUNT in 1..={MAX_FLOOD}, SIZE at most {MAX_FLOOD_SIZE}"
+                ));
+                return Flow::Go;
+            }
+            let target = match parse_target(target_text.trim()) {
+                Ok(t) => t,
+                Err(e) => {
+                    out.error(e);
+                    return Flow::Go;
+                }
+            };
+            let (p, target_text) = (peer.clone(), target_text.trim().to_string());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let (mut failed, mut error) = (0usize, None);
+                for k in 0..count {
+                    let mut data = format!("flood-{k}-").into_bytes();
+                    data.resize(size.max(data.len()), b'x');
+                    if let Err(e) = p.send_datagram(target.clone(), &data).await {
+                        failed += 1;
+                        error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+                out.emit(json!({
+                    "event": "flood", "target": target_text, "count": count, "size": size,
+                    "failed": failed, "seconds": started.elapsed().as_secs_f64(), "error": error,
+                }));
+            });
+        }
         "broadcast" | "bcast" => {
             let (p, data) = (peer.clone(), rest.to_string());
             tokio::spawn(async move {
@@ -465,6 +511,15 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                     "dropped_replay": k.dropped_replay,
                     "dropped_unknown_session": k.dropped_unknown_session,
                     "dropped_rate_limited": k.dropped_rate_limited,
+                })),
+                "ouroboros": s.ouroboros.map(|f| json!({
+                    "open": f.open,
+                    "allocated": f.allocated,
+                    "accepted": f.accepted,
+                    "alloc_failed": f.alloc_failed,
+                    "dropped": f.dropped,
+                    "closed": f.closed,
+                    "most_events": f.most_events,
                 })),
             })),
             Err(e) => out.error(e),
