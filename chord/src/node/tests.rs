@@ -41,6 +41,20 @@ fn settle(nodes: &mut [LocalNode<u32>], now: Instant) {
 }
 
 /// Runs `nodes` for `d` in steps, firing timers and delivering datagrams.
+/// Two nodes, `a` (address 0) and `b` (1), joined and settled for 5 s,
+/// their events so far taken; and the time then.
+fn joined_pair() -> (Vec<LocalNode<u32>>, Instant) {
+    let now = Instant::now();
+    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(5));
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    (nodes, now)
+}
+
 fn run(nodes: &mut [LocalNode<u32>], start: Instant, d: Duration) -> Instant {
     let mut now = start;
     let step = Duration::from_millis(50);
@@ -388,14 +402,7 @@ fn a_message_naming_a_node_under_a_false_id_is_dropped() {
 #[test]
 fn retry_after_a_lost_confirmation_reaches_a_neighbour_again() {
     use crate::wire::Message;
-    let now = Instant::now();
-    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
-    nodes[0].create(now);
-    nodes[1].join(0, now);
-    let mut now = run(&mut nodes, now, Duration::from_secs(5));
-    for n in nodes.iter_mut() {
-        events(n);
-    }
+    let (mut nodes, mut now) = joined_pair();
     let target = nodes[1].id();
     let id = nodes[0]
         .send(Target::Node(target), b"hi".to_vec(), 0, now)
@@ -453,14 +460,7 @@ fn retry_after_a_lost_confirmation_reaches_a_neighbour_again() {
 #[test]
 fn one_hop_send_is_confirmed_without_a_hop_ack() {
     use crate::wire::Message;
-    let now = Instant::now();
-    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
-    nodes[0].create(now);
-    nodes[1].join(0, now);
-    let now = run(&mut nodes, now, Duration::from_secs(5));
-    for n in nodes.iter_mut() {
-        events(n);
-    }
+    let (mut nodes, now) = joined_pair();
     let b = nodes[1].id();
     let id = nodes[0]
         .send(Target::Node(b), b"hi".to_vec(), 0, now)
@@ -494,14 +494,7 @@ fn one_hop_send_is_confirmed_without_a_hop_ack() {
 #[test]
 fn a_burst_from_one_origin_is_confirmed_in_one_datagram_per_drain() {
     use crate::wire::Message;
-    let now = Instant::now();
-    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
-    nodes[0].create(now);
-    nodes[1].join(0, now);
-    let now = run(&mut nodes, now, Duration::from_secs(5));
-    for n in nodes.iter_mut() {
-        events(n);
-    }
+    let (mut nodes, now) = joined_pair();
     let b = nodes[1].id();
     let max = crate::config::MAX_LIST_ON_WIRE;
     let count = max + 5;
@@ -553,11 +546,7 @@ fn a_burst_from_one_origin_is_confirmed_in_one_datagram_per_drain() {
 
 #[test]
 fn the_tables_of_a_burst_are_given_back_once_it_is_over() {
-    let now = Instant::now();
-    let mut nodes = vec![node("a", 0, now), node("b", 1, now)];
-    nodes[0].create(now);
-    nodes[1].join(0, now);
-    let now = run(&mut nodes, now, Duration::from_secs(5));
+    let (mut nodes, now) = joined_pair();
     let b = nodes[1].id();
     for i in 0..500 {
         nodes[0]
