@@ -17,7 +17,7 @@
 //! `docs/ouroboros.md`). Events not yet taken then never outnumber the
 //! packets waiting in the flows' rings (at most 1,023 each), and the reader
 //! returns to `fevent` after at most [`READ_BATCH`] reads. The
-//! //! flows are raw (no FRCT): Ouroboros 0.23's FRCT misbehaves when a flow is
+//! flows are raw (no FRCT): Ouroboros 0.23's FRCT misbehaves when a flow is
 //! used from several threads, raw flows read by one thread and written by
 //! another are fine.
 //!
