@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::config::{PeerConfig, RECV_BUFFER};
 use crate::error::Error;
 use crate::hooks::HookQueue;
-use crate::link::Link;
+use crate::link::{Link, LinkSink};
 
 /// Most distinct peers remembered to call `new_peer` once each; past it the
 /// memory is cleared and a peer seen before may be reported again.
@@ -337,6 +337,19 @@ impl<L: Link> Shared<L> {
     /// The background task: runs until the peer is closed. `queue` is the
     /// receiving end of the command queue [`Shared::new`] made.
     pub(crate) async fn run(self: Arc<Self>, mut queue: Queue<L::Addr>) {
+        // A link that receives on a thread of its own runs the core there
+        // (see [`Shared::deliver`]). The sink holds the driver weakly: the
+        // link is the driver's, a strong reference would keep both alive.
+        let weak = Arc::downgrade(&self);
+        let sink: LinkSink<L::Addr> = Arc::new(
+            move |batch: &mut Vec<(Vec<u8>, L::Addr)>| match weak.upgrade() {
+                Some(driver) => driver.deliver(batch),
+                None => batch.clear(),
+            },
+        );
+        if self.link.deliver_to(sink) {
+            tracing::debug!("the link's thread hands datagrams to the core");
+        }
         // A link that can wait for readability without a buffer drains
         // into one of the process's pooled buffers; otherwise the task
         // keeps one of its own.
@@ -421,6 +434,40 @@ impl<L: Link> Shared<L> {
             }
         }
         tracing::debug!("driver stopped");
+    }
+
+    /// Hands datagrams the link's own thread received to the core, on that
+    /// thread, sends what they made (unless someone holds the flush role:
+    /// it sends ours too), and only then delivers the events they caused,
+    /// so that a reply leaves before any task is woken here. A reply to a
+    /// waiting call completes it from this thread. No other task is woken
+    /// unless a deadline moved earlier or sends are left over.
+    fn deliver(&self, batch: &mut Vec<(Vec<u8>, L::Addr)>) {
+        let earlier = {
+            let mut g = lock(&self.state);
+            let Some(st) = g.as_mut() else {
+                batch.clear();
+                return;
+            };
+            // Read under the lock, so the core's time never goes backwards.
+            let now = Instant::now();
+            for (p, from) in batch.drain(..) {
+                st.node.handle_datagram(now, from, &p);
+            }
+            st.deadline_moved_earlier()
+        };
+        if earlier {
+            self.wake.notify_one();
+        }
+        complete(self.flush_now(Flush::Try));
+        let left = self.with(|st| {
+            st.events();
+            st.node.queued_transmits() > 0
+        });
+        if left == Some(true) {
+            // An event's handling queued a datagram (none does today).
+            self.wake.notify_one();
+        }
     }
 
     /// Hands a received datagram to the core; true when that moved the
@@ -594,6 +641,20 @@ impl Spare {
             buf.resize(RECV_BUFFER, 0);
         }
         Spare { buf }
+    }
+}
+
+/// Polls `f` to completion on a thread outside the runtime, for a future
+/// that never waits but for an immediate yield (see [`Link::deliver_to`]):
+/// the flush a link's own thread runs with [`Flush::Try`].
+fn complete<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
     }
 }
 

@@ -7,13 +7,18 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chord::Hash;
 use tokio::net::UdpSocket;
 
 use crate::addr::PeerAddr;
 use crate::ouro_link::OuroborosLink;
+
+/// Where a link that receives on a thread of its own hands datagrams
+/// straight to the driver (see [`Link::deliver_to`]): called with a batch
+/// of datagrams and their senders, which it empties.
+pub type LinkSink<A> = Arc<dyn Fn(&mut Vec<(Vec<u8>, A)>) + Send + Sync>;
 
 /// A datagram transport the driver can run a peer over.
 ///
@@ -113,6 +118,21 @@ pub trait Link: Send + Sync + 'static {
     /// the default never returns.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         std::future::pending()
+    }
+
+    /// Asks a link that receives on a thread of its own to hand every
+    /// datagram it receives from now on to `sink`, on that thread, instead
+    /// of queueing it for [`recv_from`](Self::recv_from); says whether it
+    /// will (the default: `false`, and `sink` is dropped).
+    ///
+    /// The driver's sink runs the peer's core there and sends what that
+    /// made at once, so a datagram answered in the core wakes no task.
+    /// The sink sends by polling [`send_to`](Self::send_to) to completion
+    /// without a runtime: a link that returns `true` must never wait in it
+    /// for anything but an immediate yield.
+    fn deliver_to(&self, sink: LinkSink<Self::Addr>) -> bool {
+        let _ = sink;
+        false
     }
 }
 
@@ -539,6 +559,13 @@ impl Link for PeerLink {
                 .try_recv_from(buf)
                 .map(|r| r.map(|(n, a)| (n, PeerAddr::Udp(a)))),
             PeerLink::Ouroboros(l) => l.try_recv_from(buf),
+        }
+    }
+
+    fn deliver_to(&self, sink: LinkSink<PeerAddr>) -> bool {
+        match self {
+            PeerLink::Udp(_) => false,
+            PeerLink::Ouroboros(l) => l.deliver_to(sink),
         }
     }
 }

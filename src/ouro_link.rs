@@ -4,11 +4,16 @@
 //! are accepted from other peers and allocated to their names when the core
 //! first sends to them. The driver writes a datagram straight onto the
 //! flow (a non-blocking write, from the driver's task); one reader thread
-//! waits on a flow set holding every flow of the link (`fevent`), reads
-//! one packet per event and feeds the driver through one bounded queue,
-//! which `recv_from` reads (an mpsc receive is cancel-safe, so nothing is
-//! lost when the driver's `select!` drops it). Per datagram that is one
-//! cross-thread wake-up, on the receiving side, as over a UDP socket.
+//! waits on a flow set holding every flow of the link (`fevent`) and reads
+//! one packet per event. Under a `SwarmPeer` it hands what it read, up to
+//! [`READ_BATCH`] packets at a time, straight to the driver
+//! ([`Link::deliver_to`]), which runs the core on them on this thread and
+//! writes the replies they caused: a packet answered in the core (a
+//! `Delivered`, a lookup hop) wakes no task, the only wake-up on its path
+//! is the reader's own, as for a C program blocked in `flow_read`. Used on
+//! its own, the link feeds one bounded queue instead, which `recv_from`
+//! reads (an mpsc receive is cancel-safe, so nothing is lost when a
+//! `select!` drops it).
 //!
 //! Reading exactly one packet per event, and never blocking between two
 //! `fevent` calls, is what keeps a flood from crashing the process:
@@ -32,7 +37,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,7 +47,7 @@ use cicada_ouroboros::{
 use tokio::sync::mpsc;
 
 use crate::addr::{valid_name, PeerAddr};
-use crate::link::Link;
+use crate::link::{Link, LinkSink};
 
 /// A flow with no traffic either way for this long is deallocated (the
 /// core's maintenance talks to every neighbour each stabilize period, so
@@ -122,6 +127,8 @@ struct Counters {
     leaked: AtomicU64,
     released: AtomicU64,
     most_events: AtomicU64,
+    handed: AtomicU64,
+    queued: AtomicU64,
     /// Flows open (or being allocated) now.
     live: AtomicUsize,
 }
@@ -144,6 +151,8 @@ impl FlowStatsHandle {
             released: c.released.load(Ordering::Relaxed),
             open: c.live.load(Ordering::Relaxed),
             most_events: c.most_events.load(Ordering::Relaxed),
+            handed: c.handed.load(Ordering::Relaxed),
+            queued: c.queued.load(Ordering::Relaxed),
         }
     }
 }
@@ -174,6 +183,12 @@ pub struct FlowStats {
     /// overflows the reader's heap past 1,024 (see `docs/ouroboros.md`);
     /// this shows how close a run came.
     pub most_events: u64,
+    /// Packets the reader thread handed straight to the peer's core
+    /// ([`Link::deliver_to`], the way a `SwarmPeer` runs the link).
+    pub handed: u64,
+    /// Packets the reader thread queued for [`Link::recv_from`] (the link
+    /// used on its own).
+    pub queued: u64,
 }
 
 /// One open flow of the link. Written by the driver, read by the reader
@@ -241,6 +256,9 @@ struct Shared {
     set: Arc<FlowSet>,
     backoff: Mutex<HashMap<String, Instant>>,
     incoming: mpsc::Sender<(Vec<u8>, String)>,
+    /// Where the reader thread hands packets once the driver has asked
+    /// ([`Link::deliver_to`]); until then they go to `incoming`.
+    sink: OnceLock<LinkSink<PeerAddr>>,
     runtime: tokio::runtime::Handle,
     next_gen: AtomicU64,
     stop: AtomicBool,
@@ -321,6 +339,7 @@ impl OuroborosLink {
             set: Arc::new(set),
             backoff: Mutex::new(HashMap::new()),
             incoming: tx,
+            sink: OnceLock::new(),
             runtime,
             next_gen: AtomicU64::new(1),
             stop: AtomicBool::new(false),
@@ -381,7 +400,12 @@ impl Drop for OuroborosLink {
         // The reader thread may wait for room in the incoming queue.
         self.incoming.get_mut().close();
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            // The reader thread itself drops the link when the driver it
+            // hands packets to ends while it runs the sink: it sees `stop`
+            // on its next turn.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
         lock(&self.shared.routes).clear();
         lock(&self.shared.slots).clear();
@@ -457,6 +481,13 @@ impl Link for OuroborosLink {
             buf[..data.len()].copy_from_slice(&data);
             return Some(Ok((data.len(), PeerAddr::Ouroboros(from))));
         }
+    }
+
+    /// The reader thread hands packets to `sink` from now on, up to
+    /// [`READ_BATCH`] at a time. Sends never wait but for a yield (a full
+    /// pool or ring is retried [`WRITE_RETRIES`] times).
+    fn deliver_to(&self, sink: LinkSink<PeerAddr>) -> bool {
+        self.shared.sink.set(sink).is_ok()
     }
 }
 
@@ -822,6 +853,7 @@ fn read_loop(s: Arc<Shared>) {
     };
     let mut todo: VecDeque<Todo> = VecDeque::new();
     let mut held: Option<(Vec<u8>, String)> = None;
+    let mut batch: Vec<(Vec<u8>, PeerAddr)> = Vec::with_capacity(READ_BATCH);
     let mut last_idle_check = Instant::now();
     while !s.stop.load(Ordering::Acquire) {
         let wait = if held.is_some() {
@@ -864,12 +896,17 @@ fn read_loop(s: Arc<Shared>) {
             }
         }
         s.counters.most_events.fetch_max(events, Ordering::Relaxed);
+        let sink = s.sink.get();
         let mut reads = 0;
         loop {
             if let Some(p) = held.take() {
+                // Counted first: `recv_from` may return it before this
+                // thread runs again.
+                s.counters.queued.fetch_add(1, Ordering::Relaxed);
                 match s.incoming.try_send(p) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(p)) => {
+                        s.counters.queued.fetch_sub(1, Ordering::Relaxed);
                         held = Some(p);
                         break;
                     }
@@ -882,7 +919,11 @@ fn read_loop(s: Arc<Shared>) {
             match todo.pop_front() {
                 Some(Todo::Read(slot)) => {
                     reads += 1;
-                    held = s.read_one(&slot);
+                    let packet = s.read_one(&slot);
+                    match (sink, packet) {
+                        (Some(_), Some((p, from))) => batch.push((p, PeerAddr::Ouroboros(from))),
+                        (_, packet) => held = packet,
+                    }
                 }
                 Some(Todo::Down(slot, t)) => {
                     tracing::debug!(peer = %slot.peer, event = ?t, "flow down");
@@ -890,6 +931,15 @@ fn read_loop(s: Arc<Shared>) {
                 }
                 None => break,
             }
+        }
+        if let (Some(sink), false) = (sink, batch.is_empty()) {
+            // The driver runs the core on them here, and sends what they
+            // caused, before the next `fevent`.
+            s.counters
+                .handed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            sink(&mut batch);
+            batch.clear();
         }
         if last_idle_check.elapsed() >= IDLE_CHECK {
             last_idle_check = Instant::now();

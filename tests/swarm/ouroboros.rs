@@ -289,10 +289,59 @@ fn an_ouroboros_datagram_flood_leaves_the_receiver_alive_and_routing() {
         most < 1024,
         "at most 1,024 flow events per fevent (Ouroboros 0.23's limit): {most}"
     );
+    // The reader thread ran the core on every packet itself (the link's
+    // `deliver_to`): none went through the queue for `recv_from`.
+    let handed = stats["ouroboros"]["handed"].as_u64().unwrap_or(0);
+    assert!(
+        handed >= arrived as u64,
+        "every packet handed to the core by the reader thread: {handed} < {arrived}"
+    );
+    assert_eq!(
+        stats["ouroboros"]["queued"].as_u64(),
+        Some(0),
+        "no packet queued for recv_from under a SwarmPeer"
+    );
     eprintln!(
         "ouroboros flood: {left} of {FLOOD} datagrams left in {seconds:.2} s, {arrived} arrived, \
          at most {most} flow events per fevent"
     );
+}
+
+/// An `OuroborosLink` used on its own (not under a `SwarmPeer`) hands what
+/// its reader thread reads to `recv_from` through its queue: a node joining
+/// through it sends it a datagram, which arrives from the node's name.
+#[test]
+fn an_ouroboros_link_on_its_own_queues_what_it_reads_for_recv_from() {
+    use cicada::Link;
+    let test = "an_ouroboros_link_on_its_own_queues_what_it_reads_for_recv_from";
+    if !irmd_or_skip(test) {
+        return;
+    }
+    let _g = heavy();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let me = name("alone", 0);
+    let link = rt
+        .block_on(cicada::OuroborosLink::bind(&me, "local_layer"))
+        .expect("the link binds");
+    let node = start_ouro(&name("alone", 1), "local_layer", Some(&me), &[]);
+    let mut buf = vec![0u8; 65_536];
+    let (n, from) = rt
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(15), link.recv_from(&mut buf)).await
+        })
+        .expect("the joining node's first datagram within 15 s")
+        .expect("recv_from");
+    assert!(n > 0, "a datagram with bytes in it");
+    assert_eq!(from.to_string(), node.addr, "it comes from the node's name");
+    let st = link.stats();
+    assert!(st.queued >= 1, "the reader queued it: {st:?}");
+    assert_eq!(st.handed, 0, "no sink was asked for: {st:?}");
+    drop(node);
+    drop(link);
 }
 
 #[test]

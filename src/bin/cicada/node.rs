@@ -520,6 +520,8 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                     "dropped": f.dropped,
                     "closed": f.closed,
                     "most_events": f.most_events,
+                    "handed": f.handed,
+                    "queued": f.queued,
                 })),
             })),
             Err(e) => out.error(e),
