@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::config::{PeerConfig, RECV_BUFFER};
 use crate::error::Error;
 use crate::hooks::HookQueue;
-use crate::link::{Link, LinkSink};
+use crate::link::{Arrivals, Link, LinkSink};
 
 /// Most distinct peers remembered to call `new_peer` once each; past it the
 /// memory is cleared and a peer seen before may be reported again.
@@ -341,12 +341,11 @@ impl<L: Link> Shared<L> {
         // (see [`Shared::deliver`]). The sink holds the driver weakly: the
         // link is the driver's, a strong reference would keep both alive.
         let weak = Arc::downgrade(&self);
-        let sink: LinkSink<L::Addr> = Arc::new(
-            move |batch: &mut Vec<(Vec<u8>, L::Addr)>| match weak.upgrade() {
+        let sink: LinkSink<L::Addr> =
+            Arc::new(move |batch: &mut Arrivals<L::Addr>| match weak.upgrade() {
                 Some(driver) => driver.deliver(batch),
                 None => batch.clear(),
-            },
-        );
+            });
         if self.link.deliver_to(sink) {
             tracing::debug!("the link's thread hands datagrams to the core");
         }
@@ -367,6 +366,11 @@ impl<L: Link> Shared<L> {
         loop {
             self.flush_now(Flush::Try).await;
             let wake = self.with(|st| {
+                // What the datagrams drained last turn caused, delivered
+                // only now that their replies have left: waking a task
+                // that waits in `recv` costs a system call, which a
+                // confirmation should not wait behind.
+                st.events();
                 let wake = match st.node.poll_timeout() {
                     Some(t) => t,
                     None => armed.unwrap_or_else(|| Instant::now() + IDLE_WAKE),
@@ -419,7 +423,8 @@ impl<L: Link> Shared<L> {
                 for _ in 0..DRAIN_BATCH {
                     let mut idle = true;
                     if let Some(r) = self.link.try_recv_from(buf) {
-                        st.datagram(r, buf, &self.counters);
+                        // Events wait for the top of the loop (see there).
+                        st.handle(r, buf, &self.counters);
                         idle = false;
                     }
                     if let Ok(c) = queue.try_recv() {
@@ -442,7 +447,7 @@ impl<L: Link> Shared<L> {
     /// so that a reply leaves before any task is woken here. A reply to a
     /// waiting call completes it from this thread. No other task is woken
     /// unless a deadline moved earlier or sends are left over.
-    fn deliver(&self, batch: &mut Vec<(Vec<u8>, L::Addr)>) {
+    fn deliver(&self, batch: &mut Arrivals<L::Addr>) {
         let earlier = {
             let mut g = lock(&self.state);
             let Some(st) = g.as_mut() else {
@@ -451,9 +456,7 @@ impl<L: Link> Shared<L> {
             };
             // Read under the lock, so the core's time never goes backwards.
             let now = Instant::now();
-            for (p, from) in batch.drain(..) {
-                st.node.handle_datagram(now, from, &p);
-            }
+            batch.take_each(|p, from| st.node.handle_datagram(now, from, p));
             st.deadline_moved_earlier()
         };
         if earlier {
@@ -845,12 +848,18 @@ impl<L: Link> State<L> {
     /// Hands a received datagram (or the link's error) to the core and
     /// delivers the events that follow.
     fn datagram(&mut self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8], counters: &Counters) {
+        self.handle(r, buf, counters);
+        self.events();
+    }
+
+    /// Hands a received datagram (or the link's error) to the core; the
+    /// events that follow wait for the next [`events`](Self::events).
+    fn handle(&mut self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8], counters: &Counters) {
         match r {
             Ok((n, from)) => {
                 // The clock is read under the lock, so the core's time
                 // never goes backwards between callers.
                 self.node.handle_datagram(Instant::now(), from, &buf[..n]);
-                self.events();
             }
             Err(e) => {
                 // Unconnected UDP sockets can report errors of earlier

@@ -17,8 +17,84 @@ use crate::ouro_link::OuroborosLink;
 
 /// Where a link that receives on a thread of its own hands datagrams
 /// straight to the driver (see [`Link::deliver_to`]): called with a batch
-/// of datagrams and their senders, which it empties.
-pub type LinkSink<A> = Arc<dyn Fn(&mut Vec<(Vec<u8>, A)>) + Send + Sync>;
+/// of datagrams, which it empties.
+pub type LinkSink<A> = Arc<dyn Fn(&mut Arrivals<A>) + Send + Sync>;
+
+/// Datagrams received together, for a [`LinkSink`]: their bytes back to
+/// back in one buffer (kept from batch to batch, so that a datagram costs
+/// no allocation of its own), and each one's length and sender.
+///
+/// ```
+/// use cicada::Arrivals;
+/// let mut batch = Arrivals::new();
+/// batch.push(b"one", "a");
+/// batch.push(b"three", "b");
+/// let mut seen = Vec::new();
+/// batch.take_each(|d, from| seen.push((d.to_vec(), from)));
+/// assert_eq!(seen, [(b"one".to_vec(), "a"), (b"three".to_vec(), "b")]);
+/// assert!(batch.is_empty());
+/// ```
+#[derive(Debug)]
+pub struct Arrivals<A> {
+    bytes: Vec<u8>,
+    spans: Vec<(usize, A)>,
+}
+
+/// Bytes an [`Arrivals`] keeps allocated between batches, at most.
+const ARRIVALS_KEPT: usize = 1 << 20;
+
+impl<A> Default for Arrivals<A> {
+    fn default() -> Self {
+        Arrivals {
+            bytes: Vec::new(),
+            spans: Vec::new(),
+        }
+    }
+}
+
+impl<A> Arrivals<A> {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a datagram from `from`.
+    pub fn push(&mut self, datagram: &[u8], from: A) {
+        self.bytes.extend_from_slice(datagram);
+        self.spans.push((datagram.len(), from));
+    }
+
+    /// Datagrams in the batch.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the batch holds no datagram.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Hands every datagram to `f` in the order they were pushed, with its
+    /// sender, and empties the batch.
+    pub fn take_each(&mut self, mut f: impl FnMut(&[u8], A)) {
+        let mut at = 0;
+        for (len, from) in self.spans.drain(..) {
+            f(&self.bytes[at..at + len], from);
+            at += len;
+        }
+        self.clear();
+    }
+
+    /// Empties the batch (a burst of large datagrams gives most of its
+    /// buffer back).
+    pub fn clear(&mut self) {
+        self.spans.clear();
+        self.bytes.clear();
+        if self.bytes.capacity() > ARRIVALS_KEPT {
+            self.bytes.shrink_to(ARRIVALS_KEPT / 4);
+        }
+    }
+}
 
 /// A datagram transport the driver can run a peer over.
 ///

@@ -47,7 +47,7 @@ use cicada_ouroboros::{
 use tokio::sync::mpsc;
 
 use crate::addr::{valid_name, PeerAddr};
-use crate::link::{Link, LinkSink};
+use crate::link::{Arrivals, Link, LinkSink};
 
 /// A flow with no traffic either way for this long is deallocated (the
 /// core's maintenance talks to every neighbour each stabilize period, so
@@ -723,16 +723,19 @@ impl Shared {
         }
     }
 
-    /// Reads one packet of `slot`: `None` for nothing (a keepalive, an
-    /// invalid packet the library dropped, an empty ring, a dead flow).
-    fn read_one(&self, slot: &Arc<Slot>) -> Option<(Vec<u8>, String)> {
-        match slot.flow().recv() {
-            Ok(p) if p.is_empty() => None,
-            Ok(p) => {
+    /// Reads one packet of `slot` and hands it to `f` where it lies (see
+    /// [`Flow::recv_with`]): `None` for nothing (a keepalive, an invalid
+    /// packet the library dropped, an empty ring, a dead flow).
+    fn read_one<T>(&self, slot: &Arc<Slot>, f: impl FnOnce(&[u8], &str) -> T) -> Option<T> {
+        match slot
+            .flow()
+            .recv_with(|p| (!p.is_empty()).then(|| f(p, &slot.peer)))
+        {
+            Ok(Some(t)) => {
                 self.touch(slot);
-                Some((p, slot.peer.clone()))
+                Some(t)
             }
-            Err(ouro::Error::WouldBlock { .. }) => None,
+            Ok(None) | Err(ouro::Error::WouldBlock { .. }) => None,
             Err(e) if e.is_flow_dead() => {
                 tracing::debug!(peer = %slot.peer, error = %e, "flow down");
                 self.close(slot, false);
@@ -853,7 +856,7 @@ fn read_loop(s: Arc<Shared>) {
     };
     let mut todo: VecDeque<Todo> = VecDeque::new();
     let mut held: Option<(Vec<u8>, String)> = None;
-    let mut batch: Vec<(Vec<u8>, PeerAddr)> = Vec::with_capacity(READ_BATCH);
+    let mut batch: Arrivals<PeerAddr> = Arrivals::new();
     let mut last_idle_check = Instant::now();
     while !s.stop.load(Ordering::Acquire) {
         let wait = if held.is_some() {
@@ -919,10 +922,12 @@ fn read_loop(s: Arc<Shared>) {
             match todo.pop_front() {
                 Some(Todo::Read(slot)) => {
                     reads += 1;
-                    let packet = s.read_one(&slot);
-                    match (sink, packet) {
-                        (Some(_), Some((p, from))) => batch.push((p, PeerAddr::Ouroboros(from))),
-                        (_, packet) => held = packet,
+                    if sink.is_some() {
+                        s.read_one(&slot, |p, from| {
+                            batch.push(p, PeerAddr::Ouroboros(from.to_owned()))
+                        });
+                    } else {
+                        held = s.read_one(&slot, |p, from| (p.to_vec(), from.to_owned()));
                     }
                 }
                 Some(Todo::Down(slot, t)) => {

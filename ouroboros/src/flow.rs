@@ -434,6 +434,20 @@ impl Flow {
         Ok(out)
     }
 
+    /// Reads one whole packet (or what is left of one a [`Flow::read`] did
+    /// not take) and hands it to `f` where it lies, in the flow's own
+    /// receive buffer: no allocation, for a reader that copies the packet
+    /// somewhere of its own anyway. Returns what `f` returned.
+    pub fn recv_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        if rx.pos >= rx.buf.len() {
+            self.fill(&mut rx)?;
+        }
+        let r = f(&rx.buf[rx.pos..]);
+        rx.pos = rx.buf.len();
+        Ok(r)
+    }
+
     /// Reads up to `count` bytes (pyOuroboros' `read(count)`): from the
     /// next packet, or from what is left of the last one. Bytes of a packet
     /// beyond `count` are kept for the next read, not lost.
