@@ -346,14 +346,17 @@ impl<L: Link> Shared<L> {
                 Some(driver) => driver.deliver(batch),
                 None => batch.clear(),
             });
-        if self.link.deliver_to(sink) {
+        let direct = self.link.deliver_to(sink);
+        if direct {
             tracing::debug!("the link's thread hands datagrams to the core");
         }
         // A link that can wait for readability without a buffer drains
         // into one of the process's pooled buffers; otherwise the task
-        // keeps one of its own.
+        // keeps one of its own, unless the link's thread hands everything
+        // to the core (then this task receives nothing: no buffer, no
+        // wait on the link).
         let pooled = self.link.waits_readable();
-        let mut own = if pooled {
+        let mut own = if pooled || direct {
             Vec::new()
         } else {
             vec![0u8; RECV_BUFFER]
@@ -385,7 +388,7 @@ impl<L: Link> Shared<L> {
             }
             tokio::select! {
                 // The deadline is read again at the top of the loop.
-                r = arrival(&self.link, &mut own, pooled) => {
+                r = arrival(&self.link, &mut own, pooled), if !direct => {
                     if let Some(r) = r {
                         self.datagram(r, &own);
                     }
