@@ -618,6 +618,32 @@ async fn latency(a: &SwarmPeer, to: PeerAddr, n: usize) -> R<Vec<f64>> {
     Ok(times)
 }
 
+/// Summed over `peers`: datagrams sent, datagrams dropped or refused for
+/// any reason (core and driver), and peers declared failed.
+async fn swarm_counts(peers: &[Arc<SwarmPeer>]) -> [u64; 3] {
+    let mut c = [0u64; 3];
+    for p in peers {
+        if let Ok(s) = p.stats().await {
+            let k = &s.core;
+            c[0] += k.datagrams_out;
+            c[1] += k.dropped_malformed
+                + k.dropped_version
+                + k.dropped_unexpected
+                + k.dropped_overload
+                + k.dropped_hop_limit
+                + k.reassembly_refused
+                + k.undeliverable
+                + k.dropped_rate_limited
+                + k.dropped_amplification
+                + k.dropped_bad_identity
+                + s.link_errors
+                + s.recv_overflow;
+            c[2] += k.peers_failed;
+        }
+    }
+    c
+}
+
 async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
     let mut peers = Vec::with_capacity(n);
     for i in 0..n {
@@ -646,6 +672,7 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
         hops += r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())? as u64;
     }
     let lookups = ops as f64 / start.elapsed().as_secs_f64();
+    let before = swarm_counts(&peers).await;
     let start = Instant::now();
     for i in 0..ops {
         let (p, q) = (peers[i % n].clone(), peers[(i * 7 + 3) % n].clone());
@@ -656,6 +683,10 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
         r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     }
     let sends = ops as f64 / start.elapsed().as_secs_f64();
+    // What the sends cost on the wire and what went wrong on the way: a
+    // slow row (one in a few full runs takes 0.5 s, a retry) says why.
+    let after = swarm_counts(&peers).await;
+    let counts: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     // Drain what the sends delivered, then time one broadcast to all.
     for p in &peers {
         while p.try_recv().ok().flatten().is_some() {}
@@ -694,9 +725,12 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
         hops as f64 / ops as f64
     );
     println!(
-        "{:<34} {:>10.0} /s",
+        "{:<34} {:>10.0} /s   ({} datagrams, {} dropped, {} peers failed)",
         format!("swarm of {n}: routed sends"),
-        sends
+        sends,
+        counts[0],
+        counts[1],
+        counts[2]
     );
     println!(
         "{:<34} {:>10.1} ms  ({reached}/{} reached)",
@@ -715,6 +749,9 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
             json!(hops as f64 / ops as f64),
         ),
         ("swarm_sends_per_s".into(), json!(sends)),
+        ("swarm_sends_datagrams".into(), json!(counts[0])),
+        ("swarm_sends_dropped".into(), json!(counts[1])),
+        ("swarm_sends_peers_failed".into(), json!(counts[2])),
         ("swarm_broadcast_ms".into(), json!(bcast_ms)),
         ("swarm_broadcast_reached".into(), json!(reached)),
     ])
