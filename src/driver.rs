@@ -390,7 +390,9 @@ impl<L: Link> Shared<L> {
                 // The deadline is read again at the top of the loop.
                 r = arrival(&self.link, &mut own, pooled), if !direct => {
                     if let Some(r) = r {
-                        self.datagram(r, &own);
+                        // Events wait for the top of the loop, after the
+                        // flush, as for the datagrams drained below.
+                        self.with(|st| st.handle(r, &own, &self.counters));
                     }
                 }
                 _ = &mut sleep => {

@@ -944,6 +944,8 @@ fn read_loop(s: Arc<Shared>) {
                 .handed
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             sink(&mut batch);
+            // The sink is meant to empty it; one that did not must not
+            // have the same packets handed to it again.
             batch.clear();
         }
         if last_idle_check.elapsed() >= IDLE_CHECK {

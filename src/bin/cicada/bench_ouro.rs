@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use cicada::{Hooks, PeerAddr, PeerConfig, SwarmPeer};
 use serde_json::{json, Map, Value};
 
-use crate::bench::{percentiles, pipelined_sends, send_datagrams, R};
+use crate::bench::{median, percentiles, pipelined_sends, send_datagrams, R};
 
 /// Seconds the C `ocbr` client floods.
 const OCBR_SECONDS: u32 = 2;
@@ -63,12 +63,6 @@ fn ocbr_flood(layer: &str, name: &str) -> R<f64> {
     std::thread::sleep(Duration::from_millis(1500));
     let out = srv.stop();
     ocbr_pps(&out).ok_or_else(|| format!("no ocbr figures in {out:?}"))
-}
-
-/// The middle of `v` (the upper middle of an even count; 0 when empty).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|x, y| x.total_cmp(y));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The two peers' configuration. The per-source rate limits (400 requests/s
@@ -411,24 +405,24 @@ pub async fn rows(
     // packets/s between runs on one idle machine (where the scheduler put
     // its two processes), so each side's figure is the median of
     // OCBR_TURNS, taken in alternation.
-    let (mut ocbrs, mut ourss, mut confirmed) = (Vec::new(), Vec::new(), 1.0f64);
+    let (mut ocbrs, mut ours_turns, mut confirmed) = (Vec::new(), Vec::new(), 1.0f64);
     for turn in 0..OCBR_TURNS {
         ocbrs.push(ocbr_flood(
             layer,
             &format!("cicada-bench-ocbr-{pid}-{turn}"),
         )?);
         let (rate, fraction) = throughput(&a, &to, 1024, messages).await;
-        ourss.push(rate);
+        ours_turns.push(rate);
         confirmed = confirmed.min(fraction);
     }
     let turns: Vec<String> = ocbrs
         .iter()
-        .zip(&ourss)
+        .zip(&ours_turns)
         .map(|(c, o)| format!("{:.0}k/{:.0}k", o / 1e3, c / 1e3))
         .collect();
     report.insert("ocbr_turns_msgs_per_s_1k".into(), json!(ocbrs));
-    report.insert("ouroboros_turns_msgs_per_s_1k".into(), json!(ourss));
-    let (ocbr, ours) = (median(ocbrs), median(ourss));
+    report.insert("ouroboros_turns_msgs_per_s_1k".into(), json!(ours_turns));
+    let (ocbr, ours) = (median(ocbrs), median(ours_turns));
     if let Ok(st) = a.stats().await {
         tracing::debug!(?st, "after the throughput row");
         if confirmed < 1.0 {
