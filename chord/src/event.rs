@@ -238,4 +238,9 @@ pub struct Stats {
     /// dedup window (`Config::dedup_window`) was full: a late retry of one
     /// of them would be handed up twice.
     pub dedup_evicted_early: u64,
+    /// Hints sent to a node whose successor list is stale: it sent us a
+    /// message as its last hop for a key that lies before our predecessor
+    /// (the message goes on to the predecessor). At most one per sender
+    /// per stabilization period, however many messages overshoot.
+    pub stale_successor_hints: u64,
 }

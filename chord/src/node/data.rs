@@ -23,7 +23,8 @@ use crate::hash::{Hash, Interval};
 use crate::node::Address;
 use crate::routing::NextHop;
 use crate::wire::{
-    Confirmed, Data, DataHeader, Delivered, Message, Mode, NodeRef, Refusal, Undeliverable,
+    Confirmed, Data, DataHeader, Delivered, Message, Mode, NodeRef, Refusal, SuccessorHint,
+    Undeliverable,
 };
 
 /// Marks the completion of a whole message in the dedup window.
@@ -471,7 +472,6 @@ impl<A: Address> LocalNode<A> {
     }
 
     fn on_data_inner(&mut self, from: A, data: Data<A>, now: Instant) {
-        let _ = from;
         if self.phase != Phase::Joined {
             return;
         }
@@ -485,33 +485,64 @@ impl<A: Address> LocalNode<A> {
         }
         if header.last_hop {
             let key = header.target;
-            match header.mode {
-                Mode::Node if key != self.me.id => {
-                    if let Some(p) = self.table.predecessor().filter(|p| p.id == key).cloned() {
-                        let exclude = Vec::new();
-                        let mut h = header;
-                        h.hops = h.hops.saturating_add(1);
-                        self.forward_data(h, payload, p, exclude, now);
-                    } else if self.owns(&key) == Some(true) {
-                        self.refuse(&header, Refusal::NoSuchNode, now);
-                    } else {
-                        self.route_data(header, payload, Vec::new(), now);
-                    }
-                    return;
-                }
-                Mode::Node => {}
-                Mode::Key | Mode::Broadcast => {
-                    if self.owns(&key) == Some(false) && key != self.me.id {
-                        // Our predecessor is nearer the key: not ours after all.
-                        self.route_data(header, payload, Vec::new(), now);
-                        return;
-                    }
-                }
+            if key == self.me.id && header.mode == Mode::Node {
+                self.data_here(header, payload, now);
+                return;
             }
-            self.data_here(header, payload, now);
+            match (self.table.predecessor().cloned(), self.owns(&key)) {
+                (Some(p), _) if p.id == key && header.mode == Mode::Node => {
+                    let mut h = header;
+                    h.hops = h.hops.saturating_add(1);
+                    self.forward_data(h, payload, p, Vec::new(), now);
+                }
+                (_, Some(true)) if header.mode == Mode::Node => {
+                    self.refuse(&header, Refusal::NoSuchNode, now);
+                }
+                (_, Some(true)) => self.data_here(header, payload, now),
+                (Some(p), Some(false)) => {
+                    // The sender's successor list is stale: it took us for
+                    // the key's owner, but the key lies before our
+                    // predecessor. Our fingers could lead straight back to
+                    // the sender, which would send it here again, until
+                    // the hop limit. Going back predecessor by predecessor
+                    // comes strictly nearer the key at each step and stops
+                    // at its owner; the sender learns of the nearer node.
+                    self.hint_stale_successor(from, &p, now);
+                    let mut h = header;
+                    h.hops = h.hops.saturating_add(1);
+                    self.forward_data(h, payload, p, Vec::new(), now);
+                }
+                // No predecessor yet: a node is routed on, a key taken.
+                _ if header.mode == Mode::Node => {
+                    self.route_data(header, payload, Vec::new(), now);
+                }
+                _ => self.data_here(header, payload, now),
+            }
             return;
         }
         self.route_data(header, payload, Vec::new(), now);
+    }
+
+    /// Tells `to`, which sent us a last hop for a key before our
+    /// predecessor `p`, that `p` lies between it and us: it stabilizes with
+    /// `p` now instead of at its next period. One hint per sender per
+    /// stabilization period, however many sends overshoot meanwhile.
+    fn hint_stale_successor(&mut self, to: A, p: &NodeRef<A>, now: Instant) {
+        if to == p.addr || to == self.me.addr {
+            return;
+        }
+        let period = self.cfg.stabilize_interval;
+        if self
+            .hinted
+            .as_ref()
+            .is_some_and(|(a, t)| *a == to && now.saturating_duration_since(*t) < period)
+        {
+            return;
+        }
+        self.hinted = Some((to.clone(), now));
+        self.stats.stale_successor_hints += 1;
+        let hint = Message::SuccessorHint(SuccessorHint { node: p.clone() });
+        self.push_transmit(to, hint.encode());
     }
 
     /// This node is the destination (or a broadcast receiver).

@@ -176,6 +176,9 @@ pub struct LocalNode<A> {
     phase: Phase<A>,
     table: RoutingTable<A>,
     pred_seen: Option<Instant>,
+    /// The last node told that its successor is stale (by a last hop that
+    /// overshot the key), and when: a burst of such sends costs one hint.
+    hinted: Option<(A, Instant)>,
     finger_cursor: u32,
     next_tick: Option<Instant>,
     /// No timer of the node is due before this (`poll_timeout`): lowered
@@ -250,6 +253,7 @@ impl<A: Address> LocalNode<A> {
             me,
             phase: Phase::Idle,
             pred_seen: None,
+            hinted: None,
             finger_cursor: 0,
             next_tick: None,
             wake: None,

@@ -884,3 +884,79 @@ fn a_split_or_broadcast_datagram_without_an_id_is_dropped() {
         "a datagram was answered"
     );
 }
+
+/// Nodes a, b, c, d (addresses 0-3) joined through a and run for 5 s.
+fn ring_of_four() -> (Vec<LocalNode<u32>>, Instant) {
+    let now = Instant::now();
+    let mut nodes: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| node(name, i as u32, now))
+        .collect();
+    nodes[0].create(now);
+    for n in nodes.iter_mut().skip(1) {
+        n.join(0, now);
+    }
+    let now = run(&mut nodes, now, Duration::from_secs(5));
+    (nodes, now)
+}
+
+/// Regression (the bench's routed-sends stall): `a` still takes `b` for
+/// its successor while two nodes, `n` then `p`, have joined between them
+/// (`a` has not stabilized since).
+/// A send from `a` to `n` goes to `b` as its last hop; `b` does not own
+/// `n`, and its fingers lead back to `a`. It bounced between the two until
+/// the hop limit refused it, for every send, until `a` stabilized. Now `b`
+/// hands it to its predecessor, nearer the key, and tells `a` of `p`.
+#[test]
+fn a_last_hop_past_the_key_goes_back_through_the_predecessor() {
+    let (mut nodes, now) = ring_of_four();
+    let order = in_ring_order(&nodes);
+    let (a, n, p, b) = (order[0], order[1], order[2], order[3]);
+    for node in nodes.iter_mut() {
+        events(node);
+    }
+    let (n_id, p_id) = (nodes[n].id(), nodes[p].id());
+    nodes[a].table.remove(&n_id);
+    nodes[a].table.remove(&p_id);
+    // `b`'s list holds only `a` (as in a ring longer than the list): the
+    // nearest node it knows before `n` is `a`.
+    let a_ref = nodes[a].me().clone();
+    nodes[b].table.set_successors(vec![a_ref]);
+    assert_eq!(nodes[a].successor().map(|s| s.addr), Some(b as u32));
+    assert_eq!(nodes[b].predecessor().map(|s| s.addr), Some(p as u32));
+
+    // A burst: every send overshoots before `a` hears of `p`.
+    let ids: Vec<_> = (0..10u8)
+        .map(|i| nodes[a].send(Target::Node(n_id), vec![i], 0, now).unwrap())
+        .collect();
+    // No timer fires: nothing stabilizes `a` but what the sends cause.
+    settle(&mut nodes, now);
+    let got = events(&mut nodes[n])
+        .into_iter()
+        .filter(|e| matches!(e, Event::Received { .. }))
+        .count();
+    assert_eq!(got, 10);
+    let delivered: Vec<_> = events(&mut nodes[a])
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Delivered { id, hops, .. } => Some((id, hops)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered.len(), 10, "{delivered:?}");
+    for (id, hops) in delivered {
+        assert!(ids.contains(&id));
+        assert!(hops <= 3, "a -> b -> p -> n, not round a loop: {hops}");
+    }
+    let refused: u64 = nodes.iter().map(|x| x.stats().undeliverable).sum();
+    assert_eq!(refused, 0, "no refusal on the way");
+    assert_eq!(
+        nodes[b].stats().stale_successor_hints,
+        1,
+        "one hint a burst"
+    );
+    // The hint reached `a`: its successor is nearer than `b` now.
+    let succ = nodes[a].successor().map(|s| s.addr);
+    assert!(succ == Some(n as u32) || succ == Some(p as u32), "{succ:?}");
+}
