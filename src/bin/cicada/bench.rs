@@ -619,9 +619,10 @@ async fn latency(a: &SwarmPeer, to: PeerAddr, n: usize) -> R<Vec<f64>> {
 }
 
 /// Summed over `peers`: datagrams sent, datagrams dropped or refused for
-/// any reason (core and driver), and peers declared failed.
-async fn swarm_counts(peers: &[Arc<SwarmPeer>]) -> [u64; 3] {
-    let mut c = [0u64; 3];
+/// any reason (core and driver), peers declared failed, and hints sent to
+/// nodes whose successor list was stale (a send overshot its key).
+async fn swarm_counts(peers: &[Arc<SwarmPeer>]) -> [u64; 4] {
+    let mut c = [0u64; 4];
     for p in peers {
         if let Ok(s) = p.stats().await {
             let k = &s.core;
@@ -639,6 +640,7 @@ async fn swarm_counts(peers: &[Arc<SwarmPeer>]) -> [u64; 3] {
                 + s.link_errors
                 + s.recv_overflow;
             c[2] += k.peers_failed;
+            c[3] += k.stale_successor_hints;
         }
     }
     c
@@ -686,7 +688,7 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
     // What the sends cost on the wire and what went wrong on the way: a
     // slow row (one in a few full runs takes 0.5 s, a retry) says why.
     let after = swarm_counts(&peers).await;
-    let counts: [u64; 3] = std::array::from_fn(|i| after[i] - before[i]);
+    let counts: [u64; 4] = std::array::from_fn(|i| after[i] - before[i]);
     // Drain what the sends delivered, then time one broadcast to all.
     for p in &peers {
         while p.try_recv().ok().flatten().is_some() {}
@@ -725,12 +727,13 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
         hops as f64 / ops as f64
     );
     println!(
-        "{:<34} {:>10.0} /s   ({} datagrams, {} dropped, {} peers failed)",
+        "{:<34} {:>10.0} /s   ({} datagrams, {} dropped, {} peers failed, {} stale-successor hints)",
         format!("swarm of {n}: routed sends"),
         sends,
         counts[0],
         counts[1],
-        counts[2]
+        counts[2],
+        counts[3]
     );
     println!(
         "{:<34} {:>10.1} ms  ({reached}/{} reached)",
@@ -752,6 +755,7 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
         ("swarm_sends_datagrams".into(), json!(counts[0])),
         ("swarm_sends_dropped".into(), json!(counts[1])),
         ("swarm_sends_peers_failed".into(), json!(counts[2])),
+        ("swarm_sends_stale_hints".into(), json!(counts[3])),
         ("swarm_broadcast_ms".into(), json!(bcast_ms)),
         ("swarm_broadcast_reached".into(), json!(reached)),
     ])
