@@ -136,8 +136,15 @@ impl Node {
         let ready = node
             .wait_for(0, Duration::from_secs(20), |v| v["event"] == "ready")
             .unwrap_or_else(|| {
+                // Say whether the process is still there (slow) or gone
+                // (crashed, or never ran): a flake seen once said neither.
                 let errors = node.all(|v| v["event"] == "error");
-                panic!("node {label} never became ready: {errors:?}")
+                let status = node.child.try_wait();
+                let lines = node.len();
+                panic!(
+                    "node {label} never became ready within 20 s: errors {errors:?}, \
+                     {lines} event lines, process {status:?} (Ok(None): still running)"
+                )
             });
         node.addr = ready["addr"].as_str().unwrap_or_default().to_string();
         node.id = ready["id"].as_str().unwrap_or_default().to_string();
