@@ -17,7 +17,7 @@
 //! holds it (caller or background task) sends until the core's queue is
 //! empty, so datagrams made while someone else sends are not left behind.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -133,6 +133,9 @@ pub(crate) struct Counters {
     pub received: AtomicU64,
     /// Calls to the link's send (one per datagram, or one per run).
     pub link_sends: AtomicU64,
+    /// Datagrams the link could not take on a thread where it cannot wait
+    /// (see `State::parked`), left to the background task.
+    pub link_parked: AtomicU64,
     /// Calls of the application under way (see [`Call`]): whether a call
     /// runs on the caller's task (see [`DIRECT_SENDS`]).
     pub calls: AtomicUsize,
@@ -224,6 +227,11 @@ struct State<L: Link> {
     /// awake and will read the core's next one anyway): a call that makes
     /// an earlier one wakes it.
     armed: Option<Instant>,
+    /// Datagrams a link could not take on a thread where it cannot wait
+    /// for room (an Ouroboros reader thread finding a flow's ring full),
+    /// in order: the next flush sends them before the core's, and the
+    /// background task, which can wait, is woken for them.
+    parked: VecDeque<Transmit<L::Addr>>,
 }
 
 /// The driver of one peer: its link, and its core behind a lock.
@@ -270,7 +278,7 @@ impl<L: Link> Shared<L> {
         };
         st.events();
         let earlier = st.deadline_moved_earlier();
-        let queued = st.node.queued_transmits();
+        let queued = st.node.queued_transmits() + st.parked.len();
         let direct = st.node.sends_in_flight() <= DIRECT_SENDS;
         drop(g);
         let how = if queued == 0 {
@@ -316,6 +324,7 @@ impl<L: Link> Shared<L> {
             leave_replies: Vec::new(),
             seen_peers: HashSet::new(),
             armed: None,
+            parked: VecDeque::new(),
         };
         let shared = Shared {
             link,
@@ -515,6 +524,10 @@ impl<L: Link> Shared<L> {
                     return;
                 };
                 while batch.len() < FLUSH_BATCH {
+                    if let Some(t) = st.parked.pop_front() {
+                        batch.push(t); // its hook ran when it was first taken
+                        continue;
+                    }
                     let Some(t) = st.node.poll_transmit() else {
                         break;
                     };
@@ -531,7 +544,10 @@ impl<L: Link> Shared<L> {
             let Some(runs) = role.runs.as_mut() else {
                 return;
             };
-            self.send_batch(runs, &mut batch).await;
+            if self.send_batch(runs, &mut batch).await {
+                // Parked: `role`, dropped, wakes the background task.
+                return;
+            }
         }
         // More is queued: `role` wakes the background task as it goes.
     }
@@ -543,12 +559,33 @@ impl<L: Link> Shared<L> {
     /// messages of one kind often differ by a byte. Datagrams to one
     /// address may leave in another order than the core made them, which
     /// UDP allows anyway.
-    async fn send_batch(&self, runs: &mut Vec<Run<L::Addr>>, batch: &mut Vec<Transmit<L::Addr>>) {
+    ///
+    /// True when the link said [`WouldBlock`](std::io::ErrorKind::WouldBlock)
+    /// (it cannot wait for room on this thread): that datagram and the rest
+    /// of `batch` are parked for the background task, and the caller stops.
+    async fn send_batch(
+        &self,
+        runs: &mut Vec<Run<L::Addr>>,
+        batch: &mut Vec<Transmit<L::Addr>>,
+    ) -> bool {
         let max = self.link.max_segments();
-        for t in batch.drain(..) {
+        let mut it = batch.drain(..);
+        while let Some(t) = it.next() {
             let size = t.bytes.len();
             if max <= 1 || size > crate::link::GSO_SEGMENT_MAX {
                 let result = self.link.send_to(&t.bytes, &t.to).await;
+                if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                    let rest: Vec<_> = std::iter::once(t).chain(it.by_ref()).collect();
+                    self.counters
+                        .link_parked
+                        .fetch_add(rest.len() as u64, Ordering::Relaxed);
+                    drop(it);
+                    self.park(rest);
+                    while !runs.is_empty() {
+                        self.send_run(runs, 0).await;
+                    }
+                    return true;
+                }
                 self.sent(result, &t.to);
                 continue;
             }
@@ -583,8 +620,20 @@ impl<L: Link> Shared<L> {
                 self.send_run(runs, at).await;
             }
         }
+        drop(it);
         while !runs.is_empty() {
             self.send_run(runs, 0).await;
+        }
+        false
+    }
+
+    /// Puts `rest` (in order) before whatever waits in `parked`.
+    fn park(&self, rest: Vec<Transmit<L::Addr>>) {
+        let mut g = lock(&self.state);
+        if let Some(st) = g.as_mut() {
+            for t in rest.into_iter().rev() {
+                st.parked.push_front(t);
+            }
         }
     }
 

@@ -116,6 +116,13 @@ pub trait Link: Send + Sync + 'static {
     }
 
     /// Sends one datagram.
+    ///
+    /// A link that has no room now and cannot wait for it on the calling
+    /// thread (a thread of its own that delivers through a [`LinkSink`])
+    /// returns [`io::ErrorKind::WouldBlock`]: the driver then keeps the
+    /// datagram, and those after it, for its background task, which sends
+    /// them again from the runtime, where the link may wait. Any other
+    /// error drops the datagram (counted in `link_errors`).
     fn send_to(&self, bytes: &[u8], to: &Self::Addr)
         -> impl Future<Output = io::Result<()>> + Send;
 

@@ -98,9 +98,26 @@ const HELD_WAIT: Duration = Duration::from_micros(500);
 /// notices the link closing.
 const ACCEPT_SLICE: Duration = Duration::from_secs(1);
 /// A write that finds the packet pool or the flow's queue full yields this
-/// many times to the runtime and tries again before the datagram is
-/// dropped (a full pool empties in microseconds when the peer reads).
+/// many times to the runtime and tries again at once (a full pool empties
+/// in microseconds when the peer reads).
 const WRITE_RETRIES: usize = 16;
+/// Past those, a write from a task waits for room in pauses of this long
+/// (the runtime's timer resolution), as a full UDP socket buffer makes its
+/// sender wait: a flow's ring holds 1,023 packets, several milliseconds of
+/// the peer's reading, so a sender that keeps more in flight than that
+/// must be slowed, not have its packets dropped and retried half a second
+/// later.
+const WRITE_PAUSE: Duration = Duration::from_millis(1);
+/// How long a write from a task waits for room in all before the datagram
+/// is dropped: a peer that reads nothing for this long is stuck or gone.
+const WRITE_WAIT: Duration = Duration::from_millis(200);
+
+thread_local! {
+    /// Set on the link's reader thread. A write there never waits for room:
+    /// that thread is the one that reads, and two readers each waiting for
+    /// room in the other's ring would stall both.
+    static ON_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Only one Ouroboros link per process: `flow_accept` cannot tell which of
 /// the process's names a flow was allocated to.
@@ -129,6 +146,7 @@ struct Counters {
     most_events: AtomicU64,
     handed: AtomicU64,
     queued: AtomicU64,
+    write_waits: AtomicU64,
     /// Flows open (or being allocated) now.
     live: AtomicUsize,
 }
@@ -153,6 +171,7 @@ impl FlowStatsHandle {
             most_events: c.most_events.load(Ordering::Relaxed),
             handed: c.handed.load(Ordering::Relaxed),
             queued: c.queued.load(Ordering::Relaxed),
+            write_waits: c.write_waits.load(Ordering::Relaxed),
         }
     }
 }
@@ -189,6 +208,10 @@ pub struct FlowStats {
     /// Packets the reader thread queued for [`Link::recv_from`] (the link
     /// used on its own).
     pub queued: u64,
+    /// Writes that found a flow's ring (or the packet pool) full and waited
+    /// for room (in pauses of 1 ms, at most 200 ms; those that still found
+    /// none are counted in `dropped`).
+    pub write_waits: u64,
 }
 
 /// One open flow of the link. Written by the driver, read by the reader
@@ -433,13 +456,44 @@ impl Link for OuroborosLink {
         let Some(slot) = self.shared.route(name, bytes)? else {
             return Ok(()); // queued behind the allocation
         };
-        for _ in 0..WRITE_RETRIES {
+        let (mut tries, mut waited) = (0, Duration::ZERO);
+        loop {
             match slot.flow().write(bytes) {
                 Ok(_) => {
                     self.shared.touch(&slot);
                     return Ok(());
                 }
-                Err(ouro::Error::WouldBlock { .. }) => tokio::task::yield_now().await,
+                Err(ouro::Error::WouldBlock { .. }) if tries < WRITE_RETRIES => {
+                    tries += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(ouro::Error::WouldBlock { .. })
+                    if waited < WRITE_WAIT
+                        && !ON_READER.with(|r| r.get())
+                        && tokio::runtime::Handle::try_current().is_ok() =>
+                {
+                    if waited.is_zero() {
+                        self.shared
+                            .counters
+                            .write_waits
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(WRITE_PAUSE).await;
+                    waited += WRITE_PAUSE;
+                }
+                Err(ouro::Error::WouldBlock { .. }) if waited.is_zero() => {
+                    // The reader thread (or no runtime): it must not wait.
+                    // `WouldBlock` hands the datagram back to the driver,
+                    // which leaves it to its background task.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Err(ouro::Error::WouldBlock { .. }) => {
+                    self.shared.drop_one();
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no room in the flow to {name} for {WRITE_WAIT:?}"),
+                    ));
+                }
                 Err(e) => {
                     self.shared.drop_one();
                     if e.is_flow_dead() {
@@ -450,8 +504,6 @@ impl Link for OuroborosLink {
                 }
             }
         }
-        self.shared.drop_one();
-        Err(io::ErrorKind::WouldBlock.into())
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, PeerAddr)> {
@@ -484,8 +536,9 @@ impl Link for OuroborosLink {
     }
 
     /// The reader thread hands packets to `sink` from now on, up to
-    /// [`READ_BATCH`] at a time. Sends never wait but for a yield (a full
-    /// pool or ring is retried [`WRITE_RETRIES`] times).
+    /// [`READ_BATCH`] at a time. Sends on that thread never wait but for
+    /// a yield (a full pool or ring is retried [`WRITE_RETRIES`] times,
+    /// then handed back to the driver with `WouldBlock`).
     fn deliver_to(&self, sink: LinkSink<PeerAddr>) -> bool {
         self.shared.sink.set(sink).is_ok()
     }
@@ -847,6 +900,7 @@ fn accepted(s: Arc<Shared>, flow: Flow) {
 /// wait in the flows' rings, and writers find them full, as a full socket
 /// buffer pushes back on a sender.
 fn read_loop(s: Arc<Shared>) {
+    ON_READER.with(|r| r.set(true));
     let mut fq = match FEventQueue::new() {
         Ok(q) => q,
         Err(e) => {

@@ -44,6 +44,11 @@ pub struct PeerStats {
     /// the system segments them, see [`UdpLink`]). Against
     /// `core.datagrams_out`, how well sends were batched.
     pub link_sends: u64,
+    /// Datagrams the link could not take on the thread that sent them and
+    /// that waited for the background task instead (an Ouroboros reader
+    /// thread finding a flow's ring full: it must not wait, since it is the
+    /// thread that reads). They are sent, not lost.
+    pub link_parked: u64,
     /// The keyed link's counters (handshakes, datagrams dropped for a bad
     /// MAC, a replay, an unknown session…); `None` without a swarm key.
     pub secure: Option<SecureStats>,
@@ -623,6 +628,7 @@ impl SwarmPeer {
             hooks_dropped: c.hooks_dropped.load(Ordering::Relaxed),
             link_errors: c.link_errors.load(Ordering::Relaxed),
             link_sends: c.link_sends.load(Ordering::Relaxed),
+            link_parked: c.link_parked.load(Ordering::Relaxed),
             secure: self.bound()?.secure.as_ref().map(SecureStatsHandle::get),
             ouroboros: self.bound()?.ouroboros.as_ref().map(FlowStatsHandle::get),
         })

@@ -413,3 +413,103 @@ fn demo_over_ouroboros_reports_a_correct_ring_and_full_delivery() {
     assert_eq!(v["after_churn"]["send_delivered_rate"], 1.0, "{v}");
     assert_eq!(v["after_churn"]["broadcast_coverage"], 1.0, "{v}");
 }
+
+/// A sender that keeps more sends in flight than a flow's ring holds
+/// (1,023 packets in Ouroboros 0.23) is slowed down, not dropped: before,
+/// a write that found the ring full was dropped after 16 yields, and each
+/// drop cost its send a retry half a second later (3,000 in flight ran at
+/// a sixth of the speed of 256). Now the link waits for room when it runs
+/// on the runtime, and the reader thread, which must not wait, hands what
+/// it cannot write to the driver's background task. The receiver is
+/// paused for 100 ms as the sends start, so the ring fills on any machine.
+#[test]
+fn sends_beyond_a_flows_ring_wait_for_room_instead_of_being_dropped() {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let test = "sends_beyond_a_flows_ring_wait_for_room_instead_of_being_dropped";
+    if !irmd_or_skip(test) {
+        return;
+    }
+    let _g = heavy();
+    const SENDS: usize = 9_000;
+    const IN_FLIGHT: usize = 3_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let me = name("ring", 0);
+    let mut cfg = PeerConfig::default();
+    cfg.chord.max_pending = 65_536;
+    let mut peer = SwarmPeer::with_config(cfg, Hooks::new());
+    rt.block_on(peer.bind_ouroboros(&me, "local_layer"))
+        .expect("binds over Ouroboros");
+    let node = start_ouro(&name("ring", 1), "local_layer", Some(&me), &[]);
+    wait_joined(&node, 1);
+    let to: cicada::PeerAddr = node.addr.parse().expect("the node's name");
+    // The receiver pauses (SIGSTOP, then SIGCONT 100 ms later: well within
+    // the link's 200 ms wait and the flow's 5 s peer timeout) as the sends
+    // start, so that its ring fills whatever the two processes' speeds.
+    let pid = node.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let resume = {
+        let pid = pid.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            Command::new("kill").args(["-CONT", &pid]).status()
+        })
+    };
+    let (confirmed, errors, secs) = rt.block_on(async {
+        let payload = bytes::Bytes::from(vec![0x5a; 1024]);
+        let mut inflight = FuturesUnordered::new();
+        let (mut ok, mut errors) = (0usize, Vec::new());
+        let mut tally = |r: Option<cicada::Result<cicada::Delivery>>| match r {
+            Some(Ok(_)) => ok += 1,
+            Some(Err(e)) => errors.push(e.to_string()),
+            None => {}
+        };
+        let start = Instant::now();
+        for _ in 0..SENDS {
+            if inflight.len() >= IN_FLIGHT {
+                tally(inflight.next().await);
+            }
+            inflight.push(peer.send(to.clone(), payload.clone(), 0));
+        }
+        while !inflight.is_empty() {
+            tally(inflight.next().await);
+        }
+        (ok, errors, start.elapsed().as_secs_f64())
+    });
+    let resumed = resume.join().ok().and_then(|r| r.ok());
+    assert!(resumed.is_some_and(|s| s.success()), "kill -CONT {pid}");
+    let st = rt.block_on(peer.stats()).expect("stats");
+    let flows = st.ouroboros.expect("Ouroboros counters");
+    eprintln!(
+        "{SENDS} sends, {IN_FLIGHT} in flight: {confirmed} confirmed in {secs:.2} s; \
+         {} writes waited for room, {} datagrams parked by the reader, {} dropped",
+        flows.write_waits, st.link_parked, flows.dropped
+    );
+    assert!(
+        flows.write_waits + st.link_parked > 0,
+        "the ring filled while the receiver was stopped: {flows:?}"
+    );
+    assert_eq!(
+        confirmed,
+        SENDS,
+        "every send confirmed: {:?}",
+        errors.first()
+    );
+    assert_eq!(
+        flows.dropped, 0,
+        "no datagram dropped by the sender's link: {flows:?}"
+    );
+    assert_eq!(st.link_errors, 0, "no send error: {st:?}");
+    rt.block_on(peer.close());
+    drop(node);
+}

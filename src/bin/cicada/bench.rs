@@ -430,7 +430,8 @@ async fn pair(cfg: PeerConfig) -> R<(Arc<SwarmPeer>, Arc<SwarmPeer>, PeerAddr)> 
 }
 
 /// Sends `count` one-hop messages of `size` bytes from `a` to `to`, 256 in
-/// flight; returns how many were confirmed and the first error.
+/// flight (`CICADA_BENCH_WINDOW` sets another number); returns how many
+/// were confirmed and the first error.
 ///
 /// The sends in flight are futures polled together by this one task (as
 /// the raw flood's sender is one task), not a task each: spawning a task
@@ -447,6 +448,10 @@ pub(crate) async fn pipelined_sends(
         return task_per_send(a, to, size, count).await;
     }
     let payload = bytes::Bytes::from(vec![0x5au8; size]);
+    let window: usize = std::env::var("CICADA_BENCH_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     let mut inflight = FuturesUnordered::new();
     let mut ok = 0usize;
     let mut first_error = None;
@@ -458,7 +463,7 @@ pub(crate) async fn pipelined_sends(
         None => {}
     };
     for _ in 0..count {
-        if inflight.len() >= 256 {
+        if inflight.len() >= window {
             tally(inflight.next().await);
         }
         inflight.push(a.send(to.clone(), payload.clone(), 0));

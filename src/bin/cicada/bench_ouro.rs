@@ -428,6 +428,12 @@ pub async fn rows(
         if confirmed < 1.0 {
             println!("  (sender: {} link errors)", st.link_errors);
         }
+        if let Some(f) = &st.ouroboros {
+            eprintln!(
+                "sending peer: {} dropped by the link, {} writes waited for room, {} datagrams parked by the reader",
+                f.dropped, f.write_waits, st.link_parked
+            );
+        }
     }
     // An overloaded run can make the core declare the receiver dead for a
     // moment: wait until it is back before timing round trips.
