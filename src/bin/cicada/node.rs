@@ -500,6 +500,8 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                 "recv_overflow": s.recv_overflow,
                 "hooks_dropped": s.hooks_dropped,
                 "link_errors": s.link_errors,
+                "link_parked": s.link_parked,
+                "stale_successor_hints": s.core.stale_successor_hints,
                 "secure": s.secure.map(|k| json!({
                     "sessions": k.sessions,
                     "handshakes_completed": k.handshakes_completed,
@@ -522,6 +524,7 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                     "most_events": f.most_events,
                     "handed": f.handed,
                     "queued": f.queued,
+                    "write_waits": f.write_waits,
                 })),
             })),
             Err(e) => out.error(e),
