@@ -108,9 +108,16 @@ const WRITE_RETRIES: usize = 16;
 /// must be slowed, not have its packets dropped and retried half a second
 /// later.
 const WRITE_PAUSE: Duration = Duration::from_millis(1);
-/// How long a write from a task waits for room in all before the datagram
-/// is dropped: a peer that reads nothing for this long is stuck or gone.
+/// How long the writes to one flow may wait for room in all in any
+/// [`WAIT_WINDOW`]; past it, writes to that flow that find it full are
+/// dropped at once until the window ends. A peer that reads too slowly for
+/// this is stuck or overwhelmed, and the writes to every other peer wait
+/// behind the writes to it. (A budget per window, not per stall: Ouroboros
+/// 0.23 accepts a write to a full ring now and then, dropping it, so a
+/// stuck peer's flow seems to move.)
 const WRITE_WAIT: Duration = Duration::from_millis(200);
+/// See [`WRITE_WAIT`].
+const WAIT_WINDOW: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// Set on the link's reader thread. A write there never waits for room:
@@ -225,6 +232,13 @@ struct Slot {
     last: AtomicU64,
     /// Set when the peer is known alive: deallocate on drop.
     dealloc: AtomicBool,
+    /// The writes to this flow wait for room at most [`WRITE_WAIT`] in any
+    /// [`WAIT_WINDOW`], so that a stuck peer cannot hold up the writes to
+    /// every other peer (they wait behind): the start of the current window
+    /// (milliseconds since the link's epoch) and the milliseconds waited in
+    /// it.
+    wait_window: AtomicU64,
+    waited_ms: AtomicU64,
     set: Arc<FlowSet>,
     counters: Arc<Counters>,
 }
@@ -456,43 +470,56 @@ impl Link for OuroborosLink {
         let Some(slot) = self.shared.route(name, bytes)? else {
             return Ok(()); // queued behind the allocation
         };
-        let (mut tries, mut waited) = (0, Duration::ZERO);
+        let mut tries = 0;
+        let mut waited = false;
         loop {
             match slot.flow().write(bytes) {
                 Ok(_) => {
                     self.shared.touch(&slot);
                     return Ok(());
                 }
-                Err(ouro::Error::WouldBlock { .. }) if tries < WRITE_RETRIES => {
+                Err(ouro::Error::WouldBlock { .. })
+                    if tries < WRITE_RETRIES && !self.shared.out_of_wait(&slot) =>
+                {
                     tries += 1;
                     tokio::task::yield_now().await;
                 }
                 Err(ouro::Error::WouldBlock { .. })
-                    if waited < WRITE_WAIT
-                        && !ON_READER.with(|r| r.get())
-                        && tokio::runtime::Handle::try_current().is_ok() =>
+                    if ON_READER.with(|r| r.get())
+                        || tokio::runtime::Handle::try_current().is_err() =>
                 {
-                    if waited.is_zero() {
-                        self.shared
-                            .counters
-                            .write_waits
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    tokio::time::sleep(WRITE_PAUSE).await;
-                    waited += WRITE_PAUSE;
-                }
-                Err(ouro::Error::WouldBlock { .. }) if waited.is_zero() => {
                     // The reader thread (or no runtime): it must not wait.
                     // `WouldBlock` hands the datagram back to the driver,
                     // which leaves it to its background task.
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 Err(ouro::Error::WouldBlock { .. }) => {
-                    self.shared.drop_one();
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no room in the flow to {name} for {WRITE_WAIT:?}"),
-                    ));
+                    let now = self.shared.now_ms();
+                    let start = slot.wait_window.load(Ordering::Relaxed);
+                    if now.saturating_sub(start) >= WAIT_WINDOW.as_millis() as u64 {
+                        slot.wait_window.store(now, Ordering::Relaxed);
+                        slot.waited_ms.store(0, Ordering::Relaxed);
+                    }
+                    if slot.waited_ms.load(Ordering::Relaxed) >= WRITE_WAIT.as_millis() as u64 {
+                        self.shared.drop_one();
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "no room in the flow to {name}: waited {WRITE_WAIT:?} this second"
+                            ),
+                        ));
+                    }
+                    if !waited {
+                        waited = true;
+                        self.shared
+                            .counters
+                            .write_waits
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    let t = Instant::now();
+                    tokio::time::sleep(WRITE_PAUSE).await;
+                    let ms = (t.elapsed().as_millis() as u64).max(1);
+                    slot.waited_ms.fetch_add(ms, Ordering::Relaxed);
                 }
                 Err(e) => {
                     self.shared.drop_one();
@@ -551,6 +578,15 @@ impl Shared {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether the writes to `slot` have used up their wait for room in
+    /// the current window (see [`WRITE_WAIT`]): a write that finds it full
+    /// is then dropped without even the yields.
+    fn out_of_wait(&self, slot: &Slot) -> bool {
+        let start = slot.wait_window.load(Ordering::Relaxed);
+        self.now_ms().saturating_sub(start) < WAIT_WINDOW.as_millis() as u64
+            && slot.waited_ms.load(Ordering::Relaxed) >= WRITE_WAIT.as_millis() as u64
     }
 
     fn touch(&self, slot: &Slot) {
@@ -667,6 +703,8 @@ impl Shared {
             gen: self.next_gen.fetch_add(1, Ordering::Relaxed),
             last: AtomicU64::new(self.now_ms()),
             dealloc: AtomicBool::new(false),
+            wait_window: AtomicU64::new(0),
+            waited_ms: AtomicU64::new(0),
             set: self.set.clone(),
             counters: self.counters.clone(),
         });
