@@ -23,6 +23,35 @@ fn irmd_or_skip(test: &str) -> bool {
     false
 }
 
+/// A runtime of two workers for the tests that hold a peer in-process.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// An in-process peer bound to `me` on `local_layer`, with room for
+/// thousands of sends in flight.
+fn ouro_peer(rt: &tokio::runtime::Runtime, me: &str) -> SwarmPeer {
+    let mut cfg = PeerConfig::default();
+    cfg.chord.max_pending = 65_536;
+    let mut peer = SwarmPeer::with_config(cfg, Hooks::new());
+    rt.block_on(peer.bind_ouroboros(me, "local_layer"))
+        .expect("binds over Ouroboros");
+    peer
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`) to process `pid`; true if `kill` did.
+/// Never `-KILL` for an Ouroboros process: it can wedge the IRMd.
+fn kill(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A name no other run uses.
 fn name(tag: &str, i: usize) -> String {
     format!("cicada-{}-{tag}-{i}", std::process::id())
@@ -318,11 +347,7 @@ fn an_ouroboros_link_on_its_own_queues_what_it_reads_for_recv_from() {
         return;
     }
     let _g = heavy();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = runtime();
     let me = name("alone", 0);
     let link = rt
         .block_on(cicada::OuroborosLink::bind(&me, "local_layer"))
@@ -432,39 +457,21 @@ fn sends_beyond_a_flows_ring_wait_for_room_instead_of_being_dropped() {
     let _g = heavy();
     const SENDS: usize = 9_000;
     const IN_FLIGHT: usize = 3_000;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = runtime();
     let me = name("ring", 0);
-    let mut cfg = PeerConfig::default();
-    cfg.chord.max_pending = 65_536;
-    let mut peer = SwarmPeer::with_config(cfg, Hooks::new());
-    rt.block_on(peer.bind_ouroboros(&me, "local_layer"))
-        .expect("binds over Ouroboros");
+    let peer = ouro_peer(&rt, &me);
     let node = start_ouro(&name("ring", 1), "local_layer", Some(&me), &[]);
     wait_joined(&node, 1);
     let to: cicada::PeerAddr = node.addr.parse().expect("the node's name");
-    // The receiver pauses (SIGSTOP, then SIGCONT 100 ms later: well within
-    // the link's 200 ms wait and the flow's 5 s peer timeout) as the sends
+    // The receiver pauses (SIGSTOP, then SIGCONT 100 ms later: within the
+    // flow's wait budget of 200 ms a second and its 5 s peer timeout) as the sends
     // start, so that its ring fills whatever the two processes' speeds.
-    let pid = node.child.id().to_string();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
-    let resume = {
-        let pid = pid.clone();
-        thread::spawn(move || {
-            thread::sleep(Duration::from_millis(100));
-            Command::new("kill").args(["-CONT", &pid]).status()
-        })
-    };
+    let pid = node.child.id();
+    assert!(kill(pid, "-STOP"), "kill -STOP {pid}");
+    let resume = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(100));
+        kill(pid, "-CONT")
+    });
     let (confirmed, errors, secs) = rt.block_on(async {
         let payload = bytes::Bytes::from(vec![0x5a; 1024]);
         let mut inflight = FuturesUnordered::new();
@@ -486,8 +493,7 @@ fn sends_beyond_a_flows_ring_wait_for_room_instead_of_being_dropped() {
         }
         (ok, errors, start.elapsed().as_secs_f64())
     });
-    let resumed = resume.join().ok().and_then(|r| r.ok());
-    assert!(resumed.is_some_and(|s| s.success()), "kill -CONT {pid}");
+    assert!(resume.join().unwrap_or(false), "kill -CONT {pid}");
     let st = rt.block_on(peer.stats()).expect("stats");
     let flows = st.ouroboros.expect("Ouroboros counters");
     eprintln!(
@@ -529,17 +535,9 @@ fn a_paused_peer_does_not_hold_up_sends_to_the_others() {
         return;
     }
     let _g = heavy();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = runtime();
     let me = name("stuck", 0);
-    let mut cfg = PeerConfig::default();
-    cfg.chord.max_pending = 65_536;
-    let mut peer = SwarmPeer::with_config(cfg, Hooks::new());
-    rt.block_on(peer.bind_ouroboros(&me, "local_layer"))
-        .expect("binds over Ouroboros");
+    let peer = ouro_peer(&rt, &me);
     let nodes: Vec<Node> = (1..3)
         .map(|i| {
             let node = start_ouro(&name("stuck", i), "local_layer", Some(&me), &[]);
@@ -561,14 +559,8 @@ fn a_paused_peer_does_not_hold_up_sends_to_the_others() {
         thread::sleep(Duration::from_millis(100));
     }
     let (stuck, other) = (addrs[0].clone(), addrs[1].clone());
-    let pid = nodes[0].child.id().to_string();
-    let kill = |sig: &str| {
-        Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    assert!(kill("-STOP"), "kill -STOP {pid}");
+    let pid = nodes[0].child.id();
+    assert!(kill(pid, "-STOP"), "kill -STOP {pid}");
     let peer = Arc::new(peer);
     let (to_other, stalled_for) = rt.block_on(async {
         // 3,000 sends to the paused node: its ring fills, the rest wait.
@@ -598,7 +590,7 @@ fn a_paused_peer_does_not_hold_up_sends_to_the_others() {
             }
         }
         let stalled_for = start.elapsed();
-        assert!(kill("-CONT"), "kill -CONT {pid}");
+        assert!(kill(pid, "-CONT"), "kill -CONT {pid}");
         let _ = tokio::time::timeout(Duration::from_secs(60), flood).await;
         (ok, stalled_for)
     });
