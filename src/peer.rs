@@ -47,7 +47,9 @@ pub struct PeerStats {
     /// Datagrams the link could not take on the thread that sent them and
     /// that waited for the background task instead (an Ouroboros reader
     /// thread finding a flow's ring full: it must not wait, since it is the
-    /// thread that reads). They are sent, not lost.
+    /// thread that reads). They are sent, not lost. Counted each time a
+    /// datagram is left so (one the reader thread takes up again and finds
+    /// the ring still full counts twice).
     pub link_parked: u64,
     /// The keyed link's counters (handshakes, datagrams dropped for a bad
     /// MAC, a replay, an unknown session…); `None` without a swarm key.
