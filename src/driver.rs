@@ -569,6 +569,7 @@ impl<L: Link> Shared<L> {
         batch: &mut Vec<Transmit<L::Addr>>,
     ) -> bool {
         let max = self.link.max_segments();
+        let mut parked = false;
         let mut it = batch.drain(..);
         while let Some(t) = it.next() {
             let size = t.bytes.len();
@@ -579,12 +580,9 @@ impl<L: Link> Shared<L> {
                     self.counters
                         .link_parked
                         .fetch_add(rest.len() as u64, Ordering::Relaxed);
-                    drop(it);
                     self.park(rest);
-                    while !runs.is_empty() {
-                        self.send_run(runs, 0).await;
-                    }
-                    return true;
+                    parked = true;
+                    break;
                 }
                 self.sent(result, &t.to);
                 continue;
@@ -624,7 +622,7 @@ impl<L: Link> Shared<L> {
         while !runs.is_empty() {
             self.send_run(runs, 0).await;
         }
-        false
+        parked
     }
 
     /// Puts `rest` (in order) before whatever waits in `parked`.

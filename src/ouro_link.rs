@@ -216,8 +216,9 @@ pub struct FlowStats {
     /// used on its own).
     pub queued: u64,
     /// Writes that found a flow's ring (or the packet pool) full and waited
-    /// for room (in pauses of 1 ms, at most 200 ms; those that still found
-    /// none are counted in `dropped`).
+    /// for room (in pauses of 1 ms; the writes to one flow wait at most
+    /// 200 ms in any second, and those that find no room past that are
+    /// counted in `dropped`).
     pub write_waits: u64,
 }
 
@@ -479,7 +480,7 @@ impl Link for OuroborosLink {
                     return Ok(());
                 }
                 Err(ouro::Error::WouldBlock { .. })
-                    if tries < WRITE_RETRIES && !self.shared.out_of_wait(&slot) =>
+                    if tries < WRITE_RETRIES && self.shared.may_wait(&slot) =>
                 {
                     tries += 1;
                     tokio::task::yield_now().await;
@@ -494,13 +495,7 @@ impl Link for OuroborosLink {
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 Err(ouro::Error::WouldBlock { .. }) => {
-                    let now = self.shared.now_ms();
-                    let start = slot.wait_window.load(Ordering::Relaxed);
-                    if now.saturating_sub(start) >= WAIT_WINDOW.as_millis() as u64 {
-                        slot.wait_window.store(now, Ordering::Relaxed);
-                        slot.waited_ms.store(0, Ordering::Relaxed);
-                    }
-                    if slot.waited_ms.load(Ordering::Relaxed) >= WRITE_WAIT.as_millis() as u64 {
+                    if !self.shared.may_wait(&slot) {
                         self.shared.drop_one();
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -580,13 +575,19 @@ impl Shared {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether the writes to `slot` have used up their wait for room in
-    /// the current window (see [`WRITE_WAIT`]): a write that finds it full
-    /// is then dropped without even the yields.
-    fn out_of_wait(&self, slot: &Slot) -> bool {
-        let start = slot.wait_window.load(Ordering::Relaxed);
-        self.now_ms().saturating_sub(start) < WAIT_WINDOW.as_millis() as u64
-            && slot.waited_ms.load(Ordering::Relaxed) >= WRITE_WAIT.as_millis() as u64
+    /// Whether the writes to `slot` may still wait for room in the current
+    /// window (see [`WRITE_WAIT`]), starting a new window once the last
+    /// one is over. When not, a write that finds the flow full is dropped
+    /// without even the yields.
+    fn may_wait(&self, slot: &Slot) -> bool {
+        let now = self.now_ms();
+        if now.saturating_sub(slot.wait_window.load(Ordering::Relaxed))
+            >= WAIT_WINDOW.as_millis() as u64
+        {
+            slot.wait_window.store(now, Ordering::Relaxed);
+            slot.waited_ms.store(0, Ordering::Relaxed);
+        }
+        slot.waited_ms.load(Ordering::Relaxed) < WRITE_WAIT.as_millis() as u64
     }
 
     fn touch(&self, slot: &Slot) {

@@ -442,8 +442,8 @@ fn demo_over_ouroboros_reports_a_correct_ring_and_full_delivery() {
 /// A sender that keeps more sends in flight than a flow's ring holds
 /// (1,023 packets in Ouroboros 0.23) is slowed down, not dropped: before,
 /// a write that found the ring full was dropped after 16 yields, and each
-/// drop cost its send a retry half a second later (3,000 in flight ran at
-/// a sixth of the speed of 256). Now the link waits for room when it runs
+/// drop cost its send a retry half a second later (in the bench, 1,024 in
+/// flight ran at a sixth of the speed of 256). Now the link waits for room when it runs
 /// on the runtime, and the reader thread, which must not wait, hands what
 /// it cannot write to the driver's background task. The receiver is
 /// paused for 100 ms as the sends start, so the ring fills on any machine.
@@ -464,8 +464,9 @@ fn sends_beyond_a_flows_ring_wait_for_room_instead_of_being_dropped() {
     wait_joined(&node, 1);
     let to: cicada::PeerAddr = node.addr.parse().expect("the node's name");
     // The receiver pauses (SIGSTOP, then SIGCONT 100 ms later: within the
-    // flow's wait budget of 200 ms a second and its 5 s peer timeout) as the sends
-    // start, so that its ring fills whatever the two processes' speeds.
+    // flow's wait budget of 200 ms a second and its 5 s peer timeout) as
+    // the sends start, so that its ring fills whatever the two processes'
+    // speeds.
     let pid = node.child.id();
     assert!(kill(pid, "-STOP"), "kill -STOP {pid}");
     let resume = thread::spawn(move || {

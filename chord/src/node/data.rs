@@ -489,8 +489,11 @@ impl<A: Address> LocalNode<A> {
                 self.data_here(header, payload, now);
                 return;
             }
-            match (self.table.predecessor().cloned(), self.owns(&key)) {
+            // The predecessor is cloned only where the message goes to it
+            // (an address may be a name: a clone per message is not free).
+            match (self.table.predecessor(), self.owns(&key)) {
                 (Some(p), _) if p.id == key && header.mode == Mode::Node => {
+                    let p = p.clone();
                     let mut h = header;
                     h.hops = h.hops.saturating_add(1);
                     self.forward_data(h, payload, p, Vec::new(), now);
@@ -500,6 +503,7 @@ impl<A: Address> LocalNode<A> {
                 }
                 (_, Some(true)) => self.data_here(header, payload, now),
                 (Some(p), Some(false)) => {
+                    let p = p.clone();
                     // The sender's successor list is stale: it took us for
                     // the key's owner, but the key lies before our
                     // predecessor. Our fingers could lead straight back to

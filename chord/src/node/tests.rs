@@ -72,11 +72,22 @@ fn run(nodes: &mut [LocalNode<u32>], start: Instant, d: Duration) -> Instant {
 
 /// Nodes a, b, c (addresses 0, 1, 2) joined through a and run for 5 s.
 fn ring_of_three() -> (Vec<LocalNode<u32>>, Instant) {
+    ring_of(&["a", "b", "c"])
+}
+
+/// Nodes named `names` (addresses 0, 1, …) joined through the first and
+/// run for 5 s.
+fn ring_of(names: &[&str]) -> (Vec<LocalNode<u32>>, Instant) {
     let now = Instant::now();
-    let mut nodes = vec![node("a", 0, now), node("b", 1, now), node("c", 2, now)];
+    let mut nodes: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| node(name, i as u32, now))
+        .collect();
     nodes[0].create(now);
-    nodes[1].join(0, now);
-    nodes[2].join(0, now);
+    for n in nodes.iter_mut().skip(1) {
+        n.join(0, now);
+    }
     let now = run(&mut nodes, now, Duration::from_secs(5));
     (nodes, now)
 }
@@ -885,22 +896,6 @@ fn a_split_or_broadcast_datagram_without_an_id_is_dropped() {
     );
 }
 
-/// Nodes a, b, c, d (addresses 0-3) joined through a and run for 5 s.
-fn ring_of_four() -> (Vec<LocalNode<u32>>, Instant) {
-    let now = Instant::now();
-    let mut nodes: Vec<_> = ["a", "b", "c", "d"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| node(name, i as u32, now))
-        .collect();
-    nodes[0].create(now);
-    for n in nodes.iter_mut().skip(1) {
-        n.join(0, now);
-    }
-    let now = run(&mut nodes, now, Duration::from_secs(5));
-    (nodes, now)
-}
-
 /// Regression (the bench's routed-sends stall): `a` still takes `b` for
 /// its successor while two nodes, `n` then `p`, have joined between them
 /// (`a` has not stabilized since).
@@ -910,7 +905,7 @@ fn ring_of_four() -> (Vec<LocalNode<u32>>, Instant) {
 /// hands it to its predecessor, nearer the key, and tells `a` of `p`.
 #[test]
 fn a_last_hop_past_the_key_goes_back_through_the_predecessor() {
-    let (mut nodes, now) = ring_of_four();
+    let (mut nodes, now) = ring_of(&["a", "b", "c", "d"]);
     let order = in_ring_order(&nodes);
     let (a, n, p, b) = (order[0], order[1], order[2], order[3]);
     for node in nodes.iter_mut() {

@@ -451,7 +451,8 @@ pub(crate) async fn pipelined_sends(
     let window: usize = std::env::var("CICADA_BENCH_WINDOW")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+        .unwrap_or(256usize)
+        .max(1);
     let mut inflight = FuturesUnordered::new();
     let mut ok = 0usize;
     let mut first_error = None;
@@ -691,7 +692,7 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
     }
     let sends = ops as f64 / start.elapsed().as_secs_f64();
     // What the sends cost on the wire and what went wrong on the way: a
-    // slow row (one in a few full runs takes 0.5 s, a retry) says why.
+    // slow row (a send that waited for a retry) says why.
     let after = swarm_counts(&peers).await;
     let counts: [u64; 4] = std::array::from_fn(|i| after[i] - before[i]);
     // Drain what the sends delivered, then time one broadcast to all.
