@@ -434,17 +434,25 @@ impl<L: Link> Shared<L> {
             };
             let mut g = lock(&self.state);
             if let Some(st) = g.as_mut() {
-                for _ in 0..DRAIN_BATCH {
+                // Up to DRAIN_BATCH datagrams (a run received whole may
+                // pass it by less than one run) and DRAIN_BATCH commands.
+                let (mut datagrams, mut commands) = (0, 0);
+                loop {
                     let mut idle = true;
-                    if let Some(r) = self.link.try_recv_from(buf) {
-                        // Events wait for the top of the loop (see there).
-                        st.handle(r, buf, &self.counters);
-                        idle = false;
+                    if datagrams < DRAIN_BATCH {
+                        if let Some(r) = self.link.try_recv_run(buf) {
+                            // Events wait for the top of the loop (see there).
+                            datagrams += st.handle_run(r, buf, &self.counters);
+                            idle = false;
+                        }
                     }
-                    if let Ok(c) = queue.try_recv() {
-                        st.command(c);
-                        st.events();
-                        idle = false;
+                    if commands < DRAIN_BATCH {
+                        if let Ok(c) = queue.try_recv() {
+                            st.command(c);
+                            st.events();
+                            commands += 1;
+                            idle = false;
+                        }
                     }
                     if idle {
                         break;
@@ -918,6 +926,36 @@ impl<L: Link> State<L> {
                 // sends here (ICMP unreachable on some systems): not fatal.
                 counters.link_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "receive error");
+            }
+        }
+    }
+
+    /// Hands each datagram of a received run ([`Link::try_recv_run`]) to
+    /// the core, in place; says how many there were.
+    fn handle_run(
+        &mut self,
+        r: std::io::Result<(usize, usize, L::Addr)>,
+        buf: &[u8],
+        counters: &Counters,
+    ) -> usize {
+        match r {
+            Ok((len, stride, from)) => {
+                // Under the lock, as in `handle`.
+                let now = Instant::now();
+                let (data, stride) = (&buf[..len.min(buf.len())], stride.max(1));
+                let (mut at, mut count) = (0, 1);
+                while at + stride < data.len() {
+                    let d = &data[at..at + stride];
+                    self.node.handle_datagram(now, from.clone(), d);
+                    at += stride;
+                    count += 1;
+                }
+                self.node.handle_datagram(now, from, &data[at..]);
+                count
+            }
+            Err(e) => {
+                self.handle(Err(e), buf, counters);
+                1
             }
         }
     }

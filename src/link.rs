@@ -168,6 +168,17 @@ pub trait Link: Send + Sync + 'static {
         None
     }
 
+    /// Like [`try_recv_from`](Self::try_recv_from), but a link that takes
+    /// several datagrams from the system in one receive (a coalesced run)
+    /// may hand them over together, without copying each aside:
+    /// `(len, stride, from)`, the datagrams back to back in `buf[..len]`,
+    /// each `stride` bytes long but the last (which may be shorter), all
+    /// from `from`. The default hands over one datagram (`stride` = `len`).
+    fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, Self::Addr)>> {
+        self.try_recv_from(buf)
+            .map(|r| r.map(|(n, from)| (n, n.max(1), from)))
+    }
+
     /// Whether several tasks may wait in [`recv_from`](Self::recv_from) at
     /// once, each getting whole datagrams, and each woken when one comes.
     /// The driver then lets a caller waiting for a reply receive it
@@ -523,6 +534,34 @@ impl Link for UdpLink {
         }
     }
 
+    fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, SocketAddr)>> {
+        if buf.len() < RUN_BUFFER {
+            return self
+                .try_recv_from(buf)
+                .map(|r| r.map(|(n, from)| (n, n.max(1), from)));
+        }
+        let received = self.socket.try_io(tokio::io::Interest::READABLE, || {
+            let mut run = self.run();
+            // What a caller's receive left over goes first, one by one.
+            if let Some((n, from)) = run.take(buf) {
+                return Ok((n, n.max(1), from));
+            }
+            // A whole run lands in `buf` and is handed over as it is:
+            // no copy aside, none per datagram.
+            let m = self.recv_into(buf)?;
+            let stride = m.stride.clamp(1, m.len.max(1));
+            self.count_run(m.len, stride);
+            Ok((m.len, stride, m.addr))
+        });
+        match received {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self
+                .run()
+                .take(buf)
+                .map(|(n, from)| Ok((n, n.max(1), from))),
+            r => Some(r),
+        }
+    }
+
     fn shares_receive(&self) -> bool {
         // tokio wakes every task waiting for readability; the receive
         // itself runs under the run's lock, whole or not at all.
@@ -642,6 +681,15 @@ impl Link for PeerLink {
                 .try_recv_from(buf)
                 .map(|r| r.map(|(n, a)| (n, PeerAddr::Udp(a)))),
             PeerLink::Ouroboros(l) => l.try_recv_from(buf),
+        }
+    }
+
+    fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, PeerAddr)>> {
+        match self {
+            PeerLink::Udp(l) => l
+                .try_recv_run(buf)
+                .map(|r| r.map(|(n, stride, a)| (n, stride, PeerAddr::Udp(a)))),
+            PeerLink::Ouroboros(l) => l.try_recv_run(buf),
         }
     }
 

@@ -68,6 +68,66 @@ async fn segments_arrive_as_the_datagrams_sent() {
     roundtrip(1, 1_000, 1_000).await;
 }
 
+/// `try_recv_run` hands a coalesced run over whole, in the caller's buffer
+/// (the driver then reads each datagram in place, with no copy aside); a
+/// run that an ordinary receive began is handed out one by one after it,
+/// so no datagram is lost or repeated between the two.
+#[tokio::test]
+async fn a_run_is_received_whole_or_after_a_single_receive_one_by_one() {
+    let (tx, rx) = (link().await, link().await);
+    let (to, from) = (
+        rx.local_addr().expect("bound"),
+        tx.local_addr().expect("bound"),
+    );
+    let size = 700;
+    let datagrams: Vec<Vec<u8>> = (0..12)
+        .map(|d| (0..size).map(|i| (d * 13 + i) as u8).collect())
+        .collect();
+    let mut buf = vec![0u8; 65_536];
+    // Waits until something can be taken without waiting.
+    async fn ready(rx: &UdpLink, buf: &mut [u8]) -> (usize, usize, SocketAddr) {
+        for _ in 0..200 {
+            rx.readable().await.expect("readable");
+            if let Some(r) = rx.try_recv_run(buf) {
+                return r.expect("received");
+            }
+        }
+        panic!("nothing to take");
+    }
+
+    // Whole: one run, as sent (coalesced where the system offers it).
+    tx.send_segments(&datagrams.concat(), size, &to)
+        .await
+        .expect("sent");
+    let mut got = Vec::new();
+    while got.len() < datagrams.len() {
+        let (len, stride, who) = ready(&rx, &mut buf).await;
+        assert_eq!(who, from);
+        got.extend(buf[..len].chunks(stride).map(<[u8]>::to_vec));
+    }
+    assert_eq!(got, datagrams, "the run as sent, in order");
+    if cfg!(target_os = "linux") && tx.max_segments() > 1 {
+        assert_eq!(rx.coalesced(), 12, "the run came in one receive");
+    }
+
+    // Begun by an ordinary receive: the rest comes one by one, in order.
+    tx.send_segments(&datagrams.concat(), size, &to)
+        .await
+        .expect("sent");
+    let (n, _) = rx.recv_from(&mut buf).await.expect("received");
+    let mut got = vec![buf[..n].to_vec()];
+    while got.len() < datagrams.len() {
+        let (len, stride, who) = ready(&rx, &mut buf).await;
+        assert_eq!(who, from);
+        got.extend(buf[..len].chunks(stride).map(<[u8]>::to_vec));
+    }
+    assert_eq!(got, datagrams, "the run as sent, in order");
+    assert!(
+        rx.try_recv_run(&mut buf).is_none(),
+        "nothing more than was sent"
+    );
+}
+
 /// A burst of confirmed sends leaves in runs, and their confirmations come
 /// back together: the driver gathers each turn's datagrams per destination
 /// and size (ids are varints on the wire, so consecutive datagrams often
