@@ -17,7 +17,7 @@
 //! holds it (caller or background task) sends until the core's queue is
 //! empty, so datagrams made while someone else sends are not left behind.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chord::{Event, Hash, LocalNode, LookupId, NodeRef, Transmit};
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::{PeerConfig, RECV_BUFFER};
@@ -219,8 +220,8 @@ struct State<L: Link> {
     hooks: HookQueue<L::Addr>,
     counters: Arc<Counters>,
     join_reply: Option<Reply<NodeRef<L::Addr>>>,
-    lookups: HashMap<LookupId, Reply<Reached<L::Addr>>>,
-    sends: HashMap<chord::MessageId, Reply<Reached<L::Addr>>>,
+    lookups: FxHashMap<LookupId, Reply<Reached<L::Addr>>>,
+    sends: FxHashMap<chord::MessageId, Reply<Reached<L::Addr>>>,
     leave_replies: Vec<oneshot::Sender<()>>,
     seen_peers: HashSet<Hash>,
     /// The deadline the background task sleeps until (`None` while it is
@@ -319,8 +320,8 @@ impl<L: Link> Shared<L> {
             hooks,
             counters: counters.clone(),
             join_reply: None,
-            lookups: HashMap::new(),
-            sends: HashMap::new(),
+            lookups: FxHashMap::default(),
+            sends: FxHashMap::default(),
             leave_replies: Vec::new(),
             seen_peers: HashSet::new(),
             armed: None,

@@ -1,6 +1,5 @@
 //! [`SwarmPeer`]: a member of a Cicada swarm, used like a socket.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -8,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use chord::Hash;
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -76,8 +76,10 @@ struct Bound {
     /// The gateway mapping of the socket's port, removed on close.
     mapping: tokio::sync::Mutex<Option<traversal::PortMapping>>,
     /// Ids of the addresses sent to (a SHA-256 of the address text each),
-    /// so that a stream of sends to one peer derives its id once.
-    ids: Mutex<HashMap<PeerAddr, Hash>>,
+    /// so that a stream of sends to one peer derives its id once. FxHash:
+    /// at most [`ID_MEMORY`] entries, so even addresses chosen to collide
+    /// cost a lookup no more than that many comparisons.
+    ids: Mutex<FxHashMap<PeerAddr, Hash>>,
 }
 
 /// Most addresses whose ids a peer remembers; past it the memory is cleared.
@@ -348,7 +350,7 @@ impl SwarmPeer {
             ouroboros,
             task: Mutex::new(Some(task)),
             mapping: tokio::sync::Mutex::new(mapping),
-            ids: Mutex::new(HashMap::new()),
+            ids: Mutex::new(FxHashMap::default()),
         });
         Ok(())
     }

@@ -60,11 +60,12 @@ impl<A: Clone + Eq + std::hash::Hash> Identity<A> {
     }
 }
 
-/// The slot of `addr`: std's hasher with its fixed keys (not secret). An
-/// attacker who picks addresses that share a slot only costs the node the
-/// derivations it made before there was a cache.
+/// The slot of `addr`: a fast unkeyed hash (FxHash; std's SipHash cost
+/// about 300 instructions per message here, and its fixed keys were no
+/// secret either). An attacker who picks addresses that share a slot only
+/// costs the node the derivations it made before there was a cache.
 fn slot_of<A: std::hash::Hash>(addr: &A) -> usize {
-    let mut h = std::hash::DefaultHasher::new();
+    let mut h = rustc_hash::FxHasher::default();
     addr.hash(&mut h);
     h.finish() as usize % SLOTS
 }
