@@ -17,6 +17,8 @@ use std::time::Instant;
 
 use super::{LocalNode, Phase, Waiting};
 use crate::config::MAX_HOPS;
+use smallvec::SmallVec;
+
 use crate::delivery::Assembled;
 use crate::event::{Event, MessageId, SendError, Target};
 use crate::hash::{Hash, Interval};
@@ -39,7 +41,7 @@ pub(super) struct Outgoing {
     retry_at: Instant,
     deadline: Instant,
     /// First hops of earlier attempts: later attempts try others.
-    avoid: Vec<Hash>,
+    avoid: SmallVec<[Hash; 2]>,
     refusals: u32,
     /// What `NoSuchNode` answers have done to this message.
     no_such_node: Verdict,
@@ -47,7 +49,7 @@ pub(super) struct Outgoing {
     /// a first hop, so that the destination's `Delivered` finds the ones
     /// it proves without a scan of every pending request. Entries whose
     /// request is gone are dropped as new ones come.
-    first_hops: Vec<u64>,
+    first_hops: SmallVec<[u64; 2]>,
 }
 
 /// Where `NoSuchNode` answers left an outgoing message. The first gets
@@ -109,10 +111,10 @@ impl<A: Address> LocalNode<A> {
                 duplicates,
                 retry_at: now,
                 deadline: now + self.cfg.send_timeout,
-                avoid: Vec::new(),
+                avoid: SmallVec::new(),
                 refusals: 0,
                 no_such_node: Verdict::None,
-                first_hops: Vec::new(),
+                first_hops: SmallVec::new(),
             },
         );
         self.send_attempt(id, now);
@@ -257,7 +259,7 @@ impl<A: Address> LocalNode<A> {
             }
             for (i, part) in parts.clone().enumerate() {
                 let header = self.first_header(id, target, mode, i as u16, count);
-                first = self.route_data(header, part, avoid.clone(), now);
+                first = self.route_data(header, part, avoid.to_vec(), now);
             }
             match first {
                 Some(hop) => avoid.push(hop),
