@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Internal: be the receiving peer of the Ouroboros rows, under this name.
     #[arg(long, hide = true)]
     ouroboros_serve: Option<String>,
+    /// Internal: only measure `--idle` idle peers and print the resident
+    /// bytes per peer (the memory row runs in a process of its own).
+    #[arg(long, hide = true)]
+    idle_only: bool,
 }
 
 /// Runs `cicada bench`; returns the exit code.
@@ -75,6 +79,18 @@ pub fn main(args: BenchArgs) -> i32 {
             return 1;
         }
     };
+    if args.idle_only {
+        return match rt.block_on(idle_rss(args.idle)) {
+            Ok(per) => {
+                println!("{per}");
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        };
+    }
     if let Some(name) = &args.ouroboros_serve {
         return match rt.block_on(crate::bench_ouro::serve(name, &args.ouroboros_layer)) {
             Ok(()) => 0,
@@ -133,6 +149,9 @@ fn local() -> SocketAddr {
 
 async fn run(args: &BenchArgs) -> R<Value> {
     let mut report = serde_json::Map::new();
+    // Figures taken with another window are not comparable: say which.
+    report.insert("bench_window".into(), json!(window()));
+    println!("(confirmed throughput rows: {} sends in flight)", window());
     if !args.only_ouroboros {
         udp_rows(args, &mut report).await?;
     }
@@ -222,7 +241,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     for (k, v) in &swarm {
         report.insert(k.clone(), v.clone());
     }
-    let rss = idle_rss(args.idle).await?;
+    let rss = idle_rss_alone(args.idle, args.current_thread)?;
     println!(
         "{:<34} {:>10.0} B",
         format!("resident per idle peer ({})", args.idle),
@@ -413,6 +432,16 @@ async fn throughput(
     Ok((ok as f64 / secs, ok as f64 / count as f64))
 }
 
+/// Confirmed sends the throughput rows keep in flight: 256, or
+/// `CICADA_BENCH_WINDOW` (at least 1).
+pub(crate) fn window() -> usize {
+    std::env::var("CICADA_BENCH_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256usize)
+        .max(1)
+}
+
 /// Two peers of configuration `cfg`, one hop apart and settled; and the
 /// address of the second.
 async fn pair(cfg: PeerConfig) -> R<(Arc<SwarmPeer>, Arc<SwarmPeer>, PeerAddr)> {
@@ -448,11 +477,7 @@ pub(crate) async fn pipelined_sends(
         return task_per_send(a, to, size, count).await;
     }
     let payload = bytes::Bytes::from(vec![0x5au8; size]);
-    let window: usize = std::env::var("CICADA_BENCH_WINDOW")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256usize)
-        .max(1);
+    let window = window();
     let mut inflight = FuturesUnordered::new();
     let mut ok = 0usize;
     let mut first_error = None;
@@ -777,6 +802,29 @@ fn rss_bytes() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// [`idle_rss`] in a process of its own (this program, `bench --idle-only`).
+/// In this process the peers took memory the rows before had freed and the
+/// allocator kept, and the row read 0-13 KB per peer where a fresh process
+/// reads about 30 KB.
+fn idle_rss_alone(n: usize, current_thread: bool) -> R<f64> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe);
+    child.args(["bench", "--idle-only", "--idle", &n.to_string()]);
+    if current_thread {
+        child.arg("--current-thread");
+    }
+    let out = child
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot start the memory row's process: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .last()
+        .and_then(|l| l.trim().parse::<f64>().ok())
+        .filter(|_| out.status.success())
+        .ok_or_else(|| format!("the memory row's process failed ({}): {text}", out.status))
 }
 
 /// Resident bytes per peer of `n` idle peers that form one swarm.

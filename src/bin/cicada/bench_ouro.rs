@@ -561,7 +561,7 @@ async fn datagram_flood(
     Ok((rate, arrived as f64 / messages as f64))
 }
 
-/// Confirmed one-hop sends per second (256 in flight), and the fraction confirmed.
+/// Confirmed one-hop sends per second ([`crate::bench::window`] in flight, 256 by default), and the fraction confirmed.
 async fn throughput(a: &Arc<SwarmPeer>, to: &PeerAddr, size: usize, count: usize) -> (f64, f64) {
     let start = Instant::now();
     let (ok, first_error) = pipelined_sends(a, to, size, count).await;
