@@ -243,4 +243,9 @@ pub struct Stats {
     /// (the message goes on to the predecessor). At most one per sender
     /// per stabilization period, however many messages overshoot.
     pub stale_successor_hints: u64,
+    /// Retransmissions held back because their destination had been sent
+    /// its share for this request timeout without answering (see
+    /// `Config::request_timeout`); each goes out when the destination
+    /// answers anything, or its request fails when its retries run out.
+    pub retransmits_held: u64,
 }

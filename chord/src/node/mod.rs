@@ -36,6 +36,13 @@ impl<T: Clone + Eq + std::hash::Hash + Debug + Serialize + DeserializeOwned> Add
 /// How long a node that failed stays out of the tables, so that a neighbour
 /// that has not noticed yet cannot hand it straight back.
 const DEAD_MEMORY_PERIODS: u32 = 3;
+/// Retransmissions to one destination per request timeout. Past them, a
+/// request that times out waits for a sign of life from its destination
+/// (any answer) before it is sent again: a peer that stops answering with
+/// thousands of requests outstanding (paused, overloaded, gone) is sent a
+/// few, not all of them again at each timeout. Its retries are counted
+/// down as before, so it is declared failed no later than without this.
+const RETRANSMIT_BURST: u32 = 16;
 /// How many recently failed nodes are remembered.
 const DEAD_MEMORY_LEN: usize = 64;
 /// Full `Neighbors` replies (larger than their request) sent to an address
@@ -113,6 +120,17 @@ struct PastPeer<A> {
     backoff: Duration,
 }
 
+/// Retransmissions to one destination (see [`RETRANSMIT_BURST`]).
+#[derive(Clone, Debug)]
+struct Backoff {
+    /// When the current request timeout's count began.
+    since: Instant,
+    /// Retransmissions sent since then.
+    sent: u32,
+    /// Requests whose retransmission waits for the destination to answer.
+    held: Vec<u64>,
+}
+
 #[derive(Clone, Debug)]
 struct Pending<A> {
     to: A,
@@ -120,6 +138,8 @@ struct Pending<A> {
     bytes: Bytes,
     deadline: Instant,
     retries_left: u32,
+    /// Listed in its destination's [`Backoff::held`].
+    held: bool,
     waiting: Waiting<A>,
 }
 
@@ -189,6 +209,12 @@ pub struct LocalNode<A> {
     /// Keyed by our own random txn ids (never a peer's), so a plain Fx
     /// hash map: a B-tree moved whole entries on each insert and removal.
     pending: FxHashMap<u64, Pending<A>>,
+    /// Destinations whose requests timed out lately: retransmissions sent
+    /// to each in the current request timeout, and the requests held back
+    /// past [`RETRANSMIT_BURST`] (sent when it answers anything). Keyed by
+    /// addresses this node sent requests to; at most one entry per
+    /// destination with a request pending, pruned on each tick.
+    backoff: FxHashMap<A, Backoff>,
     lookups: BTreeMap<u64, Lookup>,
     known: Vec<NodeRef<A>>,
     known_version: u64,
@@ -258,6 +284,7 @@ impl<A: Address> LocalNode<A> {
             next_tick: None,
             wake: None,
             pending: FxHashMap::default(),
+            backoff: FxHashMap::default(),
             lookups: BTreeMap::new(),
             known: Vec::new(),
             known_version: 0,
@@ -986,8 +1013,52 @@ impl<A: Address> LocalNode<A> {
 
     /// `addr` answered a request sent to it: it is verified, and a
     /// `GetNeighbors` of its that was waiting for that is answered now.
+    /// Whether a request to `to` that timed out goes out again now; if
+    /// not, it is held until `to` answers something ([`RETRANSMIT_BURST`]).
+    fn may_retransmit(&mut self, to: &A, now: Instant) -> bool {
+        let window = self.cfg.request_timeout;
+        let b = self.backoff.entry(to.clone()).or_insert(Backoff {
+            since: now,
+            sent: 0,
+            held: Vec::new(),
+        });
+        if now >= b.since + window {
+            b.since = now;
+            b.sent = 0;
+        }
+        if b.sent < RETRANSMIT_BURST {
+            b.sent += 1;
+            return true;
+        }
+        false
+    }
+
+    /// `addr` answered: the retransmissions held for it go now, each with
+    /// a whole request timeout to be answered in.
+    fn release_held(&mut self, addr: &A, now: Instant) {
+        let Some(b) = self.backoff.remove(addr) else {
+            return;
+        };
+        let deadline = now + self.cfg.request_timeout;
+        let mut sent = false;
+        for txn in b.held {
+            if let Some(p) = self.pending.get_mut(&txn).filter(|p| p.held) {
+                p.held = false;
+                p.deadline = deadline;
+                let (to, bytes) = (p.to.clone(), p.bytes.clone());
+                self.push_transmit(to, bytes);
+                sent = true;
+            }
+        }
+        if sent {
+            self.arm(deadline);
+        }
+    }
+
     fn verified(&mut self, addr: A, now: Instant) {
-        let _ = now;
+        if !self.backoff.is_empty() {
+            self.release_held(&addr, now);
+        }
         if let Some((txn, want_fingers)) = self.sources.verify_and_take_deferred(&addr, now) {
             if self.phase == Phase::Joined {
                 let reply = self.neighbors_reply(txn, want_fingers);
@@ -1440,6 +1511,13 @@ impl<A: Address> LocalNode<A> {
         // sends) would leave every idle node holding its peak.
         trim(&mut self.pending);
         trim(&mut self.outgoing);
+        // Destinations quiet for a request timeout, with nothing held that
+        // is still pending, are forgotten.
+        let (pending, window) = (&self.pending, self.cfg.request_timeout);
+        self.backoff.retain(|_, b| {
+            b.held.retain(|t| pending.contains_key(t));
+            now < b.since + window || !b.held.is_empty()
+        });
         if self.phase != Phase::Joined {
             return;
         }
@@ -1564,6 +1642,7 @@ impl<A: Address> LocalNode<A> {
                 bytes: bytes.clone(),
                 deadline,
                 retries_left: retries,
+                held: false,
                 waiting,
             },
         );
@@ -1604,7 +1683,19 @@ impl<A: Address> LocalNode<A> {
             p.retries_left -= 1;
             p.deadline = now + self.cfg.request_timeout;
             self.arm(p.deadline);
-            self.push_transmit(p.to.clone(), p.bytes.clone());
+            // A request held already stays so: the destination's share of
+            // retransmissions goes to the others.
+            if !p.held && self.may_retransmit(&p.to, now) {
+                self.push_transmit(p.to.clone(), p.bytes.clone());
+            } else {
+                self.stats.retransmits_held += 1;
+                if !p.held {
+                    p.held = true;
+                    if let Some(b) = self.backoff.get_mut(&p.to) {
+                        b.held.push(txn);
+                    }
+                }
+            }
             // Back in the table before anything else is requested: the
             // probes below must count it against max_pending (found by the
             // `node` fuzz target: pending reached max_pending + 1).

@@ -955,3 +955,129 @@ fn a_last_hop_past_the_key_goes_back_through_the_predecessor() {
     let succ = nodes[a].successor().map(|s| s.addr);
     assert!(succ == Some(n as u32) || succ == Some(p as u32), "{succ:?}");
 }
+
+/// A destination that stops answering with many requests outstanding is
+/// sent a few of them again at each request timeout, not all: the rest
+/// wait for it to answer anything, and then go at once. Its requests
+/// still run out of retries when they did before.
+#[test]
+fn a_silent_destination_gets_a_few_retransmissions_and_the_rest_when_it_answers() {
+    use crate::wire::Message;
+    let (mut nodes, start) = joined_pair();
+    let b = nodes[1].id();
+    let timeout = nodes[0].config().request_timeout;
+    let ids: Vec<_> = (0..100u8)
+        .map(|i| {
+            nodes[0]
+                .send(Target::Node(b), vec![i; 10], 0, start)
+                .expect("accepted")
+        })
+        .collect();
+    let is_data = |bytes: &[u8]| matches!(Message::<u32>::decode(bytes), Ok(Message::Data(_)));
+    // b is paused: whatever a sends is lost, and b says nothing.
+    let mut data_out = |n: &mut LocalNode<u32>| {
+        std::iter::from_fn(|| n.poll_transmit())
+            .filter(|t| is_data(&t.bytes))
+            .count()
+    };
+    assert_eq!(data_out(&mut nodes[0]), 100, "the first copies");
+    let mut now = start + timeout + Duration::from_millis(1);
+    nodes[0].handle_timeout(now);
+    let again = data_out(&mut nodes[0]);
+    assert_eq!(
+        again,
+        super::RETRANSMIT_BURST as usize,
+        "retransmitted at the first timeout"
+    );
+    assert_eq!(nodes[0].stats().retransmits_held, 100 - again as u64);
+
+    // b comes back; from now on everything is delivered. The next timeout
+    // retransmits the few again, b confirms them, and that answer sends
+    // the held ones at once: every message arrives, each handed up once.
+    now += timeout;
+    let end = now + Duration::from_secs(1);
+    let mut sent_back = 0;
+    while now < end {
+        for n in nodes.iter_mut() {
+            if n.poll_timeout().is_some_and(|t| t <= now) {
+                n.handle_timeout(now);
+            }
+        }
+        for i in 0..2 {
+            while let Some(t) = nodes[i].poll_transmit() {
+                if i == 0 && is_data(&t.bytes) {
+                    sent_back += 1;
+                }
+                nodes[t.to as usize].handle_datagram(now, i as u32, &t.bytes);
+            }
+        }
+        now += Duration::from_millis(10);
+    }
+    let delivered: Vec<_> = events(&mut nodes[0])
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Delivered { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        delivered.len(),
+        100,
+        "{sent_back} Data sent after b came back"
+    );
+    assert!(ids.iter().all(|id| delivered.contains(id)));
+    let received = events(&mut nodes[1])
+        .into_iter()
+        .filter(|e| matches!(e, Event::Received { .. }))
+        .count();
+    assert_eq!(received, 100, "each handed up once");
+    // The few went twice while b was away; the rest once after it answered.
+    assert_eq!(sent_back, 100, "Data sent after b came back");
+}
+
+/// With nothing answered, requests held back fail when their retries run
+/// out, as they would have if sent: holding them never delays a verdict.
+#[test]
+fn held_retransmissions_fail_no_later_than_sent_ones() {
+    let (mut nodes, start) = joined_pair();
+    let b = nodes[1].id();
+    let cfg = nodes[0].config().clone();
+    for i in 0..50u8 {
+        nodes[0]
+            .send(Target::Node(b), vec![i; 10], 0, start)
+            .expect("accepted");
+    }
+    // The hop requests that carry the 50 messages to b.
+    let hops: Vec<u64> = nodes[0]
+        .pending
+        .iter()
+        .filter(|(_, p)| matches!(p.waiting, super::Waiting::Data { .. }))
+        .map(|(txn, _)| *txn)
+        .collect();
+    assert_eq!(hops.len(), 50);
+    // b is gone: nothing reaches it, nothing comes back.
+    let mut now = start;
+    let verdict = start + cfg.request_timeout * (cfg.request_retries + 1);
+    let mut failed_hops_at = None;
+    while now <= verdict + Duration::from_millis(20) {
+        while nodes[0].poll_transmit().is_some() {}
+        if nodes[0].poll_timeout().is_some_and(|t| t <= now) {
+            nodes[0].handle_timeout(now);
+        }
+        let left = hops
+            .iter()
+            .filter(|t| nodes[0].pending.contains_key(t))
+            .count();
+        if left == 0 && failed_hops_at.is_none() {
+            failed_hops_at = Some(now);
+        }
+        now += Duration::from_millis(5);
+    }
+    assert!(nodes[0].stats().retransmits_held > 0, "some were held");
+    let at = failed_hops_at.expect("every request to b ran out of retries");
+    assert!(
+        at <= verdict + Duration::from_millis(10),
+        "the last request to b ended {:?} after the verdict was due",
+        at.saturating_duration_since(verdict)
+    );
+}

@@ -502,6 +502,7 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                 "link_errors": s.link_errors,
                 "link_parked": s.link_parked,
                 "stale_successor_hints": s.core.stale_successor_hints,
+                "retransmits_held": s.core.retransmits_held,
                 "secure": s.secure.map(|k| json!({
                     "sessions": k.sessions,
                     "handshakes_completed": k.handshakes_completed,
