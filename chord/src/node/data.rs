@@ -373,6 +373,16 @@ impl<A: Address> LocalNode<A> {
             }
             prev = s.id;
         }
+        // The node sent to is in the table (the predecessor, a finger):
+        // straight to it as the last hop. Routing by fingers stops short of
+        // a key, at a node before it, which costs a hop; and when that node
+        // is silent, it left no way on at all until it was declared dead,
+        // though the target itself was known and answering.
+        if header.mode == Mode::Node {
+            if let Some(n) = self.table.get(key).filter(|n| !exclude.contains(&n.id)) {
+                return Decision::Forward(n.clone(), true);
+            }
+        }
         match self.table.next_hop(key, exclude) {
             // Data whose every way on failed is refused (the origin tries
             // again); only lookups go back to a silent successor.

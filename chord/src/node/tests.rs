@@ -956,6 +956,54 @@ fn a_last_hop_past_the_key_goes_back_through_the_predecessor() {
     assert!(succ == Some(n as u32) || succ == Some(p as u32), "{succ:?}");
 }
 
+/// A send to a node the table holds (here the predecessor, which the
+/// successor list does not reach) goes straight to it as the last hop,
+/// not through the nearest node before it. That node may be silent: the
+/// send used to wait for it to time out, then found no other way on and
+/// waited for the next attempt (2.5 s in the Ouroboros test that pauses a
+/// node), though its target was known and answering.
+#[test]
+fn a_send_to_a_node_in_the_table_goes_straight_to_it() {
+    let (mut nodes, now) = ring_of_three();
+    let order = in_ring_order(&nodes);
+    let (x, y, z) = (order[0], order[1], order[2]);
+    for node in nodes.iter_mut() {
+        events(node);
+    }
+    // `x`'s list reaches only `y` (as in a ring longer than the list);
+    // `z` is its predecessor.
+    let y_ref = nodes[y].me().clone();
+    nodes[x].table.set_successors(vec![y_ref]);
+    assert_eq!(nodes[x].predecessor().map(|p| p.addr), Some(z as u32));
+    let z_id = nodes[z].id();
+    for i in 0..10u8 {
+        nodes[x].send(Target::Node(z_id), vec![i], 0, now).unwrap();
+    }
+    // `y` is paused: whatever is sent to it is lost. No timer fires.
+    for _ in 0..10 {
+        for i in [x, z] {
+            while let Some(t) = nodes[i].poll_transmit() {
+                if t.to as usize != y {
+                    nodes[t.to as usize].handle_datagram(now, i as u32, &t.bytes);
+                }
+            }
+        }
+    }
+    let received = events(&mut nodes[z])
+        .into_iter()
+        .filter(|e| matches!(e, Event::Received { .. }))
+        .count();
+    assert_eq!(received, 10, "z has every message without a timeout");
+    let hops: Vec<u32> = events(&mut nodes[x])
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Delivered { hops, .. } => Some(hops),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hops, vec![1; 10], "each confirmed, in one hop");
+}
+
 /// A destination that stops answering with many requests outstanding is
 /// sent a few of them again at each request timeout, not all: the rest
 /// wait for it to answer anything, and then go at once. Its requests
