@@ -1023,7 +1023,7 @@ fn a_silent_destination_gets_a_few_retransmissions_and_the_rest_when_it_answers(
         .collect();
     let is_data = |bytes: &[u8]| matches!(Message::<u32>::decode(bytes), Ok(Message::Data(_)));
     // b is paused: whatever a sends is lost, and b says nothing.
-    let mut data_out = |n: &mut LocalNode<u32>| {
+    let data_out = |n: &mut LocalNode<u32>| {
         std::iter::from_fn(|| n.poll_transmit())
             .filter(|t| is_data(&t.bytes))
             .count()
