@@ -132,12 +132,13 @@ pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
     }
     if report.broadcasts > 0 {
         lines.push(format!(
-            "broadcasts {:>4}   messages each {:.1}   coverage mean {:.4} min {:.4}   depth max {}",
+            "broadcasts {:>4}   messages each {:.1}   coverage mean {:.4} min {:.4}   depth max {}   last receiver after {:.1} s",
             report.broadcasts,
             report.broadcast_messages_per_broadcast,
             report.broadcast_coverage,
             report.broadcast_coverage_min,
-            report.broadcast_depth_max
+            report.broadcast_depth_max,
+            report.broadcast_seconds_max
         ));
     }
     if report.sends > 0 || report.broadcasts > 0 {

@@ -340,6 +340,11 @@ fn sends_and_broadcasts_in_a_stable_ring() {
     assert_eq!(r.broadcast_messages_per_broadcast, 2999.0, "{r:?}");
     assert_eq!(r.broadcast_coverage_min, 1.0);
     assert!(r.broadcast_depth_max <= 13, "{r:?}");
+    // No hop waits for a timeout: the last receiver has it within its
+    // depth times the longest link latency (80 ms), plus the 0.1 s to
+    // which the time is measured.
+    let bound = f64::from(r.broadcast_depth_max) * 0.08 + 0.1;
+    assert!(r.broadcast_seconds_max <= bound, "{r:?}");
 }
 
 #[test]
@@ -355,11 +360,9 @@ fn sends_and_broadcasts_right_after_ten_percent_die() {
     assert_eq!(r.send_unresolved, 0, "{r:?}");
     assert_eq!(r.send_wrong_destination, 0, "{r:?}");
     assert!((r.send_delivered_rate + r.send_failed_rate - 1.0).abs() < 1e-9);
-    // A broadcast right after the deaths misses the few nodes whose parent
-    // in its tree died unnoticed. Over seeds 10-29 of this very setup the
-    // worst broadcast reached 99.11% (before direct hops to a target in
-    // the table) and 98.93% (after); 16-18 of the 20 reached everyone.
-    assert!(r.broadcast_coverage_min >= 0.985, "{r:?}");
+    // A broadcast right after the deaths still reaches every live node,
+    // exactly once, given the time to re-cover the arcs of dead children.
+    assert_eq!(r.broadcast_coverage_min, 1.0, "{r:?}");
     assert_eq!(r.duplicate_deliveries, 0);
 }
 
