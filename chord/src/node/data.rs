@@ -417,6 +417,8 @@ impl<A: Address> LocalNode<A> {
             next: next.id,
             exclude,
             msg,
+            broadcast: header.mode == Mode::Broadcast,
+            recovered: false,
         };
         let txn = self.request(next.addr, retries, waiting, now, |txn| {
             Message::Data(Data {
@@ -433,18 +435,44 @@ impl<A: Address> LocalNode<A> {
         }
     }
 
-    /// The next hop of a message did not acknowledge it: route around it.
+    /// The next hop of a message did not acknowledge it, after its
+    /// retries: it is demoted, and the message routed around it unless
+    /// that was done already (a broadcast child's arc, at the first
+    /// timeout).
     pub(super) fn data_hop_failed(
         &mut self,
         bytes: &[u8],
         next: Hash,
-        mut exclude: Vec<Hash>,
+        exclude: Vec<Hash>,
+        recovered: bool,
         now: Instant,
     ) {
         self.demote(&next, now);
         if self.table.successor().is_some_and(|s| s.id == next) {
             self.send_stabilize(now);
         }
+        if !recovered {
+            self.recover_arc(bytes, next, exclude, now);
+        }
+    }
+
+    /// Routes the message kept in a silent hop's pending entry around
+    /// that hop (a message for exactly `next` is refused instead, as
+    /// undeliverable): to the key's live owner but `next` for a unicast, to the
+    /// first live node at or after the child's id for a broadcast (which
+    /// covers what is left of the child's arc). For a broadcast this runs
+    /// at the hop's first timeout, not after its retries: a dead child
+    /// would otherwise hold up its whole subtree for the retries'
+    /// duration (1.5 s by default) at each level where one died, and a
+    /// child that was only slow receives the copy twice and drops the
+    /// second as a duplicate.
+    pub(super) fn recover_arc(
+        &mut self,
+        bytes: &[u8],
+        next: Hash,
+        mut exclude: Vec<Hash>,
+        now: Instant,
+    ) {
         let Ok(Message::Data(Data {
             mut header,
             payload,

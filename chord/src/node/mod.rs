@@ -89,6 +89,12 @@ enum Waiting<A> {
         exclude: Vec<Hash>,
         /// The message: a `Delivered` for it from `next` proves the hop.
         msg: u64,
+        /// A broadcast hand-over to a child: its arc is re-covered at the
+        /// hop's first timeout, while the child is still asked again (see
+        /// `LocalNode::recover_arc`).
+        broadcast: bool,
+        /// Routed around this hop already: not again when it fails.
+        recovered: bool,
     },
     /// A lookup handed to the next hop, awaiting its acknowledgement.
     Forward {
@@ -1678,6 +1684,18 @@ impl<A: Address> LocalNode<A> {
         };
         if p.retries_left > 0 {
             let first_retry = p.retries_left == self.cfg.request_retries;
+            if let Waiting::Data {
+                next,
+                exclude,
+                broadcast: true,
+                recovered: recovered @ false,
+                ..
+            } = &mut p.waiting
+            {
+                *recovered = true;
+                let (next, exclude) = (*next, exclude.clone());
+                self.recover_arc(&p.bytes, next, exclude, now);
+            }
             let suspect = matches!(&p.waiting, Waiting::Stabilize { peer }
                 if first_retry && self.table.successor().is_some_and(|s| s.id == peer.id));
             p.retries_left -= 1;
@@ -1718,9 +1736,12 @@ impl<A: Address> LocalNode<A> {
                     self.lookup_attempt(lookup, now);
                 }
             }
-            Waiting::Data { next, exclude, .. } => {
-                self.data_hop_failed(&p.bytes, next, exclude, now)
-            }
+            Waiting::Data {
+                next,
+                exclude,
+                recovered,
+                ..
+            } => self.data_hop_failed(&p.bytes, next, exclude, recovered, now),
             Waiting::Forward {
                 msg,
                 next,

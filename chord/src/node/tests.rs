@@ -1129,3 +1129,70 @@ fn held_retransmissions_fail_no_later_than_sent_ones() {
         at.saturating_duration_since(verdict)
     );
 }
+
+/// A broadcast child that does not acknowledge has its arc re-covered at
+/// the hand-over's first timeout, while the child is still asked again;
+/// when the child's retries run out the arc is not re-covered twice.
+#[test]
+fn a_silent_broadcast_child_has_its_arc_re_covered_at_the_first_timeout() {
+    use crate::wire::Mode;
+    let (mut nodes, start) = ring_of(&["a", "b", "c", "d"]);
+    let order = in_ring_order(&nodes);
+    let (x, y) = (order[0], order[1]);
+    for node in nodes.iter_mut() {
+        events(node);
+    }
+    let y_id = nodes[y].id();
+    // Delivers everything but what goes to `y` (which is silent); returns
+    // the broadcast copies `x` sent: (to, target, last hop).
+    let exchange = |nodes: &mut [LocalNode<u32>], now: Instant| {
+        let mut sent = Vec::new();
+        for _ in 0..10 {
+            for i in 0..nodes.len() {
+                while let Some(t) = nodes[i].poll_transmit() {
+                    if i == x {
+                        if let Ok(Message::Data(d)) = Message::<u32>::decode(&t.bytes) {
+                            if d.header.mode == Mode::Broadcast {
+                                sent.push((t.to, d.header.target, d.header.last_hop));
+                            }
+                        }
+                    }
+                    if t.to as usize != y {
+                        nodes[t.to as usize].handle_datagram(now, i as u32, &t.bytes);
+                    }
+                }
+            }
+        }
+        sent
+    };
+    nodes[x].broadcast(vec![9u8; 20], start).expect("accepted");
+    let first = exchange(&mut nodes, start);
+    assert!(first.contains(&(y as u32, y_id, true)), "{first:?}");
+    // At the first timeout `y` is asked again, and its arc goes to
+    // someone else at once, routed to the first live node at or after
+    // `y`'s id.
+    let timeout = nodes[x].config().request_timeout;
+    let mut now = start + timeout + Duration::from_millis(1);
+    nodes[x].handle_timeout(now);
+    let again = exchange(&mut nodes, now);
+    assert!(
+        again.contains(&(y as u32, y_id, true)),
+        "retried: {again:?}"
+    );
+    let rerouted: Vec<_> = again
+        .iter()
+        .filter(|(to, target, _)| *to != y as u32 && *target == y_id)
+        .collect();
+    assert_eq!(rerouted.len(), 1, "y's arc re-covered once: {again:?}");
+    // Its retries run out later; the arc is not re-covered again.
+    let retries = nodes[x].config().request_retries;
+    for _ in 0..retries {
+        now += timeout;
+        nodes[x].handle_timeout(now);
+        let later = exchange(&mut nodes, now);
+        assert!(
+            later.iter().all(|(to, _, _)| *to == y as u32),
+            "only y is asked again: {later:?}"
+        );
+    }
+}
