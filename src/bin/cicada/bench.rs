@@ -170,7 +170,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
 
 async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>) -> R<()> {
     println!("(peers with source_rate and data_rate = {SOURCE_RATE}/s, lifted from the defaults of 400/s and 100,000/s)");
-    println!("(each one-hop row: medians of {ROUNDS} runs taking turns with the baseline)");
+    println!("(each one-hop throughput row: medians of {ROUNDS} runs taking turns with the baseline; latency: turns of {LATENCY_TURN} round trips)");
     println!(
         "{:<34} {:>14} {:>14} {:>8}",
         "one hop on loopback", "cicada", "raw UDP", "ratio"
@@ -577,20 +577,37 @@ async fn throughput_turns(
     Ok((median(ours), median(raws), reached))
 }
 
-/// The latency row's samples over [`ROUNDS`] turns (Cicada's, and the raw
-/// ping-pong's when `with_raw`): percentiles are taken over all of them.
+/// Round trips per turn of the latency row: Cicada's and the raw
+/// ping-pong's take turns this often, so that both meet the same
+/// scheduling. On two worker threads a ping-pong (raw UDP's as much as
+/// Cicada's) runs for hundreds of milliseconds at a time in one of two
+/// modes, 8-20 µs or 65-95 µs a round trip on this VM, by where the
+/// threads that wake each other sit; turns of 2,000 round trips put the
+/// two sides in different modes in about half the runs.
+const LATENCY_TURN: usize = 25;
+
+/// The latency row's samples, `n` × [`ROUNDS`] round trips of Cicada's
+/// (and as many of the raw ping-pong's when `with_raw`), taken in turns
+/// of [`LATENCY_TURN`]: percentiles are taken over all of them.
 async fn latency_turns(
     a: &SwarmPeer,
     to: &PeerAddr,
     n: usize,
     with_raw: bool,
 ) -> R<(Vec<f64>, Vec<f64>)> {
-    let (mut ours, mut raws) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        if with_raw {
-            raws.extend(raw_latency(n).await?);
+    let total = n * ROUNDS;
+    let raw = if with_raw {
+        Some(RawPing::start().await?)
+    } else {
+        None
+    };
+    let (mut ours, mut raws) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    while ours.len() < total {
+        let k = LATENCY_TURN.min(total - ours.len());
+        if let Some(raw) = &raw {
+            raws.extend(raw.round_trips(k).await?);
         }
-        ours.extend(latency(a, to.clone(), n).await?);
+        ours.extend(latency(a, to.clone(), k).await?);
     }
     Ok((ours, raws))
 }
@@ -607,32 +624,56 @@ pub(crate) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-/// Round-trip times (seconds) of a raw UDP ping-pong of 64 bytes.
-async fn raw_latency(n: usize) -> R<Vec<f64>> {
-    let echo = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
-    let to = echo.local_addr().map_err(|e| e.to_string())?;
-    let server = tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        while let Ok(Ok((len, from))) =
-            tokio::time::timeout(Duration::from_secs(2), echo.recv_from(&mut buf)).await
-        {
-            let _ = echo.send_to(&buf[..len], from).await;
-        }
-    });
-    let s = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 2048];
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        s.send_to(&[7u8; 64], to).await.map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(1), s.recv(&mut buf))
-            .await
-            .map_err(|_| "raw ping lost".to_string())?
-            .map_err(|e| e.to_string())?;
-        times.push(t.elapsed().as_secs_f64());
+/// A raw UDP ping-pong of 64 bytes on loopback: a client socket and an
+/// echo task, kept for the whole latency row.
+struct RawPing {
+    client: UdpSocket,
+    echo: std::net::SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RawPing {
+    async fn start() -> R<RawPing> {
+        let echo = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
+        let to = echo.local_addr().map_err(|e| e.to_string())?;
+        let server = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((len, from)) = echo.recv_from(&mut buf).await {
+                let _ = echo.send_to(&buf[..len], from).await;
+            }
+        });
+        let client = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
+        Ok(RawPing {
+            client,
+            echo: to,
+            server,
+        })
     }
-    server.abort();
-    Ok(times)
+
+    /// Round-trip times (seconds) of `n` pings.
+    async fn round_trips(&self, n: usize) -> R<Vec<f64>> {
+        let mut buf = [0u8; 2048];
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            self.client
+                .send_to(&[7u8; 64], self.echo)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(Duration::from_secs(1), self.client.recv(&mut buf))
+                .await
+                .map_err(|_| "raw ping lost".to_string())?
+                .map_err(|e| e.to_string())?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        Ok(times)
+    }
+}
+
+impl Drop for RawPing {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 /// Times (seconds) of confirmed one-hop sends of 64 bytes: data there,
