@@ -22,6 +22,10 @@ use crate::bench::{median, percentiles, pipelined_sends, send_datagrams, R};
 const OCBR_SECONDS: u32 = 2;
 /// Turns of the throughput row, `ocbr` and Cicada in alternation.
 const OCBR_TURNS: usize = 3;
+/// Turns of the paced latency row, `oping` and Cicada in alternation: a
+/// run of 2,000 pings of either alone met another machine state often
+/// enough (`oping`'s p50 read 22 µs in one run and 40 µs in the next).
+const OPING_TURNS: usize = 5;
 
 /// One `ocbr` flood of 1 KiB packets for [`OCBR_SECONDS`] to a server
 /// named `name`: the packets per second the server counted.
@@ -115,6 +119,7 @@ struct CServer {
     child: Child,
     name: String,
     out: std::thread::JoinHandle<String>,
+    stopped: bool,
 }
 
 impl CServer {
@@ -156,6 +161,7 @@ impl CServer {
                 child,
                 name: name.into(),
                 out,
+                stopped: false,
             };
             s.stop();
             return Err(format!("irm could not bind {tool} to {name}"));
@@ -164,16 +170,42 @@ impl CServer {
             child,
             name: name.into(),
             out,
+            stopped: false,
         })
     }
 
-    /// Stops the server (SIGTERM) and returns what it printed.
+    /// Stops the server (SIGTERM) and returns what it printed; once.
     fn stop(&mut self) -> String {
+        if std::mem::replace(&mut self.stopped, true) {
+            return String::new();
+        }
         sigterm(&mut self.child, Duration::from_secs(5));
         irm(&["name", "destroy", &self.name]);
         let out = std::mem::replace(&mut self.out, std::thread::spawn(String::new));
         out.join().unwrap_or_default()
     }
+}
+
+impl Drop for CServer {
+    /// A row that fails half-way leaves no C server behind.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Round-trip times (seconds) of `count` pings of `oping`, one a
+/// millisecond, to the server at `name`.
+fn oping_run(name: &str, count: usize) -> R<Vec<f64>> {
+    let out = Command::new("oping")
+        .args(["-n", name, "-c", &count.to_string(), "-i", "1"])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("oping client: {e}"))?;
+    let times = oping_times(&String::from_utf8_lossy(&out.stdout));
+    if times.is_empty() {
+        return Err("oping printed no round trips".into());
+    }
+    Ok(times)
 }
 
 /// Packets per second `ocbr -l` reported over the intervals that saw packets.
@@ -372,20 +404,9 @@ pub async fn rows(
     }
     let pid = std::process::id();
 
-    // The C tools first, on the same layer.
+    // The `oping` server, on the same layer, for the latency turns below.
     let oping_name = format!("cicada-bench-oping-{pid}");
-    let mut srv = CServer::start("oping", &["-l"], &oping_name, layer)?;
-    let out = Command::new("oping")
-        .args(["-n", &oping_name, "-c", &round_trips.to_string(), "-i", "1"])
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| format!("oping client: {e}"))?;
-    srv.stop();
-    let times = oping_times(&String::from_utf8_lossy(&out.stdout));
-    if times.is_empty() {
-        return Err("oping printed no round trips".into());
-    }
-    let (c50, c99) = percentiles(times);
+    let mut oping = CServer::start("oping", &["-l"], &oping_name, layer)?;
 
     // Cicada: this process and a receiving peer process.
     let b_name = format!("cicada-bench-b-{pid}");
@@ -446,9 +467,18 @@ pub async fn rows(
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (p50, p99) = latency(&a, &to, round_trips, true).await?;
+    // Paced round trips, taking turns with `oping`; percentiles over the
+    // pooled samples of each.
+    let (mut paced, mut theirs) = (Vec::new(), Vec::new());
+    let per_turn = round_trips.div_ceil(OPING_TURNS).max(1);
+    for _ in 0..OPING_TURNS {
+        theirs.extend(oping_run(&oping_name, per_turn)?);
+        paced.extend(latency(&a, &to, per_turn, true).await?);
+    }
+    oping.stop();
+    let ((p50, p99), (c50, c99)) = (percentiles(paced), percentiles(theirs));
     // Informational: the same back to back, as the UDP rows measure them.
-    let (b50, b99) = latency(&a, &to, round_trips, false).await?;
+    let (b50, b99) = percentiles(latency(&a, &to, round_trips, false).await?);
     // Last, as it may crash the receiving process (see `--ouroboros-datagrams`).
     let flood = if datagrams {
         Some(datagram_flood(&a, &to, &mut receiver, messages).await)
@@ -575,9 +605,10 @@ async fn throughput(a: &Arc<SwarmPeer>, to: &PeerAddr, size: usize, count: usize
     (ok as f64 / secs, ok as f64 / count as f64)
 }
 
-/// Confirmed one-hop sends of 64 B, one per millisecond as `oping -i 1`
-/// pings when `paced`, else back to back (as the UDP rows).
-async fn latency(a: &SwarmPeer, to: &PeerAddr, n: usize, paced: bool) -> R<(f64, f64)> {
+/// Times (seconds) of `n` confirmed one-hop sends of 64 B, one per
+/// millisecond as `oping -i 1` pings when `paced`, else back to back (as
+/// the UDP rows).
+async fn latency(a: &SwarmPeer, to: &PeerAddr, n: usize, paced: bool) -> R<Vec<f64>> {
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -589,7 +620,7 @@ async fn latency(a: &SwarmPeer, to: &PeerAddr, n: usize, paced: bool) -> R<(f64,
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    Ok(percentiles(times))
+    Ok(times)
 }
 
 #[cfg(test)]
