@@ -364,7 +364,7 @@ fn sends_and_broadcasts_right_after_ten_percent_die() {
     // exactly once. A child that died unnoticed has its arc re-covered
     // at the hand-over's first timeout (0.5 s), not after its retries
     // (1.5 s): over seeds 10-29 of this very setup the last receiver had
-    // it after 0.8-1.6 s, against 1.8-3.5 s when the retries came first.
+    // it after 0.8-1.8 s, against 1.8-3.5 s when the retries came first.
     assert_eq!(r.broadcast_coverage_min, 1.0, "{r:?}");
     assert!(r.broadcast_seconds_max <= 2.0, "{r:?}");
     assert_eq!(r.duplicate_deliveries, 0);

@@ -1684,18 +1684,21 @@ impl<A: Address> LocalNode<A> {
         };
         if p.retries_left > 0 {
             let first_retry = p.retries_left == self.cfg.request_retries;
-            if let Waiting::Data {
-                next,
-                exclude,
-                broadcast: true,
-                recovered: recovered @ false,
-                ..
-            } = &mut p.waiting
-            {
-                *recovered = true;
-                let (next, exclude) = (*next, exclude.clone());
-                self.recover_arc(&p.bytes, next, exclude, now);
-            }
+            // A broadcast child's arc is re-covered now, once (below, after
+            // the entry is back in the table).
+            let recover = match &mut p.waiting {
+                Waiting::Data {
+                    next,
+                    exclude,
+                    broadcast: true,
+                    recovered: recovered @ false,
+                    ..
+                } => {
+                    *recovered = true;
+                    Some((*next, exclude.clone(), p.bytes.clone()))
+                }
+                _ => None,
+            };
             let suspect = matches!(&p.waiting, Waiting::Stabilize { peer }
                 if first_retry && self.table.successor().is_some_and(|s| s.id == peer.id));
             p.retries_left -= 1;
@@ -1718,6 +1721,9 @@ impl<A: Address> LocalNode<A> {
             // probes below must count it against max_pending (found by the
             // `node` fuzz target: pending reached max_pending + 1).
             self.pending.insert(txn, p);
+            if let Some((next, exclude, bytes)) = recover {
+                self.recover_arc(&bytes, next, exclude, now);
+            }
             if suspect {
                 self.suspect_successor(now);
             }

@@ -152,9 +152,8 @@ pub struct Report {
     /// Longest time any broadcast took to reach its last receiver, in
     /// virtual seconds, to the nearest 0.1 s after it (each broadcast is
     /// given up to 20 s). A dead node in a broadcast's tree costs the
-    /// nodes below it the time its parent takes to give up on it (a
-    /// request timeout and its retries, 1.5 s by default) before its arc
-    /// is re-covered.
+    /// nodes below it one request timeout (0.5 s by default) before its
+    /// parent has its arc re-covered.
     pub broadcast_seconds_max: f64,
     /// Virtual seconds simulated.
     pub sim_seconds: f64,
