@@ -15,7 +15,7 @@
 use bytes::Bytes;
 use std::time::Instant;
 
-use super::{LocalNode, Phase, Waiting};
+use super::{LocalNode, Phase, Reroute, Waiting};
 use crate::config::MAX_HOPS;
 use smallvec::SmallVec;
 
@@ -417,8 +417,11 @@ impl<A: Address> LocalNode<A> {
             next: next.id,
             exclude,
             msg,
-            broadcast: header.mode == Mode::Broadcast,
-            recovered: false,
+            reroute: if header.mode == Mode::Broadcast && retries > 0 {
+                Reroute::AtFirstTimeout
+            } else {
+                Reroute::OnFailure
+            },
         };
         let txn = self.request(next.addr, retries, waiting, now, |txn| {
             Message::Data(Data {
@@ -444,14 +447,14 @@ impl<A: Address> LocalNode<A> {
         bytes: &[u8],
         next: Hash,
         exclude: Vec<Hash>,
-        recovered: bool,
+        reroute: Reroute,
         now: Instant,
     ) {
         self.demote(&next, now);
         if self.table.successor().is_some_and(|s| s.id == next) {
             self.send_stabilize(now);
         }
-        if !recovered {
+        if reroute != Reroute::Done {
             self.recover_arc(bytes, next, exclude, now);
         }
     }

@@ -89,12 +89,8 @@ enum Waiting<A> {
         exclude: Vec<Hash>,
         /// The message: a `Delivered` for it from `next` proves the hop.
         msg: u64,
-        /// A broadcast hand-over to a child: its arc is re-covered at the
-        /// hop's first timeout, while the child is still asked again (see
-        /// `LocalNode::recover_arc`).
-        broadcast: bool,
-        /// Routed around this hop already: not again when it fails.
-        recovered: bool,
+        /// When the message is routed around a silent `next`.
+        reroute: Reroute,
     },
     /// A lookup handed to the next hop, awaiting its acknowledgement.
     Forward {
@@ -102,6 +98,19 @@ enum Waiting<A> {
         next: Option<Hash>,
         exclude: Vec<Hash>,
     },
+}
+
+/// When a message handed to a silent hop is routed around it (see
+/// `LocalNode::recover_arc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reroute {
+    /// Once the hop has failed, after its retries.
+    OnFailure,
+    /// At the hop's first timeout, while the hop is still asked again: a
+    /// broadcast child's arc.
+    AtFirstTimeout,
+    /// Done already: not again when the hop fails.
+    Done,
 }
 
 /// The place a node heard of second-hand takes once it answers a probe.
@@ -1690,11 +1699,10 @@ impl<A: Address> LocalNode<A> {
                 Waiting::Data {
                     next,
                     exclude,
-                    broadcast: true,
-                    recovered: recovered @ false,
+                    reroute: reroute @ Reroute::AtFirstTimeout,
                     ..
                 } => {
-                    *recovered = true;
+                    *reroute = Reroute::Done;
                     Some((*next, exclude.clone(), p.bytes.clone()))
                 }
                 _ => None,
@@ -1745,9 +1753,9 @@ impl<A: Address> LocalNode<A> {
             Waiting::Data {
                 next,
                 exclude,
-                recovered,
+                reroute,
                 ..
-            } => self.data_hop_failed(&p.bytes, next, exclude, recovered, now),
+            } => self.data_hop_failed(&p.bytes, next, exclude, reroute, now),
             Waiting::Forward {
                 msg,
                 next,
