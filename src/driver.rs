@@ -20,7 +20,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -240,9 +240,8 @@ pub(crate) struct Shared<L: Link> {
     link: L,
     /// `None` once closed.
     state: Mutex<Option<State<L>>>,
-    /// The flush role, and the runs its holder gathers (kept to reuse the
-    /// `Vec`).
-    flushing: tokio::sync::Mutex<Vec<Run<L::Addr>>>,
+    /// The flush role.
+    flushing: FlushRole<L::Addr>,
     /// Wakes the background task: an earlier deadline, datagrams left for
     /// it to send, or closing.
     wake: Notify,
@@ -330,7 +329,7 @@ impl<L: Link> Shared<L> {
         let shared = Shared {
             link,
             state: Mutex::new(Some(state)),
-            flushing: tokio::sync::Mutex::new(Vec::new()),
+            flushing: FlushRole::default(),
             wake: Notify::new(),
             counters,
             send_queue,
@@ -397,14 +396,6 @@ impl<L: Link> Shared<L> {
                 armed = Some(wake);
             }
             tokio::select! {
-                // The deadline is read again at the top of the loop.
-                r = arrival(&self.link, &mut own, pooled), if !direct => {
-                    if let Some(r) = r {
-                        // Events wait for the top of the loop, after the
-                        // flush, as for the datagrams drained below.
-                        self.with(|st| st.handle(r, &own, &self.counters));
-                    }
-                }
                 _ = &mut sleep => {
                     // Fired: re-armed on the next turn, whatever the deadline.
                     armed = None;
@@ -420,6 +411,14 @@ impl<L: Link> Shared<L> {
                         st.command(c);
                         st.events();
                     });
+                }
+                // The deadline is read again at the top of the loop.
+                r = arrival(&self.link, &mut own, pooled), if !direct => {
+                    if let Some(r) = r {
+                        // Events wait for the top of the loop, after the
+                        // flush, as for the datagrams drained below.
+                        self.with(|st| st.handle(r, &own, &self.counters));
+                    }
                 }
             }
             // Whatever else has arrived already is taken now, before the
@@ -496,36 +495,43 @@ impl<L: Link> Shared<L> {
         }
     }
 
-    /// Hands a received datagram to the core; true when that moved the
+    /// Hands a received datagram to the core. Says whether that moved the
     /// core's next deadline before the one the background task sleeps
-    /// until (a caller that received it must then wake the task).
-    fn datagram(&self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) -> bool {
+    /// until (a caller that received it must then wake the task), and
+    /// whether datagrams wait to be sent.
+    fn datagram(&self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) -> (bool, bool) {
         self.with(|st| {
             st.datagram(r, buf, &self.counters);
-            st.deadline_moved_earlier()
+            let queued = st.node.queued_transmits() + st.parked.len() > 0;
+            (st.deadline_moved_earlier(), queued)
         })
-        .unwrap_or(false)
+        .unwrap_or((false, false))
     }
 
     /// Sends what the core has queued: with the flush role, taken as `how`
     /// says, until the queue is empty or [`FLUSH_ROUNDS`] rounds are done
     /// (the background task is then woken to go on).
     async fn flush_now(&self, how: Flush) {
-        let runs = match how {
+        match how {
             Flush::No => return,
-            Flush::Wait => self.flushing.lock().await,
-            Flush::Try => match self.flushing.try_lock() {
-                Ok(runs) => runs,
-                // The holder sends ours too: it stops only on an empty queue.
-                Err(_) => return,
-            },
-        };
+            Flush::Wait => self.flushing.acquire().await,
+            Flush::Try => {
+                if !self.flushing.try_acquire() {
+                    // The holder sends ours too: it stops only on an empty
+                    // queue.
+                    return;
+                }
+            }
+        }
         let mut role = Role {
-            runs: Some(runs),
+            role: &self.flushing,
+            scratch: Some(std::mem::take(&mut *lock(&self.flushing.scratch))),
             wake: &self.wake,
         };
-        let mut batch = Vec::new();
         for _ in 0..FLUSH_ROUNDS {
+            let Some(Scratch { batch, .. }) = role.scratch.as_mut() else {
+                return;
+            };
             {
                 let mut g = lock(&self.state);
                 let Some(st) = g.as_mut() else {
@@ -550,10 +556,10 @@ impl<L: Link> Shared<L> {
                     return;
                 }
             }
-            let Some(runs) = role.runs.as_mut() else {
+            let Some(Scratch { runs, batch }) = role.scratch.as_mut() else {
                 return;
             };
-            if self.send_batch(runs, &mut batch).await {
+            if self.send_batch(runs, batch).await {
                 // Parked: `role`, dropped, wakes the background task.
                 return;
             }
@@ -664,29 +670,129 @@ impl<L: Link> Shared<L> {
     }
 }
 
+/// The flush role: at most one holder at a time sends what the core has
+/// queued. An atomic flag rather than an async mutex: taking and giving it
+/// up is on the path of every lone call, and a caller that only tries
+/// ([`Flush::Try`]) should pay a compare-and-swap for it, not the mutex's
+/// waiter bookkeeping.
+struct FlushRole<A> {
+    held: AtomicBool,
+    /// Callers waiting for the role ([`Flush::Wait`]), woken through `free`.
+    waiters: AtomicUsize,
+    free: Notify,
+    /// The holder's buffers, kept here between holders to reuse their
+    /// allocations; only a holder takes them.
+    scratch: Mutex<Scratch<A>>,
+}
+
+/// Buffers of a holder of the flush role.
+struct Scratch<A> {
+    /// Runs gathered for one send each.
+    runs: Vec<Run<A>>,
+    /// Transmits taken from the core for one round.
+    batch: Vec<Transmit<A>>,
+}
+
+impl<A> Default for Scratch<A> {
+    fn default() -> Self {
+        Scratch {
+            runs: Vec::new(),
+            batch: Vec::new(),
+        }
+    }
+}
+
+impl<A> Default for FlushRole<A> {
+    fn default() -> Self {
+        FlushRole {
+            held: AtomicBool::new(false),
+            waiters: AtomicUsize::new(0),
+            free: Notify::new(),
+            scratch: Mutex::new(Scratch::default()),
+        }
+    }
+}
+
+impl<A> FlushRole<A> {
+    /// Takes the role if it is free.
+    fn try_acquire(&self) -> bool {
+        !self.held.swap(true, Ordering::SeqCst)
+    }
+
+    /// Takes the role, waiting until it is free. Cancel-safe: dropped while
+    /// waiting, it holds nothing and leaves no waiter counted.
+    async fn acquire(&self) {
+        loop {
+            if self.try_acquire() {
+                return;
+            }
+            let _waiting = Waiting::count(&self.waiters);
+            let free = self.free.notified();
+            tokio::pin!(free);
+            free.as_mut().enable();
+            // Sequentially consistent with `release`: either this sees the
+            // role given up, or the releaser sees this waiter and notifies.
+            if self.try_acquire() {
+                return;
+            }
+            free.await;
+        }
+    }
+
+    /// Gives the role up, waking one waiter.
+    fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.free.notify_one();
+        }
+    }
+}
+
+/// One caller counted in [`FlushRole::waiters`] while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiters: &'a AtomicUsize) -> Self {
+        waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The flush role while held; let go of it by [`give_up`](Self::give_up)
 /// with the queue seen empty, or by dropping it (the queue may not be
 /// empty: the background task is woken to send the rest). Dropping covers
 /// a caller whose call was cancelled in the middle of sending.
 struct Role<'a, A> {
-    runs: Option<tokio::sync::MutexGuard<'a, Vec<Run<A>>>>,
+    role: &'a FlushRole<A>,
+    /// The holder's buffers, `None` once given up.
+    scratch: Option<Scratch<A>>,
     wake: &'a Notify,
 }
 
 impl<A> Role<'_, A> {
+    /// Puts the buffers back (emptied) and gives the role up.
     fn give_up(&mut self) {
-        if let Some(mut runs) = self.runs.take() {
-            runs.clear();
+        if let Some(mut scratch) = self.scratch.take() {
+            // Cancelled with a run gathered: it is lost, as a datagram on
+            // the network may be (the core retries what needs it).
+            scratch.runs.clear();
+            scratch.batch.clear();
+            *lock(&self.role.scratch) = scratch;
+            self.role.release();
         }
     }
 }
 
 impl<A> Drop for Role<'_, A> {
     fn drop(&mut self) {
-        if let Some(mut runs) = self.runs.take() {
-            // Cancelled with a run gathered: it is lost, as a datagram on
-            // the network may be (the core retries what needs it).
-            runs.clear();
+        if self.scratch.is_some() {
+            self.give_up();
             self.wake.notify_one();
         }
     }
@@ -786,12 +892,13 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
             // Cancel-safe: a datagram is received whole or not at all, and
             // handled before the next wait.
             let r = self.link.recv_from(&mut buf.buf).await;
-            let earlier = self.datagram(r, &buf.buf);
+            let (earlier, queued) = self.datagram(r, &buf.buf);
             if earlier || self.link.holds_received() {
                 // A timer due before the background task's, or the rest of
                 // a run for it to take.
                 self.wake.notify_one();
             }
+            let _ = queued;
             self.flush_now(Flush::Try).await;
         })
     }
@@ -1042,5 +1149,59 @@ impl<L: Link> State<L> {
             self.counters.recv_overflow.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("receive queue full: message dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holders of the flush role never overlap, every waiter gets it in
+    /// the end, and a waiter cancelled while waiting leaves nothing behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_flush_role_has_one_holder_and_every_waiter_gets_it() {
+        let role = Arc::new(FlushRole::<std::net::SocketAddr>::default());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let taken = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for k in 0..6 {
+            let (role, inside, taken) = (role.clone(), inside.clone(), taken.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..2_000 {
+                    // Half the tasks only try, as a lone call does.
+                    if k % 2 == 0 || i % 3 == 0 {
+                        role.acquire().await;
+                    } else if !role.try_acquire() {
+                        continue;
+                    }
+                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                    if i % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    taken.fetch_add(1, Ordering::Relaxed);
+                    role.release();
+                }
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("a waiter was never woken")
+                .expect("a task panicked");
+        }
+        // Every waiting acquisition got the role: 3 tasks × 2,000, and a
+        // third of the other tasks' turns.
+        assert!(taken.load(Ordering::Relaxed) >= 3 * 2_000 + 3 * 667);
+
+        // Cancelled while the role is held: no waiter stays counted, and
+        // the role is free again once released.
+        assert!(role.try_acquire());
+        let waited = tokio::time::timeout(Duration::from_millis(20), role.acquire()).await;
+        assert!(waited.is_err(), "acquired a held role");
+        assert_eq!(role.waiters.load(Ordering::SeqCst), 0);
+        role.release();
+        assert!(role.try_acquire());
+        role.release();
     }
 }
