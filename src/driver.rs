@@ -396,6 +396,11 @@ impl<L: Link> Shared<L> {
                 armed = Some(wake);
             }
             tokio::select! {
+                // In this order, not a random one (tokio's default costs a
+                // random number a turn): a due timer and a wake-up first,
+                // then commands, then datagrams; the drain below takes
+                // both of the last two anyway, so neither starves.
+                biased;
                 _ = &mut sleep => {
                     // Fired: re-armed on the next turn, whatever the deadline.
                     armed = None;
@@ -898,8 +903,9 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
                 // a run for it to take.
                 self.wake.notify_one();
             }
-            let _ = queued;
-            self.flush_now(Flush::Try).await;
+            if queued {
+                self.flush_now(Flush::Try).await;
+            }
         })
     }
 
