@@ -137,6 +137,8 @@ pub(crate) struct Counters {
     /// Datagrams the link could not take on a thread where it cannot wait
     /// (see `State::parked`), left to the background task.
     pub link_parked: AtomicU64,
+    /// Turns of the background task's wait (see `PeerStats::driver_wakeups`).
+    pub driver_wakeups: AtomicU64,
     /// Calls of the application under way (see [`Call`]): whether a call
     /// runs on the caller's task (see [`DIRECT_SENDS`]).
     pub calls: AtomicUsize,
@@ -426,6 +428,7 @@ impl<L: Link> Shared<L> {
                     }
                 }
             }
+            self.counters.driver_wakeups.fetch_add(1, Ordering::Relaxed);
             // Whatever else has arrived already is taken now, before the
             // transmits go out: a burst costs one trip through the select
             // (and one timer registration), not one per datagram.

@@ -51,6 +51,12 @@ pub struct PeerStats {
     /// datagram is left so (one the reader thread takes up again and finds
     /// the ring still full counts twice).
     pub link_parked: u64,
+    /// Times the peer's background task woke: for a datagram, a timer, a
+    /// call handed to it under load, or a wake-up from a call (a deadline
+    /// moved earlier). Against `core.datagrams_in`, how much of the
+    /// traffic cost a task wake-up (a thread wake-up, where the runtime's
+    /// threads are idle).
+    pub driver_wakeups: u64,
     /// The keyed link's counters (handshakes, datagrams dropped for a bad
     /// MAC, a replay, an unknown session…); `None` without a swarm key.
     pub secure: Option<SecureStats>,
@@ -633,6 +639,7 @@ impl SwarmPeer {
             link_errors: c.link_errors.load(Ordering::Relaxed),
             link_sends: c.link_sends.load(Ordering::Relaxed),
             link_parked: c.link_parked.load(Ordering::Relaxed),
+            driver_wakeups: c.driver_wakeups.load(Ordering::Relaxed),
             secure: self.bound()?.secure.as_ref().map(SecureStatsHandle::get),
             ouroboros: self.bound()?.ouroboros.as_ref().map(FlowStatsHandle::get),
         })

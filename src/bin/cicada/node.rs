@@ -501,6 +501,7 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                 "hooks_dropped": s.hooks_dropped,
                 "link_errors": s.link_errors,
                 "link_parked": s.link_parked,
+                "driver_wakeups": s.driver_wakeups,
                 "stale_successor_hints": s.core.stale_successor_hints,
                 "retransmits_held": s.core.retransmits_held,
                 "secure": s.secure.map(|k| json!({
