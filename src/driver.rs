@@ -8,7 +8,11 @@
 //! node its command, delivers the events that follow, sends the datagrams
 //! its command made and (over UDP) receives its reply itself, so a lone
 //! send crosses no hand-off to another task (hand-offs are most of a round
-//! trip's cost on loopback). Under load calls go through the command queue
+//! trip's cost on loopback). One such caller at a time holds the *claim*
+//! to receive: while it does, the background task is not woken for the
+//! datagrams the caller takes, and the caller looks at its reply without
+//! waiting on it (see [`Handle::receive_claimed`]), so a confirmed send
+//! wakes no task but the caller's. Under load calls go through the command queue
 //! to the background task instead, which takes a burst under one lock and
 //! sends everything queued in runs (one system call for many datagrams).
 //!
@@ -22,6 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -202,10 +207,26 @@ pub(crate) trait Handle<A>: Send + Sync {
     /// Whether a caller may receive from the link itself while it waits
     /// for a reply ([`Link::shares_receive`]).
     fn shares_receive(&self) -> bool;
-    /// Waits for one datagram from the link and hands it to the core, on
-    /// the caller's task (where [`shares_receive`](Self::shares_receive)).
-    /// A reply that comes back to a lone call then wakes no other task.
-    fn receive_once(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Makes the task of `cx` the one task that receives from the link
+    /// (where [`shares_receive`](Self::shares_receive)), until
+    /// [`release_receive`](Self::release_receive); false when another
+    /// caller is. A reply that comes back to a lone call is then received
+    /// and handed to the core on the caller's task, and wakes no other.
+    /// Taken before the call's datagrams leave, so that a quick reply
+    /// finds it taken.
+    fn claim_receive(&self, cx: &mut std::task::Context<'_>) -> bool;
+    /// Gives up [`claim_receive`](Self::claim_receive)'s claim: the
+    /// background task receives again.
+    fn release_receive(&self);
+    /// With the claim: waits for one datagram from the link and hands it
+    /// to the core, or returns without one when a reply was completed
+    /// elsewhere (a timeout on the background task, another call's
+    /// events, closing). The claimant polls its reply with `try_recv`
+    /// between two of these, never registering on it: completing its own
+    /// reply on its own task must not wake it (tokio reschedules a task
+    /// that wakes itself, and on a multi-thread runtime wakes another
+    /// worker to take it: a thread wake-up per round trip).
+    fn receive_claimed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     /// Stops the peer: every waiting call gets `Closed`, the background
     /// task ends on its next wake-up (which this causes).
     fn close(&self);
@@ -235,6 +256,8 @@ struct State<L: Link> {
     /// in order: the next flush sends them before the core's, and the
     /// background task, which can wait, is woken for them.
     parked: VecDeque<Transmit<L::Addr>>,
+    /// See [`Shared::kick`].
+    kick: Arc<Kick>,
 }
 
 /// The driver of one peer: its link, and its core behind a lock.
@@ -252,9 +275,82 @@ pub(crate) struct Shared<L: Link> {
     send_queue: usize,
     /// Calls handed to the background task under load.
     commands: mpsc::Sender<Command<L::Addr>>,
+    /// Wakes the caller holding the claim to receive when a reply is
+    /// completed anywhere but on its own task.
+    kick: Arc<Kick>,
 }
 
-/// Receive buffers of callers that receive (see [`Handle::receive_once`])
+/// The claimant's wake-up for replies completed elsewhere (see
+/// [`Handle::receive_claimed`]).
+#[derive(Debug, Default)]
+struct Kick {
+    state: Mutex<KickState>,
+}
+
+#[derive(Debug, Default)]
+struct KickState {
+    /// The claimant's task, while it waits.
+    waker: Option<Waker>,
+    /// A reply was completed since the claimant last looked.
+    kicked: bool,
+}
+
+impl Kick {
+    /// Says a reply was completed, waking the claimant if one waits.
+    fn kick(&self) {
+        let mut k = lock(&self.state);
+        k.kicked = true;
+        if let Some(w) = &k.waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// The claimant's look: whether it was kicked since the last one
+    /// (clearing it); otherwise `waker` is woken by the next kick.
+    fn take(&self, waker: &Waker) -> bool {
+        let mut k = lock(&self.state);
+        if std::mem::take(&mut k.kicked) {
+            return true;
+        }
+        if !k.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            k.waker = Some(waker.clone());
+        }
+        false
+    }
+
+    /// The claim is given up: no task to wake.
+    fn clear(&self) {
+        let mut k = lock(&self.state);
+        k.waker = None;
+        k.kicked = false;
+    }
+}
+
+thread_local! {
+    /// True while the claimant hands a datagram it received to the core:
+    /// replies completed then need no [`Kick`] (the claimant looks at its
+    /// own right after).
+    static CLAIMANT_HANDLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`CLAIMANT_HANDLING`] set for as long as it lives (reset even if the
+/// handling panics).
+struct ClaimantHandling;
+
+impl ClaimantHandling {
+    fn enter() -> Self {
+        CLAIMANT_HANDLING.with(|h| h.set(true));
+        ClaimantHandling
+    }
+}
+
+impl Drop for ClaimantHandling {
+    fn drop(&mut self) {
+        CLAIMANT_HANDLING.with(|h| h.set(false));
+    }
+}
+
+/// Receive buffers of callers that receive (see [`Handle::receive_claimed`])
 /// and of background tasks draining a link that waits for readability
 /// ([`Link::waits_readable`]), kept for the next one. One pool for the
 /// whole process: a buffer kept per peer would add 64 KiB to every idle
@@ -313,7 +409,9 @@ impl<L: Link> Shared<L> {
         node.create(now);
         let send_queue = cfg.send_queue;
         let (commands, queue) = mpsc::channel(send_queue);
+        let kick = Arc::new(Kick::default());
         let state = State {
+            kick: kick.clone(),
             node,
             cfg,
             seed,
@@ -336,6 +434,7 @@ impl<L: Link> Shared<L> {
             counters,
             send_queue,
             commands,
+            kick,
         };
         Ok((shared, queue))
     }
@@ -894,13 +993,34 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
         self.link.shares_receive()
     }
 
-    fn receive_once(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    fn claim_receive(&self, cx: &mut std::task::Context<'_>) -> bool {
+        self.link.claim_receive(cx)
+    }
+
+    fn release_receive(&self) {
+        self.kick.clear();
+        self.link.release_receive();
+    }
+
+    fn receive_claimed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let mut buf = Spare::take();
             // Cancel-safe: a datagram is received whole or not at all, and
             // handled before the next wait.
-            let r = self.link.recv_from(&mut buf.buf).await;
-            let (earlier, queued) = self.datagram(r, &buf.buf);
+            let received = std::future::poll_fn(|cx| {
+                if self.kick.take(cx.waker()) {
+                    return Poll::Ready(None);
+                }
+                self.link.poll_recv_claimed(cx, &mut buf.buf).map(Some)
+            })
+            .await;
+            let Some(r) = received else {
+                return; // a reply was completed elsewhere
+            };
+            let (earlier, queued) = {
+                let _handling = ClaimantHandling::enter();
+                self.datagram(r, &buf.buf)
+            };
             if earlier || self.link.holds_received() {
                 // A timer due before the background task's, or the rest of
                 // a run for it to take.
@@ -918,6 +1038,8 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
         let state = lock(&self.state).take();
         drop(state);
         self.wake.notify_one();
+        // A claimant's reply was dropped with the state: it must look.
+        self.kick.kick();
     }
 
     fn is_closed(&self) -> bool {
@@ -1094,6 +1216,26 @@ impl<L: Link> State<L> {
     }
 
     fn event(&mut self, e: Event<L::Addr>) {
+        let replies = matches!(
+            e,
+            Event::Joined { .. }
+                | Event::JoinFailed { .. }
+                | Event::LookupDone { .. }
+                | Event::LookupFailed { .. }
+                | Event::Left
+                | Event::Delivered { .. }
+                | Event::SendFailed { .. }
+        );
+        self.answer(e);
+        if replies && !CLAIMANT_HANDLING.with(|h| h.get()) {
+            // Completed a call's reply away from the claimant's handling:
+            // the claimant does not wait on its reply (see
+            // `Handle::receive_claimed`), so it is told to look.
+            self.kick.kick();
+        }
+    }
+
+    fn answer(&mut self, e: Event<L::Addr>) {
         match e {
             Event::Joined { successor } => {
                 tracing::debug!(id = %self.node.id().short(), successor = %successor.addr, "joined");

@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use chord::Hash;
 use tokio::net::UdpSocket;
@@ -179,10 +180,11 @@ pub trait Link: Send + Sync + 'static {
             .map(|r| r.map(|(n, from)| (n, n.max(1), from)))
     }
 
-    /// Whether several tasks may wait in [`recv_from`](Self::recv_from) at
-    /// once, each getting whole datagrams, and each woken when one comes.
-    /// The driver then lets a caller waiting for a reply receive it
-    /// itself. `false` (the default) keeps receiving to the driver's task.
+    /// Whether a caller waiting for a reply may receive it itself, taking
+    /// the claim of [`claim_receive`](Self::claim_receive) and receiving
+    /// with [`poll_recv_claimed`](Self::poll_recv_claimed) (whole
+    /// datagrams, within one poll). `false` (the default) keeps receiving
+    /// to the driver's task.
     fn shares_receive(&self) -> bool {
         false
     }
@@ -192,6 +194,35 @@ pub trait Link: Send + Sync + 'static {
     /// received and stops receiving wakes the driver to take them.
     fn holds_received(&self) -> bool {
         false
+    }
+
+    /// Makes the task of `cx` the one woken for arriving datagrams (from
+    /// now on, and in [`poll_recv_claimed`](Self::poll_recv_claimed))
+    /// until [`release_receive`](Self::release_receive): the task waiting
+    /// in [`readable`](Self::readable) is not woken meanwhile, so a
+    /// datagram a caller receives itself wakes one task, not two. False
+    /// when another task holds the claim, or the link has none (the
+    /// default).
+    fn claim_receive(&self, cx: &mut Context<'_>) -> bool {
+        let _ = cx;
+        false
+    }
+
+    /// Gives up a claim of [`claim_receive`](Self::claim_receive): the
+    /// task waiting in [`readable`](Self::readable) is woken for arriving
+    /// datagrams again (at once, if one is waiting already).
+    fn release_receive(&self) {}
+
+    /// With the claim of [`claim_receive`](Self::claim_receive): receives
+    /// one datagram, or registers the calling task to be woken when one
+    /// arrives. Without it, may never be woken. The default never is.
+    fn poll_recv_claimed(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, Self::Addr)>> {
+        let _ = (cx, buf);
+        Poll::Pending
     }
 
     /// Whether [`readable`](Self::readable) waits for datagrams. The
@@ -273,6 +304,19 @@ pub struct UdpLink {
     run: Mutex<Run>,
     /// Datagrams that arrived in a coalesced receive.
     coalesced: AtomicU64,
+    /// Who is woken for arriving datagrams (see [`Link::claim_receive`]).
+    receiver: Mutex<Receiver>,
+}
+
+/// Who waits for the socket's readability. tokio wakes only the task that
+/// last asked through `poll_recv_ready` (where `readable()` would wake
+/// every waiter), and this decides who may ask: a caller holding the
+/// claim, else the driver's task (`task`, kept to hand the wait back to
+/// it when the claim is given up).
+#[derive(Debug, Default)]
+struct Receiver {
+    claimed: bool,
+    task: Option<Waker>,
 }
 
 /// A coalesced receive: `len` bytes of `buf`, datagrams of `stride` bytes
@@ -358,6 +402,7 @@ impl UdpLink {
                 from,
             }),
             coalesced: AtomicU64::new(0),
+            receiver: Mutex::new(Receiver::default()),
         })
     }
 
@@ -365,6 +410,30 @@ impl UdpLink {
     /// system call) since the link was made.
     pub fn coalesced(&self) -> u64 {
         self.coalesced.load(Ordering::Relaxed)
+    }
+
+    /// The driver task's wait for a datagram ([`Link::readable`]): ready
+    /// when one is, unless a caller holds the claim to receive (then only
+    /// the caller is woken, and giving the claim up wakes this task if a
+    /// datagram is waiting).
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.holds_received() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut r = self.receiver();
+        if !r.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            r.task = Some(cx.waker().clone());
+        }
+        if r.claimed {
+            return Poll::Pending;
+        }
+        // Under the lock: a caller claiming after this registers after it,
+        // and so is the one woken.
+        self.socket.poll_recv_ready(cx)
+    }
+
+    fn receiver(&self) -> std::sync::MutexGuard<'_, Receiver> {
+        self.receiver.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The run left from a coalesced receive. A panic elsewhere while it
@@ -578,10 +647,78 @@ impl Link for UdpLink {
     }
 
     async fn readable(&self) -> io::Result<()> {
-        if self.holds_received() {
-            return Ok(());
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await
+    }
+
+    fn claim_receive(&self, cx: &mut Context<'_>) -> bool {
+        let mut r = self.receiver();
+        if std::mem::replace(&mut r.claimed, true) {
+            return false;
         }
-        self.socket.readable().await
+        // Registered at once, before the caller sends: a reply that comes
+        // back before its first receive wakes it, not the driver's task.
+        // (Ready: a datagram is waiting, which that receive takes.)
+        let _ = self.socket.poll_recv_ready(cx);
+        true
+    }
+
+    fn release_receive(&self) {
+        let mut r = self.receiver();
+        r.claimed = false;
+        let Some(task) = r.task.as_ref() else {
+            return; // it registers itself when it first waits
+        };
+        // Hand the wait back: the task is registered again, or woken now
+        // if a datagram is waiting already.
+        let mut cx = Context::from_waker(task);
+        loop {
+            if self.holds_received() {
+                task.wake_by_ref();
+                return;
+            }
+            match self.socket.poll_recv_ready(&mut cx) {
+                Poll::Pending => return, // registered
+                Poll::Ready(Err(_)) => {
+                    task.wake_by_ref();
+                    return;
+                }
+                // Readiness is only cleared by a receive that finds the
+                // socket empty, and the claimant stopped after its reply:
+                // most often it is stale. A peek of nothing says (and
+                // clears it), for the price of a system call instead of a
+                // wake-up of the task.
+                Poll::Ready(Ok(())) => match self.socket.try_peek_sender() {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    _ => {
+                        task.wake_by_ref();
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn poll_recv_claimed(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        if let Some(r) = self.run().take(buf) {
+            return Poll::Ready(Ok(r));
+        }
+        loop {
+            if let Err(e) = std::task::ready!(self.socket.poll_recv_ready(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            // Whole or not at all, within this poll (cancel-safe).
+            match self
+                .socket
+                .try_io(tokio::io::Interest::READABLE, || self.receive(buf))
+            {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
     }
 }
 
@@ -658,6 +795,33 @@ impl Link for PeerLink {
         match self {
             PeerLink::Udp(l) => l.holds_received(),
             PeerLink::Ouroboros(l) => l.holds_received(),
+        }
+    }
+
+    fn claim_receive(&self, cx: &mut Context<'_>) -> bool {
+        match self {
+            PeerLink::Udp(l) => l.claim_receive(cx),
+            PeerLink::Ouroboros(l) => l.claim_receive(cx),
+        }
+    }
+
+    fn release_receive(&self) {
+        match self {
+            PeerLink::Udp(l) => l.release_receive(),
+            PeerLink::Ouroboros(l) => l.release_receive(),
+        }
+    }
+
+    fn poll_recv_claimed(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, PeerAddr)>> {
+        match self {
+            PeerLink::Udp(l) => l
+                .poll_recv_claimed(cx, buf)
+                .map(|r| r.map(|(n, from)| (n, PeerAddr::Udp(from)))),
+            PeerLink::Ouroboros(l) => l.poll_recv_claimed(cx, buf),
         }
     }
 

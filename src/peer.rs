@@ -53,9 +53,10 @@ pub struct PeerStats {
     pub link_parked: u64,
     /// Times the peer's background task woke: for a datagram, a timer, a
     /// call handed to it under load, or a wake-up from a call (a deadline
-    /// moved earlier). Against `core.datagrams_in`, how much of the
-    /// traffic cost a task wake-up (a thread wake-up, where the runtime's
-    /// threads are idle).
+    /// moved earlier). A lone call over UDP receives its own reply and
+    /// does not wake it, so against `core.datagrams_in` this shows how
+    /// much of the traffic cost a task wake-up (a thread wake-up, where
+    /// the runtime's threads are idle).
     pub driver_wakeups: u64,
     /// The keyed link's counters (handshakes, datagrams dropped for a bad
     /// MAC, a replay, an unknown session…); `None` without a swarm key.
@@ -374,6 +375,15 @@ impl SwarmPeer {
         let b = self.bound()?;
         let handle = b.handle().ok_or(Error::Closed)?;
         let (_call, lone) = Call::start(&b.counters);
+        // A lone call receives its reply itself (see below); the claim to
+        // do so is taken before anything is sent.
+        let claim = if lone && handle.shares_receive() {
+            std::future::poll_fn(|cx| std::task::Poll::Ready(handle.claim_receive(cx)))
+                .await
+                .then(|| Claimed(&*handle))
+        } else {
+            None
+        };
         let (tx, rx) = oneshot::channel();
         let how = match handle.submit(make(tx), lone) {
             Ok(how) => how,
@@ -384,24 +394,32 @@ impl SwarmPeer {
                 Flush::No
             }
         };
+        // Only a call that sends its own datagrams receives: one that must
+        // wait to send (back-pressure), or left them to the background
+        // task (under load), gives the claim up at once.
+        let claim = claim.filter(|_| how == Flush::Try);
         if how != Flush::No {
             handle.flush(how).await;
         }
         let mut rx = rx;
-        if how == Flush::Try && handle.shares_receive() {
+        if claim.is_some() {
             // A lone call: its reply is received on this task too, so
             // that it wakes no other task on the way. Only while the call
             // stays lone: once others are under way, receiving (and
             // sending what each datagram makes, one at a time) is left to
             // the background task, which batches.
             while Call::lone(&b.counters) {
-                tokio::select! {
-                    biased;
-                    r = &mut rx => return r.map_err(|_| Error::Closed),
-                    _ = handle.receive_once() => {}
+                // Looked at, never waited on (see `receive_claimed`).
+                match rx.try_recv() {
+                    Ok(r) => return Ok(r),
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
                 }
+                handle.receive_claimed().await;
             }
         }
+        // Given up before waiting: the background task receives the reply.
+        drop(claim);
         rx.await.map_err(|_| Error::Closed)
     }
 
@@ -687,6 +705,17 @@ type DriverParts = (
     HookQueue<PeerAddr>,
     Arc<Counters>,
 );
+
+/// A caller's claim to receive from the link ([`Handle::claim_receive`]),
+/// given up when dropped: the call returned, stopped being lone, or was
+/// cancelled.
+struct Claimed<'a>(&'a dyn Handle<PeerAddr>);
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        self.0.release_receive();
+    }
+}
 
 /// Starts the driver over `link` (keyed or not) on the current runtime.
 fn spawn_driver<L: Link<Addr = PeerAddr>>(

@@ -1064,6 +1064,116 @@ async fn close_releases_the_port_and_is_idempotent() {
     }
 }
 
+/// A lone call over UDP receives its own reply (and any other datagram
+/// meanwhile) on its own task: the sender's background task is not woken
+/// once per confirmation. Until session 11 tokio woke both tasks waiting
+/// on the socket, so this counted one wake-up per send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_sends_do_not_wake_the_background_task() {
+    // Maintenance every 30 s: nothing but the sends and their replies.
+    let cfg = fast().stabilize_interval(Duration::from_secs(30));
+    let a = bound(Hooks::new(), cfg.clone()).await;
+    let b = bound(Hooks::new(), cfg).await;
+    b.connect(a.listener().unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let to = b.listener().unwrap();
+    a.send(&to, &b"warm"[..], 0).await.unwrap();
+    let before = a.stats().await.unwrap();
+    for _ in 0..500 {
+        a.send(&to, &b"x"[..], 0).await.unwrap();
+    }
+    let after = a.stats().await.unwrap();
+    let replies = after.core.datagrams_in - before.core.datagrams_in;
+    let wakeups = after.driver_wakeups - before.driver_wakeups;
+    assert!(replies >= 500, "{replies} datagrams in for 500 sends");
+    assert!(
+        wakeups < 50,
+        "the background task woke {wakeups} times for 500 lone sends"
+    );
+}
+
+/// A lone call receiving for itself does not wait on its reply's channel
+/// (completing it on its own task would wake it needlessly); a reply
+/// completed elsewhere must still end the call: a timeout on the
+/// background task, or closing the peer.
+#[test]
+fn a_receiving_lone_call_ends_on_a_timeout_and_on_close() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // B lives on a runtime of its own, driven by a thread until `stop`:
+    // then it is silent without closing its socket (no ICMP error wakes
+    // anyone).
+    let rt_b = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let quiet = fast().stabilize_interval(Duration::from_secs(30));
+    let b = rt_b.block_on(bound(Hooks::new(), quiet.clone()));
+    let b_addr = b.listener().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let driver = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            rt_b.block_on(async {
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            (rt_b, b)
+        })
+    };
+    // A1 gives up on a request after 100 ms and on a send after 2 s
+    // (failing it as `NoSuchNode` or `Timeout`, by what it learnt first);
+    // A2 on a request after 5 s.
+    let mut short = quiet.clone();
+    short.chord.send_attempt_timeout = Duration::from_millis(500);
+    short.chord.send_timeout = Duration::from_secs(2);
+    let a1 = rt.block_on(bound(Hooks::new(), short));
+    let a2 = Arc::new(rt.block_on(bound(
+        Hooks::new(),
+        quiet.request_timeout(Duration::from_secs(5)),
+    )));
+    for a in [&a1, &*a2] {
+        rt.block_on(a.connect(b_addr.clone(), Duration::from_secs(5)))
+            .expect("join B");
+        rt.block_on(a.send(&b_addr, &b"hello"[..], 0))
+            .expect("B answers while driven");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (_rt_b, _b) = driver.join().unwrap();
+
+    // The request times out on A1's background task.
+    let t = Instant::now();
+    let r = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), a1.send(&b_addr, &b"lost"[..], 0)).await
+    });
+    let r = r.expect("the call did not end when its request timed out");
+    assert!(r.is_err(), "a send to a silent peer succeeded: {r:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // A2 is closed while its call waits (its request would time out only
+    // after 5 s).
+    let closer = {
+        let a2 = a2.clone();
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            a2.close().await;
+        })
+    };
+    let t = Instant::now();
+    let r = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), a2.send(&b_addr, &b"lost"[..], 0)).await
+    });
+    let r = r.expect("the call did not end when its peer closed");
+    assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    rt.block_on(closer).unwrap();
+}
+
 #[tokio::test]
 async fn connect_to_nobody_fails_with_an_error_in_bounded_time() {
     let p = bound(Hooks::new(), fast()).await;
