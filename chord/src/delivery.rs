@@ -56,9 +56,7 @@ impl Dedup {
     }
 
     fn fingerprint(&self, key: &FragmentKey) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        h.write_u64(self.key.0);
-        h.write_u64(self.key.1);
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.key.0, self.key.1);
         h.write(&key.0.to_bytes());
         h.write_u64(key.1);
         h.write_u16(key.2);

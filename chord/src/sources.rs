@@ -11,10 +11,11 @@
 //! besides its address; times are kept as milliseconds since the table's
 //! first use.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
+
+use siphasher::sip::SipHasher13;
 
 /// How long a generation lasts: an address silent for between one and two
 /// generations is forgotten. Neighbours are heard every stabilization
@@ -28,12 +29,9 @@ pub(crate) const GENERATION: Duration = Duration::from_secs(30);
 pub(crate) struct Keyed(u64, u64);
 
 impl BuildHasher for Keyed {
-    type Hasher = DefaultHasher;
-    fn build_hasher(&self) -> DefaultHasher {
-        let mut h = DefaultHasher::new();
-        h.write_u64(self.0);
-        h.write_u64(self.1);
-        h
+    type Hasher = SipHasher13;
+    fn build_hasher(&self) -> SipHasher13 {
+        SipHasher13::new_with_keys(self.0, self.1)
     }
 }
 
