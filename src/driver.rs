@@ -23,7 +23,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
@@ -203,7 +202,7 @@ pub(crate) trait Handle<A>: Send + Sync {
     /// ([`chord::LocalNode::send_datagram`]); says who sends it.
     fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush, Error>;
     /// Sends what the core has queued, as [`Flush`] says.
-    fn flush(&self, how: Flush) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    fn flush(&self, how: Flush) -> impl Future<Output = ()> + Send + '_;
     /// Whether a caller may receive from the link itself while it waits
     /// for a reply ([`Link::shares_receive`]).
     fn shares_receive(&self) -> bool;
@@ -226,7 +225,7 @@ pub(crate) trait Handle<A>: Send + Sync {
     /// reply on its own task must not wake it (tokio reschedules a task
     /// that wakes itself, and on a multi-thread runtime wakes another
     /// worker to take it: a thread wake-up per round trip).
-    fn receive_claimed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    fn receive_claimed(&self) -> impl Future<Output = ()> + Send + '_;
     /// Stops the peer: every waiting call gets `Closed`, the background
     /// task ends on its next wake-up (which this causes).
     fn close(&self);
@@ -985,8 +984,8 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
         Ok(self.after_call(g))
     }
 
-    fn flush(&self, how: Flush) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(self.flush_now(how))
+    fn flush(&self, how: Flush) -> impl Future<Output = ()> + Send + '_ {
+        self.flush_now(how)
     }
 
     fn shares_receive(&self) -> bool {
@@ -1002,34 +1001,32 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
         self.link.release_receive();
     }
 
-    fn receive_claimed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            let mut buf = Spare::take();
-            // Cancel-safe: a datagram is received whole or not at all, and
-            // handled before the next wait.
-            let received = std::future::poll_fn(|cx| {
-                if self.kick.take(cx.waker()) {
-                    return Poll::Ready(None);
-                }
-                self.link.poll_recv_claimed(cx, &mut buf.buf).map(Some)
-            })
-            .await;
-            let Some(r) = received else {
-                return; // a reply was completed elsewhere
-            };
-            let (earlier, queued) = {
-                let _handling = ClaimantHandling::enter();
-                self.datagram(r, &buf.buf)
-            };
-            if earlier || self.link.holds_received() {
-                // A timer due before the background task's, or the rest of
-                // a run for it to take.
-                self.wake.notify_one();
+    async fn receive_claimed(&self) {
+        let mut buf = Spare::take();
+        // Cancel-safe: a datagram is received whole or not at all, and
+        // handled before the next wait.
+        let received = std::future::poll_fn(|cx| {
+            if self.kick.take(cx.waker()) {
+                return Poll::Ready(None);
             }
-            if queued {
-                self.flush_now(Flush::Try).await;
-            }
+            self.link.poll_recv_claimed(cx, &mut buf.buf).map(Some)
         })
+        .await;
+        let Some(r) = received else {
+            return; // a reply was completed elsewhere
+        };
+        let (earlier, queued) = {
+            let _handling = ClaimantHandling::enter();
+            self.datagram(r, &buf.buf)
+        };
+        if earlier || self.link.holds_received() {
+            // A timer due before the background task's, or the rest of
+            // a run for it to take.
+            self.wake.notify_one();
+        }
+        if queued {
+            self.flush_now(Flush::Try).await;
+        }
     }
 
     fn close(&self) {

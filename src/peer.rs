@@ -72,7 +72,7 @@ struct Bound {
     local: PeerAddr,
     /// The driver's shared side; taken by `close`, so that the link is
     /// released once the calls under way return.
-    handle: RwLock<Option<Arc<dyn Handle<PeerAddr>>>>,
+    handle: RwLock<Option<Driver>>,
     inbox: tokio::sync::Mutex<mpsc::Receiver<Incoming<PeerAddr>>>,
     counters: Arc<Counters>,
     /// The keyed link's counters, with a swarm key.
@@ -94,7 +94,7 @@ const ID_MEMORY: usize = 256;
 
 impl Bound {
     /// The driver's handle; `None` once closed.
-    fn handle(&self) -> Option<Arc<dyn Handle<PeerAddr>>> {
+    fn handle(&self) -> Option<Driver> {
         self.handle
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -342,9 +342,13 @@ impl SwarmPeer {
             Some(key) => {
                 let link = SecureLink::with_config(link, key, self.cfg.secure.clone());
                 let stats = link.stats_handle();
-                (spawn_driver(link, parts)?, Some(stats))
+                let (shared, task) = spawn_driver(link, parts)?;
+                ((Driver::Keyed(shared), task), Some(stats))
             }
-            None => (spawn_driver(link, parts)?, None),
+            None => {
+                let (shared, task) = spawn_driver(link, parts)?;
+                ((Driver::Plain(shared), task), None)
+            }
         };
         tracing::debug!(id = %me.id.short(), %local, %external, "bound");
         self.bound = Some(Bound {
@@ -380,7 +384,7 @@ impl SwarmPeer {
         let claim = if lone && handle.shares_receive() {
             std::future::poll_fn(|cx| std::task::Poll::Ready(handle.claim_receive(cx)))
                 .await
-                .then(|| Claimed(&*handle))
+                .then(|| Claimed(&handle))
         } else {
             None
         };
@@ -706,10 +710,76 @@ type DriverParts = (
     Arc<Counters>,
 );
 
+/// A peer's driver, over either link it can have. An enum rather than a
+/// trait object, so that the calls that wait (`flush`, `receive_claimed`)
+/// return their futures as they are, not boxed: two heap allocations and
+/// copies of the future's state less on every lone call.
+#[derive(Clone)]
+enum Driver {
+    Plain(Arc<Shared<PeerLink>>),
+    Keyed(Arc<Shared<SecureLink<PeerLink>>>),
+}
+
+/// `$e` with `$d` bound to the driver of either variant.
+macro_rules! either {
+    ($self:expr, $d:ident => $e:expr) => {
+        match $self {
+            Driver::Plain($d) => $e,
+            Driver::Keyed($d) => $e,
+        }
+    };
+}
+
+impl Handle<PeerAddr> for Driver {
+    fn submit(
+        &self,
+        c: Command<PeerAddr>,
+        lone: bool,
+    ) -> std::result::Result<Flush, Command<PeerAddr>> {
+        either!(self, d => d.submit(c, lone))
+    }
+
+    fn queue(&self) -> &mpsc::Sender<Command<PeerAddr>> {
+        either!(self, d => d.queue())
+    }
+
+    fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush> {
+        either!(self, d => d.datagram(target, payload))
+    }
+
+    async fn flush(&self, how: Flush) {
+        either!(self, d => d.flush(how).await)
+    }
+
+    fn shares_receive(&self) -> bool {
+        either!(self, d => d.shares_receive())
+    }
+
+    fn claim_receive(&self, cx: &mut std::task::Context<'_>) -> bool {
+        either!(self, d => d.claim_receive(cx))
+    }
+
+    fn release_receive(&self) {
+        either!(self, d => d.release_receive())
+    }
+
+    async fn receive_claimed(&self) {
+        either!(self, d => d.receive_claimed().await)
+    }
+
+    fn close(&self) {
+        either!(self, d => d.close())
+    }
+
+    fn is_closed(&self) -> bool {
+        either!(self, d => d.is_closed())
+    }
+}
+
 /// A caller's claim to receive from the link ([`Handle::claim_receive`]),
 /// given up when dropped: the call returned, stopped being lone, or was
 /// cancelled.
-struct Claimed<'a>(&'a dyn Handle<PeerAddr>);
+struct Claimed<'a>(&'a Driver);
 
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
@@ -721,7 +791,7 @@ impl Drop for Claimed<'_> {
 fn spawn_driver<L: Link<Addr = PeerAddr>>(
     link: L,
     parts: DriverParts,
-) -> Result<(Arc<dyn Handle<PeerAddr>>, JoinHandle<()>)> {
+) -> Result<(Arc<Shared<L>>, JoinHandle<()>)> {
     let (me, cfg, seed, inbox, hooks, counters) = parts;
     let (shared, queue) = Shared::new(link, me, cfg, seed, inbox, hooks, counters)?;
     let shared = Arc::new(shared);
