@@ -1093,6 +1093,60 @@ async fn lone_sends_do_not_wake_the_background_task() {
     );
 }
 
+/// Up to four calls at once are lone (they run on their callers' tasks)
+/// but only one at a time holds the claim to receive: the others wait
+/// for replies the claimant or the background task completes. Callers
+/// that come and go, with other traffic arriving meanwhile, must all
+/// finish: a reply no one is woken for would hang its call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lone_calls_share_the_claim_without_losing_a_reply() {
+    let cfg = fast();
+    let a = Arc::new(bound(Hooks::new(), cfg.clone()).await);
+    let b = Arc::new(bound(Hooks::new(), cfg).await);
+    b.connect(a.listener().unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (to_b, to_a) = (b.listener().unwrap(), a.listener().unwrap());
+    // Unconfirmed traffic towards A all along: datagrams a claimant
+    // receives that answer no call.
+    let noise = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            for _ in 0..2_000 {
+                let _ = b.send_datagram(&to_a, &b"noise"[..]).await;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut callers = Vec::new();
+    for k in 0..4u32 {
+        let (a, to_b) = (a.clone(), to_b.clone());
+        callers.push(tokio::spawn(async move {
+            for i in 0..300u32 {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    a.send(&to_b, format!("{k}/{i}").into_bytes(), 0),
+                )
+                .await;
+                match r {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => panic!("caller {k}, send {i}: {e}"),
+                    Err(_) => panic!("caller {k}, send {i}: no answer in 5 s"),
+                }
+                if i % 10 == k {
+                    // Calls that stop and start again, so that the claim
+                    // changes hands in every state.
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for c in callers {
+        c.await.expect("a caller failed");
+    }
+    noise.await.unwrap();
+}
+
 /// A lone call receiving for itself does not wait on its reply's channel
 /// (completing it on its own task would wake it needlessly); a reply
 /// completed elsewhere must still end the call: a timeout on the
