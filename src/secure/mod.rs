@@ -19,6 +19,7 @@ mod tests;
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use snow::resolvers::CryptoResolver;
@@ -192,7 +193,8 @@ pub struct SecureLink<L: Link> {
     inner: L,
     core: Shared<L::Addr>,
     /// Wakes a waiting `recv_from` when a send started a handshake (its
-    /// retry timer may be earlier than the one it sleeps until).
+    /// retry timer may be earlier than the one it sleeps until), or a
+    /// handshake datagram taken elsewhere needs an answer sent.
     wake: Notify,
 }
 
@@ -254,6 +256,22 @@ impl<L: Link> SecureLink<L> {
         &self.inner
     }
 
+    /// One datagram from the inner link, sealed or not. A link that waits
+    /// for readability is waited on that way, so that a caller holding
+    /// its claim to receive ([`Link::claim_receive`]) is the only task
+    /// woken meanwhile. Cancel-safe: the receive itself does not wait.
+    async fn receive(&self, buf: &mut [u8]) -> io::Result<(usize, L::Addr)> {
+        if !self.inner.waits_readable() {
+            return self.inner.recv_from(buf).await;
+        }
+        loop {
+            self.inner.readable().await?;
+            if let Some(r) = self.inner.try_recv_from(buf) {
+                return r;
+            }
+        }
+    }
+
     /// Puts on the wire what the core wants sent, one datagram at a time
     /// (a cancelled call loses at most the one in flight, as a lossy
     /// network would).
@@ -284,8 +302,18 @@ impl<L: Link> Link for SecureLink<L> {
     }
 
     async fn send_to(&self, bytes: &[u8], to: &L::Addr) -> io::Result<()> {
-        let sent = lock(&self.core).send(Instant::now(), to, bytes);
-        self.wake.notify_one();
+        let (sent, earlier) = {
+            let mut core = lock(&self.core);
+            let before = core.poll_timeout();
+            let sent = core.send(Instant::now(), to, bytes);
+            (sent, core.poll_timeout() < before)
+        };
+        if earlier {
+            // A handshake started, with a retry before the wait in
+            // `recv_from` ends. Not on every send: each wake-up of that
+            // task is one of a thread, where the runtime's are idle.
+            self.wake.notify_one();
+        }
         match sent {
             Ok(()) => self.transmit().await,
             Err(SendRefused::TooLarge) => Err(io::Error::new(
@@ -308,7 +336,7 @@ impl<L: Link> Link for SecureLink<L> {
             let _ = self.transmit().await;
             let wake = lock(&self.core).poll_timeout();
             tokio::select! {
-                r = self.inner.recv_from(buf) => {
+                r = self.receive(buf) => {
                     let (n, from) = r?;
                     // From here to the return nothing awaits: cancel-safe.
                     let plain = lock(&self.core).handle_datagram(Instant::now(), &from, &buf[..n]);
@@ -323,6 +351,47 @@ impl<L: Link> Link for SecureLink<L> {
                 }
                 _ = self.wake.notified() => {}
             }
+        }
+    }
+
+    fn shares_receive(&self) -> bool {
+        // A caller may receive its reply itself where the inner link lets
+        // it; handshake datagrams it takes on the way are handed to the
+        // keyed core, and their answers sent by the task in `recv_from`.
+        self.inner.shares_receive()
+    }
+
+    fn holds_received(&self) -> bool {
+        self.inner.holds_received()
+    }
+
+    fn claim_receive(&self, cx: &mut Context<'_>) -> bool {
+        self.inner.claim_receive(cx)
+    }
+
+    fn release_receive(&self) {
+        self.inner.release_receive()
+    }
+
+    fn poll_recv_claimed(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, L::Addr)>> {
+        loop {
+            let (n, from) = match std::task::ready!(self.inner.poll_recv_claimed(cx, buf)) {
+                Ok(r) => r,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            let plain = lock(&self.core).handle_datagram(Instant::now(), &from, &buf[..n]);
+            if let Some(p) = plain {
+                // Never longer than what was received into `buf`.
+                buf[..p.len()].copy_from_slice(&p);
+                return Poll::Ready(Ok((p.len(), from)));
+            }
+            // A handshake datagram (or one dropped): its answer, if any,
+            // goes from the task waiting in `recv_from`.
+            self.wake.notify_one();
         }
     }
 
