@@ -283,6 +283,9 @@ pub(crate) struct Shared<L: Link> {
 /// [`Handle::receive_claimed`]).
 #[derive(Debug, Default)]
 struct Kick {
+    /// Whether a caller holds the claim: without one a completed reply
+    /// (every confirmation under load) costs a load, not a lock.
+    claimed: AtomicBool,
     state: Mutex<KickState>,
 }
 
@@ -297,6 +300,12 @@ struct KickState {
 impl Kick {
     /// Says a reply was completed, waking the claimant if one waits.
     fn kick(&self) {
+        // The claim is taken before the claimant's command reaches the
+        // core (under the state lock, as this runs), so its reply always
+        // finds it set.
+        if !self.claimed.load(Ordering::SeqCst) {
+            return;
+        }
         let mut k = lock(&self.state);
         k.kicked = true;
         if let Some(w) = &k.waker {
@@ -317,8 +326,14 @@ impl Kick {
         false
     }
 
+    /// A claim is taken: replies completed from now on are told.
+    fn arm(&self) {
+        self.claimed.store(true, Ordering::SeqCst);
+    }
+
     /// The claim is given up: no task to wake.
     fn clear(&self) {
+        self.claimed.store(false, Ordering::SeqCst);
         let mut k = lock(&self.state);
         k.waker = None;
         k.kicked = false;
@@ -993,7 +1008,11 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
     }
 
     fn claim_receive(&self, cx: &mut std::task::Context<'_>) -> bool {
-        self.link.claim_receive(cx)
+        let claimed = self.link.claim_receive(cx);
+        if claimed {
+            self.kick.arm();
+        }
+        claimed
     }
 
     fn release_receive(&self) {
