@@ -203,13 +203,10 @@ pub(crate) trait Handle<A>: Send + Sync {
     fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush, Error>;
     /// Sends what the core has queued, as [`Flush`] says.
     fn flush(&self, how: Flush) -> impl Future<Output = ()> + Send + '_;
-    /// Whether a caller may receive from the link itself while it waits
-    /// for a reply ([`Link::shares_receive`]).
-    fn shares_receive(&self) -> bool;
     /// Makes the task of `cx` the one task that receives from the link
-    /// (where [`shares_receive`](Self::shares_receive)), until
+    /// ([`Link::claim_receive`]), until
     /// [`release_receive`](Self::release_receive); false when another
-    /// caller is. A reply that comes back to a lone call is then received
+    /// caller is, or the link keeps receiving to the background task. A reply that comes back to a lone call is then received
     /// and handed to the core on the caller's task, and wakes no other.
     /// Taken before the call's datagrams leave, so that a quick reply
     /// finds it taken.
@@ -1003,10 +1000,6 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
         self.flush_now(how)
     }
 
-    fn shares_receive(&self) -> bool {
-        self.link.shares_receive()
-    }
-
     fn claim_receive(&self, cx: &mut std::task::Context<'_>) -> bool {
         let claimed = self.link.claim_receive(cx);
         if claimed {
@@ -1215,10 +1208,18 @@ impl<L: Link> State<L> {
         }
     }
 
-    /// Delivers every event the core has reported.
+    /// Delivers every event the core has reported. A batch delivered away
+    /// from the claimant's own handling may have completed its reply,
+    /// which it does not wait on (see `Handle::receive_claimed`): it is
+    /// told to look (a spurious look costs it one turn of its loop).
     fn events(&mut self) {
+        let mut any = false;
         while let Some(e) = self.node.poll_event() {
             self.event(e);
+            any = true;
+        }
+        if any && !CLAIMANT_HANDLING.with(|h| h.get()) {
+            self.kick.kick();
         }
     }
 
@@ -1232,26 +1233,6 @@ impl<L: Link> State<L> {
     }
 
     fn event(&mut self, e: Event<L::Addr>) {
-        let replies = matches!(
-            e,
-            Event::Joined { .. }
-                | Event::JoinFailed { .. }
-                | Event::LookupDone { .. }
-                | Event::LookupFailed { .. }
-                | Event::Left
-                | Event::Delivered { .. }
-                | Event::SendFailed { .. }
-        );
-        self.answer(e);
-        if replies && !CLAIMANT_HANDLING.with(|h| h.get()) {
-            // Completed a call's reply away from the claimant's handling:
-            // the claimant does not wait on its reply (see
-            // `Handle::receive_claimed`), so it is told to look.
-            self.kick.kick();
-        }
-    }
-
-    fn answer(&mut self, e: Event<L::Addr>) {
         match e {
             Event::Joined { successor } => {
                 tracing::debug!(id = %self.node.id().short(), successor = %successor.addr, "joined");

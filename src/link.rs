@@ -180,15 +180,6 @@ pub trait Link: Send + Sync + 'static {
             .map(|r| r.map(|(n, from)| (n, n.max(1), from)))
     }
 
-    /// Whether a caller waiting for a reply may receive it itself, taking
-    /// the claim of [`claim_receive`](Self::claim_receive) and receiving
-    /// with [`poll_recv_claimed`](Self::poll_recv_claimed) (whole
-    /// datagrams, within one poll). `false` (the default) keeps receiving
-    /// to the driver's task.
-    fn shares_receive(&self) -> bool {
-        false
-    }
-
     /// Whether the link holds datagrams it has taken from the system but
     /// not handed out yet (the rest of a coalesced run): a task that
     /// received and stops receiving wakes the driver to take them.
@@ -200,9 +191,10 @@ pub trait Link: Send + Sync + 'static {
     /// now on, and in [`poll_recv_claimed`](Self::poll_recv_claimed))
     /// until [`release_receive`](Self::release_receive): the task waiting
     /// in [`readable`](Self::readable) is not woken meanwhile, so a
-    /// datagram a caller receives itself wakes one task, not two. False
-    /// when another task holds the claim, or the link has none (the
-    /// default).
+    /// datagram a caller receives itself wakes one task, not two. The
+    /// driver lets a caller waiting for a reply receive it itself this
+    /// way. False when another task holds the claim, or the link has none
+    /// (the default: receiving stays with the driver's task).
     fn claim_receive(&self, cx: &mut Context<'_>) -> bool {
         let _ = cx;
         false
@@ -631,12 +623,6 @@ impl Link for UdpLink {
         }
     }
 
-    fn shares_receive(&self) -> bool {
-        // tokio wakes every task waiting for readability; the receive
-        // itself runs under the run's lock, whole or not at all.
-        true
-    }
-
     fn holds_received(&self) -> bool {
         let run = self.run();
         run.at < run.len
@@ -781,13 +767,6 @@ impl Link for PeerLink {
         match self {
             PeerLink::Udp(l) => l.recv_from(buf).await.map(|(n, a)| (n, PeerAddr::Udp(a))),
             PeerLink::Ouroboros(l) => l.recv_from(buf).await,
-        }
-    }
-
-    fn shares_receive(&self) -> bool {
-        match self {
-            PeerLink::Udp(l) => l.shares_receive(),
-            PeerLink::Ouroboros(l) => l.shares_receive(),
         }
     }
 

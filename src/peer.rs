@@ -381,7 +381,7 @@ impl SwarmPeer {
         let (_call, lone) = Call::start(&b.counters);
         // A lone call receives its reply itself (see below); the claim to
         // do so is taken before anything is sent.
-        let claim = if lone && handle.shares_receive() {
+        let claim = if lone {
             std::future::poll_fn(|cx| std::task::Poll::Ready(handle.claim_receive(cx)))
                 .await
                 .then(|| Claimed(&handle))
@@ -749,10 +749,6 @@ impl Handle<PeerAddr> for Driver {
 
     async fn flush(&self, how: Flush) {
         either!(self, d => d.flush(how).await)
-    }
-
-    fn shares_receive(&self) -> bool {
-        either!(self, d => d.shares_receive())
     }
 
     fn claim_receive(&self, cx: &mut std::task::Context<'_>) -> bool {

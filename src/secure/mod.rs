@@ -256,6 +256,16 @@ impl<L: Link> SecureLink<L> {
         &self.inner
     }
 
+    /// Hands the `n` bytes received into `buf` from `from` to the keyed
+    /// core; an application datagram's plaintext replaces them in `buf`
+    /// (never longer), and its length is returned. `None`: a handshake
+    /// datagram (its answer waits in the core's transmits) or one dropped.
+    fn open(&self, from: &L::Addr, buf: &mut [u8], n: usize) -> Option<usize> {
+        let p = lock(&self.core).handle_datagram(Instant::now(), from, &buf[..n])?;
+        buf[..p.len()].copy_from_slice(&p);
+        Some(p.len())
+    }
+
     /// One datagram from the inner link, sealed or not. A link that waits
     /// for readability is waited on that way, so that a caller holding
     /// its claim to receive ([`Link::claim_receive`]) is the only task
@@ -339,11 +349,8 @@ impl<L: Link> Link for SecureLink<L> {
                 r = self.receive(buf) => {
                     let (n, from) = r?;
                     // From here to the return nothing awaits: cancel-safe.
-                    let plain = lock(&self.core).handle_datagram(Instant::now(), &from, &buf[..n]);
-                    if let Some(p) = plain {
-                        // Never longer than what was received into `buf`.
-                        buf[..p.len()].copy_from_slice(&p);
-                        return Ok((p.len(), from));
+                    if let Some(len) = self.open(&from, buf, n) {
+                        return Ok((len, from));
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
@@ -354,18 +361,14 @@ impl<L: Link> Link for SecureLink<L> {
         }
     }
 
-    fn shares_receive(&self) -> bool {
-        // A caller may receive its reply itself where the inner link lets
-        // it; handshake datagrams it takes on the way are handed to the
-        // keyed core, and their answers sent by the task in `recv_from`.
-        self.inner.shares_receive()
-    }
-
     fn holds_received(&self) -> bool {
         self.inner.holds_received()
     }
 
     fn claim_receive(&self, cx: &mut Context<'_>) -> bool {
+        // A caller may receive its reply itself where the inner link lets
+        // it; handshake datagrams it takes on the way are handed to the
+        // keyed core, and their answers sent by the task in `recv_from`.
         self.inner.claim_receive(cx)
     }
 
@@ -383,11 +386,8 @@ impl<L: Link> Link for SecureLink<L> {
                 Ok(r) => r,
                 Err(e) => return Poll::Ready(Err(e)),
             };
-            let plain = lock(&self.core).handle_datagram(Instant::now(), &from, &buf[..n]);
-            if let Some(p) = plain {
-                // Never longer than what was received into `buf`.
-                buf[..p.len()].copy_from_slice(&p);
-                return Poll::Ready(Ok((p.len(), from)));
+            if let Some(len) = self.open(&from, buf, n) {
+                return Poll::Ready(Ok((len, from)));
             }
             // A handshake datagram (or one dropped): its answer, if any,
             // goes from the task waiting in `recv_from`.
@@ -403,10 +403,8 @@ impl<L: Link> Link for SecureLink<L> {
                 Ok(r) => r,
                 Err(e) => return Some(Err(e)),
             };
-            let plain = lock(&self.core).handle_datagram(Instant::now(), &from, &buf[..n]);
-            if let Some(p) = plain {
-                buf[..p.len()].copy_from_slice(&p);
-                return Some(Ok((p.len(), from)));
+            if let Some(len) = self.open(&from, buf, n) {
+                return Some(Ok((len, from)));
             }
             self.wake.notify_one();
         }
