@@ -379,17 +379,23 @@ impl SwarmPeer {
         let b = self.bound()?;
         let handle = b.handle().ok_or(Error::Closed)?;
         let (_call, lone) = Call::start(&b.counters);
-        // A lone call receives its reply itself (see below); the claim to
-        // do so is taken before anything is sent.
-        let claim = if lone {
+        let (tx, rx) = oneshot::channel();
+        let command = make(tx);
+        // A lone call whose reply comes over the network receives it
+        // itself (see below); the claim to do so is taken before anything
+        // is sent. Calls answered at once (`peers`, `stats`) take none.
+        let networked = matches!(
+            command,
+            Command::Send { .. } | Command::Join { .. } | Command::Lookup { .. }
+        );
+        let claim = if lone && networked {
             std::future::poll_fn(|cx| std::task::Poll::Ready(handle.claim_receive(cx)))
                 .await
                 .then(|| Claimed(&handle))
         } else {
             None
         };
-        let (tx, rx) = oneshot::channel();
-        let how = match handle.submit(make(tx), lone) {
+        let how = match handle.submit(command, lone) {
             Ok(how) => how,
             Err(c) => {
                 // Under load: to the background task (waiting while its
