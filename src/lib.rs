@@ -50,7 +50,7 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use hooks::Hooks;
-pub use link::{Arrivals, Link, LinkSink, UdpLink, SOCKET_BUFFER};
+pub use link::{Arrivals, Gro, Link, LinkSink, UdpLink, SOCKET_BUFFER};
 pub use ouro_link::{
     flow_qos, FlowStats, OuroborosLink, ALLOC_BACKOFF, ALLOC_TIMEOUT, FLOW_IDLE,
     FLOW_PEER_TIMEOUT_MS, FLOW_QUEUE, HELLO_TIMEOUT, INCOMING_QUEUE, MAX_FLOWS,

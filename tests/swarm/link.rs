@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cicada::{Link, UdpLink};
+use cicada::{Gro, Link, UdpLink};
 
 async fn link() -> UdpLink {
     UdpLink::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -13,10 +13,18 @@ async fn link() -> UdpLink {
         .expect("bind on loopback")
 }
 
+/// A link that coalesces arriving runs where the system can (Linux): the
+/// tests of runs check the receive side of the offload as well.
+async fn coalescing_link() -> UdpLink {
+    UdpLink::bind_gro(SocketAddr::from(([127, 0, 0, 1], 0)), Gro::On)
+        .await
+        .expect("bind on loopback")
+}
+
 /// Sends `count` datagrams of `size` bytes (byte `i` of datagram `d` is
 /// `d * 7 + i`) in one `send_segments`, and checks what arrives.
 async fn roundtrip(count: usize, size: usize, last: usize) {
-    let (tx, rx) = (link().await, link().await);
+    let (tx, rx) = (link().await, coalescing_link().await);
     let to = rx.local_addr().expect("bound");
     let datagrams: Vec<Vec<u8>> = (0..count)
         .map(|d| {
@@ -74,7 +82,7 @@ async fn segments_arrive_as_the_datagrams_sent() {
 /// so no datagram is lost or repeated between the two.
 #[tokio::test]
 async fn a_run_is_received_whole_or_after_a_single_receive_one_by_one() {
-    let (tx, rx) = (link().await, link().await);
+    let (tx, rx) = (link().await, coalescing_link().await);
     let (to, from) = (
         rx.local_addr().expect("bound"),
         tx.local_addr().expect("bound"),
@@ -182,4 +190,78 @@ async fn a_burst_of_sends_leaves_in_runs() {
         (1..=64).contains(&back),
         "receiver: {back} datagrams back for 512 messages"
     );
+}
+
+/// Datagram `d` of a test: 600 bytes (a run's segment size), each
+/// `(d * 11 + i) as u8`, so that a run read as one datagram, a datagram
+/// lost or one repeated shows.
+fn numbered(d: usize) -> Vec<u8> {
+    (0..600).map(|i| (d * 11 + i) as u8).collect()
+}
+
+/// Receives `want` (in order, each whole), then finds the socket empty:
+/// the end of a drain, which is what the adaptive switch counts.
+async fn expect(rx: &UdpLink, want: std::ops::Range<usize>) {
+    let mut buf = vec![0u8; 2_048];
+    for d in want {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), rx.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("datagram {d} never came"))
+            .expect("received");
+        assert_eq!(&buf[..n], &numbered(d)[..], "datagram {d}");
+    }
+    assert!(rx.try_recv_from(&mut buf).is_none(), "nothing more");
+}
+
+/// A burst of `count` datagrams from `first`, in one segmented send.
+async fn burst(tx: &UdpLink, to: SocketAddr, first: usize, count: usize) {
+    let bytes: Vec<u8> = (first..first + count).flat_map(numbered).collect();
+    tx.send_segments(&bytes, 600, &to).await.expect("sent");
+}
+
+/// `Gro::Adaptive` (the default): a link receives plainly (no `UDP_GRO`,
+/// the cheapest receive) while datagrams come one at a time, and switches
+/// `UDP_GRO` on for good when a burst comes (64 back to back): the next
+/// burst arrives in one receive. Through the switch each datagram arrives
+/// once, whole, in order. `Gro::Off` never switches.
+#[tokio::test]
+async fn adaptive_gro_goes_on_at_the_first_burst_and_loses_nothing() {
+    let tx = link().await;
+    if !cfg!(target_os = "linux") || tx.max_segments() < 64 {
+        eprintln!("SKIPPED: no segmentation offload here");
+        return;
+    }
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    for mode in [Gro::Adaptive, Gro::Off] {
+        let rx = UdpLink::bind_gro(loopback, mode).await.expect("bound");
+        let to = rx.local_addr().expect("bound");
+        let mut d = 0;
+        for _ in 0..100 {
+            tx.send_to(&numbered(d), &to).await.expect("sent");
+            expect(&rx, d..d + 1).await;
+            d += 1;
+        }
+        assert!(
+            !rx.gro_on(),
+            "{mode:?}: off while datagrams come one at a time"
+        );
+        // Less than a burst: the kernel cuts it for the plain socket.
+        burst(&tx, to, d, 40).await;
+        expect(&rx, d..d + 40).await;
+        d += 40;
+        assert!(!rx.gro_on(), "{mode:?}: 40 back to back are no burst");
+        burst(&tx, to, d, 64).await;
+        expect(&rx, d..d + 64).await;
+        d += 64;
+        assert_eq!(rx.gro_on(), mode == Gro::Adaptive, "{mode:?} after a burst");
+        burst(&tx, to, d, 40).await;
+        expect(&rx, d..d + 40).await;
+        d += 40;
+        let coalesced = if mode == Gro::Adaptive { 40 } else { 0 };
+        assert_eq!(rx.coalesced(), coalesced, "{mode:?}: the next burst");
+        // On for good.
+        tx.send_to(&numbered(d), &to).await.expect("sent");
+        expect(&rx, d..d + 1).await;
+        assert_eq!(rx.gro_on(), mode == Gro::Adaptive, "{mode:?} at the end");
+    }
 }
