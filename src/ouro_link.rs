@@ -558,8 +558,8 @@ impl Link for OuroborosLink {
     }
 
     /// The reader thread hands packets to `sink` from now on, up to
-    /// [`READ_BATCH`] at a time. Sends on that thread never wait but for
-    /// a yield (a full pool or ring is retried [`WRITE_RETRIES`] times,
+    /// 64 at a time (`READ_BATCH`). Sends on that thread never wait but for
+    /// a yield (a full pool or ring is retried `WRITE_RETRIES` times,
     /// then handed back to the driver with `WouldBlock`).
     fn deliver_to(&self, sink: LinkSink<PeerAddr>) -> bool {
         self.shared.sink.set(sink).is_ok()
