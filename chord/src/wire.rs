@@ -255,6 +255,41 @@ pub struct Delivered<A> {
     pub msgs: Vec<Confirmed>,
 }
 
+/// [`Delivered`] borrowed, for encoding: the same bytes.
+#[derive(Serialize)]
+struct DeliveredRef<'a, A> {
+    owner: &'a NodeRef<A>,
+    msgs: &'a [Confirmed],
+}
+
+/// Encodes a [`Message::Delivered`] from borrowed parts, as
+/// [`Message::encode`] would (a node confirming builds no message, and
+/// keeps its list to fill again).
+pub fn encode_delivered<A: Serialize>(owner: &NodeRef<A>, msgs: &[Confirmed]) -> Vec<u8> {
+    let value = DeliveredRef { owner, msgs };
+    // Most fit 256 bytes: encoded there and copied to a vector of their
+    // exact length, which `Bytes` takes over without allocating again
+    // (a vector with room to spare costs it an allocation of its own).
+    let mut small = [0u8; ENCODE_ROOM];
+    small[..2].copy_from_slice(&MAGIC);
+    small[2] = VERSION;
+    small[3] = DELIVERED;
+    if let Ok(body) = postcard::to_slice(&value, &mut small[HEADER_LEN..]) {
+        let len = HEADER_LEN + body.len();
+        return small[..len].to_vec();
+    }
+    let mut out = Vec::with_capacity(ENCODE_ROOM);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(DELIVERED);
+    let res = append(&mut out, &value);
+    debug_assert!(res.is_ok(), "postcard encoding failed: {res:?}");
+    out
+}
+
+/// The kind byte of [`Message::Delivered`].
+const DELIVERED: u8 = 11;
+
 /// One message of a [`Delivered`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirmed {
@@ -388,7 +423,7 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::Leave(_) => 8,
             Message::SuccessorHint(_) => 9,
             Message::Data(_) => 10,
-            Message::Delivered(_) => 11,
+            Message::Delivered(_) => DELIVERED,
             Message::Undeliverable(_) => 12,
             Message::OwnerCheck(_) => 13,
             Message::Owns(_) => 14,
@@ -427,7 +462,13 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
                 out.extend_from_slice(&m.payload);
                 r
             }
-            Message::Delivered(m) => append(&mut out, m),
+            Message::Delivered(m) => append(
+                &mut out,
+                &DeliveredRef {
+                    owner: &m.owner,
+                    msgs: &m.msgs,
+                },
+            ),
             Message::Undeliverable(m) => append(&mut out, m),
             Message::OwnerCheck(m) => append(&mut out, m),
             Message::Owns(m) => append(&mut out, m),
@@ -649,7 +690,32 @@ mod tests {
             let expected: String = expected.chars().filter(|c| !c.is_whitespace()).collect();
             let bytes = msg.encode();
             assert_eq!(hex(&bytes), expected, "encoding of {msg:?}");
+            if let Message::Delivered(d) = &msg {
+                assert_eq!(hex(&encode_delivered(&d.owner, &d.msgs)), expected);
+            }
             assert_eq!(Message::<u32>::decode(&bytes), Ok(msg));
+        }
+    }
+
+    /// The borrowed encoding of a confirmation list is the message's,
+    /// short (on the stack) and long (past 256 bytes).
+    #[test]
+    fn delivered_lists_encode_alike_borrowed() {
+        for n in [0, 1, 20, 96] {
+            let msgs: Vec<Confirmed> = (0..n)
+                .map(|i| Confirmed {
+                    msg: u64::MAX - i,
+                    hops: 7,
+                })
+                .collect();
+            let owner = node(9, u32::MAX);
+            let whole = Message::Delivered(Delivered {
+                owner: owner.clone(),
+                msgs: msgs.clone(),
+            })
+            .encode();
+            assert_eq!(encode_delivered(&owner, &msgs), whole, "{n} confirmations");
+            assert_eq!(whole.len() > ENCODE_ROOM, n >= 20, "both paths taken");
         }
     }
 

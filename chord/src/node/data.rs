@@ -701,7 +701,8 @@ impl<A: Address> LocalNode<A> {
         let at = match self.acks.iter().position(|(a, _)| a == to) {
             Some(at) => at,
             None => {
-                self.acks.push((to.clone(), Vec::new()));
+                let list = self.spare_acks.pop().unwrap_or_default();
+                self.acks.push((to.clone(), list));
                 self.acks.len() - 1
             }
         };
@@ -712,13 +713,16 @@ impl<A: Address> LocalNode<A> {
         }
     }
 
-    /// Queues one `Delivered` for `msgs` to `to`.
-    pub(super) fn push_delivered(&mut self, to: A, msgs: Vec<Confirmed>) {
-        let ack = Delivered {
-            owner: self.me.clone(),
-            msgs,
-        };
-        self.push_transmit(to, Message::Delivered(ack).encode());
+    /// Queues one `Delivered` for `msgs` to `to`, and keeps the emptied
+    /// list to fill again.
+    pub(super) fn push_delivered(&mut self, to: A, mut msgs: Vec<Confirmed>) {
+        let bytes = crate::wire::encode_delivered(&self.me, &msgs);
+        self.push_transmit(to, bytes);
+        // Small lists only: an idle node keeps at most 4 x 8 entries.
+        if self.spare_acks.len() < super::SPARE_ACK_LISTS && msgs.capacity() <= 8 {
+            msgs.clear();
+            self.spare_acks.push(msgs);
+        }
     }
 
     fn refuse(&mut self, header: &DataHeader<A>, reason: Refusal, now: Instant) {

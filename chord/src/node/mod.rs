@@ -256,7 +256,13 @@ pub struct LocalNode<A> {
     /// Confirmations waiting to leave, per origin address (see
     /// `acknowledge`): flushed by `poll_transmit`.
     acks: Vec<(A, Vec<crate::wire::Confirmed>)>,
+    /// Emptied lists of `acks`, kept to fill again (at most
+    /// `SPARE_ACK_LISTS`, of 8 entries): a confirmation allocates nothing.
+    spare_acks: Vec<Vec<crate::wire::Confirmed>>,
 }
+
+/// Emptied confirmation lists a node keeps.
+const SPARE_ACK_LISTS: usize = 4;
 
 /// Gives back most of a map's room once it is three quarters empty (and
 /// not tiny), keeping twice what it holds.
@@ -317,6 +323,7 @@ impl<A: Address> LocalNode<A> {
             stats: Stats::default(),
             confirmed_to: None,
             acks: Vec::new(),
+            spare_acks: Vec::new(),
         })
     }
 
@@ -558,9 +565,12 @@ impl<A: Address> LocalNode<A> {
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
         if !self.acks.is_empty() {
-            for (to, msgs) in std::mem::take(&mut self.acks) {
+            // Drained in place: the list of lists keeps its room.
+            let mut acks = std::mem::take(&mut self.acks);
+            for (to, msgs) in acks.drain(..) {
                 self.push_delivered(to, msgs);
             }
+            self.acks = acks;
         }
         let t = self.transmits.pop_front()?;
         self.stats.datagrams_out += 1;
