@@ -630,6 +630,9 @@ impl UdpLink {
                 Err(e) => Err(e),
             }
         } else {
+            // tokio's own `recvfrom`. Called inside our `try_io` (the
+            // socket was seen readable), its readiness check passes; a
+            // `WouldBlock` clears the readiness once in each.
             self.socket.try_recv_from(buf).map(|(len, addr)| {
                 let mut m = quinn_udp::RecvMeta::default();
                 (m.len, m.stride, m.addr) = (len, len, addr);
