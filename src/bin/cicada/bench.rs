@@ -219,13 +219,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     let (bulk50, _) = percentiles(bulk_times);
     a.close().await;
     b.close().await;
-    println!(
-        "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
-        "round trip p50 (after bulk)",
-        bulk50 * 1e6,
-        bulk_raw50 * 1e6,
-        bulk50 / bulk_raw50
-    );
+    time_row("round trip p50 (after bulk)", bulk50, bulk_raw50);
     report.insert("latency_after_bulk_p50_us".into(), json!(bulk50 * 1e6));
     report.insert(
         "latency_after_bulk_p50_ratio".into(),
@@ -236,20 +230,8 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     let (times, raw_times) = latency_turns(&a, &b_addr, args.round_trips, true).await?;
     let (raw50, raw99) = percentiles(raw_times);
     let (p50, p99) = percentiles(times);
-    println!(
-        "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
-        "round trip p50 (64 B)",
-        p50 * 1e6,
-        raw50 * 1e6,
-        p50 / raw50
-    );
-    println!(
-        "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
-        "round trip p99 (64 B)",
-        p99 * 1e6,
-        raw99 * 1e6,
-        p99 / raw99
-    );
+    time_row("round trip p50 (64 B)", p50, raw50);
+    time_row("round trip p99 (64 B)", p99, raw99);
     report.insert("latency_p50_us".into(), json!(p50 * 1e6));
     report.insert("latency_p99_us".into(), json!(p99 * 1e6));
     report.insert("raw_udp_latency_p50_us".into(), json!(raw50 * 1e6));
@@ -273,13 +255,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     let (task_times, task_raw_times) = spawned;
     let (task_raw50, _) = percentiles(task_raw_times);
     let (task50, _) = percentiles(task_times);
-    println!(
-        "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
-        "round trip p50 (from a task)",
-        task50 * 1e6,
-        task_raw50 * 1e6,
-        task50 / task_raw50
-    );
+    time_row("round trip p50 (from a task)", task50, task_raw50);
     report.insert("latency_task_p50_us".into(), json!(task50 * 1e6));
     report.insert(
         "raw_udp_latency_task_p50_us".into(),
@@ -331,13 +307,7 @@ async fn keyed_rows(
     }
     let (p50, p99) = percentiles(latency_turns(&a, &b_addr, args.round_trips, false).await?.0);
     for (name, k, u, key) in [("p50", p50, u50, "p50"), ("p99", p99, u99, "p99")] {
-        println!(
-            "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
-            format!("round trip {name} (64 B)"),
-            k * 1e6,
-            u * 1e6,
-            k / u
-        );
+        time_row(&format!("round trip {name} (64 B)"), k, u);
         report.insert(format!("keyed_latency_{key}_us"), json!(k * 1e6));
         report.insert(format!("keyed_latency_{key}_ratio"), json!(k / u));
     }
@@ -357,6 +327,17 @@ fn rate_row(label: &str, ours: f64, base: f64) {
         label,
         ours,
         base,
+        ours / base
+    );
+}
+
+/// A row of times (seconds, printed in µs) beside the baseline's.
+fn time_row(label: &str, ours: f64, base: f64) {
+    println!(
+        "{:<34} {:>11.1} us {:>11.1} us {:>8.2}",
+        label,
+        ours * 1e6,
+        base * 1e6,
         ours / base
     );
 }
