@@ -208,6 +208,99 @@ fn oping_run(name: &str, count: usize) -> R<Vec<f64>> {
     Ok(times)
 }
 
+/// An `oping` echo request of 24 bytes (the C tool's packed
+/// `struct oping_msg`: type 0, id, and a timestamp the server does not read).
+fn oping_request(id: u32) -> [u8; 24] {
+    let mut m = [0u8; 24];
+    m[4..8].copy_from_slice(&id.to_be_bytes());
+    m
+}
+
+/// Whether `reply` is the `oping` server's echo of request `id`.
+fn is_oping_reply(reply: &[u8], id: u32) -> bool {
+    reply.len() >= 8 && reply[..4] == 1u32.to_be_bytes() && reply[4..8] == id.to_be_bytes()
+}
+
+/// The raw-flow baselines of the latency row: a flow of this process to
+/// the `oping -l` server, pinged with the C tool's own packets, one a
+/// millisecond. `Blocking` writes and reads on one thread, as `oping`'s
+/// client does; `Async` is a tokio task on [`cicada::ouroboros::AsyncFlow`],
+/// woken by the binding's event thread, as any async program on
+/// Ouroboros 0.23 is (it has no descriptor to hand to epoll). Neither has
+/// a core, a confirmation or a second peer process of ours: what Cicada
+/// adds is the difference.
+enum RawFlow {
+    Blocking(Arc<cicada::ouroboros::Flow>),
+    Async(cicada::ouroboros::AsyncFlow),
+}
+
+impl RawFlow {
+    async fn open(name: &str, asynchronous: bool) -> R<RawFlow> {
+        let name = name.to_owned();
+        let flow = tokio::task::spawn_blocking(move || {
+            cicada::ouroboros::flow_alloc(&name, None, Some(Duration::from_secs(5)))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("raw flow to the oping server: {e}"))?;
+        if asynchronous {
+            Ok(RawFlow::Async(
+                cicada::ouroboros::AsyncFlow::new(flow).map_err(|e| e.to_string())?,
+            ))
+        } else {
+            flow.set_rcv_timeout(Some(Duration::from_secs(1)))
+                .map_err(|e| e.to_string())?;
+            Ok(RawFlow::Blocking(Arc::new(flow)))
+        }
+    }
+
+    /// Times (seconds) of `n` paced round trips; `first` is the first id.
+    async fn pings(&self, first: u32, n: usize) -> R<Vec<f64>> {
+        match self {
+            RawFlow::Async(f) => {
+                let mut times = Vec::with_capacity(n);
+                for id in (first..).take(n) {
+                    let t = Instant::now();
+                    f.write(&oping_request(id))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    loop {
+                        let reply = tokio::time::timeout(Duration::from_secs(1), f.recv())
+                            .await
+                            .map_err(|_| format!("no echo of ping {id} within 1 s"))?
+                            .map_err(|e| e.to_string())?;
+                        if is_oping_reply(&reply, id) {
+                            break;
+                        }
+                    }
+                    times.push(t.elapsed().as_secs_f64());
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Ok(times)
+            }
+            RawFlow::Blocking(f) => {
+                let f = f.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut times = Vec::with_capacity(n);
+                    for id in (first..).take(n) {
+                        let t = Instant::now();
+                        f.write(&oping_request(id)).map_err(|e| e.to_string())?;
+                        while !f
+                            .recv_with(|r| is_oping_reply(r, id))
+                            .map_err(|e| format!("ping {id}: {e}"))?
+                        {}
+                        times.push(t.elapsed().as_secs_f64());
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Ok(times)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        }
+    }
+}
+
 /// Packets per second `ocbr -l` reported over the intervals that saw packets.
 fn ocbr_pps(server_out: &str) -> Option<f64> {
     let (mut packets, mut ms) = (0f64, 0f64);
@@ -470,13 +563,21 @@ pub async fn rows(
     // Paced round trips, taking turns with `oping`; percentiles over the
     // pooled samples of each.
     let (mut paced, mut theirs) = (Vec::new(), Vec::new());
+    let (mut raw_blocking, mut raw_async) = (Vec::new(), Vec::new());
     let per_turn = round_trips.div_ceil(OPING_TURNS).max(1);
-    for _ in 0..OPING_TURNS {
+    let blocking = RawFlow::open(&oping_name, false).await?;
+    let asynchronous = RawFlow::open(&oping_name, true).await?;
+    for turn in 0..OPING_TURNS {
+        let first = (turn * per_turn) as u32;
         theirs.extend(oping_run(&oping_name, per_turn)?);
+        raw_blocking.extend(blocking.pings(first, per_turn).await?);
         paced.extend(latency(&a, &to, per_turn, true).await?);
+        raw_async.extend(asynchronous.pings(first, per_turn).await?);
     }
+    drop((blocking, asynchronous));
     oping.stop();
     let ((p50, p99), (c50, c99)) = (percentiles(paced), percentiles(theirs));
+    let ((rb50, rb99), (ra50, ra99)) = (percentiles(raw_blocking), percentiles(raw_async));
     // Informational: the same back to back, as the UDP rows measure them.
     let (b50, b99) = percentiles(latency(&a, &to, round_trips, false).await?);
     // Last, as it may crash the receiving process (see `--ouroboros-datagrams`).
@@ -534,6 +635,25 @@ pub async fn rows(
             ours / c
         );
     }
+    for (label, raw50, raw99) in [
+        ("raw flow, one thread", rb50, rb99),
+        ("raw flow, async task", ra50, ra99),
+    ] {
+        println!(
+            "{:<34} {:>11.1} us {:>11.1} us {:>8.2}   (p99 {:.1} us, {:.2})",
+            format!("  p50 {label}"),
+            raw50 * 1e6,
+            c50 * 1e6,
+            raw50 / c50,
+            raw99 * 1e6,
+            raw99 / c99
+        );
+    }
+    println!(
+        "{:<34} {:>11.2}x of the raw async flow's p50",
+        "  cicada's p50 is",
+        p50 / ra50
+    );
     println!(
         "{:<34} {:>11.1} us {:>14} {:>8}",
         "round trip p50 64 B back to back",
@@ -566,6 +686,14 @@ pub async fn rows(
     report.insert("oping_latency_p50_us".into(), json!(c50 * 1e6));
     report.insert("oping_latency_p99_us".into(), json!(c99 * 1e6));
     report.insert("ouroboros_latency_p50_ratio".into(), json!(p50 / c50));
+    report.insert("raw_flow_latency_p50_us".into(), json!(rb50 * 1e6));
+    report.insert("raw_flow_latency_p99_us".into(), json!(rb99 * 1e6));
+    report.insert("raw_async_flow_latency_p50_us".into(), json!(ra50 * 1e6));
+    report.insert("raw_async_flow_latency_p99_us".into(), json!(ra99 * 1e6));
+    report.insert(
+        "ouroboros_latency_p50_ratio_raw_async".into(),
+        json!(p50 / ra50),
+    );
     report.insert("ouroboros_latency_p99_ratio".into(), json!(p99 / c99));
     Ok(())
 }
@@ -641,5 +769,21 @@ mod tests {
         );
         assert_eq!(t.len(), 2);
         assert!((t[0] - 1.848e-3).abs() < 1e-9 && (t[1] - 30e-6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn speaks_the_oping_packet_format() {
+        let mut m = oping_request(0x0102_0304);
+        assert_eq!(m.len(), 24, "the C tool's packed struct");
+        assert_eq!(
+            &m[..8],
+            &[0, 0, 0, 0, 1, 2, 3, 4],
+            "type 0, id in network order"
+        );
+        assert!(!is_oping_reply(&m, 0x0102_0304), "a request is not a reply");
+        m[3] = 1; // what the server does: type = htonl(ECHO_REPLY)
+        assert!(is_oping_reply(&m, 0x0102_0304));
+        assert!(!is_oping_reply(&m, 0x0102_0305), "another ping's echo");
+        assert!(!is_oping_reply(&m[..7], 0x0102_0304), "too short");
     }
 }
