@@ -69,6 +69,33 @@ fn ocbr_flood(layer: &str, name: &str) -> R<f64> {
     ocbr_pps(&out).ok_or_else(|| format!("no ocbr figures in {out:?}"))
 }
 
+/// The raw-flow baseline of the throughput row: this process floods an
+/// `ocbr -l` server with 1 KiB packets for [`OCBR_SECONDS`] from a thread
+/// writing to a flow of the binding (blocking writes, as the C client's):
+/// what Rust on Ouroboros moves with no core, no confirmation and no peer
+/// of ours at the other end. The packets per second the server counted.
+fn raw_flood(layer: &str, name: &str) -> R<f64> {
+    let mut srv = CServer::start("ocbr", &["-l", "-i", "1", "-t", "2"], name, layer)?;
+    let flooded = (|| {
+        let flow = cicada::ouroboros::flow_alloc(name, None, Some(Duration::from_secs(5)))
+            .map_err(|e| format!("raw flow to the ocbr server: {e}"))?;
+        flow.set_snd_timeout(Some(Duration::from_secs(1)))
+            .map_err(|e| e.to_string())?;
+        let packet = [7u8; 1024];
+        let until = Instant::now() + Duration::from_secs(u64::from(OCBR_SECONDS));
+        while Instant::now() < until {
+            for _ in 0..64 {
+                flow.write(&packet).map_err(|e| format!("raw flood: {e}"))?;
+            }
+        }
+        Ok::<(), String>(())
+    })();
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = srv.stop();
+    flooded?;
+    ocbr_pps(&out).ok_or_else(|| format!("no ocbr figures in {out:?}"))
+}
+
 /// The two peers' configuration. The per-source rate limits (400 requests/s
 /// and 100,000 data datagrams/s by default, defences against floods) are
 /// lifted: the row measures the data path between two trusted peers, as
@@ -520,11 +547,18 @@ pub async fn rows(
     // its two processes), so each side's figure is the median of
     // OCBR_TURNS, taken in alternation.
     let (mut ocbrs, mut ours_turns, mut confirmed) = (Vec::new(), Vec::new(), 1.0f64);
+    let mut raws = Vec::new();
     for turn in 0..OCBR_TURNS {
         ocbrs.push(ocbr_flood(
             layer,
             &format!("cicada-bench-ocbr-{pid}-{turn}"),
         )?);
+        let (layer2, name) = (layer.to_owned(), format!("cicada-bench-raw-{pid}-{turn}"));
+        raws.push(
+            tokio::task::spawn_blocking(move || raw_flood(&layer2, &name))
+                .await
+                .map_err(|e| e.to_string())??,
+        );
         let (rate, fraction) = throughput(&a, &to, 1024, messages).await;
         ours_turns.push(rate);
         confirmed = confirmed.min(fraction);
@@ -599,6 +633,29 @@ pub async fn rows(
     println!(
         "  (medians of {OCBR_TURNS} turns, cicada/ocbr: {})",
         turns.join(", ")
+    );
+    let raw = median(raws.clone());
+    println!(
+        "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}   (turns {})",
+        "  raw flow, one thread",
+        raw,
+        ocbr,
+        raw / ocbr,
+        raws.iter()
+            .map(|r| format!("{:.0}k", r / 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "{:<34} {:>11.2}x the raw flow's rate",
+        "  cicada's confirmed 1 KiB is",
+        ours / raw
+    );
+    report.insert("raw_flow_msgs_per_s_1k".into(), json!(raw));
+    report.insert("raw_flow_turns_msgs_per_s_1k".into(), json!(raws));
+    report.insert(
+        "ouroboros_throughput_ratio_raw_1k".into(),
+        json!(ours / raw),
     );
     match &flood {
         Some(Ok((datagrams, arrived))) => {
