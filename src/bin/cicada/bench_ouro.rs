@@ -660,12 +660,17 @@ pub async fn rows(
     match &flood {
         Some(Ok((datagrams, arrived))) => {
             println!(
-                "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}   ({:.0}% arrived)",
+                "{:<34} {:>10.0} m/s {:>10.0} m/s {:>8.2}   ({:.0}% arrived; {:.2}x the raw flow's rate)",
                 "datagrams 1024 B, unconfirmed",
                 datagrams,
                 ocbr,
                 datagrams / ocbr,
-                arrived * 100.0
+                arrived * 100.0,
+                datagrams / raw
+            );
+            report.insert(
+                "ouroboros_datagram_ratio_raw_1k".into(),
+                json!(datagrams / raw),
             );
             report.insert("ouroboros_datagram_msgs_per_s_1k".into(), json!(datagrams));
             report.insert(
