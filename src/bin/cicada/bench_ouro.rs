@@ -27,11 +27,20 @@ const OCBR_TURNS: usize = 3;
 /// enough (`oping`'s p50 read 22 µs in one run and 40 µs in the next).
 const OPING_TURNS: usize = 5;
 
-/// One `ocbr` flood of 1 KiB packets for [`OCBR_SECONDS`] to a server
-/// named `name`: the packets per second the server counted.
-fn ocbr_flood(layer: &str, name: &str) -> R<f64> {
+/// What an `ocbr -l` server bound to `name` counted (packets per second)
+/// while `flood` sent it 1 KiB packets for [`OCBR_SECONDS`].
+fn counted_by_ocbr(layer: &str, name: &str, flood: impl FnOnce(&str) -> R<()>) -> R<f64> {
     let mut srv = CServer::start("ocbr", &["-l", "-i", "1", "-t", "2"], name, layer)?;
-    let client = Command::new("ocbr")
+    let flooded = flood(name);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = srv.stop();
+    flooded?;
+    ocbr_pps(&out).ok_or_else(|| format!("no ocbr figures in {out:?}"))
+}
+
+/// One flood of the C `ocbr` client.
+fn ocbr_flood(name: &str) -> R<()> {
+    let mut c = Command::new("ocbr")
         .args([
             "-n",
             name,
@@ -43,57 +52,38 @@ fn ocbr_flood(layer: &str, name: &str) -> R<f64> {
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn();
+        .spawn()
+        .map_err(|e| format!("ocbr client: {e}"))?;
     // The C client has no send timeout: when the library's pool wait misses
     // its wake-up (docs/ouroboros.md) it would wait forever. Bound it.
-    let stalled = match client {
-        Ok(mut c) => {
-            let deadline = Instant::now() + Duration::from_secs(u64::from(OCBR_SECONDS) + 10);
-            while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let stalled = !matches!(c.try_wait(), Ok(Some(_)));
-            sigterm(&mut c, Duration::from_secs(5));
-            stalled
-        }
-        Err(e) => {
-            srv.stop();
-            return Err(format!("ocbr client: {e}"));
-        }
-    };
-    if stalled {
+    let deadline = Instant::now() + Duration::from_secs(u64::from(OCBR_SECONDS) + 10);
+    while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !matches!(c.try_wait(), Ok(Some(_))) {
         println!("  (the C ocbr client stalled in flow_write and was stopped)");
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    let out = srv.stop();
-    ocbr_pps(&out).ok_or_else(|| format!("no ocbr figures in {out:?}"))
+    sigterm(&mut c, Duration::from_secs(5));
+    Ok(())
 }
 
-/// The raw-flow baseline of the throughput row: this process floods an
-/// `ocbr -l` server with 1 KiB packets for [`OCBR_SECONDS`] from a thread
-/// writing to a flow of the binding (blocking writes, as the C client's):
-/// what Rust on Ouroboros moves with no core, no confirmation and no peer
-/// of ours at the other end. The packets per second the server counted.
-fn raw_flood(layer: &str, name: &str) -> R<f64> {
-    let mut srv = CServer::start("ocbr", &["-l", "-i", "1", "-t", "2"], name, layer)?;
-    let flooded = (|| {
-        let flow = cicada::ouroboros::flow_alloc(name, None, Some(Duration::from_secs(5)))
-            .map_err(|e| format!("raw flow to the ocbr server: {e}"))?;
-        flow.set_snd_timeout(Some(Duration::from_secs(1)))
-            .map_err(|e| e.to_string())?;
-        let packet = [7u8; 1024];
-        let until = Instant::now() + Duration::from_secs(u64::from(OCBR_SECONDS));
-        while Instant::now() < until {
-            for _ in 0..64 {
-                flow.write(&packet).map_err(|e| format!("raw flood: {e}"))?;
-            }
+/// The raw-flow baseline of the throughput row: the same flood from a
+/// thread of this process writing to a flow of the binding (blocking
+/// writes, as the C client's): what Rust on Ouroboros moves with no core,
+/// no confirmation and no peer of ours at the other end.
+fn raw_flood(name: &str) -> R<()> {
+    let flow = cicada::ouroboros::flow_alloc(name, None, Some(Duration::from_secs(5)))
+        .map_err(|e| format!("raw flow to the ocbr server: {e}"))?;
+    flow.set_snd_timeout(Some(Duration::from_secs(1)))
+        .map_err(|e| e.to_string())?;
+    let packet = [7u8; 1024];
+    let until = Instant::now() + Duration::from_secs(u64::from(OCBR_SECONDS));
+    while Instant::now() < until {
+        for _ in 0..64 {
+            flow.write(&packet).map_err(|e| format!("raw flood: {e}"))?;
         }
-        Ok::<(), String>(())
-    })();
-    std::thread::sleep(Duration::from_millis(1500));
-    let out = srv.stop();
-    flooded?;
-    ocbr_pps(&out).ok_or_else(|| format!("no ocbr figures in {out:?}"))
+    }
+    Ok(())
 }
 
 /// The two peers' configuration. The per-source rate limits (400 requests/s
@@ -549,13 +539,14 @@ pub async fn rows(
     let (mut ocbrs, mut ours_turns, mut confirmed) = (Vec::new(), Vec::new(), 1.0f64);
     let mut raws = Vec::new();
     for turn in 0..OCBR_TURNS {
-        ocbrs.push(ocbr_flood(
+        ocbrs.push(counted_by_ocbr(
             layer,
             &format!("cicada-bench-ocbr-{pid}-{turn}"),
+            ocbr_flood,
         )?);
         let (layer2, name) = (layer.to_owned(), format!("cicada-bench-raw-{pid}-{turn}"));
         raws.push(
-            tokio::task::spawn_blocking(move || raw_flood(&layer2, &name))
+            tokio::task::spawn_blocking(move || counted_by_ocbr(&layer2, &name, raw_flood))
                 .await
                 .map_err(|e| e.to_string())??,
         );
