@@ -267,12 +267,117 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         Ok(())
     }
 
+    /// Seals the datagrams `plain` holds back to back (each `segment`
+    /// bytes, the last may be shorter) for `to`, appending them to `out` in
+    /// the same layout, each [`DATA_OVERHEAD`] bytes longer: a run the
+    /// inner link can hand to the system in one call. False, with `out`
+    /// unchanged, when there is no session with `to` yet, `plain` is
+    /// empty, or `segment` exceeds [`MAX_PLAINTEXT`]: [`send`](Self::send)
+    /// each datagram then, which queues, starts a handshake or refuses.
+    ///
+    /// ```
+    /// # use std::time::Instant;
+    /// use cicada::{SecureConfig, SecureCore, SwarmKey};
+    /// let now = Instant::now();
+    /// let mut a = SecureCore::new(SwarmKey::from_bytes([7; 32]), SecureConfig::default(), 1, now);
+    /// let mut out = Vec::new();
+    /// // No handshake with peer 2 yet: nothing sealed.
+    /// assert!(!a.seal_segments(now, &2u32, b"onetwo", 3, &mut out));
+    /// assert!(out.is_empty());
+    /// ```
+    pub fn seal_segments(
+        &mut self,
+        now: Instant,
+        to: &A,
+        plain: &[u8],
+        segment: usize,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if plain.is_empty() || segment == 0 || segment > MAX_PLAINTEXT {
+            return false;
+        }
+        let Some(peer) = self.peers.get_mut(to) else {
+            return false;
+        };
+        let Some(s) = &mut peer.current else {
+            return false;
+        };
+        let start = out.len();
+        out.reserve(plain.len() + plain.len().div_ceil(segment) * DATA_OVERHEAD);
+        for chunk in plain.chunks(segment) {
+            if !seal_into(s, chunk, out) {
+                out.truncate(start);
+                return false;
+            }
+        }
+        peer.active = Some(now);
+        true
+    }
+
     /// Handles one datagram from the wire; returns the plaintext it carried,
     /// if it was a Data datagram that authenticated. Anything else is a
     /// handshake (handled) or dropped and counted.
     pub fn handle_datagram(&mut self, now: Instant, from: &A, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut plain = vec![0u8; bytes.len().saturating_sub(DATA_OVERHEAD)];
+        let n = self.handle_datagram_into(now, from, bytes, &mut plain)?;
+        plain.truncate(n);
+        Some(plain)
+    }
+
+    /// Opens in place a run of `len` bytes in `buf` received from `from`:
+    /// datagrams `stride` bytes apart, the last maybe shorter (as a link
+    /// that coalesces receives hands them over). The plaintexts of those
+    /// that authenticate are left back to back from the start of `buf`,
+    /// each `stride - DATA_OVERHEAD` bytes but the last (the overhead is
+    /// the same for every Data datagram, so they keep one stride); the
+    /// others are handshakes (handled) or dropped and counted, as by
+    /// [`handle_datagram`](Self::handle_datagram). Returns the plaintexts'
+    /// total length (0: none) and their stride. `scratch` holds each
+    /// datagram aside while its plaintext is written over it.
+    pub fn open_run(
+        &mut self,
+        now: Instant,
+        from: &A,
+        buf: &mut [u8],
+        len: usize,
+        stride: usize,
+        scratch: &mut Vec<u8>,
+    ) -> (usize, usize) {
+        let stride = stride.max(1);
+        let len = len.min(buf.len());
+        let mut out = 0;
+        for at in (0..len).step_by(stride) {
+            let end = (at + stride).min(len);
+            scratch.clear();
+            scratch.extend_from_slice(&buf[at..end]);
+            // Never past `end`: a plaintext is shorter than its datagram.
+            if let Some(n) = self.handle_datagram_into(now, from, scratch, &mut buf[out..end]) {
+                out += n;
+            }
+        }
+        (out, stride.saturating_sub(DATA_OVERHEAD).max(1))
+    }
+
+    /// [`handle_datagram`](Self::handle_datagram) writing the plaintext
+    /// into `out` instead of a new vector: its length is returned, always
+    /// `bytes.len() - DATA_OVERHEAD`. `out` must hold that many bytes; a
+    /// shorter one gets nothing (the datagram is dropped and counted as
+    /// malformed).
+    pub fn handle_datagram_into(
+        &mut self,
+        now: Instant,
+        from: &A,
+        bytes: &[u8],
+        out: &mut [u8],
+    ) -> Option<usize> {
         match bytes.first() {
-            Some(&DATA) if bytes.len() >= DATA_OVERHEAD => self.data(now, from, bytes),
+            Some(&DATA) if bytes.len() >= DATA_OVERHEAD => {
+                if out.len() < bytes.len() - DATA_OVERHEAD {
+                    self.stats.dropped_malformed += 1;
+                    return None;
+                }
+                self.data(now, from, bytes, out)
+            }
             Some(&INIT) if bytes.len() == INIT_LEN => {
                 self.init(now, from, bytes);
                 None
@@ -339,7 +444,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
 
     // ------------------------------------------------------------------ data
 
-    fn data(&mut self, now: Instant, from: &A, bytes: &[u8]) -> Option<Vec<u8>> {
+    fn data(&mut self, now: Instant, from: &A, bytes: &[u8], out: &mut [u8]) -> Option<usize> {
         let local = be_u32(&bytes[1..])?;
         let nonce = be_u64(&bytes[5..])?;
         let known = self.by_index.get(&local) == Some(from);
@@ -367,17 +472,13 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
             self.stats.dropped_replay += 1;
             return None;
         }
-        let mut plain = vec![0u8; bytes.len() - DATA_OVERHEAD];
-        match session
-            .transport
-            .read_message(nonce, &bytes[13..], &mut plain)
-        {
-            Ok(n) => plain.truncate(n),
+        let plain = match session.transport.read_message(nonce, &bytes[13..], out) {
+            Ok(n) => n,
             Err(_) => {
                 self.stats.dropped_bad_mac += 1;
                 return None;
             }
-        }
+        };
         session.replay.accept(nonce);
         peer.active = Some(now);
         if peer.next.as_ref().is_some_and(|s| s.local == local) {
@@ -398,7 +499,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
                 }
             }
         }
-        if plain.is_empty() {
+        if plain == 0 {
             // A session confirmation, nothing to deliver.
             return None;
         }
@@ -475,14 +576,28 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 pub(super) fn seal(s: &mut Session, plain: &[u8]) -> Option<Vec<u8>> {
+    let mut d = Vec::with_capacity(DATA_OVERHEAD + plain.len());
+    seal_into(s, plain, &mut d).then_some(d)
+}
+
+/// Appends the Data datagram carrying `plain` to `out`; false (and `out`
+/// as it was) if the cipher refused.
+fn seal_into(s: &mut Session, plain: &[u8], out: &mut Vec<u8>) -> bool {
     let nonce = s.send_nonce;
     s.send_nonce += 1;
-    let mut d = vec![0u8; DATA_OVERHEAD + plain.len()];
-    d[0] = DATA;
-    d[1..5].copy_from_slice(&s.remote.to_be_bytes());
-    d[5..13].copy_from_slice(&nonce.to_be_bytes());
-    match s.transport.write_message(nonce, plain, &mut d[13..]) {
-        Ok(n) if 13 + n == d.len() => Some(d),
-        _ => None,
+    let start = out.len();
+    out.push(DATA);
+    out.extend_from_slice(&s.remote.to_be_bytes());
+    out.extend_from_slice(&nonce.to_be_bytes());
+    out.resize(start + DATA_OVERHEAD + plain.len(), 0);
+    match s
+        .transport
+        .write_message(nonce, plain, &mut out[start + 13..])
+    {
+        Ok(n) if 13 + n == DATA_OVERHEAD + plain.len() => true,
+        _ => {
+            out.truncate(start);
+            false
+        }
     }
 }

@@ -41,6 +41,13 @@ pub(crate) fn random_bytes(b: &mut [u8]) -> Result<(), snow::Error> {
     rng.try_fill_bytes(b)
 }
 
+thread_local! {
+    /// Where a keyed link sets each received datagram aside while its
+    /// plaintext is written over the receive buffer: one per thread (not
+    /// one per peer), as large as the largest datagram it has opened.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Default wait for a handshake Response before the Init is sent again.
 pub const DEFAULT_HANDSHAKE_RETRY: Duration = Duration::from_millis(500);
 /// Default Inits sent before a handshake is given up (about 3 s with the
@@ -261,9 +268,23 @@ impl<L: Link> SecureLink<L> {
     /// (never longer), and its length is returned. `None`: a handshake
     /// datagram (its answer waits in the core's transmits) or one dropped.
     fn open(&self, from: &L::Addr, buf: &mut [u8], n: usize) -> Option<usize> {
-        let p = lock(&self.core).handle_datagram(Instant::now(), from, &buf[..n])?;
-        buf[..p.len()].copy_from_slice(&p);
-        Some(p.len())
+        match self.open_run(from, buf, n, n) {
+            (0, _) => None,
+            (len, _) => Some(len),
+        }
+    }
+
+    /// [`SecureCore::open_run`] under one lock, with this thread's scratch.
+    fn open_run(
+        &self,
+        from: &L::Addr,
+        buf: &mut [u8],
+        len: usize,
+        stride: usize,
+    ) -> (usize, usize) {
+        SCRATCH.with_borrow_mut(|scratch| {
+            lock(&self.core).open_run(Instant::now(), from, buf, len, stride, scratch)
+        })
     }
 
     /// One datagram from the inner link, sealed or not. A link that waits
@@ -392,6 +413,47 @@ impl<L: Link> Link for SecureLink<L> {
             // A handshake datagram (or one dropped): its answer, if any,
             // goes from the task waiting in `recv_from`.
             self.wake.notify_one();
+        }
+    }
+
+    fn max_segments(&self) -> usize {
+        self.inner.max_segments()
+    }
+
+    async fn send_segments(&self, bytes: &[u8], segment: usize, to: &L::Addr) -> io::Result<()> {
+        // Sealed under one lock and handed to the inner link as one run
+        // (each datagram DATA_OVERHEAD longer) where a session is up; one
+        // by one through `send_to` otherwise (queued for the handshake).
+        let mut sealed = Vec::new();
+        let ready = lock(&self.core).seal_segments(Instant::now(), to, bytes, segment, &mut sealed);
+        if ready {
+            return self
+                .inner
+                .send_segments(&sealed, segment + DATA_OVERHEAD, to)
+                .await;
+        }
+        let mut result = Ok(());
+        for d in bytes.chunks(segment.max(1)) {
+            if let Err(e) = self.send_to(d, to).await {
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
+
+    fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, L::Addr)>> {
+        // A run the inner link received whole is opened whole, in place;
+        // handshake datagrams among it are taken (their answers go at the
+        // next `recv_from`).
+        loop {
+            let (len, stride, from) = match self.inner.try_recv_run(buf)? {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            match self.open_run(&from, buf, len, stride) {
+                (0, _) => self.wake.notify_one(),
+                (n, plain_stride) => return Some(Ok((n, plain_stride, from))),
+            }
         }
     }
 

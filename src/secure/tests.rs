@@ -250,6 +250,79 @@ fn forged_tampered_replayed_and_stray_datagrams_are_counted() {
     assert_eq!(n.received(B), vec![b"one".to_vec(), b"two".to_vec()]);
 }
 
+/// A run sealed in one call (for a segmented send) opens in one call (as a
+/// coalesced receive hands it over), in place: each datagram the overhead
+/// longer on the wire, the plaintexts back to back at one stride after;
+/// one that fails (tampered, replayed) is dropped and counted and the
+/// others close up behind it.
+#[test]
+fn runs_are_sealed_and_opened_whole() {
+    let mut n = pair();
+    let mut out = Vec::new();
+    let now = n.now;
+    // No session yet: nothing sealed, for the caller to send one by one.
+    assert!(!n.core(A).seal_segments(now, &B, b"abcdef", 3, &mut out));
+    assert!(out.is_empty());
+    n.send(A, B, b"hello");
+    n.deliver_all();
+    assert_eq!(n.received(B), vec![b"hello".to_vec()]);
+
+    // Five datagrams of 100 bytes, the last of 40.
+    let plain: Vec<u8> = (0..440u32).map(|i| (i * 7) as u8).collect();
+    let chunks: Vec<&[u8]> = plain.chunks(100).collect();
+    let a = n.core(A);
+    assert!(!a.seal_segments(now, &B, &plain, MAX_PLAINTEXT + 1, &mut out));
+    assert!(!a.seal_segments(now, &B, b"", 100, &mut out));
+    assert!(a.seal_segments(now, &B, &plain, 100, &mut out));
+    let stride = 100 + DATA_OVERHEAD;
+    assert_eq!(out.len(), 440 + 5 * DATA_OVERHEAD);
+    assert!(!contains(&out, &plain[..16]), "plaintext on the wire");
+    // Each datagram of the run is an ordinary one.
+    let sealed = out.clone();
+    let mut b_again = SecureCore::new(key(7), cfg(), 3_000, now);
+    assert_eq!(
+        b_again.handle_datagram(now, &A, &sealed[..stride]),
+        None,
+        "a core without the session opens nothing"
+    );
+
+    // Opened whole, in place.
+    let mut buf = vec![0u8; 4096];
+    buf[..sealed.len()].copy_from_slice(&sealed);
+    let mut scratch = Vec::new();
+    let b = n.core(B);
+    let (len, plain_stride) = b.open_run(now, &A, &mut buf, sealed.len(), stride, &mut scratch);
+    assert_eq!((len, plain_stride), (440, 100));
+    assert_eq!(&buf[..len], &plain[..]);
+    assert_eq!(b.stats().datagrams_opened, 6);
+
+    // Two of that run replayed, then a fresh run with its third tampered:
+    // only the four fresh ones that authenticate come out, closed up.
+    let mut run = sealed[..2 * stride].to_vec();
+    assert!(n.core(A).seal_segments(now, &B, &plain, 100, &mut run));
+    run[4 * stride + 20] ^= 1;
+    buf[..run.len()].copy_from_slice(&run);
+    let b = n.core(B);
+    let (len, _) = b.open_run(now, &A, &mut buf, run.len(), stride, &mut scratch);
+    let want: Vec<u8> = [chunks[0], chunks[1], chunks[3], chunks[4]].concat();
+    assert_eq!(len, want.len());
+    assert_eq!(&buf[..len], &want[..]);
+    let s = b.stats();
+    assert_eq!((s.dropped_bad_mac, s.dropped_replay), (1, 2));
+    assert_eq!(s.datagrams_opened, 10);
+
+    // A plaintext buffer too short for a datagram: dropped and counted,
+    // nothing written out of bounds.
+    let mut one = Vec::new();
+    assert!(n
+        .core(A)
+        .seal_segments(now, &B, &plain[..100], 100, &mut one));
+    let mut short = [0u8; 50];
+    let b = n.core(B);
+    assert_eq!(b.handle_datagram_into(now, &A, &one, &mut short), None);
+    assert_eq!(b.stats().dropped_malformed, 1);
+}
+
 #[test]
 fn reordered_datagrams_are_each_delivered_once() {
     let mut n = pair();
