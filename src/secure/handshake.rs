@@ -75,12 +75,12 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         if let Some(old) = peer.pending.take() {
             self.by_index.remove(&old.local);
         }
-        peer.pending = Some(Pending {
+        peer.pending = Some(Box::new(Pending {
             local,
             hs,
             attempts: attempt,
             retry_at,
-        });
+        }));
         self.by_index.insert(local, to.clone());
         self.earliest_retry = Some(self.earliest_retry.map_or(retry_at, |r| r.min(retry_at)));
         self.out.push_back((to.clone(), msg));
@@ -154,13 +154,13 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         let peer = self.peers.entry(from.clone()).or_default();
         peer.last_init = stamp;
         peer.active = Some(now);
-        if let Some(old) = peer.next.replace(Session {
+        if let Some(old) = peer.next.replace(Box::new(Session {
             local,
             remote,
             transport,
             send_nonce: 0,
             replay: ReplayWindow::default(),
-        }) {
+        })) {
             self.by_index.remove(&old.local);
         }
         self.by_index.insert(local, from.clone());
@@ -242,6 +242,6 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         if let Some(old) = peer.previous.take() {
             self.by_index.remove(&old.local);
         }
-        peer.previous = peer.current.replace(session);
+        peer.previous = peer.current.replace(Box::new(session));
     }
 }

@@ -607,3 +607,13 @@ proptest::proptest! {
         proptest::prop_assert_eq!(last, Some(b"still working".to_vec()));
     }
 }
+
+/// A peer's entry in the keyed core's table stays small: sessions and
+/// handshakes are boxed, so empty slots of the table and absent sessions
+/// cost a pointer. Inline they made an entry 2,152 bytes, and a keyed peer
+/// of a 1,000-peer swarm held about 200 KB resident in its table.
+#[test]
+fn a_peer_table_entry_is_small() {
+    let entry = std::mem::size_of::<super::core::Peer>();
+    assert!(entry <= 160, "a peer entry is {entry} bytes");
+}

@@ -61,6 +61,9 @@ pub struct BenchArgs {
     /// bytes per peer (the memory row runs in a process of its own).
     #[arg(long, hide = true)]
     idle_only: bool,
+    /// Internal: with `--idle-only`, the idle peers form a private swarm.
+    #[arg(long, hide = true)]
+    idle_keyed: bool,
 }
 
 /// Runs `cicada bench`; returns the exit code.
@@ -80,7 +83,7 @@ pub fn main(args: BenchArgs) -> i32 {
         }
     };
     if args.idle_only {
-        return match rt.block_on(idle_rss(args.idle)) {
+        return match rt.block_on(idle_rss(args.idle, args.idle_keyed)) {
             Ok(per) => {
                 println!("{per}");
                 0
@@ -271,13 +274,18 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     for (k, v) in &swarm {
         report.insert(k.clone(), v.clone());
     }
-    let rss = idle_rss_alone(args.idle, args.current_thread)?;
-    println!(
-        "{:<34} {:>10.0} B",
-        format!("resident per idle peer ({})", args.idle),
-        rss
-    );
-    report.insert("rss_per_idle_peer_bytes".into(), json!(rss));
+    for (keyed, label, key) in [
+        (false, "", "rss_per_idle_peer_bytes"),
+        (true, ", keyed", "rss_per_idle_keyed_peer_bytes"),
+    ] {
+        let rss = idle_rss_alone(args.idle, args.current_thread, keyed)?;
+        println!(
+            "{:<34} {:>10.0} B",
+            format!("resident per idle peer ({}{label})", args.idle),
+            rss
+        );
+        report.insert(key.into(), json!(rss));
+    }
     Ok(())
 }
 
@@ -884,10 +892,13 @@ fn rss_bytes() -> u64 {
 /// In this process the peers took memory the rows before had freed and the
 /// allocator kept, and the row read 0-13 KB per peer where a fresh process
 /// reads about 30 KB.
-fn idle_rss_alone(n: usize, current_thread: bool) -> R<f64> {
+fn idle_rss_alone(n: usize, current_thread: bool, keyed: bool) -> R<f64> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = std::process::Command::new(exe);
     child.args(["bench", "--idle-only", "--idle", &n.to_string()]);
+    if keyed {
+        child.arg("--idle-keyed");
+    }
     if current_thread {
         child.arg("--current-thread");
     }
@@ -903,11 +914,15 @@ fn idle_rss_alone(n: usize, current_thread: bool) -> R<f64> {
         .ok_or_else(|| format!("the memory row's process failed ({}): {text}", out.status))
 }
 
-/// Resident bytes per peer of `n` idle peers that form one swarm.
-async fn idle_rss(n: usize) -> R<f64> {
+/// Resident bytes per peer of `n` idle peers that form one swarm (a
+/// private one, every datagram sealed, when `keyed`).
+async fn idle_rss(n: usize, keyed: bool) -> R<f64> {
     let before = rss_bytes();
     let mut peers: Vec<SwarmPeer> = Vec::with_capacity(n);
-    let cfg = PeerConfig::default();
+    let mut cfg = PeerConfig::default();
+    if keyed {
+        cfg = cfg.swarm_key(cicada::SwarmKey::generate().map_err(|e| e.to_string())?);
+    }
     for i in 0..n {
         let p = peer(cfg.clone()).await?;
         if i > 0 {
