@@ -386,6 +386,30 @@ impl<L: Link> Link for SecureLink<L> {
         self.inner.holds_received()
     }
 
+    fn waits_readable(&self) -> bool {
+        // Then the driver keeps no receive buffer of its own for a keyed
+        // peer either (64 KiB each), and drains with `try_recv_run`.
+        self.inner.waits_readable()
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        // The keyed core's work that `recv_from` does between datagrams
+        // (handshake answers and retries, housekeeping) is done here while
+        // the driver waits; cancel-safe as `recv_from` is.
+        loop {
+            // Errors of handshake sends are the network's loss: retried.
+            let _ = self.transmit().await;
+            let wake = lock(&self.core).poll_timeout();
+            tokio::select! {
+                r = self.inner.readable() => return r,
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    lock(&self.core).handle_timeout(Instant::now());
+                }
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
     fn claim_receive(&self, cx: &mut Context<'_>) -> bool {
         // A caller may receive its reply itself where the inner link lets
         // it; handshake datagrams it takes on the way are handed to the
