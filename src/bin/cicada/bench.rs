@@ -182,11 +182,9 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     // Two peers, one hop apart.
     let (a, b, b_addr) = pair(fast()).await?;
 
-    let mut unkeyed = Vec::new();
     for size in [64usize, 1024, 16 * 1024] {
         let (ours, raw, confirmed) =
             throughput_turns(&a, &b, &b_addr, size, args.messages, Sends::Confirmed).await?;
-        unkeyed.push(ours);
         let ratio = ours / raw;
         rate_row(&format!("throughput {size} B"), ours, raw);
         let key = size_key(size);
@@ -268,7 +266,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     a.close().await;
     b.close().await;
 
-    keyed_rows(args, &unkeyed, (p50, p99), report).await?;
+    keyed_rows(args, (p50, p99), report).await?;
 
     let swarm = swarm_rows(args.swarm).await?;
     for (k, v) in &swarm {
@@ -290,11 +288,13 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
 }
 
 /// The same one-hop rows between two peers of a private swarm (every
-/// datagram sealed with the swarm key), as ratios to the unkeyed rows of
-/// the same run.
+/// datagram sealed with the swarm key), as ratios to an unkeyed pair: the
+/// throughput rows take turns with the same row on a fresh unkeyed pair
+/// (since session 16; before, they were set against the unkeyed rows
+/// measured a minute earlier, and the ratio moved with the machine's
+/// load), the latency rows against the unkeyed ones above.
 async fn keyed_rows(
     args: &BenchArgs,
-    unkeyed: &[f64],
     (u50, u99): (f64, f64),
     report: &mut serde_json::Map<String, Value>,
 ) -> R<()> {
@@ -304,15 +304,29 @@ async fn keyed_rows(
     );
     let key = cicada::SwarmKey::generate().map_err(|e| e.to_string())?;
     let (a, b, b_addr) = pair(fast().swarm_key(key)).await?;
-    for (size, plain) in [64usize, 1024, 16 * 1024].into_iter().zip(unkeyed) {
-        let (keyed, _, confirmed) =
-            throughput_turns(&a, &b, &b_addr, size, args.messages, Sends::ConfirmedAlone).await?;
-        rate_row(&format!("throughput {size} B"), keyed, *plain);
+    let (ua, ub, ub_addr) = pair(fast()).await?;
+    for size in [64usize, 1024, 16 * 1024] {
+        let (mut keyed, mut plain, mut confirmed) = (Vec::new(), Vec::new(), 1.0f64);
+        for _ in 0..ROUNDS {
+            plain.push(
+                throughput(&ua, &ub, ub_addr.clone(), size, args.messages)
+                    .await?
+                    .0,
+            );
+            let (rate, fraction) = throughput(&a, &b, b_addr.clone(), size, args.messages).await?;
+            keyed.push(rate);
+            confirmed = confirmed.min(fraction);
+        }
+        let (keyed, plain) = (median(keyed), median(plain));
+        rate_row(&format!("throughput {size} B"), keyed, plain);
         let k = size_key(size);
         report.insert(format!("keyed_throughput_msgs_per_s_{k}"), json!(keyed));
+        report.insert(format!("keyed_unkeyed_msgs_per_s_{k}"), json!(plain));
         report.insert(format!("keyed_throughput_ratio_{k}"), json!(keyed / plain));
         report.insert(format!("keyed_confirmed_fraction_{k}"), json!(confirmed));
     }
+    ua.close().await;
+    ub.close().await;
     let (p50, p99) = percentiles(latency_turns(&a, &b_addr, args.round_trips, false).await?.0);
     for (name, k, u, key) in [("p50", p50, u50, "p50"), ("p99", p99, u99, "p99")] {
         time_row(&format!("round trip {name} (64 B)"), k, u);
@@ -580,21 +594,17 @@ async fn task_per_send(
 /// Runs of each throughput and latency row, taking turns with the baseline.
 const ROUNDS: usize = 5;
 
-/// What a throughput row sends, and whether the raw UDP flood takes turns
-/// with it.
+/// What a throughput row sends (the raw UDP flood takes turns with it).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sends {
     /// Confirmed sends, beside the raw flood.
     Confirmed,
-    /// Confirmed sends alone (the keyed rows compare with the unkeyed).
-    ConfirmedAlone,
     /// Unconfirmed datagrams, beside the raw flood.
     Datagrams,
 }
 
 /// A throughput row run [`ROUNDS`] times, taking turns with the raw UDP
-/// baseline unless `sends` is `ConfirmedAlone`: the medians (Cicada's, the
-/// baseline's or 0) and the smallest fraction of sends confirmed (or of
+/// baseline: the medians (Cicada's and the baseline's) and the smallest fraction of sends confirmed (or of
 /// datagrams arrived). One run of each swung the raw figure 4x with where
 /// the scheduler put its two tasks.
 async fn throughput_turns(
@@ -607,12 +617,10 @@ async fn throughput_turns(
 ) -> R<(f64, f64, f64)> {
     let (mut ours, mut raws, mut reached) = (Vec::new(), Vec::new(), 1.0f64);
     for _ in 0..ROUNDS {
-        if sends != Sends::ConfirmedAlone {
-            raws.push(raw_throughput(size, count).await?);
-        }
+        raws.push(raw_throughput(size, count).await?);
         let (rate, fraction) = match sends {
             Sends::Datagrams => datagram_throughput(a, b, to, size, count).await?,
-            _ => throughput(a, b, to.clone(), size, count).await?,
+            Sends::Confirmed => throughput(a, b, to.clone(), size, count).await?,
         };
         ours.push(rate);
         reached = reached.min(fraction);
