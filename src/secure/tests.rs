@@ -617,3 +617,53 @@ fn a_peer_table_entry_is_small() {
     let entry = std::mem::size_of::<super::core::Peer>();
     assert!(entry <= 160, "a peer entry is {entry} bytes");
 }
+
+/// `ring`'s ChaCha20-Poly1305 (what a keyed link uses since session 16)
+/// and snow's RustCrypto one (what it used before) are the same cipher on
+/// the wire: peers built with either complete a handshake and read each
+/// other's datagrams both ways, so a swarm may mix them.
+#[test]
+fn the_ring_cipher_and_the_rustcrypto_one_talk() {
+    use snow::resolvers::{DefaultResolver, FallbackResolver, RingResolver};
+    let params: snow::params::NoiseParams = NOISE_PARAMS.parse().expect("params");
+    let psk = [7u8; 32];
+    let build = |ring: bool| {
+        let b = if ring {
+            snow::Builder::with_resolver(
+                params.clone(),
+                Box::new(FallbackResolver::new(
+                    Box::new(RingResolver),
+                    Box::new(DefaultResolver),
+                )),
+            )
+        } else {
+            snow::Builder::with_resolver(params.clone(), Box::new(DefaultResolver))
+        };
+        b.psk(0, &psk)
+            .expect("psk")
+            .prologue(super::core::PROLOGUE)
+            .expect("prologue")
+    };
+    for (initiator_ring, responder_ring) in [(true, false), (false, true)] {
+        let mut i = build(initiator_ring).build_initiator().expect("initiator");
+        let mut r = build(responder_ring).build_responder().expect("responder");
+        let (mut wire, mut plain) = ([0u8; 256], [0u8; 256]);
+        let n = i.write_message(b"stamp", &mut wire).expect("init");
+        let m = r.read_message(&wire[..n], &mut plain).expect("init read");
+        assert_eq!(&plain[..m], b"stamp");
+        let n = r.write_message(&[], &mut wire).expect("response");
+        i.read_message(&wire[..n], &mut plain)
+            .expect("response read");
+        let ti = i.into_stateless_transport_mode().expect("transport");
+        let tr = r.into_stateless_transport_mode().expect("transport");
+        let n = ti.write_message(5, b"one way", &mut wire).expect("seal");
+        let m = tr.read_message(5, &wire[..n], &mut plain).expect("open");
+        assert_eq!(&plain[..m], b"one way");
+        let n = tr.write_message(9, b"and back", &mut wire).expect("seal");
+        let m = ti.read_message(9, &wire[..n], &mut plain).expect("open");
+        assert_eq!(&plain[..m], b"and back");
+        // A flipped bit is refused by either.
+        wire[3] ^= 1;
+        assert!(ti.read_message(9, &wire[..n], &mut plain).is_err());
+    }
+}
