@@ -604,9 +604,9 @@ enum Sends {
 }
 
 /// A throughput row run [`ROUNDS`] times, taking turns with the raw UDP
-/// baseline: the medians (Cicada's and the baseline's) and the smallest fraction of sends confirmed (or of
-/// datagrams arrived). One run of each swung the raw figure 4x with where
-/// the scheduler put its two tasks.
+/// baseline: the medians (Cicada's and the baseline's) and the smallest
+/// fraction of sends confirmed (or of datagrams arrived). One run of each
+/// swung the raw figure 4x with where the scheduler put its two tasks.
 async fn throughput_turns(
     a: &Arc<SwarmPeer>,
     b: &Arc<SwarmPeer>,
