@@ -13,7 +13,8 @@ use super::replay::ReplayWindow;
 
 impl<A: Clone + Eq + StdHash> SecureCore<A> {
     pub(super) fn builder(&self) -> snow::Builder<'_> {
-        let b = snow::Builder::new(self.params.clone());
+        let b =
+            snow::Builder::with_resolver(self.params.clone(), Box::new(super::cipher::Resolver));
         // Neither can fail: the PSK is 32 bytes, the prologue is a constant.
         let b = match b.psk(0, self.key.as_bytes()) {
             Ok(b) => b,

@@ -10,6 +10,7 @@
 //! and the reasons; the sans-I/O state machine is [`SecureCore`], this
 //! module's async shell only moves its datagrams and its time.
 
+mod cipher;
 mod core;
 mod handshake;
 mod key;

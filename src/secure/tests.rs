@@ -618,24 +618,18 @@ fn a_peer_table_entry_is_small() {
     assert!(entry <= 160, "a peer entry is {entry} bytes");
 }
 
-/// `ring`'s ChaCha20-Poly1305 (what a keyed link uses since session 16)
-/// and snow's RustCrypto one (what it used before) are the same cipher on
-/// the wire: peers built with either complete a handshake and read each
-/// other's datagrams both ways, so a swarm may mix them.
+/// The keyed link's cipher (`ring`'s ChaCha20-Poly1305, `cipher.rs`)
+/// and snow's RustCrypto one (what it used before session 16) are the
+/// same cipher on the wire: peers built with either complete a handshake
+/// and read each other's datagrams both ways, so a swarm may mix them.
 #[test]
 fn the_ring_cipher_and_the_rustcrypto_one_talk() {
-    use snow::resolvers::{DefaultResolver, FallbackResolver, RingResolver};
+    use snow::resolvers::DefaultResolver;
     let params: snow::params::NoiseParams = NOISE_PARAMS.parse().expect("params");
     let psk = [7u8; 32];
     let build = |ring: bool| {
         let b = if ring {
-            snow::Builder::with_resolver(
-                params.clone(),
-                Box::new(FallbackResolver::new(
-                    Box::new(RingResolver),
-                    Box::new(DefaultResolver),
-                )),
-            )
+            snow::Builder::with_resolver(params.clone(), Box::new(super::cipher::Resolver))
         } else {
             snow::Builder::with_resolver(params.clone(), Box::new(DefaultResolver))
         };
