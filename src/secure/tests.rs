@@ -560,6 +560,47 @@ fn outcomes(s: &SecureStats) -> u64 {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
+    /// A run of anything, at any length and stride (a length past the
+    /// buffer, a stride of 0 or past the run), mixed with real sealed
+    /// datagrams: `open_run` never panics, never reports more than the
+    /// run held, and delivers exactly the real datagrams it was given, in
+    /// order, each once.
+    #[test]
+    fn hostile_runs_never_panic_and_deliver_only_what_was_sealed(
+        junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        real in 0usize..4,
+        len_extra in 0usize..50,
+        stride in 0usize..300,
+    ) {
+        let mut n = pair();
+        n.send(A, B, b"warm up");
+        n.deliver_all();
+        let now = n.now;
+        // `real` sealed datagrams of 40 bytes (69 on the wire), then junk.
+        let plain: Vec<u8> = (0..40 * real).map(|i| i as u8).collect();
+        let mut buf = Vec::new();
+        if real > 0 {
+            proptest::prop_assert!(n.core(A).seal_segments(now, &B, &plain, 40, &mut buf));
+        }
+        buf.extend_from_slice(&junk);
+        let len = buf.len() + len_extra;
+        let mut scratch = Vec::new();
+        let before = n.core(B).stats().datagrams_opened;
+        let (out, plain_stride) = n.core(B).open_run(now, &A, &mut buf, len, stride, &mut scratch);
+        proptest::prop_assert!(out <= buf.len());
+        proptest::prop_assert!(plain_stride >= 1);
+        let opened = n.core(B).stats().datagrams_opened - before;
+        if stride == 40 + DATA_OVERHEAD {
+            // The real ones line up with the stride: all of them come out.
+            proptest::prop_assert_eq!(opened as usize, real);
+            proptest::prop_assert_eq!(&buf[..out], &plain[..]);
+        } else {
+            // Otherwise only what lines up can open, never more than sent.
+            proptest::prop_assert!(opened as usize <= real);
+            proptest::prop_assert!(out <= plain.len());
+        }
+    }
+
     /// Arbitrary datagrams, and real ones with a byte changed or cut short,
     /// from arbitrary addresses, between working traffic: no panic, each
     /// counted exactly once, nothing delivered that was not sent, and the
