@@ -150,15 +150,7 @@ pub trait Link: Send + Sync + 'static {
         segment: usize,
         to: &Self::Addr,
     ) -> impl Future<Output = io::Result<()>> + Send {
-        async move {
-            let mut result = Ok(());
-            for d in bytes.chunks(segment.max(1)) {
-                if let Err(e) = self.send_to(d, to).await {
-                    result = result.and(Err(e));
-                }
-            }
-            result
-        }
+        send_each(self, bytes, segment, to)
     }
 
     /// A datagram that has arrived already, without waiting: `None` when
@@ -251,6 +243,25 @@ pub trait Link: Send + Sync + 'static {
         let _ = sink;
         false
     }
+}
+
+/// The datagrams `bytes` holds back to back, `segment` bytes each (the
+/// last may be shorter), sent one by one with `send_to`: all are tried and
+/// the first error is returned. What [`Link::send_segments`] does where a
+/// link cannot batch (or, for a keyed link, has no session yet).
+pub(crate) async fn send_each<L: Link + ?Sized>(
+    link: &L,
+    bytes: &[u8],
+    segment: usize,
+    to: &L::Addr,
+) -> io::Result<()> {
+    let mut result = Ok(());
+    for d in bytes.chunks(segment.max(1)) {
+        if let Err(e) = link.send_to(d, to).await {
+            result = result.and(Err(e));
+        }
+    }
+    result
 }
 
 /// Send and receive buffer asked for each UDP socket: 4 MiB. The system
@@ -718,10 +729,8 @@ impl Link for UdpLink {
                     }
                 }
             }
-            for d in group.chunks(segment) {
-                if let Err(e) = self.send_to(d, to).await {
-                    result = result.and(Err(e));
-                }
+            if let Err(e) = send_each(self, group, segment, to).await {
+                result = result.and(Err(e));
             }
         }
         result

@@ -304,6 +304,25 @@ impl<L: Link> SecureLink<L> {
         }
     }
 
+    /// One round of the keyed core's work between datagrams, for
+    /// `recv_from` and `readable`: what the core wants sent goes out, then
+    /// `arrival` is awaited beside the core's next deadline and a wake-up.
+    /// `Some` with what `arrival` gave; `None` when the deadline came first
+    /// (handled) or the wake-up did. Cancel-safe where `arrival` is.
+    async fn serve<T>(&self, arrival: impl std::future::Future<Output = T>) -> Option<T> {
+        // Errors of handshake sends are the network's loss: retried.
+        let _ = self.transmit().await;
+        let wake = lock(&self.core).poll_timeout();
+        tokio::select! {
+            r = arrival => Some(r),
+            _ = tokio::time::sleep_until(wake.into()) => {
+                lock(&self.core).handle_timeout(Instant::now());
+                None
+            }
+            _ = self.wake.notified() => None,
+        }
+    }
+
     /// Puts on the wire what the core wants sent, one datagram at a time
     /// (a cancelled call loses at most the one in flight, as a lossy
     /// network would).
@@ -364,21 +383,13 @@ impl<L: Link> Link for SecureLink<L> {
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, L::Addr)> {
         loop {
-            // Errors of handshake sends are the network's loss: retried.
-            let _ = self.transmit().await;
-            let wake = lock(&self.core).poll_timeout();
-            tokio::select! {
-                r = self.receive(buf) => {
-                    let (n, from) = r?;
-                    // From here to the return nothing awaits: cancel-safe.
-                    if let Some(len) = self.open(&from, buf, n) {
-                        return Ok((len, from));
-                    }
-                }
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    lock(&self.core).handle_timeout(Instant::now());
-                }
-                _ = self.wake.notified() => {}
+            let Some(r) = self.serve(self.receive(buf)).await else {
+                continue;
+            };
+            let (n, from) = r?;
+            // From here to the return nothing awaits: cancel-safe.
+            if let Some(len) = self.open(&from, buf, n) {
+                return Ok((len, from));
             }
         }
     }
@@ -398,15 +409,8 @@ impl<L: Link> Link for SecureLink<L> {
         // (handshake answers and retries, housekeeping) is done here while
         // the driver waits; cancel-safe as `recv_from` is.
         loop {
-            // Errors of handshake sends are the network's loss: retried.
-            let _ = self.transmit().await;
-            let wake = lock(&self.core).poll_timeout();
-            tokio::select! {
-                r = self.inner.readable() => return r,
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    lock(&self.core).handle_timeout(Instant::now());
-                }
-                _ = self.wake.notified() => {}
+            if let Some(r) = self.serve(self.inner.readable()).await {
+                return r;
             }
         }
     }
@@ -457,13 +461,7 @@ impl<L: Link> Link for SecureLink<L> {
                 .send_segments(&sealed, segment + DATA_OVERHEAD, to)
                 .await;
         }
-        let mut result = Ok(());
-        for d in bytes.chunks(segment.max(1)) {
-            if let Err(e) = self.send_to(d, to).await {
-                result = result.and(Err(e));
-            }
-        }
-        result
+        crate::link::send_each(self, bytes, segment, to).await
     }
 
     fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, L::Addr)>> {
