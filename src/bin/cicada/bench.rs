@@ -183,8 +183,16 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     let (a, b, b_addr) = pair(fast()).await?;
 
     for size in [64usize, 1024, 16 * 1024] {
-        let (ours, raw, confirmed) =
-            throughput_turns(&a, &b, &b_addr, size, args.messages, Sends::Confirmed).await?;
+        let (ours, raw, confirmed) = throughput_turns(
+            &a,
+            &b,
+            &b_addr,
+            size,
+            args.messages,
+            Sends::Confirmed,
+            Baseline::RawUdp,
+        )
+        .await?;
         let ratio = ours / raw;
         rate_row(&format!("throughput {size} B"), ours, raw);
         let key = size_key(size);
@@ -197,8 +205,16 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     // Unconfirmed datagrams: like for like with the raw flood, which no
     // one acknowledges either. Counted at the receiver.
     for size in [64usize, 1024] {
-        let (ours, raw, arrived) =
-            throughput_turns(&a, &b, &b_addr, size, args.messages, Sends::Datagrams).await?;
+        let (ours, raw, arrived) = throughput_turns(
+            &a,
+            &b,
+            &b_addr,
+            size,
+            args.messages,
+            Sends::Datagrams,
+            Baseline::RawUdp,
+        )
+        .await?;
         rate_row(&format!("datagrams {size} B (unconfirmed)"), ours, raw);
         let key = size_key(size);
         report.insert(format!("datagram_msgs_per_s_{key}"), json!(ours));
@@ -306,18 +322,17 @@ async fn keyed_rows(
     let (a, b, b_addr) = pair(fast().swarm_key(key)).await?;
     let (ua, ub, ub_addr) = pair(fast()).await?;
     for size in [64usize, 1024, 16 * 1024] {
-        let (mut keyed, mut plain, mut confirmed) = (Vec::new(), Vec::new(), 1.0f64);
-        for _ in 0..ROUNDS {
-            plain.push(
-                throughput(&ua, &ub, ub_addr.clone(), size, args.messages)
-                    .await?
-                    .0,
-            );
-            let (rate, fraction) = throughput(&a, &b, b_addr.clone(), size, args.messages).await?;
-            keyed.push(rate);
-            confirmed = confirmed.min(fraction);
-        }
-        let (keyed, plain) = (median(keyed), median(plain));
+        let unkeyed = Baseline::Pair(&ua, &ub, &ub_addr);
+        let (keyed, plain, confirmed) = throughput_turns(
+            &a,
+            &b,
+            &b_addr,
+            size,
+            args.messages,
+            Sends::Confirmed,
+            unkeyed,
+        )
+        .await?;
         rate_row(&format!("throughput {size} B"), keyed, plain);
         let k = size_key(size);
         report.insert(format!("keyed_throughput_msgs_per_s_{k}"), json!(keyed));
@@ -594,19 +609,28 @@ async fn task_per_send(
 /// Runs of each throughput and latency row, taking turns with the baseline.
 const ROUNDS: usize = 5;
 
-/// What a throughput row sends (the raw UDP flood takes turns with it).
+/// What a throughput row sends.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sends {
-    /// Confirmed sends, beside the raw flood.
+    /// Confirmed sends.
     Confirmed,
-    /// Unconfirmed datagrams, beside the raw flood.
+    /// Unconfirmed datagrams.
     Datagrams,
 }
 
-/// A throughput row run [`ROUNDS`] times, taking turns with the raw UDP
-/// baseline: the medians (Cicada's and the baseline's) and the smallest
-/// fraction of sends confirmed (or of datagrams arrived). One run of each
-/// swung the raw figure 4x with where the scheduler put its two tasks.
+/// What a throughput row takes turns with.
+enum Baseline<'a> {
+    /// The raw UDP flood.
+    RawUdp,
+    /// Confirmed sends between two other peers (the keyed rows' unkeyed pair).
+    Pair(&'a Arc<SwarmPeer>, &'a Arc<SwarmPeer>, &'a PeerAddr),
+}
+
+/// A throughput row run [`ROUNDS`] times, taking turns with `baseline`
+/// (its run first): the medians (Cicada's and the baseline's) and the
+/// smallest fraction of sends confirmed (or of datagrams arrived). One run
+/// of each swung the raw figure 4x with where the scheduler put its two
+/// tasks.
 async fn throughput_turns(
     a: &Arc<SwarmPeer>,
     b: &Arc<SwarmPeer>,
@@ -614,10 +638,14 @@ async fn throughput_turns(
     size: usize,
     count: usize,
     sends: Sends,
+    baseline: Baseline<'_>,
 ) -> R<(f64, f64, f64)> {
     let (mut ours, mut raws, mut reached) = (Vec::new(), Vec::new(), 1.0f64);
     for _ in 0..ROUNDS {
-        raws.push(raw_throughput(size, count).await?);
+        raws.push(match baseline {
+            Baseline::RawUdp => raw_throughput(size, count).await?,
+            Baseline::Pair(x, y, t) => throughput(x, y, t.clone(), size, count).await?.0,
+        });
         let (rate, fraction) = match sends {
             Sends::Datagrams => datagram_throughput(a, b, to, size, count).await?,
             Sends::Confirmed => throughput(a, b, to.clone(), size, count).await?,
