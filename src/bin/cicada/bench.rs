@@ -184,9 +184,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
 
     for size in [64usize, 1024, 16 * 1024] {
         let (ours, raw, confirmed) = throughput_turns(
-            &a,
-            &b,
-            &b_addr,
+            (&a, &b, &b_addr),
             size,
             args.messages,
             Sends::Confirmed,
@@ -206,9 +204,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     // one acknowledges either. Counted at the receiver.
     for size in [64usize, 1024] {
         let (ours, raw, arrived) = throughput_turns(
-            &a,
-            &b,
-            &b_addr,
+            (&a, &b, &b_addr),
             size,
             args.messages,
             Sends::Datagrams,
@@ -322,11 +318,9 @@ async fn keyed_rows(
     let (a, b, b_addr) = pair(fast().swarm_key(key)).await?;
     let (ua, ub, ub_addr) = pair(fast()).await?;
     for size in [64usize, 1024, 16 * 1024] {
-        let unkeyed = Baseline::Pair(&ua, &ub, &ub_addr);
+        let unkeyed = Baseline::Pair((&ua, &ub, &ub_addr));
         let (keyed, plain, confirmed) = throughput_turns(
-            &a,
-            &b,
-            &b_addr,
+            (&a, &b, &b_addr),
             size,
             args.messages,
             Sends::Confirmed,
@@ -623,8 +617,11 @@ enum Baseline<'a> {
     /// The raw UDP flood.
     RawUdp,
     /// Confirmed sends between two other peers (the keyed rows' unkeyed pair).
-    Pair(&'a Arc<SwarmPeer>, &'a Arc<SwarmPeer>, &'a PeerAddr),
+    Pair(Peers<'a>),
 }
+
+/// A sending peer, a receiving peer, and the receiver's address.
+type Peers<'a> = (&'a Arc<SwarmPeer>, &'a Arc<SwarmPeer>, &'a PeerAddr);
 
 /// A throughput row run [`ROUNDS`] times, taking turns with `baseline`
 /// (its run first): the medians (Cicada's and the baseline's) and the
@@ -632,9 +629,7 @@ enum Baseline<'a> {
 /// of each swung the raw figure 4x with where the scheduler put its two
 /// tasks.
 async fn throughput_turns(
-    a: &Arc<SwarmPeer>,
-    b: &Arc<SwarmPeer>,
-    to: &PeerAddr,
+    (a, b, to): Peers<'_>,
     size: usize,
     count: usize,
     sends: Sends,
@@ -644,7 +639,7 @@ async fn throughput_turns(
     for _ in 0..ROUNDS {
         raws.push(match baseline {
             Baseline::RawUdp => raw_throughput(size, count).await?,
-            Baseline::Pair(x, y, t) => throughput(x, y, t.clone(), size, count).await?.0,
+            Baseline::Pair((x, y, t)) => throughput(x, y, t.clone(), size, count).await?.0,
         });
         let (rate, fraction) = match sends {
             Sends::Datagrams => datagram_throughput(a, b, to, size, count).await?,
