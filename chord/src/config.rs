@@ -24,6 +24,19 @@ pub const MAX_FINGERS_SENT: usize = 32;
 /// message is better streamed than routed through a ring.
 pub const MAX_PAYLOAD_LIMIT: usize = 1 << 20;
 
+/// How long a message answered busy (the destination's application had no
+/// room for it) waits before its next attempt, at most; each further busy
+/// answer doubles it, up to [`BUSY_RETRY_MAX`], and the wait is a random
+/// value between half of it and all of it. Short, because an application
+/// that drains its queue makes room at once.
+pub const BUSY_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The longest wait between two attempts of a message answered busy (or
+/// `Config::send_attempt_timeout`, if shorter). A held-back message costs
+/// its destination at most a few copies a second, and is taken within this
+/// long of the application making room.
+pub const BUSY_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A lookup forwarded more often than this is in a routing loop (a ring of
 /// 2^64 nodes needs 64 hops with a complete finger table) and is dropped.
 pub const MAX_HOPS: u8 = 64;

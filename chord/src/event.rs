@@ -59,6 +59,11 @@ pub enum SendError {
     /// This node left the ring before the message was confirmed.
     #[error("this peer left the swarm")]
     Left,
+    /// The destination was reached but its application had no room for
+    /// the message (its receive queue stayed full) until the deadline: it
+    /// was not handed to the application.
+    #[error("the destination's receive queue stayed full")]
+    ReceiverBusy,
     /// No way on from here at the moment (the ring is healing): returned
     /// by `send_datagram`, which does not retry; `send` retries instead.
     #[error("no route to the destination from here at the moment")]
@@ -248,4 +253,11 @@ pub struct Stats {
     /// `Config::request_timeout`); each goes out when the destination
     /// answers anything, or its request fails when its retries run out.
     pub retransmits_held: u64,
+    /// Confirmed messages refused with [`crate::wire::Refusal::Busy`]
+    /// because the application had no room for them (see
+    /// `LocalNode::set_receive_room`); each origin retries until its deadline.
+    pub refused_busy: u64,
+    /// Broadcasts and unconfirmed datagrams for this node dropped because
+    /// the application had no room for them (nobody waits for either).
+    pub dropped_no_room: u64,
 }

@@ -306,6 +306,10 @@ pub enum Refusal {
     NoSuchNode,
     /// The forwarder ran out of routes or hops.
     NoRoute,
+    /// The destination is there, but its application has no room for the
+    /// message now (its receive queue is full): nothing was handed up, and
+    /// a later retry may be taken.
+    Busy,
 }
 
 /// A forwarder's report that a message cannot be delivered.
@@ -676,6 +680,10 @@ mod tests {
             (
                 Message::Undeliverable(Undeliverable { msg: 2, reason: Refusal::NoSuchNode }),
                 "c1ca020c 02 00",
+            ),
+            (
+                Message::Undeliverable(Undeliverable { msg: 3, reason: Refusal::Busy }),
+                "c1ca020c 03 02",
             ),
             (
                 Message::SuccessorHint(SuccessorHint { node: node(0x0b, 300) }),

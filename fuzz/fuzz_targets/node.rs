@@ -195,7 +195,7 @@ enum Crafted {
     },
     Undeliverable {
         msg: u64,
-        no_such_node: bool,
+        reason: u8,
     },
     OwnerCheck {
         txn: u64,
@@ -316,12 +316,12 @@ fn craft(c: &Crafted, ids: &[NodeRef<u32>]) -> Vec<u8> {
                 })
                 .collect(),
         }),
-        Crafted::Undeliverable { msg, no_such_node } => Message::Undeliverable(Undeliverable {
+        Crafted::Undeliverable { msg, reason } => Message::Undeliverable(Undeliverable {
             msg: *msg,
-            reason: if *no_such_node {
-                Refusal::NoSuchNode
-            } else {
-                Refusal::NoRoute
+            reason: match reason % 3 {
+                0 => Refusal::NoSuchNode,
+                1 => Refusal::NoRoute,
+                _ => Refusal::Busy,
             },
         }),
         Crafted::OwnerCheck { txn, key: k } => Message::OwnerCheck(OwnerCheck {

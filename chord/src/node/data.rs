@@ -13,6 +13,7 @@
 //! N-1 messages.
 
 use bytes::Bytes;
+use rand_core::RngCore;
 use std::time::Instant;
 
 use super::{LocalNode, Phase, Reroute, Waiting};
@@ -45,6 +46,12 @@ pub(super) struct Outgoing {
     refusals: u32,
     /// What `NoSuchNode` answers have done to this message.
     no_such_node: Verdict,
+    /// Attempts answered `Busy` so far: the destination's application had
+    /// no room (see `busy`).
+    busy: u8,
+    /// Whether this attempt has been answered busy already (its other
+    /// copies' answers do not count again).
+    busy_this_attempt: bool,
     /// The pending requests (txns) that handed a copy of this message to
     /// a first hop, so that the destination's `Delivered` finds the ones
     /// it proves without a scan of every pending request. Entries whose
@@ -114,6 +121,8 @@ impl<A: Address> LocalNode<A> {
                 avoid: SmallVec::new(),
                 refusals: 0,
                 no_such_node: Verdict::None,
+                busy: 0,
+                busy_this_attempt: false,
                 first_hops: SmallVec::new(),
             },
         );
@@ -193,7 +202,7 @@ impl<A: Address> LocalNode<A> {
                 self.forward_datagram(header, Bytes::copy_from_slice(payload), &next.addr);
             }
             Decision::Refuse(Refusal::NoSuchNode) => return Err(SendError::NoSuchNode),
-            Decision::Refuse(Refusal::NoRoute) => return Err(SendError::NoRoute),
+            Decision::Refuse(Refusal::NoRoute | Refusal::Busy) => return Err(SendError::NoRoute),
         }
         self.stats.datagrams_sent += 1;
         Ok(())
@@ -233,6 +242,7 @@ impl<A: Address> LocalNode<A> {
         };
         o.retry_at = now + retry;
         o.refusals = 0;
+        o.busy_this_attempt = false;
         if o.no_such_node == Verdict::Recheck {
             o.no_such_node = Verdict::Rechecking;
         }
@@ -611,7 +621,11 @@ impl<A: Address> LocalNode<A> {
         if header.msg == 0 {
             // An unconfirmed datagram: whole (checked on arrival), with no
             // id to deduplicate or confirm by.
-            self.events.push_back(Event::Received {
+            if !self.has_room() {
+                self.stats.dropped_no_room += 1;
+                return;
+            }
+            self.hand_up(Event::Received {
                 from: header.origin,
                 id: MessageId(0),
                 payload,
@@ -626,9 +640,12 @@ impl<A: Address> LocalNode<A> {
         // it refused (full, or expired) must be accepted from the next
         // retry, or the message could never complete and never be
         // confirmed. Only the whole message is marked, once complete.
+        // A message is marked only once it is handed up: one the
+        // application has no room for is refused as busy, unmarked, so
+        // that a retry can be taken once there is room.
         let whole = (origin, header.msg, WHOLE);
         let split = header.frags > 1;
-        let fresh = if split {
+        let fresh = if split || !self.has_room() {
             !self.seen.contains(&whole)
         } else {
             self.remember(whole, now)
@@ -636,6 +653,10 @@ impl<A: Address> LocalNode<A> {
         if !fresh {
             self.stats.duplicates_suppressed += 1;
             self.acknowledge(&header, now);
+            return;
+        }
+        if !split && !self.has_room() {
+            self.refuse_busy(&header, now);
             return;
         }
         self.assemble(header, payload, split, now);
@@ -657,14 +678,25 @@ impl<A: Address> LocalNode<A> {
             .add(origin, header.msg, header.frag, header.frags, payload, now)
         {
             Assembled::Complete(whole) => {
+                let broadcast = header.mode == Mode::Broadcast;
+                if !self.has_room() {
+                    // Reassembled but not handed up: a confirmed message is
+                    // refused (its origin sends every fragment again), a
+                    // broadcast is dropped.
+                    if broadcast {
+                        self.stats.dropped_no_room += 1;
+                    } else {
+                        self.refuse_busy(&header, now);
+                    }
+                    return;
+                }
                 if mark {
                     self.remember((origin, header.msg, WHOLE), now);
                 }
-                let broadcast = header.mode == Mode::Broadcast;
                 if !broadcast {
                     self.acknowledge(&header, now);
                 }
-                self.events.push_back(Event::Received {
+                self.hand_up(Event::Received {
                     from: header.origin,
                     id: MessageId(header.msg),
                     payload: whole,
@@ -723,6 +755,13 @@ impl<A: Address> LocalNode<A> {
             msgs.clear();
             self.spare_acks.push(msgs);
         }
+    }
+
+    /// Tells the origin of a confirmed message that the application has
+    /// no room for it now.
+    fn refuse_busy(&mut self, header: &DataHeader<A>, now: Instant) {
+        self.stats.refused_busy += 1;
+        self.refuse(header, Refusal::Busy, now);
     }
 
     fn refuse(&mut self, header: &DataHeader<A>, reason: Refusal, now: Instant) {
@@ -802,6 +841,10 @@ impl<A: Address> LocalNode<A> {
     }
 
     pub(super) fn on_undeliverable(&mut self, m: Undeliverable, now: Instant) {
+        if m.reason == Refusal::Busy {
+            self.busy(m.msg, now);
+            return;
+        }
         let Some(o) = self.outgoing.get_mut(&m.msg) else {
             return;
         };
@@ -829,6 +872,7 @@ impl<A: Address> LocalNode<A> {
                 let wake = o.wake_at();
                 self.arm(wake);
             }
+            Refusal::Busy => unreachable!("handled by `busy`"),
             Refusal::NoRoute => {
                 o.refusals += 1;
                 if o.refusals > o.duplicates as u32 {
@@ -837,6 +881,32 @@ impl<A: Address> LocalNode<A> {
                 }
             }
         }
+    }
+
+    /// The destination of outgoing message `id` had no room for it: the
+    /// next attempt waits `BUSY_RETRY_FIRST`, doubled after each attempt
+    /// answered busy up to `BUSY_RETRY_MAX`, of which a random half: the
+    /// messages held back by one full queue come back spread out, not all
+    /// at once to find room for a few.
+    fn busy(&mut self, id: u64, now: Instant) {
+        use crate::config::{BUSY_RETRY_FIRST, BUSY_RETRY_MAX};
+        let draw = self.rng.next_u32();
+        let cap = BUSY_RETRY_MAX.min(self.cfg.send_attempt_timeout);
+        let Some(o) = self.outgoing.get_mut(&id) else {
+            return;
+        };
+        if o.busy_this_attempt {
+            return; // another copy's answer to the same attempt
+        }
+        o.busy_this_attempt = true;
+        o.busy = o.busy.saturating_add(1);
+        let full = BUSY_RETRY_FIRST
+            .saturating_mul(1 << (o.busy - 1).min(16))
+            .min(cap);
+        let wait = full / 2 + (full / 2).mul_f64(f64::from(draw) / f64::from(u32::MAX));
+        o.retry_at = (now + wait).min(o.deadline);
+        let wake = o.wake_at();
+        self.arm(wake);
     }
 
     /// Retries and deadlines of outgoing messages.
@@ -855,6 +925,8 @@ impl<A: Address> LocalNode<A> {
             if o.deadline <= now {
                 let reason = if o.no_such_node != Verdict::None {
                     SendError::NoSuchNode
+                } else if o.busy > 0 {
+                    SendError::ReceiverBusy
                 } else {
                     SendError::Timeout
                 };

@@ -259,6 +259,11 @@ pub struct LocalNode<A> {
     /// Emptied lists of `acks`, kept to fill again (at most
     /// `SPARE_ACK_LISTS`, of 8 entries): a confirmation allocates nothing.
     spare_acks: Vec<Vec<crate::wire::Confirmed>>,
+    /// How many more messages the application can take, beyond the
+    /// `Received` events still in `events` (see `set_receive_room`).
+    receive_room: usize,
+    /// `Received` events in `events`, not yet polled.
+    received_queued: usize,
 }
 
 /// Emptied confirmation lists a node keeps.
@@ -324,6 +329,8 @@ impl<A: Address> LocalNode<A> {
             confirmed_to: None,
             acks: Vec::new(),
             spare_acks: Vec::new(),
+            receive_room: usize::MAX,
+            received_queued: 0,
         })
     }
 
@@ -592,7 +599,35 @@ impl<A: Address> LocalNode<A> {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event<A>> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if let Some(Event::Received { .. }) = e {
+            self.received_queued -= 1;
+        }
+        e
+    }
+
+    /// Tells the node how many more messages the application can take now
+    /// (for example the free places of its receive queue), not counting
+    /// the [`Event::Received`] events the node holds that have not been
+    /// polled yet. A confirmed message that finds no room is not handed up
+    /// and not confirmed: its origin is told the destination is busy
+    /// ([`crate::wire::Refusal::Busy`]) and retries until its deadline,
+    /// then fails with [`crate::SendError::ReceiverBusy`]. Broadcasts and
+    /// unconfirmed datagrams that find no room are dropped and counted in
+    /// [`Stats::dropped_no_room`]. Unlimited until first called.
+    pub fn set_receive_room(&mut self, room: usize) {
+        self.receive_room = room;
+    }
+
+    /// Whether the application can take one more message.
+    fn has_room(&self) -> bool {
+        self.received_queued < self.receive_room
+    }
+
+    /// Hands a message up (the caller has checked `has_room`).
+    fn hand_up(&mut self, event: Event<A>) {
+        self.received_queued += 1;
+        self.events.push_back(event);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.

@@ -1202,3 +1202,119 @@ fn a_silent_broadcast_child_has_its_arc_re_covered_at_the_first_timeout() {
         );
     }
 }
+
+fn received(n: &mut LocalNode<u32>) -> Vec<Vec<u8>> {
+    events(n)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Received { payload, .. } => Some(payload.to_vec()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn outcomes(n: &mut LocalNode<u32>) -> Vec<Event<u32>> {
+    events(n)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Delivered { .. } | Event::SendFailed { .. }))
+        .collect()
+}
+
+/// A destination whose application has no room neither hands a message up
+/// nor confirms it; the origin retries, and the message is handed up and
+/// confirmed exactly once when room appears. Duplicates and fragments obey
+/// the same rule.
+#[test]
+fn a_message_is_confirmed_only_once_the_application_has_room_for_it() {
+    let (mut nodes, now) = ring_of_three();
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    nodes[2].set_receive_room(0);
+    let target = Target::Node(nodes[2].id());
+    let big = vec![7u8; Config::default().max_fragment * 3 + 5];
+    let small = nodes[0].send(target, b"small".to_vec(), 2, now).unwrap();
+    let split = nodes[0].send(target, big.clone(), 0, now).unwrap();
+    let now = run(&mut nodes, now, Duration::from_secs(3));
+    assert!(received(&mut nodes[2]).is_empty(), "handed up without room");
+    assert!(outcomes(&mut nodes[0]).is_empty(), "confirmed without room");
+    assert!(nodes[2].stats().refused_busy >= 2);
+
+    // Room for one: exactly one of the two is taken at its next attempt.
+    nodes[2].set_receive_room(1);
+    let now = run(&mut nodes, now, Duration::from_secs(3));
+    let first = received(&mut nodes[2]);
+    assert_eq!(first.len(), 1, "room for one, so one");
+    let done = outcomes(&mut nodes[0]);
+    assert_eq!(done.len(), 1);
+    // Polled, so room for one again: the other one comes.
+    let now = run(&mut nodes, now, Duration::from_secs(3));
+    let second = received(&mut nodes[2]);
+    assert_eq!(second.len(), 1);
+    let mut all = [first, second].concat();
+    all.sort_by_key(|m| m.len());
+    assert!(
+        all[0] == b"small" && all[1] == big,
+        "the two messages, whole"
+    );
+    let mut done = [done, outcomes(&mut nodes[0])].concat();
+    done.sort_by_key(|e| match e {
+        Event::Delivered { id, .. } => id.0,
+        _ => u64::MAX,
+    });
+    let mut ids = [small.0, split.0];
+    ids.sort();
+    for (e, id) in done.iter().zip(ids) {
+        assert!(
+            matches!(e, Event::Delivered { id: d, .. } if d.0 == id),
+            "{e:?}"
+        );
+    }
+    // Nothing more: every retry after the confirmation is a duplicate.
+    run(&mut nodes, now, Duration::from_secs(12));
+    assert!(received(&mut nodes[2]).is_empty());
+    assert!(outcomes(&mut nodes[0]).is_empty());
+}
+
+/// A destination that never makes room: the send fails with
+/// `ReceiverBusy` at its deadline, and nothing was handed up.
+#[test]
+fn a_destination_that_never_makes_room_fails_the_send_as_busy() {
+    let (mut nodes, now) = ring_of_three();
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    nodes[1].set_receive_room(0);
+    let target = Target::Node(nodes[1].id());
+    let id = nodes[0].send(target, b"x".to_vec(), 1, now).unwrap();
+    run(&mut nodes, now, Duration::from_secs(12));
+    assert!(received(&mut nodes[1]).is_empty());
+    let done = outcomes(&mut nodes[0]);
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert!(
+        matches!(&done[0], Event::SendFailed { id: d, reason: SendError::ReceiverBusy } if *d == id),
+        "{done:?}"
+    );
+    // Busy answers back off to at most one attempt per 125-250 ms, for each
+    // of the two copies: nowhere near the 2,000 of polling every 10 ms.
+    let refused = nodes[1].stats().refused_busy;
+    assert!((2..=200).contains(&refused), "{refused} busy refusals");
+}
+
+/// Broadcasts and unconfirmed datagrams that find no room are dropped and
+/// counted; one the application has room for is handed up.
+#[test]
+fn unconfirmed_messages_without_room_are_dropped_and_counted() {
+    let (mut nodes, now) = ring_of_three();
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    nodes[1].set_receive_room(0);
+    nodes[0].broadcast(b"all".to_vec(), now).unwrap();
+    let target = Target::Node(nodes[1].id());
+    nodes[0].send_datagram(target, b"dg", now).unwrap();
+    run(&mut nodes, now, Duration::from_secs(1));
+    assert!(received(&mut nodes[1]).is_empty());
+    assert_eq!(nodes[1].stats().dropped_no_room, 2);
+    assert_eq!(received(&mut nodes[2]), vec![b"all".to_vec()]);
+}
