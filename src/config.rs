@@ -88,6 +88,21 @@ impl PeerConfig {
         self
     }
 
+    /// Sets how long a confirmed `send` may take end to end (its retries
+    /// included) before it fails; 10 s by default. A send's first attempt
+    /// waits at most this long for its confirmation too.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cfg = cicada::PeerConfig::default().send_timeout(Duration::from_secs(3));
+    /// assert!(cfg.validate().is_ok());
+    /// ```
+    pub fn send_timeout(mut self, d: Duration) -> Self {
+        self.chord.send_timeout = d;
+        self.chord.send_attempt_timeout = self.chord.send_attempt_timeout.min(d);
+        self
+    }
+
     /// Sets the length of the successor list.
     pub fn successor_list_len(mut self, n: usize) -> Self {
         self.chord.successor_list_len = n;

@@ -21,7 +21,7 @@
 //! holds it (caller or background task) sends until the core's queue is
 //! empty, so datagrams made while someone else sends are not left behind.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,12 +35,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::{PeerConfig, RECV_BUFFER};
 use crate::error::Error;
-use crate::hooks::HookQueue;
+use crate::hooks::{HookQueue, NewPeers};
 use crate::link::{Arrivals, Link, LinkSink};
 
-/// Most distinct peers remembered to call `new_peer` once each; past it the
-/// memory is cleared and a peer seen before may be reported again.
-const NEW_PEER_MEMORY: usize = 65_536;
 /// How long the driver sleeps when the core asks for no timer at all.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// Most ready datagrams taken after one wake-up before the transmits they
@@ -132,7 +129,6 @@ pub(crate) struct Incoming<A> {
 /// Counters the driver keeps beside the core's.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub recv_overflow: AtomicU64,
     pub hooks_dropped: Arc<AtomicU64>,
     pub link_errors: AtomicU64,
     pub received: AtomicU64,
@@ -242,7 +238,8 @@ struct State<L: Link> {
     lookups: FxHashMap<LookupId, Reply<Reached<L::Addr>>>,
     sends: FxHashMap<chord::MessageId, Reply<Reached<L::Addr>>>,
     leave_replies: Vec<oneshot::Sender<()>>,
-    seen_peers: HashSet<Hash>,
+    /// Whom `new_peer` was called for.
+    new_peers: NewPeers,
     /// The deadline the background task sleeps until (`None` while it is
     /// awake and will read the core's next one anyway): a call that makes
     /// an earlier one wakes it.
@@ -433,7 +430,7 @@ impl<L: Link> Shared<L> {
             lookups: FxHashMap::default(),
             sends: FxHashMap::default(),
             leave_replies: Vec::new(),
-            seen_peers: HashSet::new(),
+            new_peers: NewPeers::default(),
             armed: None,
             parked: VecDeque::new(),
         };
@@ -596,6 +593,7 @@ impl<L: Link> Shared<L> {
             };
             // Read under the lock, so the core's time never goes backwards.
             let now = Instant::now();
+            st.sync_room();
             batch.take_each(|p, from| st.node.handle_datagram(now, from, p));
             st.deadline_moved_earlier()
         };
@@ -1165,6 +1163,7 @@ impl<L: Link> State<L> {
     fn handle(&mut self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8], counters: &Counters) {
         match r {
             Ok((n, from)) => {
+                self.sync_room();
                 // The clock is read under the lock, so the core's time
                 // never goes backwards between callers.
                 self.node.handle_datagram(Instant::now(), from, &buf[..n]);
@@ -1188,6 +1187,7 @@ impl<L: Link> State<L> {
     ) -> usize {
         match r {
             Ok((len, stride, from)) => {
+                self.sync_room();
                 // Under the lock, as in `handle`.
                 let now = Instant::now();
                 let (data, stride) = (&buf[..len.min(buf.len())], stride.max(1));
@@ -1221,6 +1221,7 @@ impl<L: Link> State<L> {
         if any && !CLAIMANT_HANDLING.with(|h| h.get()) {
             self.kick.kick();
         }
+        self.sync_room();
     }
 
     /// The `send` hook's call for `t`, with its own copy (only when set).
@@ -1261,14 +1262,11 @@ impl<L: Link> State<L> {
                 }
             }
             Event::PeerAdded(peer) => {
-                if self.seen_peers.len() >= NEW_PEER_MEMORY {
-                    self.seen_peers.clear();
-                }
-                if self.seen_peers.insert(peer.id) {
+                if self.new_peers.added(peer.id) {
                     self.hooks.new_peer(peer);
                 }
             }
-            Event::PeerRemoved(_) => {}
+            Event::PeerRemoved(peer) => self.new_peers.removed(peer.id),
             Event::Left => {
                 for r in self.leave_replies.drain(..) {
                     let _ = r.send(());
@@ -1288,15 +1286,29 @@ impl<L: Link> State<L> {
         }
     }
 
+    /// Hands a message to the application. The core delivered it only
+    /// with room for it in both queues (see [`sync_room`](Self::sync_room)),
+    /// so neither can be full.
     fn received(&mut self, from: NodeRef<L::Addr>, data: Bytes) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         if self.hooks.wants_recv() {
             self.hooks.received(from.clone(), data.clone());
         }
         if self.inbox.try_send(Incoming { from, data }).is_err() {
-            self.counters.recv_overflow.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("receive queue full: message dropped");
+            // Only once the receiving side is gone (the peer is closing).
+            tracing::debug!("receive queue closed: message dropped");
         }
+    }
+
+    /// Tells the core how many more messages the application can take:
+    /// the free places of the receive queue, and of the `recv` hook's
+    /// share of the hook queue when that hook is set. Both only grow
+    /// between two calls (only this driver fills them), so the core never
+    /// hands up a message there is no room for. Called before datagrams
+    /// are handed to the core and after events are delivered.
+    fn sync_room(&mut self) {
+        let room = self.inbox.capacity().min(self.hooks.recv_room());
+        self.node.set_receive_room(room);
     }
 }
 

@@ -49,7 +49,7 @@ pub use config::{
     DEFAULT_SEND_QUEUE, RECV_BUFFER,
 };
 pub use error::{Error, Result};
-pub use hooks::Hooks;
+pub use hooks::{Hooks, HooksDropped};
 pub use link::{Arrivals, Gro, Link, LinkSink, UdpLink, SOCKET_BUFFER};
 pub use ouro_link::{
     flow_qos, FlowStats, OuroborosLink, ALLOC_BACKOFF, ALLOC_TIMEOUT, FLOW_IDLE,

@@ -33,9 +33,14 @@ pub struct PeerStats {
     pub core: chord::Stats,
     /// Application messages received.
     pub received: u64,
-    /// Application messages dropped because the receive queue was full.
+    /// Broadcasts and unconfirmed datagrams (`send_datagram`) dropped
+    /// because the receive queue was full (`core.dropped_no_room`). A
+    /// confirmed message is never dropped so: it is refused as busy and
+    /// its sender retries (`core.refused_busy` counts those refusals).
     pub recv_overflow: u64,
-    /// Hook calls dropped because the hook queue was full.
+    /// `send` and `new_peer` hook calls dropped because the hook queue was
+    /// full (each reported to [`crate::Hooks::on_dropped`]); `recv` hook
+    /// calls are never dropped.
     pub hooks_dropped: u64,
     /// Errors the link reported on sending or receiving.
     pub link_errors: u64,
@@ -487,6 +492,20 @@ impl SwarmPeer {
     /// when it is gone; a [`Hash`](struct@Hash) reaches whichever live peer owns the key.
     /// `duplicates` routes that many extra copies through other peers, for
     /// resilience against peers that drop messages.
+    ///
+    /// **`Ok` means received.** The destination confirms a message only
+    /// once it is in its application's hands: queued for `recv` (and for
+    /// the `recv` hook, when one is set), exactly once however many copies
+    /// or retries arrive. While the destination's receive queue is full it
+    /// answers "busy" instead, and this send tries again (after 10 ms,
+    /// doubling to at most 250 ms) until there is room or the send timeout
+    /// ([`PeerConfig::send_timeout`], 10 s by default) passes; then it fails
+    /// with [`chord::SendError::ReceiverBusy`] and the message was not
+    /// delivered. Other failures: [`chord::SendError::NoSuchNode`] (the
+    /// target peer is gone), [`chord::SendError::Timeout`] (no answer;
+    /// the message may or may not have arrived, as with any lost
+    /// acknowledgement), and refusals before anything is sent (not joined,
+    /// too large, too many in flight).
     pub async fn send(
         &self,
         target: impl Into<SendTarget>,
@@ -514,8 +533,9 @@ impl SwarmPeer {
     /// `Ok` says the datagram left this peer, not that it arrived; a
     /// datagram lost on the way, or dropped by a peer with no way on, is
     /// gone without a word (counted in the dropping peer's
-    /// `core.datagrams_dropped`). The receiver gets it from `recv` like any
-    /// message. It must fit one datagram: at most `max_fragment` bytes
+    /// `core.datagrams_dropped`), and so is one that finds the receiver's
+    /// queue full (counted in its `recv_overflow`). The receiver gets it
+    /// from `recv` like any message. It must fit one datagram: at most `max_fragment` bytes
     /// (1,200 by default), else [`Error::Send`] with
     /// [`TooLarge`](chord::SendError::TooLarge). Fails at once with
     /// `NoSuchNode` or `NoRoute` when this peer already knows it cannot
@@ -564,7 +584,9 @@ impl SwarmPeer {
     }
 
     /// Sends `data` to every other peer of the swarm, each receiving it once.
-    /// Resolves when the broadcast is accepted.
+    /// Resolves when the broadcast is accepted: nobody confirms a
+    /// broadcast, and a peer whose receive queue is full drops it (counted
+    /// in its `recv_overflow`).
     pub async fn broadcast(&self, data: impl Into<Bytes>) -> Result<()> {
         let payload = data.into().to_vec();
         self.ask(|reply| Command::Broadcast { payload, reply })
@@ -660,9 +682,9 @@ impl SwarmPeer {
         let core = self.snapshot().await?.stats;
         let c = &self.bound()?.counters;
         Ok(PeerStats {
+            recv_overflow: core.dropped_no_room,
             core,
             received: c.received.load(Ordering::Relaxed),
-            recv_overflow: c.recv_overflow.load(Ordering::Relaxed),
             hooks_dropped: c.hooks_dropped.load(Ordering::Relaxed),
             link_errors: c.link_errors.load(Ordering::Relaxed),
             link_sends: c.link_sends.load(Ordering::Relaxed),

@@ -1118,6 +1118,13 @@ async fn concurrent_lone_calls_share_the_claim_without_losing_a_reply() {
         .await
         .unwrap();
     let (to_b, to_a) = (b.listener().unwrap(), a.listener().unwrap());
+    // B's application reads what it gets (a send is confirmed only once
+    // it is queued for B's application, so a queue nobody reads would
+    // hold the senders back).
+    let reader = {
+        let b = b.clone();
+        tokio::spawn(async move { while b.recv().await.is_ok() {} })
+    };
     // Unconfirmed traffic towards A all along: datagrams a claimant
     // receives that answer no call.
     let noise = {
@@ -1156,6 +1163,7 @@ async fn concurrent_lone_calls_share_the_claim_without_losing_a_reply() {
         c.await.expect("a caller failed");
     }
     noise.await.unwrap();
+    reader.abort();
 }
 
 /// A lone call receiving for itself does not wait on its reply's channel
@@ -1440,17 +1448,24 @@ async fn hooks_fire_and_cannot_deadlock_the_peer() {
     hooked.close().await;
 }
 
+/// `recv` says whether more are queued; a full queue refuses what it
+/// cannot hold (the sender learns it), and drops nothing it confirmed.
 #[tokio::test]
-async fn recv_reports_more_and_counts_overflow() {
-    let cfg = fast().recv_queue(3);
+async fn recv_reports_more_and_a_full_queue_refuses() {
+    let cfg = fast().recv_queue(3).send_timeout(Duration::from_secs(1));
     let peers = swarm(2, cfg).await;
     settle(&peers).await;
     let (a, b) = (&peers[0], &peers[1]);
-    for i in 0..5 {
+    for i in 0..3 {
         a.send(b.listener().unwrap(), format!("m{i}").into_bytes(), 0)
             .await
             .expect("delivered");
     }
+    let full = a.send(b.listener().unwrap(), b"m3".to_vec(), 0).await;
+    assert!(
+        matches!(full, Err(Error::Send(chord::SendError::ReceiverBusy))),
+        "{full:?}"
+    );
     let mut mores = Vec::new();
     let mut datas = Vec::new();
     while let Some((from, data, more)) = b.try_recv().unwrap() {
@@ -1462,8 +1477,9 @@ async fn recv_reports_more_and_counts_overflow() {
     assert_eq!(datas, ["m0", "m1", "m2"]);
     assert_eq!(mores, [true, true, false]);
     let stats = b.stats().await.unwrap();
-    assert_eq!(stats.recv_overflow, 2);
-    assert_eq!(stats.received, 5);
+    assert_eq!(stats.recv_overflow, 0);
+    assert_eq!(stats.received, 3);
+    assert!(stats.core.refused_busy > 0);
     assert!(b
         .recv_timeout(Duration::from_millis(100))
         .await
@@ -2646,6 +2662,9 @@ async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
 
 #[path = "swarm/link.rs"]
 mod link;
+
+#[path = "swarm/promises.rs"]
+mod promises;
 
 #[tokio::test]
 async fn unconfirmed_datagrams_reach_every_peer_once() {

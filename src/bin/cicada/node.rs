@@ -11,6 +11,9 @@
 //! fingers                   the distinct fingers, nearest first
 //! stats                     the counters
 //! wait SECONDS
+//! hold SECONDS              stop reading received messages for SECONDS, as
+//!                           a slow application would (senders are held
+//!                           back once the receive queue is full)
 //! leave                     leave the swarm gracefully, keep running
 //! quit
 //! ```
@@ -30,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use cicada::{Hash, Hooks, PeerAddr, PeerConfig, SendTarget, SwarmPeer, Transport};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::output::Out;
 
@@ -86,9 +89,12 @@ pub struct NodeArgs {
     /// Request timeout in milliseconds.
     #[arg(long, default_value_t = 500)]
     request_timeout_ms: u64,
-    /// Lookup (and join, and send) deadline in milliseconds.
+    /// Lookup (and join) deadline in milliseconds.
     #[arg(long, default_value_t = 8000)]
     lookup_timeout_ms: u64,
+    /// Deadline of a confirmed send (its retries included) in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    send_timeout_ms: u64,
     /// Seconds to wait for the join.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
@@ -166,13 +172,18 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
         .stabilize_interval(Duration::from_millis(args.stabilize_ms))
         .request_timeout(Duration::from_millis(args.request_timeout_ms))
         .lookup_timeout(Duration::from_millis(args.lookup_timeout_ms))
+        .send_timeout(Duration::from_millis(args.send_timeout_ms))
         .recv_queue(args.recv_queue);
     if let Some(path) = &args.swarm_key {
         cfg = cfg.swarm_key(cicada::SwarmKey::read_file(path).map_err(|e| e.to_string())?);
     }
-    let hooks = Hooks::new().on_new_peer(move |p| {
-        out.emit(json!({"event": "peer", "id": p.id.to_string(), "addr": p.addr.to_string()}))
-    });
+    let hooks = Hooks::new()
+        .on_new_peer(move |p| {
+            out.emit(json!({"event": "peer", "id": p.id.to_string(), "addr": p.addr.to_string()}))
+        })
+        .on_dropped(move |d| {
+            out.emit(json!({"event": "hooks_dropped", "send": d.send, "new_peer": d.new_peer}))
+        });
     let mut peer = SwarmPeer::with_config(cfg, hooks);
     if over_ouroboros {
         peer.bind_transport(transport)
@@ -209,18 +220,8 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
     out.emit(json!({"event": "joined", "successor": successor.to_string()}));
 
     let peer = Arc::new(peer);
-    let receiver = peer.clone();
-    tokio::spawn(async move {
-        while let Ok((from, data, more)) = receiver.recv().await {
-            out.emit(json!({
-                "event": "recv",
-                "from": from.addr.to_string(),
-                "from_id": from.id.to_string(),
-                "data": String::from_utf8_lossy(&data),
-                "more": more,
-            }));
-        }
-    });
+    let (hold, held) = watch::channel(Instant::now());
+    tokio::spawn(receive(peer.clone(), out, held));
 
     let lines = read_lines(args.script.clone());
     if args.abrupt {
@@ -247,7 +248,7 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
                 // End of input does not stop the peer.
                 None => lines = None,
                 Some(line) => {
-                    let step = execute(&peer, out, &line);
+                    let step = execute(&peer, out, &line, &hold);
                     tokio::select! {
                         _ = &mut shutdown => break,
                         flow = step => if flow == Flow::Quit { break },
@@ -264,6 +265,40 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
     }
     out.emit(json!({"event": "closed"}));
     Ok(())
+}
+
+/// Prints every message received, except while held (`hold SECONDS`):
+/// then it reads nothing until the hold ends.
+async fn receive(peer: Arc<SwarmPeer>, out: Out, mut held: watch::Receiver<Instant>) {
+    loop {
+        let until = *held.borrow_and_update();
+        if until > Instant::now() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = held.changed() => {}
+            }
+            continue;
+        }
+        // A hold that starts while waiting takes effect at once: the
+        // queue's `recv` can be given up without losing a message.
+        let received = tokio::select! {
+            r = peer.recv() => r,
+            changed = held.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => peer.recv().await,
+            },
+        };
+        let Ok((from, data, more)) = received else {
+            return;
+        };
+        out.emit(json!({
+            "event": "recv",
+            "from": from.addr.to_string(),
+            "from_id": from.id.to_string(),
+            "data": String::from_utf8_lossy(&data),
+            "more": more,
+        }));
+    }
 }
 
 /// Lines of the script, then of stdin, read on a plain thread (a blocked
@@ -360,7 +395,12 @@ fn split_word(s: &str) -> (&str, &str) {
     }
 }
 
-async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
+async fn execute(
+    peer: &Arc<SwarmPeer>,
+    out: Out,
+    line: &str,
+    hold: &watch::Sender<Instant>,
+) -> Flow {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Flow::Go;
@@ -536,6 +576,13 @@ async fn execute(peer: &Arc<SwarmPeer>, out: Out, line: &str) -> Flow {
                 tokio::time::sleep(Duration::from_secs_f64(s)).await
             }
             _ => out.error(format!("wait: bad number of seconds {rest:?}")),
+        },
+        "hold" => match rest.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => {
+                hold.send_replace(Instant::now() + Duration::from_secs_f64(s));
+                out.emit(json!({"event": "hold", "seconds": s}));
+            }
+            _ => out.error(format!("hold: want seconds in 0..=86400, got {rest:?}")),
         },
         "leave" | "disconnect" => match peer.disconnect().await {
             Ok(()) => out.emit(json!({"event": "left"})),
