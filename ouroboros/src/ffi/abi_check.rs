@@ -88,6 +88,9 @@ struct Item {
     rust: i128,
     /// A C expression over the installed headers with the same meaning.
     c: String,
+    /// A prototype check: `rust` is 1 and `c` is 1 when the types are
+    /// compatible.
+    prototype: bool,
 }
 
 /// The checked items, and the Rust identifiers they cover.
@@ -116,6 +119,7 @@ impl Table {
             label,
             rust,
             c: c.into(),
+            prototype: false,
         });
     }
 
@@ -157,11 +161,12 @@ impl Table {
     /// compatible with the type of the C function.
     fn function(&mut self, symbol: &str, field: &str, rust_c_type: String) {
         self.cover(field);
-        self.item(
-            format!("prototype of {symbol} (Rust declares `{rust_c_type}`)"),
-            1,
-            format!("__builtin_types_compatible_p(__typeof__(&{symbol}), {rust_c_type})"),
-        );
+        self.items.push(Item {
+            label: format!("prototype of {symbol}"),
+            rust: 1,
+            c: format!("__builtin_types_compatible_p(__typeof__(&{symbol}), {rust_c_type})"),
+            prototype: true,
+        });
         self.symbols.push((field.to_owned(), symbol.to_owned()));
     }
 }
@@ -635,6 +640,10 @@ fn binding_matches_the_installed_headers() {
     for (item, c) in t.items.iter().zip(&c_values) {
         match c {
             Some(c) if *c == item.rust => {}
+            Some(_) if item.prototype => mismatches.push(format!(
+                "{}: the Rust declaration is not compatible with the installed one (`{}` is false)",
+                item.label, item.c
+            )),
             Some(c) => mismatches.push(format!(
                 "{}: Rust has {}, the installed headers have {c} (`{}`)",
                 item.label, item.rust, item.c
