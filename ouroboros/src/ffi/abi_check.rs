@@ -273,6 +273,8 @@ macro_rules! c_field {
 /// error.
 macro_rules! c_struct {
     ($t:ident, $rust:ident { $($field:ident $(=> $cfield:literal)?),+ $(,)? }) => {{
+        // rustc reports a field missing from this macro-made pattern as
+        // "pattern requires `..` due to inaccessible fields".
         #[allow(dead_code)]
         fn every_field_is_listed(v: &$rust) {
             let $rust { $($field: _),+ } = v;
@@ -304,6 +306,7 @@ macro_rules! c_struct {
 /// pattern without `..` makes leaving a function out a compile error.
 macro_rules! c_functions {
     ($t:ident, $s:ident { $($field:ident => $sym:literal),+ $(,)? } $($other:ident),*) => {{
+        // A missing field is reported as for `c_struct!`.
         #[allow(dead_code)]
         fn every_function_is_listed(v: &$s) {
             let $s { $($field: _,)+ $($other: _),* } = v;
