@@ -128,13 +128,17 @@ impl Table {
         self.covered.push(ident.to_owned());
     }
 
-    /// A `#define` or enumerator with the same value as a Rust constant.
-    fn constant<V>(&mut self, rust_ident: &str, rust: V, c: &str)
+    /// A `#define` or enumerator with the same value as the Rust constant
+    /// `rust_path`; its C name is the path's last segment unless given.
+    fn constant<V>(&mut self, rust_path: &str, rust: V, c: Option<&str>)
     where
         V: TryInto<i128> + Copy + std::fmt::Debug,
     {
-        self.cover(rust_ident);
-        self.item(rust_ident, rust, c);
+        let rust_path = rust_path.replace(' ', "");
+        let ident = rust_path.rsplit("::").next().unwrap_or(&rust_path);
+        let c = c.unwrap_or(ident).to_owned();
+        self.cover(ident);
+        self.item(rust_path.clone(), rust, c);
     }
 
     /// Every flag of a bitflags type, mapped to its C name by `names`.
@@ -317,6 +321,16 @@ macro_rules! c_functions {
     }};
 }
 
+/// Checks constants: `PATH` has the value of the C macro or enumerator
+/// named like the path's last segment, `PATH => "NAME"` that of `NAME`.
+macro_rules! c_constants {
+    ($t:ident, $($rust:path $(=> $c:literal)?),+ $(,)?) => {
+        $(
+            $t.constant(stringify!($rust), $rust, None::<&str> $(.or(Some($c)))?);
+        )+
+    };
+}
+
 /// The C name of each event type; the `match` is exhaustive.
 fn fqtype_c_name(e: FEventType) -> &'static str {
     match e {
@@ -399,14 +413,31 @@ fn table() -> Table {
         list_names => "irm_list_names",
     });
 
-    t.constant("NAME_SIZE", NAME_SIZE, "NAME_SIZE");
-    t.constant("NAME_PATH_SIZE", NAME_PATH_SIZE, "NAME_PATH_SIZE");
-    t.constant("LAYER_NAME_SIZE", LAYER_NAME_SIZE, "LAYER_NAME_SIZE");
-    t.constant("LB_RR", LB_RR, "LB_RR");
-    t.constant(
-        "DEFAULT_PEER_TIMEOUT_MS",
-        DEFAULT_PEER_TIMEOUT_MS,
-        "DEFAULT_PEER_TIMEOUT",
+    c_constants!(t,
+        NAME_SIZE,
+        NAME_PATH_SIZE,
+        LAYER_NAME_SIZE,
+        LB_RR,
+        DEFAULT_PEER_TIMEOUT_MS => "DEFAULT_PEER_TIMEOUT",
+        FLOWSRCVTIMEO,
+        FLOWSSNDTIMEO,
+        FLOWGQOSSPEC,
+        FLOWSFLAGS,
+        FLOWGFLAGS,
+        FLOWGRXQLEN,
+        FLOWGTXQLEN,
+        FRCTSFLAGS,
+        FRCTGFLAGS,
+        codes::ENOTALLOC,
+        codes::EIPCPTYPE,
+        codes::EIRMD,
+        codes::EIPCP,
+        codes::EIPCPSTATE,
+        codes::EFLOWDOWN,
+        codes::EFLOWPEER,
+        codes::ENAME,
+        codes::ECRYPT,
+        codes::EAUTH,
     );
     for (ident, soname) in [("DEV_SONAME", DEV_SONAME), ("IRM_SONAME", IRM_SONAME)] {
         let (major, minor) = soname_version(soname);
@@ -421,35 +452,6 @@ fn table() -> Table {
             minor,
             "OUROBOROS_VERSION_MINOR",
         );
-    }
-
-    for (ident, v) in [
-        ("FLOWSRCVTIMEO", FLOWSRCVTIMEO),
-        ("FLOWSSNDTIMEO", FLOWSSNDTIMEO),
-        ("FLOWGQOSSPEC", FLOWGQOSSPEC),
-        ("FLOWSFLAGS", FLOWSFLAGS),
-        ("FLOWGFLAGS", FLOWGFLAGS),
-        ("FLOWGRXQLEN", FLOWGRXQLEN),
-        ("FLOWGTXQLEN", FLOWGTXQLEN),
-        ("FRCTSFLAGS", FRCTSFLAGS),
-        ("FRCTGFLAGS", FRCTGFLAGS),
-    ] {
-        t.constant(ident, v, ident);
-    }
-
-    for (ident, v) in [
-        ("ENOTALLOC", codes::ENOTALLOC),
-        ("EIPCPTYPE", codes::EIPCPTYPE),
-        ("EIRMD", codes::EIRMD),
-        ("EIPCP", codes::EIPCP),
-        ("EIPCPSTATE", codes::EIPCPSTATE),
-        ("EFLOWDOWN", codes::EFLOWDOWN),
-        ("EFLOWPEER", codes::EFLOWPEER),
-        ("ENAME", codes::ENAME),
-        ("ECRYPT", codes::ECRYPT),
-        ("EAUTH", codes::EAUTH),
-    ] {
-        t.constant(&format!("codes::{ident}"), v, ident);
     }
 
     t.flags::<FlowProperties>(
