@@ -7,6 +7,10 @@
 //! has answered a probe, because loading `libouroboros-dev` runs a
 //! constructor that announces the process to the IRMd (it exits the process
 //! when there is no IRMd and hangs on a stale socket).
+//!
+//! The test module `abi_check` compares every struct layout, constant and
+//! function prototype declared here (and the constants of the other modules)
+//! with the installed headers, by compiling a C program against them.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::io::{Read, Write};
@@ -47,6 +51,9 @@ pub const NAME_SIZE: usize = 255;
 const NAME_PATH_SIZE: usize = NAME_SIZE + 256;
 /// `LAYER_NAME_SIZE` / `IPCP_NAME_SIZE` in `ipcp.h`.
 const LAYER_NAME_SIZE: usize = 255;
+/// `LB_RR` of `enum pol_balance` (`name.h`): round-robin load balancing,
+/// the policy [`Lib::create_name`] asks for.
+const LB_RR: c_int = 0;
 
 /// `struct name_sec_paths`.
 #[repr(C)]
@@ -77,6 +84,23 @@ pub struct RawIpcpListInfo {
     pub layer: [c_char; LAYER_NAME_SIZE],
 }
 
+/// `fset_t` (`struct flow_set`): opaque, only handled through pointers.
+#[repr(C)]
+pub struct FsetT {
+    _opaque: [u8; 0],
+}
+
+/// `fqueue_t` (`struct fqueue`): opaque, only handled through pointers.
+#[repr(C)]
+pub struct FqueueT {
+    _opaque: [u8; 0],
+}
+
+/// A value of `enum fqtype`, as `fqueue_type` returns it.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub struct FqType(pub c_int);
+
 type FlowAllocFn = unsafe extern "C" fn(*const c_char, *mut RawQos, *const timespec) -> c_int;
 type FlowAcceptFn = unsafe extern "C" fn(*mut RawQos, *const timespec) -> c_int;
 type FlowJoinFn = unsafe extern "C" fn(*const c_char, *const timespec) -> c_int;
@@ -84,14 +108,16 @@ type FlowDeallocFn = unsafe extern "C" fn(c_int) -> c_int;
 type FlowWriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
 type FlowReadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t;
 type FccntlFn = unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
-type FsetCreateFn = unsafe extern "C" fn() -> *mut c_void;
-type FsetDestroyFn = unsafe extern "C" fn(*mut c_void);
-type FsetAddFn = unsafe extern "C" fn(*mut c_void, c_int) -> c_int;
-type FsetHasFn = unsafe extern "C" fn(*const c_void, c_int) -> bool;
-type FsetDelFn = unsafe extern "C" fn(*mut c_void, c_int);
-type FqueueNextFn = unsafe extern "C" fn(*mut c_void) -> c_int;
-type FqueueTypeFn = unsafe extern "C" fn(*mut c_void) -> c_int;
-type FeventFn = unsafe extern "C" fn(*mut c_void, *mut c_void, *const timespec) -> ssize_t;
+type FsetCreateFn = unsafe extern "C" fn() -> *mut FsetT;
+type FsetFn = unsafe extern "C" fn(*mut FsetT);
+type FqueueCreateFn = unsafe extern "C" fn() -> *mut FqueueT;
+type FqueueDestroyFn = unsafe extern "C" fn(*mut FqueueT);
+type FsetAddFn = unsafe extern "C" fn(*mut FsetT, c_int) -> c_int;
+type FsetHasFn = unsafe extern "C" fn(*const FsetT, c_int) -> bool;
+type FsetDelFn = unsafe extern "C" fn(*mut FsetT, c_int);
+type FqueueNextFn = unsafe extern "C" fn(*mut FqueueT) -> c_int;
+type FqueueTypeFn = unsafe extern "C" fn(*mut FqueueT) -> FqType;
+type FeventFn = unsafe extern "C" fn(*mut FsetT, *mut FqueueT, *const timespec) -> ssize_t;
 
 type IrmCreateNameFn = unsafe extern "C" fn(*mut RawNameInfo) -> c_int;
 type IrmNameFn = unsafe extern "C" fn(*const c_char) -> c_int;
@@ -110,10 +136,10 @@ pub struct Lib {
     flow_read: FlowReadFn,
     fccntl: FccntlFn,
     fset_create: FsetCreateFn,
-    fset_destroy: FsetDestroyFn,
-    fqueue_create: FsetCreateFn,
-    fqueue_destroy: FsetDestroyFn,
-    fset_zero: FsetDestroyFn,
+    fset_destroy: FsetFn,
+    fqueue_create: FqueueCreateFn,
+    fqueue_destroy: FqueueDestroyFn,
+    fset_zero: FsetFn,
     fset_add: FsetAddFn,
     fset_has: FsetHasFn,
     fset_del: FsetDelFn,
@@ -190,6 +216,12 @@ pub fn loaded() -> bool {
     LIB.get().is_some()
 }
 
+/// `IRM_LIST_IPCPS` of `enum irm_msg_code` in the IRMd's protocol
+/// (`irm.proto`, not an installed header).
+const IRM_MSG_LIST_IPCPS: u8 = 4;
+/// `IRM_REPLY` of `enum irm_msg_code` (`irm.proto`).
+const IRM_MSG_REPLY: u8 = 27;
+
 /// Checks that an IRMd answers on `path`: sends it an `irm_msg` with code
 /// `IRM_LIST_IPCPS` (protobuf field 1, varint 4) and waits for any reply with
 /// a timeout. This never loads the library.
@@ -203,15 +235,15 @@ pub fn probe_irmd(path: &Path, timeout: Duration) -> Result<(), Error> {
     }
     let mut s =
         seqpacket_connect(path, timeout).map_err(|e| not_running(format!("connect: {e}")))?;
-    s.write_all(&[0x08, 0x04])
+    s.write_all(&[0x08, IRM_MSG_LIST_IPCPS])
         .map_err(|e| not_running(format!("write: {e}")))?;
     let mut buf = [0u8; 4096];
     match s.read(&mut buf) {
         Ok(0) => Err(not_running(
             "the IRMd closed the socket without answering".into(),
         )),
-        // A reply starts with field 1 (code), IRM_REPLY = 27.
-        Ok(n) if n >= 2 && buf[0] == 0x08 && buf[1] == 27 => Ok(()),
+        // A reply starts with field 1 (code) set to IRM_REPLY.
+        Ok(n) if n >= 2 && buf[0] == 0x08 && buf[1] == IRM_MSG_REPLY => Ok(()),
         Ok(_) => Err(not_running(
             "unexpected reply (not an Ouroboros 0.23 IRMd?)".into(),
         )),
@@ -450,10 +482,10 @@ const FRCTGFLAGS: c_int = 0o2000;
 
 /// An owned `fset_t *` (non-null; only made by [`Lib::fset_create`]).
 #[derive(Debug)]
-pub struct SetPtr(*mut c_void);
+pub struct SetPtr(*mut FsetT);
 /// An owned `fqueue_t *` (non-null; only made by [`Lib::fqueue_create`]).
 #[derive(Debug)]
-pub struct QueuePtr(*mut c_void);
+pub struct QueuePtr(*mut FqueueT);
 // SAFETY: `fset_t`/`fqueue_t` are heap objects of the library; the flow
 // set operations lock the shared set with its own mutex, so a set may be
 // used from any thread, and concurrently for add/del/has while another
@@ -631,7 +663,7 @@ impl Lib {
 
     pub fn fqueue_type(&self, q: &QueuePtr) -> c_int {
         // SAFETY: valid fqueue handle.
-        unsafe { (self.fqueue_type)(q.0) }
+        unsafe { (self.fqueue_type)(q.0) }.0
     }
 
     pub fn fevent(&self, s: &SetPtr, q: &QueuePtr, timeo: Option<Duration>) -> ssize_t {
@@ -649,8 +681,9 @@ impl Lib {
     pub fn create_name(&self, name: &str) -> Result<c_int, Error> {
         let f = self.irm()?;
         // SAFETY: RawNameInfo is plain old data; all-zero is a valid value
-        // (empty paths, LB_RR).
+        // (empty paths).
         let mut info: RawNameInfo = unsafe { std::mem::zeroed() };
+        info.pol_lb = LB_RR;
         copy_str(&mut info.name, name)?;
         // SAFETY: info is a valid, NUL-terminated name_info.
         Ok(unsafe { (f.create_name)(&mut info) })
@@ -753,6 +786,9 @@ fn copy_str(dst: &mut [c_char], s: &str) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod abi_check;
 
 #[cfg(test)]
 mod tests {

@@ -6,35 +6,38 @@ use crate::error::{Error, Result};
 use crate::ffi::{self, Lib, QueuePtr, SetPtr};
 use crate::flow::{Flow, FlowId};
 
-/// The type of a flow event (`enum fqtype`).
+/// The type of a flow event (`enum fqtype`); the discriminants are the C
+/// values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FEventType {
     /// A packet is ready to be read (`FLOW_PKT`).
-    FlowPkt,
+    FlowPkt = 0x01,
     /// The flow went down (`FLOW_DOWN`).
-    FlowDown,
+    FlowDown = 0x02,
     /// The flow came (back) up (`FLOW_UP`).
-    FlowUp,
+    FlowUp = 0x04,
     /// A flow was allocated (`FLOW_ALLOC`).
-    FlowAlloc,
+    FlowAlloc = 0x08,
     /// The flow was deallocated (`FLOW_DEALLOC`).
-    FlowDealloc,
+    FlowDealloc = 0x10,
     /// The peer stopped answering keepalives (`FLOW_PEER`).
-    FlowPeer,
+    FlowPeer = 0x20,
 }
 
 impl FEventType {
+    /// Every event type.
+    pub(crate) const ALL: [FEventType; 6] = [
+        FEventType::FlowPkt,
+        FEventType::FlowDown,
+        FEventType::FlowUp,
+        FEventType::FlowAlloc,
+        FEventType::FlowDealloc,
+        FEventType::FlowPeer,
+    ];
+
     /// Maps the C value; `None` for an unknown one.
     pub fn from_raw(v: i32) -> Option<FEventType> {
-        Some(match v {
-            0x01 => FEventType::FlowPkt,
-            0x02 => FEventType::FlowDown,
-            0x04 => FEventType::FlowUp,
-            0x08 => FEventType::FlowAlloc,
-            0x10 => FEventType::FlowDealloc,
-            0x20 => FEventType::FlowPeer,
-            _ => return None,
-        })
+        FEventType::ALL.into_iter().find(|&e| e as i32 == v)
     }
 
     /// Whether the event means the flow is dead (down, deallocated, or the

@@ -42,6 +42,19 @@
 //! periodically to notice a dead peer; `flow_alloc`s to one name are
 //! serialized; allocating to a name this process is bound to is refused;
 //! deallocation needs ownership, so it cannot race a blocked reader.
+//!
+//! The C declarations (the `#[repr(C)]` structs, every constant copied from
+//! a header, the prototype of every loaded function) are written by hand
+//! for 0.23 and checked against the installed headers by a unit test:
+//! `cargo test -p cicada-ouroboros --lib abi_check` writes a C program that
+//! includes `<ouroboros/*.h>` and prints each struct's size and alignment,
+//! each field's offset and size, each constant and whether each prototype
+//! matches, compiles it with `cc`, and fails naming every item that differs.
+//! Without `cc` or the headers it prints `SKIPPED: … (requirement:
+//! ouroboros)` and passes, unless `CICADA_REQUIRE` lists `ouroboros` or
+//! `all`. Build settings of Ouroboros that no installed header carries (the
+//! IRMd socket path, the packet-pool block size, the ring size) cannot be
+//! checked this way.
 
 #![warn(missing_docs)]
 
