@@ -282,7 +282,7 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 ///   one system call at each end instead of 64. A receive that may hold a
 ///   coalesced run must read its segment size from a control message
 ///   (`recvmmsg`), which costs more than a plain `recvfrom`: over loopback a
-///   ping-pong took 0.5 µs more a round trip that way (5.8 µs against 5.3
+///   ping-pong takes 0.5 µs more a round trip that way (5.8 µs against 5.3
 ///   µs, a tenth). So by default ([`Gro::Adaptive`]) a link receives
 ///   plainly, with `UDP_GRO` off, until the first burst arrives. The
 ///   environment variable `CICADA_UDP_GRO` (`on`, `off` or `adaptive`) or

@@ -1077,8 +1077,8 @@ async fn close_releases_the_port_and_is_idempotent() {
 
 /// A lone call over UDP receives its own reply (and any other datagram
 /// meanwhile) on its own task: the sender's background task is not woken
-/// once per confirmation. Until session 11 tokio woke both tasks waiting
-/// on the socket, so this counted one wake-up per send.
+/// once per confirmation. Were both tasks waiting on the socket, tokio
+/// would wake both, and this would count one wake-up per send.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_sends_do_not_wake_the_background_task() {
     // Maintenance every 30 s: nothing but the sends and their replies.

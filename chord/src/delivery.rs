@@ -387,9 +387,9 @@ mod tests {
         assert_eq!(r.bytes(), 0);
     }
 
-    /// Regression: empty fragments announcing 65,535 siblings each used to
+    /// Regression: empty fragments announcing 65,535 siblings each would
     /// allocate a 1.5 MB slot vector while being charged 0 bytes, so a few
-    /// hundred datagrams held gigabytes. Now each message is charged for
+    /// hundred datagrams would hold gigabytes. Each message is charged for
     /// its slots, and announced counts are capped.
     #[test]
     fn empty_fragments_cannot_hold_unbounded_memory() {

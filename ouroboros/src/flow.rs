@@ -495,7 +495,7 @@ impl Flow {
     /// its wake-up (a block freed by the reader between the failed
     /// allocation and the wait, or freed into another process's pool shard
     /// while this one holds no block in flight) and then sleeps until the
-    /// send timeout or forever, which stalled floods here.
+    /// send timeout or forever, stalling a flood.
     pub fn write(&self, buf: &[u8]) -> Result<usize> {
         let (lib, fd) = self.live()?;
         if let Some(e) = self.dead_error("flow_write") {

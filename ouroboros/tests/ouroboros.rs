@@ -230,10 +230,10 @@ fn qos_presets_and_frct_flags() {
     // Each preset runs in a child process of its own: libouroboros 0.23
     // itself now and then segfaults inside `flow_read` (in
     // `ssm_pk_buff_head`) on these preset flows, and a crash must not take
-    // the whole test binary with it. It was seen in about one run in five
-    // in session 3, in about one child in three in session 7 (always on the
-    // last preset, `data`: FRCT with retransmission), and in session 15 in
-    // 2 of 3 children, once 5 in a row, which failed CI. With one preset a
+    // the whole test binary with it. It comes in anything from one run in
+    // five to two children in three, mostly on the last preset, `data`
+    // (FRCT with retransmission), at times several in a row (see
+    // docs/ouroboros.md, Known limits). With one preset a
     // child, a crash costs a retry of that preset only (a few
     // milliseconds), so it can be retried more often. A crash is reported
     // loudly; a crash every time, or any assertion failing, fails the test.
@@ -817,7 +817,7 @@ mod helpers {
                 // runs; never a kill inside the library). Left running, a
                 // helper holds the IRMd and the test run's output pipe.
                 std::thread::sleep(Duration::from_secs(2));
-                // That destructor can hang too (seen in session 15: a
+                // That destructor can hang too (a
                 // worker in `flow_dealloc` waiting for the dead peer to
                 // drain its ring, the destructor joining the library's
                 // receive thread): if the process still runs 5 s into

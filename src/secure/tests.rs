@@ -660,7 +660,7 @@ fn a_peer_table_entry_is_small() {
 }
 
 /// The keyed link's cipher (`ring`'s ChaCha20-Poly1305, `cipher.rs`)
-/// and snow's RustCrypto one (what it used before session 16) are the
+/// and snow's RustCrypto one (snow's default) are the
 /// same cipher on the wire: peers built with either complete a handshake
 /// and read each other's datagrams both ways, so a swarm may mix them.
 #[test]

@@ -243,11 +243,11 @@ fn ouroboros_swarm_over_a_udp4_layer() {
     broadcast_reaches_all(&mut nodes, &all, 2, "b-2");
 }
 
-/// A flood of unconfirmed datagrams used to crash the receiving process:
+/// A flood of unconfirmed datagrams can crash a receiving process:
 /// Ouroboros 0.23 queues one flow event per packet without a bound and
-/// `fevent` copies them all into a heap array of 1,024, and the link's
-/// reader used to read each flow dry before it returned to `fevent` (see
-/// `docs/ouroboros.md`). It now reads one packet per event.
+/// `fevent` copies them all into a heap array of 1,024, so a reader that
+/// reads each flow dry before it returns to `fevent` overflows it (see
+/// `docs/ouroboros.md`). The link's reader reads one packet per event.
 #[test]
 fn an_ouroboros_datagram_flood_leaves_the_receiver_alive_and_routing() {
     let test = "an_ouroboros_datagram_flood_leaves_the_receiver_alive_and_routing";

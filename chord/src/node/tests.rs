@@ -974,9 +974,9 @@ fn a_last_hop_past_the_key_goes_back_through_the_predecessor() {
 /// A send to a node the table holds (here the predecessor, which the
 /// successor list does not reach) goes straight to it as the last hop,
 /// not through the nearest node before it. That node may be silent: the
-/// send used to wait for it to time out, then found no other way on and
-/// waited for the next attempt (2.5 s in the Ouroboros test that pauses a
-/// node), though its target was known and answering.
+/// send would wait for it to time out, then find no other way on and wait
+/// for the next attempt (2.5 s in the Ouroboros test that pauses a node),
+/// though its target is known and answering.
 #[test]
 fn a_send_to_a_node_in_the_table_goes_straight_to_it() {
     let (mut nodes, now) = ring_of_three();
