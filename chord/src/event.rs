@@ -149,6 +149,22 @@ pub enum Event<A> {
         /// Why.
         reason: SendError,
     },
+    /// A peer answered an [`Observe`](crate::wire::Observe): it sees this
+    /// node at `seen` (behind a NAT, the address the NAT gave it).
+    Observed {
+        /// The peer that answered.
+        by: A,
+        /// The address it sees this node at.
+        seen: A,
+    },
+    /// A node whose address was a placeholder
+    /// ([`LocalNode::set_provisional`](crate::LocalNode::set_provisional))
+    /// took the address its first contact sees it at, and the id derived
+    /// from it: this is who it is from now on.
+    AddressLearned {
+        /// The node's new identity.
+        me: NodeRef<A>,
+    },
     /// An application message for this node, handed up once.
     Received {
         /// The node that sent it.
@@ -257,6 +273,10 @@ pub struct Stats {
     /// because the application had no room for them (see
     /// `LocalNode::set_receive_room`); each origin retries until its deadline.
     pub refused_busy: u64,
+    /// Datagrams a node with a placeholder address dropped because it did
+    /// not know its own address yet (each sender retries; see
+    /// `LocalNode::set_provisional`).
+    pub dropped_provisional: u64,
     /// Broadcasts and unconfirmed datagrams for this node dropped because
     /// the application had no room for them (nobody waits for either).
     pub dropped_no_room: u64,

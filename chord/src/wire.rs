@@ -109,6 +109,31 @@ pub struct Owns {
     pub yes: bool,
 }
 
+/// "At which address do you see me?": asked by a node that does not know
+/// the address others reach it at (bound to all interfaces), of the first
+/// peer it talks to. Answered by [`Message::Observed`]. The padding keeps
+/// the request at least as large as any answer to an address that has not
+/// proved it receives (see the amplification guard in `docs/security.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observe {
+    /// Request id, echoed in the reply.
+    pub txn: u64,
+    /// Zero bytes, [`OBSERVE_PAD`] of them; their content is ignored.
+    pub pad: Vec<u8>,
+}
+
+/// Padding of an [`Observe`]: room for the reply's IPv6 socket address.
+pub const OBSERVE_PAD: usize = 32;
+
+/// Reply to [`Observe`]: the source address its request came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed<A> {
+    /// The request's id.
+    pub txn: u64,
+    /// Where the request came from, as the replier saw it.
+    pub seen: A,
+}
+
 /// Stabilize: "tell me your predecessor and successors", and with `notify`
 /// "I believe I am your predecessor" (Chord's `notify`, folded in to save a
 /// message per period).
@@ -364,6 +389,10 @@ pub enum Message<A> {
     OwnerCheck(OwnerCheck),
     /// Kind 14: reply to [`Message::OwnerCheck`].
     Owns(Owns),
+    /// Kind 15.
+    Observe(Observe),
+    /// Kind 16: reply to [`Message::Observe`].
+    Observed(Observed<A>),
 }
 
 impl<A> Message<A> {
@@ -384,7 +413,9 @@ impl<A> Message<A> {
             | Message::HopAck(_)
             | Message::Undeliverable(_)
             | Message::OwnerCheck(_)
-            | Message::Owns(_) => (None, [&[], &[]]),
+            | Message::Owns(_)
+            | Message::Observe(_)
+            | Message::Observed(_) => (None, [&[], &[]]),
         };
         one.into_iter().chain(lists.into_iter().flatten())
     }
@@ -431,6 +462,8 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::Undeliverable(_) => 12,
             Message::OwnerCheck(_) => 13,
             Message::Owns(_) => 14,
+            Message::Observe(_) => 15,
+            Message::Observed(_) => 16,
         }
     }
 
@@ -476,6 +509,8 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::Undeliverable(m) => append(&mut out, m),
             Message::OwnerCheck(m) => append(&mut out, m),
             Message::Owns(m) => append(&mut out, m),
+            Message::Observe(m) => append(&mut out, m),
+            Message::Observed(m) => append(&mut out, m),
         };
         // Serializing our own in-memory values into a Vec cannot fail: postcard
         // only fails on sequences of unknown length, which we do not have.
@@ -557,6 +592,14 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
                 12 => Message::Undeliverable(body("Undeliverable", rest)?),
                 13 => Message::OwnerCheck(body("OwnerCheck", rest)?),
                 14 => Message::Owns(body("Owns", rest)?),
+                15 => {
+                    let m: Observe = body("Observe", rest)?;
+                    if m.pad.len() > OBSERVE_PAD {
+                        return Err(DecodeError::OverLimit("observe padding longer than the limit"));
+                    }
+                    Message::Observe(m)
+                }
+                16 => Message::Observed(body("Observed", rest)?),
                 other => return Err(DecodeError::UnknownKind(other)),
             };
         Ok(msg)
@@ -686,6 +729,14 @@ mod tests {
                 "c1ca020c 03 02",
             ),
             (
+                Message::Observe(Observe { txn: 5, pad: vec![0; 2] }),
+                "c1ca020f 05 02 0000",
+            ),
+            (
+                Message::Observed(Observed { txn: 300, seen: 7 }),
+                "c1ca0210 ac02 07",
+            ),
+            (
                 Message::SuccessorHint(SuccessorHint { node: node(0x0b, 300) }),
                 "c1ca0209 20 0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b ac02",
             ),
@@ -808,6 +859,8 @@ mod tests {
                 Message::Undeliverable(Undeliverable { msg: lookup, reason: Refusal::NoRoute }),
                 Message::OwnerCheck(OwnerCheck { txn, key: Hash::from_bytes(key) }),
                 Message::Owns(Owns { txn, yes: n % 2 == 0 }),
+                Message::Observe(Observe { txn, pad: vec![0; n.min(OBSERVE_PAD)] }),
+                Message::Observed(Observed { txn, seen: addr }),
             ];
             for m in msgs {
                 prop_assert_eq!(Message::<u32>::decode(&m.encode()), Ok(m));
@@ -844,6 +897,8 @@ mod tests {
                 Message::Undeliverable(Undeliverable { msg: txn, reason: Refusal::NoSuchNode }),
                 Message::OwnerCheck(OwnerCheck { txn, key: h }),
                 Message::Owns(Owns { txn, yes: v6 }),
+                Message::Observe(Observe { txn, pad: vec![0; OBSERVE_PAD] }),
+                Message::Observed(Observed { txn, seen: addr }),
             ];
             for m in msgs {
                 let bytes = m.encode();

@@ -40,6 +40,11 @@ impl<A: Clone + Eq + std::hash::Hash> Identity<A> {
         }
     }
 
+    /// The id of `addr`.
+    pub(super) fn derive(&self, addr: &A) -> Hash {
+        (self.derive)(addr)
+    }
+
     /// Whether `id` is the id of `addr`.
     pub(super) fn matches(&mut self, addr: &A, id: &Hash) -> bool {
         if self.slots.is_empty() {

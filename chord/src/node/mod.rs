@@ -24,7 +24,7 @@ use crate::routing::{NextHop, RoutingTable};
 use crate::sources::{Arrival, Sources};
 use crate::wire::{
     DecodeError, FindSuccessor, Found, GetNeighbors, HopAck, Leave, Message, Neighbors, NodeRef,
-    OwnerCheck, Owns, Ping, SuccessorHint, VersionMismatch,
+    Observe, Observed, OwnerCheck, Owns, Ping, SuccessorHint, VersionMismatch,
 };
 
 /// What the core needs of an address: it stores, compares, encodes and hands
@@ -92,6 +92,9 @@ enum Waiting<A> {
         /// When the message is routed around a silent `next`.
         reroute: Reroute,
     },
+    /// An `Observe`: where does that peer see this node? With `join`, the
+    /// join through that peer goes on once it answers.
+    Observe { join: bool },
     /// A lookup handed to the next hop, awaiting its acknowledgement.
     Forward {
         msg: FindSuccessor<A>,
@@ -264,6 +267,8 @@ pub struct LocalNode<A> {
     receive_room: usize,
     /// `Received` events in `events`, not yet polled.
     received_queued: usize,
+    /// Whether `me.addr` is a placeholder (see `set_provisional`).
+    provisional: bool,
 }
 
 /// Emptied confirmation lists a node keeps.
@@ -331,6 +336,7 @@ impl<A: Address> LocalNode<A> {
             spare_acks: Vec::new(),
             receive_room: usize::MAX,
             received_queued: 0,
+            provisional: false,
         })
     }
 
@@ -504,6 +510,28 @@ impl<A: Address> LocalNode<A> {
         self.phase = Phase::Joining {
             bootstrap: bootstrap.clone(),
         };
+        if self.provisional {
+            // Learn where the bootstrap sees this node first: its id
+            // derives from that address.
+            let retries = self.cfg.request_retries;
+            let sent = self.request(
+                bootstrap,
+                retries,
+                Waiting::Observe { join: true },
+                now,
+                observe,
+            );
+            if sent.is_none() {
+                self.fail_join(JoinError::Unreachable);
+            }
+            return;
+        }
+        self.find_place(bootstrap, now);
+    }
+
+    /// Looks up this node's place in the ring through `bootstrap` (the
+    /// join proper).
+    fn find_place(&mut self, bootstrap: A, now: Instant) {
         let lookup = self.start_lookup(self.me.id, Purpose::Join, now);
         let msg = FindSuccessor {
             txn: 0,
@@ -514,6 +542,78 @@ impl<A: Address> LocalNode<A> {
             joining: true,
         };
         self.forward(msg, bootstrap, None, Vec::new(), now);
+    }
+
+    /// Marks this node's address as a placeholder: its socket is bound to
+    /// all interfaces (`0.0.0.0`, `[::]`), so it does not know the address
+    /// others reach it at. It learns it from the first peer it talks to
+    /// ([`Message::Observe`]) and takes it, with the id derived from it
+    /// (see [`with_identity`](Self::with_identity)), reporting
+    /// [`Event::AddressLearned`]:
+    /// - joining, it asks the bootstrap before anything else;
+    /// - alone (after [`create`](Self::create)), it answers nothing but
+    ///   `Observe` until it knows: the first datagram from any peer makes it
+    ///   ask that peer (the datagram is dropped and counted in
+    ///   `dropped_provisional`; its sender retries).
+    ///
+    /// Without an identity rule the id stays as it was and only the
+    /// address changes.
+    pub fn set_provisional(&mut self) {
+        self.provisional = true;
+    }
+
+    /// Whether this node's address is still a placeholder.
+    pub fn is_provisional(&self) -> bool {
+        self.provisional
+    }
+
+    /// Asks `to` at which address it sees this node; its answer is
+    /// reported as [`Event::Observed`] (a NAT's mapping, or this node's
+    /// own address). Nothing is reported if it does not answer.
+    pub fn observe(&mut self, to: A, now: Instant) {
+        let retries = self.cfg.request_retries;
+        self.request(to, retries, Waiting::Observe { join: false }, now, observe);
+    }
+
+    /// Takes `addr` as this node's address (its first contact sees it
+    /// there), with the id derived from it.
+    fn adopt(&mut self, addr: A) {
+        self.provisional = false;
+        let id = match &self.identity {
+            Some(identity) => identity.derive(&addr),
+            None => self.me.id,
+        };
+        self.me = NodeRef::new(id, addr.clone());
+        self.table = RoutingTable::new(id, self.cfg.successor_list_len).with_address(addr);
+        self.known_version = u64::MAX; // the fresh table differs: report it
+        tracing::debug!(me = ?self.me, "address learned");
+        self.events.push_back(Event::AddressLearned {
+            me: self.me.clone(),
+        });
+    }
+
+    fn on_observed(&mut self, m: Observed<A>, now: Instant) {
+        let Some(Pending {
+            waiting: Waiting::Observe { join },
+            to,
+            ..
+        }) = self.take_reply(m.txn, |w| matches!(w, Waiting::Observe { .. }))
+        else {
+            return;
+        };
+        self.verified(to.clone(), now);
+        self.events.push_back(Event::Observed {
+            by: to.clone(),
+            seen: m.seen.clone(),
+        });
+        // A node alone takes the address (a joining one has no peers yet
+        // either); one in a ring keeps the identity its peers know.
+        if self.provisional && self.table.peers().next().is_none() {
+            self.adopt(m.seen);
+        }
+        if join && matches!(&self.phase, Phase::Joining { bootstrap } if *bootstrap == to) {
+            self.find_place(to, now);
+        }
     }
 
     /// Looks up the live node responsible for `key`. Ends in
@@ -740,12 +840,26 @@ impl<A: Address> LocalNode<A> {
             | Message::GetNeighbors(_)
             | Message::FindSuccessor(_)
             | Message::Leave(_)
-            | Message::SuccessorHint(_) => Arrival::Request,
+            | Message::SuccessorHint(_)
+            | Message::Observe(_) => Arrival::Request,
             _ => Arrival::Reply,
         };
         let allowed = self.sources.arrived(&from, bytes.len(), kind, now);
         if !allowed {
             self.stats.dropped_rate_limited += 1;
+            return;
+        }
+        if self.provisional && !matches!(msg, Message::Observe(_) | Message::Observed(_)) {
+            // Nothing it says of itself would be true yet: ask the sender
+            // where it sees this node (once at a time); the sender retries.
+            self.stats.dropped_provisional += 1;
+            let asking = self
+                .pending
+                .values()
+                .any(|p| matches!(p.waiting, Waiting::Observe { .. }));
+            if self.phase == Phase::Joined && !asking {
+                self.observe(from, now);
+            }
             return;
         }
         if self.table.predecessor().is_some_and(|p| p.addr == from) {
@@ -770,6 +884,15 @@ impl<A: Address> LocalNode<A> {
             Message::Undeliverable(m) => self.on_undeliverable(m, now),
             Message::OwnerCheck(m) => self.on_owner_check(from, m),
             Message::Owns(m) => self.on_owns(m, now),
+            Message::Observe(m) => {
+                let reply = Message::Observed(Observed {
+                    txn: m.txn,
+                    seen: from.clone(),
+                })
+                .encode();
+                self.reply(from, reply);
+            }
+            Message::Observed(m) => self.on_observed(m, now),
         }
         self.sync_known();
     }
@@ -1785,6 +1908,11 @@ impl<A: Address> LocalNode<A> {
         match p.waiting {
             Waiting::Ping { peer } | Waiting::Stabilize { peer } => self.peer_failed(&peer, now),
             Waiting::Verify => {}
+            Waiting::Observe { join } => {
+                if join {
+                    self.fail_join(JoinError::Unreachable);
+                }
+            }
             Waiting::Admit { .. } => self.stats.admissions_failed += 1,
             Waiting::Confirm { lookup, owner, .. } => {
                 // The owner named is dead (or unreachable): forget it and
@@ -2020,4 +2148,12 @@ impl<A: Address> LocalNode<A> {
         }
         self.known = now_known;
     }
+}
+
+/// An `Observe` request with id `txn`.
+fn observe<A>(txn: u64) -> Message<A> {
+    Message::Observe(Observe {
+        txn,
+        pad: vec![0; crate::wire::OBSERVE_PAD],
+    })
 }

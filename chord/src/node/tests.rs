@@ -1318,3 +1318,90 @@ fn unconfirmed_messages_without_room_are_dropped_and_counted() {
     assert_eq!(nodes[1].stats().dropped_no_room, 2);
     assert_eq!(received(&mut nodes[2]), vec![b"all".to_vec()]);
 }
+
+fn id_of(addr: &u32) -> Hash {
+    Hash::of(format!("node-{addr}"))
+}
+
+/// A node with a placeholder address (a socket bound to all interfaces),
+/// id rule `id_of`.
+fn provisional(addr: u32, now: Instant) -> LocalNode<u32> {
+    let mut n = LocalNode::new(Config::default(), NodeRef::new(id_of(&addr), addr), 7, now)
+        .expect("default config is valid")
+        .with_identity(id_of);
+    n.set_provisional();
+    n
+}
+
+fn ruled(addr: u32, now: Instant) -> LocalNode<u32> {
+    LocalNode::new(Config::default(), NodeRef::new(id_of(&addr), addr), addr as u64, now)
+        .expect("default config is valid")
+        .with_identity(id_of)
+}
+
+/// A joiner that does not know its address learns it from the bootstrap
+/// before anything else, takes the id derived from it, and joins under it.
+#[test]
+fn a_provisional_joiner_learns_its_address_from_the_bootstrap() {
+    let now = Instant::now();
+    let mut nodes = vec![ruled(0, now), provisional(999, now)];
+    nodes[0].create(now);
+    nodes[1].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(3));
+    let ev = events(&mut nodes[1]);
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::AddressLearned { me } if me.addr == 1 && me.id == id_of(&1))),
+        "{ev:?}"
+    );
+    assert!(ev.iter().any(|e| matches!(e, Event::Joined { .. })), "{ev:?}");
+    assert!(!nodes[1].is_provisional());
+    assert_eq!(nodes[1].me().addr, 1);
+    assert_eq!(nodes[0].successor().map(|s| s.addr), Some(1));
+    assert_eq!(nodes[0].successor().map(|s| s.id), Some(id_of(&1)));
+    assert_eq!(nodes[1].successor().map(|s| s.addr), Some(0));
+    assert_eq!(nodes[0].stats().dropped_bad_identity, 0);
+    let _ = now;
+}
+
+/// A node that starts a swarm without knowing its address answers nothing
+/// until its first contact has told it; then that contact's join goes
+/// through (its retries), and the ring holds both true addresses.
+#[test]
+fn a_provisional_starter_learns_its_address_from_its_first_contact() {
+    let now = Instant::now();
+    let mut nodes = vec![provisional(999, now), ruled(1, now), ruled(2, now)];
+    nodes[0].create(now);
+    events(&mut nodes[0]);
+    nodes[1].join(0, now);
+    let now = run(&mut nodes, now, Duration::from_secs(3));
+    nodes[2].join(0, now);
+    run(&mut nodes, now, Duration::from_secs(5));
+    let ev = events(&mut nodes[0]);
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::AddressLearned { me } if me.addr == 0 && me.id == id_of(&0))),
+        "{ev:?}"
+    );
+    assert!(nodes[0].stats().dropped_provisional > 0);
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(n.me().addr, i as u32);
+        assert_eq!(n.peers().len(), 2, "node {i}: {:?}", n.peers());
+        assert!(n.peers().iter().all(|p| p.id == id_of(&p.addr)), "node {i}");
+    }
+}
+
+/// `observe` reports where a peer sees this node; an Observe's answer is
+/// never larger than the request (amplification).
+#[test]
+fn observe_reports_the_address_a_peer_sees() {
+    let (mut nodes, now) = joined_pair();
+    nodes[0].observe(1, now);
+    let mut sizes = Vec::new();
+    settle_except(&mut nodes, now, usize::MAX, |_, t| sizes.push(t.bytes.len()));
+    let ev = events(&mut nodes[0]);
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Observed { by: 1, seen: 0 })),
+        "{ev:?}"
+    );
+    assert_eq!(sizes.len(), 2);
+    assert!(sizes[1] <= sizes[0], "reply {} > request {}", sizes[1], sizes[0]);
+}
