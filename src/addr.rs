@@ -101,15 +101,21 @@ impl FromStr for PeerAddr {
     }
 }
 
+/// An IPv4-mapped IPv6 address (how a dual-stack socket sees an IPv4
+/// peer) as the IPv4 address it is: one peer, one address, one id.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
 impl From<SocketAddr> for PeerAddr {
     fn from(a: SocketAddr) -> Self {
-        PeerAddr::Udp(a)
+        PeerAddr::Udp(canonical(a))
     }
 }
 
 impl From<&SocketAddr> for PeerAddr {
     fn from(a: &SocketAddr) -> Self {
-        PeerAddr::Udp(*a)
+        PeerAddr::Udp(canonical(*a))
     }
 }
 

@@ -37,6 +37,7 @@ use crate::config::{PeerConfig, RECV_BUFFER};
 use crate::error::Error;
 use crate::hooks::{HookQueue, NewPeers};
 use crate::link::{Arrivals, Link, LinkSink};
+use crate::view::SelfView;
 
 /// How long the driver sleeps when the core asks for no timer at all.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
@@ -240,6 +241,10 @@ struct State<L: Link> {
     leave_replies: Vec<oneshot::Sender<()>>,
     /// Whom `new_peer` was called for.
     new_peers: NewPeers,
+    /// This peer's identity and where others see it.
+    view: Arc<SelfView<L::Addr>>,
+    /// The peer the join under way goes through.
+    bootstrap: Option<L::Addr>,
     /// The deadline the background task sleeps until (`None` while it is
     /// awake and will read the core's next one anyway): a call that makes
     /// an earlier one wakes it.
@@ -404,7 +409,7 @@ impl<L: Link> Shared<L> {
 
     pub(crate) fn new(
         link: L,
-        me: NodeRef<L::Addr>,
+        view: Arc<SelfView<L::Addr>>,
         cfg: PeerConfig,
         seed: u64,
         inbox: mpsc::Sender<Incoming<L::Addr>>,
@@ -412,7 +417,10 @@ impl<L: Link> Shared<L> {
         counters: Arc<Counters>,
     ) -> Result<(Self, Queue<L::Addr>), Error> {
         let now = Instant::now();
-        let mut node = State::<L>::node(&cfg, me, seed, now)?;
+        let mut node = State::<L>::node(&cfg, view.me(), seed, now)?;
+        if view.provisional() {
+            node.set_provisional();
+        }
         // Alone until `connect`: the first member of its own swarm.
         node.create(now);
         let send_queue = cfg.send_queue;
@@ -431,6 +439,8 @@ impl<L: Link> Shared<L> {
             sends: FxHashMap::default(),
             leave_replies: Vec::new(),
             new_peers: NewPeers::default(),
+            view,
+            bootstrap: None,
             armed: None,
             parked: VecDeque::new(),
         };
@@ -1095,12 +1105,18 @@ impl<L: Link> State<L> {
                     self.seed ^ 0x9e37_79b9_7f4a_7c15,
                     now,
                 ) {
-                    Ok(n) => self.node = n,
+                    Ok(mut n) => {
+                        if self.node.is_provisional() {
+                            n.set_provisional();
+                        }
+                        self.node = n;
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(e));
                         return;
                     }
                 }
+                self.bootstrap = Some(bootstrap.clone());
                 self.node.join(bootstrap, now);
                 self.join_reply = Some(reply);
             }
@@ -1237,9 +1253,25 @@ impl<L: Link> State<L> {
         match e {
             Event::Joined { successor } => {
                 tracing::debug!(id = %self.node.id().short(), successor = %successor.addr, "joined");
+                // Where the bootstrap and the successor see this peer:
+                // whether it is behind a NAT, and how that NAT maps.
+                let now = Instant::now();
+                if let Some(b) = self.bootstrap.take() {
+                    if self.view.observations().iter().all(|(by, _)| *by != b) {
+                        self.node.observe(b.clone(), now);
+                    }
+                    if successor.addr != b && successor.id != self.node.id() {
+                        self.node.observe(successor.addr.clone(), now);
+                    }
+                }
                 if let Some(r) = self.join_reply.take() {
                     let _ = r.send(Ok(successor));
                 }
+            }
+            Event::Observed { by, seen } => self.view.observed(by, seen),
+            Event::AddressLearned { me } => {
+                tracing::info!(addr = %me.addr, id = %me.id.short(), "learned this peer's address");
+                self.view.set_me(me);
             }
             Event::JoinFailed { reason } => {
                 tracing::debug!(%reason, "join failed");

@@ -31,11 +31,13 @@ mod driver;
 mod error;
 mod hooks;
 mod link;
+mod nat;
 mod ouro_link;
 mod peer;
 mod remote;
 mod secure;
 mod transport;
+mod view;
 
 pub use chord;
 /// The Ouroboros binding (loaded at run time; see `docs/ouroboros.md`).
@@ -51,6 +53,7 @@ pub use config::{
 pub use error::{Error, Result};
 pub use hooks::{Hooks, HooksDropped};
 pub use link::{Arrivals, Gro, Link, LinkSink, UdpLink, SOCKET_BUFFER};
+pub use nat::{NatMapping, NatStatus};
 pub use ouro_link::{
     flow_qos, FlowStats, OuroborosLink, ALLOC_BACKOFF, ALLOC_TIMEOUT, FLOW_IDLE,
     FLOW_PEER_TIMEOUT_MS, FLOW_QUEUE, HELLO_TIMEOUT, INCOMING_QUEUE, MAX_FLOWS,

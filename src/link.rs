@@ -316,6 +316,9 @@ pub struct UdpLink {
     coalesced: AtomicU64,
     /// Who is woken for arriving datagrams (see [`Link::claim_receive`]).
     receiver: Mutex<Receiver>,
+    /// Whether the socket is IPv6: IPv4 destinations then go IPv4-mapped
+    /// (a dual-stack socket bound to `[::]`).
+    v6: bool,
 }
 
 /// Who waits for the socket's readability. tokio wakes only the task that
@@ -490,6 +493,13 @@ impl UdpLink {
     pub async fn bind_gro(addr: SocketAddr, gro: Gro) -> io::Result<UdpLink> {
         use socket2::{Domain, Protocol, Socket, Type};
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            // `[::]` is both families, whatever the system's default
+            // (`net.ipv6.bindv6only`): IPv4 peers arrive IPv4-mapped.
+            if let Err(e) = socket.set_only_v6(false) {
+                tracing::debug!(error = %e, "cannot make the socket dual-stack");
+            }
+        }
         // Best effort: a smaller buffer only costs drops under bursts.
         if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
             tracing::debug!(error = %e, "cannot set the receive buffer size");
@@ -523,6 +533,7 @@ impl UdpLink {
     ) -> io::Result<UdpLink> {
         let from = socket.local_addr()?;
         Ok(UdpLink {
+            v6: from.is_ipv6(),
             socket,
             state,
             gso: AtomicBool::new(std::env::var_os("CICADA_UDP_GSO").is_none_or(|v| v != "0")),
@@ -665,11 +676,21 @@ impl UdpLink {
         }
     }
 
+    /// `to` as this socket sends to it: IPv4-mapped on an IPv6 socket.
+    fn destination(&self, to: &SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V4(a) if self.v6 => {
+                SocketAddr::new(std::net::IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
+            }
+            _ => *to,
+        }
+    }
+
     /// One `sendmsg` of `bytes` cut by the kernel into datagrams of
     /// `segment` bytes (`UDP_SEGMENT`).
     async fn send_gso(&self, bytes: &[u8], segment: usize, to: &SocketAddr) -> io::Result<()> {
         let transmit = quinn_udp::Transmit {
-            destination: *to,
+            destination: self.destination(to),
             ecn: None,
             contents: bytes,
             segment_size: Some(segment),
@@ -696,7 +717,10 @@ impl Link for UdpLink {
     }
 
     async fn send_to(&self, bytes: &[u8], to: &SocketAddr) -> io::Result<()> {
-        self.socket.send_to(bytes, to).await.map(|_| ())
+        self.socket
+            .send_to(bytes, self.destination(to))
+            .await
+            .map(|_| ())
     }
 
     fn max_segments(&self) -> usize {
@@ -936,7 +960,7 @@ impl Link for PeerLink {
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, PeerAddr)> {
         match self {
-            PeerLink::Udp(l) => l.recv_from(buf).await.map(|(n, a)| (n, PeerAddr::Udp(a))),
+            PeerLink::Udp(l) => l.recv_from(buf).await.map(|(n, a)| (n, PeerAddr::from(a))),
             PeerLink::Ouroboros(l) => l.recv_from(buf).await,
         }
     }
@@ -970,7 +994,7 @@ impl Link for PeerLink {
         match self {
             PeerLink::Udp(l) => l
                 .poll_recv_claimed(cx, buf)
-                .map(|r| r.map(|(n, from)| (n, PeerAddr::Udp(from)))),
+                .map(|r| r.map(|(n, from)| (n, PeerAddr::from(from)))),
             PeerLink::Ouroboros(l) => l.poll_recv_claimed(cx, buf),
         }
     }
@@ -993,7 +1017,7 @@ impl Link for PeerLink {
         match self {
             PeerLink::Udp(l) => l
                 .try_recv_from(buf)
-                .map(|r| r.map(|(n, a)| (n, PeerAddr::Udp(a)))),
+                .map(|r| r.map(|(n, a)| (n, PeerAddr::from(a)))),
             PeerLink::Ouroboros(l) => l.try_recv_from(buf),
         }
     }
@@ -1002,7 +1026,7 @@ impl Link for PeerLink {
         match self {
             PeerLink::Udp(l) => l
                 .try_recv_run(buf)
-                .map(|r| r.map(|(n, stride, a)| (n, stride, PeerAddr::Udp(a)))),
+                .map(|r| r.map(|(n, stride, a)| (n, stride, PeerAddr::from(a)))),
             PeerLink::Ouroboros(l) => l.try_recv_run(buf),
         }
     }

@@ -17,10 +17,12 @@ use crate::driver::{Call, Command, Counters, Flush, Handle, Incoming, Shared, Sn
 use crate::error::{Error, Result};
 use crate::hooks::{HookQueue, Hooks};
 use crate::link::{Link, PeerLink, UdpLink};
+use crate::nat::NatStatus;
 use crate::ouro_link::{FlowStats, FlowStatsHandle, OuroborosLink};
 use crate::remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
 use crate::secure::{SecureLink, SecureStats, SecureStatsHandle};
 use crate::transport::Transport;
+use crate::view::SelfView;
 
 /// What `recv` returns: the sender, the data, and whether more messages are
 /// queued already.
@@ -73,7 +75,8 @@ pub struct PeerStats {
 }
 
 struct Bound {
-    me: RemoteNode,
+    /// Its identity, and where others see it.
+    view: Arc<SelfView<PeerAddr>>,
     local: PeerAddr,
     /// The driver's shared side; taken by `close`, so that the link is
     /// released once the calls under way return.
@@ -87,6 +90,8 @@ struct Bound {
     task: Mutex<Option<JoinHandle<()>>>,
     /// The gateway mapping of the socket's port, removed on close.
     mapping: tokio::sync::Mutex<Option<traversal::PortMapping>>,
+    /// The mapping's external address.
+    mapped: Option<SocketAddr>,
     /// Ids of the addresses sent to (a SHA-256 of the address text each),
     /// so that a stream of sends to one peer derives its id once. FxHash:
     /// at most [`ID_MEMORY`] entries, so even addresses chosen to collide
@@ -157,7 +162,8 @@ impl std::fmt::Debug for SwarmPeer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("SwarmPeer");
         if let Some(b) = &self.bound {
-            d.field("id", &b.me.id).field("addr", &b.me.addr);
+            let me = b.view.me();
+            d.field("id", &me.id).field("addr", &me.addr);
         } else {
             d.field("bound", &false);
         }
@@ -322,8 +328,13 @@ impl SwarmPeer {
         mapping: Option<traversal::PortMapping>,
     ) -> Result<()> {
         let local = link.local_addr()?;
+        // Bound to all interfaces with nothing to announce: the address is
+        // a placeholder until the first contact says where it sees us.
+        let provisional =
+            external.is_none() && local.udp().is_some_and(|a| a.ip().is_unspecified());
         let external = external.unwrap_or_else(|| local.clone());
         let me = RemoteNode::new(node_id(&external), external.clone());
+        let view = Arc::new(SelfView::new(me.clone(), provisional));
         let seed = self.cfg.seed.unwrap_or_else(|| {
             let nanos = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -338,7 +349,7 @@ impl SwarmPeer {
             counters.hooks_dropped.clone(),
         );
         let cfg = self.cfg.clone();
-        let parts = (me.clone(), cfg, seed, in_tx, hooks, counters.clone());
+        let parts = (view.clone(), cfg, seed, in_tx, hooks, counters.clone());
         let ouroboros = match &link {
             PeerLink::Ouroboros(l) => Some(l.stats_handle()),
             PeerLink::Udp(_) => None,
@@ -357,7 +368,7 @@ impl SwarmPeer {
         };
         tracing::debug!(id = %me.id.short(), %local, %external, "bound");
         self.bound = Some(Bound {
-            me,
+            view,
             local,
             handle: RwLock::new(Some(handle)),
             inbox: tokio::sync::Mutex::new(in_rx),
@@ -365,6 +376,7 @@ impl SwarmPeer {
             secure,
             ouroboros,
             task: Mutex::new(Some(task)),
+            mapped: mapping.as_ref().map(|m| m.external_addr()),
             mapping: tokio::sync::Mutex::new(mapping),
             ids: Mutex::new(FxHashMap::default()),
         });
@@ -655,20 +667,50 @@ impl SwarmPeer {
         Ok(self.snapshot().await?.predecessor)
     }
 
+    /// Whether this peer is reachable at its own address, through a port
+    /// mapped on its NAT gateway, or only from behind a NAT, and how that
+    /// NAT maps; from where its bootstrap and its successor see it (each is
+    /// asked once the peer has joined, see [`NatStatus`]). Over Ouroboros,
+    /// [`NatStatus::Named`].
+    ///
+    /// A peer bound to all interfaces (`0.0.0.0:P`, `[::]:P`) announces
+    /// the address its bootstrap sees it at (or, when it starts a swarm,
+    /// the one its first contact sees it at) and derives its id from it;
+    /// behind a NAT that is the NAT's mapping, which other peers can reach
+    /// only if the NAT lets them.
+    pub fn nat_status(&self) -> Result<NatStatus> {
+        let b = self.bound()?;
+        let Some(local) = b.local.udp() else {
+            return Ok(NatStatus::Named);
+        };
+        let observations: Vec<(SocketAddr, SocketAddr)> = b
+            .view
+            .observations()
+            .into_iter()
+            .filter_map(|(by, seen)| Some((by.udp()?, seen.udp()?)))
+            .collect();
+        let own = if local.ip().is_unspecified() {
+            crate::nat::own_ips()
+        } else {
+            Vec::new()
+        };
+        Ok(crate::nat::classify(local, &own, b.mapped, &observations))
+    }
+
     /// This peer's id.
     pub fn hash(&self) -> Result<Hash> {
-        Ok(self.bound()?.me.id)
+        Ok(self.bound()?.view.me().id)
     }
 
     /// This peer as others know it: its id and external address.
     pub fn me(&self) -> Result<RemoteNode> {
-        Ok(self.bound()?.me.clone())
+        Ok(self.bound()?.view.me())
     }
 
     /// The address other peers reach this one at (the external address, or
     /// the Ouroboros name).
     pub fn listener(&self) -> Result<PeerAddr> {
-        Ok(self.bound()?.me.addr.clone())
+        Ok(self.bound()?.view.me().addr)
     }
 
     /// The local address the link is bound to (the UDP socket's, or the
@@ -730,7 +772,7 @@ impl SwarmPeer {
 
 /// Everything a driver needs besides its link.
 type DriverParts = (
-    RemoteNode,
+    Arc<SelfView<PeerAddr>>,
     PeerConfig,
     u64,
     mpsc::Sender<Incoming<PeerAddr>>,
@@ -816,8 +858,8 @@ fn spawn_driver<L: Link<Addr = PeerAddr>>(
     link: L,
     parts: DriverParts,
 ) -> Result<(Arc<Shared<L>>, JoinHandle<()>)> {
-    let (me, cfg, seed, inbox, hooks, counters) = parts;
-    let (shared, queue) = Shared::new(link, me, cfg, seed, inbox, hooks, counters)?;
+    let (view, cfg, seed, inbox, hooks, counters) = parts;
+    let (shared, queue) = Shared::new(link, view, cfg, seed, inbox, hooks, counters)?;
     let shared = Arc::new(shared);
     let task = tokio::spawn(shared.clone().run(queue));
     Ok((shared, task))

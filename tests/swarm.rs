@@ -2666,6 +2666,9 @@ mod link;
 #[path = "swarm/promises.rs"]
 mod promises;
 
+#[path = "swarm/addresses.rs"]
+mod addresses;
+
 #[tokio::test]
 async fn unconfirmed_datagrams_reach_every_peer_once() {
     let peers = swarm(8, fast()).await;

@@ -595,7 +595,9 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
                 15 => {
                     let m: Observe = body("Observe", rest)?;
                     if m.pad.len() > OBSERVE_PAD {
-                        return Err(DecodeError::OverLimit("observe padding longer than the limit"));
+                        return Err(DecodeError::OverLimit(
+                            "observe padding longer than the limit",
+                        ));
                     }
                     Message::Observe(m)
                 }

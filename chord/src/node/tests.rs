@@ -1334,9 +1334,14 @@ fn provisional(addr: u32, now: Instant) -> LocalNode<u32> {
 }
 
 fn ruled(addr: u32, now: Instant) -> LocalNode<u32> {
-    LocalNode::new(Config::default(), NodeRef::new(id_of(&addr), addr), addr as u64, now)
-        .expect("default config is valid")
-        .with_identity(id_of)
+    LocalNode::new(
+        Config::default(),
+        NodeRef::new(id_of(&addr), addr),
+        addr as u64,
+        now,
+    )
+    .expect("default config is valid")
+    .with_identity(id_of)
 }
 
 /// A joiner that does not know its address learns it from the bootstrap
@@ -1350,10 +1355,15 @@ fn a_provisional_joiner_learns_its_address_from_the_bootstrap() {
     let now = run(&mut nodes, now, Duration::from_secs(3));
     let ev = events(&mut nodes[1]);
     assert!(
-        ev.iter().any(|e| matches!(e, Event::AddressLearned { me } if me.addr == 1 && me.id == id_of(&1))),
+        ev.iter().any(
+            |e| matches!(e, Event::AddressLearned { me } if me.addr == 1 && me.id == id_of(&1))
+        ),
         "{ev:?}"
     );
-    assert!(ev.iter().any(|e| matches!(e, Event::Joined { .. })), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Joined { .. })),
+        "{ev:?}"
+    );
     assert!(!nodes[1].is_provisional());
     assert_eq!(nodes[1].me().addr, 1);
     assert_eq!(nodes[0].successor().map(|s| s.addr), Some(1));
@@ -1378,7 +1388,9 @@ fn a_provisional_starter_learns_its_address_from_its_first_contact() {
     run(&mut nodes, now, Duration::from_secs(5));
     let ev = events(&mut nodes[0]);
     assert!(
-        ev.iter().any(|e| matches!(e, Event::AddressLearned { me } if me.addr == 0 && me.id == id_of(&0))),
+        ev.iter().any(
+            |e| matches!(e, Event::AddressLearned { me } if me.addr == 0 && me.id == id_of(&0))
+        ),
         "{ev:?}"
     );
     assert!(nodes[0].stats().dropped_provisional > 0);
@@ -1396,12 +1408,20 @@ fn observe_reports_the_address_a_peer_sees() {
     let (mut nodes, now) = joined_pair();
     nodes[0].observe(1, now);
     let mut sizes = Vec::new();
-    settle_except(&mut nodes, now, usize::MAX, |_, t| sizes.push(t.bytes.len()));
+    settle_except(&mut nodes, now, usize::MAX, |_, t| {
+        sizes.push(t.bytes.len())
+    });
     let ev = events(&mut nodes[0]);
     assert!(
-        ev.iter().any(|e| matches!(e, Event::Observed { by: 1, seen: 0 })),
+        ev.iter()
+            .any(|e| matches!(e, Event::Observed { by: 1, seen: 0 })),
         "{ev:?}"
     );
     assert_eq!(sizes.len(), 2);
-    assert!(sizes[1] <= sizes[0], "reply {} > request {}", sizes[1], sizes[0]);
+    assert!(
+        sizes[1] <= sizes[0],
+        "reply {} > request {}",
+        sizes[1],
+        sizes[0]
+    );
 }

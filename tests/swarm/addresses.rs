@@ -1,0 +1,86 @@
+//! Peers bound to all interfaces (`0.0.0.0`, `[::]`) learn the address
+//! others see them at, announce it, and derive their ids from it.
+
+use super::*;
+
+/// Three peers bound to all interfaces (IPv4, and dual-stack IPv6 reached
+/// over IPv4 and over IPv6): the first learns its address from its first
+/// contact, the others from their bootstrap; all sends arrive, ids follow
+/// the addresses, and each peer says it is public.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_bound_to_all_interfaces_announce_where_they_are_seen() {
+    for (any, contact_ip) in [
+        ("0.0.0.0:0", "127.0.0.1"),
+        ("[::]:0", "127.0.0.1"),
+        ("[::]:0", "::1"),
+    ] {
+        let any: SocketAddr = any.parse().unwrap();
+        let ip: std::net::IpAddr = contact_ip.parse().unwrap();
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let mut p = SwarmPeer::with_config(fast(), Hooks::new());
+            p.bind(any).await.expect("bind to all interfaces");
+            assert_eq!(
+                p.nat_status().unwrap(),
+                cicada::NatStatus::Unknown,
+                "nobody has seen it yet"
+            );
+            peers.push(p);
+        }
+        let port = |p: &SwarmPeer| p.local_addr().unwrap().udp().unwrap().port();
+        let contact = SocketAddr::new(ip, port(&peers[0]));
+        for p in &peers[1..] {
+            p.connect(contact, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| panic!("{any} via {ip}: join: {e}"));
+        }
+        settle(&peers).await;
+        for p in &peers {
+            let me = p.me().unwrap();
+            assert_eq!(
+                me.addr.udp(),
+                Some(SocketAddr::new(ip, port(p))),
+                "{any} via {ip}: announces where it is seen"
+            );
+            assert_eq!(
+                me.id,
+                Hash::of(me.addr.to_string()),
+                "id follows the address"
+            );
+            assert_eq!(p.peers().await.unwrap().len(), 2, "{any} via {ip}");
+        }
+        // All pairs, by the learned addresses.
+        for (i, from) in peers.iter().enumerate() {
+            for (j, to) in peers.iter().enumerate() {
+                if i != j {
+                    from.send(to.listener().unwrap(), format!("{i}>{j}").into_bytes(), 0)
+                        .await
+                        .unwrap_or_else(|e| panic!("{any} via {ip}: send {i}>{j}: {e}"));
+                }
+            }
+        }
+        for (j, p) in peers.iter().enumerate() {
+            let mut got = Vec::new();
+            while let Some((_, d, _)) = p.recv_timeout(Duration::from_millis(300)).await.unwrap() {
+                got.push(String::from_utf8_lossy(&d).to_string());
+            }
+            got.sort();
+            let want: Vec<String> = (0..3)
+                .filter(|i| *i != j)
+                .map(|i| format!("{i}>{j}"))
+                .collect();
+            assert_eq!(got, want, "{any} via {ip}");
+        }
+        // The joiners asked their bootstrap: they know they are public.
+        for p in &peers[1..] {
+            assert!(
+                matches!(p.nat_status().unwrap(), cicada::NatStatus::Public { addr } if addr == p.listener().unwrap().udp().unwrap()),
+                "{any} via {ip}: {:?}",
+                p.nat_status()
+            );
+        }
+        for p in &peers {
+            p.close().await;
+        }
+    }
+}
