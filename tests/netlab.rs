@@ -1,7 +1,8 @@
 //! The lab itself (`scripts/netlab`): its topology and knobs do what the
 //! manual (docs/testing.md) says. Two public hosts, two LANs behind their
-//! own gateways (one endpoint-independent, one symmetric), lossy and
-//! delayed links, and a teardown that leaves nothing behind.
+//! own gateways (one endpoint-independent, one symmetric), dual-stack LANs
+//! with routed, firewalled IPv6, lossy and delayed links, and a teardown
+//! that leaves nothing behind.
 //!
 //! Each test brings up its own lab and runs this test binary's `#[ignore]`d
 //! `udp_client` inside it: it sends from one UDP socket to the responders of
@@ -26,10 +27,12 @@ use netlab::Lab;
 const CLIENT_ENV: &str = "NETLAB_TEST_CLIENT";
 
 /// What a `udp_client` run in `role` saw: for each target, the answers (the
-/// address the responder saw it at, as text) and the round trip of each.
+/// address the responder saw it at, as text) and the round trip of each,
+/// and the targets that refused (an ICMP port unreachable came back).
 struct Seen {
     answers: HashMap<SocketAddr, Vec<String>>,
     rtts: HashMap<SocketAddr, Vec<Duration>>,
+    refused: Vec<SocketAddr>,
 }
 
 /// Runs `udp_client` in `role`: from one socket bound to `bind`, `count`
@@ -75,8 +78,14 @@ fn client_with(
     let mut seen = Seen {
         answers: HashMap::new(),
         rtts: HashMap::new(),
+        refused: Vec::new(),
     };
     for line in stdout.lines() {
+        if let Some(at) = line.find("@@ REFUSED ") {
+            seen.refused
+                .push(line[at + 11..].trim().parse().expect("refused target"));
+            continue;
+        }
         let Some(at) = line.find("@@ ANSWER ") else {
             continue;
         };
@@ -157,18 +166,22 @@ fn two_lans_behind_an_eim_and_a_symmetric_gateway() {
     );
 
     // Nothing unasked gets in: a LAN host's private address is unreachable
-    // from outside, and a gateway without a mapping drops what comes.
+    // from outside, and a gateway without a mapping drops what comes (no
+    // answer, and no refusal either, which a closed port of a public host
+    // gives).
     let lan_host = format!("{}:3478", lab.ip("lan1-1"));
     let gw1 = format!("{}:40001", lab.ip("gw1"));
+    let closed = format!("{}:9", lab.ip("pub1"));
     let seen = client(
         &lab,
         "pub2",
         "0.0.0.0:0",
-        &[lan_host, gw1],
+        &[lan_host, gw1, closed.clone()],
         1,
         Duration::from_millis(500),
     );
     assert!(seen.answers.is_empty(), "{:?}", seen.answers);
+    assert_eq!(seen.refused, [closed.parse().unwrap()]);
 
     // Torn down: no namespace, state or daemon of this lab is left.
     let prefix = lab.prefix.clone();
@@ -203,6 +216,82 @@ fn two_lans_behind_an_eim_and_a_symmetric_gateway() {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
             "miniupnpd {pid} still runs"
+        );
+    }
+}
+
+/// `NETLAB_IPV6=yes`: beside IPv4 behind NAT, every host has an IPv6
+/// address, routed without NAT: a LAN host is seen at its own address and
+/// port. The gateways' firewalls drop what comes to a LAN unasked, from the
+/// public segment or from another LAN, while the answers to what a LAN host
+/// sent (an ICMP port unreachable too) come back.
+#[test]
+fn dual_stack_lans_are_routed_and_firewalled() {
+    let test = "dual_stack_lans_are_routed_and_firewalled";
+    let Some(lab) = Lab::up(
+        test,
+        &[
+            ("NETLAB_IPV6", "yes"),
+            ("NETLAB_LANS", "2"),
+            ("NETLAB_HOSTS", "1"),
+        ],
+    ) else {
+        return;
+    };
+    let wait = Duration::from_secs(2);
+    let v6 = lab.var("PUB1_RESPONDER6").to_string();
+    let v4 = lab.var("PUB1_RESPONDER").to_string();
+    let seen = client(
+        &lab,
+        "lan1-1",
+        "[::]:40011",
+        std::slice::from_ref(&v6),
+        1,
+        wait,
+    );
+    assert_eq!(
+        seen.answers[&v6.parse().unwrap()],
+        [format!("[{}]:40011", lab.var("LAN1_1_IP6"))]
+    );
+    let seen = client(
+        &lab,
+        "lan1-1",
+        "0.0.0.0:40012",
+        std::slice::from_ref(&v4),
+        1,
+        wait,
+    );
+    assert_eq!(
+        port_at(&seen.answers[&v4.parse().unwrap()][0], lab.ip("gw1")),
+        40012
+    );
+
+    // A closed port of a public host refuses; a LAN host's does not answer.
+    let closed = format!("[{}]:9", lab.var("PUB1_IP6"));
+    let seen = client(
+        &lab,
+        "lan1-1",
+        "[::]:0",
+        std::slice::from_ref(&closed),
+        1,
+        wait,
+    );
+    assert_eq!(seen.refused, [closed.parse().unwrap()]);
+    let lan1 = format!("[{}]:9", lab.var("LAN1_1_IP6"));
+    for from in ["pub1", "lan2-1"] {
+        let seen = client(
+            &lab,
+            from,
+            "[::]:0",
+            std::slice::from_ref(&lan1),
+            1,
+            Duration::from_millis(500),
+        );
+        assert!(
+            seen.answers.is_empty() && seen.refused.is_empty(),
+            "{from} reached {lan1}: {:?} {:?}",
+            seen.answers,
+            seen.refused
         );
     }
 }
@@ -287,7 +376,8 @@ fn a_netem_delay_lengthens_round_trips() {
 /// Inside the lab: binds the address `NETLAB_TEST_CLIENT` gives, sends
 /// `count` queries to each target in turn (waiting for each answer at most
 /// `wait_ms`; with `burst=yes`, all queries first and then the answers), and
-/// prints `@@ ANSWER TARGET SEEN-AT MICROS` per answer.
+/// prints `@@ ANSWER TARGET SEEN-AT MICROS` per answer and `@@ REFUSED
+/// TARGET` when an ICMP port unreachable came back instead.
 #[test]
 #[ignore = "runs inside the lab, started by the other tests"]
 fn udp_client() {
@@ -305,51 +395,48 @@ fn udp_client() {
     let mut buf = [0u8; 512];
     for target in kv["to"].split(',') {
         let target: SocketAddr = target.parse().expect("target");
+        // Connected, so that an ICMP port unreachable shows as a refusal
+        // (and only the target's answers arrive); the local port stays. A
+        // target without a route fails here: that is silence.
+        if socket.connect(target).is_err() {
+            continue;
+        }
         if kv.get("burst") == Some(&"yes") {
             // All queries first (1 ms apart), then every answer until
             // `wait` has passed without one.
             for n in 0..count {
-                let _ = socket.send_to(format!("q{n}").as_bytes(), target);
+                let _ = socket.send(format!("q{n}").as_bytes());
                 std::thread::sleep(Duration::from_millis(1));
             }
             socket.set_read_timeout(Some(wait)).expect("timeout");
-            while let Ok((len, from)) = socket.recv_from(&mut buf) {
-                if from == target {
-                    println!(
-                        "@@ ANSWER {target} {} 0",
-                        String::from_utf8_lossy(&buf[..len])
-                    );
-                }
+            while let Ok(len) = socket.recv(&mut buf) {
+                println!(
+                    "@@ ANSWER {target} {} 0",
+                    String::from_utf8_lossy(&buf[..len])
+                );
             }
             continue;
         }
         for n in 0..count {
             let query = format!("q{n}");
             let sent = Instant::now();
-            // An unreachable target may refuse the send: that is silence.
-            if socket.send_to(query.as_bytes(), target).is_err() {
+            if let Err(e) = socket.send(query.as_bytes()) {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    println!("@@ REFUSED {target}");
+                }
                 continue;
             }
-            let deadline = sent + wait;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
+            socket.set_read_timeout(Some(wait)).expect("timeout");
+            match socket.recv(&mut buf) {
+                Ok(len) => println!(
+                    "@@ ANSWER {target} {} {}",
+                    String::from_utf8_lossy(&buf[..len]),
+                    sent.elapsed().as_micros()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    println!("@@ REFUSED {target}");
                 }
-                socket.set_read_timeout(Some(left)).expect("timeout");
-                match socket.recv_from(&mut buf) {
-                    Ok((len, from)) if from == target => {
-                        println!(
-                            "@@ ANSWER {target} {} {}",
-                            String::from_utf8_lossy(&buf[..len]),
-                            sent.elapsed().as_micros()
-                        );
-                        break;
-                    }
-                    // A late answer to an earlier query, or another sender.
-                    Ok(_) => continue,
-                    Err(_) => break,
-                }
+                Err(_) => {}
             }
         }
     }

@@ -70,8 +70,11 @@ impl Lab {
         let script = script();
         let mut cmd = Command::new("bash");
         cmd.arg(&script).args(["up", &prefix]);
+        // The lab is what `knobs` say, whatever this process inherited
+        // (the miniupnpd binary and the state directory excepted).
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("NETLAB_") {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("NETLAB_") && k != "NETLAB_MINIUPNPD" && k != "NETLAB_RUNDIR" {
                 cmd.env_remove(k);
             }
         }
