@@ -320,7 +320,7 @@ fn a_lossy_link_loses_about_what_it_is_told() {
         "0.0.0.0:0",
         &both,
         count,
-        Duration::from_millis(500),
+        Duration::from_secs(1),
         "burst=yes",
     );
     let got = |t: &String| seen.answers.get(&t.parse().unwrap()).map_or(0, Vec::len);

@@ -52,7 +52,7 @@ pub const NEEDS: &[(Need, &str, &str)] = &[
     (
         Need::Ouroboros,
         "ouroboros",
-        "ouroboros/tests/ouroboros.rs (all), tests/swarm/ouroboros.rs (the IRMd ones)",
+        "ouroboros/tests/ouroboros.rs (every test), tests/swarm/ouroboros.rs (the IRMd ones)",
     ),
     (
         Need::Netlab,
