@@ -11,6 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cicada::{Error, Hash, Hooks, PeerConfig, SecureConfig, SwarmKey, SwarmPeer};
+use require::Need;
 use serde_json::Value;
 
 // ------------------------------------------------------------------ harness
@@ -764,10 +765,14 @@ fn a_graceful_leave_loses_nothing_that_was_acknowledged() {
 }
 
 /// An nftables table that drops UDP on loopback between two sets of ports,
-/// deleted on drop. `None` (and a loud SKIPPED) without root or `nft`.
+/// deleted on drop. `None` when the test has to skip (need `nft`: root and
+/// `nft`).
 struct Partition {
     table: String,
 }
+
+/// The test that cuts the ring with a [`Partition`].
+const PARTITION_TEST: &str = "a_partition_between_processes_heals_into_one_ring";
 
 impl Partition {
     fn new(a: &[u16], b: &[u16]) -> Option<Partition> {
@@ -795,7 +800,7 @@ impl Partition {
         {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("SKIPPED: partition test needs nftables (`nft`): {e}");
+                require::skip(Need::Nft, PARTITION_TEST, format!("cannot run `nft`: {e}"));
                 return None;
             }
         };
@@ -805,14 +810,18 @@ impl Partition {
         match child.wait_with_output() {
             Ok(o) if o.status.success() => Some(Partition { table }),
             Ok(o) => {
-                eprintln!(
-                    "SKIPPED: partition test could not install nftables rules (root needed): {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
+                require::skip(
+                    Need::Nft,
+                    PARTITION_TEST,
+                    format!(
+                        "nft could not install the drop rules (root needed): {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
                 );
                 None
             }
             Err(e) => {
-                eprintln!("SKIPPED: nft failed: {e}");
+                require::skip(Need::Nft, PARTITION_TEST, format!("nft failed: {e}"));
                 None
             }
         }
@@ -1566,8 +1575,12 @@ fn blocking_facade_wraps_the_async_peer() {
 #[tokio::test]
 async fn ipv6_peers_join_when_the_host_has_ipv6() {
     let any6: SocketAddr = "[::1]:0".parse().unwrap();
-    if std::net::UdpSocket::bind(any6).is_err() {
-        eprintln!("no IPv6 loopback here: skipped");
+    if let Err(e) = std::net::UdpSocket::bind(any6) {
+        require::skip(
+            Need::Ipv6,
+            "ipv6_peers_join_when_the_host_has_ipv6",
+            format!("cannot bind [::1]: {e}"),
+        );
         return;
     }
     let mut a = SwarmPeer::with_config(fast(), Hooks::new());
@@ -1855,14 +1868,17 @@ fn a_std_socket_peer_interoperates_with_tokio_peers() {
 
 // ------------------------------------------- a peer behind NAT (the NAT lab)
 
-#[path = "support/natlab.rs"]
-mod natlab;
+#[path = "support/require.rs"]
+mod require;
+
+#[path = "support/netlab.rs"]
+mod netlab;
 
 #[path = "swarm/ouroboros.rs"]
 mod ouroboros;
 
 /// Starts `cicada node` inside the lab's `role` namespace.
-fn node_in(lab: &natlab::Lab, role: &str, port: u16, extra: &[&str]) -> Node {
+fn node_in(lab: &netlab::Lab, role: &str, port: u16, extra: &[&str]) -> Node {
     let mut cmd = lab.exec(role);
     cmd.arg(env!("CARGO_BIN_EXE_cicada"))
         .arg("node")
@@ -1896,9 +1912,10 @@ fn exchange(a: &mut Node, b: &Node, text: &str) {
 #[test]
 fn a_peer_behind_nat_maps_its_port_and_swarms_with_the_internet() {
     let _g = heavy();
-    let Some(lab) = natlab::Lab::up("a_peer_behind_nat_maps_its_port", &[]) else {
+    let Some(lab) = netlab::Lab::up("a_peer_behind_nat_maps_its_port", &[]) else {
         return;
     };
+    let mapped = |port: u16| lab.mappings("gw1").contains(&format!("dport {port} "));
     for lan_bootstraps in [true, false] {
         let (lan_port, wan_port) = if lan_bootstraps {
             (41000, 41001)
@@ -1906,21 +1923,21 @@ fn a_peer_behind_nat_maps_its_port_and_swarms_with_the_internet() {
             (42000, 42001)
         };
         let lan_bind = format!("0.0.0.0:{lan_port}");
-        let wan_bind = format!("198.18.0.1:{wan_port}");
+        let wan_bind = format!("{}:{wan_port}", lab.ip("pub1"));
         let (mut lan, mut wan) = if lan_bootstraps {
-            let lan = node_in(&lab, "lan1", lan_port, &["--bind", &lan_bind, "--map"]);
+            let lan = node_in(&lab, "lan1-1", lan_port, &["--bind", &lan_bind, "--map"]);
             let wan = node_in(
                 &lab,
-                "wan",
+                "pub1",
                 wan_port,
                 &["--bind", &wan_bind, "--join", &lan.addr],
             );
             (lan, wan)
         } else {
-            let wan = node_in(&lab, "wan", wan_port, &["--bind", &wan_bind]);
+            let wan = node_in(&lab, "pub1", wan_port, &["--bind", &wan_bind]);
             let lan = node_in(
                 &lab,
-                "lan1",
+                "lan1-1",
                 lan_port,
                 &["--bind", &lan_bind, "--map", "--join", &wan.addr],
             );
@@ -1928,7 +1945,7 @@ fn a_peer_behind_nat_maps_its_port_and_swarms_with_the_internet() {
         };
         // The peer behind the NAT is known by the gateway's address.
         assert!(
-            lan.addr.starts_with("198.18.0.2:"),
+            lan.addr.starts_with(&format!("{}:", lab.ip("gw1"))),
             "lan peer announces {}",
             lan.addr
         );
@@ -1939,10 +1956,7 @@ fn a_peer_behind_nat_maps_its_port_and_swarms_with_the_internet() {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        assert!(
-            lab.status().contains(&format!("dport {port}")),
-            "no DNAT rule for {port}"
-        );
+        assert!(mapped(port), "no DNAT rule for {port}");
         for n in [&lan, &wan] {
             assert!(n
                 .wait_for(0, Duration::from_secs(10), is("joined"))
@@ -1968,13 +1982,10 @@ fn a_peer_behind_nat_maps_its_port_and_swarms_with_the_internet() {
         // A graceful exit removes the mapping from the gateway.
         lan.cmd("quit");
         let gone = Instant::now() + Duration::from_secs(10);
-        while lab.status().contains(&format!("dport {port}")) && Instant::now() < gone {
+        while mapped(port) && Instant::now() < gone {
             thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            !lab.status().contains(&format!("dport {port}")),
-            "mapping left behind"
-        );
+        assert!(!mapped(port), "mapping left behind");
         wan.cmd("quit");
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests against a real IRMd (`.ci/ouroboros.sh up` starts one
-//! with `local_layer`). Where Ouroboros is missing, each test prints a line
-//! starting with `SKIPPED:` to stderr and returns.
+//! with `local_layer`). Where Ouroboros is missing, each test skips through
+//! `tests/support/require.rs` (need `ouroboros`): a loud SKIPPED line, or a
+//! failure under `CICADA_REQUIRE`.
 //!
 //! Most tests talk to a helper process: this test binary started again with
 //! `--ignored --exact helpers::<mode>` and the `CICADA_OURO_HELPER_*`
@@ -30,7 +31,7 @@ const T: Option<Duration> = Some(Duration::from_secs(10));
 /// of one process.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Returns None (after a loud SKIPPED line) when Ouroboros is not usable,
+/// Returns None (after `skipped`) when Ouroboros is not usable,
 /// else the turn of the calling test.
 fn ready(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     if !ready_inner(test) {
@@ -41,37 +42,40 @@ fn ready(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
 
 fn ready_inner(test: &str) -> bool {
     if !cicada_ouroboros::irmd_running() {
-        skipped(format_args!("{test}: no IRMd answers on {} (Ouroboros not installed or irmd not started; run .ci/ouroboros.sh up)",
+        skipped(test, format_args!("no IRMd answers on {} (Ouroboros not installed or irmd not started; run .ci/ouroboros.sh up)",
             cicada_ouroboros::IRM_SOCK_PATH
         ));
         return false;
     }
     if let Err(e) = cicada_ouroboros::check() {
-        skipped(format_args!(
-            "{test}: {} not usable: {e}",
-            cicada_ouroboros::DEV_SONAME
-        ));
+        skipped(
+            test,
+            format_args!("{} not usable: {e}", cicada_ouroboros::DEV_SONAME),
+        );
         return false;
     }
     match cicada_ouroboros::list_ipcps() {
         Ok(l) if l.iter().any(|i| i.layer == LAYER) => true,
         Ok(_) => {
-            skipped(format_args!(
-                "{test}: no IPCP in layer {LAYER} (run .ci/ouroboros.sh up)"
-            ));
+            skipped(
+                test,
+                format_args!("no IPCP in layer {LAYER} (run .ci/ouroboros.sh up)"),
+            );
             false
         }
         Err(e) => {
-            skipped(format_args!("{test}: cannot list IPCPs: {e}"));
+            skipped(test, format_args!("cannot list IPCPs: {e}"));
             false
         }
     }
 }
 
-/// Prints a SKIPPED line straight to the process's stderr (not captured by
-/// the test harness, so it shows in every run).
-fn skipped(msg: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
+#[path = "../../tests/support/require.rs"]
+mod require;
+
+/// `test` cannot run: Ouroboros (or a part of it) is missing.
+fn skipped(test: &str, why: std::fmt::Arguments<'_>) {
+    require::skip(require::Need::Ouroboros, test, why);
 }
 
 fn unique(tag: &str) -> String {
@@ -647,9 +651,10 @@ fn rust_client_to_c_oecho_server() {
         return;
     };
     let Some(oecho) = which("oecho") else {
-        skipped(format_args!(
-            "rust_client_to_c_oecho_server: C oecho not installed"
-        ));
+        skipped(
+            "rust_client_to_c_oecho_server",
+            format_args!("the C oecho is not installed"),
+        );
         return;
     };
     let name = unique("c-oecho");
@@ -682,9 +687,10 @@ fn c_oecho_client_to_rust_server() {
         return;
     };
     let Some(oecho) = which("oecho") else {
-        skipped(format_args!(
-            "c_oecho_client_to_rust_server: C oecho not installed"
-        ));
+        skipped(
+            "c_oecho_client_to_rust_server",
+            format_args!("the C oecho is not installed"),
+        );
         return;
     };
     // The C client always calls the name "oecho".
@@ -741,9 +747,10 @@ fn flow_join_broadcast_layer_between_processes() {
     match cicada_ouroboros::list_ipcps() {
         Ok(l) if l.iter().any(|i| i.layer == BC_LAYER) => {}
         _ => {
-            skipped(format_args!(
-                "flow_join_broadcast_layer_between_processes: no broadcast IPCP in layer {BC_LAYER} (run .ci/ouroboros.sh up)"
-            ));
+            skipped(
+                "flow_join_broadcast_layer_between_processes",
+                format_args!("no broadcast IPCP in layer {BC_LAYER} (run .ci/ouroboros.sh up)"),
+            );
             return;
         }
     }

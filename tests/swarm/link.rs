@@ -7,6 +7,25 @@ use std::time::Duration;
 
 use cicada::{Gro, Link, UdpLink};
 
+use super::require::{self, Need};
+
+/// Whether `link` sends with segmentation offload (Linux, 64 datagrams a
+/// call); where it does not, `test`'s offload checks are skipped (need `gso`).
+fn offload<L: Link>(link: &L, test: &str) -> bool {
+    let here = cfg!(target_os = "linux") && link.max_segments() >= 64;
+    if !here {
+        require::skip(
+            Need::Gso,
+            test,
+            format!(
+                "no UDP segmentation offload on loopback (a link sends {} datagram(s) a call)",
+                link.max_segments()
+            ),
+        );
+    }
+    here
+}
+
 async fn link() -> UdpLink {
     UdpLink::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -49,9 +68,14 @@ async fn roundtrip(count: usize, size: usize, last: usize) {
             .is_err(),
         "no datagram more than sent"
     );
-    if cfg!(all(target_os = "linux", target_pointer_width = "64"))
-        && std::env::var_os("CICADA_UDP_GSO").is_none()
-    {
+    let gso_off = std::env::var_os("CICADA_UDP_GSO").is_some();
+    if gso_off || !cfg!(all(target_os = "linux", target_pointer_width = "64")) {
+        require::skip(
+            Need::Gso,
+            "segments_arrive_as_the_datagrams_sent",
+            "offload checks: not 64-bit Linux, or CICADA_UDP_GSO is set",
+        );
+    } else {
         // Linux on loopback takes segmented sends: the link must not have
         // fallen back (a malformed control message is refused with EINVAL).
         assert_eq!(tx.max_segments(), 64, "segmentation offload was refused");
@@ -114,7 +138,10 @@ async fn a_run_is_received_whole_or_after_a_single_receive_one_by_one() {
         got.extend(buf[..len].chunks(stride).map(<[u8]>::to_vec));
     }
     assert_eq!(got, datagrams, "the run as sent, in order");
-    if cfg!(target_os = "linux") && tx.max_segments() > 1 {
+    if offload(
+        &tx,
+        "a_run_is_received_whole_or_after_a_single_receive_one_by_one",
+    ) {
         assert_eq!(rx.coalesced(), 12, "the run came in one receive");
     }
 
@@ -150,7 +177,11 @@ async fn a_run_is_received_whole_or_after_a_single_receive_one_by_one() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_burst_of_sends_leaves_in_runs() {
     if !cfg!(target_os = "linux") || std::env::var_os("CICADA_UDP_GSO").is_some_and(|v| v == "0") {
-        eprintln!("SKIPPED: segmented UDP sends are off here");
+        require::skip(
+            Need::Gso,
+            "a_burst_of_sends_leaves_in_runs",
+            "segmented UDP sends are off here (not Linux, or CICADA_UDP_GSO=0)",
+        );
         return;
     }
     let peers = super::swarm(2, super::fast()).await;
@@ -227,8 +258,10 @@ async fn burst(tx: &UdpLink, to: SocketAddr, first: usize, count: usize) {
 #[tokio::test]
 async fn adaptive_gro_goes_on_at_the_first_burst_and_loses_nothing() {
     let tx = link().await;
-    if !cfg!(target_os = "linux") || tx.max_segments() < 64 {
-        eprintln!("SKIPPED: no segmentation offload here");
+    if !offload(
+        &tx,
+        "adaptive_gro_goes_on_at_the_first_burst_and_loses_nothing",
+    ) {
         return;
     }
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -371,7 +404,7 @@ async fn keyed_links_send_and_open_runs_whole() {
         }
     }
     assert_eq!(got, datagrams, "the run as sent, in order");
-    if cfg!(target_os = "linux") && a.max_segments() > 1 {
+    if offload(&*a, "keyed_links_send_and_open_runs_whole") {
         assert!(
             most > 1,
             "a coalesced run was opened one datagram at a time"

@@ -1,6 +1,7 @@
 //! The swarm over Ouroboros flows: `cicada node --ouroboros` processes
-//! against a real IRMd (loudly SKIPPED where none answers), and the fallback
-//! to UDP when Ouroboros is unavailable (runs everywhere).
+//! against a real IRMd (skipped through `require`, need `ouroboros`, where
+//! none answers), and the fallback to UDP when Ouroboros is unavailable
+//! (runs everywhere).
 //!
 //! All the node processes run as the same user, so Ouroboros 0.23 gives
 //! them direct shared-memory flows: the layer resolves the name and sets the
@@ -8,17 +9,19 @@
 
 use super::*;
 
-/// Whether an IRMd answers; prints the SKIPPED line when not.
+/// Whether an IRMd answers; where none does, `test` skips (need
+/// `ouroboros`, see `tests/support/require.rs`).
 fn irmd_or_skip(test: &str) -> bool {
     if cicada::ouroboros::irmd_running() {
         return true;
     }
-    // Straight to the process's stderr (not captured by the harness), so
-    // that it shows in every run.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {test}: no Ouroboros IRMd answers on {} (start one with .ci/ouroboros.sh up)",
-        cicada::ouroboros::IRM_SOCK_PATH
+    require::skip(
+        require::Need::Ouroboros,
+        test,
+        format_args!(
+            "no Ouroboros IRMd answers on {} (start one with .ci/ouroboros.sh up)",
+            cicada::ouroboros::IRM_SOCK_PATH
+        ),
     );
     false
 }

@@ -1,16 +1,17 @@
 //! Port mapping against a real `miniupnpd`, in the network namespaces of
-//! `shared/netlab/natlab` (see its README).
+//! the project's lab, `scripts/netlab` (see docs/testing.md).
 //!
 //! Each `#[test]` here brings up its own lab (a unique prefix), then runs
 //! this very test binary inside the lab's namespaces: the `#[ignore]`d
-//! `agent` test in `lan1`/`lan2` maps a port and serves an echo on it,
-//! driven by commands on its stdin; the `#[ignore]`d `probe` test in `wan`
-//! sends to the gateway's external address and checks the answer (or the
-//! silence). The lab is torn down when the test ends, whatever happens.
+//! `agent` test in `lan1-1`/`lan1-2` (behind gateway `gw1`) maps a port and
+//! serves an echo on it, driven by commands on its stdin; the `#[ignore]`d
+//! `probe` test in `pub1` sends to the gateway's external address and checks
+//! the answer (or the silence). The lab is torn down when the test ends,
+//! whatever happens.
 //!
-//! Without root, `ip netns`, natlab or miniupnpd, each test prints a line
-//! starting with `SKIPPED:` and passes. When the lab can be built, every
-//! check is real.
+//! Where the lab cannot be built (not root, no `ip netns`, nftables or
+//! miniupnpd), each test skips through `tests/support/require.rs` (need
+//! `netlab`): a loud SKIPPED line, or a failure under `CICADA_REQUIRE`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -25,23 +26,31 @@ use traversal::{blocking, Error, Options, PortMapping, Protocol};
 const AGENT_ENV: &str = "TV_AGENT";
 /// The environment variable that carries a probe's instructions.
 const PROBE_ENV: &str = "TV_PROBE";
-/// The gateway's external address in every lab.
-const GW_WAN_IP: &str = "198.18.0.2";
-const LAN1_IP: &str = "198.19.0.11";
-
 // ----------------------------------------------------------------------------- the lab
 
-#[path = "../../tests/support/natlab.rs"]
-mod natlab;
-use natlab::Lab;
+#[path = "../../tests/support/require.rs"]
+mod require;
+
+#[path = "../../tests/support/netlab.rs"]
+mod netlab;
+use netlab::Lab;
+
+/// The LAN hosts the agents run on, behind `gw1`; the probes run on `pub1`.
+const LAN1: &str = "lan1-1";
+const LAN2: &str = "lan1-2";
 
 impl Lab {
-    /// The gateway's DNAT rules, as (protocol, external port, target).
+    /// The gateway's external address.
+    fn gw_ip(&self) -> &str {
+        self.ip("gw1")
+    }
+
+    /// `gw1`'s DNAT rules, as (protocol, external port, target).
     fn rules(&self) -> Vec<(Protocol, u16, String)> {
-        let status = self.status();
+        let mappings = self.mappings("gw1");
         let mut rules = Vec::new();
-        for line in status.lines().filter(|l| l.contains("dnat")) {
-            // iif "wan0" @nh,72,8 0x11 th dport 4000 dnat ip to 198.19.0.11:4000
+        for line in mappings.lines().filter(|l| l.contains("dnat")) {
+            // iif "wan0" @nh,72,8 0x11 th dport 4000 dnat ip to 10.0.1.11:4000
             let words: Vec<&str> = line.split_whitespace().collect();
             let after = |w: &str| {
                 words
@@ -69,7 +78,7 @@ impl Lab {
             .any(|(p, e, _)| *p == protocol && *e == port)
     }
 
-    /// Runs a probe from `wan` to `target`; panics (with its output) if the
+    /// Runs a probe from `pub1` to `target`; panics (with its output) if the
     /// probe does not see what `expect` says.
     fn probe(&self, protocol: Protocol, target: SocketAddr, expect: &str) {
         let spec = format!(
@@ -77,7 +86,7 @@ impl Lab {
             proto_name(protocol)
         );
         let out = self
-            .exec_self("wan", "probe")
+            .exec_self("pub1", "probe")
             .env(PROBE_ENV, &spec)
             .output()
             .expect("run the probe");
@@ -232,52 +241,61 @@ impl Drop for Agent {
 
 // ----------------------------------------------------------------------------- the tests
 
-/// UPnP IGD maps a UDP and a TCP port of lan1; wan reaches both through
+/// UPnP IGD maps a UDP and a TCP port of lan1-1; pub1 reaches both through
 /// the external address and gets the answers back. Closing the UDP mapping
-/// and dropping the TCP one remove their DNAT rules, and new flows from wan
+/// and dropping the TCP one remove their DNAT rules, and new flows from pub1
 /// no longer arrive.
 #[test]
 fn upnp_maps_udp_and_tcp_and_removes_them() {
     let Some(lab) = Lab::up("upnp_maps_udp_and_tcp_and_removes_them", &[]) else {
         return;
     };
-    let mut udp = Agent::spawn(&lab, "lan1", "proto=udp port=41000");
-    let mut tcp = Agent::spawn(&lab, "lan1", "proto=tcp port=41001");
+    let (gw, lan1) = (lab.gw_ip(), lab.ip(LAN1));
+    let mut udp = Agent::spawn(&lab, LAN1, "proto=udp port=41000");
+    let mut tcp = Agent::spawn(&lab, LAN1, "proto=tcp port=41001");
     let (method, u_ext, u_local) = udp.mapped();
     assert_eq!(method, "upnp");
-    assert_eq!(u_ext, format!("{GW_WAN_IP}:41000").parse().unwrap());
-    assert_eq!(u_local, format!("{LAN1_IP}:41000").parse().unwrap());
+    assert_eq!(u_ext, format!("{gw}:41000").parse().unwrap());
+    assert_eq!(u_local, format!("{lan1}:41000").parse().unwrap());
     let (method, t_ext, t_local) = tcp.mapped();
     assert_eq!(method, "upnp");
-    assert_eq!(t_ext, format!("{GW_WAN_IP}:41001").parse().unwrap());
-    assert_eq!(t_local, format!("{LAN1_IP}:41001").parse().unwrap());
+    assert_eq!(t_ext, format!("{gw}:41001").parse().unwrap());
+    assert_eq!(t_local, format!("{lan1}:41001").parse().unwrap());
 
     let rules = lab.rules();
     assert!(
-        rules.contains(&(Protocol::Udp, 41000, format!("{LAN1_IP}:41000"))),
+        rules.contains(&(Protocol::Udp, 41000, format!("{lan1}:41000"))),
         "{rules:?}"
     );
     assert!(
-        rules.contains(&(Protocol::Tcp, 41001, format!("{LAN1_IP}:41001"))),
+        rules.contains(&(Protocol::Tcp, 41001, format!("{lan1}:41001"))),
         "{rules:?}"
     );
-    lab.probe(Protocol::Udp, u_ext, "reply:lan1");
-    lab.probe(Protocol::Tcp, t_ext, "reply:lan1");
+    lab.probe(Protocol::Udp, u_ext, "reply:lan1-1");
+    lab.probe(Protocol::Tcp, t_ext, "reply:lan1-1");
 
     udp.send("close");
     let kv = udp.expect("CLOSED", Duration::from_secs(10));
     assert_eq!(kv.get("ok").map(String::as_str), Some("true"), "{kv:?}");
-    assert!(!lab.has_rule(Protocol::Udp, 41000), "{}", lab.status());
+    assert!(
+        !lab.has_rule(Protocol::Udp, 41000),
+        "{}",
+        lab.mappings("gw1")
+    );
     lab.probe(Protocol::Udp, u_ext, "silence");
 
     tcp.send("drop");
     tcp.expect("DROPPED", Duration::from_secs(10));
-    assert!(!lab.has_rule(Protocol::Tcp, 41001), "{}", lab.status());
+    assert!(
+        !lab.has_rule(Protocol::Tcp, 41001),
+        "{}",
+        lab.mappings("gw1")
+    );
     lab.probe(Protocol::Tcp, t_ext, "silence");
 
     // Refusals: miniupnpd's rules deny external ports below 1024 (606), and
     // 2869 is its own HTTP port (729), for which we take another port.
-    let denied = Agent::spawn(&lab, "lan1", "proto=udp port=41002 ext=80 methods=upnp");
+    let denied = Agent::spawn(&lab, LAN1, "proto=udp port=41002 ext=80 methods=upnp");
     let kv = denied.expect("ERROR", Duration::from_secs(30));
     let message = denied.expect_line("MESSAGE", Duration::from_secs(5));
     eprintln!("UPnP, external port 80: {message}");
@@ -287,43 +305,44 @@ fn upnp_maps_udp_and_tcp_and_removes_them() {
         "{message}"
     );
     assert!(message.contains("Action not authorized"), "{message}");
-    let busy = Agent::spawn(&lab, "lan1", "proto=tcp port=41003 ext=2869 methods=upnp");
+    let busy = Agent::spawn(&lab, LAN1, "proto=tcp port=41003 ext=2869 methods=upnp");
     let (method, b_ext, _) = busy.mapped();
     assert_eq!(method, "upnp");
     assert_ne!(b_ext.port(), 2869);
     assert!(
         lab.has_rule(Protocol::Tcp, b_ext.port()),
         "{}",
-        lab.status()
+        lab.mappings("gw1")
     );
-    lab.probe(Protocol::Tcp, b_ext, "reply:lan1");
+    lab.probe(Protocol::Tcp, b_ext, "reply:lan1-1");
 }
 
 /// With UPnP off, NAT-PMP maps UDP (async type) and TCP (blocking type);
-/// a short lease is renewed; lan2 asking for the same port gets another
+/// a short lease is renewed; lan1-2 asking for the same port gets another
 /// one; removal works.
 #[test]
 fn natpmp_maps_when_upnp_is_off() {
-    let Some(lab) = Lab::up("natpmp_maps_when_upnp_is_off", &[("NATLAB_UPNP", "no")]) else {
+    let Some(lab) = Lab::up("natpmp_maps_when_upnp_is_off", &[("NETLAB_UPNP", "no")]) else {
         return;
     };
+    let (gw, lan1) = (lab.gw_ip(), lab.ip(LAN1));
     let started = Instant::now();
-    let mut udp = Agent::spawn(&lab, "lan1", "proto=udp port=42000 lease=2");
-    let mut tcp = Agent::spawn(&lab, "lan1", "proto=tcp port=42001 blocking=yes");
-    let udp2 = Agent::spawn(&lab, "lan2", "proto=udp port=42000");
+    let mut udp = Agent::spawn(&lab, LAN1, "proto=udp port=42000 lease=2");
+    let mut tcp = Agent::spawn(&lab, LAN1, "proto=tcp port=42001 blocking=yes");
+    let udp2 = Agent::spawn(&lab, LAN2, "proto=udp port=42000");
     let (method, u_ext, u_local) = udp.mapped();
     assert_eq!(method, "natpmp");
-    assert_eq!(u_ext.ip().to_string(), GW_WAN_IP);
-    assert_eq!(u_local, format!("{LAN1_IP}:42000").parse().unwrap());
+    assert_eq!(u_ext.ip().to_string(), gw);
+    assert_eq!(u_local, format!("{lan1}:42000").parse().unwrap());
     let (method, t_ext, _) = tcp.mapped();
     assert_eq!(method, "natpmp");
-    assert_eq!(t_ext, format!("{GW_WAN_IP}:42001").parse().unwrap());
+    assert_eq!(t_ext, format!("{gw}:42001").parse().unwrap());
     let (method, u2_ext, _) = udp2.mapped();
     assert_eq!(method, "natpmp");
     assert_ne!(
         u2_ext.port(),
         u_ext.port(),
-        "lan1 and lan2 got the same external port"
+        "lan1-1 and lan1-2 got the same external port"
     );
     assert!(
         u_ext.port() == 42000 || u2_ext.port() == 42000,
@@ -334,44 +353,48 @@ fn natpmp_maps_when_upnp_is_off() {
         started.elapsed()
     );
 
-    lab.probe(Protocol::Udp, u_ext, "reply:lan1");
-    lab.probe(Protocol::Tcp, t_ext, "reply:lan1");
-    lab.probe(Protocol::Udp, u2_ext, "reply:lan2");
+    lab.probe(Protocol::Udp, u_ext, "reply:lan1-1");
+    lab.probe(Protocol::Tcp, t_ext, "reply:lan1-1");
+    lab.probe(Protocol::Udp, u2_ext, "reply:lan1-2");
 
     // The 2 s lease must be renewed: after 4 lease periods a new flow still gets through.
     std::thread::sleep(Duration::from_secs(8));
     assert!(
         lab.has_rule(Protocol::Udp, u_ext.port()),
         "{}",
-        lab.status()
+        lab.mappings("gw1")
     );
-    lab.probe(Protocol::Udp, u_ext, "reply:lan1");
+    lab.probe(Protocol::Udp, u_ext, "reply:lan1-1");
 
     udp.send("drop");
     udp.expect("DROPPED", Duration::from_secs(10));
     assert!(
         !lab.has_rule(Protocol::Udp, u_ext.port()),
         "{}",
-        lab.status()
+        lab.mappings("gw1")
     );
     lab.probe(Protocol::Udp, u_ext, "silence");
 
     tcp.send("close");
     let kv = tcp.expect("CLOSED", Duration::from_secs(10));
     assert_eq!(kv.get("ok").map(String::as_str), Some("true"), "{kv:?}");
-    assert!(!lab.has_rule(Protocol::Tcp, 42001), "{}", lab.status());
+    assert!(
+        !lab.has_rule(Protocol::Tcp, 42001),
+        "{}",
+        lab.mappings("gw1")
+    );
     lab.probe(Protocol::Tcp, t_ext, "silence");
-    // lan2's mapping is untouched by lan1's removal.
-    lab.probe(Protocol::Udp, u2_ext, "reply:lan2");
+    // lan1-2's mapping is untouched by lan1-1's removal.
+    lab.probe(Protocol::Udp, u2_ext, "reply:lan1-2");
 
     // miniupnpd's rules only allow ports 1024-65535. Asked for external port
     // 80, NAT-PMP picks an allowed one itself; for internal port 500 there is
     // none, and it refuses with result code 2.
-    let moved = Agent::spawn(&lab, "lan1", "proto=udp port=42003 ext=80 methods=natpmp");
+    let moved = Agent::spawn(&lab, LAN1, "proto=udp port=42003 ext=80 methods=natpmp");
     let (_, m_ext, _) = moved.mapped();
     assert!(m_ext.port() >= 1024, "{m_ext}");
-    lab.probe(Protocol::Udp, m_ext, "reply:lan1");
-    let denied = Agent::spawn(&lab, "lan1", "proto=udp port=500 methods=natpmp");
+    lab.probe(Protocol::Udp, m_ext, "reply:lan1-1");
+    let denied = Agent::spawn(&lab, LAN1, "proto=udp port=500 methods=natpmp");
     let kv = denied.expect("ERROR", Duration::from_secs(30));
     let message = denied.expect_line("MESSAGE", Duration::from_secs(5));
     eprintln!("NAT-PMP, internal port 500: {message}");
@@ -388,11 +411,11 @@ fn natpmp_maps_when_upnp_is_off() {
 fn no_mapping_service_fails_clearly_and_quickly() {
     let Some(lab) = Lab::up(
         "no_mapping_service_fails_clearly_and_quickly",
-        &[("NATLAB_UPNP", "no"), ("NATLAB_NATPMP", "no")],
+        &[("NETLAB_UPNP", "no"), ("NETLAB_NATPMP", "no")],
     ) else {
         return;
     };
-    let agent = Agent::spawn(&lab, "lan1", "proto=udp port=43000");
+    let agent = Agent::spawn(&lab, LAN1, "proto=udp port=43000");
     let kv = agent.expect("ERROR", Duration::from_secs(30));
     let ms: u64 = kv["ms"].parse().expect("ms");
     let message = agent.expect_line("MESSAGE", Duration::from_secs(5));
@@ -404,7 +427,7 @@ fn no_mapping_service_fails_clearly_and_quickly() {
     assert!(lab.rules().is_empty());
 }
 
-/// UPnP: a 2 s lease is renewed for several periods; lan1 and lan2 asking
+/// UPnP: a 2 s lease is renewed for several periods; lan1-1 and lan1-2 asking
 /// for the same external port both get working, different ports.
 #[test]
 fn upnp_renews_short_leases_and_shares_a_port_between_hosts() {
@@ -414,32 +437,45 @@ fn upnp_renews_short_leases_and_shares_a_port_between_hosts() {
     ) else {
         return;
     };
-    let lan1 = Agent::spawn(&lab, "lan1", "proto=udp port=44000 lease=2");
+    let lan1_ip = lab.ip(LAN1);
+    let lan1 = Agent::spawn(&lab, LAN1, "proto=udp port=44000 lease=2");
     let (method, ext1, _) = lan1.mapped();
     assert_eq!(method, "upnp");
     assert_eq!(ext1.port(), 44000);
-    let lan2 = Agent::spawn(&lab, "lan2", "proto=udp port=44000 lease=2");
+    let lan2 = Agent::spawn(&lab, LAN2, "proto=udp port=44000 lease=2");
     let (method, ext2, local2) = lan2.mapped();
     assert_eq!(method, "upnp");
     assert_ne!(ext2.port(), 44000, "lan2 got the port lan1 holds");
-    assert_eq!(local2, "198.19.0.12:44000".parse().unwrap());
+    assert_eq!(local2, format!("{}:44000", lab.ip(LAN2)).parse().unwrap());
     let rules = lab.rules();
     assert!(
-        rules.contains(&(Protocol::Udp, 44000, format!("{LAN1_IP}:44000"))),
+        rules.contains(&(Protocol::Udp, 44000, format!("{lan1_ip}:44000"))),
         "{rules:?}"
     );
     assert!(
-        rules.contains(&(Protocol::Udp, ext2.port(), "198.19.0.12:44000".into())),
+        rules.contains(&(
+            Protocol::Udp,
+            ext2.port(),
+            format!("{}:44000", lab.ip(LAN2))
+        )),
         "{rules:?}"
     );
-    lab.probe(Protocol::Udp, ext1, "reply:lan1");
-    lab.probe(Protocol::Udp, ext2, "reply:lan2");
+    lab.probe(Protocol::Udp, ext1, "reply:lan1-1");
+    lab.probe(Protocol::Udp, ext2, "reply:lan1-2");
 
     std::thread::sleep(Duration::from_secs(8));
-    assert!(lab.has_rule(Protocol::Udp, 44000), "{}", lab.status());
-    assert!(lab.has_rule(Protocol::Udp, ext2.port()), "{}", lab.status());
-    lab.probe(Protocol::Udp, ext1, "reply:lan1");
-    lab.probe(Protocol::Udp, ext2, "reply:lan2");
+    assert!(
+        lab.has_rule(Protocol::Udp, 44000),
+        "{}",
+        lab.mappings("gw1")
+    );
+    assert!(
+        lab.has_rule(Protocol::Udp, ext2.port()),
+        "{}",
+        lab.mappings("gw1")
+    );
+    lab.probe(Protocol::Udp, ext1, "reply:lan1-1");
+    lab.probe(Protocol::Udp, ext2, "reply:lan1-2");
 }
 
 // ----------------------------------------------------------------------------- inside the lab
@@ -486,7 +522,7 @@ fn agent() {
         _ => {}
     }
     let blocking = kv.get("blocking").is_some_and(|v| v == "yes");
-    let role = std::env::var("NATLAB_ROLE").unwrap_or_else(|_| "?".into());
+    let role = std::env::var("NETLAB_ROLE").unwrap_or_else(|_| "?".into());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
         serve_echo(protocol, port, role).await;
@@ -621,7 +657,7 @@ async fn serve_echo(protocol: Protocol, port: u16, role: String) {
     }
 }
 
-/// Inside the lab, in `wan`: sends to `TV_PROBE`'s target from a fresh
+/// Inside the lab, in `pub1`: sends to `TV_PROBE`'s target from a fresh
 /// source port and checks for `expect=reply:ROLE` or `expect=silence`.
 #[test]
 #[ignore = "runs inside the NAT lab, started by the other tests"]
