@@ -23,7 +23,6 @@
 //!   `sym(…)` load whose symbol is not the one the table checks.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::io::Write as _;
 use std::mem::{align_of, offset_of, size_of};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -561,21 +560,16 @@ fn c_program(items: &[Item]) -> String {
     s
 }
 
-/// Skips the test with a loud line on stderr, or fails it when the
-/// environment variable `CICADA_REQUIRE` lists `ouroboros` or `all`.
+/// Everything a test may skip for, and the one way to skip: the module
+/// the integration tests share (`tests/support/require.rs`).
+#[path = "../../../tests/support/require.rs"]
+#[allow(dead_code)]
+mod require;
+
+/// Skips the check (or fails it, where `CICADA_REQUIRE` demands
+/// Ouroboros): the headers or `cc` are missing.
 fn skip_or_fail(reason: &str) {
-    let required = std::env::var("CICADA_REQUIRE").unwrap_or_default();
-    if required
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .any(|r| r == "ouroboros" || r == "all")
-    {
-        panic!("{reason} (requirement: ouroboros, required by CICADA_REQUIRE={required:?})");
-    }
-    // Straight to the process's stderr: the harness does not capture it.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {reason} (requirement: ouroboros)"
-    );
+    require::skip(require::Need::Ouroboros, "abi_check", reason);
 }
 
 /// A scratch directory, removed on drop.
