@@ -563,7 +563,6 @@ fn c_program(items: &[Item]) -> String {
 /// Everything a test may skip for, and the one way to skip: the module
 /// the integration tests share (`tests/support/require.rs`).
 #[path = "../../../tests/support/require.rs"]
-#[allow(dead_code)]
 mod require;
 
 /// Skips the check (or fails it, where `CICADA_REQUIRE` demands
