@@ -2,7 +2,7 @@
 //! run here skips.
 //!
 //! Every test that depends on something outside the repository (an IRMd,
-//! root and the network lab, the kernel's netem, UDP segmentation offload,
+//! root and the network lab, nftables, UDP segmentation offload,
 //! IPv6) asks for it through [`skip`] when it is missing. Outside CI the test
 //! then prints a loud `SKIPPED [need]: test: why` line (past libtest's output
 //! capture) and passes. Where the environment variable `CICADA_REQUIRE`
@@ -12,7 +12,7 @@
 //! ```text
 //! CICADA_REQUIRE=all cargo test ...              every need is required
 //! CICADA_REQUIRE=ouroboros,netlab cargo test ... just these two
-//! CICADA_REQUIRE=all,-netem cargo test ...       all but netem
+//! CICADA_REQUIRE=all,-gso cargo test ...         all but gso
 //! ```
 //!
 //! [`NEEDS`] is the list of every skip condition in the test suites; the
@@ -33,9 +33,6 @@ pub enum Need {
     /// The project's network lab (`scripts/netlab`): root, `ip netns`,
     /// nftables, python3 and miniupnpd (Debian `miniupnpd-nftables`).
     Netlab,
-    /// The kernel's netem queueing discipline (`sch_netem`), for the lab's
-    /// delay and reordering knobs.
-    Netem,
     /// Root and `nft` on the test machine itself, for the swarm partition
     /// test's drop rules on loopback.
     Nft,
@@ -58,11 +55,6 @@ pub const NEEDS: &[(Need, &str, &str)] = &[
         Need::Netlab,
         "netlab",
         "traversal/tests/natlab.rs, tests/netlab.rs, the lab test in tests/swarm.rs",
-    ),
-    (
-        Need::Netem,
-        "netem",
-        "tests/netlab.rs (the netem delay test)",
     ),
     (Need::Nft, "nft", "tests/swarm.rs (the partition test)"),
     (Need::Gso, "gso", "tests/swarm/link.rs (the batching tests)"),

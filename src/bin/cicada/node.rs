@@ -10,6 +10,7 @@
 //! peers                     the routing state, successor and predecessor
 //! fingers                   the distinct fingers, nearest first
 //! stats                     the counters
+//! nat                       the NAT status (also printed whenever it changes)
 //! wait SECONDS
 //! hold SECONDS              stop reading received messages for SECONDS, as
 //!                           a slow application would (senders are held
@@ -31,7 +32,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cicada::{Hash, Hooks, PeerAddr, PeerConfig, SendTarget, SwarmPeer, Transport};
+use cicada::{
+    Hash, Hooks, NatMapping, NatStatus, PeerAddr, PeerConfig, SendTarget, SwarmPeer, Transport,
+};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -217,9 +220,14 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
         }
         None => me.addr,
     };
-    out.emit(json!({"event": "joined", "successor": successor.to_string()}));
+    let me = peer.me().map_err(|e| e.to_string())?;
+    out.emit(json!({
+        "event": "joined", "successor": successor.to_string(),
+        "id": me.id.to_string(), "addr": me.addr.to_string(),
+    }));
 
     let peer = Arc::new(peer);
+    tokio::spawn(watch_self(peer.clone(), out));
     let (hold, held) = watch::channel(Instant::now());
     tokio::spawn(receive(peer.clone(), out, held));
 
@@ -265,6 +273,61 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
     }
     out.emit(json!({"event": "closed"}));
     Ok(())
+}
+
+/// Prints an `address` event when this peer learns the address it is seen
+/// at (bound to all interfaces), and a `nat` event whenever its NAT status
+/// changes.
+async fn watch_self(peer: Arc<SwarmPeer>, out: Out) {
+    let mut me = peer.me().ok();
+    let mut nat = None;
+    loop {
+        let now = peer.me().ok();
+        if now != me {
+            if let Some(m) = &now {
+                out.emit(
+                    json!({"event": "address", "id": m.id.to_string(), "addr": m.addr.to_string()}),
+                );
+            }
+            me = now;
+        }
+        let status = peer.nat_status().ok();
+        if status != nat {
+            if let Some(s) = status {
+                out.emit(nat_event(s));
+            }
+            nat = status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The `nat` event for `s`.
+fn nat_event(s: NatStatus) -> serde_json::Value {
+    let (addr, mapping) = match s {
+        NatStatus::Public { addr } => (Some(addr), None),
+        NatStatus::Mapped { external } => (Some(external), None),
+        NatStatus::BehindNat { seen, mapping } => (
+            Some(seen),
+            Some(match mapping {
+                NatMapping::Unknown => "unknown",
+                NatMapping::EndpointIndependent => "endpoint-independent",
+                NatMapping::AddressDependent => "address-dependent",
+            }),
+        ),
+        NatStatus::Unknown | NatStatus::Named => (None, None),
+    };
+    let status = match s {
+        NatStatus::Unknown => "unknown",
+        NatStatus::Named => "named",
+        NatStatus::Public { .. } => "public",
+        NatStatus::Mapped { .. } => "mapped",
+        NatStatus::BehindNat { .. } => "nat",
+    };
+    json!({
+        "event": "nat", "status": status,
+        "addr": addr.map(|a| a.to_string()), "mapping": mapping,
+    })
 }
 
 /// Prints every message received, except while held (`hold SECONDS`):
@@ -524,6 +587,10 @@ async fn execute(
                     .collect();
                 out.emit(json!({"event": "fingers", "fingers": list}));
             }
+            Err(e) => out.error(e),
+        },
+        "nat" => match peer.nat_status() {
+            Ok(st) => out.emit(nat_event(st)),
             Err(e) => out.error(e),
         },
         "stats" => match peer.stats().await {
