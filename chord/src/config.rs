@@ -9,7 +9,7 @@ use std::time::Duration;
 /// The first two bytes of every Cicada datagram; anything else is not ours.
 pub const MAGIC: [u8; 2] = [0xC1, 0xCA];
 /// The wire-format version this core speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Largest datagram accepted or produced: the largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
 /// Largest node list accepted in one message: a successor list of the

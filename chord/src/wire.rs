@@ -641,10 +641,10 @@ mod tests {
         vec![
             (
                 Message::VersionMismatch(VersionMismatch { min: 1, max: 1 }),
-                "c1ca02000101",
+                "c1ca03000101",
             ),
-            (Message::Ping(Ping { txn: 300 }), "c1ca0201ac02"),
-            (Message::Pong(Ping { txn: 300 }), "c1ca0202ac02"),
+            (Message::Ping(Ping { txn: 300 }), "c1ca0301ac02"),
+            (Message::Pong(Ping { txn: 300 }), "c1ca0302ac02"),
             (
                 Message::GetNeighbors(GetNeighbors {
                     txn: 1,
@@ -652,7 +652,7 @@ mod tests {
                     notify: true,
                     want_fingers: false,
                 }),
-                "c1ca020301 20 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa070100",
+                "c1ca030301 20 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa070100",
             ),
             (
                 Message::Neighbors(Neighbors {
@@ -661,7 +661,7 @@ mod tests {
                     successors: vec![node(2, 2)],
                     fingers: vec![],
                 }),
-                "c1ca0204 02 01 20 0101010101010101010101010101010101010101010101010101010101010101 01 \
+                "c1ca0304 02 01 20 0101010101010101010101010101010101010101010101010101010101010101 01 \
                  01 20 0202020202020202020202020202020202020202020202020202020202020202 02 00",
             ),
             (
@@ -673,10 +673,10 @@ mod tests {
                     hops: 2,
                     joining: false,
                 }),
-                "c1ca0205 03 04 20 1010101010101010101010101010101010101010101010101010101010101010 \
+                "c1ca0305 03 04 20 1010101010101010101010101010101010101010101010101010101010101010 \
                  20 0505050505050505050505050505050505050505050505050505050505050505 05 02 00",
             ),
-            (Message::HopAck(HopAck { txn: 3 }), "c1ca020603"),
+            (Message::HopAck(HopAck { txn: 3 }), "c1ca030603"),
             (
                 Message::Found(Found {
                     lookup: 4,
@@ -684,7 +684,7 @@ mod tests {
                     owner: node(6, 6),
                     hops: 2,
                 }),
-                "c1ca0207 04 20 1010101010101010101010101010101010101010101010101010101010101010 \
+                "c1ca0307 04 20 1010101010101010101010101010101010101010101010101010101010101010 \
                  20 0606060606060606060606060606060606060606060606060606060606060606 06 02",
             ),
             (
@@ -693,7 +693,7 @@ mod tests {
                     predecessor: None,
                     successors: vec![],
                 }),
-                "c1ca0208 20 0909090909090909090909090909090909090909090909090909090909090909 00 00",
+                "c1ca0308 20 0909090909090909090909090909090909090909090909090909090909090909 00 00",
             ),
             (
                 Message::Data(Data {
@@ -711,7 +711,7 @@ mod tests {
                     },
                     payload: Bytes::from_static(b"hi"),
                 }),
-                "c1ca020a 01 02 20 0303030303030303030303030303030303030303030303030303030303030303 03 \
+                "c1ca030a 01 02 20 0303030303030303030303030303030303030303030303030303030303030303 03 \
                  20 0404040404040404040404040404040404040404040404040404040404040404 01 \
                  20 0000000000000000000000000000000000000000000000000000000000000000 05 01 00 01 6869",
             ),
@@ -720,27 +720,27 @@ mod tests {
                     owner: node(6, 6),
                     msgs: vec![Confirmed { msg: 2, hops: 3 }, Confirmed { msg: 300, hops: 1 }],
                 }),
-                "c1ca020b 20 0606060606060606060606060606060606060606060606060606060606060606 06 02 02 03 ac02 01",
+                "c1ca030b 20 0606060606060606060606060606060606060606060606060606060606060606 06 02 02 03 ac02 01",
             ),
             (
                 Message::Undeliverable(Undeliverable { msg: 2, reason: Refusal::NoSuchNode }),
-                "c1ca020c 02 00",
+                "c1ca030c 02 00",
             ),
             (
                 Message::Undeliverable(Undeliverable { msg: 3, reason: Refusal::Busy }),
-                "c1ca020c 03 02",
+                "c1ca030c 03 02",
             ),
             (
                 Message::Observe(Observe { txn: 5, pad: vec![0; 2] }),
-                "c1ca020f 05 02 0000",
+                "c1ca030f 05 02 0000",
             ),
             (
                 Message::Observed(Observed { txn: 300, seen: 7 }),
-                "c1ca0210 ac02 07",
+                "c1ca0310 ac02 07",
             ),
             (
                 Message::SuccessorHint(SuccessorHint { node: node(0x0b, 300) }),
-                "c1ca0209 20 0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b ac02",
+                "c1ca0309 20 0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b ac02",
             ),
         ]
     }
