@@ -233,7 +233,10 @@ fn table(a: &Args) {
             .output()
             .expect("run a child");
         let text = String::from_utf8_lossy(&out.stdout);
-        for l in text.lines().filter(|l| l.starts_with("wrong ")) {
+        for l in text
+            .lines()
+            .filter(|l| l.starts_with("wrong ") || l.starts_with("note "))
+        {
             println!("{system}: {l}");
         }
         let f = text.lines().last().and_then(Figures::parse);
@@ -596,6 +599,44 @@ mod cicada_side {
                     "wrong key {key}: asked peer {from}, answer {owner}, true successor {truth}"
                 );
             }
+        }
+        // What the swarm key cost on the way: a lookup that waits for a
+        // handshake, or whose datagram was refused meanwhile, shows here.
+        let mut hs = [0u64; 6];
+        let mut core = [0u64; 5];
+        for p in &peers {
+            if let Ok(st) = p.stats().await {
+                core[0] += st.core.dropped_rate_limited;
+                core[1] += st.core.dropped_amplification;
+                core[2] += st.core.replies_deferred;
+                core[3] += st.core.lookup_owners_silent + st.core.lookup_owners_disowned;
+                core[4] += st.core.dropped_overload;
+            }
+            if let Some(st) = p.stats().await.ok().and_then(|s| s.secure) {
+                hs[0] += st.handshakes_initiated;
+                hs[1] += st.handshake_retries;
+                hs[2] += st.handshakes_failed;
+                hs[3] += st.dropped_rate_limited;
+                hs[4] += st.dropped_queue_full + st.dropped_handshake_failed;
+                hs[5] += st.dropped_unknown_session
+                    + st.dropped_replay
+                    + st.dropped_bad_mac
+                    + st.dropped_malformed;
+            }
+        }
+        println!(
+            "note core: {} requests over a source's rate limit, {} replies held by the \
+             amplification guard, {} replies deferred until verified, {} owners looked up again, \
+             {} dropped for overload",
+            core[0], core[1], core[2], core[3], core[4]
+        );
+        if keyed {
+            println!(
+                "note {} handshakes, {} retried, {} failed, {} handshake messages over the budget, \
+                 {} datagrams refused or dropped while waiting for one, {} dropped on arrival \
+                 (unknown session, replay, bad MAC, malformed)",
+                hs[0], hs[1], hs[2], hs[3], hs[4], hs[5]
+            );
         }
         for p in &peers {
             p.close().await;
