@@ -528,6 +528,36 @@ mod cicada_side {
         ids[ids.partition_point(|id| id < key) % ids.len()]
     }
 
+    /// Counters summed over `peers`: the core's requests over a source's
+    /// rate limit, replies held by the amplification guard, replies
+    /// deferred, owners looked up again, drops for overload; the swarm
+    /// key's handshakes, retries, failures, handshake messages over the
+    /// budget, datagrams refused or dropped while waiting for a handshake,
+    /// and datagrams dropped on arrival.
+    async fn counters(peers: &[Arc<SwarmPeer>]) -> [u64; 11] {
+        let mut c = [0u64; 11];
+        for p in peers {
+            let Ok(st) = p.stats().await else { continue };
+            c[0] += st.core.dropped_rate_limited;
+            c[1] += st.core.dropped_amplification;
+            c[2] += st.core.replies_deferred;
+            c[3] += st.core.lookup_owners_silent + st.core.lookup_owners_disowned;
+            c[4] += st.core.dropped_overload;
+            if let Some(s) = st.secure {
+                c[5] += s.handshakes_initiated;
+                c[6] += s.handshake_retries;
+                c[7] += s.handshakes_failed;
+                c[8] += s.dropped_rate_limited;
+                c[9] += s.dropped_queue_full + s.dropped_handshake_failed;
+                c[10] += s.dropped_unknown_session
+                    + s.dropped_replay
+                    + s.dropped_bad_mac
+                    + s.dropped_malformed;
+            }
+        }
+        c
+    }
+
     pub async fn run(
         n: usize,
         lookups: usize,
@@ -561,6 +591,7 @@ mod cicada_side {
             .map_err(|e| e.to_string())?;
         ids.sort();
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let at_start = counters(&peers).await;
         let (start, cpu) = (Instant::now(), cpu_seconds());
         let gate = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
         let mut set = tokio::task::JoinSet::new();
@@ -600,42 +631,23 @@ mod cicada_side {
                 );
             }
         }
-        // What the swarm key cost on the way: a lookup that waits for a
-        // handshake, or whose datagram was refused meanwhile, shows here.
-        let mut hs = [0u64; 6];
-        let mut core = [0u64; 5];
-        for p in &peers {
-            if let Ok(st) = p.stats().await {
-                core[0] += st.core.dropped_rate_limited;
-                core[1] += st.core.dropped_amplification;
-                core[2] += st.core.replies_deferred;
-                core[3] += st.core.lookup_owners_silent + st.core.lookup_owners_disowned;
-                core[4] += st.core.dropped_overload;
-            }
-            if let Some(st) = p.stats().await.ok().and_then(|s| s.secure) {
-                hs[0] += st.handshakes_initiated;
-                hs[1] += st.handshake_retries;
-                hs[2] += st.handshakes_failed;
-                hs[3] += st.dropped_rate_limited;
-                hs[4] += st.dropped_queue_full + st.dropped_handshake_failed;
-                hs[5] += st.dropped_unknown_session
-                    + st.dropped_replay
-                    + st.dropped_bad_mac
-                    + st.dropped_malformed;
-            }
-        }
+        // What the swarm key and the core's defences did during the
+        // lookups: a lookup that waits for a handshake, or whose request
+        // was dropped and sent again, shows here.
+        let after = counters(&peers).await;
+        let d: Vec<u64> = after.iter().zip(&at_start).map(|(a, b)| a - b).collect();
         println!(
-            "note core: {} requests over a source's rate limit, {} replies held by the \
-             amplification guard, {} replies deferred until verified, {} owners looked up again, \
-             {} dropped for overload",
-            core[0], core[1], core[2], core[3], core[4]
+            "note during the lookups, core: {} requests over a source's rate limit, {} replies held \
+             by the amplification guard, {} replies deferred until verified, {} owners looked up \
+             again, {} dropped for overload",
+            d[0], d[1], d[2], d[3], d[4]
         );
         if keyed {
             println!(
-                "note {} handshakes, {} retried, {} failed, {} handshake messages over the budget, \
-                 {} datagrams refused or dropped while waiting for one, {} dropped on arrival \
-                 (unknown session, replay, bad MAC, malformed)",
-                hs[0], hs[1], hs[2], hs[3], hs[4], hs[5]
+                "note during the lookups, swarm key: {} handshakes, {} retried, {} failed, {} \
+                 handshake messages over the budget, {} datagrams refused or dropped while waiting \
+                 for one, {} dropped on arrival (unknown session, replay, bad MAC, malformed)",
+                d[5], d[6], d[7], d[8], d[9], d[10]
             );
         }
         for p in &peers {
