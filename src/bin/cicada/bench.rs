@@ -156,7 +156,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
     // Figures taken with another window are not comparable: say which.
     report.insert("bench_window".into(), json!(window()));
     let settings = settings(args).await?;
-    println!("settings that differ from a user's defaults:");
+    println!("settings (a user's default in parentheses where it differs):");
     for (k, v) in &settings {
         println!("  {k}: {v}");
     }
@@ -329,7 +329,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
         .await?;
         rate_row(&format!("throughput {size} B"), t.ours, t.base);
         let unbatched = t.unbatched.unwrap_or(f64::NAN);
-        rate_row("  beside raw UDP, unbatched", t.ours, unbatched);
+        rate_row("  vs unbatched UDP (send_to each)", t.ours, unbatched);
         let key = size_key(size);
         report.insert(format!("throughput_msgs_per_s_{key}"), json!(t.ours));
         report.insert(format!("raw_udp_msgs_per_s_{key}"), json!(t.base));
@@ -1411,7 +1411,10 @@ fn markdown(report: &serde_json::Map<String, Value>) -> String {
         "",
     );
     if let Some(Value::Object(settings)) = report.get("settings") {
-        let _ = writeln!(out, "\nSettings that differ from a user's defaults:\n");
+        let _ = writeln!(
+            out,
+            "\nSettings (a user's default in parentheses where it differs):\n"
+        );
         for (k, v) in settings {
             let _ = writeln!(out, "- `{k}`: {}", v.as_str().unwrap_or_default());
         }
