@@ -4,11 +4,10 @@
 //! Ouroboros rows beside `ocbr`/`oping` (see `bench_ouro.rs`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cicada::{Hash, Hooks, PeerAddr, PeerConfig, SwarmPeer};
+use cicada::{Hash, Hooks, Link, PeerAddr, PeerConfig, SwarmPeer};
 use clap::Args;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
@@ -33,6 +32,10 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// Print a dated Markdown table of the headline rows, their ratios and
+    /// the settings at the end (for README's "Where it stands").
+    #[arg(long)]
+    markdown: bool,
     /// The Ouroboros layer of the Ouroboros rows.
     #[arg(long, default_value = "local_layer")]
     ouroboros_layer: String,
@@ -44,10 +47,8 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "only_ouroboros")]
     no_ouroboros: bool,
     /// Add the Ouroboros row of unconfirmed datagrams (a flood, like
-    /// `ocbr`'s). Off by default: before session 7 the flood crashed the
-    /// receiving process (libouroboros 0.23 overflows its event copy; the
-    /// link now reads one packet per event, see docs/ouroboros.md), and a
-    /// flood still loads an IRMd that others may share.
+    /// `ocbr`'s). Off by default: a flood loads an IRMd that others may
+    /// share.
     #[arg(long)]
     ouroboros_datagrams: bool,
     /// Run everything (Cicada and the baselines) on a current-thread tokio
@@ -154,7 +155,15 @@ async fn run(args: &BenchArgs) -> R<Value> {
     let mut report = serde_json::Map::new();
     // Figures taken with another window are not comparable: say which.
     report.insert("bench_window".into(), json!(window()));
-    println!("(confirmed throughput rows: {} sends in flight)", window());
+    let settings = settings(args).await?;
+    println!("settings (a user's default in parentheses where it differs):");
+    for (k, v) in &settings {
+        println!("  {k}: {v}");
+    }
+    report.insert(
+        "settings".into(),
+        Value::Object(settings.into_iter().map(|(k, v)| (k, json!(v))).collect()),
+    );
     if !args.only_ouroboros {
         udp_rows(args, &mut report).await?;
     }
@@ -168,12 +177,139 @@ async fn run(args: &BenchArgs) -> R<Value> {
         )
         .await?;
     }
+    if args.markdown {
+        println!();
+        print!("{}", markdown(&report));
+    }
     Ok(Value::Object(report))
 }
 
+/// The bench's settings that a user's defaults do not share, each with the
+/// default beside it, and how the raw baseline is made: printed above the
+/// rows and recorded under `settings` in the JSON.
+async fn settings(args: &BenchArgs) -> R<Vec<(String, String)>> {
+    let (ours, theirs) = (fast(), PeerConfig::default());
+    let env = |name: &str| std::env::var(name).unwrap_or_else(|_| "unset".into());
+    let link = cicada::UdpLink::bind(local())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (rcv, snd) = granted_buffers()?;
+    let mut s = vec![
+        (
+            "runtime",
+            if args.current_thread {
+                "tokio current-thread (--current-thread)".to_string()
+            } else {
+                "tokio multi-thread, 2 worker threads".to_string()
+            },
+        ),
+        (
+            "messages_per_throughput_run",
+            format!("{} (each row: median of {ROUNDS} runs in turns with its baseline)", args.messages),
+        ),
+        (
+            "round_trips_per_latency_row",
+            format!(
+                "{} x {ROUNDS}, in turns of {LATENCY_TURN} with the baseline",
+                args.round_trips
+            ),
+        ),
+        (
+            "confirmed_sends_in_flight",
+            format!("{} (CICADA_BENCH_WINDOW={})", window(), env("CICADA_BENCH_WINDOW")),
+        ),
+        (
+            "source_rate_and_data_rate",
+            format!(
+                "{SOURCE_RATE}/s, bursts {SOURCE_RATE} (default {}/s burst {}, data {}/s burst {})",
+                theirs.chord.source_rate,
+                theirs.chord.source_burst,
+                theirs.chord.data_rate,
+                theirs.chord.data_burst
+            ),
+        ),
+        (
+            "max_fragment",
+            format!(
+                "{} bytes: 16 KiB payloads travel in one datagram (default {})",
+                ours.chord.max_fragment, theirs.chord.max_fragment
+            ),
+        ),
+        (
+            "max_pending",
+            format!("{} (default {})", ours.chord.max_pending, theirs.chord.max_pending),
+        ),
+        (
+            "recv_queue",
+            format!("{} (default {})", ours.recv_queue, theirs.recv_queue),
+        ),
+        (
+            "stabilize_interval",
+            format!(
+                "{:?} (default {:?})",
+                ours.chord.stabilize_interval, theirs.chord.stabilize_interval
+            ),
+        ),
+        (
+            "raw_udp_baseline",
+            format!(
+                "cicada's UdpLink with no protocol above it: sends in runs of up to {} datagrams \
+                 (one GSO sendmsg for datagrams up to {} bytes, one send_to each above), \
+                 receives drained with GRO/recvmmsg as the link does",
+                link.max_segments(),
+                GSO_SEGMENT_MAX
+            ),
+        ),
+        (
+            "socket_buffers",
+            format!(
+                "{} bytes asked, as the link asks, by both Cicada and the raw baseline; \
+                 the kernel granted receive {rcv}, send {snd} (doubled, capped by \
+                 net.core.rmem_max/wmem_max); the unbatched row keeps the default",
+                cicada::SOCKET_BUFFER
+            ),
+        ),
+        (
+            "CICADA_UDP_GRO",
+            format!("{} (unset: adaptive, as for users)", env("CICADA_UDP_GRO")),
+        ),
+        ("CICADA_UDP_GSO", format!("{} (unset: on)", env("CICADA_UDP_GSO"))),
+        (
+            "swarm",
+            format!(
+                "{} peers, {SWARM_OPS} concurrent lookups and routed sends of 100 B; idle-memory row {} peers (default config)",
+                args.swarm, args.idle
+            ),
+        ),
+    ];
+    if std::env::var_os("CICADA_BENCH_TASK_PER_SEND").is_some() {
+        s.push((
+            "CICADA_BENCH_TASK_PER_SEND",
+            "set: a task per confirmed send".into(),
+        ));
+    }
+    Ok(s.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// Datagrams up to this size leave a link in segmented runs; larger ones
+/// one `send_to` each (the link's rule, `GSO_SEGMENT_MAX` in `src/link.rs`).
+const GSO_SEGMENT_MAX: usize = 1_452;
+
+/// The receive and send buffers the kernel grants a UDP socket that asks
+/// for [`cicada::SOCKET_BUFFER`], as [`cicada::UdpLink`] does.
+fn granted_buffers() -> R<(usize, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s =
+        Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| e.to_string())?;
+    let _ = s.set_recv_buffer_size(cicada::SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(cicada::SOCKET_BUFFER);
+    Ok((
+        s.recv_buffer_size().map_err(|e| e.to_string())?,
+        s.send_buffer_size().map_err(|e| e.to_string())?,
+    ))
+}
+
 async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>) -> R<()> {
-    println!("(peers with source_rate and data_rate = {SOURCE_RATE}/s, lifted from the defaults of 400/s and 100,000/s)");
-    println!("(each one-hop throughput row: medians of {ROUNDS} runs taking turns with the baseline; latency: turns of {LATENCY_TURN} round trips)");
     println!(
         "{:<34} {:>14} {:>14} {:>8}",
         "one hop on loopback", "cicada", "raw UDP", "ratio"
@@ -183,51 +319,70 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     let (a, b, b_addr) = pair(fast()).await?;
 
     for size in [64usize, 1024, 16 * 1024] {
-        let (ours, raw, confirmed) = throughput_turns(
+        let t = throughput_turns(
             (&a, &b, &b_addr),
             size,
             args.messages,
             Sends::Confirmed,
-            Baseline::RawUdp,
+            Baseline::RawUdp { unbatched: true },
         )
         .await?;
-        let ratio = ours / raw;
-        rate_row(&format!("throughput {size} B"), ours, raw);
+        rate_row(&format!("throughput {size} B"), t.ours, t.base);
+        let unbatched = t.unbatched.unwrap_or(f64::NAN);
+        rate_row("  vs unbatched UDP (send_to each)", t.ours, unbatched);
         let key = size_key(size);
-        report.insert(format!("throughput_msgs_per_s_{key}"), json!(ours));
-        report.insert(format!("raw_udp_msgs_per_s_{key}"), json!(raw));
-        report.insert(format!("throughput_ratio_{key}"), json!(ratio));
-        report.insert(format!("confirmed_fraction_{key}"), json!(confirmed));
+        report.insert(format!("throughput_msgs_per_s_{key}"), json!(t.ours));
+        report.insert(format!("raw_udp_msgs_per_s_{key}"), json!(t.base));
+        report.insert(
+            format!("raw_udp_arrived_fraction_{key}"),
+            json!(t.base_reached),
+        );
+        report.insert(format!("throughput_ratio_{key}"), json!(t.ours / t.base));
+        report.insert(
+            format!("raw_udp_unbatched_msgs_per_s_{key}"),
+            json!(unbatched),
+        );
+        report.insert(
+            format!("throughput_unbatched_ratio_{key}"),
+            json!(t.ours / unbatched),
+        );
+        report.insert(format!("confirmed_fraction_{key}"), json!(t.reached));
     }
 
     // Unconfirmed datagrams: like for like with the raw flood, which no
     // one acknowledges either. Counted at the receiver.
     for size in [64usize, 1024] {
-        let (ours, raw, arrived) = throughput_turns(
+        let t = throughput_turns(
             (&a, &b, &b_addr),
             size,
             args.messages,
             Sends::Datagrams,
-            Baseline::RawUdp,
+            Baseline::RawUdp { unbatched: false },
         )
         .await?;
-        rate_row(&format!("datagrams {size} B (unconfirmed)"), ours, raw);
+        rate_row(&format!("datagrams {size} B (unconfirmed)"), t.ours, t.base);
         let key = size_key(size);
-        report.insert(format!("datagram_msgs_per_s_{key}"), json!(ours));
-        report.insert(format!("datagram_raw_udp_msgs_per_s_{key}"), json!(raw));
+        report.insert(format!("datagram_msgs_per_s_{key}"), json!(t.ours));
+        report.insert(format!("datagram_raw_udp_msgs_per_s_{key}"), json!(t.base));
         report.insert(
             format!("datagram_throughput_ratio_{key}"),
-            json!(ours / raw),
+            json!(t.ours / t.base),
         );
-        report.insert(format!("datagram_arrived_fraction_{key}"), json!(arrived));
+        report.insert(format!("datagram_arrived_fraction_{key}"), json!(t.reached));
     }
 
     // The pair above has received bursts, and so coalesces arriving runs
     // (UDP_GRO, see cicada::Gro), which makes every receive read control
     // messages; peers that have not (most that exchange small messages)
     // receive plainly. Both are measured: the rows below on a fresh pair,
-    // this one on the pair that moved the bulk.
-    let (bulk_times, bulk_raw_times) = latency_turns(&a, &b_addr, args.round_trips, true).await?;
+    // this one on the pair that moved the bulk, beside a raw ping-pong
+    // whose links coalesce as well.
+    let after_bulk = match cicada::Gro::from_env() {
+        cicada::Gro::Off => cicada::Gro::Off,
+        _ => cicada::Gro::On,
+    };
+    let (bulk_times, bulk_raw_times) =
+        latency_turns(&a, &b_addr, args.round_trips, LatencyBase::Raw(after_bulk)).await?;
     let (bulk_raw50, _) = percentiles(bulk_raw_times);
     let (bulk50, _) = percentiles(bulk_times);
     a.close().await;
@@ -235,12 +390,17 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     time_row("round trip p50 (after bulk)", bulk50, bulk_raw50);
     report.insert("latency_after_bulk_p50_us".into(), json!(bulk50 * 1e6));
     report.insert(
+        "raw_udp_latency_after_bulk_p50_us".into(),
+        json!(bulk_raw50 * 1e6),
+    );
+    report.insert(
         "latency_after_bulk_p50_ratio".into(),
         json!(bulk50 / bulk_raw50),
     );
     let (a, b, b_addr) = pair(fast()).await?;
 
-    let (times, raw_times) = latency_turns(&a, &b_addr, args.round_trips, true).await?;
+    let fresh = LatencyBase::Raw(cicada::Gro::from_env());
+    let (times, raw_times) = latency_turns(&a, &b_addr, args.round_trips, fresh).await?;
     let (raw50, raw99) = percentiles(raw_times);
     let (p50, p99) = percentiles(times);
     time_row("round trip p50 (64 B)", p50, raw50);
@@ -255,13 +415,12 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     // The same from a task spawned on the runtime, where most
     // applications call from (the rows above run on the thread that
     // called `block_on`, which is not one of the runtime's workers). A
-    // caller woken on a worker can make the runtime wake another worker:
-    // before session 11 this row was 4-5x raw UDP's while the one above
-    // read 1.7x.
+    // caller woken on a worker can make the runtime wake another worker,
+    // which this row shows.
     let spawned = {
         let (a, b_addr) = (a.clone(), b_addr.clone());
         let n = args.round_trips;
-        tokio::spawn(async move { latency_turns(&a, &b_addr, n, true).await })
+        tokio::spawn(async move { latency_turns(&a, &b_addr, n, fresh).await })
             .await
             .map_err(|e| e.to_string())??
     };
@@ -278,7 +437,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     a.close().await;
     b.close().await;
 
-    keyed_rows(args, (p50, p99), report).await?;
+    keyed_rows(args, report).await?;
 
     let swarm = swarm_rows(args.swarm).await?;
     for (k, v) in &swarm {
@@ -300,16 +459,10 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
 }
 
 /// The same one-hop rows between two peers of a private swarm (every
-/// datagram sealed with the swarm key), as ratios to an unkeyed pair: the
-/// throughput rows take turns with the same row on a fresh unkeyed pair
-/// (since session 16; before, they were set against the unkeyed rows
-/// measured a minute earlier, and the ratio moved with the machine's
-/// load), the latency rows against the unkeyed ones above.
-async fn keyed_rows(
-    args: &BenchArgs,
-    (u50, u99): (f64, f64),
-    report: &mut serde_json::Map<String, Value>,
-) -> R<()> {
+/// datagram sealed with the swarm key), as ratios to an unkeyed pair: each
+/// row takes turns with the same row on a fresh unkeyed pair, so that both
+/// meet the same load.
+async fn keyed_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>) -> R<()> {
     println!(
         "{:<34} {:>14} {:>14} {:>8}",
         "private swarm (swarm key)", "keyed", "unkeyed", "ratio"
@@ -318,30 +471,41 @@ async fn keyed_rows(
     let (a, b, b_addr) = pair(fast().swarm_key(key)).await?;
     let (ua, ub, ub_addr) = pair(fast()).await?;
     for size in [64usize, 1024, 16 * 1024] {
-        let unkeyed = Baseline::Pair((&ua, &ub, &ub_addr));
-        let (keyed, plain, confirmed) = throughput_turns(
+        let t = throughput_turns(
             (&a, &b, &b_addr),
             size,
             args.messages,
             Sends::Confirmed,
-            unkeyed,
+            Baseline::Pair((&ua, &ub, &ub_addr)),
         )
         .await?;
-        rate_row(&format!("throughput {size} B"), keyed, plain);
+        rate_row(&format!("throughput {size} B"), t.ours, t.base);
         let k = size_key(size);
-        report.insert(format!("keyed_throughput_msgs_per_s_{k}"), json!(keyed));
-        report.insert(format!("keyed_unkeyed_msgs_per_s_{k}"), json!(plain));
-        report.insert(format!("keyed_throughput_ratio_{k}"), json!(keyed / plain));
-        report.insert(format!("keyed_confirmed_fraction_{k}"), json!(confirmed));
+        report.insert(format!("keyed_throughput_msgs_per_s_{k}"), json!(t.ours));
+        report.insert(format!("keyed_unkeyed_msgs_per_s_{k}"), json!(t.base));
+        report.insert(
+            format!("keyed_throughput_ratio_{k}"),
+            json!(t.ours / t.base),
+        );
+        report.insert(format!("keyed_confirmed_fraction_{k}"), json!(t.reached));
+    }
+    let (times, unkeyed_times) = latency_turns(
+        &a,
+        &b_addr,
+        args.round_trips,
+        LatencyBase::Pair(&ua, &ub_addr),
+    )
+    .await?;
+    let (p50, p99) = percentiles(times);
+    let (u50, u99) = percentiles(unkeyed_times);
+    for (name, k, u) in [("p50", p50, u50), ("p99", p99, u99)] {
+        time_row(&format!("round trip {name} (64 B)"), k, u);
+        report.insert(format!("keyed_latency_{name}_us"), json!(k * 1e6));
+        report.insert(format!("keyed_unkeyed_latency_{name}_us"), json!(u * 1e6));
+        report.insert(format!("keyed_latency_{name}_ratio"), json!(k / u));
     }
     ua.close().await;
     ub.close().await;
-    let (p50, p99) = percentiles(latency_turns(&a, &b_addr, args.round_trips, false).await?.0);
-    for (name, k, u, key) in [("p50", p50, u50, "p50"), ("p99", p99, u99, "p99")] {
-        time_row(&format!("round trip {name} (64 B)"), k, u);
-        report.insert(format!("keyed_latency_{key}_us"), json!(k * 1e6));
-        report.insert(format!("keyed_latency_{key}_ratio"), json!(k / u));
-    }
     if let Some(s) = a.stats().await.map_err(|e| e.to_string())?.secure {
         let dropped = s.dropped_bad_mac + s.dropped_replay + s.dropped_unknown_session;
         report.insert("keyed_dropped".into(), json!(dropped));
@@ -382,25 +546,81 @@ fn size_key(size: usize) -> &'static str {
     }
 }
 
-/// Messages per second a raw tokio socket pair moves (counted at the receiver).
-async fn raw_throughput(size: usize, count: usize) -> R<f64> {
+/// Messages per second the link alone moves: two [`cicada::UdpLink`]s
+/// (the socket buffers, GSO sends and adaptive GRO receives of every
+/// peer's link) with no protocol above them. The sender hands the link
+/// runs of as many datagrams as it sends in one call
+/// ([`Link::max_segments`], 64 at most), as the driver does with a queue
+/// of datagrams of one size to one address; the receiver waits until the
+/// socket is readable and drains it run by run, as the driver does. Counted
+/// at the receiver, from its first receive to its last; also the fraction
+/// of `count` that arrived (datagrams the receiver has no room for are
+/// dropped by the system, and the rate is then the receiver's).
+async fn raw_throughput(size: usize, count: usize) -> R<(f64, f64)> {
+    let rx = Arc::new(
+        cicada::UdpLink::bind(local())
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let tx = cicada::UdpLink::bind(local())
+        .await
+        .map_err(|e| e.to_string())?;
+    let to = rx.local_addr().map_err(|e| e.to_string())?;
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; cicada::RECV_BUFFER];
+        // All datagrams, and those after the first receive: the rate
+        // counts only those that arrived after its time (a run of 64
+        // arrives in one receive).
+        let (mut after, mut n, mut first, mut last) = (0usize, 0usize, None, Instant::now());
+        while let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(300), rx.readable()).await
+        {
+            while let Some(Ok((len, stride, _))) = rx.try_recv_run(&mut buf) {
+                last = Instant::now();
+                let count = len.div_ceil(stride.max(1));
+                if first.is_some() {
+                    after += count;
+                }
+                first.get_or_insert(last);
+                n += count;
+            }
+        }
+        (after, n, first, last)
+    });
+    let run = tx.max_segments().max(1);
+    let payload = vec![0x5au8; size * run];
+    let mut sent = 0;
+    while sent < count {
+        let k = run.min(count - sent);
+        tx.send_segments(&payload[..k * size], size, &to)
+            .await
+            .map_err(|e| e.to_string())?;
+        sent += k;
+        tokio::task::yield_now().await;
+    }
+    let (after, n, first, last) = reader.await.map_err(|e| e.to_string())?;
+    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    let rate = if secs > 0.0 { after as f64 / secs } else { 0.0 };
+    Ok((rate, n as f64 / count as f64))
+}
+
+/// Messages per second a pair of plain tokio sockets moves with one
+/// `send_to` per datagram and the system's default socket buffers, counted
+/// at the receiver: the unbatched extra row, below what the machine can do.
+async fn raw_unbatched_throughput(size: usize, count: usize) -> R<f64> {
     let rx = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
     let tx = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
     let to = rx.local_addr().map_err(|e| e.to_string())?;
-    let got = Arc::new(AtomicU64::new(0));
-    let counter = got.clone();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
-        let mut first = None;
-        let mut last = Instant::now();
+        let (mut n, mut first, mut last) = (0u64, None, Instant::now());
         while let Ok(Ok(_)) =
             tokio::time::timeout(Duration::from_millis(300), rx.recv(&mut buf)).await
         {
             last = Instant::now();
             first.get_or_insert(last);
-            counter.fetch_add(1, Ordering::Relaxed);
+            n += 1;
         }
-        (first, last)
+        (n, first, last)
     });
     let payload = vec![0x5au8; size];
     for i in 0..count {
@@ -409,10 +629,9 @@ async fn raw_throughput(size: usize, count: usize) -> R<f64> {
             tokio::task::yield_now().await;
         }
     }
-    let (first, last) = reader.await.map_err(|e| e.to_string())?;
-    let n = got.load(Ordering::Relaxed) as f64;
+    let (n, first, last) = reader.await.map_err(|e| e.to_string())?;
     let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
-    Ok(if secs > 0.0 { n / secs } else { 0.0 })
+    Ok(if secs > 0.0 { n as f64 / secs } else { 0.0 })
 }
 
 /// Unconfirmed one-hop datagrams per second as `b` receives them (from
@@ -530,9 +749,9 @@ async fn pair(cfg: PeerConfig) -> R<(Arc<SwarmPeer>, Arc<SwarmPeer>, PeerAddr)> 
 ///
 /// The sends in flight are futures polled together by this one task (as
 /// the raw flood's sender is one task), not a task each: spawning a task
-/// per send cost tokio 1.4 µs per message on a current-thread runtime and
-/// 3.7 µs on two workers here, a third of what the row measured before.
-/// `task_per_send` keeps the old way, for comparison.
+/// per send costs tokio 1.4 µs per message on a current-thread runtime and
+/// 3.7 µs on two workers on a 2-core VM, a third of what the row measures.
+/// `task_per_send` spawns one per send instead, for comparison.
 pub(crate) async fn pipelined_sends(
     a: &Arc<SwarmPeer>,
     to: &PeerAddr,
@@ -567,8 +786,7 @@ pub(crate) async fn pipelined_sends(
 }
 
 /// [`pipelined_sends`] with a task spawned for each send (with
-/// `CICADA_BENCH_TASK_PER_SEND` set): what the rows measured until
-/// session 7.
+/// `CICADA_BENCH_TASK_PER_SEND` set), to see what a task per send costs.
 async fn task_per_send(
     a: &Arc<SwarmPeer>,
     to: &PeerAddr,
@@ -614,8 +832,9 @@ enum Sends {
 
 /// What a throughput row takes turns with.
 enum Baseline<'a> {
-    /// The raw UDP flood.
-    RawUdp,
+    /// The link alone ([`raw_throughput`]), and the unbatched loop
+    /// ([`raw_unbatched_throughput`]) as well when `unbatched`.
+    RawUdp { unbatched: bool },
     /// Confirmed sends between two other peers (the keyed rows' unkeyed pair).
     Pair(Peers<'a>),
 }
@@ -623,24 +842,49 @@ enum Baseline<'a> {
 /// A sending peer, a receiving peer, and the receiver's address.
 type Peers<'a> = (&'a Arc<SwarmPeer>, &'a Arc<SwarmPeer>, &'a PeerAddr);
 
+/// What a throughput row measured: medians over its runs.
+struct Turns {
+    /// Cicada's messages per second.
+    ours: f64,
+    /// The baseline's.
+    base: f64,
+    /// The unbatched raw loop's, when asked for.
+    unbatched: Option<f64>,
+    /// The smallest fraction of Cicada's sends confirmed (or of its
+    /// datagrams arrived) in one run.
+    reached: f64,
+    /// The smallest fraction of the raw baseline's datagrams that arrived
+    /// in one run (1 for a pair of peers).
+    base_reached: f64,
+}
+
 /// A throughput row run [`ROUNDS`] times, taking turns with `baseline`
-/// (its run first): the medians (Cicada's and the baseline's) and the
-/// smallest fraction of sends confirmed (or of datagrams arrived). One run
-/// of each swung the raw figure 4x with where the scheduler put its two
-/// tasks.
+/// (its run first). A single run of each can move 4x with where the
+/// scheduler puts its two tasks; turns and medians let both meet the same
+/// load.
 async fn throughput_turns(
     (a, b, to): Peers<'_>,
     size: usize,
     count: usize,
     sends: Sends,
     baseline: Baseline<'_>,
-) -> R<(f64, f64, f64)> {
-    let (mut ours, mut raws, mut reached) = (Vec::new(), Vec::new(), 1.0f64);
+) -> R<Turns> {
+    let (mut ours, mut bases, mut unbatched) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut reached, mut base_reached) = (1.0f64, 1.0f64);
     for _ in 0..ROUNDS {
-        raws.push(match baseline {
-            Baseline::RawUdp => raw_throughput(size, count).await?,
-            Baseline::Pair((x, y, t)) => throughput(x, y, t.clone(), size, count).await?.0,
-        });
+        match baseline {
+            Baseline::RawUdp { unbatched: extra } => {
+                let (rate, arrived) = raw_throughput(size, count).await?;
+                bases.push(rate);
+                base_reached = base_reached.min(arrived);
+                if extra {
+                    unbatched.push(raw_unbatched_throughput(size, count).await?);
+                }
+            }
+            Baseline::Pair((x, y, t)) => {
+                bases.push(throughput(x, y, t.clone(), size, count).await?.0)
+            }
+        }
         let (rate, fraction) = match sends {
             Sends::Datagrams => datagram_throughput(a, b, to, size, count).await?,
             Sends::Confirmed => throughput(a, b, to.clone(), size, count).await?,
@@ -648,42 +892,59 @@ async fn throughput_turns(
         ours.push(rate);
         reached = reached.min(fraction);
     }
-    Ok((median(ours), median(raws), reached))
+    Ok(Turns {
+        ours: median(ours),
+        base: median(bases),
+        unbatched: (!unbatched.is_empty()).then(|| median(unbatched)),
+        reached,
+        base_reached,
+    })
 }
 
-/// Round trips per turn of the latency row: Cicada's and the raw
-/// ping-pong's take turns this often, so that both meet the same
-/// scheduling. On two worker threads a ping-pong (raw UDP's as much as
-/// Cicada's) runs for hundreds of milliseconds at a time in one of two
-/// modes, 8-20 µs or 65-95 µs a round trip on this VM, by where the
-/// threads that wake each other sit; turns of 2,000 round trips put the
-/// two sides in different modes in about half the runs.
+/// Round trips per turn of the latency row: Cicada's and the baseline's
+/// take turns this often, so that both meet the same scheduling. On two
+/// worker threads a ping-pong (raw UDP's as much as Cicada's) runs for
+/// hundreds of milliseconds at a time in one of two modes (on a 2-core VM,
+/// 8-20 µs or 65-95 µs a round trip) by where the threads that wake each
+/// other sit; turns of 2,000 round trips put the two sides in different
+/// modes in about half the runs.
 const LATENCY_TURN: usize = 25;
 
+/// What a latency row takes turns with.
+#[derive(Clone, Copy)]
+enum LatencyBase<'a> {
+    /// A raw ping-pong between two links of this coalescing ([`RawPing`]).
+    Raw(cicada::Gro),
+    /// Confirmed sends of 64 bytes from another peer to this address (the
+    /// keyed row's unkeyed pair).
+    Pair(&'a SwarmPeer, &'a PeerAddr),
+}
+
 /// The latency row's samples, `n` × [`ROUNDS`] round trips of Cicada's
-/// (and as many of the raw ping-pong's when `with_raw`), taken in turns
-/// of [`LATENCY_TURN`]: percentiles are taken over all of them.
+/// and as many of the baseline's, taken in turns of [`LATENCY_TURN`]:
+/// percentiles are taken over all of them.
 async fn latency_turns(
     a: &SwarmPeer,
     to: &PeerAddr,
     n: usize,
-    with_raw: bool,
+    base: LatencyBase<'_>,
 ) -> R<(Vec<f64>, Vec<f64>)> {
     let total = n * ROUNDS;
-    let raw = if with_raw {
-        Some(RawPing::start().await?)
-    } else {
-        None
+    let raw = match base {
+        LatencyBase::Raw(gro) => Some(RawPing::start(gro).await?),
+        LatencyBase::Pair(..) => None,
     };
-    let (mut ours, mut raws) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    let (mut ours, mut bases) = (Vec::with_capacity(total), Vec::with_capacity(total));
     while ours.len() < total {
         let k = LATENCY_TURN.min(total - ours.len());
-        if let Some(raw) = &raw {
-            raws.extend(raw.round_trips(k).await?);
+        match (&raw, base) {
+            (Some(raw), _) => bases.extend(raw.round_trips(k).await?),
+            (None, LatencyBase::Pair(x, t)) => bases.extend(latency(x, t.clone(), k).await?),
+            (None, LatencyBase::Raw(_)) => {}
         }
         ours.extend(latency(a, to.clone(), k).await?);
     }
-    Ok((ours, raws))
+    Ok((ours, bases))
 }
 
 /// The middle of `v` (the upper middle of an even count; 0 when empty).
@@ -698,25 +959,31 @@ pub(crate) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-/// A raw UDP ping-pong of 64 bytes on loopback: a client socket and an
-/// echo task, kept for the whole latency row.
+/// A raw UDP ping-pong of 64 bytes on loopback between two
+/// [`cicada::UdpLink`]s (the socket buffers and receives of a peer's link,
+/// coalescing as asked): a client link and an echo task, kept for the
+/// whole latency row.
 struct RawPing {
-    client: UdpSocket,
-    echo: std::net::SocketAddr,
+    client: cicada::UdpLink,
+    echo: SocketAddr,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl RawPing {
-    async fn start() -> R<RawPing> {
-        let echo = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
+    async fn start(gro: cicada::Gro) -> R<RawPing> {
+        let echo = cicada::UdpLink::bind_gro(local(), gro)
+            .await
+            .map_err(|e| e.to_string())?;
         let to = echo.local_addr().map_err(|e| e.to_string())?;
         let server = tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; cicada::RECV_BUFFER];
             while let Ok((len, from)) = echo.recv_from(&mut buf).await {
-                let _ = echo.send_to(&buf[..len], from).await;
+                let _ = echo.send_to(&buf[..len], &from).await;
             }
         });
-        let client = UdpSocket::bind(local()).await.map_err(|e| e.to_string())?;
+        let client = cicada::UdpLink::bind_gro(local(), gro)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(RawPing {
             client,
             echo: to,
@@ -726,15 +993,15 @@ impl RawPing {
 
     /// Round-trip times (seconds) of `n` pings.
     async fn round_trips(&self, n: usize) -> R<Vec<f64>> {
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; cicada::RECV_BUFFER];
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
             self.client
-                .send_to(&[7u8; 64], self.echo)
+                .send_to(&[7u8; 64], &self.echo)
                 .await
                 .map_err(|e| e.to_string())?;
-            tokio::time::timeout(Duration::from_secs(1), self.client.recv(&mut buf))
+            tokio::time::timeout(Duration::from_secs(1), self.client.recv_from(&mut buf))
                 .await
                 .map_err(|_| "raw ping lost".to_string())?
                 .map_err(|e| e.to_string())?;
@@ -792,6 +1059,9 @@ async fn swarm_counts(peers: &[Arc<SwarmPeer>]) -> [u64; 4] {
     c
 }
 
+/// Lookups, and routed sends, the swarm row starts at once.
+const SWARM_OPS: usize = 4000;
+
 async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
     let mut peers = Vec::with_capacity(n);
     for i in 0..n {
@@ -808,7 +1078,7 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
         peers.push(p);
     }
     tokio::time::sleep(Duration::from_secs(4)).await; // stabilize and fix fingers
-    let ops = 4000usize;
+    let ops = SWARM_OPS;
     let start = Instant::now();
     let mut set = JoinSet::new();
     for i in 0..ops {
@@ -920,9 +1190,9 @@ fn rss_bytes() -> u64 {
 }
 
 /// [`idle_rss`] in a process of its own (this program, `bench --idle-only`).
-/// In this process the peers took memory the rows before had freed and the
-/// allocator kept, and the row read 0-13 KB per peer where a fresh process
-/// reads about 30 KB.
+/// In the bench's own process the peers would take memory that the rows
+/// before freed and the allocator kept, and the row would read a fraction
+/// of what a fresh process reads.
 fn idle_rss_alone(n: usize, current_thread: bool, keyed: bool) -> R<f64> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = std::process::Command::new(exe);
@@ -972,4 +1242,254 @@ async fn idle_rss(n: usize, keyed: bool) -> R<f64> {
         p.close().await;
     }
     Ok(per)
+}
+
+/// The headline rows of `report` as a dated Markdown table, with the
+/// machine, the command line and the settings, for README's "Where it
+/// stands".
+fn markdown(report: &serde_json::Map<String, Value>) -> String {
+    use std::fmt::Write;
+    let get = |k: &str| report.get(k).and_then(Value::as_f64);
+    let mut out = String::new();
+    let cmd: Vec<String> = std::env::args().skip(1).collect();
+    let _ = writeln!(
+        out,
+        "Measured {} on {} ({} cores by `nproc`, Linux {}), release build, `cicada {}`. \
+         Each ratio is against a baseline measured in the same run, in turns with it.\n",
+        utc_date(),
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel(),
+        cmd.join(" ")
+    );
+    let _ = writeln!(out, "| row | Cicada | baseline | ratio |");
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: |");
+    let mut row =
+        |name: &str, ours: Option<f64>, base: Option<f64>, unit: &str, scale: f64, what: &str| {
+            let (Some(o), b) = (ours, base) else { return };
+            let fmt = |v: f64| {
+                let v = v * scale;
+                if v >= 100.0 {
+                    group(v.round() as u64)
+                } else {
+                    format!("{v:.1}")
+                }
+            };
+            match b {
+                Some(b) => {
+                    let _ = writeln!(
+                        out,
+                        "| {name} | {} {unit} | {} {unit} ({what}) | {:.2} |",
+                        fmt(o),
+                        fmt(b),
+                        o / b
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "| {name} | {} {unit} | | |", fmt(o));
+                }
+            }
+        };
+    let raw = "raw UDP, the link's batching";
+    for (label, k) in [("64 B", "64"), ("1 KiB", "1k"), ("16 KiB", "16k")] {
+        row(
+            &format!("confirmed sends, {label}"),
+            get(&format!("throughput_msgs_per_s_{k}")),
+            get(&format!("raw_udp_msgs_per_s_{k}")),
+            "msg/s",
+            1.0,
+            raw,
+        );
+    }
+    row(
+        "confirmed sends, 1 KiB, beside an unbatched loop",
+        get("throughput_msgs_per_s_1k"),
+        get("raw_udp_unbatched_msgs_per_s_1k"),
+        "msg/s",
+        1.0,
+        "raw UDP, one send_to each, default buffers",
+    );
+    for (label, k) in [("64 B", "64"), ("1 KiB", "1k")] {
+        row(
+            &format!("unconfirmed datagrams, {label}"),
+            get(&format!("datagram_msgs_per_s_{k}")),
+            get(&format!("datagram_raw_udp_msgs_per_s_{k}")),
+            "msg/s",
+            1.0,
+            raw,
+        );
+    }
+    let ping = "raw UDP ping-pong";
+    row(
+        "round trip p50, 64 B",
+        get("latency_p50_us"),
+        get("raw_udp_latency_p50_us"),
+        "µs",
+        1.0,
+        ping,
+    );
+    row(
+        "round trip p99, 64 B",
+        get("latency_p99_us"),
+        get("raw_udp_latency_p99_us"),
+        "µs",
+        1.0,
+        ping,
+    );
+    row(
+        "round trip p50, from a task",
+        get("latency_task_p50_us"),
+        get("raw_udp_latency_task_p50_us"),
+        "µs",
+        1.0,
+        ping,
+    );
+    row(
+        "round trip p50, after bulk (GRO on)",
+        get("latency_after_bulk_p50_us"),
+        get("raw_udp_latency_after_bulk_p50_us"),
+        "µs",
+        1.0,
+        "raw UDP ping-pong, GRO on",
+    );
+    let unkeyed = "the same, unkeyed";
+    row(
+        "swarm key: confirmed sends, 1 KiB",
+        get("keyed_throughput_msgs_per_s_1k"),
+        get("keyed_unkeyed_msgs_per_s_1k"),
+        "msg/s",
+        1.0,
+        unkeyed,
+    );
+    row(
+        "swarm key: round trip p50",
+        get("keyed_latency_p50_us"),
+        get("keyed_unkeyed_latency_p50_us"),
+        "µs",
+        1.0,
+        unkeyed,
+    );
+    let n = get("swarm_peers").unwrap_or(0.0);
+    row(
+        &format!("{n} peers: lookups"),
+        get("swarm_lookups_per_s"),
+        None,
+        "/s",
+        1.0,
+        "",
+    );
+    row(
+        &format!("{n} peers: routed sends"),
+        get("swarm_sends_per_s"),
+        None,
+        "/s",
+        1.0,
+        "",
+    );
+    row(
+        &format!("{n} peers: broadcast to all"),
+        get("swarm_broadcast_ms"),
+        None,
+        "ms",
+        1.0,
+        "",
+    );
+    row(
+        "memory per idle peer",
+        get("rss_per_idle_peer_bytes"),
+        None,
+        "B",
+        1.0,
+        "",
+    );
+    row(
+        "memory per idle peer, swarm key",
+        get("rss_per_idle_keyed_peer_bytes"),
+        None,
+        "B",
+        1.0,
+        "",
+    );
+    if let Some(Value::Object(settings)) = report.get("settings") {
+        let _ = writeln!(
+            out,
+            "\nSettings (a user's default in parentheses where it differs):\n"
+        );
+        for (k, v) in settings {
+            let _ = writeln!(out, "- `{k}`: {}", v.as_str().unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// `n` with thousands separated by commas.
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Today's date (UTC), `YYYY-MM-DD`.
+fn utc_date() -> String {
+    civil_date(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// The UTC date (`YYYY-MM-DD`) of `secs` seconds since 1970-01-01.
+fn civil_date(secs: u64) -> String {
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), or "an unknown CPU".
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "an unknown CPU".into())
+}
+
+/// The kernel's release (`/proc/sys/kernel/osrelease`).
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_groups() {
+        assert_eq!(group(1_234_567), "1,234,567");
+        assert_eq!(group(999), "999");
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(951_782_400), "2000-02-29");
+        assert_eq!(civil_date(1_796_601_600 + 86_399), "2026-12-07");
+        assert_eq!(civil_date(4_107_542_400), "2100-03-01");
+    }
 }

@@ -89,8 +89,8 @@ fn raw_flood(name: &str) -> R<()> {
 /// The two peers' configuration. The per-source rate limits (400 requests/s
 /// and 100,000 data datagrams/s by default, defences against floods) are
 /// lifted: the row measures the data path between two trusted peers, as
-/// `ocbr` does. Until session 8 the data limit was left on, and runs longer
-/// than its burst of 20,000 stalled for a retry.
+/// `ocbr` does; with the data limit on, runs longer than its burst of
+/// 20,000 would stall for a retry.
 fn cfg() -> PeerConfig {
     let mut cfg = PeerConfig::default()
         .stabilize_interval(Duration::from_millis(500))
