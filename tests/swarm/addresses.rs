@@ -9,16 +9,23 @@ use super::*;
 /// the addresses, and each peer says it is public.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_bound_to_all_interfaces_announce_where_they_are_seen() {
-    for (any, contact_ip) in [
-        ("0.0.0.0:0", "127.0.0.1"),
-        ("[::]:0", "127.0.0.1"),
-        ("[::]:0", "::1"),
+    let key = SwarmKey::generate().unwrap();
+    for (any, contact_ip, keyed) in [
+        ("0.0.0.0:0", "127.0.0.1", false),
+        ("[::]:0", "127.0.0.1", false),
+        ("[::]:0", "::1", false),
+        ("0.0.0.0:0", "127.0.0.1", true),
     ] {
+        let cfg = if keyed {
+            fast().swarm_key(key.clone())
+        } else {
+            fast()
+        };
         let any: SocketAddr = any.parse().unwrap();
         let ip: std::net::IpAddr = contact_ip.parse().unwrap();
         let mut peers = Vec::new();
         for _ in 0..3 {
-            let mut p = SwarmPeer::with_config(fast(), Hooks::new());
+            let mut p = SwarmPeer::with_config(cfg.clone(), Hooks::new());
             p.bind(any).await.expect("bind to all interfaces");
             assert_eq!(
                 p.nat_status().unwrap(),
