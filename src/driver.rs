@@ -37,6 +37,7 @@ use crate::config::{PeerConfig, RECV_BUFFER};
 use crate::error::Error;
 use crate::hooks::{HookQueue, NewPeers};
 use crate::link::{Arrivals, Link, LinkSink};
+use crate::metrics::Outcomes;
 use crate::view::SelfView;
 
 /// How long the driver sleeps when the core asks for no timer at all.
@@ -143,6 +144,8 @@ pub(crate) struct Counters {
     /// Calls of the application under way (see [`Call`]): whether a call
     /// runs on the caller's task (see [`DIRECT_SENDS`]).
     pub calls: AtomicUsize,
+    /// How the application's sends and lookups ended (for metrics).
+    pub outcomes: Outcomes,
 }
 
 /// One application call under way, counted in [`Counters::calls`] until
@@ -1130,6 +1133,7 @@ impl<L: Link> State<L> {
                     self.sends.insert(id, reply);
                 }
                 Err(e) => {
+                    self.counters.outcomes.send_failed(&e);
                     let _ = reply.send(Err(e.into()));
                 }
             },
@@ -1285,11 +1289,16 @@ impl<L: Link> State<L> {
                 id, owner, hops, ..
             } => {
                 if let Some(r) = self.lookups.remove(&id) {
+                    self.counters.outcomes.lookup_hops.observe(f64::from(hops));
                     let _ = r.send(Ok((owner, hops)));
                 }
             }
             Event::LookupFailed { id, key } => {
                 if let Some(r) = self.lookups.remove(&id) {
+                    self.counters
+                        .outcomes
+                        .lookups_failed
+                        .fetch_add(1, Ordering::Relaxed);
                     let _ = r.send(Err(Error::LookupFailed(key)));
                 }
             }
@@ -1306,11 +1315,16 @@ impl<L: Link> State<L> {
             }
             Event::Delivered { id, to, hops } => {
                 if let Some(r) = self.sends.remove(&id) {
+                    self.counters
+                        .outcomes
+                        .sends_confirmed
+                        .fetch_add(1, Ordering::Relaxed);
                     let _ = r.send(Ok((to, hops)));
                 }
             }
             Event::SendFailed { id, reason } => {
                 if let Some(r) = self.sends.remove(&id) {
+                    self.counters.outcomes.send_failed(&reason);
                     let _ = r.send(Err(reason.into()));
                 }
             }

@@ -31,6 +31,7 @@ mod driver;
 mod error;
 mod hooks;
 mod link;
+mod metrics;
 mod nat;
 mod ouro_link;
 mod peer;

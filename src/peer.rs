@@ -667,6 +667,40 @@ impl SwarmPeer {
         Ok(self.snapshot().await?.predecessor)
     }
 
+    /// This peer's metrics in the OpenMetrics text format (what Prometheus
+    /// scrapes; `cicada node --metrics ADDR` serves it on `/metrics`):
+    /// datagrams and bytes in and out, confirmed and failed sends (by
+    /// reason), the hops of lookups, the ring's estimated size, neighbours,
+    /// drops by reason, keyed sessions and Ouroboros flows. Every name
+    /// starts with `cicada_`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cicada::Result<()> {
+    /// let mut peer = cicada::SwarmPeer::new(cicada::Hooks::new());
+    /// peer.bind("127.0.0.1:0".parse().unwrap()).await?;
+    /// let text = peer.metrics().await?;
+    /// assert!(text.contains("cicada_datagrams_out_total"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn metrics(&self) -> Result<String> {
+        let snap = self.snapshot().await?;
+        let b = self.bound()?;
+        let c = &b.counters;
+        Ok(crate::metrics::render(crate::metrics::Inputs {
+            me: b.view.me().id,
+            core: &snap.stats,
+            peers: &snap.peers,
+            received: c.received.load(Ordering::Relaxed),
+            hooks_dropped: c.hooks_dropped.load(Ordering::Relaxed),
+            link_errors: c.link_errors.load(Ordering::Relaxed),
+            link_sends: c.link_sends.load(Ordering::Relaxed),
+            outcomes: &c.outcomes,
+            secure: b.secure.as_ref().map(SecureStatsHandle::get),
+            flows: b.ouroboros.as_ref().map(FlowStatsHandle::get),
+        }))
+    }
+
     /// Whether this peer is reachable at its own address, through a port
     /// mapped on its NAT gateway, or only from behind a NAT, and how that
     /// NAT maps; from where its bootstrap and its successor see it (each is

@@ -2680,6 +2680,9 @@ mod promises;
 #[path = "swarm/addresses.rs"]
 mod addresses;
 
+#[path = "swarm/metrics.rs"]
+mod metrics;
+
 #[tokio::test]
 async fn unconfirmed_datagrams_reach_every_peer_once() {
     let peers = swarm(8, fast()).await;

@@ -95,6 +95,11 @@ pub struct NodeArgs {
     /// Lookup (and join) deadline in milliseconds.
     #[arg(long, default_value_t = 8000)]
     lookup_timeout_ms: u64,
+    /// Serve this peer's metrics (Prometheus/OpenMetrics text) over HTTP at
+    /// `http://HOST:PORT/metrics` (port 0 picks one; a `metrics` event says
+    /// where).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
     /// Deadline of a confirmed send (its retries included) in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     send_timeout_ms: u64,
@@ -228,6 +233,14 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
 
     let peer = Arc::new(peer);
     tokio::spawn(watch_self(peer.clone(), out));
+    if let Some(addr) = &args.metrics {
+        let listener = tokio::net::TcpListener::bind(resolve(addr)?)
+            .await
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        let at = listener.local_addr().map_err(|e| e.to_string())?;
+        out.emit(json!({"event": "metrics", "url": format!("http://{at}/metrics")}));
+        tokio::spawn(serve_metrics(listener, peer.clone()));
+    }
     let (hold, held) = watch::channel(Instant::now());
     tokio::spawn(receive(peer.clone(), out, held));
 
@@ -273,6 +286,62 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
     }
     out.emit(json!({"event": "closed"}));
     Ok(())
+}
+
+/// Answers `GET /metrics` with the peer's metrics, anything else with 404;
+/// one request per connection. A client that sends no request line within
+/// 5 s, or a longer one than 8 KiB, is dropped.
+async fn serve_metrics(listener: tokio::net::TcpListener, peer: Arc<SwarmPeer>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            // Out of descriptors, say: try again in a moment, not at once.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut len = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while len < buf.len() {
+                    match conn.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if read != Ok(true) {
+                return;
+            }
+            let request = String::from_utf8_lossy(&buf[..len]);
+            let line = request.lines().next().unwrap_or_default();
+            let (status, kind, body) = match line.split_whitespace().take(2).collect::<Vec<_>>()[..]
+            {
+                ["GET", "/metrics"] => match peer.metrics().await {
+                    Ok(text) => (
+                        "200 OK",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        text,
+                    ),
+                    Err(e) => ("503 Service Unavailable", "text/plain", e.to_string()),
+                },
+                _ => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
 }
 
 /// Prints an `address` event when this peer learns the address it is seen
