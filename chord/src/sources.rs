@@ -7,9 +7,10 @@
 //! when the newer one fills half of `max_sources` or has lived
 //! [`GENERATION`]. An address heard again while in the older generation moves
 //! to the newer one, so a source is forgotten only after a whole generation
-//! of silence (or under a flood of newer sources). An entry is 40 bytes
-//! besides its address; times are kept as milliseconds since the table's
-//! first use.
+//! of silence (or under a flood of newer sources). An entry is 36 bytes
+//! besides its address (4-byte aligned, so 40 with a `u32` address); times
+//! are kept as milliseconds since the table's first use. The older
+//! generation only loses entries, so it gives its room back as it drains.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -44,8 +45,10 @@ const DEFER_FINGERS: u8 = 2;
 
 #[derive(Clone, Debug)]
 struct Source {
-    /// The `GetNeighbors` txn awaiting verification (see `deferred`).
-    deferred_txn: u64,
+    /// The `GetNeighbors` txn awaiting verification (see `deferred`), as
+    /// two halves: a `u64` would align the entry to 8 bytes and pad a
+    /// small address's entry by 8 more.
+    deferred_txn: [u32; 2],
     tokens: f32,
     /// The separate bucket of Data from a verified source.
     data_tokens: f32,
@@ -68,7 +71,7 @@ impl Source {
     /// A source heard for the first time, `ms` after the epoch.
     fn fresh(burst: f32, data_burst: f32, ms: u32) -> Source {
         Source {
-            deferred_txn: 0,
+            deferred_txn: [0; 2],
             tokens: burst,
             data_tokens: data_burst,
             last: ms,
@@ -84,6 +87,14 @@ impl Source {
 }
 
 impl Source {
+    fn deferred_txn(&self) -> u64 {
+        u64::from(self.deferred_txn[0]) << 32 | u64::from(self.deferred_txn[1])
+    }
+
+    fn set_deferred_txn(&mut self, txn: u64) {
+        self.deferred_txn = [(txn >> 32) as u32, txn as u32];
+    }
+
     fn add_in(&mut self, len: usize) {
         self.bytes_in = self
             .bytes_in
@@ -177,10 +188,33 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     /// Starts a new generation, forgetting the oldest.
     fn turn(&mut self, at: Duration) {
         let fresh = HashMap::with_hasher(self.young.hasher().clone());
-        let young = std::mem::replace(&mut self.young, fresh);
+        let mut young = std::mem::replace(&mut self.young, fresh);
         self.evicted += self.old.len() as u64;
+        // From now on it only loses entries: no room to grow is needed.
+        young.shrink_to_fit();
         self.old = young;
         self.turned = at;
+    }
+
+    /// Takes `addr`'s entry out of the old generation, shrinking that map
+    /// to fit once it is half empty: each address heard again moves to the
+    /// young one, so without this a node would hold two full-sized maps for
+    /// one generation's worth of sources. (Each shrink at least halves the
+    /// map, so they cost no more than the moves themselves.)
+    fn take_old(&mut self, addr: &A) -> Option<Source> {
+        let entry = self.old.remove(addr)?;
+        if self.old.len() * 2 < self.old.capacity() {
+            self.old.shrink_to_fit();
+        }
+        Some(entry)
+    }
+
+    /// Bytes of the heap the table holds (an estimate from its maps'
+    /// capacities, as `hashbrown` lays them out).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(A, Source)>();
+        crate::memory::hash_table_bytes(self.young.capacity(), entry)
+            + crate::memory::hash_table_bytes(self.old.capacity(), entry)
     }
 
     /// Applies `f` to the entry of `addr`, created if absent, in the young
@@ -203,8 +237,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         }
         let (burst, data_burst) = (self.burst, self.data_burst);
         let mut entry = self
-            .old
-            .remove(addr)
+            .take_old(addr)
             .unwrap_or_else(|| Source::fresh(burst, data_burst, ms));
         // Each generation holds at most half the cap, so both together
         // never exceed it.
@@ -313,7 +346,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         self.with(addr, now, |s, _| {
             s.verified = true;
             let kind = std::mem::replace(&mut s.deferred, DEFER_NONE);
-            (kind != DEFER_NONE).then_some((s.deferred_txn, kind == DEFER_FINGERS))
+            (kind != DEFER_NONE).then_some((s.deferred_txn(), kind == DEFER_FINGERS))
         })
     }
 
@@ -373,7 +406,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     /// verified (one per address: a newer request replaces an older one).
     pub(crate) fn defer(&mut self, addr: &A, txn: u64, want_fingers: bool) {
         if let Some(s) = self.find_mut(addr) {
-            s.deferred_txn = txn;
+            s.set_deferred_txn(txn);
             s.deferred = if want_fingers {
                 DEFER_FINGERS
             } else {
@@ -387,7 +420,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     pub(crate) fn take_deferred(&mut self, addr: &A) -> Option<(u64, bool)> {
         let s = self.find_mut(addr)?;
         let kind = std::mem::replace(&mut s.deferred, DEFER_NONE);
-        (kind != DEFER_NONE).then_some((s.deferred_txn, kind == DEFER_FINGERS))
+        (kind != DEFER_NONE).then_some((s.deferred_txn(), kind == DEFER_FINGERS))
     }
 
     /// Addresses tracked.
@@ -552,6 +585,40 @@ mod tests {
 
     #[test]
     fn entries_stay_small() {
-        assert!(std::mem::size_of::<Source>() <= 40);
+        assert!(std::mem::size_of::<Source>() <= 36);
+        assert_eq!(std::mem::align_of::<Source>(), 4);
+        assert!(std::mem::size_of::<(u32, Source)>() <= 40);
+    }
+
+    #[test]
+    fn deferred_txn_keeps_all_64_bits() {
+        let t0 = Instant::now();
+        let mut s = Sources::<u32>::new(10, 5, 8, (1, 2));
+        s.received(&1, 50, t0);
+        s.defer(&1, 0xDEAD_BEEF_0123_4567, true);
+        assert_eq!(s.take_deferred(&1), Some((0xDEAD_BEEF_0123_4567, true)));
+    }
+
+    #[test]
+    fn old_generation_gives_back_its_room_as_it_drains() {
+        let t0 = Instant::now();
+        let mut s = Sources::<u32>::new(10, 5, 4096, (1, 2));
+        for a in 0..200 {
+            s.received(&a, 10, t0);
+        }
+        let full = s.heap_bytes();
+        // A generation later every source is heard again, one by one, and
+        // moves to the young map: the old one must not stay full-sized.
+        let t1 = t0 + GENERATION + Duration::from_secs(1);
+        for a in 0..200 {
+            s.received(&a, 10, t1);
+        }
+        assert_eq!(s.len(), 200);
+        s.check().unwrap();
+        assert!(
+            s.heap_bytes() < full * 3 / 2,
+            "{} bytes for 200 sources, {full} before they moved",
+            s.heap_bytes()
+        );
     }
 }
