@@ -7,8 +7,8 @@
 //! when the newer one fills half of `max_sources` or has lived
 //! [`GENERATION`]. An address heard again while in the older generation moves
 //! to the newer one, so a source is forgotten only after a whole generation
-//! of silence (or under a flood of newer sources). An entry is 36 bytes
-//! besides its address (4-byte aligned, so 40 with a `u32` address); times
+//! of silence (or under a flood of newer sources). An entry is 32 bytes
+//! besides its address (4-byte aligned, so 36 with a `u32` address); times
 //! are kept as milliseconds since the table's first use. The older
 //! generation only loses entries, so it gives its room back as it drains.
 
@@ -50,14 +50,17 @@ struct Source {
     /// small address's entry by 8 more.
     deferred_txn: [u32; 2],
     tokens: f32,
-    /// The separate bucket of Data from a verified source.
-    data_tokens: f32,
+    /// Until the source is verified, the bytes received from it (its
+    /// reply budget); from then on, the bits of an `f32`, the tokens of
+    /// the separate bucket of its Data (full at verification, as it would
+    /// have been: nothing draws on it before). Neither is needed while the
+    /// other is, so they share four bytes.
+    in_or_data: u32,
     /// Milliseconds since the table's epoch (wrapping; entries never live
     /// long enough for a wrap to matter) of the last refill.
     last: u32,
     /// When the last verification probe went, same clock; valid if `probed`.
     probed_at: u32,
-    bytes_in: u32,
     bytes_out: u32,
     verified: bool,
     probed: bool,
@@ -69,14 +72,13 @@ struct Source {
 
 impl Source {
     /// A source heard for the first time, `ms` after the epoch.
-    fn fresh(burst: f32, data_burst: f32, ms: u32) -> Source {
+    fn fresh(burst: f32, ms: u32) -> Source {
         Source {
             deferred_txn: [0; 2],
             tokens: burst,
-            data_tokens: data_burst,
+            in_or_data: 0,
             last: ms,
             probed_at: 0,
-            bytes_in: 0,
             bytes_out: 0,
             verified: false,
             probed: false,
@@ -95,10 +97,39 @@ impl Source {
         self.deferred_txn = [(txn >> 32) as u32, txn as u32];
     }
 
+    /// Bytes received, counted until the source is verified.
+    fn bytes_in(&self) -> u32 {
+        if self.verified {
+            0
+        } else {
+            self.in_or_data
+        }
+    }
+
     fn add_in(&mut self, len: usize) {
-        self.bytes_in = self
-            .bytes_in
-            .saturating_add(len.try_into().unwrap_or(u32::MAX));
+        if !self.verified {
+            self.in_or_data = self
+                .in_or_data
+                .saturating_add(len.try_into().unwrap_or(u32::MAX));
+        }
+    }
+
+    /// Marks the source verified; its Data bucket starts full.
+    fn verify(&mut self, data_burst: f32) {
+        if !self.verified {
+            self.verified = true;
+            self.in_or_data = data_burst.to_bits();
+        }
+    }
+
+    /// Takes one token from the Data bucket of a verified source.
+    fn take_data(&mut self) -> bool {
+        let mut tokens = f32::from_bits(self.in_or_data);
+        let taken = self.verified && take(&mut tokens);
+        if taken {
+            self.in_or_data = tokens.to_bits();
+        }
+        taken
     }
 
     /// Refills both buckets to `ms` after the epoch.
@@ -109,7 +140,10 @@ impl Source {
             self.last = ms;
             let secs = elapsed as f32 / 1000.0;
             self.tokens = (self.tokens + secs * r.rate).min(r.burst);
-            self.data_tokens = (self.data_tokens + secs * r.data_rate).min(r.data_burst);
+            if self.verified {
+                let data = f32::from_bits(self.in_or_data);
+                self.in_or_data = (data + secs * r.data_rate).min(r.data_burst).to_bits();
+            }
         }
     }
 }
@@ -235,10 +269,10 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
                 self.turn(t);
             }
         }
-        let (burst, data_burst) = (self.burst, self.data_burst);
+        let burst = self.burst;
         let mut entry = self
             .take_old(addr)
-            .unwrap_or_else(|| Source::fresh(burst, data_burst, ms));
+            .unwrap_or_else(|| Source::fresh(burst, ms));
         // Each generation holds at most half the cap, so both together
         // never exceed it.
         if self.young.len() >= self.cap / 2 {
@@ -282,7 +316,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
                 Arrival::Reply => true,
                 Arrival::Data if s.verified => {
                     s.refill(ms, rates);
-                    take(&mut s.data_tokens)
+                    s.take_data()
                 }
                 Arrival::Data | Arrival::Request => {
                     s.refill(ms, rates);
@@ -326,14 +360,15 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         let rates = self.rates();
         self.with(addr, now, |s, ms| {
             s.refill(ms, rates);
-            take(&mut s.data_tokens)
+            s.take_data()
         })
     }
 
     #[cfg(test)]
     /// `addr` answered a request sent to it: it really receives there.
     pub(crate) fn verify(&mut self, addr: &A, now: Instant) {
-        self.with(addr, now, |s, _| s.verified = true);
+        let data_burst = self.data_burst;
+        self.with(addr, now, |s, _| s.verify(data_burst));
     }
 
     /// [`verify`](Self::verify) and [`take_deferred`](Self::take_deferred)
@@ -343,8 +378,9 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         addr: &A,
         now: Instant,
     ) -> Option<(u64, bool)> {
+        let data_burst = self.data_burst;
         self.with(addr, now, |s, _| {
-            s.verified = true;
+            s.verify(data_burst);
             let kind = std::mem::replace(&mut s.deferred, DEFER_NONE);
             (kind != DEFER_NONE).then_some((s.deferred_txn(), kind == DEFER_FINGERS))
         })
@@ -355,7 +391,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     pub(crate) fn budget(&self, addr: &A) -> Option<u64> {
         match self.find(addr) {
             Some(s) if s.verified => None,
-            Some(s) => Some(u64::from(s.bytes_in.saturating_sub(s.bytes_out))),
+            Some(s) => Some(u64::from(s.bytes_in().saturating_sub(s.bytes_out))),
             None => Some(0),
         }
     }
@@ -576,6 +612,9 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Sources::<u32>::new(10, 5, 8, (1, 2)).with_data_bucket(1000, 100);
         assert_eq!((0..20).filter(|_| s.allow(&1, t0)).count(), 5);
+        // Unverified, it has no Data bucket.
+        assert!(!s.allow_data(&1, t0));
+        s.verify(&1, t0);
         // Requests are spent; the Data bucket is not.
         assert_eq!((0..200).filter(|_| s.allow_data(&1, t0)).count(), 100);
         let t1 = t0 + Duration::from_millis(50);
@@ -585,9 +624,9 @@ mod tests {
 
     #[test]
     fn entries_stay_small() {
-        assert!(std::mem::size_of::<Source>() <= 36);
+        assert!(std::mem::size_of::<Source>() <= 32);
         assert_eq!(std::mem::align_of::<Source>(), 4);
-        assert!(std::mem::size_of::<(u32, Source)>() <= 40);
+        assert!(std::mem::size_of::<(u32, Source)>() <= 36);
     }
 
     #[test]
