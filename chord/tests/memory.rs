@@ -68,7 +68,7 @@ const NODES: usize = 1500;
 /// experiment: build by joins, settle 10 periods, 1,500 lookups at once).
 ///
 /// The run allocates 12,936 bytes per node at its peak. Of them, node
-/// state (`LocalNode::state_bytes`, about 11,150): the struct and the
+/// state (`LocalNode::state_bytes`, about 11,350): the struct and the
 /// simulator's slot (about 1.6 KB: counters, the generator's buffer, the
 /// tables' headers); the source table (about 5.7 KB: some 87 addresses
 /// heard from, 36 bytes each in hash tables at most 7/8 full); the routing

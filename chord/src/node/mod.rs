@@ -518,8 +518,10 @@ impl<A: Address> LocalNode<A> {
                     p.bytes.len()
                         + match &p.waiting {
                             Waiting::Admit { roles, .. } => vec_bytes::<Role>(roles.capacity()),
-                            Waiting::Data { exclude, .. } | Waiting::Forward { exclude, .. } => {
-                                vec_bytes::<Hash>(exclude.capacity())
+                            Waiting::Data { exclude, .. } => vec_bytes::<Hash>(exclude.capacity()),
+                            Waiting::Forward { exclude, .. } => {
+                                size_of::<FindSuccessor<A>>()
+                                    + vec_bytes::<Hash>(exclude.capacity())
                             }
                             _ => 0,
                         }
