@@ -107,6 +107,7 @@ pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
     let mut report = sim::run(&params);
     report.wall_seconds = start.elapsed().as_secs_f64();
     report.peak_rss_bytes = peak_rss_bytes();
+    report.peak_rss_bytes_per_node = report.peak_rss_bytes as f64 / report.nodes.max(1) as f64;
 
     let mut lines = vec![
         format!(
@@ -150,6 +151,10 @@ pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
     lines.push(format!(
         "maintenance {:.2} msgs/node/s ({:.0} B/node/s)   {:.0} virtual s in {:.1} wall s   peak RSS {:.0} MiB",
         report.messages_per_node_per_s, report.bytes_per_node_per_s, report.sim_seconds, report.wall_seconds, report.peak_rss_bytes as f64 / 1048576.0
+    ));
+    lines.push(format!(
+        "memory per node: {:.0} B resident at the peak   {:.0} B of node state   {:.0} B of event queue",
+        report.peak_rss_bytes_per_node, report.node_state_bytes_per_node, report.queue_bytes_per_node
     ));
     if args.json {
         lines.push(serde_json::to_string(&report).map_err(|e| e.to_string())?);

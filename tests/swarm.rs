@@ -977,6 +977,12 @@ fn sim_subcommand_runs_the_simulator() {
     let v: Value = serde_json::from_str(last).expect("last line is JSON");
     assert_eq!(v["nodes"], 30);
     assert_eq!(v["ring_correct"], true);
+    // Bytes per simulated node, in every run: what the process held at
+    // its peak (at least the nodes' own state), and the nodes' state alone.
+    let rss = v["peak_rss_bytes_per_node"].as_f64().unwrap_or(0.0);
+    let state = v["node_state_bytes_per_node"].as_f64().unwrap_or(0.0);
+    let struct_size = std::mem::size_of::<chord::LocalNode<u32>>() as f64;
+    assert!(state >= struct_size && rss > state, "{last}");
 }
 
 // ----------------------------------------------------------------- in process

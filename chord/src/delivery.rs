@@ -107,6 +107,13 @@ impl Dedup {
         self.order.is_empty()
     }
 
+    /// Bytes of the heap the window holds (an estimate from the capacities
+    /// of its queue and set).
+    pub fn heap_bytes(&self) -> usize {
+        crate::memory::vec_bytes::<(Instant, u64)>(self.order.capacity())
+            + crate::memory::hash_table_bytes(self.set.capacity(), std::mem::size_of::<u64>())
+    }
+
     /// Ids forgotten before their retention ran out, because the cap was
     /// reached: each is a message that a late retry could hand up twice.
     pub fn evicted_early(&self) -> u64 {
@@ -284,6 +291,12 @@ impl Reassembly {
     /// Bytes held (data and overhead).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes of the heap held: the fragments with what they are charged
+    /// ([`Reassembly::bytes`]) and the index of messages.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes + crate::memory::btree_bytes::<(Hash, u64), Partial>(self.partial.len())
     }
 
     /// Messages held awaiting fragments.

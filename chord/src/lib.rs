@@ -20,6 +20,7 @@ mod config;
 pub mod delivery;
 mod event;
 mod hash;
+mod memory;
 mod node;
 pub mod routing;
 pub mod sim;

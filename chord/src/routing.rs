@@ -96,6 +96,11 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
         Ok(())
     }
 
+    /// Bytes of the heap the table holds (its lists' capacities).
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<NodeRef<A>>() * (self.successors.capacity() + self.fingers.capacity())
+    }
+
     /// A number that changes whenever the set of nodes in the table may
     /// have changed; equal numbers mean nothing changed.
     pub fn version(&self) -> u64 {
@@ -242,6 +247,12 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
         // The entry before `pos` may share the bucket and is nearer: keep it.
         if pos > 0 && self.me.bucket_of(&self.fingers[pos - 1].id) == Some(bucket) {
             return;
+        }
+        // Grown a few entries at a time: a ring of N nodes gives about
+        // log2(N) + 4 fingers, and doubling would leave most nodes up to
+        // half a list (hundreds of bytes) of room they never use.
+        if self.fingers.len() == self.fingers.capacity() {
+            self.fingers.reserve_exact(4);
         }
         self.fingers.insert(pos, n);
         self.version += 1;

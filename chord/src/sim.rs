@@ -227,6 +227,8 @@ struct Slot {
 #[derive(Debug)]
 pub struct Sim {
     cfg: SimConfig,
+    /// The nodes' configuration, shared by all of them.
+    node_cfg: std::sync::Arc<Config>,
     base: Instant,
     now: Instant,
     slots: Vec<Slot>,
@@ -251,6 +253,7 @@ impl Sim {
         let base = Instant::now();
         Sim {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            node_cfg: std::sync::Arc::new(cfg.node.clone()),
             cfg,
             base,
             now: base,
@@ -285,7 +288,7 @@ impl Sim {
         let addr = self.slots.len() as u32;
         let seed = self.rng.next_u64();
         let node = LocalNode::new(
-            self.cfg.node.clone(),
+            self.node_cfg.clone(),
             NodeRef::new(id, addr),
             seed,
             self.now,
@@ -300,6 +303,12 @@ impl Sim {
             timer: None,
         });
         addr
+    }
+
+    /// Makes room for `additional` more nodes at once (an experiment that
+    /// knows its size saves the vector's doublings).
+    pub fn reserve(&mut self, additional: usize) {
+        self.slots.reserve_exact(additional);
     }
 
     /// Virtual time elapsed since the start.
@@ -338,6 +347,31 @@ impl Sim {
         (0..self.slots.len() as u32)
             .filter(|a| self.is_live(*a))
             .collect()
+    }
+
+    /// Bytes the nodes hold: each node's [`LocalNode::state_bytes`] and the
+    /// rest of its slot here, summed over every node ever added.
+    pub fn node_state_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| {
+                std::mem::size_of::<Slot>() - std::mem::size_of::<LocalNode<u32>>()
+                    + s.node.state_bytes()
+            })
+            .sum()
+    }
+
+    /// Bytes of the event queue: its room, and the datagrams under way.
+    pub fn queue_bytes(&self) -> usize {
+        self.queue.capacity() * std::mem::size_of::<Reverse<Entry>>()
+            + self
+                .queue
+                .iter()
+                .map(|Reverse(e)| match &e.action {
+                    Action::Deliver { bytes, .. } => bytes.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
     }
 
     /// Counters of the network.

@@ -7,9 +7,10 @@
 //! when the newer one fills half of `max_sources` or has lived
 //! [`GENERATION`]. An address heard again while in the older generation moves
 //! to the newer one, so a source is forgotten only after a whole generation
-//! of silence (or under a flood of newer sources). An entry is 40 bytes
-//! besides its address; times are kept as milliseconds since the table's
-//! first use.
+//! of silence (or under a flood of newer sources). An entry is 32 bytes
+//! besides its address (4-byte aligned, so 36 with a `u32` address); times
+//! are kept as milliseconds since the table's first use. The older
+//! generation only loses entries, so it gives its room back as it drains.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -44,17 +45,22 @@ const DEFER_FINGERS: u8 = 2;
 
 #[derive(Clone, Debug)]
 struct Source {
-    /// The `GetNeighbors` txn awaiting verification (see `deferred`).
-    deferred_txn: u64,
+    /// The `GetNeighbors` txn awaiting verification (see `deferred`), as
+    /// two halves: a `u64` would align the entry to 8 bytes and pad a
+    /// small address's entry by 8 more.
+    deferred_txn: [u32; 2],
     tokens: f32,
-    /// The separate bucket of Data from a verified source.
-    data_tokens: f32,
+    /// Until the source is verified, the bytes received from it (its
+    /// reply budget); from then on, the bits of an `f32`, the tokens of
+    /// the separate bucket of its Data (full at verification, as it would
+    /// have been: nothing draws on it before). Neither is needed while the
+    /// other is, so they share four bytes.
+    in_or_data: u32,
     /// Milliseconds since the table's epoch (wrapping; entries never live
     /// long enough for a wrap to matter) of the last refill.
     last: u32,
     /// When the last verification probe went, same clock; valid if `probed`.
     probed_at: u32,
-    bytes_in: u32,
     bytes_out: u32,
     verified: bool,
     probed: bool,
@@ -66,14 +72,13 @@ struct Source {
 
 impl Source {
     /// A source heard for the first time, `ms` after the epoch.
-    fn fresh(burst: f32, data_burst: f32, ms: u32) -> Source {
+    fn fresh(burst: f32, ms: u32) -> Source {
         Source {
-            deferred_txn: 0,
+            deferred_txn: [0; 2],
             tokens: burst,
-            data_tokens: data_burst,
+            in_or_data: 0,
             last: ms,
             probed_at: 0,
-            bytes_in: 0,
             bytes_out: 0,
             verified: false,
             probed: false,
@@ -84,10 +89,47 @@ impl Source {
 }
 
 impl Source {
+    fn deferred_txn(&self) -> u64 {
+        u64::from(self.deferred_txn[0]) << 32 | u64::from(self.deferred_txn[1])
+    }
+
+    fn set_deferred_txn(&mut self, txn: u64) {
+        self.deferred_txn = [(txn >> 32) as u32, txn as u32];
+    }
+
+    /// Bytes received, counted until the source is verified.
+    fn bytes_in(&self) -> u32 {
+        if self.verified {
+            0
+        } else {
+            self.in_or_data
+        }
+    }
+
     fn add_in(&mut self, len: usize) {
-        self.bytes_in = self
-            .bytes_in
-            .saturating_add(len.try_into().unwrap_or(u32::MAX));
+        if !self.verified {
+            self.in_or_data = self
+                .in_or_data
+                .saturating_add(len.try_into().unwrap_or(u32::MAX));
+        }
+    }
+
+    /// Marks the source verified; its Data bucket starts full.
+    fn verify(&mut self, data_burst: f32) {
+        if !self.verified {
+            self.verified = true;
+            self.in_or_data = data_burst.to_bits();
+        }
+    }
+
+    /// Takes one token from the Data bucket of a verified source.
+    fn take_data(&mut self) -> bool {
+        let mut tokens = f32::from_bits(self.in_or_data);
+        let taken = self.verified && take(&mut tokens);
+        if taken {
+            self.in_or_data = tokens.to_bits();
+        }
+        taken
     }
 
     /// Refills both buckets to `ms` after the epoch.
@@ -98,7 +140,10 @@ impl Source {
             self.last = ms;
             let secs = elapsed as f32 / 1000.0;
             self.tokens = (self.tokens + secs * r.rate).min(r.burst);
-            self.data_tokens = (self.data_tokens + secs * r.data_rate).min(r.data_burst);
+            if self.verified {
+                let data = f32::from_bits(self.in_or_data);
+                self.in_or_data = (data + secs * r.data_rate).min(r.data_burst).to_bits();
+            }
         }
     }
 }
@@ -177,10 +222,33 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     /// Starts a new generation, forgetting the oldest.
     fn turn(&mut self, at: Duration) {
         let fresh = HashMap::with_hasher(self.young.hasher().clone());
-        let young = std::mem::replace(&mut self.young, fresh);
+        let mut young = std::mem::replace(&mut self.young, fresh);
         self.evicted += self.old.len() as u64;
+        // From now on it only loses entries: no room to grow is needed.
+        young.shrink_to_fit();
         self.old = young;
         self.turned = at;
+    }
+
+    /// Takes `addr`'s entry out of the old generation, shrinking that map
+    /// to fit once it is half empty: each address heard again moves to the
+    /// young one, so without this a node would hold two full-sized maps for
+    /// one generation's worth of sources. (Each shrink at least halves the
+    /// map, so they cost no more than the moves themselves.)
+    fn take_old(&mut self, addr: &A) -> Option<Source> {
+        let entry = self.old.remove(addr)?;
+        if self.old.len() * 2 < self.old.capacity() {
+            self.old.shrink_to_fit();
+        }
+        Some(entry)
+    }
+
+    /// Bytes of the heap the table holds (an estimate from its maps'
+    /// capacities, as `hashbrown` lays them out).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(A, Source)>();
+        crate::memory::hash_table_bytes(self.young.capacity(), entry)
+            + crate::memory::hash_table_bytes(self.old.capacity(), entry)
     }
 
     /// Applies `f` to the entry of `addr`, created if absent, in the young
@@ -201,11 +269,10 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
                 self.turn(t);
             }
         }
-        let (burst, data_burst) = (self.burst, self.data_burst);
+        let burst = self.burst;
         let mut entry = self
-            .old
-            .remove(addr)
-            .unwrap_or_else(|| Source::fresh(burst, data_burst, ms));
+            .take_old(addr)
+            .unwrap_or_else(|| Source::fresh(burst, ms));
         // Each generation holds at most half the cap, so both together
         // never exceed it.
         if self.young.len() >= self.cap / 2 {
@@ -249,7 +316,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
                 Arrival::Reply => true,
                 Arrival::Data if s.verified => {
                     s.refill(ms, rates);
-                    take(&mut s.data_tokens)
+                    s.take_data()
                 }
                 Arrival::Data | Arrival::Request => {
                     s.refill(ms, rates);
@@ -293,14 +360,15 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         let rates = self.rates();
         self.with(addr, now, |s, ms| {
             s.refill(ms, rates);
-            take(&mut s.data_tokens)
+            s.take_data()
         })
     }
 
     #[cfg(test)]
     /// `addr` answered a request sent to it: it really receives there.
     pub(crate) fn verify(&mut self, addr: &A, now: Instant) {
-        self.with(addr, now, |s, _| s.verified = true);
+        let data_burst = self.data_burst;
+        self.with(addr, now, |s, _| s.verify(data_burst));
     }
 
     /// [`verify`](Self::verify) and [`take_deferred`](Self::take_deferred)
@@ -310,10 +378,11 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         addr: &A,
         now: Instant,
     ) -> Option<(u64, bool)> {
+        let data_burst = self.data_burst;
         self.with(addr, now, |s, _| {
-            s.verified = true;
+            s.verify(data_burst);
             let kind = std::mem::replace(&mut s.deferred, DEFER_NONE);
-            (kind != DEFER_NONE).then_some((s.deferred_txn, kind == DEFER_FINGERS))
+            (kind != DEFER_NONE).then_some((s.deferred_txn(), kind == DEFER_FINGERS))
         })
     }
 
@@ -322,7 +391,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     pub(crate) fn budget(&self, addr: &A) -> Option<u64> {
         match self.find(addr) {
             Some(s) if s.verified => None,
-            Some(s) => Some(u64::from(s.bytes_in.saturating_sub(s.bytes_out))),
+            Some(s) => Some(u64::from(s.bytes_in().saturating_sub(s.bytes_out))),
             None => Some(0),
         }
     }
@@ -373,7 +442,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     /// verified (one per address: a newer request replaces an older one).
     pub(crate) fn defer(&mut self, addr: &A, txn: u64, want_fingers: bool) {
         if let Some(s) = self.find_mut(addr) {
-            s.deferred_txn = txn;
+            s.set_deferred_txn(txn);
             s.deferred = if want_fingers {
                 DEFER_FINGERS
             } else {
@@ -387,7 +456,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     pub(crate) fn take_deferred(&mut self, addr: &A) -> Option<(u64, bool)> {
         let s = self.find_mut(addr)?;
         let kind = std::mem::replace(&mut s.deferred, DEFER_NONE);
-        (kind != DEFER_NONE).then_some((s.deferred_txn, kind == DEFER_FINGERS))
+        (kind != DEFER_NONE).then_some((s.deferred_txn(), kind == DEFER_FINGERS))
     }
 
     /// Addresses tracked.
@@ -543,6 +612,9 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Sources::<u32>::new(10, 5, 8, (1, 2)).with_data_bucket(1000, 100);
         assert_eq!((0..20).filter(|_| s.allow(&1, t0)).count(), 5);
+        // Unverified, it has no Data bucket.
+        assert!(!s.allow_data(&1, t0));
+        s.verify(&1, t0);
         // Requests are spent; the Data bucket is not.
         assert_eq!((0..200).filter(|_| s.allow_data(&1, t0)).count(), 100);
         let t1 = t0 + Duration::from_millis(50);
@@ -552,6 +624,40 @@ mod tests {
 
     #[test]
     fn entries_stay_small() {
-        assert!(std::mem::size_of::<Source>() <= 40);
+        assert!(std::mem::size_of::<Source>() <= 32);
+        assert_eq!(std::mem::align_of::<Source>(), 4);
+        assert!(std::mem::size_of::<(u32, Source)>() <= 36);
+    }
+
+    #[test]
+    fn deferred_txn_keeps_all_64_bits() {
+        let t0 = Instant::now();
+        let mut s = Sources::<u32>::new(10, 5, 8, (1, 2));
+        s.received(&1, 50, t0);
+        s.defer(&1, 0xDEAD_BEEF_0123_4567, true);
+        assert_eq!(s.take_deferred(&1), Some((0xDEAD_BEEF_0123_4567, true)));
+    }
+
+    #[test]
+    fn old_generation_gives_back_its_room_as_it_drains() {
+        let t0 = Instant::now();
+        let mut s = Sources::<u32>::new(10, 5, 4096, (1, 2));
+        for a in 0..200 {
+            s.received(&a, 10, t0);
+        }
+        let full = s.heap_bytes();
+        // A generation later every source is heard again, one by one, and
+        // moves to the young map: the old one must not stay full-sized.
+        let t1 = t0 + GENERATION + Duration::from_secs(1);
+        for a in 0..200 {
+            s.received(&a, 10, t1);
+        }
+        assert_eq!(s.len(), 200);
+        s.check().unwrap();
+        assert!(
+            s.heap_bytes() < full * 3 / 2,
+            "{} bytes for 200 sources, {full} before they moved",
+            s.heap_bytes()
+        );
     }
 }

@@ -80,11 +80,10 @@ pub(super) struct Pending {
 pub(super) struct Peer {
     /// The session we send with.
     ///
-    /// Sessions (400 bytes, most of it the replay window) and handshakes
-    /// (880) are boxed: a peer table's empty slots and a peer's absent
-    /// sessions then cost a pointer each. Inline, a peer was 2,152 bytes
-    /// and a keyed peer of a 1,000-peer swarm held about 200 KB in its
-    /// table, against 32 KB for all of an unkeyed peer.
+    /// Sessions (about 150 bytes, and the replay window's 256-byte bitmap
+    /// once a datagram arrives out of order) and handshakes (880) are
+    /// boxed: a peer table's empty slots and a peer's absent sessions then
+    /// cost a pointer each.
     pub(super) current: Option<Box<Session>>,
     /// The session `current` replaced: still accepted for receiving, so
     /// datagrams in flight during a re-handshake are not lost.
@@ -146,14 +145,24 @@ pub struct SecureCore<A> {
     pub(super) key: SwarmKey,
     pub(super) cfg: SecureConfig,
     pub(super) params: NoiseParams,
+    /// Every peer by address. A datagram's receiver index is looked up
+    /// among the sessions of the peer it came from (an address is a peer's
+    /// identity here), so no table of indexes is needed: an index is
+    /// unique among one peer's sessions and handshake.
     pub(super) peers: HashMap<A, Peer>,
-    /// Our receiver index → the peer it belongs to.
-    pub(super) by_index: HashMap<u32, A>,
+    /// Indexes handed out when the system gives no randomness.
+    pub(super) fallback_index: u32,
     pub(super) out: VecDeque<(A, Vec<u8>)>,
     pub(super) queued_bytes: usize,
     pub(super) handshakes: Bucket,
-    pub(super) seen_inits: HashSet<[u8; DH_LEN]>,
-    pub(super) seen_order: VecDeque<[u8; DH_LEN]>,
+    /// Ephemeral keys of accepted Inits, as 64-bit fingerprints under
+    /// `init_key` (a third of the room of the keys themselves): a recorded
+    /// Init replayed is refused; an Init refused by a collision would take
+    /// 2^64 tries of a sender that does not know the key.
+    pub(super) seen_inits: HashSet<u64>,
+    pub(super) seen_order: VecDeque<u64>,
+    /// The secret key of the fingerprints (SipHash, random per core).
+    pub(super) init_key: std::hash::RandomState,
     pub(super) stats: SecureStats,
     /// Wall-clock nanoseconds at `created`: Init timestamps grow across restarts.
     pub(super) wall_base: u64,
@@ -190,12 +199,13 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
             cfg,
             params,
             peers: HashMap::new(),
-            by_index: HashMap::new(),
+            fallback_index: 0,
             out: VecDeque::new(),
             queued_bytes: 0,
             handshakes,
             seen_inits: HashSet::new(),
             seen_order: VecDeque::new(),
+            init_key: std::hash::RandomState::new(),
             stats: SecureStats::default(),
             wall_base: wall_nanos,
             created: now,
@@ -453,15 +463,16 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
     fn data(&mut self, now: Instant, from: &A, bytes: &[u8], out: &mut [u8]) -> Option<usize> {
         let local = be_u32(&bytes[1..])?;
         let nonce = be_u64(&bytes[5..])?;
-        let known = self.by_index.get(&local) == Some(from);
-        let peer = match self.peers.get_mut(from) {
-            Some(p) if known => p,
-            _ => {
-                self.stats.dropped_unknown_session += 1;
-                self.unknown_session(now, from, bytes.len());
-                return None;
-            }
-        };
+        if !self
+            .peers
+            .get(from)
+            .is_some_and(|p| p.indexes().any(|i| i == local))
+        {
+            self.stats.dropped_unknown_session += 1;
+            self.unknown_session(now, from, bytes.len());
+            return None;
+        }
+        let peer = self.peers.get_mut(from)?;
         let slot = if peer.current.as_ref().is_some_and(|s| s.local == local) {
             &mut peer.current
         } else if peer.previous.as_ref().is_some_and(|s| s.local == local) {
@@ -489,13 +500,12 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         peer.active = Some(now);
         if peer.next.as_ref().is_some_and(|s| s.local == local) {
             // The peer proved it holds the session its Init made: promote it.
-            if let Some(old) = peer.previous.take() {
-                self.by_index.remove(&old.local);
-            }
             peer.previous = peer.current.take();
             peer.current = peer.next.take();
             // What waited for our own handshake can go under this one.
-            let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
+            // Taken whole: an emptied queue would keep its room for the
+            // peer's lifetime.
+            let queued = std::mem::take(&mut peer.queue);
             if let Some(s) = peer.current.as_mut() {
                 for q in &queued {
                     self.queued_bytes = self.queued_bytes.saturating_sub(q.len());
@@ -568,9 +578,6 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
 
     pub(super) fn remove(&mut self, a: &A) {
         if let Some(p) = self.peers.remove(a) {
-            for i in p.indexes() {
-                self.by_index.remove(&i);
-            }
             let bytes: usize = p.queue.iter().map(Vec::len).sum();
             self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
             self.stats.dropped_handshake_failed += p.queue.len() as u64;

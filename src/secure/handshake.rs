@@ -26,16 +26,23 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         }
     }
 
-    pub(super) fn fresh_index(&mut self) -> u32 {
+    /// A receiver index for a new session or handshake with `peer`, none
+    /// of whose others has it.
+    pub(super) fn fresh_index(&mut self, peer: &A) -> u32 {
         loop {
             let mut b = [0u8; 4];
             if super::random_bytes(&mut b).is_err() {
                 // No OS randomness: fall back on a counter (indexes need
                 // only be distinct, not secret).
-                b = (self.by_index.len() as u32 + 1).to_be_bytes();
+                self.fallback_index = self.fallback_index.wrapping_add(1);
+                b = self.fallback_index.to_be_bytes();
             }
             let i = u32::from_be_bytes(b);
-            if i != 0 && !self.by_index.contains_key(&i) {
+            let taken = self
+                .peers
+                .get(peer)
+                .is_some_and(|p| p.indexes().any(|x| x == i));
+            if i != 0 && !taken {
                 return i;
             }
         }
@@ -54,7 +61,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         let Ok(mut hs) = self.builder().build_initiator() else {
             return;
         };
-        let local = self.fresh_index();
+        let local = self.fresh_index(to);
         let stamp = self.stamp(now).to_be_bytes();
         let mut msg = vec![0u8; INIT_LEN];
         msg[0] = INIT;
@@ -73,16 +80,12 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         let Some(peer) = self.peers.get_mut(to) else {
             return;
         };
-        if let Some(old) = peer.pending.take() {
-            self.by_index.remove(&old.local);
-        }
         peer.pending = Some(Box::new(Pending {
             local,
             hs,
             attempts: attempt,
             retry_at,
         }));
-        self.by_index.insert(local, to.clone());
         self.earliest_retry = Some(self.earliest_retry.map_or(retry_at, |r| r.min(retry_at)));
         self.out.push_back((to.clone(), msg));
     }
@@ -91,13 +94,11 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         let Some(peer) = self.peers.get_mut(a) else {
             return;
         };
-        if let Some(p) = peer.pending.take() {
-            self.by_index.remove(&p.local);
-        }
+        peer.pending = None;
         self.stats.handshakes_failed += 1;
         let dropped = peer.queue.len() as u64;
         let bytes: usize = peer.queue.iter().map(Vec::len).sum();
-        peer.queue.clear();
+        peer.queue = Default::default();
         self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
         self.stats.dropped_handshake_failed += dropped;
         tracing::debug!(dropped, "handshake gave up");
@@ -125,7 +126,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         let stamp = u64::from_be_bytes(stamp);
         let mut e = [0u8; DH_LEN];
         e.copy_from_slice(&bytes[5..5 + DH_LEN]);
-        if self.seen_inits.contains(&e)
+        if self.seen_inits.contains(&self.init_fingerprint(&e))
             || self.peers.get(from).is_some_and(|p| stamp <= p.last_init)
         {
             self.stats.dropped_replay += 1;
@@ -136,7 +137,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
             self.stats.dropped_rate_limited += 1;
             return;
         }
-        let local = self.fresh_index();
+        let local = self.fresh_index(from);
         let mut msg = vec![0u8; RESPONSE_LEN];
         msg[0] = RESPONSE;
         msg[1..5].copy_from_slice(&local.to_be_bytes());
@@ -155,18 +156,21 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         let peer = self.peers.entry(from.clone()).or_default();
         peer.last_init = stamp;
         peer.active = Some(now);
-        if let Some(old) = peer.next.replace(Box::new(Session {
+        peer.next = Some(Box::new(Session {
             local,
             remote,
             transport,
             send_nonce: 0,
             replay: ReplayWindow::default(),
-        })) {
-            self.by_index.remove(&old.local);
-        }
-        self.by_index.insert(local, from.clone());
+        }));
         self.stats.handshakes_answered += 1;
         self.out.push_back((from.clone(), msg));
+    }
+
+    /// The fingerprint under which an Init's ephemeral key is remembered.
+    pub(super) fn init_fingerprint(&self, e: &[u8; DH_LEN]) -> u64 {
+        use std::hash::BuildHasher;
+        self.init_key.hash_one(e)
     }
 
     pub(super) fn remember_init(&mut self, e: [u8; DH_LEN]) {
@@ -175,20 +179,20 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
                 self.seen_inits.remove(&old);
             }
         }
-        self.seen_inits.insert(e);
-        self.seen_order.push_back(e);
+        let f = self.init_fingerprint(&e);
+        self.seen_inits.insert(f);
+        self.seen_order.push_back(f);
     }
 
     pub(super) fn response(&mut self, now: Instant, from: &A, bytes: &[u8]) {
         let (Some(remote), Some(local)) = (be_u32(&bytes[1..]), be_u32(&bytes[5..])) else {
             return;
         };
-        let ours = self.by_index.get(&local) == Some(from)
-            && self
-                .peers
-                .get(from)
-                .and_then(|p| p.pending.as_ref())
-                .is_some_and(|p| p.local == local);
+        let ours = self
+            .peers
+            .get(from)
+            .and_then(|p| p.pending.as_ref())
+            .is_some_and(|p| p.local == local);
         if !ours {
             self.stats.dropped_unknown_session += 1;
             return;
@@ -212,7 +216,6 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
             return;
         }
         let Ok(transport) = pending.hs.into_stateless_transport_mode() else {
-            self.by_index.remove(&local);
             return;
         };
         let mut session = Session {
@@ -225,7 +228,9 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         self.stats.handshakes_completed += 1;
         peer.active = Some(now);
         // Everything that waited goes out now, in order.
-        let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
+        // Taken whole: an emptied queue would keep its room for the peer's
+        // lifetime.
+        let queued = std::mem::take(&mut peer.queue);
         for plain in &queued {
             self.queued_bytes = self.queued_bytes.saturating_sub(plain.len());
             if let Some(d) = seal(&mut session, plain) {
@@ -239,9 +244,6 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
             if let Some(d) = seal(&mut session, &[]) {
                 self.out.push_back((from.clone(), d));
             }
-        }
-        if let Some(old) = peer.previous.take() {
-            self.by_index.remove(&old.local);
         }
         peer.previous = peer.current.replace(Box::new(session));
     }

@@ -657,6 +657,10 @@ proptest::proptest! {
 fn a_peer_table_entry_is_small() {
     let entry = std::mem::size_of::<super::core::Peer>();
     assert!(entry <= 160, "a peer entry is {entry} bytes");
+    // The replay window's bitmap is not inline: a session whose datagrams
+    // come in order holds none.
+    let session = std::mem::size_of::<super::core::Session>();
+    assert!(session <= 200, "a session is {session} bytes");
 }
 
 /// The keyed link's cipher (`ring`'s ChaCha20-Poly1305, `cipher.rs`)

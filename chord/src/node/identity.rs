@@ -45,6 +45,11 @@ impl<A: Clone + Eq + std::hash::Hash> Identity<A> {
         (self.derive)(addr)
     }
 
+    /// Bytes of the heap the cache holds.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Option<(A, Hash)>>()
+    }
+
     /// Whether `id` is the id of `addr`.
     pub(super) fn matches(&mut self, addr: &A, id: &Hash) -> bool {
         if self.slots.is_empty() {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
@@ -96,8 +97,10 @@ enum Waiting<A> {
     /// join through that peer goes on once it answers.
     Observe { join: bool },
     /// A lookup handed to the next hop, awaiting its acknowledgement.
+    /// Boxed: inline it would make every pending request (and every empty
+    /// slot of the table of them) about 100 bytes larger.
     Forward {
-        msg: FindSuccessor<A>,
+        msg: Box<FindSuccessor<A>>,
         next: Option<Hash>,
         exclude: Vec<Hash>,
     },
@@ -209,7 +212,9 @@ struct Lookup {
 /// [`poll_event`]: LocalNode::poll_event
 #[derive(Clone, Debug)]
 pub struct LocalNode<A> {
-    cfg: Config,
+    /// Shared by the nodes of one process that are given the same one (the
+    /// simulator's): about 200 bytes a node otherwise.
+    cfg: Arc<Config>,
     me: NodeRef<A>,
     phase: Phase<A>,
     table: RoutingTable<A>,
@@ -274,18 +279,33 @@ pub struct LocalNode<A> {
 /// Emptied confirmation lists a node keeps.
 const SPARE_ACK_LISTS: usize = 4;
 
-/// Gives back most of a map's room once it is three quarters empty (and
-/// not tiny), keeping twice what it holds.
+/// Gives back most of a map's room once it is three quarters empty,
+/// keeping twice what it holds (all of it when empty): called once a
+/// stabilize period, so a map regrows at most once a period.
 fn trim<V>(map: &mut FxHashMap<u64, V>) {
-    if map.capacity() > 16 && map.len() * 4 < map.capacity() {
+    if map.len() * 4 < map.capacity() {
         map.shrink_to(map.len() * 2);
+    }
+}
+
+/// [`trim`] for a queue the driver drains after every call.
+fn trim_queue<T>(queue: &mut VecDeque<T>) {
+    if queue.len() * 4 < queue.capacity() {
+        queue.shrink_to(queue.len() * 2);
     }
 }
 
 impl<A: Address> LocalNode<A> {
     /// A node with identity `me` (its id and the address others reach it
-    /// at), drawing its randomness from `seed`.
-    pub fn new(cfg: Config, me: NodeRef<A>, seed: u64, now: Instant) -> Result<Self, ConfigError> {
+    /// at), drawing its randomness from `seed`. The configuration may be a
+    /// [`Config`] or an `Arc<Config>` that many nodes share.
+    pub fn new(
+        cfg: impl Into<Arc<Config>>,
+        me: NodeRef<A>,
+        seed: u64,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        let cfg: Arc<Config> = cfg.into();
         cfg.validate()?;
         let _ = now;
         let reassembly = Reassembly::new(cfg.reassembly_bytes, cfg.send_timeout)
@@ -485,6 +505,77 @@ impl<A: Address> LocalNode<A> {
     #[doc(hidden)]
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Bytes of memory this node holds: the struct itself and an estimate
+    /// of the heap behind its tables, from their capacities (hash tables
+    /// as `hashbrown` lays them out, datagrams waiting to leave or to be
+    /// sent again at their length). The allocator's own overhead and what
+    /// an address type holds on the heap are left out. The simulator sums
+    /// it over its nodes to report bytes per node.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use chord::{Config, Hash, LocalNode, NodeRef};
+    /// let node = LocalNode::new(Config::default(), NodeRef::new(Hash::of("a"), 1u32), 1, Instant::now()).unwrap();
+    /// assert!(node.state_bytes() >= std::mem::size_of::<LocalNode<u32>>());
+    /// ```
+    pub fn state_bytes(&self) -> usize {
+        use crate::memory::{btree_bytes, hash_table_bytes, vec_bytes};
+        use std::mem::size_of;
+        let pending = hash_table_bytes(self.pending.capacity(), size_of::<(u64, Pending<A>)>())
+            + self
+                .pending
+                .values()
+                .map(|p| {
+                    p.bytes.len()
+                        + match &p.waiting {
+                            Waiting::Admit { roles, .. } => vec_bytes::<Role>(roles.capacity()),
+                            Waiting::Data { exclude, .. } => vec_bytes::<Hash>(exclude.capacity()),
+                            Waiting::Forward { exclude, .. } => {
+                                size_of::<FindSuccessor<A>>()
+                                    + vec_bytes::<Hash>(exclude.capacity())
+                            }
+                            _ => 0,
+                        }
+                })
+                .sum::<usize>();
+        let backoff = hash_table_bytes(self.backoff.capacity(), size_of::<(A, Backoff)>())
+            + self
+                .backoff
+                .values()
+                .map(|b| vec_bytes::<u64>(b.held.capacity()))
+                .sum::<usize>();
+        let queues = vec_bytes::<Transmit<A>>(self.transmits.capacity())
+            + self.transmits.iter().map(|t| t.bytes.len()).sum::<usize>()
+            + vec_bytes::<Event<A>>(self.events.capacity())
+            + vec_bytes::<(A, Vec<crate::wire::Confirmed>)>(self.acks.capacity())
+            + vec_bytes::<Vec<crate::wire::Confirmed>>(self.spare_acks.capacity())
+            + self
+                .acks
+                .iter()
+                .map(|(_, l)| l.capacity())
+                .chain(self.spare_acks.iter().map(Vec::capacity))
+                .map(vec_bytes::<crate::wire::Confirmed>)
+                .sum::<usize>();
+        size_of::<Self>()
+            + self.table.heap_bytes()
+            + pending
+            + backoff
+            + btree_bytes::<u64, Lookup>(self.lookups.len())
+            + vec_bytes::<NodeRef<A>>(self.known.capacity())
+            + vec_bytes::<(Hash, Instant)>(self.dead.capacity())
+            + vec_bytes::<(Hash, bool)>(self.probed.capacity())
+            + hash_table_bytes(self.outgoing.capacity(), size_of::<(u64, data::Outgoing)>())
+            + self.seen.heap_bytes()
+            + self.reassembly.heap_bytes()
+            + self.sources.heap_bytes()
+            + self
+                .identity
+                .as_ref()
+                .map_or(0, |i| size_of::<identity::Identity<A>>() + i.heap_bytes())
+            + vec_bytes::<PastPeer<A>>(self.past.capacity())
+            + queues
     }
 
     // ------------------------------------------------------------------ commands
@@ -1599,7 +1690,11 @@ impl<A: Address> LocalNode<A> {
             0
         };
         let sent = msg.clone();
-        let waiting = Waiting::Forward { msg, next, exclude };
+        let waiting = Waiting::Forward {
+            msg: Box::new(msg),
+            next,
+            exclude,
+        };
         self.request(to, retries, waiting, now, |txn| {
             Message::FindSuccessor(FindSuccessor { txn, ..sent })
         });
@@ -1694,6 +1789,8 @@ impl<A: Address> LocalNode<A> {
         // sends) would leave every idle node holding its peak.
         trim(&mut self.pending);
         trim(&mut self.outgoing);
+        trim_queue(&mut self.transmits);
+        trim_queue(&mut self.events);
         // Destinations quiet for a request timeout, with nothing held that
         // is still pending, are forgotten.
         let (pending, window) = (&self.pending, self.cfg.request_timeout);
@@ -1946,7 +2043,7 @@ impl<A: Address> LocalNode<A> {
                         self.send_stabilize(now);
                     }
                     exclude.push(id);
-                    let mut msg = msg;
+                    let mut msg = *msg;
                     msg.hops = msg.hops.saturating_sub(1);
                     if self.phase == Phase::Joined {
                         self.route_lookup(msg, exclude, now);
@@ -2117,6 +2214,9 @@ impl<A: Address> LocalNode<A> {
         let mut now_known: Vec<NodeRef<A>> = self.table.peers().cloned().collect();
         now_known.sort_by_key(|a| a.id);
         now_known.dedup_by(|a, b| a.id == b.id);
+        // Kept until the table changes again: successors and fingers
+        // overlap, so the list is often a third shorter than collected.
+        now_known.shrink_to_fit();
         if now_known.len() == self.known.len()
             && now_known.iter().zip(&self.known).all(|(a, b)| a.id == b.id)
         {

@@ -78,7 +78,8 @@ impl Default for Params {
 }
 
 /// What an experiment measured. Deterministic for a given [`Params`]: the
-/// driver fills in `wall_seconds` and `peak_rss_bytes`, which are not.
+/// driver fills in `wall_seconds`, `peak_rss_bytes` and
+/// `peak_rss_bytes_per_node`, which are not.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Report {
     /// Nodes in the ring.
@@ -159,10 +160,39 @@ pub struct Report {
     pub sim_seconds: f64,
     /// Datagrams the network carried in the whole run.
     pub datagrams: u64,
+    /// Bytes of node state per node, at the largest of the samples taken
+    /// at the end of each phase and every virtual second of the lookups and
+    /// sends ([`Sim::node_state_bytes`] over the nodes): the part of the
+    /// memory that the protocol's tables decide, deterministic for a seed.
+    pub node_state_bytes_per_node: f64,
+    /// Bytes of the event queue per node at the same sample
+    /// ([`Sim::queue_bytes`]).
+    pub queue_bytes_per_node: f64,
     /// Wall-clock seconds of the run (set by the driver).
     pub wall_seconds: f64,
     /// Peak resident memory of the process (set by the driver).
     pub peak_rss_bytes: u64,
+    /// `peak_rss_bytes` over `nodes` (set by the driver): everything the
+    /// process held per simulated node at its peak.
+    pub peak_rss_bytes_per_node: f64,
+}
+
+/// The largest memory of the nodes seen by [`Peak::sample`].
+#[derive(Default)]
+struct Peak {
+    state: usize,
+    queue: usize,
+}
+
+impl Peak {
+    /// Notes the nodes' state and the queue now, if the largest yet.
+    fn sample(&mut self, sim: &Sim) {
+        let state = sim.node_state_bytes();
+        if state > self.state {
+            self.state = state;
+            self.queue = sim.queue_bytes();
+        }
+    }
 }
 
 struct LookupStats {
@@ -177,6 +207,7 @@ pub fn run(params: &Params) -> Report {
     let mut sim = Sim::new(params.sim.clone());
     let period = params.sim.node.stabilize_interval;
     let n = params.nodes.max(1);
+    sim.reserve(n);
     let addrs: Vec<u32> = (0..n).map(|_| sim.add_node()).collect();
     sim.create(addrs[0]);
     let scale = period.as_secs_f64() / (1.0 + params.growth.max(0.01)).ln();
@@ -194,8 +225,10 @@ pub fn run(params: &Params) -> Report {
         ..Report::default()
     };
 
+    let mut peak = Peak::default();
     // Build: run past the last join, retrying joins that failed, until correct.
     sim.run_until(last_join + period);
+    peak.sample(&sim);
     for _ in 0..params.max_converge_periods {
         for a in sim.take_join_failures() {
             sim.schedule_join(a, period / 2);
@@ -205,6 +238,7 @@ pub fn run(params: &Params) -> Report {
             break;
         }
         sim.run_for(period);
+        peak.sample(&sim);
     }
     report.join_seconds = sim.elapsed().as_secs_f64();
 
@@ -212,6 +246,7 @@ pub fn run(params: &Params) -> Report {
     let before = sim.net_stats().clone();
     let settle = period * params.settle_periods;
     sim.run_for(settle);
+    peak.sample(&sim);
     let live = sim.live().len().max(1) as f64;
     let secs = settle.as_secs_f64().max(f64::MIN_POSITIVE);
     report.messages_per_node_per_s =
@@ -219,14 +254,14 @@ pub fn run(params: &Params) -> Report {
     report.bytes_per_node_per_s = (sim.net_stats().bytes - before.bytes) as f64 / live / secs;
     report.ring_correct &= sim.ring_check().is_correct();
 
-    let s = measure_lookups(&mut sim, params.lookups);
+    let s = measure_lookups(&mut sim, params.lookups, &mut peak);
     report.success_rate = s.success_rate;
     report.hops_mean = s.hops_mean;
     report.hops_p50 = s.hops_p50;
     report.hops_p99 = s.hops_p99;
 
     if params.sends > 0 || params.broadcasts > 0 {
-        measure_traffic(&mut sim, params, &mut report);
+        measure_traffic(&mut sim, params, &mut report, &mut peak);
     }
 
     if params.fail > 0.0 {
@@ -235,13 +270,16 @@ pub fn run(params: &Params) -> Report {
         report.killed = before - survivors.len();
         sim.run_for(period * params.recovery_periods);
         report.ring_correct_after_fail = sim.ring_check().is_correct();
-        let s = measure_lookups(&mut sim, params.lookups);
+        let s = measure_lookups(&mut sim, params.lookups, &mut peak);
         report.success_rate_after_fail = s.success_rate;
         report.hops_mean_after_fail = s.hops_mean;
         report.hops_p99_after_fail = s.hops_p99;
     }
     report.sim_seconds = sim.elapsed().as_secs_f64();
     report.datagrams = sim.net_stats().datagrams;
+    peak.sample(&sim);
+    report.node_state_bytes_per_node = peak.state as f64 / n as f64;
+    report.queue_bytes_per_node = peak.queue as f64 / n as f64;
     report
 }
 
@@ -257,7 +295,7 @@ fn kill_random(sim: &mut Sim, count: usize) -> Vec<u32> {
     live.split_off(count)
 }
 
-fn measure_traffic(sim: &mut Sim, params: &Params, report: &mut Report) {
+fn measure_traffic(sim: &mut Sim, params: &Params, report: &mut Report, peak: &mut Peak) {
     let n = sim.live().len();
     report.sends = params.sends;
     report.duplicates = params.duplicates;
@@ -305,8 +343,13 @@ fn measure_traffic(sim: &mut Sim, params: &Params, report: &mut Report) {
     let limit = sim.elapsed() + sim.cfg.node.send_timeout * 2;
     let mut events = Vec::new();
     let mut resolved = 0;
+    let mut steps = 0u32;
     while resolved < sent.len() && sim.elapsed() < limit {
         sim.run_for(Duration::from_millis(100));
+        steps += 1;
+        if steps % 10 == 1 {
+            peak.sample(sim);
+        }
         for e in sim.take_data_events() {
             if matches!(e, DataEvent::Delivered { .. } | DataEvent::Failed { .. }) {
                 resolved += 1;
@@ -435,7 +478,7 @@ fn random_key(sim: &mut Sim) -> Hash {
     Hash::from_bytes(key)
 }
 
-fn measure_lookups(sim: &mut Sim, count: usize) -> LookupStats {
+fn measure_lookups(sim: &mut Sim, count: usize, peak: &mut Peak) -> LookupStats {
     let live = sim.live();
     if count == 0 || live.is_empty() {
         return LookupStats {
@@ -452,8 +495,13 @@ fn measure_lookups(sim: &mut Sim, count: usize) -> LookupStats {
         started.push(sim.lookup(origin, key));
     }
     let limit = sim.elapsed() + sim.cfg.node.lookup_timeout * 2;
+    let mut steps = 0u32;
     while sim.open_lookups() > 0 && sim.elapsed() < limit {
         sim.run_for(Duration::from_millis(100));
+        steps += 1;
+        if steps % 10 == 1 {
+            peak.sample(sim);
+        }
     }
     let outcomes: Vec<LookupOutcome> = sim.take_lookups();
     let truth = sim.truth();
