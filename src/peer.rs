@@ -697,6 +697,23 @@ impl SwarmPeer {
         Ok(crate::nat::classify(local, &own, b.mapped, &observations))
     }
 
+    /// Asks the peer at `to` where it sees this one (as STUN does) and
+    /// returns that address, waiting at most `timeout` for the answer
+    /// ([`Error::Timeout`] without one). The answer also counts towards
+    /// [`nat_status`](Self::nat_status): a peer behind a NAT learns how
+    /// its NAT maps once two observers at different IP addresses have
+    /// answered, and asking one more (for example a peer on another host
+    /// than its bootstrap and successor) settles it. `to` need not be a
+    /// member of this peer's swarm, only a Cicada peer on the same
+    /// transport.
+    pub async fn observe(&self, to: impl Into<PeerAddr>, timeout: Duration) -> Result<PeerAddr> {
+        let to = to.into();
+        let asked = self.ask(|reply| Command::Observe { to, reply });
+        tokio::time::timeout(timeout, asked)
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+
     /// This peer's id.
     pub fn hash(&self) -> Result<Hash> {
         Ok(self.bound()?.view.me().id)
