@@ -424,3 +424,65 @@ fn observe_and_expect(node: &mut Node, target: &str, gw_ip: &str, mapping: &str)
         node.all(is("nat"))
     );
 }
+
+/// `cicada demo --lab`: the demo brings up its own lab, spreads eight peers
+/// over three public hosts and two LANs behind UPnP gateways, passes every
+/// check, says where each peer sits, and leaves no namespace behind.
+#[test]
+fn demo_over_the_lab_places_peers_and_passes_its_checks() {
+    let _g = heavy();
+    let test = "demo_over_the_lab_places_peers_and_passes_its_checks";
+    if require::or_skip(Need::Netlab, test, netlab::check("lab")).is_none() {
+        return;
+    }
+    let script = netlab::script().display().to_string();
+    let (code, out, err) = run_demo(
+        &[
+            "--lab", "--nodes", "8", "--json", "--seed", "5", "--netlab", &script,
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(0), "demo --lab\nstdout:\n{out}\nstderr:\n{err}");
+    let last = out.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("last line {last:?}: {e}"));
+    for (key, want) in [
+        ("ok", Value::Bool(true)),
+        ("ring_correct", Value::Bool(true)),
+        ("lookup_success_rate", Value::from(1.0)),
+        ("send_delivered_rate", Value::from(1.0)),
+        ("broadcast_coverage", Value::from(1.0)),
+        ("nodes", Value::from(8)),
+    ] {
+        assert_eq!(v[key], want, "{key}: {v}");
+    }
+    assert_eq!(v["after_churn"]["ring_correct"], true, "{v}");
+    assert_eq!(v["after_churn"]["send_delivered_rate"], 1.0, "{v}");
+    assert_eq!(v["nat"], "2 mapped, 6 public", "{v}");
+    let peers = v["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 8, "{v}");
+    let mut hosts: Vec<&str> = peers.iter().filter_map(|p| p["host"].as_str()).collect();
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts, ["lan1-1", "lan2-1", "pub1", "pub2", "pub3"], "{v}");
+    for p in peers {
+        let (host, addr) = (p["host"].as_str().unwrap(), p["addr"].as_str().unwrap());
+        let (ip, nat) = match host {
+            "lan1-1" => ("198.18.0.101".to_string(), "mapped"),
+            "lan2-1" => ("198.18.0.102".to_string(), "mapped"),
+            h => (format!("198.18.0.{}", &h[3..]), "public"),
+        };
+        assert_eq!(ip_of(addr), ip, "{p}");
+        assert_eq!(p["nat"], nat, "{p}");
+        assert_eq!(p["id"], Hash::of(addr).to_string(), "{p}");
+    }
+    let prefix = v["lab"].as_str().expect("the lab's prefix").to_string();
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.lines().any(|l| l.starts_with(&format!("{prefix}-"))),
+        "the demo left namespaces of {prefix}: {left}"
+    );
+}
