@@ -84,3 +84,58 @@ async fn peers_bound_to_all_interfaces_announce_where_they_are_seen() {
         }
     }
 }
+
+/// `connect` to an address of the other family than the socket's fails at
+/// once with `Error::AddressFamily`, not after a join timeout; a
+/// dual-stack `[::]` socket reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_across_address_families_is_refused_clearly() {
+    let mut v4 = SwarmPeer::with_config(fast(), Hooks::new());
+    v4.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let started = Instant::now();
+    let e = v4
+        .connect(
+            "[::1]:9".parse::<SocketAddr>().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("an IPv4 socket cannot join over IPv6");
+    assert!(matches!(e, Error::AddressFamily { .. }), "{e}");
+    assert!(e.to_string().contains("IPv4 and IPv6 do not mix"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    if require::or_skip(
+        Need::Ipv6,
+        "connect_across_address_families_is_refused_clearly",
+        std::net::UdpSocket::bind("[::1]:0")
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    )
+    .is_none()
+    {
+        return;
+    }
+    let mut v6 = SwarmPeer::with_config(fast(), Hooks::new());
+    v6.bind("[::1]:0".parse().unwrap()).await.unwrap();
+    let e = v6
+        .connect(
+            "127.0.0.1:9".parse::<SocketAddr>().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("a socket bound to ::1 cannot join over IPv4");
+    assert!(matches!(e, Error::AddressFamily { .. }), "{e}");
+    // Dual-stack: the attempt is made (and fails on its own: nobody there).
+    let mut any = SwarmPeer::with_config(fast(), Hooks::new());
+    any.bind("[::]:0".parse().unwrap()).await.unwrap();
+    let e = any
+        .connect(
+            "127.0.0.1:9".parse::<SocketAddr>().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("nobody listens on port 9");
+    assert!(!matches!(e, Error::AddressFamily { .. }), "{e}");
+}

@@ -153,7 +153,7 @@ fn find_netlab(given: Option<&PathBuf>) -> Result<PathBuf, String> {
 }
 
 /// Brings up the lab `prefix` and returns its variables (`netlab env`).
-fn lab_up(script: &std::path::Path, prefix: &str) -> Result<Vec<(String, String)>, String> {
+fn lab_up(script: &std::path::Path, prefix: &str) -> Result<LabEnv, String> {
     let check = Command::new("bash")
         .arg(script)
         .args(["check", "lab"])
@@ -206,7 +206,11 @@ fn lab_place(i: usize) -> (String, String, bool) {
         2 => ("lan1-1".into(), format!("0.0.0.0:{port}"), true),
         5 => ("lan2-1".into(), format!("0.0.0.0:{port}"), true),
         _ => {
-            let any = if i % 2 == 0 { "0.0.0.0" } else { "[::]" };
+            let any = if i.is_multiple_of(2) {
+                "0.0.0.0"
+            } else {
+                "[::]"
+            };
             let public = i - usize::from(i > 2) - usize::from(i > 5);
             (
                 format!("pub{}", public % 3 + 1),
@@ -216,6 +220,9 @@ fn lab_place(i: usize) -> (String, String, bool) {
         }
     }
 }
+
+/// A lab's variables (`netlab env`), name and value.
+type LabEnv = Vec<(String, String)>;
 
 /// How a peer is started: where, and bound to what.
 struct Launch {
@@ -686,7 +693,7 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handler(stop.clone())?;
     // The lab, torn down when `_lab` drops (after the peers, declared later).
-    let mut lab: Option<(String, String, Vec<(String, String)>)> = None;
+    let mut lab: Option<(String, String, LabEnv)> = None;
     let _lab = if args.lab {
         let script = find_netlab(args.netlab.as_ref())?;
         let prefix = format!("demo{}", std::process::id());
