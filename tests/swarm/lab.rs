@@ -15,7 +15,7 @@ use netlab::Lab;
 const KNOBS: [(&str, &str); 10] = [
     ("NETLAB_PUBLIC", "2"),
     ("NETLAB_LANS", "3"),
-    ("NETLAB_HOSTS", "1"),
+    ("NETLAB_HOSTS", "2"),
     ("NETLAB_IPV6", "yes"),
     ("NETLAB_GW2_UPNP", "no"),
     ("NETLAB_GW2_NATPMP", "no"),
@@ -349,6 +349,42 @@ fn a_swarm_over_public_hosts_and_nats_routes_sends_and_knows_where_it_stands() {
     );
     exchange(&mut n, &lone, "from-behind-a-symmetric-nat");
     drop((n, lone));
+
+    // A swarm inside LAN 1: peers joining by LAN address are seen, and
+    // announce, their LAN addresses, and say they are public (seen at
+    // their own address and port).
+    let lan = [lab.ip("lan1-1").to_string(), lab.ip("lan1-2").to_string()];
+    let mut local = vec![start(&lab, "lan1-2", "[::]:41030", None, &[])];
+    let first_lan = format!("{}:41030", lan[1]);
+    local.push(start(
+        &lab,
+        "lan1-1",
+        "0.0.0.0:41031",
+        Some(&first_lan),
+        &[],
+    ));
+    local.push(start(&lab, "lan1-1", "[::]:41032", Some(&first_lan), &[]));
+    assert!(local[0]
+        .wait_for(0, Duration::from_secs(5), is("address"))
+        .is_some());
+    for n in local.iter_mut() {
+        refresh(n);
+    }
+    let got: Vec<String> = local.iter().map(|n| n.addr.clone()).collect();
+    let want = [
+        format!("{}:41030", lan[1]),
+        format!("{}:41031", lan[0]),
+        format!("{}:41032", lan[0]),
+    ];
+    assert_eq!(got, want, "peers in a LAN announce their LAN addresses");
+    for n in &local[1..] {
+        let said = nat_event(n, Duration::from_secs(5), |v| v["status"] == "public");
+        assert!(said.is_some(), "{}: {:?}", n.addr, n.all(is("nat")));
+    }
+    let all_lan: Vec<usize> = (0..local.len()).collect();
+    wait_ring(&mut local, &all_lan, Duration::from_secs(30)).expect("the LAN ring");
+    all_pairs(&mut local, &all_lan, &all_lan, "lan").expect("LAN pairs");
+    drop(local);
 
     // An IPv6 swarm of dual-stack peers joining over IPv6: they announce
     // their IPv6 addresses. An IPv4-only peer cannot join it, and says so

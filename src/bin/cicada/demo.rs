@@ -904,14 +904,12 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     let (nat_before, nat_after) = (counts(&all), counts(&survivors));
     if n <= 64 || args.lab {
         println!();
-        println!(
-            "{:>4}  {:<8} {:<40} {:<28} ",
-            "peer", "host", "address", "NAT"
-        );
-        println!("{}", "-".repeat(84));
+        println!("{:>4}  {:<8} {:<24} NAT", "peer", "host", "address");
+        println!("{}", "-".repeat(62));
         for (i, p) in peers.iter().enumerate() {
             let fate = if victims.contains(&i) { "killed" } else { "" };
-            println!("{i:>4}  {:<8} {:<40} {:<28} {fate}", p.host, p.addr, nat[i]);
+            let line = format!("{i:>4}  {:<8} {:<24} {:<26} {fate}", p.host, p.addr, nat[i]);
+            println!("{}", line.trim_end());
         }
     }
     // ---- summary
