@@ -332,7 +332,7 @@ fn a_swarm_over_public_hosts_and_nats_routes_sends_and_knows_where_it_stands() {
         "lan3-1",
         "[::]:41010",
         Some(&format!("{pub2}:41011")),
-        &[],
+        &["--send-timeout-ms", "3000"],
     );
     assert_eq!(ip_of(&n.addr), gw3, "lan3-1 announces its NAT's mapping");
     assert_eq!(n.id, Hash::of(&n.addr).to_string(), "lan3-1: id");
@@ -348,7 +348,49 @@ fn a_swarm_over_public_hosts_and_nats_routes_sends_and_knows_where_it_stands() {
         "a symmetric NAT shows another peer another address"
     );
     exchange(&mut n, &lone, "from-behind-a-symmetric-nat");
-    drop((n, lone));
+    // A public peer joins between them (its id after the NATed peer's, so
+    // that its successor is the public one: docs/nat.md says why). A send
+    // from the NATed peer to it arrives, but its confirmation goes to the
+    // address the NATed peer announces, which the symmetric NAT opened for
+    // the bootstrap only: the sender reports a failure, not silence.
+    let (n_id, l_id) = (n.id.clone(), lone.id.clone());
+    let between = |id: &str| {
+        if n_id < l_id {
+            n_id.as_str() < id && id <= l_id.as_str()
+        } else {
+            id > n_id.as_str() || id <= l_id.as_str()
+        }
+    };
+    let port = (41040..41100)
+        .find(|p| between(&Hash::of(format!("{pub1}:{p}")).to_string()))
+        .expect("a port whose id falls between");
+    let x = start(
+        &lab,
+        "pub1",
+        &format!("0.0.0.0:{port}"),
+        Some(&lone.addr),
+        &[],
+    );
+    let mark = n.len();
+    n.cmd(&format!("send {} unconfirmed-symmetric", x.addr));
+    let sent = n.wait_for(mark, Duration::from_secs(10), is("sent"));
+    assert!(
+        x.wait_for(
+            0,
+            Duration::from_secs(5),
+            recv_of("unconfirmed-symmetric".into())
+        )
+        .is_some(),
+        "{} never received the send from behind the symmetric NAT",
+        x.addr
+    );
+    assert_eq!(x.all(recv_of("unconfirmed-symmetric".into())).len(), 1);
+    assert!(
+        sent.as_ref()
+            .is_some_and(|v| v["ok"] == false && v["error"].is_string()),
+        "the sender behind a symmetric NAT: {sent:?}"
+    );
+    drop((n, lone, x));
 
     // A swarm inside LAN 1: peers joining by LAN address are seen, and
     // announce, their LAN addresses, and say they are public (seen at
