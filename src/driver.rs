@@ -1283,6 +1283,9 @@ impl<L: Link> State<L> {
                 }
             }
             Event::Observed { by, seen } => {
+                // Recorded first: a caller woken by the answer sees it in
+                // the NAT status.
+                self.view.observed(by.clone(), seen.clone());
                 let (answered, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.observers)
                     .into_iter()
                     .partition(|(to, _)| *to == by);
@@ -1290,7 +1293,6 @@ impl<L: Link> State<L> {
                 for (_, reply) in answered {
                     let _ = reply.send(seen.clone());
                 }
-                self.view.observed(by, seen);
             }
             Event::AddressLearned { me } => {
                 tracing::info!(addr = %me.addr, id = %me.id.short(), "learned this peer's address");

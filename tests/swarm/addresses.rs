@@ -139,3 +139,36 @@ async fn connect_across_address_families_is_refused_clearly() {
         .expect_err("nobody listens on port 9");
     assert!(!matches!(e, Error::AddressFamily { .. }), "{e}");
 }
+
+/// `observe` asks any peer (here one of another swarm) where it sees this
+/// one; nobody there is a timeout. The answer counts towards the NAT status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_asks_any_peer_where_it_sees_this_one() {
+    let mut a = SwarmPeer::with_config(fast(), Hooks::new());
+    a.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut b = SwarmPeer::with_config(fast(), Hooks::new());
+    b.bind("0.0.0.0:0".parse().unwrap()).await.unwrap();
+    let b_port = b.local_addr().unwrap().udp().unwrap().port();
+    let seen = b
+        .observe(a.listener().unwrap(), Duration::from_secs(5))
+        .await
+        .expect("a answers");
+    assert_eq!(
+        seen.udp(),
+        Some(SocketAddr::from(([127, 0, 0, 1], b_port))),
+        "a sees b at loopback and b's port"
+    );
+    assert!(
+        matches!(b.nat_status().unwrap(), cicada::NatStatus::Public { addr } if addr.port() == b_port),
+        "{:?}",
+        b.nat_status()
+    );
+    let nobody = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = Instant::now();
+    let e = b
+        .observe(nobody.local_addr().unwrap(), Duration::from_millis(500))
+        .await
+        .expect_err("nobody answers");
+    assert!(matches!(e, Error::Timeout), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
