@@ -322,6 +322,52 @@ fn a_swarm_over_public_hosts_and_nats_routes_sends_and_knows_where_it_stands() {
     wait_ring(&mut nodes, &everyone, Duration::from_secs(30)).expect("the ring of nine");
     all_pairs(&mut nodes, &members, &[natted], "in-lan2").expect("sends to lan2-1");
 
+    // A LAN host joining through a peer of its own LAN (the mapped one, by
+    // its LAN address) is seen there at its LAN address and announces it,
+    // although peers outside see it at the gateway's: its successor (a
+    // public peer) does, and it says `nat`, not `public` (docs/nat.md,
+    // "Which address a peer announces"). The port is chosen so that its
+    // bootstrap is the peer before it (the join's answer comes from there:
+    // from anyone outside, the LAN address is unreachable) and the peer
+    // after it a public one.
+    let lan12 = lab.ip("lan1-2").to_string();
+    let mut ring: Vec<(String, usize)> =
+        (0..nodes.len()).map(|i| (nodes[i].id.clone(), i)).collect();
+    ring.sort();
+    let neighbours_of = |id: &str| {
+        let after = ring.iter().position(|(m, _)| m.as_str() > id).unwrap_or(0);
+        let k = ring.len();
+        (ring[(after + k - 1) % k].1, ring[after].1)
+    };
+    let port = (41060..41600)
+        .find(|p| {
+            let (pred, succ) = neighbours_of(&Hash::of(format!("{lan12}:{p}")).to_string());
+            pred == 7 && succ < 7
+        })
+        .expect("a port between the mapped peer and a public one");
+    let inside = format!("{}:41008", lab.ip("lan1-1"));
+    let lan_joiner = start(
+        &lab,
+        "lan1-2",
+        &format!("0.0.0.0:{port}"),
+        Some(&inside),
+        &[],
+    );
+    assert_eq!(
+        lan_joiner.addr,
+        format!("{lan12}:{port}"),
+        "announces its LAN address"
+    );
+    let said = nat_event(&lan_joiner, Duration::from_secs(5), |v| {
+        v["status"] == "nat" && v["addr"] == format!("{gw1}:{port}").as_str()
+    });
+    assert!(
+        said.is_some(),
+        "a LAN peer seen outside through its gateway: {:?}",
+        lan_joiner.all(is("nat"))
+    );
+    drop(lan_joiner);
+
     // Behind a symmetric NAT (gw3: a new port for every destination): its
     // id cannot be known in advance, so it joins a swarm whose only member
     // is its bootstrap, sends, and asks a second public host.
