@@ -114,6 +114,12 @@ impl SwarmPeer {
         self.run(|p| p.connect(bootstrap, timeout))
     }
 
+    /// See [`crate::SwarmPeer::observe`].
+    pub fn observe(&self, to: impl Into<PeerAddr>, timeout: Duration) -> Result<PeerAddr> {
+        let to = to.into();
+        self.run(|p| p.observe(to, timeout))
+    }
+
     /// See [`crate::SwarmPeer::send`].
     pub fn send(
         &self,

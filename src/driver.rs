@@ -110,6 +110,11 @@ pub(crate) enum Command<A> {
     Leave {
         reply: oneshot::Sender<()>,
     },
+    /// Ask `to` where it sees this peer; the reply is the address seen.
+    Observe {
+        to: A,
+        reply: oneshot::Sender<A>,
+    },
 }
 
 /// The routing state and counters at one moment.
@@ -248,6 +253,8 @@ struct State<L: Link> {
     view: Arc<SelfView<L::Addr>>,
     /// The peer the join under way goes through.
     bootstrap: Option<L::Addr>,
+    /// Callers of `observe` waiting for the answer of a peer.
+    observers: Vec<(L::Addr, oneshot::Sender<L::Addr>)>,
     /// The deadline the background task sleeps until (`None` while it is
     /// awake and will read the core's next one anyway): a call that makes
     /// an earlier one wakes it.
@@ -444,6 +451,7 @@ impl<L: Link> Shared<L> {
             new_peers: NewPeers::default(),
             view,
             bootstrap: None,
+            observers: Vec::new(),
             armed: None,
             parked: VecDeque::new(),
         };
@@ -1168,6 +1176,12 @@ impl<L: Link> State<L> {
                     let _ = reply.send(());
                 }
             }
+            Command::Observe { to, reply } => {
+                // Callers that gave up waiting are forgotten here.
+                self.observers.retain(|(_, r)| !r.is_closed());
+                self.observers.push((to.clone(), reply));
+                self.node.observe(to, now);
+            }
         }
     }
 
@@ -1272,7 +1286,18 @@ impl<L: Link> State<L> {
                     let _ = r.send(Ok(successor));
                 }
             }
-            Event::Observed { by, seen } => self.view.observed(by, seen),
+            Event::Observed { by, seen } => {
+                // Recorded first: a caller woken by the answer sees it in
+                // the NAT status.
+                self.view.observed(by.clone(), seen.clone());
+                let (answered, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.observers)
+                    .into_iter()
+                    .partition(|(to, _)| *to == by);
+                self.observers = waiting;
+                for (_, reply) in answered {
+                    let _ = reply.send(seen.clone());
+                }
+            }
             Event::AddressLearned { me } => {
                 tracing::info!(addr = %me.addr, id = %me.id.short(), "learned this peer's address");
                 self.view.set_me(me);

@@ -68,6 +68,20 @@ pub enum Error {
     /// its names apart).
     #[error("this process has a peer on Ouroboros already (one per process)")]
     OuroborosInUse,
+    /// `connect` to an address this peer's UDP socket cannot send to: an
+    /// IPv6 address from a socket bound to an IPv4 one (`0.0.0.0:P`
+    /// included), or an IPv4 address from one bound to a specific IPv6
+    /// address. A socket bound to `[::]:P` is dual-stack and reaches both.
+    #[error(
+        "this peer's socket {local} cannot reach {remote}: IPv4 and IPv6 do not mix \
+         (bind [::]:PORT, dual-stack, to reach both)"
+    )]
+    AddressFamily {
+        /// The address the peer's socket is bound to.
+        local: std::net::SocketAddr,
+        /// The address it cannot reach.
+        remote: std::net::SocketAddr,
+    },
 }
 
 /// Shorthand for results of this crate.

@@ -12,8 +12,9 @@ pub enum NatStatus {
     Unknown,
     /// Over Ouroboros: peers are reached by name, no NAT is involved.
     Named,
-    /// Peers see it at one of its own interfaces' addresses and its own
-    /// port: others can reach it first.
+    /// Every peer that said where it sees it sees it at one of its own
+    /// interfaces' addresses and its own port: those peers can reach it
+    /// first.
     Public {
         /// The address peers see it at.
         addr: SocketAddr,
@@ -24,8 +25,9 @@ pub enum NatStatus {
         /// The gateway's external address for its port.
         external: SocketAddr,
     },
-    /// Behind a NAT that maps nothing for it: it can reach others, but no
-    /// peer can reach it first (until hole punching or relays).
+    /// Behind a NAT that maps nothing for it (at least one peer sees it at
+    /// another address than its own): it can reach others, but no peer on
+    /// that side can reach it first (until hole punching or relays).
     BehindNat {
         /// The address the latest observer sees it at (the NAT's mapping
         /// towards that observer).
@@ -85,26 +87,33 @@ pub(crate) fn classify(
     let Some(&(_, latest)) = observations.last() else {
         return NatStatus::Unknown;
     };
-    let own = |ip: IpAddr| {
-        if local.ip().is_unspecified() {
-            own_ips.contains(&ip)
-        } else {
-            ip == local.ip()
-        }
+    let own = |seen: &SocketAddr| {
+        seen.port() == local.port()
+            && if local.ip().is_unspecified() {
+                own_ips.contains(&seen.ip())
+            } else {
+                seen.ip() == local.ip()
+            }
     };
-    if let Some(&(_, seen)) = observations
+    // Public only if every observer sees it at its own address: one that
+    // sees it elsewhere reaches it through a NAT (a LAN host that joined
+    // through a peer in its LAN is seen at its own address there, and at
+    // the gateway's by peers outside).
+    let through_nat: Vec<(SocketAddr, SocketAddr)> = observations
         .iter()
-        .rev()
-        .find(|(_, seen)| seen.port() == local.port() && own(seen.ip()))
-    {
-        return NatStatus::Public { addr: seen };
-    }
-    let mut observers: Vec<IpAddr> = observations.iter().map(|(by, _)| by.ip()).collect();
+        .copied()
+        .filter(|(_, seen)| !own(seen))
+        .collect();
+    let Some(&(_, latest_nat)) = through_nat.last() else {
+        return NatStatus::Public { addr: latest };
+    };
+    let latest = latest_nat;
+    let mut observers: Vec<IpAddr> = through_nat.iter().map(|(by, _)| by.ip()).collect();
     observers.sort();
     observers.dedup();
     let mapping = if observers.len() < 2 {
         NatMapping::Unknown
-    } else if observations.iter().all(|(_, seen)| *seen == latest) {
+    } else if through_nat.iter().all(|(_, seen)| *seen == latest) {
         NatMapping::EndpointIndependent
     } else {
         NatMapping::AddressDependent
@@ -203,6 +212,24 @@ mod tests {
             NatStatus::BehindNat {
                 seen: other,
                 mapping: NatMapping::AddressDependent
+            }
+        );
+        // Seen at its own address by one observer (in its LAN) and through
+        // the NAT by another: behind that NAT, not public.
+        let lan_and_wan = [(a("10.0.0.9:1"), seen), (a("198.18.0.1:9"), ext)];
+        assert_eq!(
+            classify(any, &own, None, &lan_and_wan),
+            NatStatus::BehindNat {
+                seen: ext,
+                mapping: NatMapping::Unknown
+            }
+        );
+        let wan_then_lan = [(a("198.18.0.1:9"), ext), (a("10.0.0.9:1"), seen)];
+        assert_eq!(
+            classify(any, &own, None, &wan_then_lan),
+            NatStatus::BehindNat {
+                seen: ext,
+                mapping: NatMapping::Unknown
             }
         );
         // Two observers on one IP do not tell the mapping apart.

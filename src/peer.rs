@@ -466,6 +466,11 @@ impl SwarmPeer {
         timeout: Duration,
     ) -> Result<RemoteNode> {
         let bootstrap: PeerAddr = bootstrap.into();
+        if let (Some(local), Some(remote)) = (self.bound()?.local.udp(), bootstrap.udp()) {
+            if !family_reaches(local, remote) {
+                return Err(Error::AddressFamily { local, remote });
+            }
+        }
         let to = bootstrap.clone();
         let ask = self.ask(|reply| Command::Join {
             bootstrap: to,
@@ -731,6 +736,23 @@ impl SwarmPeer {
         Ok(crate::nat::classify(local, &own, b.mapped, &observations))
     }
 
+    /// Asks the peer at `to` where it sees this one (as STUN does) and
+    /// returns that address, waiting at most `timeout` for the answer
+    /// ([`Error::Timeout`] without one). The answer also counts towards
+    /// [`nat_status`](Self::nat_status): a peer behind a NAT learns how
+    /// its NAT maps once two observers at different IP addresses have
+    /// answered, and asking one more (for example a peer on another host
+    /// than its bootstrap and successor) settles it. `to` need not be a
+    /// member of this peer's swarm, only a Cicada peer on the same
+    /// transport.
+    pub async fn observe(&self, to: impl Into<PeerAddr>, timeout: Duration) -> Result<PeerAddr> {
+        let to = to.into();
+        let asked = self.ask(|reply| Command::Observe { to, reply });
+        tokio::time::timeout(timeout, asked)
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+
     /// This peer's id.
     pub fn hash(&self) -> Result<Hash> {
         Ok(self.bound()?.view.me().id)
@@ -930,5 +952,20 @@ pub(crate) async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
     match found {
         Ok(Some(a)) => Ok(a),
         _ => Err(Error::Resolve(name)),
+    }
+}
+
+/// Whether a UDP socket bound to `local` can send to `remote`: an IPv4
+/// socket reaches IPv4 only; an IPv6 one bound to `[::]` (dual-stack)
+/// reaches both, one bound to a specific IPv6 address IPv6 only.
+fn family_reaches(local: SocketAddr, remote: SocketAddr) -> bool {
+    let mapped_v4 = |a: &SocketAddr| match a {
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+        SocketAddr::V4(_) => true,
+    };
+    match local {
+        SocketAddr::V4(_) => mapped_v4(&remote),
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => true,
+        SocketAddr::V6(_) => remote.is_ipv6() && !mapped_v4(&remote),
     }
 }

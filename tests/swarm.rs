@@ -2738,3 +2738,6 @@ async fn unconfirmed_datagrams_reach_every_peer_once() {
         Err(Error::Send(chord::SendError::TooLarge { .. }))
     ));
 }
+
+#[path = "swarm/lab.rs"]
+mod lab;

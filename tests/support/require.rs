@@ -54,7 +54,7 @@ pub const NEEDS: &[(Need, &str, &str)] = &[
     (
         Need::Netlab,
         "netlab",
-        "traversal/tests/natlab.rs, tests/netlab.rs, the lab test in tests/swarm.rs",
+        "traversal/tests/natlab.rs, tests/netlab.rs, the lab tests in tests/swarm.rs and tests/swarm/lab.rs",
     ),
     (Need::Nft, "nft", "tests/swarm.rs (the partition test)"),
     (Need::Gso, "gso", "tests/swarm/link.rs (the batching tests)"),

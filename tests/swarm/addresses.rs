@@ -91,3 +91,91 @@ async fn peers_bound_to_all_interfaces_announce_where_they_are_seen() {
         }
     }
 }
+
+/// `connect` to an address of the other family than the socket's fails at
+/// once with `Error::AddressFamily`, not after a join timeout; a
+/// dual-stack `[::]` socket reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_across_address_families_is_refused_clearly() {
+    let mut v4 = SwarmPeer::with_config(fast(), Hooks::new());
+    v4.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let started = Instant::now();
+    let e = v4
+        .connect(
+            "[::1]:9".parse::<SocketAddr>().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("an IPv4 socket cannot join over IPv6");
+    assert!(matches!(e, Error::AddressFamily { .. }), "{e}");
+    assert!(e.to_string().contains("IPv4 and IPv6 do not mix"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    if require::or_skip(
+        Need::Ipv6,
+        "connect_across_address_families_is_refused_clearly",
+        std::net::UdpSocket::bind("[::1]:0")
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    )
+    .is_none()
+    {
+        return;
+    }
+    let mut v6 = SwarmPeer::with_config(fast(), Hooks::new());
+    v6.bind("[::1]:0".parse().unwrap()).await.unwrap();
+    let e = v6
+        .connect(
+            "127.0.0.1:9".parse::<SocketAddr>().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("a socket bound to ::1 cannot join over IPv4");
+    assert!(matches!(e, Error::AddressFamily { .. }), "{e}");
+    // Dual-stack: the attempt is made (and fails on its own: nobody there).
+    let mut any = SwarmPeer::with_config(fast(), Hooks::new());
+    any.bind("[::]:0".parse().unwrap()).await.unwrap();
+    let e = any
+        .connect(
+            "127.0.0.1:9".parse::<SocketAddr>().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("nobody listens on port 9");
+    assert!(!matches!(e, Error::AddressFamily { .. }), "{e}");
+}
+
+/// `observe` asks any peer (here one of another swarm) where it sees this
+/// one; nobody there is a timeout. The answer counts towards the NAT status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_asks_any_peer_where_it_sees_this_one() {
+    let mut a = SwarmPeer::with_config(fast(), Hooks::new());
+    a.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut b = SwarmPeer::with_config(fast(), Hooks::new());
+    b.bind("0.0.0.0:0".parse().unwrap()).await.unwrap();
+    let b_port = b.local_addr().unwrap().udp().unwrap().port();
+    let seen = b
+        .observe(a.listener().unwrap(), Duration::from_secs(5))
+        .await
+        .expect("a answers");
+    assert_eq!(
+        seen.udp(),
+        Some(SocketAddr::from(([127, 0, 0, 1], b_port))),
+        "a sees b at loopback and b's port"
+    );
+    assert!(
+        matches!(b.nat_status().unwrap(), cicada::NatStatus::Public { addr } if addr.port() == b_port),
+        "{:?}",
+        b.nat_status()
+    );
+    let nobody = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = Instant::now();
+    let e = b
+        .observe(nobody.local_addr().unwrap(), Duration::from_millis(500))
+        .await
+        .expect_err("nobody answers");
+    assert!(matches!(e, Error::Timeout), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -8,6 +8,14 @@
 //! against the truth computed from the ids (`id = SHA-256("127.0.0.1:PORT")`,
 //! or SHA-256 of the name over Ouroboros).
 //!
+//! With `--lab` (root only) the peers run in the hosts of a network lab
+//! that the demo brings up with `scripts/netlab` and tears down at the end
+//! (also on an error, SIGINT or SIGTERM): three public hosts and two LANs
+//! behind UPnP gateways, every peer bound to all interfaces (`0.0.0.0:P` or
+//! `[::]:P`), the LAN peers with `--map`. The ids are then checked against
+//! the addresses the peers learned. The table says where each peer sits
+//! (host, address, NAT status from its `nat` events).
+//!
 //! Every child is killed when its guard drops, and a SIGINT/SIGTERM handler
 //! kills them all before the demo exits. With `--transport ouroboros` the
 //! peers are `cicada node --ouroboros NAME --abrupt` processes: they are
@@ -65,6 +73,165 @@ pub struct DemoArgs {
     /// Seconds to wait for a correct ring (after the joins, after the kills).
     #[arg(long, default_value_t = 60.0)]
     ring_timeout: f64,
+    /// Spread the peers over a network lab (`scripts/netlab`, root only):
+    /// public hosts and LANs behind UPnP gateways.
+    #[arg(long)]
+    lab: bool,
+    /// The lab script of `--lab`; by default `scripts/netlab` in the current
+    /// directory or one above it.
+    #[arg(long)]
+    netlab: Option<PathBuf>,
+}
+
+// ------------------------------------------------------------------ the lab
+
+/// The lab of `--lab` while it is up: its script and prefix.
+fn lab_state() -> &'static Mutex<Option<(PathBuf, String)>> {
+    static L: OnceLock<Mutex<Option<(PathBuf, String)>>> = OnceLock::new();
+    L.get_or_init(|| Mutex::new(None))
+}
+
+/// Tears the lab down (`netlab down --kill-strays`), if one is up.
+fn lab_down() {
+    if let Some((script, prefix)) = lock(lab_state()).take() {
+        let _ = Command::new("bash")
+            .arg(&script)
+            .args(["down", &prefix, "--kill-strays"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Stops every peer and tears the lab down when dropped.
+struct LabGuard;
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        kill_all();
+        lab_down();
+    }
+}
+
+/// Hosts of the demo's lab (`NETLAB_PUBLIC=3`, two LANs of one host).
+const LAB_KNOBS: [(&str, &str); 4] = [
+    ("NETLAB_PUBLIC", "3"),
+    ("NETLAB_LANS", "2"),
+    ("NETLAB_HOSTS", "1"),
+    ("NETLAB_IPV6", "yes"),
+];
+
+/// Whether this process runs as root (effective uid 0).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Finds the lab script: `--netlab`, else `scripts/netlab` here or above.
+fn find_netlab(given: Option<&PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return if p.is_file() {
+            Ok(p.clone())
+        } else {
+            Err(format!("--netlab {}: no such file", p.display()))
+        };
+    }
+    let here = std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?;
+    here.ancestors()
+        .map(|d| d.join("scripts/netlab"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            "--lab needs the lab script scripts/netlab: run from the repository or give --netlab PATH"
+                .to_string()
+        })
+}
+
+/// Brings up the lab `prefix` and returns its variables (`netlab env`).
+fn lab_up(script: &std::path::Path, prefix: &str) -> Result<LabEnv, String> {
+    let check = Command::new("bash")
+        .arg(script)
+        .args(["check", "lab"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !check.status.success() {
+        return Err(format!(
+            "the lab cannot run here: {}",
+            String::from_utf8_lossy(&check.stdout).trim()
+        ));
+    }
+    *lock(lab_state()) = Some((script.to_path_buf(), prefix.to_string()));
+    let mut cmd = Command::new("bash");
+    cmd.arg(script).args(["up", prefix]);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("NETLAB_") && k != "NETLAB_MINIUPNPD" && k != "NETLAB_RUNDIR" {
+            cmd.env_remove(k);
+        }
+    }
+    let up = cmd
+        .envs(LAB_KNOBS)
+        .output()
+        .map_err(|e| format!("cannot run netlab up: {e}"))?;
+    if !up.status.success() {
+        return Err(format!(
+            "netlab up {prefix} failed: {}",
+            String::from_utf8_lossy(&up.stderr).trim()
+        ));
+    }
+    let env = Command::new("bash")
+        .arg(script)
+        .args(["env", prefix])
+        .output()
+        .map_err(|e| format!("cannot run netlab env: {e}"))?;
+    Ok(String::from_utf8_lossy(&env.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect())
+}
+
+/// Where peer `i` of the lab runs: (host, bind address, port mapping).
+/// Peers 2 and 5 sit on the LANs (one mapped peer per gateway: the
+/// gateways do not hairpin), the others on the three public hosts, bound
+/// to `0.0.0.0` and `[::]` in turn.
+fn lab_place(i: usize) -> (String, String, bool) {
+    let port = 43000 + i;
+    match i {
+        2 => ("lan1-1".into(), format!("0.0.0.0:{port}"), true),
+        5 => ("lan2-1".into(), format!("0.0.0.0:{port}"), true),
+        _ => {
+            let any = if i.is_multiple_of(2) {
+                "0.0.0.0"
+            } else {
+                "[::]"
+            };
+            let public = i - usize::from(i > 2) - usize::from(i > 5);
+            (
+                format!("pub{}", public % 3 + 1),
+                format!("{any}:{port}"),
+                false,
+            )
+        }
+    }
+}
+
+/// A lab's variables (`netlab env`), name and value.
+type LabEnv = Vec<(String, String)>;
+
+/// How a peer is started: where, and bound to what.
+struct Launch {
+    /// The lab host, or `local`.
+    host: String,
+    /// Words run before the executable (`bash netlab exec ROLE P --`).
+    wrap: Vec<String>,
+    bind: String,
+    map: bool,
 }
 
 // ------------------------------------------------------------------ children
@@ -117,7 +284,7 @@ fn kill_all() {
     }
 }
 
-/// On SIGINT or SIGTERM: kill every child, exit 130.
+/// On SIGINT or SIGTERM: kill every child, tear the lab down, exit 130.
 fn install_signal_handler(stop: Arc<AtomicBool>) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
@@ -128,6 +295,7 @@ fn install_signal_handler(stop: Arc<AtomicBool>) -> Result<(), String> {
             if signals.forever().next().is_some() {
                 stop.store(true, Ordering::SeqCst);
                 kill_all();
+                lab_down();
                 eprintln!("\ninterrupted: every peer stopped");
                 std::process::exit(130);
             }
@@ -146,24 +314,37 @@ struct Peer {
     addr: String,
     id: Hash,
     alive: bool,
+    host: String,
 }
 
 impl Peer {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         exe: &std::path::Path,
+        launch: &Launch,
         ouroboros: Option<(&str, &str)>,
         join: Option<&str>,
         stabilize_ms: u64,
         request_timeout_ms: u64,
         bad_lines: &Arc<AtomicUsize>,
     ) -> Result<Peer, String> {
-        let mut cmd = Command::new(exe);
+        let mut cmd = match launch.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
         match ouroboros {
             Some((name, layer)) => cmd
                 .args(["node", "--ouroboros", name, "--layer", layer])
                 .args(["--transport", "ouroboros", "--abrupt"]),
-            None => cmd.args(["node", "--bind", "127.0.0.1:0"]),
+            None => cmd.args(["node", "--bind", &launch.bind]),
         };
+        if launch.map {
+            cmd.arg("--map");
+        }
         cmd.arg("--json")
             .args(["--stabilize-ms", &stabilize_ms.to_string()])
             .args(["--request-timeout-ms", &request_timeout_ms.to_string()])
@@ -189,6 +370,7 @@ impl Peer {
             addr: String::new(),
             id: Hash::ZERO,
             alive: true,
+            host: launch.host.clone(),
         };
         let stdout = stdout.ok_or("the node's stdout is not piped")?;
         let bad = bad_lines.clone();
@@ -291,6 +473,25 @@ impl Peer {
             .skip(from)
             .filter(|v| pred(v))
             .count()
+    }
+
+    /// Its NAT status from its latest `nat` event: `public`, `mapped`,
+    /// `nat (endpoint-independent)`, ...; `unknown` before any.
+    fn nat(&self) -> String {
+        let latest = lock(&self.events.0)
+            .iter()
+            .rev()
+            .find(|v| v["event"] == "nat")
+            .cloned();
+        match latest {
+            Some(v) => match v["mapping"].as_str() {
+                Some(m) if m != "unknown" => {
+                    format!("{} ({m})", v["status"].as_str().unwrap_or("?"))
+                }
+                _ => v["status"].as_str().unwrap_or("unknown").to_string(),
+            },
+            None => "unknown".into(),
+        }
     }
 
     fn kill(&mut self) {
@@ -443,6 +644,7 @@ pub fn main(args: DemoArgs) -> i32 {
         Ok(false) => 1,
         Err(e) => {
             kill_all();
+            lab_down();
             eprintln!("error: {e}");
             2
         }
@@ -477,9 +679,40 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     if !(0.0..1.0).contains(&args.churn) {
         return Err("--churn must be in [0, 1)".into());
     }
+    if args.lab && over_ouroboros {
+        return Err("--lab runs the peers over UDP: drop --transport ouroboros".into());
+    }
+    if args.lab && !is_root() {
+        return Err(
+            "--lab needs root: it builds the lab's network namespaces (scripts/netlab); \
+             run it as root, or without --lab"
+                .into(),
+        );
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handler(stop.clone())?;
+    // The lab, torn down when `_lab` drops (after the peers, declared later).
+    let mut lab: Option<(String, String, LabEnv)> = None;
+    let _lab = if args.lab {
+        let script = find_netlab(args.netlab.as_ref())?;
+        let prefix = format!("demo{}", std::process::id());
+        say(format!(
+            "bringing up the lab {prefix} ({})",
+            script.display()
+        ));
+        let env = lab_up(&script, &prefix)?;
+        lab = Some((script.display().to_string(), prefix, env));
+        Some(LabGuard)
+    } else {
+        None
+    };
+    let lab_var = |name: &str| -> String {
+        lab.as_ref()
+            .and_then(|(_, _, env)| env.iter().find(|(k, _)| k == name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -508,8 +741,33 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             Some(peers[rng.below(i)].addr.clone())
         };
         let name = format!("cicada-demo-{}-{i}", std::process::id());
+        let launch = match &lab {
+            Some((script, prefix, _)) => {
+                let (host, bind, map) = lab_place(i);
+                Launch {
+                    wrap: vec![
+                        "bash".into(),
+                        script.clone(),
+                        "exec".into(),
+                        host.clone(),
+                        prefix.clone(),
+                        "--".into(),
+                    ],
+                    host,
+                    bind,
+                    map,
+                }
+            }
+            None => Launch {
+                host: "local".into(),
+                wrap: Vec::new(),
+                bind: "127.0.0.1:0".into(),
+                map: false,
+            },
+        };
         let mut p = Peer::start(
             &exe,
+            &launch,
             over_ouroboros.then_some((name.as_str(), args.layer.as_str())),
             join.as_deref(),
             args.stabilize_ms,
@@ -520,7 +778,25 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             v["event"] == "joined" || v["event"] == "error" || v["event"] == "eof"
         });
         match joined {
-            Some(v) if v["event"] == "joined" => {}
+            Some(v) if v["event"] == "joined" => {
+                if lab.is_some() {
+                    // Bound to all interfaces: it joined under the address
+                    // its bootstrap sees it at; the first peer will learn
+                    // its own from its first contact, pub1's.
+                    p.addr = if i == 0 {
+                        format!("{}:{}", lab_var("NETLAB_PUB1_IP"), 43000)
+                    } else {
+                        v["addr"].as_str().unwrap_or_default().to_string()
+                    };
+                    p.id = Hash::of(&p.addr);
+                    if i > 0 && v["id"].as_str() != Some(p.id.to_string().as_str()) {
+                        return Err(format!(
+                            "node {i} joined as {} with id {}, not SHA-256 of its address",
+                            p.addr, v["id"]
+                        ));
+                    }
+                }
+            }
             other => {
                 p.kill();
                 return Err(format!(
@@ -538,6 +814,15 @@ fn run(args: DemoArgs) -> Result<bool, String> {
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if lab.is_some() {
+        let learned = peers[0].wait_for(0, Duration::from_secs(10), |v| v["event"] == "address");
+        let want = peers[0].addr.clone();
+        if learned.as_ref().and_then(|v| v["addr"].as_str()) != Some(want.as_str()) {
+            return Err(format!(
+                "the first peer should have learned it is {want}: {learned:?}"
+            ));
+        }
+    }
     let joins_done = started.elapsed().as_secs_f64();
     say(format!(
         "{n} peers joined in {joins_done:.1} s; waiting for the ring"
@@ -600,7 +885,36 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     }
 
     let ok = ring_ok && ring_ok_after && before.all_ok() && after.all_ok();
+    // ---- where the peers sit
+    let nat: Vec<String> = peers.iter().map(Peer::nat).collect();
+    let counts = |which: &[usize]| -> String {
+        let mut c: Vec<(String, usize)> = Vec::new();
+        for &i in which {
+            match c.iter_mut().find(|(k, _)| *k == nat[i]) {
+                Some((_, k)) => *k += 1,
+                None => c.push((nat[i].clone(), 1)),
+            }
+        }
+        c.sort();
+        c.iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (nat_before, nat_after) = (counts(&all), counts(&survivors));
+    if n <= 64 || args.lab {
+        println!();
+        println!("{:>4}  {:<8} {:<24} NAT", "peer", "host", "address");
+        println!("{}", "-".repeat(62));
+        for (i, p) in peers.iter().enumerate() {
+            let fate = if victims.contains(&i) { "killed" } else { "" };
+            let line = format!("{i:>4}  {:<8} {:<24} {:<26} {fate}", p.host, p.addr, nat[i]);
+            println!("{}", line.trim_end());
+        }
+    }
     // ---- summary
+    println!();
+    println!("NAT status: {nat_before}");
     print_table(
         n,
         kills,
@@ -640,10 +954,34 @@ fn run(args: DemoArgs) -> Result<bool, String> {
         top.insert("seed".into(), json!(seed));
         top.insert("bad_lines".into(), json!(bad_lines.load(Ordering::Relaxed)));
         top.insert("svg".into(), json!(svg_written));
+        top.insert("nat".into(), json!(nat_before));
+        a_nat(&mut top, &nat_after);
+        top.insert(
+            "lab".into(),
+            json!(lab.as_ref().map(|(_, prefix, _)| prefix.clone())),
+        );
+        let list: Vec<Value> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                json!({
+                    "host": p.host, "addr": p.addr, "id": p.id.to_string(),
+                    "nat": nat[i], "killed": victims.contains(&i),
+                })
+            })
+            .collect();
+        top.insert("peers".into(), Value::Array(list));
         println!("{}", Value::Object(top));
     }
     drop(peers);
     Ok(ok)
+}
+
+/// Puts the survivors' NAT counts into the summary's `after_churn`.
+fn a_nat(top: &mut serde_json::Map<String, Value>, nat_after: &str) {
+    if let Some(Value::Object(a)) = top.get_mut("after_churn") {
+        a.insert("nat".into(), json!(nat_after));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

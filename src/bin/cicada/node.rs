@@ -11,6 +11,7 @@
 //! fingers                   the distinct fingers, nearest first
 //! stats                     the counters
 //! nat                       the NAT status (also printed whenever it changes)
+//! observe ADDR              ask the peer at ADDR where it sees this one
 //! wait SECONDS
 //! hold SECONDS              stop reading received messages for SECONDS, as
 //!                           a slow application would (senders are held
@@ -662,6 +663,41 @@ async fn execute(
             Ok(st) => out.emit(nat_event(st)),
             Err(e) => out.error(e),
         },
+        "observe" => {
+            let target = rest.trim().to_string();
+            let addr = match parse_target(&target) {
+                Ok(SendTarget::Addr(a)) => a,
+                Ok(SendTarget::Host(host, port)) => {
+                    match (host.as_str(), port)
+                        .to_socket_addrs()
+                        .map(|mut a| a.next())
+                    {
+                        Ok(Some(a)) => PeerAddr::Udp(a),
+                        _ => {
+                            out.error(format!("observe: cannot resolve {target:?}"));
+                            return Flow::Go;
+                        }
+                    }
+                }
+                Ok(_) => {
+                    out.error(format!("observe: want an address, got {target:?}"));
+                    return Flow::Go;
+                }
+                Err(e) => {
+                    out.error(e);
+                    return Flow::Go;
+                }
+            };
+            let p = peer.clone();
+            tokio::spawn(async move {
+                let r = p.observe(addr, Duration::from_secs(5)).await;
+                out.emit(json!({
+                    "event": "observed", "target": target, "ok": r.is_ok(),
+                    "seen": r.as_ref().ok().map(|a| a.to_string()),
+                    "error": r.err().map(|e| e.to_string()),
+                }));
+            });
+        }
         "stats" => match peer.stats().await {
             Ok(s) => out.emit(json!({
                 "event": "stats",

@@ -1,0 +1,613 @@
+//! Swarms of `cicada node` processes spread over the project's network lab
+//! (`scripts/netlab`): public hosts, a LAN behind a UPnP gateway, LANs
+//! behind gateways that map nothing (one endpoint-independent, one
+//! symmetric), dual-stack. Every peer is bound to all interfaces
+//! (`0.0.0.0:P` or `[::]:P`) and learns the address it announces from
+//! where others see it. Each test brings up its own lab and skips through
+//! `require` (need `netlab`) where the lab cannot be built.
+
+use super::*;
+use netlab::Lab;
+
+/// The lab of these tests: two public hosts, LAN 1 behind a UPnP/NAT-PMP
+/// gateway, LAN 2 behind an endpoint-independent NAT and LAN 3 behind a
+/// symmetric one, both without any mapping service; dual-stack.
+const KNOBS: [(&str, &str); 10] = [
+    ("NETLAB_PUBLIC", "2"),
+    ("NETLAB_LANS", "3"),
+    ("NETLAB_HOSTS", "2"),
+    ("NETLAB_IPV6", "yes"),
+    ("NETLAB_GW2_UPNP", "no"),
+    ("NETLAB_GW2_NATPMP", "no"),
+    ("NETLAB_GW3_UPNP", "no"),
+    ("NETLAB_GW3_NATPMP", "no"),
+    ("NETLAB_GW2_NAT", "eim"),
+    ("NETLAB_GW3_NAT", "symmetric"),
+];
+
+/// Starts `cicada node --bind BIND [--join JOIN] EXTRA` in `role` and, when
+/// it joins a swarm, waits for its `joined` event and takes the address
+/// and id it joined under.
+fn start(lab: &Lab, role: &str, bind: &str, join: Option<&str>, extra: &[&str]) -> Node {
+    let port: u16 = bind
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let mut args = vec!["--bind", bind];
+    if let Some(j) = join {
+        args.extend(["--join", j]);
+    }
+    args.extend(extra);
+    let mut node = node_in(lab, role, port, &args);
+    if join.is_some() {
+        let joined = node
+            .wait_for(0, Duration::from_secs(15), is("joined"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{role} {bind} never joined {join:?}: {:?}",
+                    node.all(|_| true)
+                )
+            });
+        node.addr = joined["addr"].as_str().unwrap_or_default().to_string();
+        node.id = joined["id"].as_str().unwrap_or_default().to_string();
+    }
+    node
+}
+
+/// The address and id `node` announces now: its latest `joined` or
+/// `address` event.
+fn refresh(node: &mut Node) {
+    let latest = node
+        .all(|v| v["event"] == "joined" || v["event"] == "address")
+        .pop();
+    if let Some(v) = latest {
+        node.addr = v["addr"].as_str().unwrap_or_default().to_string();
+        node.id = v["id"].as_str().unwrap_or_default().to_string();
+    }
+}
+
+/// Waits for a `nat` event of `node` that `pred` accepts.
+fn nat_event(node: &Node, within: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    node.wait_for(0, within, move |v| v["event"] == "nat" && pred(v))
+}
+
+/// Sends from every node of `from` to every node of `to` (by address),
+/// then checks that each send was confirmed and received exactly once.
+fn all_pairs(nodes: &mut [Node], from: &[usize], to: &[usize], tag: &str) -> Result<(), String> {
+    let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
+    let mut sent = Vec::new();
+    for &i in from {
+        for &j in to {
+            if i != j {
+                let data = format!("{tag}-{i}-{j}");
+                let target = nodes[j].addr.clone();
+                nodes[i].cmd(&format!("send {target} {data}"));
+                sent.push((i, j, data));
+            }
+        }
+    }
+    let mut wrong = Vec::new();
+    for (i, j, data) in &sent {
+        let d = data.clone();
+        let ev = nodes[*i].wait_for(marks[*i], Duration::from_secs(20), move |v| {
+            v["event"] == "sent" && v["data"] == d.as_str()
+        });
+        let ok = ev.as_ref().is_some_and(|v| v["ok"] == true);
+        nodes[*j].wait_for(marks[*j], Duration::from_secs(3), recv_of(data.clone()));
+        let got = nodes[*j].all(recv_of(data.clone())).len();
+        if !ok || got != 1 {
+            wrong.push(format!(
+                "{} -> {}: received {got} times, sender said {ev:?}",
+                nodes[*i].addr, nodes[*j].addr
+            ));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("\n"))
+    }
+}
+
+/// A broadcast from `origin` reaches every other node of `live` exactly once.
+fn broadcast_reaches_all(nodes: &mut [Node], live: &[usize], origin: usize, data: &str) {
+    nodes[origin].cmd(&format!("broadcast {data}"));
+    for &i in live {
+        if i == origin {
+            continue;
+        }
+        nodes[i].wait_for(0, Duration::from_secs(10), recv_of(data.into()));
+    }
+    thread::sleep(Duration::from_millis(300));
+    for &i in live {
+        let got = nodes[i].all(recv_of(data.into())).len();
+        let want = usize::from(i != origin);
+        assert_eq!(
+            got, want,
+            "broadcast {data} reached {} {got} times",
+            nodes[i].addr
+        );
+    }
+}
+
+/// A lookup of a key from every node of `live` names the key's true owner:
+/// the first id at or after the key among `live`.
+fn lookups_name_the_owner(nodes: &mut [Node], live: &[usize]) {
+    let mut ring: Vec<(String, String)> = live
+        .iter()
+        .map(|&i| (nodes[i].id.clone(), nodes[i].addr.clone()))
+        .collect();
+    ring.sort();
+    for (k, &i) in live.iter().enumerate() {
+        for text in [format!("lab-key-{k}"), format!("lab-key-{k}-b")] {
+            let key = Hash::of(&text).to_string();
+            let want = ring
+                .iter()
+                .find(|(id, _)| *id >= key)
+                .unwrap_or(&ring[0])
+                .1
+                .clone();
+            let mark = nodes[i].len();
+            nodes[i].cmd(&format!("lookup {key}"));
+            let k2 = key.clone();
+            let v = nodes[i].wait_for(mark, Duration::from_secs(10), move |v| {
+                v["event"] == "lookup" && v["key"] == k2.as_str()
+            });
+            assert_eq!(
+                v.as_ref().and_then(|v| v["owner"].as_str()),
+                Some(want.as_str()),
+                "lookup {key} from {}: {v:?}",
+                nodes[i].addr
+            );
+        }
+    }
+}
+
+/// The IP of `addr` (`IP:PORT` or `[IP]:PORT`).
+fn ip_of(addr: &str) -> String {
+    addr.parse::<SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// Eight members over three hosts (two public hosts, one LAN host behind
+/// a UPnP gateway with `--map`), bound to `0.0.0.0:P` and `[::]:P`: the
+/// ring is correct, every pair's sends arrive once, a broadcast reaches
+/// all, lookups name the true owner. Then a peer behind an
+/// endpoint-independent NAT and one behind a symmetric NAT, neither with a
+/// mapping, join: they say they are behind a NAT, tell how it maps once a
+/// second public host has answered them, and reach every member.
+#[test]
+fn a_swarm_over_public_hosts_and_nats_routes_sends_and_knows_where_it_stands() {
+    let _g = heavy();
+    let Some(lab) = Lab::up("a_swarm_over_public_hosts_and_nats", &KNOBS) else {
+        return;
+    };
+    let (pub1, pub2, gw1) = (lab.ip("pub1"), lab.ip("pub2"), lab.ip("gw1"));
+    let first = format!("{pub1}:41001");
+    let second = format!("{pub2}:41004");
+    // (role, bind, bootstrap)
+    let plan: [(&str, &str, Option<&str>); 8] = [
+        ("pub1", "0.0.0.0:41001", None),
+        ("pub1", "[::]:41002", Some(&first)),
+        ("pub1", "0.0.0.0:41003", Some(&first)),
+        ("pub2", "[::]:41004", Some(&first)),
+        ("pub2", "0.0.0.0:41005", Some(&second)),
+        ("pub2", "[::]:41006", Some(&second)),
+        ("pub2", "0.0.0.0:41007", Some(&first)),
+        ("lan1-1", "0.0.0.0:41008", Some(&second)),
+    ];
+    let mut nodes: Vec<Node> = Vec::new();
+    for (role, bind, join) in plan {
+        let extra: &[&str] = if role == "lan1-1" { &["--map"] } else { &[] };
+        nodes.push(start(&lab, role, bind, join, extra));
+    }
+    let members: Vec<usize> = (0..nodes.len()).collect();
+    // The first peer learnt its address from its first contact.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[0].all(is("address")).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    for n in nodes.iter_mut() {
+        refresh(n);
+    }
+    for (n, (role, bind, _)) in nodes.iter().zip(plan) {
+        let port = bind.rsplit(':').next().unwrap_or_default();
+        let want = match role {
+            "pub1" => format!("{pub1}:{port}"),
+            "pub2" => format!("{pub2}:{port}"),
+            _ => n.addr.clone(),
+        };
+        assert_eq!(n.addr, want, "{role} {bind} announces where it is seen");
+        assert_eq!(n.id, Hash::of(&n.addr).to_string(), "{role} {bind}: id");
+    }
+    // The LAN peer is reached at its mapped address, which it reports.
+    let mapped = &nodes[7];
+    assert_eq!(
+        ip_of(&mapped.addr),
+        gw1,
+        "the LAN peer announces its mapping"
+    );
+    let ext_port = mapped.addr.rsplit(':').next().unwrap_or_default();
+    assert!(
+        lab.mappings("gw1").contains(&format!("dport {ext_port} ")),
+        "no DNAT rule for {}: {}",
+        mapped.addr,
+        lab.mappings("gw1")
+    );
+    let said = nat_event(mapped, Duration::from_secs(5), |v| v["status"] == "mapped");
+    assert_eq!(
+        said.as_ref().and_then(|v| v["addr"].as_str()),
+        Some(mapped.addr.as_str()),
+        "the mapped peer's nat events: {:?}",
+        mapped.all(is("nat"))
+    );
+    for n in &nodes[..7] {
+        let said = nat_event(n, Duration::from_secs(5), |v| v["status"] == "public");
+        assert_eq!(
+            said.as_ref().and_then(|v| v["addr"].as_str()),
+            Some(n.addr.as_str()),
+            "{}: nat events {:?}",
+            n.addr,
+            n.all(is("nat"))
+        );
+    }
+
+    wait_ring(&mut nodes, &members, Duration::from_secs(30)).expect("the ring of eight");
+    all_pairs(&mut nodes, &members, &members, "pairs").expect("all pairs");
+    broadcast_reaches_all(&mut nodes, &members, 3, "lab-bcast-from-pub2");
+    broadcast_reaches_all(&mut nodes, &members, 7, "lab-bcast-from-lan1");
+    lookups_name_the_owner(&mut nodes, &members);
+
+    // Behind an endpoint-independent NAT without a mapping (gw2 keeps
+    // the socket's port for every destination, so the address the peer
+    // will be seen at, and its id, are known in advance). A joining
+    // lookup is answered by the key's predecessor straight to the joiner,
+    // which the NAT lets in only from peers the joiner has sent to: through
+    // a bootstrap that is not its predecessor the join times out, through
+    // its predecessor it succeeds (docs/nat.md, "NAT status").
+    let gw2 = lab.ip("gw2").to_string();
+    let seen = format!("{gw2}:41009");
+    let id = Hash::of(&seen).to_string();
+    let mut ring: Vec<(String, String)> = members
+        .iter()
+        .map(|&i| (nodes[i].id.clone(), nodes[i].addr.clone()))
+        .collect();
+    ring.sort();
+    let after = ring.iter().position(|(m, _)| *m > id).unwrap_or(0);
+    let m = ring.len();
+    let predecessor = ring[(after + m - 1) % m].1.clone();
+    let elsewhere = ring[(after + 2) % m].1.clone();
+    let refused = node_in(
+        &lab,
+        "lan2-1",
+        41012,
+        &["--bind", "0.0.0.0:41012", "--join", &elsewhere],
+    );
+    let err = refused.wait_for(0, Duration::from_secs(20), is("error"));
+    assert!(
+        err.as_ref()
+            .and_then(|v| v["message"].as_str())
+            .is_some_and(|m| m.contains("cannot join") && m.contains("timed out")),
+        "a NATed joiner whose lookup is answered by a peer it never sent to: {:?}",
+        refused.all(|_| true)
+    );
+    drop(refused);
+    let mut n = start(&lab, "lan2-1", "0.0.0.0:41009", Some(&predecessor), &[]);
+    assert_eq!(n.addr, seen, "lan2-1 announces its NAT's mapping");
+    assert_eq!(n.id, id, "lan2-1: id");
+    let said = nat_event(&n, Duration::from_secs(5), |v| v["status"] == "nat");
+    assert!(said.is_some(), "lan2-1: nat events {:?}", n.all(is("nat")));
+    // Ask a public host its bootstrap is not on: the mapping is told apart.
+    let other = if ip_of(&predecessor) == pub1 {
+        format!("{pub2}:41005")
+    } else {
+        first.clone()
+    };
+    observe_and_expect(&mut n, &other, &gw2, "endpoint-independent");
+    assert_eq!(
+        n.all(is("observed"))[0]["seen"].as_str(),
+        Some(seen.as_str()),
+        "an endpoint-independent NAT shows every peer the same address"
+    );
+    nodes.push(n);
+    let natted = nodes.len() - 1;
+    // Outbound: its sends to every member are confirmed and arrive once.
+    all_pairs(&mut nodes, &[natted], &members, "out-lan2").expect("lan2-1 sends out");
+    // Its NAT keeps one port for all, and it has sent to every member of
+    // so small a swarm (stabilizing, probing fingers): the NAT lets them
+    // all in, and it is a full member.
+    let everyone: Vec<usize> = (0..nodes.len()).collect();
+    wait_ring(&mut nodes, &everyone, Duration::from_secs(30)).expect("the ring of nine");
+    all_pairs(&mut nodes, &members, &[natted], "in-lan2").expect("sends to lan2-1");
+
+    // A LAN host joining through a peer of its own LAN (the mapped one, by
+    // its LAN address) is seen there at its LAN address and announces it,
+    // although peers outside see it at the gateway's: its successor (a
+    // public peer) does, and it says `nat`, not `public` (docs/nat.md,
+    // "Which address a peer announces"). The port is chosen so that its
+    // bootstrap is the peer before it (the join's answer comes from there:
+    // from anyone outside, the LAN address is unreachable) and the peer
+    // after it a public one.
+    let lan12 = lab.ip("lan1-2").to_string();
+    let mut ring: Vec<(String, usize)> =
+        (0..nodes.len()).map(|i| (nodes[i].id.clone(), i)).collect();
+    ring.sort();
+    let neighbours_of = |id: &str| {
+        let after = ring.iter().position(|(m, _)| m.as_str() > id).unwrap_or(0);
+        let k = ring.len();
+        (ring[(after + k - 1) % k].1, ring[after].1)
+    };
+    let port = (41060..41600)
+        .find(|p| {
+            let (pred, succ) = neighbours_of(&Hash::of(format!("{lan12}:{p}")).to_string());
+            pred == 7 && succ < 7
+        })
+        .expect("a port between the mapped peer and a public one");
+    let inside = format!("{}:41008", lab.ip("lan1-1"));
+    let lan_joiner = start(
+        &lab,
+        "lan1-2",
+        &format!("0.0.0.0:{port}"),
+        Some(&inside),
+        &[],
+    );
+    assert_eq!(
+        lan_joiner.addr,
+        format!("{lan12}:{port}"),
+        "announces its LAN address"
+    );
+    let said = nat_event(&lan_joiner, Duration::from_secs(5), |v| {
+        v["status"] == "nat" && v["addr"] == format!("{gw1}:{port}").as_str()
+    });
+    assert!(
+        said.is_some(),
+        "a LAN peer seen outside through its gateway: {:?}",
+        lan_joiner.all(is("nat"))
+    );
+    drop(lan_joiner);
+
+    // Behind a symmetric NAT (gw3: a new port for every destination): its
+    // id cannot be known in advance, so it joins a swarm whose only member
+    // is its bootstrap, sends, and asks a second public host.
+    let mut lone = start(&lab, "pub2", "0.0.0.0:41011", None, &[]);
+    let gw3 = lab.ip("gw3").to_string();
+    let mut n = start(
+        &lab,
+        "lan3-1",
+        "[::]:41010",
+        Some(&format!("{pub2}:41011")),
+        &["--send-timeout-ms", "3000"],
+    );
+    assert_eq!(ip_of(&n.addr), gw3, "lan3-1 announces its NAT's mapping");
+    assert_eq!(n.id, Hash::of(&n.addr).to_string(), "lan3-1: id");
+    assert!(lone
+        .wait_for(0, Duration::from_secs(5), is("address"))
+        .is_some());
+    refresh(&mut lone);
+    assert_eq!(lone.addr, format!("{pub2}:41011"));
+    observe_and_expect(&mut n, &first, &gw3, "address-dependent");
+    assert_ne!(
+        n.all(is("observed"))[0]["seen"].as_str(),
+        Some(n.addr.as_str()),
+        "a symmetric NAT shows another peer another address"
+    );
+    exchange(&mut n, &lone, "from-behind-a-symmetric-nat");
+    // A public peer joins between them (its id after the NATed peer's, so
+    // that its successor is the public one: docs/nat.md says why). A send
+    // from the NATed peer to it arrives, but its confirmation goes to the
+    // address the NATed peer announces, which the symmetric NAT opened for
+    // the bootstrap only: the sender reports a failure, not silence.
+    let (n_id, l_id) = (n.id.clone(), lone.id.clone());
+    let between = |id: &str| {
+        if n_id < l_id {
+            n_id.as_str() < id && id <= l_id.as_str()
+        } else {
+            id > n_id.as_str() || id <= l_id.as_str()
+        }
+    };
+    let port = (41040..41100)
+        .find(|p| between(&Hash::of(format!("{pub1}:{p}")).to_string()))
+        .expect("a port whose id falls between");
+    let x = start(
+        &lab,
+        "pub1",
+        &format!("0.0.0.0:{port}"),
+        Some(&lone.addr),
+        &[],
+    );
+    let mark = n.len();
+    n.cmd(&format!("send {} unconfirmed-symmetric", x.addr));
+    let sent = n.wait_for(mark, Duration::from_secs(10), is("sent"));
+    assert!(
+        x.wait_for(
+            0,
+            Duration::from_secs(5),
+            recv_of("unconfirmed-symmetric".into())
+        )
+        .is_some(),
+        "{} never received the send from behind the symmetric NAT",
+        x.addr
+    );
+    assert_eq!(x.all(recv_of("unconfirmed-symmetric".into())).len(), 1);
+    assert!(
+        sent.as_ref()
+            .is_some_and(|v| v["ok"] == false && v["error"].is_string()),
+        "the sender behind a symmetric NAT: {sent:?}"
+    );
+    drop((n, lone, x));
+
+    // A swarm inside LAN 1: peers joining by LAN address are seen, and
+    // announce, their LAN addresses, and say they are public (seen at
+    // their own address and port).
+    let lan = [lab.ip("lan1-1").to_string(), lab.ip("lan1-2").to_string()];
+    let mut local = vec![start(&lab, "lan1-2", "[::]:41030", None, &[])];
+    let first_lan = format!("{}:41030", lan[1]);
+    local.push(start(
+        &lab,
+        "lan1-1",
+        "0.0.0.0:41031",
+        Some(&first_lan),
+        &[],
+    ));
+    local.push(start(&lab, "lan1-1", "[::]:41032", Some(&first_lan), &[]));
+    assert!(local[0]
+        .wait_for(0, Duration::from_secs(5), is("address"))
+        .is_some());
+    for n in local.iter_mut() {
+        refresh(n);
+    }
+    let got: Vec<String> = local.iter().map(|n| n.addr.clone()).collect();
+    let want = [
+        format!("{}:41030", lan[1]),
+        format!("{}:41031", lan[0]),
+        format!("{}:41032", lan[0]),
+    ];
+    assert_eq!(got, want, "peers in a LAN announce their LAN addresses");
+    for n in &local[1..] {
+        let said = nat_event(n, Duration::from_secs(5), |v| v["status"] == "public");
+        assert!(said.is_some(), "{}: {:?}", n.addr, n.all(is("nat")));
+    }
+    let all_lan: Vec<usize> = (0..local.len()).collect();
+    wait_ring(&mut local, &all_lan, Duration::from_secs(30)).expect("the LAN ring");
+    all_pairs(&mut local, &all_lan, &all_lan, "lan").expect("LAN pairs");
+    drop(local);
+
+    // An IPv6 swarm of dual-stack peers joining over IPv6: they announce
+    // their IPv6 addresses. An IPv4-only peer cannot join it, and says so
+    // at once.
+    let (v6a, v6b) = (
+        lab.var("PUB1_IP6").to_string(),
+        lab.var("PUB2_IP6").to_string(),
+    );
+    let mut six = vec![start(&lab, "pub1", "[::]:41020", None, &[])];
+    let first6 = format!("[{v6a}]:41020");
+    six.push(start(&lab, "pub2", "[::]:41021", Some(&first6), &[]));
+    six.push(start(&lab, "pub2", "[::]:41022", Some(&first6), &[]));
+    six.push(start(
+        &lab,
+        "pub1",
+        "[::]:41023",
+        Some(&format!("[{v6b}]:41021")),
+        &[],
+    ));
+    assert!(six[0]
+        .wait_for(0, Duration::from_secs(5), is("address"))
+        .is_some());
+    for n in six.iter_mut() {
+        refresh(n);
+    }
+    let want: Vec<String> = [(&v6a, 41020), (&v6b, 41021), (&v6b, 41022), (&v6a, 41023)]
+        .iter()
+        .map(|(ip, port)| format!("[{ip}]:{port}"))
+        .collect();
+    let got: Vec<String> = six.iter().map(|n| n.addr.clone()).collect();
+    assert_eq!(
+        got, want,
+        "dual-stack peers joining over IPv6 announce IPv6"
+    );
+    let all6: Vec<usize> = (0..six.len()).collect();
+    wait_ring(&mut six, &all6, Duration::from_secs(30)).expect("the IPv6 ring");
+    all_pairs(&mut six, &all6, &all6, "v6").expect("IPv6 pairs");
+    let v4only = node_in(
+        &lab,
+        "pub1",
+        41024,
+        &["--bind", "0.0.0.0:41024", "--join", &first6],
+    );
+    let err = v4only.wait_for(0, Duration::from_secs(20), is("error"));
+    assert!(
+        err.as_ref()
+            .and_then(|v| v["message"].as_str())
+            .is_some_and(|m| m.contains("cannot join") && m.contains("IPv4 and IPv6 do not mix")),
+        "an IPv4-only peer joining an IPv6 swarm: {:?}",
+        v4only.all(|_| true)
+    );
+}
+
+/// `node` asks `target` where it sees it: the answer is `gw_ip`, and a
+/// `nat` event follows with the mapping `mapping`.
+fn observe_and_expect(node: &mut Node, target: &str, gw_ip: &str, mapping: &str) {
+    let mark = node.len();
+    node.cmd(&format!("observe {target}"));
+    let obs = node.wait_for(mark, Duration::from_secs(10), is("observed"));
+    assert_eq!(
+        obs.as_ref()
+            .map(|v| (v["ok"].clone(), ip_of(v["seen"].as_str().unwrap_or("")))),
+        Some((Value::Bool(true), gw_ip.to_string())),
+        "{}: {obs:?}",
+        node.addr
+    );
+    let said = nat_event(node, Duration::from_secs(5), |v| {
+        v["status"] == "nat" && v["mapping"] == mapping
+    });
+    assert!(
+        said.is_some(),
+        "{}: nat events {:?}",
+        node.addr,
+        node.all(is("nat"))
+    );
+}
+
+/// `cicada demo --lab`: the demo brings up its own lab, spreads eight peers
+/// over three public hosts and two LANs behind UPnP gateways, passes every
+/// check, says where each peer sits, and leaves no namespace behind.
+#[test]
+fn demo_over_the_lab_places_peers_and_passes_its_checks() {
+    let _g = heavy();
+    let test = "demo_over_the_lab_places_peers_and_passes_its_checks";
+    if require::or_skip(Need::Netlab, test, netlab::check("lab")).is_none() {
+        return;
+    }
+    let script = netlab::script().display().to_string();
+    let (code, out, err) = run_demo(
+        &[
+            "--lab", "--nodes", "8", "--json", "--seed", "5", "--netlab", &script,
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(0), "demo --lab\nstdout:\n{out}\nstderr:\n{err}");
+    let last = out.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("last line {last:?}: {e}"));
+    for (key, want) in [
+        ("ok", Value::Bool(true)),
+        ("ring_correct", Value::Bool(true)),
+        ("lookup_success_rate", Value::from(1.0)),
+        ("send_delivered_rate", Value::from(1.0)),
+        ("broadcast_coverage", Value::from(1.0)),
+        ("nodes", Value::from(8)),
+    ] {
+        assert_eq!(v[key], want, "{key}: {v}");
+    }
+    assert_eq!(v["after_churn"]["ring_correct"], true, "{v}");
+    assert_eq!(v["after_churn"]["send_delivered_rate"], 1.0, "{v}");
+    assert_eq!(v["nat"], "2 mapped, 6 public", "{v}");
+    let peers = v["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 8, "{v}");
+    let mut hosts: Vec<&str> = peers.iter().filter_map(|p| p["host"].as_str()).collect();
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts, ["lan1-1", "lan2-1", "pub1", "pub2", "pub3"], "{v}");
+    for p in peers {
+        let (host, addr) = (p["host"].as_str().unwrap(), p["addr"].as_str().unwrap());
+        let (ip, nat) = match host {
+            "lan1-1" => ("198.18.0.101".to_string(), "mapped"),
+            "lan2-1" => ("198.18.0.102".to_string(), "mapped"),
+            h => (format!("198.18.0.{}", &h[3..]), "public"),
+        };
+        assert_eq!(ip_of(addr), ip, "{p}");
+        assert_eq!(p["nat"], nat, "{p}");
+        assert_eq!(p["id"], Hash::of(addr).to_string(), "{p}");
+    }
+    let prefix = v["lab"].as_str().expect("the lab's prefix").to_string();
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.lines().any(|l| l.starts_with(&format!("{prefix}-"))),
+        "the demo left namespaces of {prefix}: {left}"
+    );
+}
