@@ -772,6 +772,26 @@ impl PySwarmPeer {
         })
     }
 
+    /// This peer's successor on the ring (``None`` alone in its swarm).
+    #[getter]
+    fn successor(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        guard(|| {
+            let p = self.core.bound().map_err(to_pyerr)?;
+            let n = block(py, async move { p.successor().await })?.map_err(to_pyerr)?;
+            n.map(|n| node_py(py, n)).transpose()
+        })
+    }
+
+    /// This peer's predecessor on the ring, if it knows one.
+    #[getter]
+    fn predecessor(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        guard(|| {
+            let p = self.core.bound().map_err(to_pyerr)?;
+            let n = block(py, async move { p.predecessor().await })?.map_err(to_pyerr)?;
+            n.map(|n| node_py(py, n)).transpose()
+        })
+    }
+
     /// Whether ``close`` has run.
     #[getter]
     fn closed(&self) -> bool {
