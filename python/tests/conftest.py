@@ -56,8 +56,8 @@ def cicada_bin():
 class Node:
     """A `cicada node` process, its JSON events read on a thread."""
 
-    def __init__(self, binary, join=None):
-        args = [binary, "node", "--bind", "127.0.0.1:0", "--json", "--stabilize-ms", "200"]
+    def __init__(self, binary, join=None, bind="127.0.0.1:0", wrap=()):
+        args = list(wrap) + [binary, "node", "--bind", bind, "--json", "--stabilize-ms", "200"]
         if join:
             args += ["--join", join]
         self.proc = subprocess.Popen(
