@@ -9,6 +9,9 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyInt, PyString};
 
+/// What `__reduce__` returns: the class and `(None, hex digest)`.
+type Reduced<'py> = (Bound<'py, PyAny>, (Py<PyAny>, String));
+
 /// A place on the ring: the SHA-256 of a value, or a digest given as is.
 ///
 /// ``Hash(value=...)`` hashes ``value`` (``str``, as UTF-8, or bytes);
@@ -33,7 +36,10 @@ impl PyHash {
 impl PyHash {
     #[new]
     #[pyo3(signature = (value=None, hashed=None))]
-    fn new(value: Option<&Bound<'_, PyAny>>, hashed: Option<&Bound<'_, PyAny>>) -> PyResult<PyHash> {
+    fn new(
+        value: Option<&Bound<'_, PyAny>>,
+        hashed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyHash> {
         crate::guard(|| match (value, hashed) {
             (Some(v), None) => {
                 let h = if let Ok(s) = v.downcast::<PyString>() {
@@ -48,9 +54,15 @@ impl PyHash {
                         v.get_type().name()?
                     )));
                 };
-                Ok(PyHash { h, value: Some(v.clone().unbind()) })
+                Ok(PyHash {
+                    h,
+                    value: Some(v.clone().unbind()),
+                })
             }
-            (None, Some(d)) => Ok(PyHash { h: parse_hashed(d)?, value: None }),
+            (None, Some(d)) => Ok(PyHash {
+                h: parse_hashed(d)?,
+                value: None,
+            }),
             (None, None) => Err(PyTypeError::new_err("Hash() needs value= or hashed=")),
             (Some(_), Some(_)) => Err(PyTypeError::new_err(
                 "Hash() takes value= or hashed=, not both",
@@ -106,10 +118,13 @@ impl PyHash {
             return Ok(py.NotImplemented());
         };
         let r = op.matches(self.h.cmp(&o.get().h));
-        Ok(pyo3::types::PyBool::new(py, r).to_owned().into_any().unbind())
+        Ok(pyo3::types::PyBool::new(py, r)
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Py<PyAny>, String))> {
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Reduced<'py>> {
         let py = slf.py();
         Ok((
             slf.get_type().into_any(),
@@ -145,8 +160,8 @@ fn parse_hashed(d: &Bound<'_, PyAny>) -> PyResult<Hash> {
 }
 
 fn digest_bytes(b: &[u8]) -> PyResult<Hash> {
-    let arr: [u8; 32] = b
-        .try_into()
-        .map_err(|_| PyValueError::new_err(format!("hashed as bytes must be 32 long, got {}", b.len())))?;
+    let arr: [u8; 32] = b.try_into().map_err(|_| {
+        PyValueError::new_err(format!("hashed as bytes must be 32 long, got {}", b.len()))
+    })?;
     Ok(Hash::from_bytes(arr))
 }

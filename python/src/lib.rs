@@ -71,7 +71,9 @@ pub(crate) fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_string());
-    cicada_error(format!("internal error in cicada (please report it): {what}"))
+    cicada_error(format!(
+        "internal error in cicada (please report it): {what}"
+    ))
 }
 
 /// Waits for `fut` on the runtime with the GIL released, checking for

@@ -89,13 +89,21 @@ impl PyPortMapping {
     /// Asks the gateway for the mapping (blocks a few seconds at most).
     fn open(&self, py: Python<'_>) -> PyResult<()> {
         guard(|| {
-            if self.mapping.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            if self
+                .mapping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+            {
                 return Ok(());
             }
-            let opts = Options::default().with_lease(std::time::Duration::from_secs_f64(self.lease));
+            let opts =
+                Options::default().with_lease(std::time::Duration::from_secs_f64(self.lease));
             let (port, protocol) = (self.port, self.protocol);
-            let m = block(py, async move { PortMapping::with_options(port, protocol, &opts).await })?
-                .map_err(|e| to_pyerr(e.into()))?;
+            let m = block(py, async move {
+                PortMapping::with_options(port, protocol, &opts).await
+            })?
+            .map_err(|e| to_pyerr(e.into()))?;
             *self.mapping.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
             Ok(())
         })
@@ -104,7 +112,11 @@ impl PyPortMapping {
     /// Removes the mapping from the gateway. Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         guard(|| {
-            let m = self.mapping.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let m = self
+                .mapping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             if let Some(m) = m {
                 block(py, m.close())?.map_err(|e| to_pyerr(e.into()))?;
             }
@@ -163,7 +175,11 @@ impl PyPortMapping {
     fn __repr__(&self) -> String {
         match self.external() {
             Ok(e) => format!("<PortMapping {} {} -> {e}>", self.protocol(), self.port),
-            Err(_) => format!("<PortMapping {} {} (not mapped)>", self.protocol(), self.port),
+            Err(_) => format!(
+                "<PortMapping {} {} (not mapped)>",
+                self.protocol(),
+                self.port
+            ),
         }
     }
 }

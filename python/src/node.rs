@@ -26,11 +26,7 @@ pub(crate) fn addr_to_py(py: Python<'_>, addr: &PeerAddr) -> PyResult<Py<PyAny>>
             .into_pyobject(py)?
             .into_any()
             .unbind()),
-        None => Ok(addr
-            .to_string()
-            .into_pyobject(py)?
-            .into_any()
-            .unbind()),
+        None => Ok(addr.to_string().into_pyobject(py)?.into_any().unbind()),
     }
 }
 
@@ -65,8 +61,14 @@ impl PyRemoteNode {
         };
         let eq = self.node == o.get().node;
         match op {
-            CompareOp::Eq => Ok(pyo3::types::PyBool::new(py, eq).to_owned().into_any().unbind()),
-            CompareOp::Ne => Ok(pyo3::types::PyBool::new(py, !eq).to_owned().into_any().unbind()),
+            CompareOp::Eq => Ok(pyo3::types::PyBool::new(py, eq)
+                .to_owned()
+                .into_any()
+                .unbind()),
+            CompareOp::Ne => Ok(pyo3::types::PyBool::new(py, !eq)
+                .to_owned()
+                .into_any()
+                .unbind()),
             _ => Ok(py.NotImplemented()),
         }
     }

@@ -11,7 +11,9 @@ use cicada::{Error, Hooks, RemoteNode, SendTarget};
 use futures_util::FutureExt;
 use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{
+    PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
+};
 
 use crate::hash::PyHash;
 use crate::node::{addr_to_py, PyRemoteNode};
@@ -24,7 +26,7 @@ static FINALIZING: AtomicBool = AtomicBool::new(false);
 static OPEN: Mutex<Vec<Weak<PeerCore>>> = Mutex::new(Vec::new());
 
 enum State {
-    Unbound(cicada::SwarmPeer),
+    Unbound(Box<cicada::SwarmPeer>),
     Binding,
     Bound(Arc<cicada::SwarmPeer>),
     Closed,
@@ -59,7 +61,7 @@ impl PeerCore {
         let mut st = lock(&self.state);
         match std::mem::replace(&mut *st, State::Binding) {
             State::Unbound(p) => Ok((
-                p,
+                *p,
                 BindGuard {
                     core: self.clone(),
                     done: false,
@@ -106,7 +108,7 @@ impl BindGuard {
             *st = if ok {
                 State::Bound(Arc::new(peer))
             } else {
-                State::Unbound(peer)
+                State::Unbound(Box::new(peer))
             };
         }
     }
@@ -117,7 +119,7 @@ impl Drop for BindGuard {
         if !self.done {
             let mut st = lock(&self.core.state);
             if matches!(*st, State::Binding) {
-                *st = State::Unbound(cicada::SwarmPeer::new(self.core.hooks.clone()));
+                *st = State::Unbound(Box::new(cicada::SwarmPeer::new(self.core.hooks.clone())));
             }
         }
     }
@@ -170,7 +172,9 @@ fn hooks_from(hooks: Option<&Bound<'_, PyAny>>) -> PyResult<Hooks> {
             continue;
         }
         if !v.is_callable() {
-            return Err(PyTypeError::new_err(format!("hook {key:?} must be callable")));
+            return Err(PyTypeError::new_err(format!(
+                "hook {key:?} must be callable"
+            )));
         }
         let f: Py<PyAny> = v.unbind();
         out = match key.as_str() {
@@ -361,7 +365,10 @@ fn node_py(py: Python<'_>, node: RemoteNode) -> PyResult<Py<PyAny>> {
     Ok(Py::new(py, PyRemoteNode { node })?.into_any())
 }
 
-fn received_py(py: Python<'_>, (node, data, more): (RemoteNode, Vec<u8>, bool)) -> PyResult<Py<PyAny>> {
+fn received_py(
+    py: Python<'_>,
+    (node, data, more): (RemoteNode, Vec<u8>, bool),
+) -> PyResult<Py<PyAny>> {
     let t = (
         Py::new(py, PyRemoteNode { node })?,
         PyBytes::new(py, &data),
@@ -407,7 +414,7 @@ where
     let lp = event_loop.clone().unbind();
     let f2 = pyfut.clone_ref(py);
     let task = rt.spawn(async move {
-        let out = AssertUnwindSafeFut(fut).catch_unwind().await;
+        let out = std::panic::AssertUnwindSafe(fut).catch_unwind().await;
         // Not awaited: once the result is handed over, cancelling the task
         // must not lose it.
         tokio::task::spawn_blocking(move || {
@@ -439,25 +446,13 @@ where
             })
         });
     });
-    Ok((pyfut, AbortHandle { h: task.abort_handle() }))
+    Ok((
+        pyfut,
+        AbortHandle {
+            h: task.abort_handle(),
+        },
+    ))
 }
-
-/// `std::panic::AssertUnwindSafe` for a future, so that `catch_unwind`
-/// can turn a panic in a call into an exception.
-struct AssertUnwindSafeFut<F>(F);
-
-impl<F: Future> Future for AssertUnwindSafeFut<F> {
-    type Output = F::Output;
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        // SAFETY: structural pinning of the only field; it is never moved.
-        unsafe { self.map_unchecked_mut(|s| &mut s.0) }.poll(cx)
-    }
-}
-
-impl<F> std::panic::UnwindSafe for AssertUnwindSafeFut<F> {}
 
 /// A member of a Cicada swarm, used like a socket.
 ///
@@ -493,7 +488,9 @@ impl PySwarmPeer {
             external_port.filter(|o| !o.is_none()),
         ) {
             (None, None) => None,
-            (Some(ip), Some(p)) => Some((str_arg(ip, "external_ip")?, port_arg(p, "external_port")?)),
+            (Some(ip), Some(p)) => {
+                Some((str_arg(ip, "external_ip")?, port_arg(p, "external_port")?))
+            }
             _ => {
                 return Err(PyValueError::new_err(
                     "external_ip and external_port must be given together",
@@ -606,7 +603,9 @@ impl PySwarmPeer {
         guard(|| {
             let hooks = hooks_from(hooks)?;
             let core = Arc::new(PeerCore {
-                state: Mutex::new(State::Unbound(cicada::SwarmPeer::new(hooks.clone()))),
+                state: Mutex::new(State::Unbound(Box::new(cicada::SwarmPeer::new(
+                    hooks.clone(),
+                )))),
                 stash: Mutex::new(VecDeque::new()),
                 hooks,
             });
@@ -700,7 +699,10 @@ impl PySwarmPeer {
     #[pyo3(signature = (timeout=None))]
     fn recv(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
         guard(|| {
-            let timeout = timeout.filter(|t| !t.is_none()).map(timeout_arg).transpose()?;
+            let timeout = timeout
+                .filter(|t| !t.is_none())
+                .map(timeout_arg)
+                .transpose()?;
             let p = self.core.bound().map_err(to_pyerr)?;
             if let Some(m) = self.core.pop_stash() {
                 return received_py(py, m);
