@@ -14,6 +14,44 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _require_items():
+    return [i.strip() for i in os.environ.get("CICADA_REQUIRE", "").split(",") if i.strip()]
+
+
+def required(need):
+    """Whether `CICADA_REQUIRE` (as for the Rust tests: `all`, a comma list
+    of needs, `-need` to leave one out) makes `need` a failure when missing."""
+    items = _require_items()
+    if "-" + need in items:
+        return False
+    return "all" in items or need in items
+
+
+def need(name, ok, why):
+    """Skips the test when `ok` is false, or fails it where `name` is required."""
+    if ok:
+        return
+    msg = "SKIPPED [%s]: %s" % (name, why)
+    if required(name):
+        pytest.fail("CICADA_REQUIRE asks for %s: %s" % (name, why))
+    pytest.skip(msg)
+
+
+_skipped = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Under CICADA_REQUIRE=all (CI) nothing may skip, whatever the reason.
+    if _skipped and "all" in _require_items():
+        print("\nskipped under CICADA_REQUIRE=%s: %s" % (os.environ.get("CICADA_REQUIRE"), ", ".join(_skipped)))
+        session.exitstatus = 1
+
+
 def free_port():
     """A UDP port on 127.0.0.1 that nothing is bound to right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

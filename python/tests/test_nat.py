@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, Node
+from conftest import REPO, Node, need
 
 NETLAB = str(REPO / "scripts" / "netlab")
 
@@ -45,7 +45,10 @@ def netlab(*args, env=None):
 
 @pytest.fixture
 def lab():
-    subprocess.run(["bash", NETLAB, "check", "lab"], check=True, timeout=60)
+    check = subprocess.run(
+        ["bash", NETLAB, "check", "lab"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60
+    )
+    need("netlab", check.returncode == 0, "the network lab cannot run here: " + check.stdout.strip())
     prefix = "py%d" % os.getpid()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NETLAB_") or k in ("NETLAB_MINIUPNPD", "NETLAB_RUNDIR")}
     netlab("up", prefix, env=env)
