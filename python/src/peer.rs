@@ -760,7 +760,7 @@ impl PySwarmPeer {
         })
     }
 
-    /// The peers in this peer's routing state (``RemoteNode``\ s).
+    /// The peers in this peer's routing state (``RemoteNode`` objects, sorted by id).
     #[getter]
     fn peers(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         guard(|| {
