@@ -44,12 +44,17 @@ def _complete(fut, ok, value, reject):
         fut.set_exception(value)
 
 
-async def _run(pair):
+async def _run(pair, reject=None):
     fut, handle = pair
     try:
         return await fut
     except asyncio.CancelledError:
         handle.abort()
+        # Cancelled after the core had completed the future (its result was
+        # set, the awaiting task not yet resumed): a received message goes
+        # back to the peer.
+        if reject is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+            reject(fut.result())
         raise
 
 
@@ -91,7 +96,7 @@ class SwarmPeer:
     async def recv(self):
         """Waits for the next message: ``(source, data, more)``. Use
         ``asyncio.wait_for`` for a timeout."""
-        return await _run(self._peer._recv_async(self._loop()))
+        return await _run(self._peer._recv_async(self._loop()), self._peer._unrecv)
 
     async def get_route(self, key):
         """The peer that owns ``key`` (a ``Hash``)."""

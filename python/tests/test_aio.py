@@ -1,6 +1,7 @@
 """cicada.aio: the same calls as coroutines, completed from the core's runtime."""
 
 import asyncio
+import socket
 import threading
 
 import pytest
@@ -80,17 +81,22 @@ def test_cancelled_recv_loses_nothing():
             await a.bind("127.0.0.1", 0)
             await b.bind("127.0.0.1", 0)
             await b.connect(*a.listener)
-            # Timeouts that cancel recv, with messages arriving meanwhile.
-            n, received = 40, []
+            # Timeouts short enough to cancel recv just as messages arrive:
+            # both before and after the core completed its future.
+            n, received, timeouts = 300, [], (0.0002, 0.0005, 0.001)
             sender = asyncio.ensure_future(
                 asyncio.gather(*(b.send(a, b"%d" % i) for i in range(n)))
             )
-            while len(received) < n:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            i = 0
+            while len(received) < n and loop.time() < deadline:
+                i += 1
                 try:
-                    received.append((await asyncio.wait_for(a.recv(), 0.001))[1])
+                    received.append((await asyncio.wait_for(a.recv(), timeouts[i % 3]))[1])
                 except asyncio.TimeoutError:
                     pass
-            await sender
+            await sender  # every send was confirmed: every message is a's
             assert sorted(received, key=int) == [b"%d" % i for i in range(n)]
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(a.recv(), 0.2)
@@ -117,14 +123,61 @@ def test_errors_and_hooks_in_aio():
                 await b.connect(*a.listener)
                 await b.send(a, b"hooked")
                 assert (await a.recv())[1] == b"hooked"
-        # A cancelled send (its task aborted) does not break the loop.
+        # A cancelled connect (its task aborted) does not break the loop.
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
         async with aio.SwarmPeer() as c:
             await c.bind("127.0.0.1", 0)
-            t = asyncio.ensure_future(c.connect("192.0.2.1", 5000, timeout=30))
+            t = asyncio.ensure_future(c.connect(*silent.getsockname(), timeout=30))
             await asyncio.sleep(0.1)
             t.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await t
+        silent.close()
 
     run(main())
     assert seen == [b"hooked"]
+
+
+def test_recv_cancelled_at_either_moment_keeps_the_message():
+    class Handle:
+        aborted = False
+
+        def abort(self):
+            Handle.aborted = True
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with aio.SwarmPeer() as a, aio.SwarmPeer() as b:
+            await a.bind("127.0.0.1", 0)
+            await b.bind("127.0.0.1", 0)
+            await b.connect(*a.listener)
+            await b.send(a, b"first")
+            await b.send(a, b"second")
+            m1 = await a.recv()
+            m2 = await a.recv()
+
+            # 1. The core completed the future, then the task was cancelled
+            #    before it resumed: _run hands the message back.
+            fut = loop.create_future()
+            task = asyncio.ensure_future(aio._run((fut, Handle()), a._peer._unrecv))
+            await asyncio.sleep(0)
+            fut.set_result(m1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert Handle.aborted
+
+            # 2. The future was cancelled before the core's result came:
+            #    _complete hands it back.
+            fut = loop.create_future()
+            fut.cancel()
+            aio._complete(fut, True, m2, a._peer._unrecv)
+
+            # Both come back, in the order they were handed back (last first).
+            got = [(await a.recv())[1], (await a.recv())[1]]
+            assert sorted(got) == [b"first", b"second"]
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(a.recv(), 0.2)
+
+    run(main())

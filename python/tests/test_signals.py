@@ -2,6 +2,7 @@
 `recv` (or `connect`) ends it with KeyboardInterrupt, promptly."""
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -30,11 +31,14 @@ SCRIPT = textwrap.dedent(
     "call",
     [
         "peer.recv()",
-        # A swarm that swallows packets: 192.0.2.1 is TEST-NET, never answers.
-        "peer.connect('192.0.2.1', 5000, timeout=60)",
+        # A bootstrap that swallows every packet: a bare UDP socket.
+        "peer.connect('127.0.0.1', {silent}, timeout=60)",
     ],
 )
 def test_sigint_interrupts_a_blocked_call(call):
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    call = call.format(silent=silent.getsockname()[1])
     p = subprocess.Popen(
         [sys.executable, "-c", SCRIPT.format(call=call)],
         stdout=subprocess.PIPE,
@@ -51,6 +55,7 @@ def test_sigint_interrupts_a_blocked_call(call):
         elapsed = time.monotonic() - t0
         out, err = p.communicate()
     finally:
+        silent.close()
         if p.poll() is None:
             p.kill()
             p.wait()
