@@ -639,7 +639,7 @@ impl PySwarmPeer {
 
     /// Joins the swarm that the peer at ``host``:``port`` belongs to,
     /// waiting at most ``timeout`` seconds. Returns that peer.
-    #[pyo3(signature = (host, port, timeout=None))]
+    #[pyo3(signature = (host, port, timeout=None), text_signature = "($self, host, port, timeout=10)")]
     fn connect(
         &self,
         py: Python<'_>,
@@ -660,7 +660,7 @@ impl PySwarmPeer {
     /// ``RemoteNode`` or a ``SwarmPeer`` (exactly that peer), or a ``Hash``
     /// (whichever peer owns that key). ``duplicates`` routes that many
     /// extra copies through other peers. Returns the peer that received it.
-    #[pyo3(signature = (target, data, duplicates=None))]
+    #[pyo3(signature = (target, data, duplicates=None), text_signature = "($self, target, data, duplicates=0)")]
     fn send(
         &self,
         py: Python<'_>,
