@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
 
     pub, pub_port = sys.argv[1], int(sys.argv[2])
     peer = swarmlib.SwarmPeer()
-    with traversal.PortMapping(42000, protocol="udp") as pm:
+    with traversal.PortMapping(42000) as pm:  # UDP, the default here
         eip = pm.mapper.external_ip
         peer.bind(pm.local_address, pm.port, eip, pm.eport)
         peer.connect(pub, pub_port)
