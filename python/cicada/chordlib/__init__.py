@@ -1,0 +1,1 @@
+"""The ring underneath: :mod:`cicada.chordlib.routing` has :class:`Hash`."""
