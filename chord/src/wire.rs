@@ -180,6 +180,10 @@ pub struct FindSuccessor<A> {
     /// Set by a joining node looking up its own id: the answer must not be a
     /// node with the origin's id (an earlier incarnation of it).
     pub joining: bool,
+    /// Where the answer goes instead of the origin: the bootstrap of a
+    /// joining node sets its own address, and relays the [`Found`] to the
+    /// joiner, which may sit behind a NAT that lets in only the bootstrap.
+    pub via: Option<A>,
 }
 
 /// The answer to a lookup, sent by the key's predecessor to the origin.
@@ -672,9 +676,10 @@ mod tests {
                     origin: node(5, 5),
                     hops: 2,
                     joining: false,
+                    via: Some(9),
                 }),
                 "c1ca0305 03 04 20 1010101010101010101010101010101010101010101010101010101010101010 \
-                 20 0505050505050505050505050505050505050505050505050505050505050505 05 02 00",
+                 20 0505050505050505050505050505050505050505050505050505050505050505 05 02 00 01 09",
             ),
             (Message::HopAck(HopAck { txn: 3 }), "c1ca030603"),
             (
@@ -851,7 +856,7 @@ mod tests {
                 Message::Pong(Ping { txn }),
                 Message::GetNeighbors(GetNeighbors { txn, sender: origin.clone(), notify: n % 2 == 0, want_fingers: n % 3 == 0 }),
                 Message::Neighbors(Neighbors { txn, predecessor: (n % 2 == 0).then(|| origin.clone()), successors: list.clone(), fingers: list.clone() }),
-                Message::FindSuccessor(FindSuccessor { txn, lookup, key: Hash::from_bytes(key), origin: origin.clone(), hops, joining: n % 2 == 1 }),
+                Message::FindSuccessor(FindSuccessor { txn, lookup, key: Hash::from_bytes(key), origin: origin.clone(), hops, joining: n % 2 == 1, via: (n % 3 == 0).then_some(addr) }),
                 Message::HopAck(HopAck { txn }),
                 Message::Found(Found { lookup, key: Hash::from_bytes(key), owner: origin.clone(), hops }),
                 Message::Leave(Leave { sender: Hash::from_bytes(key), predecessor: Some(origin.clone()), successors: list }),
@@ -889,7 +894,7 @@ mod tests {
                 Message::Pong(Ping { txn }),
                 Message::GetNeighbors(GetNeighbors { txn, sender: me.clone(), notify: v6, want_fingers: !v6 }),
                 Message::Neighbors(Neighbors { txn, predecessor: Some(me.clone()), successors: list.clone(), fingers: list.clone() }),
-                Message::FindSuccessor(FindSuccessor { txn, lookup: !txn, key: h, origin: me.clone(), hops: 63, joining: v6 }),
+                Message::FindSuccessor(FindSuccessor { txn, lookup: !txn, key: h, origin: me.clone(), hops: 63, joining: v6, via: v6.then_some(addr) }),
                 Message::HopAck(HopAck { txn }),
                 Message::Found(Found { lookup: txn, key: h, owner: me.clone(), hops: 1 }),
                 Message::Leave(Leave { sender: h, predecessor: None, successors: list }),

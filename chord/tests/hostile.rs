@@ -151,6 +151,7 @@ fn find_successor(i: u64) -> Vec<u8> {
         origin: evil_ref(),
         hops: 1,
         joining: false,
+        via: None,
     })
     .encode()
 }
@@ -427,7 +428,8 @@ fn arb_message(ids: Vec<NodeRef<u32>>) -> impl Strategy<Value = Message<u32>> {
                     key,
                     origin,
                     hops,
-                    joining
+                    joining,
+                    via: None
                 }
             )),
         any::<u64>().prop_map(|txn| Message::HopAck(HopAck { txn })),

@@ -252,6 +252,7 @@ fn craft(c: &Crafted, ids: &[NodeRef<u32>]) -> Vec<u8> {
             origin: who(origin, ids),
             hops: *hops,
             joining: *joining,
+            via: None,
         }),
         Crafted::HopAck(t) => Message::HopAck(HopAck { txn: *t }),
         Crafted::Found {

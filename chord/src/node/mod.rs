@@ -274,7 +274,22 @@ pub struct LocalNode<A> {
     received_queued: usize,
     /// Whether `me.addr` is a placeholder (see `set_provisional`).
     provisional: bool,
+    /// Joiners whose lookup answer this node relays (see `FindSuccessor::via`).
+    relays: Vec<Relay<A>>,
 }
+
+/// A joiner whose lookup's answer comes back through this node.
+#[derive(Clone, Debug)]
+struct Relay<A> {
+    to: A,
+    lookup: u64,
+    until: Instant,
+}
+
+/// Most joiners a node relays answers for at once: joins through one
+/// bootstrap are few at a time, and a flood of joins only fills the list
+/// (later ones are answered directly, as without relaying).
+const JOIN_RELAYS: usize = 16;
 
 /// Emptied confirmation lists a node keeps.
 const SPARE_ACK_LISTS: usize = 4;
@@ -357,6 +372,7 @@ impl<A: Address> LocalNode<A> {
             receive_room: usize::MAX,
             received_queued: 0,
             provisional: false,
+            relays: Vec::new(),
         })
     }
 
@@ -566,6 +582,7 @@ impl<A: Address> LocalNode<A> {
             + vec_bytes::<NodeRef<A>>(self.known.capacity())
             + vec_bytes::<(Hash, Instant)>(self.dead.capacity())
             + vec_bytes::<(Hash, bool)>(self.probed.capacity())
+            + vec_bytes::<Relay<A>>(self.relays.capacity())
             + hash_table_bytes(self.outgoing.capacity(), size_of::<(u64, data::Outgoing)>())
             + self.seen.heap_bytes()
             + self.reassembly.heap_bytes()
@@ -631,6 +648,7 @@ impl<A: Address> LocalNode<A> {
             origin: self.me.clone(),
             hops: 1,
             joining: true,
+            via: None,
         };
         self.forward(msg, bootstrap, None, Vec::new(), now);
     }
@@ -1443,7 +1461,7 @@ impl<A: Address> LocalNode<A> {
 
     fn on_find_successor(&mut self, from: A, m: FindSuccessor<A>, now: Instant) {
         let ack = Message::<A>::HopAck(HopAck { txn: m.txn }).encode();
-        self.reply(from, ack);
+        self.reply(from.clone(), ack);
         if self.phase != Phase::Joined {
             return;
         }
@@ -1452,6 +1470,21 @@ impl<A: Address> LocalNode<A> {
             return;
         }
         self.stats.lookups_forwarded += 1;
+        let mut m = m;
+        if m.joining && m.via.is_none() && m.origin.addr == from && from != self.me.addr {
+            // A joiner's first hop: the answer comes back through here,
+            // since the joiner may be behind a NAT that lets in only us.
+            self.relays
+                .retain(|r| r.until > now && !(r.lookup == m.lookup && r.to == from));
+            if self.relays.len() < JOIN_RELAYS {
+                self.relays.push(Relay {
+                    to: from,
+                    lookup: m.lookup,
+                    until: now + self.cfg.lookup_timeout,
+                });
+                m.via = Some(self.me.addr.clone());
+            }
+        }
         self.route_lookup(m, Vec::new(), now);
     }
 
@@ -1471,6 +1504,16 @@ impl<A: Address> LocalNode<A> {
     }
 
     fn on_found(&mut self, m: Found<A>, now: Instant) {
+        if let Some(at) = self
+            .relays
+            .iter()
+            .position(|r| r.lookup == m.lookup && r.until > now)
+        {
+            // The answer to a joiner this node relays for.
+            let to = self.relays.swap_remove(at).to;
+            self.push_transmit(to, Message::Found(m).encode());
+            return;
+        }
         let Some(l) = self.lookups.get(&m.lookup) else {
             self.stats.dropped_unexpected += 1;
             return;
@@ -1617,6 +1660,7 @@ impl<A: Address> LocalNode<A> {
                     origin: self.me.clone(),
                     hops: 1,
                     joining: true,
+                    via: None,
                 };
                 self.forward(msg, bootstrap, None, Vec::new(), now);
             }
@@ -1632,6 +1676,7 @@ impl<A: Address> LocalNode<A> {
             origin: self.me.clone(),
             hops: 0,
             joining: false,
+            via: None,
         };
         self.route_lookup(msg, Vec::new(), now);
     }
@@ -1669,9 +1714,18 @@ impl<A: Address> LocalNode<A> {
         };
         if msg.origin.id == self.me.id && msg.origin.addr == self.me.addr {
             self.on_found(found, now);
-        } else {
-            self.push_transmit(msg.origin.addr, Message::Found(found).encode());
+            return;
         }
+        let to = match msg.via {
+            // This node relays for the joiner: answer it straight away.
+            Some(via) if via == self.me.addr => {
+                self.relays.retain(|r| r.lookup != msg.lookup);
+                msg.origin.addr
+            }
+            Some(via) => via,
+            None => msg.origin.addr,
+        };
+        self.push_transmit(to, Message::Found(found).encode());
     }
 
     fn forward(

@@ -1425,3 +1425,65 @@ fn observe_reports_the_address_a_peer_sees() {
         sizes[0]
     );
 }
+
+/// A joiner behind a NAT that lets in only the peers it has sent to joins
+/// through any bootstrap, not only through its future predecessor: the
+/// bootstrap relays the answer of its lookup.
+#[test]
+fn a_joiner_behind_a_filtering_nat_joins_through_any_bootstrap() {
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let (mut nodes, mut now) = ring_of(&names);
+    let joiner = nodes.len();
+    nodes.push(node("behind-nat", joiner as u32, now));
+    // The bootstrap: a node that will not be the joiner's predecessor.
+    let order = {
+        let mut ids: Vec<(Hash, usize)> =
+            nodes.iter().enumerate().map(|(i, n)| (n.id(), i)).collect();
+        ids.sort();
+        ids
+    };
+    let at = order.iter().position(|(_, i)| *i == joiner).unwrap();
+    let predecessor = order[(at + order.len() - 1) % order.len()].1;
+    let bootstrap = (0..joiner).find(|i| *i != predecessor).unwrap();
+    nodes[joiner].join(bootstrap as u32, now);
+    let mut contacted = std::collections::HashSet::new();
+    let mut blocked = 0;
+    let step = Duration::from_millis(50);
+    let end = now + Duration::from_secs(5);
+    while now < end {
+        now += step;
+        for n in nodes.iter_mut() {
+            if n.poll_timeout().is_some_and(|t| t <= now) {
+                n.handle_timeout(now);
+            }
+        }
+        for _ in 0..50 {
+            let mut moved = false;
+            for i in 0..nodes.len() {
+                while let Some(t) = nodes[i].poll_transmit() {
+                    moved = true;
+                    if i == joiner {
+                        contacted.insert(t.to as usize);
+                    }
+                    if t.to as usize == joiner && !contacted.contains(&i) {
+                        blocked += 1; // the NAT drops it
+                        continue;
+                    }
+                    nodes[t.to as usize].handle_datagram(now, i as u32, &t.bytes);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+    let ev = events(&mut nodes[joiner]);
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Joined { .. })),
+        "{ev:?}"
+    );
+    assert!(
+        blocked > 0,
+        "the NAT filtered nothing: the test would prove nothing"
+    );
+}
