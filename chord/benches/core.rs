@@ -55,6 +55,7 @@ fn messages() -> Vec<(&'static str, Message<SocketAddr>)> {
                 origin: me.clone(),
                 hops: 3,
                 joining: false,
+                via: None,
             }),
         ),
         (
