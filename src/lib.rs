@@ -25,7 +25,6 @@
 
 mod addr;
 pub mod blocking;
-pub mod cli;
 mod config;
 mod driver;
 mod error;

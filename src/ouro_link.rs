@@ -32,7 +32,7 @@
 //! [`FLOW_IDLE`], is dropped from the link; the next datagram to that name
 //! allocates a new one. Nothing is reported to the core: datagrams to a
 //! dead peer are lost, as over UDP, and the core's request timeouts notice
-//! (`tests/swarm.rs` shows routing recover after a peer is killed).
+//! (`cli/tests/processes.rs` shows routing recover after a peer is killed).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
