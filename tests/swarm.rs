@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cicada::{Error, Hash, Hooks, PeerConfig, SecureConfig, SwarmKey, SwarmPeer};
+use cicada::secure::SecureConfig;
+use cicada::{Error, Hash, Hooks, PeerConfig, SwarmKey, SwarmPeer};
 use ports::free_ports;
 use require::Need;
 
@@ -860,7 +861,7 @@ async fn peers_without_the_key_cannot_join_and_what_strangers_inject_is_dropped_
     let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut data = [3u8; 80];
     data[1..5].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    let mut init = [0x5au8; cicada::INIT_LEN];
+    let mut init = [0x5au8; cicada::secure::INIT_LEN];
     init[0] = 1;
     let sent: [&[u8]; 4] = [&[0xC1, 0xCA, 1, 1, 0, 0], &data[..], &init[..], b"hello"];
     let target = target.udp().unwrap();
@@ -1160,12 +1161,12 @@ async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
     // 3,000 forged Inits (no key), then 1,000 valid ones from an insider's
     // state machine (each newer than the last, so none is a replay).
     let now = Instant::now();
-    let mut insider = cicada::SecureCore::new(key.clone(), SecureConfig::default(), 1, now);
+    let mut insider = cicada::secure::SecureCore::new(key.clone(), SecureConfig::default(), 1, now);
     let mut sent_bytes = 0usize;
     let t = Instant::now();
     for i in 0..4000u32 {
         let d = if i < 3000 {
-            let mut d = vec![(i % 251) as u8; cicada::INIT_LEN];
+            let mut d = vec![(i % 251) as u8; cicada::secure::INIT_LEN];
             d[0] = 1;
             d
         } else {
@@ -1188,8 +1189,8 @@ async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
     eprintln!("flood of 4,000 Inits in {secs:.2} s: {s:?}");
     // The forged ones cost no DH; the valid ones at most the budget.
     assert!(s.dropped_bad_mac >= 2900, "{s:?}");
-    let budget = f64::from(cicada::DEFAULT_HANDSHAKE_BURST)
-        + f64::from(cicada::DEFAULT_HANDSHAKE_RATE) * (secs + 0.5);
+    let budget = f64::from(cicada::secure::DEFAULT_HANDSHAKE_BURST)
+        + f64::from(cicada::secure::DEFAULT_HANDSHAKE_RATE) * (secs + 0.5);
     assert!(
         (s.handshakes_answered as f64) <= budget + 1.0,
         "{s:?} in {secs:.2} s"
@@ -1198,7 +1199,7 @@ async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
         s.dropped_rate_limited > 0 || s.handshakes_answered >= 1000,
         "{s:?}"
     );
-    assert!(s.peers <= cicada::DEFAULT_MAX_PEERS as u64, "{s:?}");
+    assert!(s.peers <= cicada::secure::DEFAULT_MAX_PEERS as u64, "{s:?}");
     // No amplification: the flooder got back fewer bytes than it sent.
     let mut buf = [0u8; 200];
     let mut back = 0usize;
@@ -1208,7 +1209,11 @@ async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
         back += n;
     }
     assert!(back <= sent_bytes, "{back} back for {sent_bytes}");
-    assert_eq!(back % cicada::RESPONSE_LEN, 0, "only Responses come back");
+    assert_eq!(
+        back % cicada::secure::RESPONSE_LEN,
+        0,
+        "only Responses come back"
+    );
     assert_eq!(
         peers[0].stats().await.unwrap().received,
         20,

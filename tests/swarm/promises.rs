@@ -153,7 +153,7 @@ async fn a_slow_recv_hook_sees_every_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_hook_calls_are_reported() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let reported: Arc<Mutex<Vec<cicada::HooksDropped>>> = Arc::default();
+    let reported: Arc<Mutex<Vec<cicada::hooks::HooksDropped>>> = Arc::default();
     let (c, r) = (calls.clone(), reported.clone());
     let hooks = Hooks::new()
         .on_send(move |_, _| {
