@@ -6,7 +6,8 @@
 
 use std::time::Instant;
 
-use cicada::{SecureConfig, SecureCore, SwarmKey};
+use cicada::secure::{SecureConfig, SecureCore};
+use cicada::SwarmKey;
 
 fn main() {
     let key = SwarmKey::generate().expect("OS randomness");
@@ -122,7 +123,7 @@ fn main() {
 
 /// Two ends of a bare Noise session of the same protocol.
 fn bare_noise() -> (snow::StatelessTransportState, snow::StatelessTransportState) {
-    let params: snow::params::NoiseParams = cicada::NOISE_PARAMS.parse().expect("params");
+    let params: snow::params::NoiseParams = cicada::secure::NOISE_PARAMS.parse().expect("params");
     let psk = [3u8; 32];
     let mut i = snow::Builder::new(params.clone())
         .psk(0, &psk)

@@ -19,7 +19,7 @@ pub const DEFAULT_HOOK_QUEUE: usize = 4096;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive buffer of a peer: 64 KiB, room for the largest datagram the
 /// core accepts ([`chord::MAX_DATAGRAM`]) and for a coalesced receive of a
-/// run of datagrams (UDP GRO, see [`crate::UdpLink`]).
+/// run of datagrams (UDP GRO, see [`crate::link::UdpLink`]).
 pub const RECV_BUFFER: usize = 65_536;
 
 /// Everything a [`crate::SwarmPeer`] can be tuned with: the Chord core's
@@ -47,7 +47,7 @@ pub struct PeerConfig {
     /// Seed of the core's randomness; `None` draws one from the clock and the id.
     pub seed: Option<u64>,
     /// The key of a private swarm: with it every link is authenticated and
-    /// encrypted ([`crate::SecureLink`]) and peers without it cannot join.
+    /// encrypted ([`crate::secure::SecureLink`]) and peers without it cannot join.
     pub swarm_key: Option<SwarmKey>,
     /// The bounds of the keyed link (used with `swarm_key`).
     pub secure: SecureConfig,
@@ -153,7 +153,7 @@ impl PeerConfig {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use cicada::{PeerConfig, SecureConfig};
+    /// use cicada::{secure::SecureConfig, PeerConfig};
     /// let ok = SecureConfig { handshake_retry: Duration::from_millis(100), ..Default::default() };
     /// assert!(PeerConfig::default().secure_config(ok).validate().is_ok());
     /// let none = SecureConfig { handshake_attempts: 0, ..Default::default() };

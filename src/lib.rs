@@ -18,25 +18,30 @@
 //!
 //! The async API runs on tokio; [`blocking::SwarmPeer`] wraps it for code
 //! without a runtime. Underneath, one driver task owns the sans-I/O
-//! [`chord::LocalNode`] and a [`Link`] carries its datagrams: [`UdpLink`],
-//! or [`OuroborosLink`] over Ouroboros flows (peers addressed by name, see
+//! [`chord::LocalNode`] and a [`Link`](link::Link) carries its datagrams:
+//! [`UdpLink`](link::UdpLink), or [`OuroborosLink`](link::OuroborosLink)
+//! over Ouroboros flows (peers addressed by name, see
 //! [`SwarmPeer::bind_ouroboros`] and [`Transport`]).
+//!
+//! The crate root holds what an application uses; the rest is in modules:
+//! [`addr`] (names and their limits), [`config`] (the defaults behind
+//! [`PeerConfig`]), [`hooks`], [`link`] (the datagram links, usable on
+//! their own), [`nat`], [`secure`] (the keyed link and its tunables).
 #![warn(missing_docs)]
 
-mod addr;
+pub mod addr;
 pub mod blocking;
-pub mod cli;
-mod config;
+pub mod config;
 mod driver;
 mod error;
-mod hooks;
-mod link;
+pub mod hooks;
+pub mod link;
 mod metrics;
-mod nat;
+pub mod nat;
 mod ouro_link;
 mod peer;
 mod remote;
-mod secure;
+pub mod secure;
 mod transport;
 mod view;
 
@@ -45,27 +50,13 @@ pub use chord;
 pub use cicada_ouroboros as ouroboros;
 pub use traversal;
 
-pub use addr::{InvalidName, PeerAddr, MAX_NAME_LEN};
-pub use chord::{Hash, Stats};
-pub use config::{
-    PeerConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HOOK_QUEUE, DEFAULT_RECV_QUEUE,
-    DEFAULT_SEND_QUEUE, RECV_BUFFER,
-};
+pub use addr::PeerAddr;
+pub use chord::Hash;
+pub use config::PeerConfig;
 pub use error::{Error, Result};
-pub use hooks::{Hooks, HooksDropped};
-pub use link::{Arrivals, Gro, Link, LinkSink, UdpLink, SOCKET_BUFFER};
-pub use nat::{NatMapping, NatStatus};
-pub use ouro_link::{
-    flow_qos, FlowStats, OuroborosLink, ALLOC_BACKOFF, ALLOC_TIMEOUT, FLOW_IDLE,
-    FLOW_PEER_TIMEOUT_MS, FLOW_QUEUE, HELLO_TIMEOUT, INCOMING_QUEUE, MAX_FLOWS,
-};
+pub use hooks::Hooks;
+pub use nat::NatStatus;
 pub use peer::{PeerStats, Received, SwarmPeer};
 pub use remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
-pub use secure::{
-    KeyError, ReplayWindow, SecureConfig, SecureCore, SecureLink, SecureStats, SecureStatsHandle,
-    SendRefused, SwarmKey, DATA_OVERHEAD, DEFAULT_HANDSHAKE_ATTEMPTS, DEFAULT_HANDSHAKE_BURST,
-    DEFAULT_HANDSHAKE_RATE, DEFAULT_HANDSHAKE_RETRY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PEERS,
-    DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_PER_PEER, INIT_LEN, MAX_PLAINTEXT, NOISE_PARAMS,
-    REPLAY_WINDOW, RESPONSE_LEN, SWARM_KEY_LEN,
-};
+pub use secure::SwarmKey;
 pub use transport::Transport;

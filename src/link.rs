@@ -1,5 +1,5 @@
 //! Links: how datagrams leave and arrive. The driver is generic over
-//! [`Link`]; [`UdpLink`] and [`crate::OuroborosLink`] implement it, and a
+//! [`Link`]; [`UdpLink`] and [`OuroborosLink`] implement it, and a
 //! `SwarmPeer` runs the one driver over either through `PeerLink`.
 
 use std::fmt::Display;
@@ -14,7 +14,7 @@ use chord::Hash;
 use tokio::net::UdpSocket;
 
 use crate::addr::PeerAddr;
-use crate::ouro_link::OuroborosLink;
+pub use crate::ouro_link::{FlowStats, OuroborosLink};
 
 /// Where a link that receives on a thread of its own hands datagrams
 /// straight to the driver (see [`Link::deliver_to`]): called with a batch
@@ -26,7 +26,7 @@ pub type LinkSink<A> = Arc<dyn Fn(&mut Arrivals<A>) + Send + Sync>;
 /// no allocation of its own), and each one's length and sender.
 ///
 /// ```
-/// use cicada::Arrivals;
+/// use cicada::link::Arrivals;
 /// let mut batch = Arrivals::new();
 /// batch.push(b"one", "a");
 /// batch.push(b"three", "b");
@@ -298,7 +298,7 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> std::io::Result<()> {
-/// use cicada::{Link, UdpLink};
+/// use cicada::link::{Link, UdpLink};
 /// let link = UdpLink::bind("127.0.0.1:0".parse().unwrap()).await?;
 /// assert_ne!(link.local_addr()?.port(), 0);
 /// # Ok(()) }
@@ -477,7 +477,7 @@ pub(crate) const GSO_SEGMENT_MAX: usize = 1_452;
 /// Largest buffer a link keeps once its run is handed out.
 const RUN_KEPT: usize = 4_096;
 /// Room for any receive, coalesced or not: the largest UDP payload, as
-/// [`crate::RECV_BUFFER`].
+/// [`crate::config::RECV_BUFFER`].
 const RUN_BUFFER: usize = crate::config::RECV_BUFFER;
 
 impl UdpLink {

@@ -32,7 +32,7 @@
 //! [`FLOW_IDLE`], is dropped from the link; the next datagram to that name
 //! allocates a new one. Nothing is reported to the core: datagrams to a
 //! dead peer are lost, as over UDP, and the core's request timeouts notice
-//! (`tests/swarm.rs` shows routing recover after a peer is killed).
+//! (`cli/tests/processes.rs` shows routing recover after a peer is killed).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -52,27 +52,27 @@ use crate::link::{Arrivals, Link, LinkSink};
 /// A flow with no traffic either way for this long is deallocated (the
 /// core's maintenance talks to every neighbour each stabilize period, so
 /// only flows of one-off sends go idle).
-pub const FLOW_IDLE: Duration = Duration::from_secs(30);
+pub(crate) const FLOW_IDLE: Duration = Duration::from_secs(30);
 /// Peer timeout asked of Ouroboros (the QoS `timeout`): the library sends
 /// keepalives every quarter of it and declares the flow's peer gone after
 /// this long without hearing from it.
-pub const FLOW_PEER_TIMEOUT_MS: u32 = 5_000;
+pub(crate) const FLOW_PEER_TIMEOUT_MS: u32 = 5_000;
 /// How long an allocation may take before the datagrams queued for it are
 /// dropped.
-pub const ALLOC_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const ALLOC_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed allocation, datagrams to that name are dropped for this
 /// long instead of starting another allocation each time the core retries.
-pub const ALLOC_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const ALLOC_BACKOFF: Duration = Duration::from_millis(500);
 /// How long an accepted flow may take to send its hello.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most flows (allocated and accepted) at once; further accepted flows are
 /// deallocated at once, further allocations refused.
-pub const MAX_FLOWS: usize = 1024;
+pub(crate) const MAX_FLOWS: usize = 1024;
 /// Datagrams waiting for a flow to a name while it is being allocated;
 /// past it they are dropped, as a full socket buffer drops them.
-pub const FLOW_QUEUE: usize = 512;
+pub(crate) const FLOW_QUEUE: usize = 512;
 /// Datagrams from all flows waiting for the driver.
-pub const INCOMING_QUEUE: usize = 4096;
+pub(crate) const INCOMING_QUEUE: usize = 4096;
 
 /// The hello: this magic, one version byte, then the allocator's name.
 const HELLO_MAGIC: &[u8; 8] = b"CICADA-H";
@@ -136,7 +136,7 @@ static IN_USE: AtomicBool = AtomicBool::new(false);
 /// end, so FRCT's retransmission would only add a second, slower repair
 /// loop and head-of-line blocking; 0.23's FRCT also loses and mixes packets
 /// when flows are used from several threads.
-pub fn flow_qos() -> QoSSpec {
+pub(crate) fn flow_qos() -> QoSSpec {
     QoSSpec::raw().with_timeout(FLOW_PEER_TIMEOUT_MS)
 }
 
@@ -314,7 +314,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), cicada::Error> {
-/// use cicada::{Link, OuroborosLink, PeerAddr};
+/// use cicada::link::{Link, OuroborosLink};
+/// use cicada::PeerAddr;
 /// let link = OuroborosLink::bind("alice", "local_layer").await?;
 /// link.send_to(b"hi", &PeerAddr::ouroboros("bob").unwrap()).await?;
 /// let mut buf = vec![0; 2048];

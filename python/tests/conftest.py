@@ -77,7 +77,7 @@ def cicada_bin():
     if os.environ.get("CICADA_BIN"):
         return os.environ["CICADA_BIN"]
     out = subprocess.run(
-        ["cargo", "build", "--bin", "cicada", "--message-format=json-render-diagnostics"],
+        ["cargo", "build", "-p", "cicada-cli", "--bin", "cicada", "--message-format=json-render-diagnostics"],
         cwd=REPO,
         check=True,
         stdout=subprocess.PIPE,

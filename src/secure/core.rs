@@ -293,7 +293,7 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
     ///
     /// ```
     /// # use std::time::Instant;
-    /// use cicada::{SecureConfig, SecureCore, SwarmKey};
+    /// use cicada::secure::{SecureConfig, SecureCore, SwarmKey};
     /// let now = Instant::now();
     /// let mut a = SecureCore::new(SwarmKey::from_bytes([7; 32]), SecureConfig::default(), 1, now);
     /// let mut out = Vec::new();

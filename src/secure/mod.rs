@@ -79,8 +79,8 @@ pub const DEFAULT_HANDSHAKE_BURST: u32 = 100;
 /// can cost it.
 ///
 /// ```
-/// let cfg = cicada::SecureConfig::default();
-/// assert_eq!(cfg.handshake_attempts, cicada::DEFAULT_HANDSHAKE_ATTEMPTS);
+/// let cfg = cicada::secure::SecureConfig::default();
+/// assert_eq!(cfg.handshake_attempts, cicada::secure::DEFAULT_HANDSHAKE_ATTEMPTS);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecureConfig {
@@ -177,7 +177,8 @@ fn lock<A>(core: &Shared<A>) -> MutexGuard<'_, SecureCore<A>> {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> std::io::Result<()> {
-/// use cicada::{Link, SecureLink, SwarmKey, UdpLink};
+/// use cicada::link::{Link, UdpLink};
+/// use cicada::secure::{SecureLink, SwarmKey};
 /// let key = SwarmKey::generate().unwrap();
 /// let a = SecureLink::new(UdpLink::bind("127.0.0.1:0".parse().unwrap()).await?, key.clone());
 /// let b = SecureLink::new(UdpLink::bind("127.0.0.1:0".parse().unwrap()).await?, key);

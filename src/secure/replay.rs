@@ -16,7 +16,7 @@ const WORDS: usize = (REPLAY_WINDOW / 64) as usize;
 /// The nonces seen of one session, within the window behind the newest.
 ///
 /// ```
-/// use cicada::ReplayWindow;
+/// use cicada::secure::ReplayWindow;
 /// let mut w = ReplayWindow::default();
 /// assert!(w.accept(0) && w.accept(2));
 /// assert!(!w.accept(2), "a replay");

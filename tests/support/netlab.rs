@@ -3,7 +3,8 @@
 //! through [`crate::require`] where the lab cannot be built), runs commands
 //! in its namespaces, tells its addresses, and tears it down on drop.
 //! Shared by `traversal/tests/natlab.rs`, `tests/netlab.rs` and
-//! `tests/swarm.rs` through `#[path]`; each declares `mod require` beside it.
+//! `cli/tests/processes.rs` through `#[path]`; each declares `mod require`
+//! beside it.
 #![allow(dead_code)]
 
 use std::collections::HashMap;

@@ -49,14 +49,14 @@ pub const NEEDS: &[(Need, &str, &str)] = &[
     (
         Need::Ouroboros,
         "ouroboros",
-        "ouroboros/tests/ouroboros.rs (every test), tests/swarm/ouroboros.rs (the IRMd ones)",
+        "ouroboros/tests/ouroboros.rs (every test), cli/tests/processes/ouroboros.rs (the IRMd ones)",
     ),
     (
         Need::Netlab,
         "netlab",
-        "traversal/tests/natlab.rs, tests/netlab.rs, the lab tests in tests/swarm.rs and tests/swarm/lab.rs",
+        "traversal/tests/natlab.rs, tests/netlab.rs, the lab tests in cli/tests/processes.rs and cli/tests/processes/lab.rs",
     ),
-    (Need::Nft, "nft", "tests/swarm.rs (the partition test)"),
+    (Need::Nft, "nft", "cli/tests/processes.rs (the partition test)"),
     (Need::Gso, "gso", "tests/swarm/link.rs (the batching tests)"),
     (Need::Ipv6, "ipv6", "tests/swarm.rs (the IPv6 join test)"),
 ];

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cicada::{Gro, Link, UdpLink};
+use cicada::link::{Gro, Link, UdpLink};
 
 use super::require::{self, Need};
 
@@ -341,7 +341,8 @@ impl Link for Counting {
 /// datagram per call (a system call and an allocation each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_links_send_and_open_runs_whole() {
-    use cicada::{SecureLink, SwarmKey};
+    use cicada::secure::SecureLink;
+    use cicada::SwarmKey;
     use std::sync::atomic::Ordering::Relaxed;
     use std::sync::Arc;
     let key = SwarmKey::from_bytes([5; 32]);

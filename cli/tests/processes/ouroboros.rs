@@ -344,7 +344,7 @@ fn an_ouroboros_datagram_flood_leaves_the_receiver_alive_and_routing() {
 /// through it sends it a datagram, which arrives from the node's name.
 #[test]
 fn an_ouroboros_link_on_its_own_queues_what_it_reads_for_recv_from() {
-    use cicada::Link;
+    use cicada::link::Link;
     let test = "an_ouroboros_link_on_its_own_queues_what_it_reads_for_recv_from";
     if !irmd_or_skip(test) {
         return;
@@ -353,7 +353,7 @@ fn an_ouroboros_link_on_its_own_queues_what_it_reads_for_recv_from() {
     let rt = runtime();
     let me = name("alone", 0);
     let link = rt
-        .block_on(cicada::OuroborosLink::bind(&me, "local_layer"))
+        .block_on(cicada::link::OuroborosLink::bind(&me, "local_layer"))
         .expect("the link binds");
     let node = start_ouro(&name("alone", 1), "local_layer", Some(&me), &[]);
     let mut buf = vec![0u8; 65_536];

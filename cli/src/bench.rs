@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cicada::{Hash, Hooks, Link, PeerAddr, PeerConfig, SwarmPeer};
+use cicada::link::Link;
+use cicada::{Hash, Hooks, PeerAddr, PeerConfig, SwarmPeer};
 use clap::Args;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
@@ -190,7 +191,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
 async fn settings(args: &BenchArgs) -> R<Vec<(String, String)>> {
     let (ours, theirs) = (fast(), PeerConfig::default());
     let env = |name: &str| std::env::var(name).unwrap_or_else(|_| "unset".into());
-    let link = cicada::UdpLink::bind(local())
+    let link = cicada::link::UdpLink::bind(local())
         .await
         .map_err(|e| e.to_string())?;
     let (rcv, snd) = granted_buffers()?;
@@ -266,7 +267,7 @@ async fn settings(args: &BenchArgs) -> R<Vec<(String, String)>> {
                 "{} bytes asked, as the link asks, by both Cicada and the raw baseline; \
                  the kernel granted receive {rcv}, send {snd} (doubled, capped by \
                  net.core.rmem_max/wmem_max); the unbatched row keeps the default",
-                cicada::SOCKET_BUFFER
+                cicada::link::SOCKET_BUFFER
             ),
         ),
         (
@@ -296,13 +297,13 @@ async fn settings(args: &BenchArgs) -> R<Vec<(String, String)>> {
 const GSO_SEGMENT_MAX: usize = 1_452;
 
 /// The receive and send buffers the kernel grants a UDP socket that asks
-/// for [`cicada::SOCKET_BUFFER`], as [`cicada::UdpLink`] does.
+/// for [`cicada::link::SOCKET_BUFFER`], as [`cicada::link::UdpLink`] does.
 fn granted_buffers() -> R<(usize, usize)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s =
         Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| e.to_string())?;
-    let _ = s.set_recv_buffer_size(cicada::SOCKET_BUFFER);
-    let _ = s.set_send_buffer_size(cicada::SOCKET_BUFFER);
+    let _ = s.set_recv_buffer_size(cicada::link::SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(cicada::link::SOCKET_BUFFER);
     Ok((
         s.recv_buffer_size().map_err(|e| e.to_string())?,
         s.send_buffer_size().map_err(|e| e.to_string())?,
@@ -372,14 +373,14 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     }
 
     // The pair above has received bursts, and so coalesces arriving runs
-    // (UDP_GRO, see cicada::Gro), which makes every receive read control
+    // (UDP_GRO, see cicada::link::Gro), which makes every receive read control
     // messages; peers that have not (most that exchange small messages)
     // receive plainly. Both are measured: the rows below on a fresh pair,
     // this one on the pair that moved the bulk, beside a raw ping-pong
     // whose links coalesce as well.
-    let after_bulk = match cicada::Gro::from_env() {
-        cicada::Gro::Off => cicada::Gro::Off,
-        _ => cicada::Gro::On,
+    let after_bulk = match cicada::link::Gro::from_env() {
+        cicada::link::Gro::Off => cicada::link::Gro::Off,
+        _ => cicada::link::Gro::On,
     };
     let (bulk_times, bulk_raw_times) =
         latency_turns(&a, &b_addr, args.round_trips, LatencyBase::Raw(after_bulk)).await?;
@@ -399,7 +400,7 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
     );
     let (a, b, b_addr) = pair(fast()).await?;
 
-    let fresh = LatencyBase::Raw(cicada::Gro::from_env());
+    let fresh = LatencyBase::Raw(cicada::link::Gro::from_env());
     let (times, raw_times) = latency_turns(&a, &b_addr, args.round_trips, fresh).await?;
     let (raw50, raw99) = percentiles(raw_times);
     let (p50, p99) = percentiles(times);
@@ -546,7 +547,7 @@ fn size_key(size: usize) -> &'static str {
     }
 }
 
-/// Messages per second the link alone moves: two [`cicada::UdpLink`]s
+/// Messages per second the link alone moves: two [`cicada::link::UdpLink`]s
 /// (the socket buffers, GSO sends and adaptive GRO receives of every
 /// peer's link) with no protocol above them. The sender hands the link
 /// runs of as many datagrams as it sends in one call
@@ -558,16 +559,16 @@ fn size_key(size: usize) -> &'static str {
 /// dropped by the system, and the rate is then the receiver's).
 async fn raw_throughput(size: usize, count: usize) -> R<(f64, f64)> {
     let rx = Arc::new(
-        cicada::UdpLink::bind(local())
+        cicada::link::UdpLink::bind(local())
             .await
             .map_err(|e| e.to_string())?,
     );
-    let tx = cicada::UdpLink::bind(local())
+    let tx = cicada::link::UdpLink::bind(local())
         .await
         .map_err(|e| e.to_string())?;
     let to = rx.local_addr().map_err(|e| e.to_string())?;
     let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; cicada::RECV_BUFFER];
+        let mut buf = vec![0u8; cicada::config::RECV_BUFFER];
         // All datagrams, and those after the first receive: the rate
         // counts only those that arrived after its time (a run of 64
         // arrives in one receive).
@@ -914,7 +915,7 @@ const LATENCY_TURN: usize = 25;
 #[derive(Clone, Copy)]
 enum LatencyBase<'a> {
     /// A raw ping-pong between two links of this coalescing ([`RawPing`]).
-    Raw(cicada::Gro),
+    Raw(cicada::link::Gro),
     /// Confirmed sends of 64 bytes from another peer to this address (the
     /// keyed row's unkeyed pair).
     Pair(&'a SwarmPeer, &'a PeerAddr),
@@ -960,28 +961,28 @@ pub(crate) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 /// A raw UDP ping-pong of 64 bytes on loopback between two
-/// [`cicada::UdpLink`]s (the socket buffers and receives of a peer's link,
+/// [`cicada::link::UdpLink`]s (the socket buffers and receives of a peer's link,
 /// coalescing as asked): a client link and an echo task, kept for the
 /// whole latency row.
 struct RawPing {
-    client: cicada::UdpLink,
+    client: cicada::link::UdpLink,
     echo: SocketAddr,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl RawPing {
-    async fn start(gro: cicada::Gro) -> R<RawPing> {
-        let echo = cicada::UdpLink::bind_gro(local(), gro)
+    async fn start(gro: cicada::link::Gro) -> R<RawPing> {
+        let echo = cicada::link::UdpLink::bind_gro(local(), gro)
             .await
             .map_err(|e| e.to_string())?;
         let to = echo.local_addr().map_err(|e| e.to_string())?;
         let server = tokio::spawn(async move {
-            let mut buf = vec![0u8; cicada::RECV_BUFFER];
+            let mut buf = vec![0u8; cicada::config::RECV_BUFFER];
             while let Ok((len, from)) = echo.recv_from(&mut buf).await {
                 let _ = echo.send_to(&buf[..len], &from).await;
             }
         });
-        let client = cicada::UdpLink::bind_gro(local(), gro)
+        let client = cicada::link::UdpLink::bind_gro(local(), gro)
             .await
             .map_err(|e| e.to_string())?;
         Ok(RawPing {
@@ -993,7 +994,7 @@ impl RawPing {
 
     /// Round-trip times (seconds) of `n` pings.
     async fn round_trips(&self, n: usize) -> R<Vec<f64>> {
-        let mut buf = vec![0u8; cicada::RECV_BUFFER];
+        let mut buf = vec![0u8; cicada::config::RECV_BUFFER];
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();

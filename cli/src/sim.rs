@@ -1,9 +1,10 @@
-//! Command-line front ends shared by the `cicada` binary and the examples,
-//! so that each is written once.
+//! `cicada sim`: the simulator's arguments and report, shared by the
+//! command and `examples/sim.rs` (which includes this file), so that both
+//! are written once.
 
 use std::time::{Duration, Instant};
 
-use chord::sim::{self, Params, SimConfig};
+use cicada::chord::sim::{self, Params, SimConfig};
 
 /// Arguments of the simulator (`cicada sim`, `examples/sim.rs`).
 #[derive(clap::Args, Debug, Clone)]
@@ -69,15 +70,6 @@ fn peak_rss_bytes() -> u64 {
 
 /// Runs the simulator and returns the lines of its report (the JSON line
 /// last with `--json`), or a message for a usage error.
-///
-/// ```
-/// use clap::Parser;
-/// #[derive(Parser)]
-/// struct Cli { #[command(flatten)] sim: cicada::cli::SimArgs }
-/// let cli = Cli::parse_from(["sim", "--nodes", "20", "--lookups", "20", "--json"]);
-/// let lines = cicada::cli::run_sim(&cli.sim).unwrap();
-/// assert!(lines.last().unwrap().starts_with('{'));
-/// ```
 pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
     let fractions = [args.fail, args.loss, args.droppers, args.churn];
     if fractions.iter().any(|f| !(0.0..1.0).contains(f)) {
@@ -160,4 +152,30 @@ pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
         lines.push(serde_json::to_string(&report).map_err(|e| e.to_string())?);
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: super::SimArgs,
+    }
+
+    #[test]
+    fn run_sim_reports_json_last() {
+        let cli = Cli::parse_from(["sim", "--nodes", "20", "--lookups", "20", "--json"]);
+        let lines = super::run_sim(&cli.sim).unwrap();
+        let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        assert_eq!(last["nodes"], 20);
+        assert_eq!(last["ring_correct"], true);
+    }
+
+    #[test]
+    fn run_sim_refuses_fractions_out_of_range() {
+        let cli = Cli::parse_from(["sim", "--nodes", "20", "--loss", "1.5"]);
+        assert!(super::run_sim(&cli.sim).is_err());
+    }
 }

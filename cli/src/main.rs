@@ -1,7 +1,7 @@
-//! `cicada`: the command-line face of the library.
+//! `cicada`: the command-line face of the library (package `cicada-cli`).
 //!
 //! - `cicada node`: one scriptable peer (see `node.rs`).
-//! - `cicada sim`: the Chord simulator, as `examples/sim.rs`.
+//! - `cicada sim`: the Chord simulator (see `sim.rs`; `examples/sim.rs` too).
 //! - `cicada map`: maps a port on the NAT gateway and holds it (see `map.rs`).
 //! - `cicada bench`: Cicada beside raw UDP and the Ouroboros C tools, as ratios
 //!   (see `bench.rs`, `bench_ouro.rs`).
@@ -15,6 +15,7 @@ mod keygen;
 mod map;
 mod node;
 mod output;
+mod sim;
 mod svg;
 
 use clap::{Parser, Subcommand};
@@ -35,7 +36,7 @@ enum Command {
     /// Run one peer that reads commands from a script or stdin.
     Node(node::NodeArgs),
     /// Simulate a Chord ring of many nodes in virtual time.
-    Sim(cicada::cli::SimArgs),
+    Sim(sim::SimArgs),
     /// Map a port on the NAT gateway (UPnP IGD, then NAT-PMP) until interrupted.
     Map(map::MapArgs),
     /// Measure Cicada beside raw UDP on loopback, as ratios.
@@ -55,7 +56,7 @@ fn main() {
         Command::Bench(args) => bench::main(args),
         Command::Demo(args) => demo::main(args),
         Command::Keygen(args) => keygen::main(args),
-        Command::Sim(args) => match cicada::cli::run_sim(&args) {
+        Command::Sim(args) => match sim::run_sim(&args) {
             Ok(lines) => {
                 lines.iter().for_each(|l| println!("{l}"));
                 0

@@ -33,9 +33,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cicada::{
-    Hash, Hooks, NatMapping, NatStatus, PeerAddr, PeerConfig, SendTarget, SwarmPeer, Transport,
-};
+use cicada::nat::NatMapping;
+use cicada::{Hash, Hooks, NatStatus, PeerAddr, PeerConfig, SendTarget, SwarmPeer, Transport};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -108,7 +107,7 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
     /// Capacity of the receive queue.
-    #[arg(long, default_value_t = cicada::DEFAULT_RECV_QUEUE)]
+    #[arg(long, default_value_t = cicada::config::DEFAULT_RECV_QUEUE)]
     recv_queue: usize,
     /// Join a private swarm: the file holds the swarm key, 64 hex digits on
     /// one line (`cicada keygen --out FILE` makes one). Every link is then

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use cicada::traversal::{Options, PortMapping, Protocol};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use traversal::{Options, PortMapping, Protocol};
 
 use crate::output::Out;
 
