@@ -167,6 +167,15 @@ async fn dropped_hook_calls_are_reported() {
     b.connect(a.listener().unwrap(), Duration::from_secs(5))
         .await
         .unwrap();
+    // A sends datagrams to B only once it knows B (before, it refuses them
+    // at once with NoSuchNode).
+    let b_id = b.hash().unwrap();
+    for _ in 0..100 {
+        if a.peers().await.unwrap().iter().any(|p| p.id == b_id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for i in 0..50 {
         a.send_datagram(b.listener().unwrap(), format!("d{i}").as_bytes())
             .await
