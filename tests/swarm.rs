@@ -1883,6 +1883,9 @@ mod netlab;
 #[path = "swarm/ouroboros.rs"]
 mod ouroboros;
 
+#[path = "swarm/ouro_hosts.rs"]
+mod ouro_hosts;
+
 /// Starts `cicada node` inside the lab's `role` namespace.
 fn node_in(lab: &netlab::Lab, role: &str, port: u16, extra: &[&str]) -> Node {
     let mut cmd = lab.exec(role);
