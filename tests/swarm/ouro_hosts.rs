@@ -248,23 +248,31 @@ fn six_peers_on_three_hosts(lab: &OuroLab, attempt: usize) {
     // The last host's peers end on SIGTERM at once (`--abrupt`: no leave),
     // as when a host goes away.
     let gone: Vec<usize> = (0..N).filter(|&i| host(i) == gone_host).collect();
+    let sigterm = Instant::now();
     for &i in &gone {
+        let _ = Command::new("kill")
+            .args(["-TERM", &nodes[i].child.id().to_string()])
+            .status();
+    }
+    for &i in &gone {
+        let left = Duration::from_secs(5).saturating_sub(sigterm.elapsed());
         assert!(
-            nodes[i].terminate(Duration::from_secs(5)),
-            "the --abrupt node {i} ends at once on SIGTERM"
+            nodes[i].terminate(left),
+            "the --abrupt node {i} ends within 5 s of SIGTERM"
         );
         assert!(
             nodes[i].all(is("closed")).is_empty(),
             "node {i} did not leave gracefully"
         );
     }
-    let ended = Instant::now();
+    let ended = sigterm.elapsed();
     let live: Vec<usize> = (0..N).filter(|i| !gone.contains(i)).collect();
     wait_ring(&mut nodes, &live, Duration::from_secs(60))
         .expect("the ring of the 4 left converges");
     eprintln!(
-        "ouroboros across hosts: ring of 4 correct {:?} after {gone_host}'s peers ended",
-        ended.elapsed()
+        "ouroboros across hosts: {gone_host}'s peers ended {ended:?} after SIGTERM; \
+         ring of 4 correct {:?} after SIGTERM",
+        sigterm.elapsed()
     );
     all_pairs(&mut nodes, &live, "r");
     broadcast_reaches_all(&mut nodes, &live, 1, "hb-1");
