@@ -130,6 +130,45 @@ thread_local! {
 /// the process's names a flow was allocated to.
 static IN_USE: AtomicBool = AtomicBool::new(false);
 
+/// Set at process exit: reader threads leave `fevent` before the library's
+/// destructor unmaps the flow set they wait on (a thread still waiting
+/// there faults when it wakes).
+static EXITING: AtomicBool = AtomicBool::new(false);
+/// Reader threads running, and its change.
+static READERS: (Mutex<usize>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+
+/// The exit hook: asks every reader thread to stop and waits for them,
+/// 1 s at most (each waits in `EVENT_SLICE`s).
+fn stop_readers() {
+    EXITING.store(true, Ordering::Release);
+    let (m, cv) = &READERS;
+    let g = m.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = cv.wait_timeout_while(g, Duration::from_secs(1), |n| *n > 0);
+}
+
+/// Counts a reader thread while it lives.
+struct ReaderRunning;
+
+impl ReaderRunning {
+    fn new() -> ReaderRunning {
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| {
+            if !ouro::at_exit(stop_readers) {
+                tracing::warn!("could not register the exit hook of the Ouroboros link");
+            }
+        });
+        *lock(&READERS.0) += 1;
+        ReaderRunning
+    }
+}
+
+impl Drop for ReaderRunning {
+    fn drop(&mut self) {
+        *lock(&READERS.0) -= 1;
+        READERS.1.notify_all();
+    }
+}
+
 /// The QoS of every flow: `raw` (no FRCT) with a short peer timeout.
 ///
 /// The core already retransmits its requests and confirms sends end to
@@ -940,6 +979,7 @@ fn accepted(s: Arc<Shared>, flow: Flow) {
 /// wait in the flows' rings, and writers find them full, as a full socket
 /// buffer pushes back on a sender.
 fn read_loop(s: Arc<Shared>) {
+    let _running = ReaderRunning::new();
     ON_READER.with(|r| r.set(true));
     let mut fq = match FEventQueue::new() {
         Ok(q) => q,
@@ -952,7 +992,7 @@ fn read_loop(s: Arc<Shared>) {
     let mut held: Option<(Vec<u8>, String)> = None;
     let mut batch: Arrivals<PeerAddr> = Arrivals::new();
     let mut last_idle_check = Instant::now();
-    while !s.stop.load(Ordering::Acquire) {
+    while !s.stop.load(Ordering::Acquire) && !EXITING.load(Ordering::Acquire) {
         let wait = if held.is_some() {
             HELD_WAIT
         } else if todo.is_empty() {

@@ -28,6 +28,9 @@ mod ports;
 #[path = "processes/ouroboros.rs"]
 mod ouroboros;
 
+#[path = "processes/ouro_hosts.rs"]
+mod ouro_hosts;
+
 #[path = "processes/lab.rs"]
 mod lab;
 

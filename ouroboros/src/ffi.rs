@@ -437,23 +437,23 @@ fn load() -> Result<Lib, Error> {
 }
 
 /// Runs `f` at process exit, before the library's destructor (`atexit`
-/// handlers registered after `dlopen` run before `_dl_fini`). Returns false
-/// if it could not be registered. Only the first registered function is
-/// kept.
+/// handlers registered after `dlopen` run before `_dl_fini`). Hooks run in
+/// the reverse order of their registration. Returns false if the exit
+/// handler could not be registered with libc.
 pub fn at_exit(f: fn()) -> bool {
-    static HOOK: OnceLock<fn()> = OnceLock::new();
+    static HOOKS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
     extern "C" fn run() {
-        if let Some(f) = HOOK.get() {
+        let hooks = std::mem::take(&mut *HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
+        for f in hooks.into_iter().rev() {
             // A panic must not unwind into libc.
             let _ = std::panic::catch_unwind(f);
         }
     }
-    if HOOK.set(f).is_err() {
-        return false;
-    }
+    HOOKS.lock().unwrap_or_else(|e| e.into_inner()).push(f);
     // SAFETY: `run` is a plain extern "C" fn without arguments that never
     // unwinds.
-    unsafe { libc::atexit(run) == 0 }
+    *REGISTERED.get_or_init(|| unsafe { libc::atexit(run) == 0 })
 }
 
 /// Converts an optional duration to a `timespec` (saturating).

@@ -68,7 +68,7 @@ mod qos;
 
 pub use error::{codes, Error, Result};
 pub use event::AsyncFlow;
-pub use ffi::{DEV_SONAME, IRM_SOCK_PATH, IRM_SONAME, PROBE_SOCK_ENV};
+pub use ffi::{at_exit, DEV_SONAME, IRM_SOCK_PATH, IRM_SONAME, PROBE_SOCK_ENV};
 pub use flow::{
     flow_accept, flow_alloc, flow_join, Flow, FlowId, FlowProperties, FrctFlags, MAX_PACKET_SIZE,
 };

@@ -80,7 +80,7 @@ fn start_ouro(name: &str, layer: &str, join: Option<&str>, extra: &[&str]) -> No
     Node::spawn_with(cmd, name, true)
 }
 
-fn wait_joined(node: &Node, i: usize) {
+pub(super) fn wait_joined(node: &Node, i: usize) {
     match node.wait_for(0, Duration::from_secs(15), |v| {
         v["event"] == "joined" || v["event"] == "error"
     }) {
@@ -91,7 +91,7 @@ fn wait_joined(node: &Node, i: usize) {
 
 /// Every node sends to every other; each receives each message exactly
 /// once, from the right sender.
-fn all_pairs(nodes: &mut [Node], live: &[usize], tag: &str) {
+pub(super) fn all_pairs(nodes: &mut [Node], live: &[usize], tag: &str) {
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
     for &i in live {
@@ -149,7 +149,7 @@ fn all_pairs(nodes: &mut [Node], live: &[usize], tag: &str) {
     }
 }
 
-fn broadcast_reaches_all(nodes: &mut [Node], live: &[usize], from: usize, data: &str) {
+pub(super) fn broadcast_reaches_all(nodes: &mut [Node], live: &[usize], from: usize, data: &str) {
     let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
     nodes[from].cmd(&format!("broadcast {data}"));
     for &i in live.iter().filter(|&&i| i != from) {

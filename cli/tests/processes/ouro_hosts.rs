@@ -1,0 +1,290 @@
+//! The swarm over Ouroboros across hosts: `scripts/ourolab` builds three
+//! "hosts" on this machine (a network namespace and a mount namespace each,
+//! with an IRMd of its own) joined by a udp4 layer, and six `cicada node
+//! --ouroboros` processes, two a host, swarm by name only. Packets between
+//! hosts cross the udp4 IPCPs (no direct shared-memory flow is possible
+//! between two IRMds). Skipped through `require` (need `netlab` for the
+//! namespaces, `ouroboros` for the IRMd) where the lab cannot be built.
+
+use super::ouroboros::{all_pairs, broadcast_reaches_all, wait_joined};
+use super::*;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The layer every host's udp4 IPCP is in.
+const LAYER: &str = "udp_layer";
+
+/// Node flags across hosts. Two faults of Ouroboros 0.23 set the request
+/// timeout (see "Across hosts" in `docs/ouroboros.md`): a flow to a name on
+/// another host takes about 1 s to allocate (the IRMd first waits 1 s for a
+/// local process to accept it), and the udp4 IPCP now and then drops the
+/// reply to an allocation (it arrives before the IPCP has recorded where
+/// the request went), so that allocation fails after the link's 3 s
+/// `ALLOC_TIMEOUT` and the next one, 0.5 s later, takes another 1 s. A
+/// request's 3 tries must outlast that (2.5 s each; `NODE_FLAGS` gives
+/// 0.1 s), or a join through a bootstrap whose first flow was lost fails.
+const HOST_FLAGS: [&str; 7] = [
+    "--json",
+    "--stabilize-ms",
+    "300",
+    "--request-timeout-ms",
+    "2500",
+    "--lookup-timeout-ms",
+    "15000",
+];
+
+/// `scripts/ourolab` of this checkout.
+fn script() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .map(|d| d.join("scripts/ourolab"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| here.join("scripts/ourolab"))
+}
+
+/// A lab of Ouroboros hosts; torn down on drop (`ourolab down`: SIGTERM to
+/// what still runs in the hosts, then to their IRMds, then the namespaces
+/// are deleted), a failed test included.
+struct OuroLab {
+    prefix: String,
+}
+
+impl OuroLab {
+    /// Builds `hosts` hosts, or skips `test` and returns `None` where the
+    /// lab cannot run (`ourolab check`: root and namespaces are `netlab`'s
+    /// need, the Ouroboros programs `ouroboros`'s).
+    fn up(test: &str, hosts: usize) -> Option<OuroLab> {
+        let out = Command::new("bash").arg(script()).arg("check").output();
+        let why = match out {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+            Err(e) => Some(format!("cannot run {}: {e}", script().display())),
+        };
+        if let Some(why) = why {
+            let need = if why.contains("Ouroboros") {
+                Need::Ouroboros
+            } else {
+                Need::Netlab
+            };
+            require::skip(need, test, format_args!("ourolab: {why}"));
+            return None;
+        }
+        static LABS: AtomicUsize = AtomicUsize::new(0);
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("o{}-{n}", std::process::id());
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["up", &prefix])
+            .env("OUROLAB_HOSTS", hosts.to_string())
+            .env("OUROLAB_LAYER", LAYER)
+            .output()
+            .expect("run ourolab up");
+        let lab = OuroLab { prefix };
+        assert!(
+            out.status.success(),
+            "ourolab up {} failed:\n{}\n{}",
+            lab.prefix,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+        Some(lab)
+    }
+
+    /// Makes `name`, served on `host`, reachable from every host.
+    fn name(&self, host: &str, name: &str) {
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["name", host, name, "-p", &self.prefix])
+            .output()
+            .expect("run ourolab name");
+        assert!(
+            out.status.success(),
+            "ourolab name {host} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The first line of an IRMd's log (its IPCPs log there too) that shows
+    /// one of Ouroboros 0.23's udp4 allocation faults (see "Across hosts" in
+    /// `docs/ouroboros.md`), if any.
+    fn udp4_fault(&self, hosts: usize) -> Option<String> {
+        const SIGNS: [&str; 3] = [
+            "from wrong source",
+            "Failed to respond to flow request",
+            "IPCP alloc_resp timed out",
+        ];
+        let rundir = std::env::var("OUROLAB_RUNDIR").unwrap_or_else(|_| "/run".into());
+        (1..=hosts).find_map(|k| {
+            let log = format!("{rundir}/ourolab-{}/h{k}.irmd.log", self.prefix);
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .find(|l| SIGNS.iter().any(|s| l.contains(s)))
+                .map(|l| format!("h{k}: {}", l.trim()))
+        })
+    }
+
+    /// IP packets received so far on `host`'s link (its `eth0`).
+    fn rx_packets(&self, host: &str) -> u64 {
+        let ns = format!("{}-{host}", self.prefix);
+        let out = Command::new("ip")
+            .args(["-n", &ns, "-j", "-s", "link", "show", "dev", "eth0"])
+            .output()
+            .expect("run ip");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v[0]["stats64"]["rx"]["packets"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no packet count for {ns}'s eth0: {v}"))
+    }
+
+    /// A `cicada node --ouroboros name` on `host`; the process is the node
+    /// itself (`ourolab exec` ends in `exec nsenter`, which execs it), so
+    /// the SIGTERM of `Node` reaches it.
+    fn node(&self, host: &str, name: &str, join: Option<&str>, extra: &[&str]) -> Node {
+        self.name(host, name);
+        let mut cmd = Command::new("bash");
+        cmd.arg(script())
+            .args(["exec", host, &self.prefix, "--"])
+            .arg(env!("CARGO_BIN_EXE_cicada"))
+            .args(["node", "--ouroboros", name, "--layer", LAYER])
+            .args(["--transport", "ouroboros"])
+            .args(HOST_FLAGS)
+            .args(extra);
+        if let Some(j) = join {
+            cmd.arg("--join").arg(j);
+        }
+        Node::spawn_with(cmd, name, true)
+    }
+}
+
+impl Drop for OuroLab {
+    fn drop(&mut self) {
+        // With CICADA_TEST_LOGDIR set, the IRMds' logs are kept there.
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).args(["down", &self.prefix]);
+        if let Some(dir) = std::env::var_os("CICADA_TEST_LOGDIR") {
+            cmd.env("OUROLAB_KEEP_LOGS", dir);
+        }
+        let out = cmd.output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            other => eprintln!("ourolab down {} failed: {other:?}", self.prefix),
+        }
+    }
+}
+
+/// How many times the scenario may run on a fresh lab when it failed and
+/// an IRMd's log shows one of 0.23's udp4 allocation faults.
+const FAULT_TRIES: usize = 5;
+
+/// Not in the default run: Ouroboros 0.23's udp4 IPCP loses about half of
+/// these scenarios to its own races (docs/ouroboros.md, "Across hosts"),
+/// and even five attempts on fresh labs fail now and then. Run it with
+/// `cargo test -p cicada-cli --test processes ouro_hosts -- --ignored`.
+#[test]
+#[ignore = "Ouroboros 0.23's udp4 IPCP fails about half of these runs (docs/ouroboros.md, \"Across hosts\")"]
+fn ouroboros_six_peers_on_three_hosts_swarm_by_name_and_survive_a_host() {
+    let test = "ouroboros_six_peers_on_three_hosts_swarm_by_name_and_survive_a_host";
+    let _g = heavy();
+    for attempt in 1..=FAULT_TRIES {
+        let Some(lab) = OuroLab::up(test, HOSTS) else {
+            return;
+        };
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            six_peers_on_three_hosts(&lab, attempt)
+        }));
+        let Err(panic) = run else { return };
+        // A failure counts unless Ouroboros' own fault is in the logs: then
+        // the scenario runs again on a fresh lab, up to FAULT_TRIES times.
+        match lab.udp4_fault(HOSTS) {
+            Some(fault) if attempt < FAULT_TRIES => eprintln!(
+                "KNOWN OUROBOROS 0.23 UDP4 FAULT (attempt {attempt} of {FAULT_TRIES}): {fault}; \
+                 running again on a fresh lab"
+            ),
+            _ => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+const HOSTS: usize = 3;
+
+/// Six peers, two on each of three hosts: a ring, all-pairs sends and a
+/// broadcast; then the last host's peers end and the four left recover.
+fn six_peers_on_three_hosts(lab: &OuroLab, attempt: usize) {
+    const N: usize = 6;
+    let started = Instant::now();
+    // Peer i lives on host h(i % 3 + 1); the last host's peers end later.
+    let host = |i: usize| format!("h{}", i % HOSTS + 1);
+    let gone_host = format!("h{HOSTS}");
+    // Dropped (SIGTERM) when this returns or panics, before the caller
+    // tears the lab down.
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..N {
+        let name = format!("c{}-{attempt}-x{i}", std::process::id());
+        let join = (i > 0).then(|| nodes[0].addr.clone());
+        let extra: &[&str] = if host(i) == gone_host {
+            &["--abrupt"]
+        } else {
+            &[]
+        };
+        let node = lab.node(&host(i), &name, join.as_deref(), extra);
+        assert_eq!(node.addr, name, "the address is the name");
+        wait_joined(&node, i);
+        nodes.push(node);
+    }
+    let all: Vec<usize> = (0..N).collect();
+    wait_ring(&mut nodes, &all, Duration::from_secs(30)).expect("the ring of 6 converges");
+    eprintln!(
+        "ouroboros across hosts: ring of 6 correct after {:?}",
+        started.elapsed()
+    );
+    let hosts: Vec<String> = (1..=HOSTS).map(|k| format!("h{k}")).collect();
+    let before: Vec<u64> = hosts.iter().map(|h| lab.rx_packets(h)).collect();
+    all_pairs(&mut nodes, &all, "h");
+    // The sends crossed the hosts' links (the udp4 IPCPs), not a shared
+    // memory: each host's two peers got at least 8 messages from the
+    // other hosts, each its own packet.
+    for (k, h) in hosts.iter().enumerate() {
+        let got = lab.rx_packets(h) - before[k];
+        assert!(got >= 8, "{h} received {got} packets during the sends");
+        eprintln!("ouroboros across hosts: {h} received {got} packets during the sends");
+    }
+    eprintln!(
+        "ouroboros across hosts: 30 sends delivered after {:?}",
+        started.elapsed()
+    );
+    broadcast_reaches_all(&mut nodes, &all, 0, "hb-0");
+
+    // The last host's peers end on SIGTERM at once (`--abrupt`: no leave),
+    // as when a host goes away.
+    let gone: Vec<usize> = (0..N).filter(|&i| host(i) == gone_host).collect();
+    let sigterm = Instant::now();
+    for &i in &gone {
+        let _ = Command::new("kill")
+            .args(["-TERM", &nodes[i].child.id().to_string()])
+            .status();
+    }
+    for &i in &gone {
+        let left = Duration::from_secs(5).saturating_sub(sigterm.elapsed());
+        assert!(
+            nodes[i].terminate(left),
+            "the --abrupt node {i} ends within 5 s of SIGTERM"
+        );
+        assert!(
+            nodes[i].all(is("closed")).is_empty(),
+            "node {i} did not leave gracefully"
+        );
+    }
+    let ended = sigterm.elapsed();
+    let live: Vec<usize> = (0..N).filter(|i| !gone.contains(i)).collect();
+    wait_ring(&mut nodes, &live, Duration::from_secs(60))
+        .expect("the ring of the 4 left converges");
+    eprintln!(
+        "ouroboros across hosts: {gone_host}'s peers ended {ended:?} after SIGTERM; \
+         ring of 4 correct {:?} after SIGTERM",
+        sigterm.elapsed()
+    );
+    all_pairs(&mut nodes, &live, "r");
+    broadcast_reaches_all(&mut nodes, &live, 1, "hb-1");
+    eprintln!("ouroboros across hosts: done after {:?}", started.elapsed());
+}
