@@ -9,6 +9,8 @@
 
 use clap::Parser;
 
+#[path = "../src/procfs.rs"]
+mod procfs;
 #[path = "../src/sim.rs"]
 mod sim;
 

@@ -332,13 +332,17 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
         let unbatched = t.unbatched.unwrap_or(f64::NAN);
         rate_row("  vs unbatched UDP (send_to each)", t.ours, unbatched);
         let key = size_key(size);
-        report.insert(format!("throughput_msgs_per_s_{key}"), json!(t.ours));
-        report.insert(format!("raw_udp_msgs_per_s_{key}"), json!(t.base));
+        let names = [
+            "throughput_msgs_per_s",
+            "raw_udp_msgs_per_s",
+            "throughput_ratio",
+            "confirmed_fraction",
+        ];
+        t.record(report, names, key);
         report.insert(
             format!("raw_udp_arrived_fraction_{key}"),
             json!(t.base_reached),
         );
-        report.insert(format!("throughput_ratio_{key}"), json!(t.ours / t.base));
         report.insert(
             format!("raw_udp_unbatched_msgs_per_s_{key}"),
             json!(unbatched),
@@ -347,7 +351,6 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
             format!("throughput_unbatched_ratio_{key}"),
             json!(t.ours / unbatched),
         );
-        report.insert(format!("confirmed_fraction_{key}"), json!(t.reached));
     }
 
     // Unconfirmed datagrams: like for like with the raw flood, which no
@@ -362,14 +365,13 @@ async fn udp_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value>)
         )
         .await?;
         rate_row(&format!("datagrams {size} B (unconfirmed)"), t.ours, t.base);
-        let key = size_key(size);
-        report.insert(format!("datagram_msgs_per_s_{key}"), json!(t.ours));
-        report.insert(format!("datagram_raw_udp_msgs_per_s_{key}"), json!(t.base));
-        report.insert(
-            format!("datagram_throughput_ratio_{key}"),
-            json!(t.ours / t.base),
-        );
-        report.insert(format!("datagram_arrived_fraction_{key}"), json!(t.reached));
+        let names = [
+            "datagram_msgs_per_s",
+            "datagram_raw_udp_msgs_per_s",
+            "datagram_throughput_ratio",
+            "datagram_arrived_fraction",
+        ];
+        t.record(report, names, size_key(size));
     }
 
     // The pair above has received bursts, and so coalesces arriving runs
@@ -481,14 +483,13 @@ async fn keyed_rows(args: &BenchArgs, report: &mut serde_json::Map<String, Value
         )
         .await?;
         rate_row(&format!("throughput {size} B"), t.ours, t.base);
-        let k = size_key(size);
-        report.insert(format!("keyed_throughput_msgs_per_s_{k}"), json!(t.ours));
-        report.insert(format!("keyed_unkeyed_msgs_per_s_{k}"), json!(t.base));
-        report.insert(
-            format!("keyed_throughput_ratio_{k}"),
-            json!(t.ours / t.base),
-        );
-        report.insert(format!("keyed_confirmed_fraction_{k}"), json!(t.reached));
+        let names = [
+            "keyed_throughput_msgs_per_s",
+            "keyed_unkeyed_msgs_per_s",
+            "keyed_throughput_ratio",
+            "keyed_confirmed_fraction",
+        ];
+        t.record(report, names, size_key(size));
     }
     let (times, unkeyed_times) = latency_turns(
         &a,
@@ -859,6 +860,19 @@ struct Turns {
     base_reached: f64,
 }
 
+impl Turns {
+    /// Records the row in the JSON report under `names` (Cicada's rate,
+    /// the baseline's, their ratio, the fraction confirmed or arrived),
+    /// each followed by `_` and the size's `key`.
+    fn record(&self, report: &mut serde_json::Map<String, Value>, names: [&str; 4], key: &str) {
+        let [ours, base, ratio, reached] = names;
+        report.insert(format!("{ours}_{key}"), json!(self.ours));
+        report.insert(format!("{base}_{key}"), json!(self.base));
+        report.insert(format!("{ratio}_{key}"), json!(self.ours / self.base));
+        report.insert(format!("{reached}_{key}"), json!(self.reached));
+    }
+}
+
 /// A throughput row run [`ROUNDS`] times, taking turns with `baseline`
 /// (its run first). A single run of each can move 4x with where the
 /// scheduler puts its two tasks; turns and medians let both meet the same
@@ -1178,16 +1192,9 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
     ])
 }
 
+/// Resident bytes of this process now (0 where unknown).
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    crate::procfs::status_value("VmRSS", 0).map_or(0, |kb| kb * 1024)
 }
 
 /// [`idle_rss`] in a process of its own (this program, `bench --idle-only`).

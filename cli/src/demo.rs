@@ -123,14 +123,7 @@ const LAB_KNOBS: [(&str, &str); 4] = [
 
 /// Whether this process runs as root (effective uid 0).
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
+    crate::procfs::status_value("Uid", 1) == Some(0)
 }
 
 /// Finds the lab script: `--netlab`, else `scripts/netlab` here or above.

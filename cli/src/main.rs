@@ -15,6 +15,7 @@ mod keygen;
 mod map;
 mod node;
 mod output;
+mod procfs;
 mod sim;
 mod svg;
 

@@ -57,15 +57,7 @@ pub struct SimArgs {
 }
 
 fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    crate::procfs::status_value("VmHWM", 0).map_or(0, |kb| kb * 1024)
 }
 
 /// Runs the simulator and returns the lines of its report (the JSON line
