@@ -46,7 +46,7 @@ fn main() -> Result<(), cicada::Error> {
     let peer = std::sync::Arc::new(peer);
     let listener = peer.clone();
     std::thread::spawn(move || {
-        while let Ok((from, data, _more)) = listener.recv() {
+        while let Ok(cicada::Received { from, data, .. }) = listener.recv() {
             println!("[{}] {}", from.addr, String::from_utf8_lossy(&data));
         }
     });
@@ -61,5 +61,6 @@ fn main() -> Result<(), cicada::Error> {
         }
     }
     peer.disconnect()?;
+    peer.close(); // the listener's `recv` returns `Err(Closed)`
     Ok(())
 }

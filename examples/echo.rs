@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use cicada::{Hooks, SwarmPeer};
+use cicada::{Hooks, Received, SwarmPeer};
 
 #[tokio::main]
 async fn main() -> Result<(), cicada::Error> {
@@ -33,21 +33,21 @@ async fn main() -> Result<(), cicada::Error> {
     let echo = std::sync::Arc::new(echo);
     let server = echo.clone();
     let echoing = tokio::spawn(async move {
-        while let Ok((from, data, _more)) = server.recv().await {
-            if let Err(e) = server.send(&from, data, 0).await {
+        while let Ok(Received { from, data, .. }) = server.recv().await {
+            if let Err(e) = server.send(&from, data).await {
                 eprintln!("echo to {} failed: {e}", from.addr);
             }
         }
     });
 
     for text in ["hello", "is anybody out there?", "bye"] {
-        let delivery = client.send(echo.listener()?, text, 0).await?;
+        let delivery = client.send(echo.listener()?, text).await?;
         println!(
             "sent {text:?} to {} in {} hop(s)",
             delivery.to.addr, delivery.hops
         );
         match client.recv_timeout(Duration::from_secs(5)).await? {
-            Some((from, data, _)) => println!(
+            Some(Received { from, data, .. }) => println!(
                 "echo from {}: {:?}",
                 from.addr,
                 String::from_utf8_lossy(&data)

@@ -4,6 +4,7 @@
 //! is one implementation: this is a wrapper, not a second peer.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +15,8 @@ use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
-use crate::peer::{PeerStats, Received};
-use crate::remote::{Delivery, RemoteNode, Route, SendTarget};
+use crate::peer::PeerStats;
+use crate::remote::{Delivery, Received, RemoteNode, Route, SendOptions, SendTarget};
 
 /// A blocking [`crate::SwarmPeer`]. Must not be used from inside an async
 /// task (blocking there would stall the runtime); hooks, which run on their
@@ -27,12 +28,16 @@ use crate::remote::{Delivery, RemoteNode, Route, SendTarget};
 /// assert_eq!(peer.peers()?.len(), 0);
 /// assert!(peer.try_recv()?.is_none());
 /// peer.close();
+/// assert!(matches!(peer.peers(), Err(cicada::Error::Closed)));
 /// # Ok::<(), cicada::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct SwarmPeer {
-    inner: Option<crate::SwarmPeer>,
+    inner: crate::SwarmPeer,
+    /// Taken by drop, which shuts it down.
     rt: Option<Runtime>,
+    /// Set by `close`: every call after it fails with [`Error::Closed`].
+    closed: AtomicBool,
 }
 
 impl SwarmPeer {
@@ -49,51 +54,59 @@ impl SwarmPeer {
             .enable_all()
             .build()?;
         Ok(SwarmPeer {
-            inner: Some(crate::SwarmPeer::with_config(cfg, hooks)),
+            inner: crate::SwarmPeer::with_config(cfg, hooks),
             rt: Some(rt),
+            closed: AtomicBool::new(false),
         })
+    }
+
+    /// The async peer, unless closed.
+    fn open(&self) -> Result<&crate::SwarmPeer> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(&self.inner)
     }
 
     fn run<'a, T, F>(&'a self, f: impl FnOnce(&'a crate::SwarmPeer) -> F) -> Result<T>
     where
         F: std::future::Future<Output = Result<T>>,
     {
-        let (Some(inner), Some(rt)) = (&self.inner, &self.rt) else {
-            return Err(Error::Closed);
-        };
+        let inner = self.open()?;
+        let rt = self.rt.as_ref().ok_or(Error::Closed)?;
         rt.block_on(f(inner))
+    }
+
+    /// Runs a `bind` variant on the async peer.
+    fn bind_with<'a, T, F>(&'a mut self, f: impl FnOnce(&'a mut crate::SwarmPeer) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let rt = self.rt.as_ref().ok_or(Error::Closed)?;
+        rt.block_on(f(&mut self.inner))
     }
 
     /// See [`crate::SwarmPeer::bind`].
     pub fn bind(&mut self, local: SocketAddr) -> Result<()> {
-        let (Some(inner), Some(rt)) = (&mut self.inner, &self.rt) else {
-            return Err(Error::Closed);
-        };
-        rt.block_on(inner.bind(local))
+        self.bind_with(|p| p.bind(local))
     }
 
     /// See [`crate::SwarmPeer::bind_with_external`].
     pub fn bind_with_external(&mut self, local: SocketAddr, external: SocketAddr) -> Result<()> {
-        let (Some(inner), Some(rt)) = (&mut self.inner, &self.rt) else {
-            return Err(Error::Closed);
-        };
-        rt.block_on(inner.bind_with_external(local, external))
+        self.bind_with(|p| p.bind_with_external(local, external))
     }
 
     /// See [`crate::SwarmPeer::bind_ouroboros`].
     pub fn bind_ouroboros(&mut self, name: &str, layer: &str) -> Result<()> {
-        let (Some(inner), Some(rt)) = (&mut self.inner, &self.rt) else {
-            return Err(Error::Closed);
-        };
-        rt.block_on(inner.bind_ouroboros(name, layer))
+        self.bind_with(|p| p.bind_ouroboros(name, layer))
     }
 
     /// See [`crate::SwarmPeer::bind_transport`].
     pub fn bind_transport(&mut self, transport: crate::Transport) -> Result<PeerAddr> {
-        let (Some(inner), Some(rt)) = (&mut self.inner, &self.rt) else {
-            return Err(Error::Closed);
-        };
-        rt.block_on(inner.bind_transport(transport))
+        self.bind_with(|p| p.bind_transport(transport))
     }
 
     /// See [`crate::SwarmPeer::bind_with_mapping`].
@@ -102,10 +115,7 @@ impl SwarmPeer {
         local: SocketAddr,
         options: &crate::traversal::Options,
     ) -> Result<SocketAddr> {
-        let (Some(inner), Some(rt)) = (&mut self.inner, &self.rt) else {
-            return Err(Error::Closed);
-        };
-        rt.block_on(inner.bind_with_mapping(local, options))
+        self.bind_with(|p| p.bind_with_mapping(local, options))
     }
 
     /// See [`crate::SwarmPeer::connect`].
@@ -121,14 +131,20 @@ impl SwarmPeer {
     }
 
     /// See [`crate::SwarmPeer::send`].
-    pub fn send(
+    pub fn send(&self, target: impl Into<SendTarget>, data: impl Into<Bytes>) -> Result<Delivery> {
+        let (target, data) = (target.into(), data.into());
+        self.run(|p| p.send(target, data))
+    }
+
+    /// See [`crate::SwarmPeer::send_with`].
+    pub fn send_with(
         &self,
         target: impl Into<SendTarget>,
         data: impl Into<Bytes>,
-        duplicates: u8,
+        options: SendOptions,
     ) -> Result<Delivery> {
         let (target, data) = (target.into(), data.into());
-        self.run(|p| p.send(target, data, duplicates))
+        self.run(|p| p.send_with(target, data, options))
     }
 
     /// See [`crate::SwarmPeer::send_datagram`].
@@ -154,7 +170,7 @@ impl SwarmPeer {
 
     /// See [`crate::SwarmPeer::try_recv`].
     pub fn try_recv(&self) -> Result<Option<Received>> {
-        self.inner.as_ref().ok_or(Error::Closed)?.try_recv()
+        self.open()?.try_recv()
     }
 
     /// See [`crate::SwarmPeer::recv_timeout`].
@@ -189,22 +205,22 @@ impl SwarmPeer {
 
     /// See [`crate::SwarmPeer::me`].
     pub fn me(&self) -> Result<RemoteNode> {
-        self.inner.as_ref().ok_or(Error::Closed)?.me()
+        self.open()?.me()
     }
 
     /// See [`crate::SwarmPeer::local_addr`].
     pub fn local_addr(&self) -> Result<PeerAddr> {
-        self.inner.as_ref().ok_or(Error::Closed)?.local_addr()
+        self.open()?.local_addr()
     }
 
     /// See [`crate::SwarmPeer::hash`].
     pub fn hash(&self) -> Result<Hash> {
-        self.inner.as_ref().ok_or(Error::Closed)?.hash()
+        self.open()?.hash()
     }
 
     /// See [`crate::SwarmPeer::listener`].
     pub fn listener(&self) -> Result<PeerAddr> {
-        self.inner.as_ref().ok_or(Error::Closed)?.listener()
+        self.open()?.listener()
     }
 
     /// See [`crate::SwarmPeer::stats`].
@@ -217,17 +233,25 @@ impl SwarmPeer {
         self.run(|p| p.disconnect())
     }
 
-    /// Stops the peer, releases its socket and its runtime. Idempotent; drop
-    /// does the same.
-    pub fn close(&mut self) {
-        if let (Some(inner), Some(rt)) = (&self.inner, &self.rt) {
-            if tokio::runtime::Handle::try_current().is_err() {
-                rt.block_on(inner.close());
-            }
+    /// Stops the peer and releases its socket, waiting until both are
+    /// done (see [`crate::SwarmPeer::close`]); every call after it fails
+    /// with [`Error::Closed`]. Takes `&self`, so a peer shared between
+    /// threads (in an `Arc`) can be closed by any of them; a call blocked
+    /// in `recv` on another thread returns [`Error::Closed`]. Idempotent;
+    /// drop does the same, and also stops the peer's runtime.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
         }
-        self.inner = None;
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
+        let Some(rt) = &self.rt else { return };
+        if tokio::runtime::Handle::try_current().is_err() {
+            rt.block_on(self.inner.close());
+        } else {
+            // Inside another runtime (a blocking peer dropped by an async
+            // task), where `block_on` is refused: on a thread of its own.
+            std::thread::scope(|s| {
+                s.spawn(|| rt.block_on(self.inner.close()));
+            });
         }
     }
 }
@@ -235,5 +259,8 @@ impl SwarmPeer {
 impl Drop for SwarmPeer {
     fn drop(&mut self) {
         self.close();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }

@@ -47,9 +47,19 @@ pub enum Error {
     /// bootstrap: it holds another key or none, or it is unreachable.
     #[error("no authenticated link to {0}: it does not hold this swarm key (another key, or none), or it is unreachable")]
     NoHandshake(crate::addr::PeerAddr),
-    /// The call did not complete in the time allowed.
-    #[error("timed out")]
-    Timeout,
+    /// The operation `op` did not complete within `after`, the time its
+    /// caller allowed (`connect`'s timeout, [`crate::SendOptions::timeout`],
+    /// …). A send whose destination did not confirm before the peer's own
+    /// `send_timeout` fails with [`Error::Send`] and
+    /// [`chord::SendError::Timeout`] instead; [`Error::is_timeout`] is true
+    /// for both.
+    #[error("{op} timed out after {after:?}")]
+    Timeout {
+        /// The operation that timed out.
+        op: Operation,
+        /// How long it was allowed.
+        after: std::time::Duration,
+    },
     /// A lookup (`get_route`) did not find the key's owner before its deadline.
     #[error("lookup of {0} failed")]
     LookupFailed(Hash),
@@ -82,6 +92,60 @@ pub enum Error {
         /// The address it cannot reach.
         remote: std::net::SocketAddr,
     },
+}
+
+impl Error {
+    /// Whether this is a timeout of any kind: a call that did not complete
+    /// in the time its caller allowed ([`Error::Timeout`]), a send that its
+    /// destination did not confirm in time, or a join that timed out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cicada::{Error, Operation};
+    /// let e = Error::Timeout { op: Operation::Send, after: Duration::from_secs(5) };
+    /// assert!(e.is_timeout());
+    /// assert_eq!(e.to_string(), "send timed out after 5s");
+    /// assert!(Error::Send(cicada::chord::SendError::Timeout).is_timeout());
+    /// assert!(!Error::Closed.is_timeout());
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. }
+                | Error::Send(chord::SendError::Timeout)
+                | Error::Join(chord::JoinError::Timeout)
+        )
+    }
+}
+
+/// The [`crate::SwarmPeer`] operation an [`Error::Timeout`] is about; its
+/// text is the method's name.
+///
+/// ```
+/// assert_eq!(cicada::Operation::Connect.to_string(), "connect");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// Joining a swarm ([`crate::SwarmPeer::connect`]).
+    Connect,
+    /// A confirmed send ([`crate::SwarmPeer::send_with`]).
+    Send,
+    /// Waiting for a message ([`crate::SwarmPeer::recv`] with a time limit).
+    Recv,
+    /// Asking a peer where it sees this one ([`crate::SwarmPeer::observe`]).
+    Observe,
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Operation::Connect => "connect",
+            Operation::Send => "send",
+            Operation::Recv => "recv",
+            Operation::Observe => "observe",
+        })
+    }
 }
 
 /// Shorthand for results of this crate.

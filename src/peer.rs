@@ -14,19 +14,15 @@ use tokio::task::JoinHandle;
 use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
 use crate::driver::{Call, Command, Counters, Flush, Handle, Incoming, Shared, Snapshot};
-use crate::error::{Error, Result};
+use crate::error::{Error, Operation, Result};
 use crate::hooks::{HookQueue, Hooks};
 use crate::link::{Link, PeerLink, UdpLink};
 use crate::nat::NatStatus;
 use crate::ouro_link::{FlowStats, FlowStatsHandle, OuroborosLink};
-use crate::remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
+use crate::remote::{node_id, Delivery, Received, RemoteNode, Route, SendOptions, SendTarget};
 use crate::secure::{SecureLink, SecureStats, SecureStatsHandle};
 use crate::transport::Transport;
 use crate::view::SelfView;
-
-/// What `recv` returns: the sender, the data, and whether more messages are
-/// queued already.
-pub type Received = (RemoteNode, Bytes, bool);
 
 /// Counters of a peer: the core's and the peer's own.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -453,7 +449,8 @@ impl SwarmPeer {
     /// Joins the swarm that the peer at `bootstrap` (a `SocketAddr` or a
     /// [`PeerAddr`], on this peer's transport) belongs to, waiting at
     /// most `timeout`. Fails with [`Error::Join`] (unreachable, version
-    /// mismatch, id in use) or [`Error::Timeout`], and with a swarm key with
+    /// mismatch, id in use) or [`Error::Timeout`] (`op`:
+    /// [`Operation::Connect`]), and with a swarm key with
     /// [`Error::NoHandshake`] when no authenticated link to `bootstrap` came
     /// up (it holds another key, or none); after a failure the peer is
     /// again the only member of its own swarm and may try again. The join
@@ -478,11 +475,14 @@ impl SwarmPeer {
         });
         let r = match tokio::time::timeout(timeout, ask).await {
             Ok(r) => r?,
-            Err(_) => Err(Error::Timeout),
+            Err(_) => Err(Error::Timeout {
+                op: Operation::Connect,
+                after: timeout,
+            }),
         };
         match (&r, &self.bound()?.secure) {
             // Say why when the keyed link never got through.
-            (Err(Error::Timeout | Error::Join(chord::JoinError::Unreachable)), Some(s))
+            (Err(Error::Timeout { .. } | Error::Join(chord::JoinError::Unreachable)), Some(s))
                 if !s.has_session(&bootstrap) =>
             {
                 Err(Error::NoHandshake(bootstrap))
@@ -502,13 +502,14 @@ impl SwarmPeer {
         self.connect(addr, timeout).await
     }
 
-    /// Sends `data` to `target` and waits until the destination confirmed it.
+    /// Sends `data` to `target` and waits until the destination confirmed it:
+    /// [`send_with`](Self::send_with) with the default [`SendOptions`] (no
+    /// extra copies; waiting until the peer's
+    /// [`send_timeout`](PeerConfig::send_timeout) at most).
     ///
     /// A target naming a peer (an address, a `(host, port)`, a
     /// [`RemoteNode`], a `&SwarmPeer`) reaches exactly that peer or fails
     /// when it is gone; a [`Hash`](struct@Hash) reaches whichever live peer owns the key.
-    /// `duplicates` routes that many extra copies through other peers, for
-    /// resilience against peers that drop messages.
     ///
     /// **`Ok` means received.** The destination confirms a message only
     /// once it is in its application's hands: queued for `recv` (and for
@@ -523,14 +524,86 @@ impl SwarmPeer {
     /// the message may or may not have arrived, as with any lost
     /// acknowledgement), and refusals before anything is sent (not joined,
     /// too large, too many in flight).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cicada::Error> {
+    /// use std::time::Duration;
+    /// use cicada::SwarmPeer;
+    ///
+    /// let mut a = SwarmPeer::new(cicada::Hooks::new());
+    /// a.bind("127.0.0.1:0".parse().unwrap()).await?;
+    /// let mut b = SwarmPeer::new(cicada::Hooks::new());
+    /// b.bind("127.0.0.1:0".parse().unwrap()).await?;
+    /// b.connect(a.listener()?, Duration::from_secs(5)).await?;
+    /// let delivery = b.send(a.listener()?, "hello").await?;
+    /// assert_eq!(delivery.to.addr, a.listener()?);
+    /// let got = a.recv().await?;
+    /// assert_eq!((got.from.addr, &got.data[..]), (b.listener()?, &b"hello"[..]));
+    /// # Ok(()) }
+    /// ```
     pub async fn send(
         &self,
         target: impl Into<SendTarget>,
         data: impl Into<Bytes>,
+    ) -> Result<Delivery> {
+        self.send_confirmed(target.into(), data.into(), 0).await
+    }
+
+    /// Like [`send`](Self::send), with [`SendOptions`]: extra copies
+    /// routed through other peers (`duplicates`), for resilience against
+    /// peers that drop messages, and the longest this call waits
+    /// (`timeout`).
+    ///
+    /// When `timeout` passes before the destination confirmed, the call
+    /// fails with [`Error::Timeout`] ([`Operation::Send`]). The message is
+    /// not withdrawn: the peer goes on trying until its own
+    /// [`send_timeout`](PeerConfig::send_timeout), so it may still arrive,
+    /// as after any lost acknowledgement. A `timeout` longer than
+    /// `send_timeout` does not extend those attempts.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cicada::Error> {
+    /// use std::time::Duration;
+    /// use cicada::{SendOptions, SwarmPeer};
+    ///
+    /// let mut a = SwarmPeer::new(cicada::Hooks::new());
+    /// a.bind("127.0.0.1:0".parse().unwrap()).await?;
+    /// let mut b = SwarmPeer::new(cicada::Hooks::new());
+    /// b.bind("127.0.0.1:0".parse().unwrap()).await?;
+    /// b.connect(a.listener()?, Duration::from_secs(5)).await?;
+    /// let options = SendOptions::new().duplicates(1).timeout(Duration::from_secs(2));
+    /// b.send_with(a.listener()?, "twice routed, once received", options).await?;
+    /// assert_eq!(&a.recv().await?.data[..], b"twice routed, once received");
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_with(
+        &self,
+        target: impl Into<SendTarget>,
+        data: impl Into<Bytes>,
+        options: SendOptions,
+    ) -> Result<Delivery> {
+        let sent = self.send_confirmed(target.into(), data.into(), options.duplicates);
+        match options.timeout {
+            None => sent.await,
+            Some(after) => tokio::time::timeout(after, sent)
+                .await
+                .unwrap_or(Err(Error::Timeout {
+                    op: Operation::Send,
+                    after,
+                })),
+        }
+    }
+
+    /// A confirmed send, waiting for its outcome.
+    async fn send_confirmed(
+        &self,
+        target: SendTarget,
+        payload: Bytes,
         duplicates: u8,
     ) -> Result<Delivery> {
-        let target = self.target(target.into()).await?;
-        let payload = data.into();
+        let target = self.target(target).await?;
         let (to, hops) = self
             .ask(|reply| Command::Send {
                 target,
@@ -571,7 +644,7 @@ impl SwarmPeer {
     /// b.connect(a.listener()?, Duration::from_secs(5)).await?;
     /// b.send_datagram(a.listener()?, b"position 3,4").await?;
     /// let got = a.recv_timeout(Duration::from_secs(5)).await?;
-    /// assert_eq!(got.map(|(_, data, _)| data.to_vec()), Some(b"position 3,4".to_vec()));
+    /// assert_eq!(got.map(|m| m.data.to_vec()), Some(b"position 3,4".to_vec()));
     /// # Ok(()) }
     /// ```
     pub async fn send_datagram(
@@ -611,13 +684,17 @@ impl SwarmPeer {
     }
 
     /// Waits for the next application message: its sender, its data, and
-    /// whether more are queued already. Fails with [`Error::Closed`] once the
+    /// whether more are queued already (see [`Received`]). Fails with [`Error::Closed`] once the
     /// peer is closed and the queue is empty.
     pub async fn recv(&self) -> Result<Received> {
         let b = self.bound()?;
         let mut inbox = b.inbox.lock().await;
         let m = inbox.recv().await.ok_or(Error::Closed)?;
-        Ok((m.from, m.data, !inbox.is_empty()))
+        Ok(Received {
+            from: m.from,
+            data: m.data,
+            more: !inbox.is_empty(),
+        })
     }
 
     /// The next application message if one is queued, without waiting.
@@ -627,7 +704,11 @@ impl SwarmPeer {
             return Ok(None); // another task is receiving
         };
         match inbox.try_recv() {
-            Ok(m) => Ok(Some((m.from, m.data, !inbox.is_empty()))),
+            Ok(m) => Ok(Some(Received {
+                from: m.from,
+                data: m.data,
+                more: !inbox.is_empty(),
+            })),
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
             Err(mpsc::error::TryRecvError::Disconnected) => Err(Error::Closed),
         }
@@ -738,7 +819,7 @@ impl SwarmPeer {
 
     /// Asks the peer at `to` where it sees this one (as STUN does) and
     /// returns that address, waiting at most `timeout` for the answer
-    /// ([`Error::Timeout`] without one). The answer also counts towards
+    /// ([`Error::Timeout`] with [`Operation::Observe`] without one). The answer also counts towards
     /// [`nat_status`](Self::nat_status): a peer behind a NAT learns how
     /// its NAT maps once two observers at different IP addresses have
     /// answered, and asking one more (for example a peer on another host
@@ -750,7 +831,10 @@ impl SwarmPeer {
         let asked = self.ask(|reply| Command::Observe { to, reply });
         tokio::time::timeout(timeout, asked)
             .await
-            .unwrap_or(Err(Error::Timeout))
+            .unwrap_or(Err(Error::Timeout {
+                op: Operation::Observe,
+                after: timeout,
+            }))
     }
 
     /// This peer's id.

@@ -1,8 +1,11 @@
 //! Who a message is for and who it came from: [`RemoteNode`], [`SendTarget`],
-//! and what a send or a lookup resolves to ([`Delivery`], [`Route`]).
+//! [`SendOptions`], and what a send, a receive or a lookup resolves to
+//! ([`Delivery`], [`Received`], [`Route`]). API: plain values, no I/O.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
+use bytes::Bytes;
 use chord::{Hash, NodeRef};
 
 use crate::addr::PeerAddr;
@@ -114,6 +117,70 @@ impl From<RemoteNode> for SendTarget {
     fn from(n: RemoteNode) -> Self {
         SendTarget::Node(n.id)
     }
+}
+
+/// How [`crate::SwarmPeer::send_with`] sends: built from the default
+/// (what [`crate::SwarmPeer::send`] uses) with the setters below.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = cicada::SendOptions::new().duplicates(2).timeout(Duration::from_secs(3));
+/// assert_eq!((options.duplicates, options.timeout), (2, Some(Duration::from_secs(3))));
+/// assert_eq!(cicada::SendOptions::default().timeout, None);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// Extra copies routed through other peers (distinct first hops), for
+    /// resilience against peers that drop messages; the destination hands
+    /// the message to its application once however many arrive. Default 0.
+    pub duplicates: u8,
+    /// The longest the call waits for the destination's confirmation
+    /// before it fails with [`crate::Error::Timeout`]; `None` (the
+    /// default) waits until the peer's own
+    /// [`send_timeout`](crate::PeerConfig::send_timeout).
+    pub timeout: Option<Duration>,
+}
+
+impl SendOptions {
+    /// The default: no extra copies, no time limit of the call's own.
+    pub fn new() -> SendOptions {
+        SendOptions::default()
+    }
+
+    /// Routes `n` extra copies through other peers.
+    pub fn duplicates(mut self, n: u8) -> SendOptions {
+        self.duplicates = n;
+        self
+    }
+
+    /// Waits at most `timeout` for the confirmation.
+    pub fn timeout(mut self, timeout: Duration) -> SendOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// A message [`crate::SwarmPeer::recv`] returns.
+///
+/// ```
+/// # fn show(m: cicada::Received) {
+/// let cicada::Received { from, data, more, .. } = m;
+/// println!("{} bytes from {}{}", data.len(), from.addr, if more { ", more queued" } else { "" });
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Received {
+    /// The peer that sent it (a target for the answer).
+    pub from: RemoteNode,
+    /// The message.
+    pub data: Bytes,
+    /// Whether more messages were queued already when this one was taken:
+    /// a receiver can take them without waiting ([`try_recv`]).
+    ///
+    /// [`try_recv`]: crate::SwarmPeer::try_recv
+    pub more: bool,
 }
 
 /// A send that the destination confirmed.

@@ -10,7 +10,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cicada::secure::SecureConfig;
-use cicada::{Error, Hash, Hooks, PeerConfig, SwarmKey, SwarmPeer};
+use cicada::{
+    Error, Hash, Hooks, Operation, PeerConfig, Received, SendOptions, SwarmKey, SwarmPeer,
+};
 use ports::free_ports;
 use require::Need;
 
@@ -84,7 +86,7 @@ async fn calls_before_bind_are_clear_errors() {
     assert!(matches!(p.recv().await, Err(Error::NotBound)));
     assert!(matches!(p.try_recv(), Err(Error::NotBound)));
     assert!(matches!(
-        p.send(Hash::of("k"), &b"x"[..], 0).await,
+        p.send(Hash::of("k"), &b"x"[..]).await,
         Err(Error::NotBound)
     ));
     assert!(matches!(
@@ -94,7 +96,7 @@ async fn calls_before_bind_are_clear_errors() {
     let unbound = SwarmPeer::new(Hooks::new());
     let mut q = bound(Hooks::new(), fast()).await;
     assert!(matches!(
-        q.send(&unbound, &b"x"[..], 0).await,
+        q.send(&unbound, &b"x"[..]).await,
         Err(Error::NotBound)
     ));
     assert!(matches!(
@@ -146,10 +148,10 @@ async fn lone_sends_do_not_wake_the_background_task() {
         .await
         .unwrap();
     let to = b.listener().unwrap();
-    a.send(&to, &b"warm"[..], 0).await.unwrap();
+    a.send(&to, &b"warm"[..]).await.unwrap();
     let before = a.stats().await.unwrap();
     for _ in 0..500 {
-        a.send(&to, &b"x"[..], 0).await.unwrap();
+        a.send(&to, &b"x"[..]).await.unwrap();
     }
     let after = a.stats().await.unwrap();
     let replies = after.core.datagrams_in - before.core.datagrams_in;
@@ -200,7 +202,7 @@ async fn concurrent_lone_calls_share_the_claim_without_losing_a_reply() {
             for i in 0..300u32 {
                 let r = tokio::time::timeout(
                     Duration::from_secs(5),
-                    a.send(&to_b, format!("{k}/{i}").into_bytes(), 0),
+                    a.send(&to_b, format!("{k}/{i}").into_bytes()),
                 )
                 .await;
                 match r {
@@ -270,7 +272,7 @@ fn a_receiving_lone_call_ends_on_a_timeout_and_on_close() {
     for a in [&a1, &*a2] {
         rt.block_on(a.connect(b_addr.clone(), Duration::from_secs(5)))
             .expect("join B");
-        rt.block_on(a.send(&b_addr, &b"hello"[..], 0))
+        rt.block_on(a.send(&b_addr, &b"hello"[..]))
             .expect("B answers while driven");
     }
     stop.store(true, Ordering::Relaxed);
@@ -279,7 +281,7 @@ fn a_receiving_lone_call_ends_on_a_timeout_and_on_close() {
     // The request times out on A1's background task.
     let t = Instant::now();
     let r = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), a1.send(&b_addr, &b"lost"[..], 0)).await
+        tokio::time::timeout(Duration::from_secs(10), a1.send(&b_addr, &b"lost"[..])).await
     });
     let r = r.expect("the call did not end when its request timed out");
     assert!(r.is_err(), "a send to a silent peer succeeded: {r:?}");
@@ -296,7 +298,7 @@ fn a_receiving_lone_call_ends_on_a_timeout_and_on_close() {
     };
     let t = Instant::now();
     let r = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), a2.send(&b_addr, &b"lost"[..], 0)).await
+        tokio::time::timeout(Duration::from_secs(10), a2.send(&b_addr, &b"lost"[..])).await
     });
     let r = r.expect("the call did not end when its peer closed");
     assert!(matches!(r, Err(Error::Closed)), "{r:?}");
@@ -313,7 +315,11 @@ async fn connect_to_nobody_fails_with_an_error_in_bounded_time() {
     assert!(
         matches!(
             r,
-            Err(Error::Join(chord::JoinError::Unreachable)) | Err(Error::Timeout)
+            Err(Error::Join(chord::JoinError::Unreachable))
+                | Err(Error::Timeout {
+                    op: Operation::Connect,
+                    ..
+                })
         ),
         "{r:?}"
     );
@@ -484,13 +490,13 @@ async fn hooks_fire_and_cannot_deadlock_the_peer() {
 
     // The recv hook sees every application message recv returns.
     for (i, p) in others.iter().enumerate() {
-        p.send(&*hooked, format!("hi {i}").into_bytes(), 0)
+        p.send(&*hooked, format!("hi {i}").into_bytes())
             .await
             .expect("send to the hooked peer");
     }
     let mut got = Vec::new();
     for _ in 0..3 {
-        let (_, data, _) = hooked
+        let Received { data, .. } = hooked
             .recv_timeout(Duration::from_secs(5))
             .await
             .unwrap()
@@ -514,18 +520,21 @@ async fn recv_reports_more_and_a_full_queue_refuses() {
     settle(&peers).await;
     let (a, b) = (&peers[0], &peers[1]);
     for i in 0..3 {
-        a.send(b.listener().unwrap(), format!("m{i}").into_bytes(), 0)
+        a.send(b.listener().unwrap(), format!("m{i}").into_bytes())
             .await
             .expect("delivered");
     }
-    let full = a.send(b.listener().unwrap(), b"m3".to_vec(), 0).await;
+    let full = a.send(b.listener().unwrap(), b"m3".to_vec()).await;
     assert!(
         matches!(full, Err(Error::Send(chord::SendError::ReceiverBusy))),
         "{full:?}"
     );
     let mut mores = Vec::new();
     let mut datas = Vec::new();
-    while let Some((from, data, more)) = b.try_recv().unwrap() {
+    while let Some(Received {
+        from, data, more, ..
+    }) = b.try_recv().unwrap()
+    {
         assert_eq!(from.addr, a.listener().unwrap());
         assert_eq!(from.id, a.hash().unwrap());
         mores.push(more);
@@ -544,6 +553,41 @@ async fn recv_reports_more_and_a_full_queue_refuses() {
         .is_none());
 }
 
+/// `send_with`'s timeout bounds the call, names the operation, and does
+/// not withdraw the message: it arrives once the receiver has room.
+#[tokio::test]
+async fn send_with_a_timeout_fails_as_a_send_timeout_and_the_message_follows() {
+    let cfg = fast().recv_queue(1).send_timeout(Duration::from_secs(10));
+    let peers = swarm(2, cfg).await;
+    settle(&peers).await;
+    let (a, b) = (&peers[0], &peers[1]);
+    let to = b.listener().unwrap();
+    a.send(&to, &b"fills the queue"[..])
+        .await
+        .expect("delivered");
+    let after = Duration::from_millis(300);
+    let started = Instant::now();
+    let r = a
+        .send_with(&to, &b"late"[..], SendOptions::new().timeout(after))
+        .await;
+    let e = r.expect_err("the receiver's queue is full");
+    assert!(
+        matches!(e, Error::Timeout { op: Operation::Send, after: a } if a == after),
+        "{e:?}"
+    );
+    assert!(e.is_timeout());
+    assert_eq!(e.to_string(), "send timed out after 300ms");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let first = b.recv().await.unwrap();
+    assert_eq!(&first.data[..], b"fills the queue");
+    let late = b
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the send goes on after the call gave up");
+    assert_eq!(&late.data[..], b"late");
+}
+
 #[tokio::test]
 async fn send_by_key_reaches_the_owner_and_to_a_closed_peer_fails() {
     let peers = swarm(3, fast()).await;
@@ -551,7 +595,7 @@ async fn send_by_key_reaches_the_owner_and_to_a_closed_peer_fails() {
     let key = Hash::of("some key");
     let route = peers[0].get_route(key).await.unwrap();
     let d = peers[0]
-        .send(key, &b"keyed"[..], 0)
+        .send(key, &b"keyed"[..])
         .await
         .expect("delivered to the owner");
     assert_eq!(d.to, route.owner);
@@ -559,7 +603,7 @@ async fn send_by_key_reaches_the_owner_and_to_a_closed_peer_fails() {
         .iter()
         .find(|p| p.hash().unwrap() == route.owner.id)
         .unwrap();
-    let (_, data, _) = owner
+    let Received { data, .. } = owner
         .recv_timeout(Duration::from_secs(5))
         .await
         .unwrap()
@@ -568,7 +612,7 @@ async fn send_by_key_reaches_the_owner_and_to_a_closed_peer_fails() {
     let gone = peers[2].listener().unwrap();
     peers[2].close().await;
     let t = Instant::now();
-    let r = peers[0].send(gone, &b"late"[..], 0).await;
+    let r = peers[0].send(gone, &b"late"[..]).await;
     assert!(r.is_err(), "send to a closed peer must fail: {r:?}");
     assert!(t.elapsed() < Duration::from_secs(15));
 }
@@ -613,9 +657,37 @@ fn blocking_facade_wraps_the_async_peer() {
     let route = b.get_route(a.hash().unwrap()).unwrap();
     assert_eq!(route.owner.addr, a.listener().unwrap());
     assert!(b.recv_timeout(Duration::from_millis(50)).unwrap().is_none());
+    let d = b.send(a.listener().unwrap(), "to a").unwrap();
+    assert_eq!(d.to.addr, a.listener().unwrap());
+    let d = b
+        .send_with(
+            a.listener().unwrap(),
+            "again",
+            SendOptions::new().duplicates(1),
+        )
+        .unwrap();
+    assert_eq!(d.to.addr, a.listener().unwrap());
     let addr = a.listener().unwrap().udp().unwrap();
+    // A peer shared between threads: one waits in `recv` until another
+    // closes it.
+    let a = Arc::new(a);
+    let (done, results) = std::sync::mpsc::channel();
+    let receiver = a.clone();
+    thread::spawn(move || {
+        let got = [receiver.recv(), receiver.recv(), receiver.recv()];
+        let _ = done.send(got);
+    });
+    thread::sleep(Duration::from_millis(300));
     a.close();
     a.close();
+    let [first, second, after] = results
+        .recv_timeout(Duration::from_secs(5))
+        .expect("close ends a recv waiting on another thread");
+    assert_eq!(&first.unwrap().data[..], b"to a");
+    assert_eq!(&second.unwrap().data[..], b"again");
+    assert!(matches!(after, Err(Error::Closed)), "{after:?}");
+    assert!(matches!(a.peers(), Err(Error::Closed)));
+    assert!(matches!(a.try_recv(), Err(Error::Closed)));
     let mut c = blocking::SwarmPeer::new(Hooks::new()).unwrap();
     c.bind(addr).expect("port released by close");
 }
@@ -682,7 +754,7 @@ async fn oversized_sends_fail_with_a_typed_error() {
     cfg.chord.max_fragment = 200; // 1000 bytes travel as several fragments
     let peers = swarm(2, cfg).await;
     let r = peers[0]
-        .send(peers[1].listener().unwrap(), vec![0u8; 1001], 0)
+        .send(peers[1].listener().unwrap(), vec![0u8; 1001])
         .await;
     assert!(
         matches!(
@@ -697,10 +769,10 @@ async fn oversized_sends_fail_with_a_typed_error() {
     // Large but allowed payloads are fragmented by the core and arrive whole.
     let big: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
     peers[0]
-        .send(peers[1].listener().unwrap(), big.clone(), 0)
+        .send(peers[1].listener().unwrap(), big.clone())
         .await
         .expect("delivered");
-    let (_, data, _) = peers[1]
+    let Received { data, .. } = peers[1]
         .recv_timeout(Duration::from_secs(5))
         .await
         .unwrap()
@@ -719,7 +791,7 @@ async fn disconnect_leaves_gracefully_and_the_others_notice() {
         Err(Error::NotJoined)
     ));
     assert!(peers[2]
-        .send(peers[0].listener().unwrap(), &b"x"[..], 0)
+        .send(peers[0].listener().unwrap(), &b"x"[..])
         .await
         .is_err());
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -739,7 +811,7 @@ async fn disconnect_leaves_gracefully_and_the_others_notice() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = peers[0].send(leaver.addr, &b"late"[..], 0).await;
+    let r = peers[0].send(leaver.addr, &b"late"[..]).await;
     assert!(r.is_err(), "{r:?}");
 }
 
@@ -759,7 +831,7 @@ async fn collect(peers: &[&SwarmPeer], want: usize) -> Vec<Vec<String>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && got.iter().any(|g| g.len() < want) {
         for (i, p) in peers.iter().enumerate() {
-            while let Some((_, data, _)) = p.try_recv().unwrap() {
+            while let Some(Received { data, .. }) = p.try_recv().unwrap() {
                 got[i].push(String::from_utf8_lossy(&data).to_string());
             }
         }
@@ -767,7 +839,7 @@ async fn collect(peers: &[&SwarmPeer], want: usize) -> Vec<Vec<String>> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (i, p) in peers.iter().enumerate() {
-        while let Some((_, data, _)) = p.try_recv().unwrap() {
+        while let Some(Received { data, .. }) = p.try_recv().unwrap() {
             got[i].push(String::from_utf8_lossy(&data).to_string());
         }
     }
@@ -796,7 +868,7 @@ async fn a_private_swarm_forms_a_ring_and_delivers_sends_and_broadcasts_exactly_
     // Each peer sends to the next; then one broadcast.
     for (i, p) in peers.iter().enumerate() {
         let to = peers[(i + 1) % 5].listener().unwrap();
-        p.send(to, format!("send {i}").into_bytes(), 0)
+        p.send(to, format!("send {i}").into_bytes())
             .await
             .expect("delivered");
     }
@@ -1007,15 +1079,11 @@ async fn through_relay(
         .await
         .expect("joins through the relay");
     for i in 0..n {
-        a.send(
-            relay.b_face,
-            format!("TOP-SECRET-PAYLOAD {i}").into_bytes(),
-            0,
-        )
-        .await
-        .expect("delivered");
+        a.send(relay.b_face, format!("TOP-SECRET-PAYLOAD {i}").into_bytes())
+            .await
+            .expect("delivered");
     }
-    b.send(relay.a_face, &b"TOP-SECRET-ANSWER"[..], 0)
+    b.send(relay.a_face, &b"TOP-SECRET-ANSWER"[..])
         .await
         .expect("delivered back");
     let got = collect(&[&b], n).await.remove(0);
@@ -1068,7 +1136,7 @@ async fn keyed_links_carry_no_plaintext_survive_handshake_loss_and_refuse_replay
     let mut want: Vec<String> = (0..10).map(|i| format!("TOP-SECRET-PAYLOAD {i}")).collect();
     want.sort();
     assert_eq!(got, want, "each exactly once");
-    let (_, answer, _) = a
+    let Received { data: answer, .. } = a
         .recv_timeout(Duration::from_secs(5))
         .await
         .unwrap()
@@ -1127,7 +1195,7 @@ async fn a_restarted_peer_at_the_same_address_handshakes_again() {
     settle(&peers).await;
     let addr = peers[2].listener().unwrap().udp().unwrap();
     for p in &peers[..2] {
-        p.send(addr, &b"before"[..], 0).await.expect("delivered");
+        p.send(addr, &b"before"[..]).await.expect("delivered");
     }
     peers[2].close().await;
     let mut again = SwarmPeer::with_config(keyed(&key), Hooks::new());
@@ -1137,11 +1205,11 @@ async fn a_restarted_peer_at_the_same_address_handshakes_again() {
         .await
         .expect("rejoins");
     for p in &peers[..2] {
-        p.send(addr, &b"to the new one"[..], 0)
+        p.send(addr, &b"to the new one"[..])
             .await
             .expect("reaches the restarted peer");
         again
-            .send(p.listener().unwrap(), &b"from the new one"[..], 0)
+            .send(p.listener().unwrap(), &b"from the new one"[..])
             .await
             .expect("from the restarted peer");
     }
@@ -1178,7 +1246,7 @@ async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
         if i % 200 == 199 {
             // Members talk during the flood.
             peers[1]
-                .send(target, &b"during the flood"[..], 0)
+                .send(target, &b"during the flood"[..])
                 .await
                 .expect("a member is served during the flood");
         }
@@ -1220,7 +1288,7 @@ async fn a_flood_of_handshakes_is_bounded_and_members_keep_talking() {
         "every member's message, nothing else"
     );
     peers[1]
-        .send(target, &b"after the flood"[..], 0)
+        .send(target, &b"after the flood"[..])
         .await
         .expect("a member is served after the flood");
 }
@@ -1246,7 +1314,8 @@ async fn unconfirmed_datagrams_reach_every_peer_once() {
     let mut keyed = 0;
     for (j, p) in peers.iter().enumerate() {
         let mut got = Vec::new();
-        while let Some((from, data, _)) = p.recv_timeout(Duration::from_millis(500)).await.unwrap()
+        while let Some(Received { from, data, .. }) =
+            p.recv_timeout(Duration::from_millis(500)).await.unwrap()
         {
             if &data[..] == b"keyed" {
                 keyed += 1;

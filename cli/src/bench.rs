@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cicada::link::Link;
-use cicada::{Hash, Hooks, PeerAddr, PeerConfig, SwarmPeer};
+use cicada::{Hash, Hooks, PeerAddr, PeerConfig, Received, SwarmPeer};
 use clap::Args;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
@@ -779,7 +779,7 @@ pub(crate) async fn pipelined_sends(
         if inflight.len() >= window {
             tally(inflight.next().await);
         }
-        inflight.push(a.send(to.clone(), payload.clone(), 0));
+        inflight.push(a.send(to.clone(), payload.clone()));
     }
     while !inflight.is_empty() {
         tally(inflight.next().await);
@@ -812,7 +812,7 @@ async fn task_per_send(
             tally(inflight.join_next().await);
         }
         let (a, p, to) = (a.clone(), payload.clone(), to.clone());
-        inflight.spawn(async move { a.send(to, p, 0).await });
+        inflight.spawn(async move { a.send(to, p).await });
     }
     while !inflight.is_empty() {
         tally(inflight.join_next().await);
@@ -1038,7 +1038,7 @@ async fn latency(a: &SwarmPeer, to: PeerAddr, n: usize) -> R<Vec<f64>> {
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        a.send(&to, vec![7u8; 64], 0)
+        a.send(&to, vec![7u8; 64])
             .await
             .map_err(|e| e.to_string())?;
         times.push(t.elapsed().as_secs_f64());
@@ -1110,7 +1110,7 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
     for i in 0..ops {
         let (p, q) = (peers[i % n].clone(), peers[(i * 7 + 3) % n].clone());
         let to = q.listener().map_err(|e| e.to_string())?;
-        set.spawn(async move { p.send(to, vec![1u8; 100], 0).await.map(|d| d.hops) });
+        set.spawn(async move { p.send(to, vec![1u8; 100]).await.map(|d| d.hops) });
     }
     while let Some(r) = set.join_next().await {
         r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
@@ -1135,7 +1135,9 @@ async fn swarm_rows(n: usize) -> R<Vec<(String, Value)>> {
         waits.spawn(async move {
             loop {
                 match tokio::time::timeout(Duration::from_secs(5), p.recv()).await {
-                    Ok(Ok((_, data, _))) if data.first() == Some(&2) => return Some(Instant::now()),
+                    Ok(Ok(Received { data, .. })) if data.first() == Some(&2) => {
+                        return Some(Instant::now())
+                    }
                     Ok(Ok(_)) => continue,
                     _ => return None,
                 }

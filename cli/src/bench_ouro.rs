@@ -793,9 +793,7 @@ async fn latency(a: &SwarmPeer, to: &PeerAddr, n: usize, paced: bool) -> R<Vec<f
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        a.send(to, vec![7u8; 64], 0)
-            .await
-            .map_err(|e| e.to_string())?;
+        a.send(to, vec![7u8; 64]).await.map_err(|e| e.to_string())?;
         times.push(t.elapsed().as_secs_f64());
         if paced {
             tokio::time::sleep(Duration::from_millis(1)).await;

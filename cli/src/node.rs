@@ -34,7 +34,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cicada::nat::NatMapping;
-use cicada::{Hash, Hooks, NatStatus, PeerAddr, PeerConfig, SendTarget, SwarmPeer, Transport};
+use cicada::{
+    Hash, Hooks, NatStatus, PeerAddr, PeerConfig, Received, SendOptions, SendTarget, SwarmPeer,
+    Transport,
+};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -420,7 +423,10 @@ async fn receive(peer: Arc<SwarmPeer>, out: Out, mut held: watch::Receiver<Insta
                 Err(_) => peer.recv().await,
             },
         };
-        let Ok((from, data, more)) = received else {
+        let Ok(Received {
+            from, data, more, ..
+        }) = received
+        else {
             return;
         };
         out.emit(json!({
@@ -774,7 +780,14 @@ fn spawn_send(peer: &Arc<SwarmPeer>, out: Out, duplicates: u8, rest: &str) {
     };
     let (p, target_text, data) = (peer.clone(), target_text.to_string(), data.to_string());
     tokio::spawn(async move {
-        match p.send(target, data.clone().into_bytes(), duplicates).await {
+        match p
+            .send_with(
+                target,
+                data.clone().into_bytes(),
+                SendOptions::new().duplicates(duplicates),
+            )
+            .await
+        {
             Ok(d) => out.emit(json!({
                 "event": "sent", "target": target_text, "data": data, "ok": true,
                 "to": d.to.addr.to_string(), "hops": d.hops,

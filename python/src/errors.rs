@@ -33,7 +33,7 @@ pub(crate) fn cicada_error(msg: impl Into<String>) -> PyErr {
 pub(crate) fn to_pyerr(e: Error) -> PyErr {
     let msg = e.to_string();
     match &e {
-        Error::Timeout
+        Error::Timeout { .. }
         | Error::Join(JoinError::Timeout)
         | Error::Send(SendError::Timeout | SendError::ReceiverBusy) => {
             make("CicadaTimeoutError", msg, None)

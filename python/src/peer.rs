@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use cicada::{Error, Hooks, RemoteNode, SendTarget};
+use cicada::{Error, Hooks, Operation, RemoteNode, SendOptions, SendTarget};
 use futures_util::FutureExt;
 use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -546,7 +546,8 @@ impl PySwarmPeer {
         let p = self.core.bound().map_err(to_pyerr)?;
         Ok(async move {
             let t = target.resolve().await?;
-            Ok(p.send(t, data, dup).await?.to)
+            let options = SendOptions::new().duplicates(dup);
+            Ok(p.send_with(t, data, options).await?.to)
         })
     }
 
@@ -711,10 +712,15 @@ impl PySwarmPeer {
                 None => block(py, p.recv())?.map_err(to_pyerr)?,
                 Some(t) => block(py, p.recv_timeout(t))?
                     .map_err(to_pyerr)?
-                    .ok_or_else(|| to_pyerr(Error::Timeout))?,
+                    .ok_or_else(|| {
+                        to_pyerr(Error::Timeout {
+                            op: Operation::Recv,
+                            after: t,
+                        })
+                    })?,
             };
-            let more = r.2 || !lock(&self.core.stash).is_empty();
-            received_py(py, (r.0, r.1.to_vec(), more))
+            let more = r.more || !lock(&self.core.stash).is_empty();
+            received_py(py, (r.from, r.data.to_vec(), more))
         })
     }
 
@@ -894,9 +900,9 @@ impl PySwarmPeer {
                 if let Some(m) = core.pop_stash() {
                     return Ok(m);
                 }
-                let (n, d, more) = p.recv().await?;
-                let more = more || !lock(&core.stash).is_empty();
-                Ok((n, d.to_vec(), more))
+                let m = p.recv().await?;
+                let more = m.more || !lock(&core.stash).is_empty();
+                Ok((m.from, m.data.to_vec(), more))
             };
             spawn_async(py, event_loop, f, Box::new(received_py), Some(reject))
         })

@@ -60,7 +60,7 @@ async fn peers_bound_to_all_interfaces_announce_where_they_are_seen() {
         for (i, from) in peers.iter().enumerate() {
             for (j, to) in peers.iter().enumerate() {
                 if i != j {
-                    from.send(to.listener().unwrap(), format!("{i}>{j}").into_bytes(), 0)
+                    from.send(to.listener().unwrap(), format!("{i}>{j}").into_bytes())
                         .await
                         .unwrap_or_else(|e| panic!("{any} via {ip}: send {i}>{j}: {e}"));
                 }
@@ -68,7 +68,9 @@ async fn peers_bound_to_all_interfaces_announce_where_they_are_seen() {
         }
         for (j, p) in peers.iter().enumerate() {
             let mut got = Vec::new();
-            while let Some((_, d, _)) = p.recv_timeout(Duration::from_millis(300)).await.unwrap() {
+            while let Some(Received { data: d, .. }) =
+                p.recv_timeout(Duration::from_millis(300)).await.unwrap()
+            {
                 got.push(String::from_utf8_lossy(&d).to_string());
             }
             got.sort();
@@ -176,6 +178,10 @@ async fn observe_asks_any_peer_where_it_sees_this_one() {
         .observe(nobody.local_addr().unwrap(), Duration::from_millis(500))
         .await
         .expect_err("nobody answers");
-    assert!(matches!(e, Error::Timeout), "{e}");
+    assert!(
+        matches!(e, Error::Timeout { op: Operation::Observe, after } if after == Duration::from_millis(500)),
+        "{e}"
+    );
+    assert_eq!(e.to_string(), "observe timed out after 500ms");
     assert!(started.elapsed() < Duration::from_secs(3));
 }

@@ -198,7 +198,7 @@ async fn a_burst_of_sends_leaves_in_runs() {
     let mut sends = tokio::task::JoinSet::new();
     for _ in 0..512 {
         let (a, to, p) = (a.clone(), to.clone(), payload.clone());
-        sends.spawn(async move { a.send(to, p, 0).await });
+        sends.spawn(async move { a.send(to, p).await });
     }
     while let Some(r) = sends.join_next().await {
         r.expect("task").expect("every send confirmed");

@@ -40,14 +40,16 @@ async fn a_slow_receiver_loses_no_confirmed_send() {
             let key = String::from_utf8_lossy(&data[..data.len().min(12)]).to_string();
             let to = to.clone();
             sends.push(tokio::spawn(async move {
-                let r = from.send(to, data, dups).await;
+                let r = from
+                    .send_with(to, data, SendOptions::new().duplicates(dups))
+                    .await;
                 (key, r)
             }));
         }
         tokio::time::sleep(hold).await;
         // Drain everything that comes within the senders' deadline.
         let mut got = Vec::new();
-        while let Some((_, data, _)) = peers[1]
+        while let Some(Received { data, .. }) = peers[1]
             .recv_timeout(Duration::from_millis(1500))
             .await
             .unwrap()
@@ -118,7 +120,9 @@ async fn a_slow_recv_hook_sees_every_message() {
         let r = receiver.clone();
         tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Ok(Some((_, d, _))) = r.recv_timeout(Duration::from_secs(3)).await {
+            while let Ok(Some(Received { data: d, .. })) =
+                r.recv_timeout(Duration::from_secs(3)).await
+            {
                 got.push(d.to_vec());
             }
             got
@@ -128,7 +132,7 @@ async fn a_slow_recv_hook_sees_every_message() {
     for i in 0..40 {
         let (p, to) = (sender.clone(), receiver.listener().unwrap());
         sends.push(tokio::spawn(async move {
-            p.send(to, format!("h{i}").into_bytes(), 0).await
+            p.send(to, format!("h{i}").into_bytes()).await
         }));
     }
     for s in sends {

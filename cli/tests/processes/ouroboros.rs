@@ -490,7 +490,7 @@ fn sends_beyond_a_flows_ring_wait_for_room_instead_of_being_dropped() {
             if inflight.len() >= IN_FLIGHT {
                 tally(inflight.next().await);
             }
-            inflight.push(peer.send(to.clone(), payload.clone(), 0));
+            inflight.push(peer.send(to.clone(), payload.clone()));
         }
         while !inflight.is_empty() {
             tally(inflight.next().await);
@@ -579,7 +579,7 @@ fn a_paused_peer_does_not_hold_up_sends_to_the_others() {
         let flood = tokio::spawn(async move {
             let payload = bytes::Bytes::from(vec![0x5a; 1024]);
             let mut inflight: FuturesUnordered<_> = (0..3_000)
-                .map(|_| p.send(stuck.clone(), payload.clone(), 0))
+                .map(|_| p.send(stuck.clone(), payload.clone()))
                 .collect();
             while inflight.next().await.is_some() {}
         });
@@ -591,7 +591,7 @@ fn a_paused_peer_does_not_hold_up_sends_to_the_others() {
         for i in 0..10 {
             let r = tokio::time::timeout(
                 Duration::from_secs(3),
-                peer.send(other.clone(), format!("other-{i}").into_bytes(), 0),
+                peer.send(other.clone(), format!("other-{i}").into_bytes()),
             )
             .await;
             if matches!(r, Ok(Ok(_))) {
