@@ -1,3 +1,5 @@
+//! Pure: peer addresses, their text and wire forms; no I/O.
+//!
 //! [`PeerAddr`]: how one peer reaches another, a UDP socket address or an
 //! Ouroboros name. The Chord core carries it without looking inside.
 

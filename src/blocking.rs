@@ -1,3 +1,5 @@
+//! API: the blocking calls; each blocks its thread on the peer's own runtime.
+//!
 //! A blocking facade over the async [`crate::SwarmPeer`], for code without a
 //! tokio runtime. It owns a small runtime (one worker thread) on which the
 //! async peer and its driver run; each method blocks on the async one. There

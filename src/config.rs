@@ -1,3 +1,5 @@
+//! API: the peer's tunables and their defaults; values only, no I/O.
+//!
 //! [`PeerConfig`]: the tunables of a [`crate::SwarmPeer`], and the limits of
 //! its queues, each with the reason for its default.
 

@@ -1,3 +1,5 @@
+//! API: the errors calls fail with; values only, no I/O.
+//!
 //! [`Error`]: everything a [`crate::SwarmPeer`] call can fail with.
 
 use chord::Hash;

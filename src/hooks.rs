@@ -1,3 +1,5 @@
+//! I/O: the hook thread, which runs the application's callbacks off the driver.
+//!
 //! [`Hooks`]: callbacks into what a peer sends, receives and learns.
 //!
 //! Hooks never run on the driver: the driver queues each call on a bounded

@@ -1,3 +1,5 @@
+//! Pure: counts kept by the driver, rendered as OpenMetrics text; no I/O.
+//!
 //! Prometheus metrics of a peer (API: [`crate::SwarmPeer::metrics`]):
 //! the core's counters, the driver's, the links', rendered in the
 //! OpenMetrics text format by `prometheus-client`.

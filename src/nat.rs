@@ -1,3 +1,5 @@
+//! Pure (but for listing the host's addresses): reachability from observations.
+//!
 //! [`NatStatus`]: whether a peer is reachable at its own address, through a
 //! mapped port, or only from behind a NAT, worked out from where other
 //! peers see it (pure: the inputs are gathered by the peer).

@@ -1,3 +1,5 @@
+//! I/O: the Ouroboros link: flows, their reader threads, the flow table.
+//!
 //! [`OuroborosLink`]: the swarm's datagrams over Ouroboros flows.
 //!
 //! The peer's name is registered in a layer and bound to the process; flows

@@ -1,3 +1,5 @@
+//! API: the socket-like calls; commands handed to the driver, no protocol state here.
+//!
 //! [`SwarmPeer`]: a member of a Cicada swarm, used like a socket.
 
 use std::net::{SocketAddr, ToSocketAddrs};

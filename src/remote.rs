@@ -1,3 +1,5 @@
+//! API: the targets, options and results of calls; values only, no I/O.
+//!
 //! Who a message is for and who it came from: [`RemoteNode`], [`SendTarget`],
 //! [`SendOptions`], and what a send, a receive or a lookup resolves to
 //! ([`Delivery`], [`Received`], [`Route`]). API: plain values, no I/O.

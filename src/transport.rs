@@ -1,3 +1,5 @@
+//! API: the choice of link; a value, no I/O.
+//!
 //! [`Transport`]: which link a [`crate::SwarmPeer`] binds, with the fallback
 //! from Ouroboros to UDP.
 

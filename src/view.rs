@@ -1,3 +1,5 @@
+//! Pure: a peer's view of itself, shared under locks by the driver and the API; no I/O.
+//!
 //! [`SelfView`]: what a peer knows of itself (its identity, where others
 //! see it), shared by the driver that learns it and the API that reports it.
 

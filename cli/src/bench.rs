@@ -1,3 +1,5 @@
+//! I/O: measures peers and raw sockets on loopback, in one process.
+//!
 //! `cicada bench`: Cicada beside raw UDP, measured in the same run on
 //! loopback, reported as ratios (these machines are shared and noisy), plus a
 //! 64-peer swarm in one process, the memory of idle peers, and the

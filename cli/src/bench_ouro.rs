@@ -1,3 +1,5 @@
+//! I/O: measures a swarm over Ouroboros beside the C tools (processes, flows).
+//!
 //! The Ouroboros rows of `cicada bench`: a one-hop swarm over a local layer
 //! beside the C tools on the same layer in the same run (`ocbr` for
 //! throughput, `oping` for latency), as ratios.

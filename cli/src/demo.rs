@@ -1,3 +1,5 @@
+//! I/O: runs `cicada node` processes and checks what they report.
+//!
 //! `cicada demo`: a swarm of real `cicada node` processes on loopback.
 //!
 //! It starts N peers (this same executable, subcommand `node`), one joining

@@ -1,3 +1,5 @@
+//! I/O: writes a swarm key file.
+//!
 //! `cicada keygen`: makes a swarm key (32 random bytes, written as 64 hex
 //! digits on one line) for `cicada node --swarm-key FILE`.
 

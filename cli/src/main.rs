@@ -1,3 +1,5 @@
+//! API: the `cicada` command line: parses the arguments, runs one subcommand.
+//!
 //! `cicada`: the command-line face of the library (package `cicada-cli`).
 //!
 //! - `cicada node`: one scriptable peer (see `node.rs`).

@@ -1,3 +1,5 @@
+//! I/O: talks to the NAT gateway until interrupted.
+//!
 //! `cicada map`: maps a port on the NAT gateway (UPnP IGD, then NAT-PMP) and
 //! holds it until interrupted, like `upnpc -a`; removes it on the way out.
 

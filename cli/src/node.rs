@@ -1,3 +1,5 @@
+//! I/O: one peer driven by lines of text, reporting events on stdout.
+//!
 //! `cicada node`: runs one peer and carries out commands, one per line, from
 //! a script file and then from stdin:
 //!

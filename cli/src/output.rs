@@ -1,3 +1,5 @@
+//! I/O: writes events to stdout, one whole line each.
+//!
 //! Events of `cicada node`: one JSON object per line with `--json`, the same
 //! fields as `event key=value …` for a person otherwise.
 

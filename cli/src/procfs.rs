@@ -1,3 +1,5 @@
+//! I/O: reads `/proc/self/status`.
+//!
 //! Numbers this process's `/proc/self/status` gives (Linux): memory and
 //! user ids, for the bench's, the simulator's and the demo's reports.
 

@@ -1,3 +1,5 @@
+//! Pure protocol: the deterministic simulator of the real state machine (reads /proc once).
+//!
 //! `cicada sim`: the simulator's arguments and report, shared by the
 //! command and `examples/sim.rs` (which includes this file), so that both
 //! are written once.

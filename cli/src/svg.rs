@@ -1,3 +1,5 @@
+//! Pure: draws the ring as SVG text; no I/O.
+//!
 //! The picture `cicada demo --svg` writes: the ring with every live peer at
 //! the angle of its id, the successor links along the circle, one chosen
 //! peer's fingers, and the tree of the last broadcast. Plain SVG written by
