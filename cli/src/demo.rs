@@ -25,15 +25,15 @@
 //! wedge the IRMd); the churn sends SIGTERM, on which they end at once
 //! without leaving, and the final cleanup asks them to `quit`.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cicada::Hash;
+use cicada_cli::harness::{self, Process};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
@@ -248,27 +248,11 @@ static GENTLE: AtomicBool = AtomicBool::new(false);
 /// Stops a child (SIGKILL, or SIGTERM when [`GENTLE`]) and reaps it; a
 /// gentle child still running after 10 s is left alone.
 fn stop_child(c: &mut Child) {
-    if !GENTLE.load(Ordering::Relaxed) {
-        let _ = c.kill();
-        let _ = c.wait();
-        return;
+    if GENTLE.load(Ordering::Relaxed) {
+        harness::terminate(c, Duration::from_secs(10));
+    } else {
+        harness::kill(c);
     }
-    if matches!(c.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if matches!(c.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("peer process {} did not end on SIGTERM", c.id());
 }
 
 /// Kills every registered child and reaps it.
@@ -299,21 +283,29 @@ fn install_signal_handler(stop: Arc<AtomicBool>) -> Result<(), String> {
     Ok(())
 }
 
-type Events = Arc<(Mutex<Vec<Value>>, Condvar)>;
-
-/// One `cicada node --json` process; killed when dropped.
+/// One `cicada node --json` process; stopped when dropped.
 struct Peer {
-    child: Arc<Mutex<Child>>,
-    stdin: Option<ChildStdin>,
-    events: Events,
+    process: Process,
     addr: String,
     id: Hash,
     alive: bool,
     host: String,
 }
 
+impl std::ops::Deref for Peer {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Peer {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
 impl Peer {
-    #[allow(clippy::too_many_arguments)]
     fn start(
         exe: &std::path::Path,
         launch: &Launch,
@@ -321,7 +313,6 @@ impl Peer {
         join: Option<&str>,
         stabilize_ms: u64,
         request_timeout_ms: u64,
-        bad_lines: &Arc<AtomicUsize>,
     ) -> Result<Peer, String> {
         let mut cmd = match launch.wrap.split_first() {
             Some((first, rest)) => {
@@ -344,61 +335,23 @@ impl Peer {
             .args(["--stabilize-ms", &stabilize_ms.to_string()])
             .args(["--request-timeout-ms", &request_timeout_ms.to_string()])
             .args(["--lookup-timeout-ms", "4000"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .stderr(Stdio::null());
         if let Some(j) = join {
             cmd.args(["--join", j]);
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-        let stdout = child.stdout.take();
-        let stdin = child.stdin.take();
-        let child = Arc::new(Mutex::new(child));
-        lock(registry()).push(Arc::downgrade(&child));
-        let events: Events = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let process =
+            Process::spawn(cmd).map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        lock(registry()).push(Arc::downgrade(process.shared_child()));
         let mut peer = Peer {
-            child,
-            stdin,
-            events: events.clone(),
+            process,
             addr: String::new(),
             id: Hash::ZERO,
             alive: true,
             host: launch.host.clone(),
         };
-        let stdout = stdout.ok_or("the node's stdout is not piped")?;
-        let bad = bad_lines.clone();
-        thread::Builder::new()
-            .name("cicada-demo-reader".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    match serde_json::from_str::<Value>(&line) {
-                        Ok(v) if v.is_object() => {
-                            let (m, c) = &*events;
-                            lock(m).push(v);
-                            c.notify_all();
-                        }
-                        _ => {
-                            bad.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                // End of output: wake anyone waiting so they see the end.
-                let (m, c) = &*events;
-                lock(m).push(json!({"event": "eof"}));
-                c.notify_all();
-            })
-            .map_err(|e| format!("cannot start a reader thread: {e}"))?;
         let ready = peer
-            .wait_for(0, Duration::from_secs(20), |v| {
-                v["event"] == "ready" || v["event"] == "eof" || v["event"] == "error"
-            })
-            .ok_or("a node did not start within 20 s")?;
-        if ready["event"] != "ready" {
-            return Err(format!("a node failed to start: {ready}"));
-        }
+            .ready(Duration::from_secs(20))
+            .map_err(|e| format!("a node failed to start: {e}"))?;
         peer.addr = ready["addr"].as_str().unwrap_or_default().to_string();
         peer.id = ready["id"]
             .as_str()
@@ -413,72 +366,10 @@ impl Peer {
         Ok(peer)
     }
 
-    fn cmd(&mut self, line: &str) {
-        if let Some(stdin) = &mut self.stdin {
-            if writeln!(stdin, "{line}")
-                .and_then(|_| stdin.flush())
-                .is_err()
-            {
-                self.stdin = None;
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        lock(&self.events.0).len()
-    }
-
-    fn wait_for(
-        &self,
-        from: usize,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
-        self.wait_n(from, timeout, 1, pred).into_iter().next()
-    }
-
-    /// Matching events at or after `from`, once there are `n` or at timeout.
-    fn wait_n(
-        &self,
-        from: usize,
-        timeout: Duration,
-        n: usize,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        let (m, c) = &*self.events;
-        let mut evs = lock(m);
-        loop {
-            let found: Vec<Value> = evs.iter().skip(from).filter(|v| pred(v)).cloned().collect();
-            let now = Instant::now();
-            let ended = evs.last().is_some_and(|v| v["event"] == "eof");
-            if found.len() >= n || now >= deadline || ended {
-                return found;
-            }
-            evs = c
-                .wait_timeout(evs, deadline - now)
-                .map(|r| r.0)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-    }
-
-    fn count(&self, from: usize, pred: impl Fn(&Value) -> bool) -> usize {
-        lock(&self.events.0)
-            .iter()
-            .skip(from)
-            .filter(|v| pred(v))
-            .count()
-    }
-
     /// Its NAT status from its latest `nat` event: `public`, `mapped`,
     /// `nat (endpoint-independent)`, ...; `unknown` before any.
     fn nat(&self) -> String {
-        let latest = lock(&self.events.0)
-            .iter()
-            .rev()
-            .find(|v| v["event"] == "nat")
-            .cloned();
-        match latest {
+        match self.latest(|v| v["event"] == "nat") {
             Some(v) => match v["mapping"].as_str() {
                 Some(m) if m != "unknown" => {
                     format!("{} ({m})", v["status"].as_str().unwrap_or("?"))
@@ -491,8 +382,8 @@ impl Peer {
 
     fn kill(&mut self) {
         self.alive = false;
-        self.stdin = None;
-        stop_child(&mut lock(&self.child)); // SIGKILL on Unix (SIGTERM over Ouroboros)
+        self.close_stdin();
+        stop_child(&mut self.child()); // SIGKILL on Unix (SIGTERM over Ouroboros)
     }
 }
 
@@ -510,10 +401,10 @@ impl Drop for Peer {
         if self.alive && GENTLE.load(Ordering::Relaxed) {
             // Over Ouroboros: a clean exit unbinds and unregisters the name.
             self.cmd("quit");
-            self.stdin = None;
+            self.close_stdin();
             let deadline = Instant::now() + Duration::from_secs(3);
             while Instant::now() < deadline {
-                if matches!(lock(&self.child).try_wait(), Ok(Some(_))) {
+                if matches!(self.child().try_wait(), Ok(Some(_))) {
                     break;
                 }
                 thread::sleep(Duration::from_millis(20));
@@ -715,7 +606,6 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             .unwrap_or(0x9e37_79b9)
     });
     let mut rng = Rng(seed | 1);
-    let bad_lines = Arc::new(AtomicUsize::new(0));
     let n = args.nodes;
     let ring_timeout = Duration::from_secs_f64(args.ring_timeout.max(1.0));
 
@@ -767,7 +657,6 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             join.as_deref(),
             args.stabilize_ms,
             args.request_timeout_ms,
-            &bad_lines,
         )?;
         let joined = p.wait_for(0, Duration::from_secs(20), |v| {
             v["event"] == "joined" || v["event"] == "error" || v["event"] == "eof"
@@ -947,7 +836,8 @@ fn run(args: DemoArgs) -> Result<bool, String> {
         top.insert("after_churn".into(), Value::Object(a));
         top.insert("ok".into(), json!(ok));
         top.insert("seed".into(), json!(seed));
-        top.insert("bad_lines".into(), json!(bad_lines.load(Ordering::Relaxed)));
+        let bad_lines: usize = peers.iter().map(|p| p.bad_lines()).sum();
+        top.insert("bad_lines".into(), json!(bad_lines));
         top.insert("svg".into(), json!(svg_written));
         top.insert("nat".into(), json!(nat_before));
         a_nat(&mut top, &nat_after);
@@ -1137,7 +1027,7 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
 
     // Sends between random pairs; every third with two duplicates.
     let pairs = live.len().max(8);
-    let marks: Vec<usize> = peers.iter().map(Peer::len).collect();
+    let marks: Vec<usize> = peers.iter().map(|p| p.len()).collect();
     let mut sent = Vec::new();
     for k in 0..pairs {
         let a = live[rng.below(live.len())];
@@ -1191,7 +1081,7 @@ fn workload(peers: &mut [Peer], live: &[usize], rng: &mut Rng, tag: &str) -> Wor
     // One broadcast from a random node.
     let origin = live[rng.below(live.len())];
     let before = broadcast_sent(peers, live);
-    let marks: Vec<usize> = peers.iter().map(Peer::len).collect();
+    let marks: Vec<usize> = peers.iter().map(|p| p.len()).collect();
     let data = format!("demo-{tag}-broadcast");
     peers[origin].cmd(&format!("broadcast {data}"));
     let others: Vec<usize> = live.iter().copied().filter(|&i| i != origin).collect();

@@ -4,14 +4,15 @@
 //! killed when its guard drops. The library's in-process tests are in the
 //! root package's `tests/swarm.rs`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cicada::{Hash, Hooks, PeerConfig, SwarmKey, SwarmPeer};
+use cicada_cli::harness::Process;
 use ports::free_ports;
 use require::Need;
 use serde_json::Value;
@@ -47,18 +48,28 @@ fn heavy() -> MutexGuard<'static, ()> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-type Events = Arc<(Mutex<Vec<Value>>, Condvar)>;
-
-/// A running `cicada node --json`, killed on drop.
+/// A running `cicada node --json` (a [`Process`] of the shared harness),
+/// stopped on drop.
 struct Node {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    events: Events,
+    process: Process,
     addr: String,
     id: String,
     /// Stop with SIGTERM, never SIGKILL (a process killed inside the
     /// Ouroboros library can wedge the IRMd).
     gentle: bool,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 const NODE_FLAGS: [&str; 7] = [
@@ -126,103 +137,20 @@ impl Node {
                 std::fs::File::create(std::path::Path::new(&dir).join(name + ".log")).ok()
             })
             .map_or_else(Stdio::null, Stdio::from);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr);
-        let mut child = cmd.spawn().expect("start cicada node");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stdin = child.stdin.take();
-        let events: Events = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let ev = events.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                let (m, c) = &*ev;
-                m.lock().unwrap().push(v);
-                c.notify_all();
-            }
-        });
+        cmd.stderr(stderr);
+        let process = Process::spawn(cmd).expect("start cicada node");
         let mut node = Node {
-            child,
-            stdin,
-            events,
+            process,
             addr: String::new(),
             id: String::new(),
             gentle,
         };
         let ready = node
-            .wait_for(0, Duration::from_secs(20), |v| v["event"] == "ready")
-            .unwrap_or_else(|| {
-                // Say whether the process is still there (slow) or gone
-                // (crashed, or never ran): a flake seen once said neither.
-                let errors = node.all(|v| v["event"] == "error");
-                let status = node.child.try_wait();
-                let lines = node.len();
-                panic!(
-                    "node {label} never became ready within 20 s: errors {errors:?}, \
-                     {lines} event lines, process {status:?} (Ok(None): still running)"
-                )
-            });
+            .ready(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("node {label}: {e}"));
         node.addr = ready["addr"].as_str().unwrap_or_default().to_string();
         node.id = ready["id"].as_str().unwrap_or_default().to_string();
         node
-    }
-
-    fn cmd(&mut self, line: &str) {
-        if let Some(stdin) = &mut self.stdin {
-            let _ = writeln!(stdin, "{line}");
-            let _ = stdin.flush();
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.events.0.lock().unwrap().len()
-    }
-
-    /// The first event at or after index `from` that matches, waiting at most `timeout`.
-    fn wait_for(
-        &self,
-        from: usize,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
-        self.wait_n(from, timeout, 1, pred).into_iter().next()
-    }
-
-    /// Events at or after `from` that match, once there are at least `n` of
-    /// them or `timeout` has passed.
-    fn wait_n(
-        &self,
-        from: usize,
-        timeout: Duration,
-        n: usize,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        let (m, c) = &*self.events;
-        let mut evs = m.lock().unwrap();
-        loop {
-            let found: Vec<Value> = evs.iter().skip(from).filter(|v| pred(v)).cloned().collect();
-            let now = Instant::now();
-            if found.len() >= n || now >= deadline {
-                return found;
-            }
-            evs = c.wait_timeout(evs, deadline - now).unwrap().0;
-        }
-    }
-
-    fn all(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        self.events
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|v| pred(v))
-            .cloned()
-            .collect()
     }
 
     /// Asks for `peers` and returns the answer.
@@ -243,34 +171,13 @@ impl Node {
         Some((v["successor"].clone(), v["predecessor"].clone()))
     }
 
+    /// Stops the process: SIGKILL, or SIGTERM for a gentle node.
     fn kill(&mut self) {
         if self.gentle {
             self.terminate(Duration::from_secs(15));
-            return;
+        } else {
+            self.process.kill();
         }
-        let _ = self.child.kill(); // SIGKILL on Unix
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits at most `within` for the process to end;
-    /// whether it did.
-    fn terminate(&mut self, within: Duration) -> bool {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return true;
-        }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("process {} still running after SIGTERM", self.child.id());
-        false
     }
 }
 
@@ -429,7 +336,7 @@ fn sixteen_processes_route_send_broadcast_and_survive_kills() {
     eprintln!("240 sends delivered after {:?}", started.elapsed());
 
     // A broadcast reaches the 15 others once each.
-    let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
+    let marks: Vec<usize> = nodes.iter().map(|n| n.len()).collect();
     nodes[0].cmd("broadcast b-0");
     for (i, node) in nodes.iter().enumerate().skip(1) {
         let got = node.wait_for(marks[i], Duration::from_secs(10), recv_of("b-0".into()));
@@ -686,7 +593,7 @@ fn thirty_two_processes_keep_their_promises_while_a_quarter_is_killed() {
         assert_eq!(v["owner"], owner, "lookup of {key} from {i}");
     }
     let b = live[0];
-    let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
+    let marks: Vec<usize> = nodes.iter().map(|n| n.len()).collect();
     nodes[b].cmd("broadcast after");
     for &i in &live {
         if i == b {
@@ -921,7 +828,7 @@ fn node_process_stops_on_quit_and_signals_but_not_end_of_input() {
         .is_some());
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
-        if let Ok(Some(s)) = a.child.try_wait() {
+        if let Ok(Some(s)) = a.child().try_wait() {
             break Some(s);
         }
         if Instant::now() > deadline {
@@ -936,15 +843,15 @@ fn node_process_stops_on_quit_and_signals_but_not_end_of_input() {
 
     // End of input does not stop it; SIGTERM does.
     let mut b = Node::start(ports[1], None);
-    drop(b.stdin.take());
+    b.close_stdin();
     thread::sleep(Duration::from_millis(800));
     assert!(
-        matches!(b.child.try_wait(), Ok(None)),
+        matches!(b.child().try_wait(), Ok(None)),
         "end of input must not stop the peer"
     );
     let killed = Command::new("kill")
         .arg("-TERM")
-        .arg(b.child.id().to_string())
+        .arg(b.child().id().to_string())
         .status();
     assert!(killed.is_ok_and(|s| s.success()));
     assert!(
@@ -1462,19 +1369,19 @@ fn node_processes_with_a_swarm_key_file_swarm_and_keep_others_out() {
     );
 
     // Another key: the join fails with a clear error, the process exits 1.
-    let mut c = keyed_node(ports[2], Some(&a.addr), &theirs);
+    let c = keyed_node(ports[2], Some(&a.addr), &theirs);
     let e = c
         .wait_for(0, Duration::from_secs(10), is("error"))
         .expect("an error");
     let msg = e["message"].as_str().unwrap_or_default();
     assert!(msg.contains("swarm key"), "{msg}");
-    assert_eq!(c.child.wait().unwrap().code(), Some(1));
+    assert_eq!(c.child().wait().unwrap().code(), Some(1));
     // No key: the join fails too.
-    let mut d = Node::start(ports[3], Some(&a.addr));
+    let d = Node::start(ports[3], Some(&a.addr));
     assert!(d
         .wait_for(0, Duration::from_secs(10), is("error"))
         .is_some());
-    assert_eq!(d.child.wait().unwrap().code(), Some(1));
+    assert_eq!(d.child().wait().unwrap().code(), Some(1));
 
     // A malformed key file: a clear error before anything starts.
     let out = Command::new(env!("CARGO_BIN_EXE_cicada"))

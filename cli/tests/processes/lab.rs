@@ -75,7 +75,7 @@ fn nat_event(node: &Node, within: Duration, pred: impl Fn(&Value) -> bool) -> Op
 /// Sends from every node of `from` to every node of `to` (by address),
 /// then checks that each send was confirmed and received exactly once.
 fn all_pairs(nodes: &mut [Node], from: &[usize], to: &[usize], tag: &str) -> Result<(), String> {
-    let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
+    let marks: Vec<usize> = nodes.iter().map(|n| n.len()).collect();
     let mut sent = Vec::new();
     for &i in from {
         for &j in to {

@@ -261,7 +261,7 @@ fn six_peers_on_three_hosts(lab: &OuroLab, attempt: usize) {
     let sigterm = Instant::now();
     for &i in &gone {
         let _ = Command::new("kill")
-            .args(["-TERM", &nodes[i].child.id().to_string()])
+            .args(["-TERM", &nodes[i].child().id().to_string()])
             .status();
     }
     for &i in &gone {

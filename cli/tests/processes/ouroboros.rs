@@ -93,7 +93,7 @@ pub(super) fn wait_joined(node: &Node, i: usize) {
 /// once, from the right sender.
 pub(super) fn all_pairs(nodes: &mut [Node], live: &[usize], tag: &str) {
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
+    let marks: Vec<usize> = nodes.iter().map(|n| n.len()).collect();
     for &i in live {
         for &j in live {
             if i != j {
@@ -150,7 +150,7 @@ pub(super) fn all_pairs(nodes: &mut [Node], live: &[usize], tag: &str) {
 }
 
 pub(super) fn broadcast_reaches_all(nodes: &mut [Node], live: &[usize], from: usize, data: &str) {
-    let marks: Vec<usize> = nodes.iter().map(Node::len).collect();
+    let marks: Vec<usize> = nodes.iter().map(|n| n.len()).collect();
     nodes[from].cmd(&format!("broadcast {data}"));
     for &i in live.iter().filter(|&&i| i != from) {
         let got = nodes[i].wait_for(marks[i], Duration::from_secs(10), recv_of(data.into()));
@@ -279,9 +279,9 @@ fn an_ouroboros_datagram_flood_leaves_the_receiver_alive_and_routing() {
     // arrives and is confirmed.
     thread::sleep(Duration::from_millis(500));
     assert!(
-        matches!(nodes[0].child.try_wait(), Ok(None)),
+        matches!(nodes[0].child().try_wait(), Ok(None)),
         "the receiving process died during the flood: {:?}",
-        nodes[0].child.try_wait()
+        nodes[0].child().try_wait()
     );
     nodes[1].cmd(&format!("send {to} after-flood"));
     let confirmed = nodes[1].wait_for(m1, Duration::from_secs(30), |v| {
@@ -470,7 +470,7 @@ fn sends_beyond_a_flows_ring_wait_for_room_instead_of_being_dropped() {
     // flow's wait budget of 200 ms a second and its 5 s peer timeout) as
     // the sends start, so that its ring fills whatever the two processes'
     // speeds.
-    let pid = node.child.id();
+    let pid = node.child().id();
     assert!(kill(pid, "-STOP"), "kill -STOP {pid}");
     let resume = thread::spawn(move || {
         thread::sleep(Duration::from_millis(100));
@@ -570,7 +570,7 @@ fn a_paused_peer_does_not_hold_up_sends_to_the_others() {
         thread::sleep(Duration::from_millis(100));
     }
     let (stuck, other) = (addrs[0].clone(), addrs[1].clone());
-    let pid = nodes[0].child.id();
+    let pid = nodes[0].child().id();
     assert!(kill(pid, "-STOP"), "kill -STOP {pid}");
     let peer = Arc::new(peer);
     let (to_other, stalled_for) = rt.block_on(async {
