@@ -83,6 +83,16 @@ pub struct DemoArgs {
     /// directory or one above it.
     #[arg(long)]
     netlab: Option<PathBuf>,
+    /// Every peer serves its Prometheus metrics over HTTP on 127.0.0.1
+    /// (`cicada node --metrics 127.0.0.1:0`); the table, the JSON and a
+    /// line on stderr say where. The survivors stay up after the summary
+    /// (see `--hold`).
+    #[arg(long)]
+    metrics: bool,
+    /// Seconds the surviving peers stay up after the summary, for a
+    /// scrape; with `--metrics` until interrupted (Ctrl-C) unless given.
+    #[arg(long, value_name = "SECONDS")]
+    hold: Option<f64>,
 }
 
 // ------------------------------------------------------------------ the lab
@@ -290,6 +300,8 @@ struct Peer {
     id: Hash,
     alive: bool,
     host: String,
+    /// Where it serves its metrics (`--metrics`).
+    metrics: Option<String>,
 }
 
 impl std::ops::Deref for Peer {
@@ -306,6 +318,7 @@ impl std::ops::DerefMut for Peer {
 }
 
 impl Peer {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         exe: &std::path::Path,
         launch: &Launch,
@@ -313,6 +326,7 @@ impl Peer {
         join: Option<&str>,
         stabilize_ms: u64,
         request_timeout_ms: u64,
+        metrics: bool,
     ) -> Result<Peer, String> {
         let mut cmd = match launch.wrap.split_first() {
             Some((first, rest)) => {
@@ -331,6 +345,9 @@ impl Peer {
         if launch.map {
             cmd.arg("--map");
         }
+        if metrics {
+            cmd.args(["--metrics", "127.0.0.1:0"]);
+        }
         cmd.arg("--json")
             .args(["--stabilize-ms", &stabilize_ms.to_string()])
             .args(["--request-timeout-ms", &request_timeout_ms.to_string()])
@@ -348,6 +365,7 @@ impl Peer {
             id: Hash::ZERO,
             alive: true,
             host: launch.host.clone(),
+            metrics: None,
         };
         let ready = peer
             .ready(Duration::from_secs(20))
@@ -565,6 +583,16 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     if !(0.0..1.0).contains(&args.churn) {
         return Err("--churn must be in [0, 1)".into());
     }
+    if args.lab && args.metrics {
+        return Err(
+            "--metrics serves on each peer's 127.0.0.1, which the lab's hosts do not share \
+             with this one: drop --lab or --metrics"
+                .into(),
+        );
+    }
+    if args.hold.is_some_and(|h| !(h >= 0.0 && h.is_finite())) {
+        return Err("--hold must be a number of seconds, 0 or more".into());
+    }
     if args.lab && over_ouroboros {
         return Err("--lab runs the peers over UDP: drop --transport ouroboros".into());
     }
@@ -657,6 +685,7 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             join.as_deref(),
             args.stabilize_ms,
             args.request_timeout_ms,
+            args.metrics,
         )?;
         let joined = p.wait_for(0, Duration::from_secs(20), |v| {
             v["event"] == "joined" || v["event"] == "error" || v["event"] == "eof"
@@ -693,6 +722,19 @@ fn run(args: DemoArgs) -> Result<bool, String> {
                 ));
             }
         }
+        if args.metrics {
+            let served = p.wait_for(0, Duration::from_secs(10), |v| v["event"] == "metrics");
+            match served.as_ref().and_then(|v| v["url"].as_str()) {
+                Some(url) => p.metrics = Some(url.to_string()),
+                None => {
+                    p.kill();
+                    return Err(format!(
+                        "node {i} ({}) serves no metrics: {served:?}",
+                        p.addr
+                    ));
+                }
+            }
+        }
         pb.set_message(p.addr.clone());
         peers.push(p);
         pb.inc(1);
@@ -711,6 +753,12 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     say(format!(
         "{n} peers joined in {joins_done:.1} s; waiting for the ring"
     ));
+    if args.metrics {
+        say(format!(
+            "metrics: {} (peer 0; the table lists every peer's)",
+            peers[0].metrics.as_deref().unwrap_or("?")
+        ));
+    }
 
     let all: Vec<usize> = (0..n).collect();
     let ring_ok = wait_ring(&mut peers, &all, ring_timeout, &stop);
@@ -788,11 +836,27 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     let (nat_before, nat_after) = (counts(&all), counts(&survivors));
     if n <= 64 || args.lab {
         println!();
-        println!("{:>4}  {:<8} {:<24} NAT", "peer", "host", "address");
-        println!("{}", "-".repeat(62));
+        let head = format!(
+            "{:>4}  {:<8} {:<24} {:<26} {:<6}  {}",
+            "peer",
+            "host",
+            "address",
+            "NAT",
+            "",
+            if args.metrics { "metrics" } else { "" }
+        );
+        println!("{}", head.trim_end());
+        println!("{}", "-".repeat(if args.metrics { 110 } else { 62 }));
         for (i, p) in peers.iter().enumerate() {
             let fate = if victims.contains(&i) { "killed" } else { "" };
-            let line = format!("{i:>4}  {:<8} {:<24} {:<26} {fate}", p.host, p.addr, nat[i]);
+            let url = p.metrics.as_deref().filter(|_| !victims.contains(&i));
+            let line = format!(
+                "{i:>4}  {:<8} {:<24} {:<26} {fate:<6}  {}",
+                p.host,
+                p.addr,
+                nat[i],
+                url.unwrap_or_default()
+            );
             println!("{}", line.trim_end());
         }
     }
@@ -852,14 +916,53 @@ fn run(args: DemoArgs) -> Result<bool, String> {
                 json!({
                     "host": p.host, "addr": p.addr, "id": p.id.to_string(),
                     "nat": nat[i], "killed": victims.contains(&i),
+                    "metrics": p.metrics,
                 })
             })
             .collect();
         top.insert("peers".into(), Value::Array(list));
         println!("{}", Value::Object(top));
     }
+    hold(&args, &peers, &survivors, &stop);
     drop(peers);
     Ok(ok)
+}
+
+/// Keeps the survivors up after the summary: `--hold` seconds, or with
+/// `--metrics` and no `--hold` until interrupted (the signal handler then
+/// stops every peer and exits).
+fn hold(args: &DemoArgs, peers: &[Peer], survivors: &[usize], stop: &AtomicBool) {
+    let until = match (args.hold, args.metrics) {
+        (Some(secs), _) if secs > 0.0 => Some(Instant::now() + Duration::from_secs_f64(secs)),
+        (None, true) => None,
+        _ => return,
+    };
+    if args.metrics {
+        let urls: Vec<&str> = survivors
+            .iter()
+            .filter_map(|&i| peers[i].metrics.as_deref())
+            .collect();
+        say(format!(
+            "serving the metrics of {} peers {}, e.g. curl {}",
+            urls.len(),
+            match args.hold {
+                Some(secs) => format!("for {secs} s"),
+                None => "until interrupted (Ctrl-C)".into(),
+            },
+            urls.first().copied().unwrap_or("?")
+        ));
+    } else {
+        say(format!(
+            "holding the peers for {} s",
+            args.hold.unwrap_or(0.0)
+        ));
+    }
+    // stdout is read by scripts (`--json`): what is printed is whole.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    while until.is_none_or(|t| Instant::now() < t) && !stop.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Puts the survivors' NAT counts into the summary's `after_churn`.

@@ -94,3 +94,100 @@ fn a_node_serves_metrics_that_move_with_its_traffic() {
     let (status, _) = http_get(&b_url, "/nothing");
     assert!(status.contains("404"), "{status}");
 }
+
+/// `cicada demo --metrics`: every surviving peer serves its metrics while
+/// the demo holds, its counters account for the demo's workload, and an
+/// interrupt stops the endpoints with the peers.
+#[test]
+fn demo_with_metrics_serves_every_survivors_counters() {
+    use std::sync::mpsc;
+    let _heavy = heavy();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_cicada"))
+        .args(["demo", "--nodes", "6", "--json", "--seed", "9"])
+        .args(["--metrics", "--hold", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cicada demo");
+    let stdout = demo.stdout.take().expect("piped stdout");
+    let (lines, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The summary's JSON, printed before the hold.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let summary: Value = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the demo printed its JSON summary within 60 s");
+        if line.starts_with('{') {
+            break serde_json::from_str(&line).expect("the summary is JSON");
+        }
+    };
+    assert_eq!(summary["ok"], true, "{summary}");
+    let peers = summary["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 6);
+    let survivors: Vec<&Value> = peers.iter().filter(|p| p["killed"] == false).collect();
+    assert_eq!(survivors.len(), 5, "{summary}");
+    let (mut received, mut confirmed) = (0.0, 0.0);
+    for p in &survivors {
+        let url = p["metrics"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no metrics url: {p}"));
+        let (status, body) = http_get(url, "/metrics");
+        assert!(status.contains("200"), "{url}: {status}");
+        let m = samples(&body);
+        received += m["cicada_messages_received_total"];
+        confirmed += m["cicada_sends_confirmed_total"];
+        assert!(m["cicada_datagrams_in_total"] > 0.0, "{url}");
+        assert!(m["cicada_ring_size_estimate"] >= 2.0, "{url}");
+    }
+    // The survivors sent every send of the second workload (each
+    // confirmed) and received each of them, and each survivor but the
+    // origin received the broadcast; the first workload adds more.
+    let after = &summary["after_churn"];
+    let sends = after["sends"].as_f64().expect("sends");
+    assert_eq!(after["send_delivered_rate"], 1.0, "{summary}");
+    assert!(sends > 0.0);
+    assert!(confirmed >= sends, "{confirmed} confirmed < {sends} sends");
+    assert!(
+        received >= sends + (survivors.len() - 1) as f64,
+        "{received} received < {sends} sends + the broadcast"
+    );
+    // An interrupt stops every peer, and so their endpoints.
+    let url = survivors[0]["metrics"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let _ = Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        match demo.try_wait() {
+            Ok(Some(s)) => break s.code(),
+            _ if Instant::now() >= deadline => {
+                let _ = demo.kill();
+                panic!("the demo did not end on SIGTERM");
+            }
+            _ => thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    assert_eq!(code, Some(130));
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    assert!(
+        std::net::TcpStream::connect(host).is_err(),
+        "{url} still served after the demo ended"
+    );
+}
