@@ -3,8 +3,10 @@
 //! Peers form a Chord ring; an application uses one object, [`SwarmPeer`],
 //! as it would a socket: [`bind`](SwarmPeer::bind), optionally
 //! [`connect`](SwarmPeer::connect) to a member of an existing swarm, then
-//! [`send`](SwarmPeer::send) to a peer or a key, [`recv`](SwarmPeer::recv)
-//! and [`broadcast`](SwarmPeer::broadcast).
+//! [`send`](SwarmPeer::send) to a peer or a key (or
+//! [`send_with`](SwarmPeer::send_with) and [`SendOptions`]: duplicates, a
+//! time limit), [`recv`](SwarmPeer::recv) (a [`Received`]: `from`, `data`,
+//! `more`) and [`broadcast`](SwarmPeer::broadcast).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
