@@ -1312,6 +1312,12 @@ fn demo_refuses_what_it_cannot_do() {
     assert!(err.contains("needs a running Ouroboros IRMd"), "{err}");
     let (code, _, err) = run_demo(&["--nodes", "1"], Duration::from_secs(10));
     assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = run_demo(&["--lab", "--metrics"], Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--metrics serves on each peer's 127.0.0.1"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------- a private swarm of processes
