@@ -127,6 +127,11 @@ pub struct Config {
     /// starts at one stabilization period and doubles up to this. It
     /// bounds how long after a partition heals the rings start to merge.
     pub past_probe_max: Duration,
+    /// A punched path (see `docs/protocol.md`, "Hole punching") quiet for
+    /// this long is pinged, once per interval, to hold the NATs' bindings
+    /// open: below the 30 s after which many NATs (Linux's conntrack among
+    /// them) forget a UDP mapping that saw no answer.
+    pub keepalive_interval: Duration,
 }
 
 impl Default for Config {
@@ -153,6 +158,7 @@ impl Default for Config {
             past_peers: 32,
             past_peer_ttl: Duration::from_secs(600),
             past_probe_max: Duration::from_secs(8),
+            keepalive_interval: Duration::from_secs(25),
         }
     }
 }
@@ -206,6 +212,9 @@ impl Config {
             return Err(ConfigError(
                 "source_rate, source_burst, data_rate, data_burst and max_sources must be positive",
             ));
+        }
+        if self.keepalive_interval.is_zero() {
+            return Err(ConfigError("keepalive_interval must be positive"));
         }
         if self.past_probe_max.is_zero() {
             return Err(ConfigError("past_probe_max must be positive"));

@@ -280,4 +280,23 @@ pub struct Stats {
     /// Broadcasts and unconfirmed datagrams for this node dropped because
     /// the application had no room for them (nobody waits for either).
     pub dropped_no_room: u64,
+    /// Hole punches this node started (see `docs/protocol.md`, "Hole
+    /// punching"): a request to a peer that never answered timed out.
+    pub punches_started: u64,
+    /// Punches that opened a path (the target answered a punch packet).
+    pub punches_succeeded: u64,
+    /// Punches that failed: every rendezvous tried, or the target said its
+    /// NAT cannot be punched. Each is remembered for a while.
+    pub punches_failed: u64,
+    /// Punches not started because one to the same target failed lately.
+    pub punches_suppressed: u64,
+    /// Introductions this node passed on as a rendezvous.
+    pub punches_introduced: u64,
+    /// Paths this node opened as the target of another's punch.
+    pub punches_answered: u64,
+    /// Punch packets sent (one per address of the other side).
+    pub punch_packets: u64,
+    /// Keepalives sent on punched paths that were quiet for
+    /// `Config::keepalive_interval`.
+    pub keepalives_sent: u64,
 }

@@ -33,5 +33,5 @@ pub use config::{
 };
 pub use event::{Event, JoinError, LookupId, MessageId, SendError, Stats, Target, Transmit};
 pub use hash::{Hash, Interval, ParseHashError};
-pub use node::{Address, LocalNode};
+pub use node::{Address, LocalNode, Path, Reach};
 pub use wire::{DecodeError, NodeRef};

@@ -360,6 +360,55 @@ pub struct VersionMismatch {
     pub max: u8,
 }
 
+/// "Introduce me to `target`": sent by a node that cannot reach `target`
+/// directly (it sits behind a NAT that lets in only peers it has sent to)
+/// to a peer that links to it, the rendezvous, which passes it on as a
+/// [`PunchOffer`]. Answered, through the rendezvous, by [`PunchAnswer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchRequest<A> {
+    /// The initiator's id for this punch, carried by every message of it.
+    pub txn: u64,
+    /// The initiator.
+    pub origin: NodeRef<A>,
+    /// The node it wants a direct path to.
+    pub target: NodeRef<A>,
+}
+
+/// A [`PunchRequest`] passed on by the rendezvous to its target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchOffer<A> {
+    /// The initiator's punch id.
+    pub txn: u64,
+    /// The initiator.
+    pub origin: NodeRef<A>,
+    /// Where the rendezvous sees the initiator (its NAT's mapping).
+    pub seen: A,
+}
+
+/// The target's answer to a [`PunchOffer`], sent to the rendezvous, which
+/// passes it on to the initiator with `seen` set to where it sees the target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchAnswer<A> {
+    /// The initiator's punch id.
+    pub txn: u64,
+    /// The target.
+    pub target: NodeRef<A>,
+    /// Where the rendezvous sees the target (set by the rendezvous).
+    pub seen: A,
+    /// Whether the target thinks punching can work: false when its NAT
+    /// maps per destination (symmetric), and the initiator gives up.
+    pub punchable: bool,
+}
+
+/// "Punch now": the initiator, through the rendezvous, to the target. The
+/// initiator sends its punch packets half a measured round trip later, when
+/// this reaches the target, which sends its own at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchSync {
+    /// The initiator's punch id.
+    pub txn: u64,
+}
+
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message<A> {
@@ -397,6 +446,15 @@ pub enum Message<A> {
     Observe(Observe),
     /// Kind 16: reply to [`Message::Observe`].
     Observed(Observed<A>),
+    /// Kind 17.
+    PunchRequest(PunchRequest<A>),
+    /// Kind 18.
+    PunchOffer(PunchOffer<A>),
+    /// Kind 19: reply to [`Message::PunchOffer`], relayed as the reply to
+    /// [`Message::PunchRequest`].
+    PunchAnswer(PunchAnswer<A>),
+    /// Kind 20.
+    PunchSync(PunchSync),
 }
 
 impl<A> Message<A> {
@@ -411,6 +469,9 @@ impl<A> Message<A> {
             Message::SuccessorHint(m) => (Some(&m.node), [&[], &[]]),
             Message::Data(m) => (Some(&m.header.origin), [&[], &[]]),
             Message::Delivered(m) => (Some(&m.owner), [&[], &[]]),
+            Message::PunchRequest(m) => (Some(&m.origin), [std::slice::from_ref(&m.target), &[]]),
+            Message::PunchOffer(m) => (Some(&m.origin), [&[], &[]]),
+            Message::PunchAnswer(m) => (Some(&m.target), [&[], &[]]),
             Message::VersionMismatch(_)
             | Message::Ping(_)
             | Message::Pong(_)
@@ -419,7 +480,8 @@ impl<A> Message<A> {
             | Message::OwnerCheck(_)
             | Message::Owns(_)
             | Message::Observe(_)
-            | Message::Observed(_) => (None, [&[], &[]]),
+            | Message::Observed(_)
+            | Message::PunchSync(_) => (None, [&[], &[]]),
         };
         one.into_iter().chain(lists.into_iter().flatten())
     }
@@ -468,6 +530,10 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::Owns(_) => 14,
             Message::Observe(_) => 15,
             Message::Observed(_) => 16,
+            Message::PunchRequest(_) => 17,
+            Message::PunchOffer(_) => 18,
+            Message::PunchAnswer(_) => 19,
+            Message::PunchSync(_) => 20,
         }
     }
 
@@ -515,6 +581,10 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::Owns(m) => append(&mut out, m),
             Message::Observe(m) => append(&mut out, m),
             Message::Observed(m) => append(&mut out, m),
+            Message::PunchRequest(m) => append(&mut out, m),
+            Message::PunchOffer(m) => append(&mut out, m),
+            Message::PunchAnswer(m) => append(&mut out, m),
+            Message::PunchSync(m) => append(&mut out, m),
         };
         // Serializing our own in-memory values into a Vec cannot fail: postcard
         // only fails on sequences of unknown length, which we do not have.
@@ -606,6 +676,10 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
                     Message::Observe(m)
                 }
                 16 => Message::Observed(body("Observed", rest)?),
+                17 => Message::PunchRequest(body("PunchRequest", rest)?),
+                18 => Message::PunchOffer(body("PunchOffer", rest)?),
+                19 => Message::PunchAnswer(body("PunchAnswer", rest)?),
+                20 => Message::PunchSync(body("PunchSync", rest)?),
                 other => return Err(DecodeError::UnknownKind(other)),
             };
         Ok(msg)
@@ -744,6 +818,29 @@ mod tests {
                 "c1ca0310 ac02 07",
             ),
             (
+                Message::PunchRequest(PunchRequest {
+                    txn: 300,
+                    origin: node(1, 1),
+                    target: node(2, 2),
+                }),
+                "c1ca0311 ac02 20 0101010101010101010101010101010101010101010101010101010101010101 01 \
+                 20 0202020202020202020202020202020202020202020202020202020202020202 02",
+            ),
+            (
+                Message::PunchOffer(PunchOffer { txn: 5, origin: node(1, 1), seen: 300 }),
+                "c1ca0312 05 20 0101010101010101010101010101010101010101010101010101010101010101 01 ac02",
+            ),
+            (
+                Message::PunchAnswer(PunchAnswer {
+                    txn: 5,
+                    target: node(2, 2),
+                    seen: 9,
+                    punchable: true,
+                }),
+                "c1ca0313 05 20 0202020202020202020202020202020202020202020202020202020202020202 02 09 01",
+            ),
+            (Message::PunchSync(PunchSync { txn: 300 }), "c1ca0314 ac02"),
+            (
                 Message::SuccessorHint(SuccessorHint { node: node(0x0b, 300) }),
                 "c1ca0309 20 0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b ac02",
             ),
@@ -841,7 +938,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_behind_a_valid_header(kind in 0u8..16, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn decode_never_panics_behind_a_valid_header(kind in 0u8..24, body in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut bytes = vec![0xC1, 0xCA, VERSION, kind];
             bytes.extend(body);
             let _ = Message::<std::net::SocketAddr>::decode(&bytes);
@@ -868,6 +965,10 @@ mod tests {
                 Message::Owns(Owns { txn, yes: n % 2 == 0 }),
                 Message::Observe(Observe { txn, pad: vec![0; n.min(OBSERVE_PAD)] }),
                 Message::Observed(Observed { txn, seen: addr }),
+                Message::PunchRequest(PunchRequest { txn, origin: origin.clone(), target: origin.clone() }),
+                Message::PunchOffer(PunchOffer { txn, origin: origin.clone(), seen: addr }),
+                Message::PunchAnswer(PunchAnswer { txn, target: origin.clone(), seen: addr, punchable: n % 2 == 0 }),
+                Message::PunchSync(PunchSync { txn }),
             ];
             for m in msgs {
                 prop_assert_eq!(Message::<u32>::decode(&m.encode()), Ok(m));
@@ -900,12 +1001,16 @@ mod tests {
                 Message::Leave(Leave { sender: h, predecessor: None, successors: list }),
                 Message::SuccessorHint(SuccessorHint { node: me.clone() }),
                 Message::Data(Data { header: DataHeader { txn, msg: !txn, origin: me.clone(), target: h, mode: Mode::Key, limit: Hash::ZERO, hops: 0, last_hop: v6, frag: frags - 1, frags }, payload: payload.into() }),
-                Message::Delivered(Delivered { owner: me, msgs: vec![Confirmed { msg: txn, hops: 9 }] }),
+                Message::Delivered(Delivered { owner: me.clone(), msgs: vec![Confirmed { msg: txn, hops: 9 }] }),
                 Message::Undeliverable(Undeliverable { msg: txn, reason: Refusal::NoSuchNode }),
                 Message::OwnerCheck(OwnerCheck { txn, key: h }),
                 Message::Owns(Owns { txn, yes: v6 }),
                 Message::Observe(Observe { txn, pad: vec![0; OBSERVE_PAD] }),
                 Message::Observed(Observed { txn, seen: addr }),
+                Message::PunchRequest(PunchRequest { txn, origin: me.clone(), target: me.clone() }),
+                Message::PunchOffer(PunchOffer { txn, origin: me.clone(), seen: addr }),
+                Message::PunchAnswer(PunchAnswer { txn, target: me.clone(), seen: addr, punchable: v6 }),
+                Message::PunchSync(PunchSync { txn }),
             ];
             for m in msgs {
                 let bytes = m.encode();

@@ -2,6 +2,7 @@
 
 mod data;
 mod identity;
+mod punch;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +24,8 @@ use crate::event::{Event, JoinError, LookupId, Stats, Transmit};
 use crate::hash::{Hash, Interval};
 use crate::routing::{NextHop, RoutingTable};
 use crate::sources::{Arrival, Sources};
+pub use punch::{Path, Reach};
+
 use crate::wire::{
     DecodeError, FindSuccessor, Found, GetNeighbors, HopAck, Leave, Message, Neighbors, NodeRef,
     Observe, Observed, OwnerCheck, Owns, Ping, SuccessorHint, VersionMismatch,
@@ -104,6 +107,10 @@ enum Waiting<A> {
         next: Option<Hash>,
         exclude: Vec<Hash>,
     },
+    /// A `PunchRequest` to a rendezvous, for a punch towards `target`.
+    PunchRequest { target: Hash },
+    /// A punch packet to `peer` (see `punch.rs`).
+    PunchPing { peer: NodeRef<A> },
 }
 
 /// When a message handed to a silent hop is routed around it (see
@@ -276,6 +283,8 @@ pub struct LocalNode<A> {
     provisional: bool,
     /// Joiners whose lookup answer this node relays (see `FindSuccessor::via`).
     relays: Vec<Relay<A>>,
+    /// Hole punching: punches under way, introductions, punched paths.
+    punch: punch::PunchState<A>,
 }
 
 /// A joiner whose lookup's answer comes back through this node.
@@ -373,6 +382,7 @@ impl<A: Address> LocalNode<A> {
             received_queued: 0,
             provisional: false,
             relays: Vec::new(),
+            punch: punch::PunchState::default(),
         })
     }
 
@@ -592,6 +602,7 @@ impl<A: Address> LocalNode<A> {
                 .as_ref()
                 .map_or(0, |i| size_of::<identity::Identity<A>>() + i.heap_bytes())
             + vec_bytes::<PastPeer<A>>(self.past.capacity())
+            + self.punch.heap_bytes()
             + queues
     }
 
@@ -855,6 +866,7 @@ impl<A: Address> LocalNode<A> {
             .chain(lookups)
             .chain(outgoing)
             .chain(self.next_tick)
+            .chain(self.punch.next_timer())
             .min()
     }
 
@@ -890,6 +902,7 @@ impl<A: Address> LocalNode<A> {
             }
         }
         self.outgoing_timeouts(now);
+        self.punch_timers(now);
         if self.next_tick.is_some_and(|t| t <= now) {
             self.tick(now);
         }
@@ -950,7 +963,10 @@ impl<A: Address> LocalNode<A> {
             | Message::FindSuccessor(_)
             | Message::Leave(_)
             | Message::SuccessorHint(_)
-            | Message::Observe(_) => Arrival::Request,
+            | Message::Observe(_)
+            | Message::PunchRequest(_)
+            | Message::PunchOffer(_)
+            | Message::PunchSync(_) => Arrival::Request,
             _ => Arrival::Reply,
         };
         let allowed = self.sources.arrived(&from, bytes.len(), kind, now);
@@ -974,6 +990,7 @@ impl<A: Address> LocalNode<A> {
         if self.table.predecessor().is_some_and(|p| p.addr == from) {
             self.pred_seen = Some(now);
         }
+        self.punch.heard(&from, now);
         match msg {
             Message::VersionMismatch(v) => self.on_version_mismatch(from, v),
             Message::Ping(p) => {
@@ -985,7 +1002,12 @@ impl<A: Address> LocalNode<A> {
             Message::Neighbors(m) => self.on_neighbors(m, now),
             Message::FindSuccessor(m) => self.on_find_successor(from, m, now),
             Message::HopAck(a) => self.on_hop_ack(a.txn, now),
-            Message::Found(m) => self.on_found(m, now),
+            Message::Found(m) => {
+                if !self.admissible(&m.owner) {
+                    self.punch.note_introducer(&m.owner, &from);
+                }
+                self.on_found(m, now)
+            }
             Message::Leave(m) => self.on_leave(from, m, now),
             Message::SuccessorHint(m) => self.on_successor_hint(from, m.node, now),
             Message::Data(m) => self.on_data(from, m, now),
@@ -1002,6 +1024,10 @@ impl<A: Address> LocalNode<A> {
                 self.reply(from, reply);
             }
             Message::Observed(m) => self.on_observed(m, now),
+            Message::PunchRequest(m) => self.on_punch_request(from, m, now),
+            Message::PunchOffer(m) => self.on_punch_offer(from, m, now),
+            Message::PunchAnswer(m) => self.on_punch_answer(from, m, now),
+            Message::PunchSync(m) => self.on_punch_sync(from, m, now),
         }
         self.sync_known();
     }
@@ -1050,6 +1076,14 @@ impl<A: Address> LocalNode<A> {
                 if let Some(p) = self.probed.iter_mut().find(|(id, _)| *id == peer.id) {
                     p.1 = true;
                 }
+            }
+            Some(Pending {
+                waiting: Waiting::PunchPing { peer },
+                to,
+                ..
+            }) => {
+                self.verified(to.clone(), now);
+                self.punched(peer, to, now);
             }
             Some(other) => {
                 // A Pong answering something else: put it back, count it.
@@ -1860,6 +1894,7 @@ impl<A: Address> LocalNode<A> {
         self.send_stabilize(now);
         self.check_predecessor(now);
         self.probe_past(now);
+        self.keepalives(now);
         for _ in 0..self.cfg.fingers_per_tick {
             self.fix_next_finger(now);
         }
@@ -2010,6 +2045,9 @@ impl<A: Address> LocalNode<A> {
         let Some(mut p) = self.pending.remove(&txn) else {
             return;
         };
+        if p.retries_left == self.cfg.request_retries || p.retries_left == 0 {
+            self.punch_on_timeout(&p.to, &p.waiting, now);
+        }
         if p.retries_left > 0 {
             let first_retry = p.retries_left == self.cfg.request_retries;
             // A broadcast child's arc is re-covered now, once (below, after
@@ -2065,6 +2103,8 @@ impl<A: Address> LocalNode<A> {
                 }
             }
             Waiting::Admit { .. } => self.stats.admissions_failed += 1,
+            Waiting::PunchRequest { target } => self.punch_attempt_failed(&target, now),
+            Waiting::PunchPing { peer } => self.punch_ping_expired(&peer, now),
             Waiting::Confirm { lookup, owner, .. } => {
                 // The owner named is dead (or unreachable): forget it and
                 // look again; the deadline still bounds the whole lookup.
