@@ -76,6 +76,14 @@ impl PeerConfig {
         self
     }
 
+    /// Sets how long a punched path (see `docs/nat.md`) may stay quiet
+    /// before a keepalive holds the NATs' bindings open (25 s by default:
+    /// below the 30 s after which many NATs forget an idle UDP mapping).
+    pub fn keepalive_interval(mut self, d: Duration) -> Self {
+        self.chord.keepalive_interval = d;
+        self
+    }
+
     /// Sets how long a request waits for its reply before it is sent again.
     /// The lookup deadline is kept at least this long.
     pub fn request_timeout(mut self, d: Duration) -> Self {

@@ -125,6 +125,8 @@ pub(crate) struct Snapshot<A> {
     pub successor: Option<NodeRef<A>>,
     pub predecessor: Option<NodeRef<A>>,
     pub stats: chord::Stats,
+    /// The path to each of `peers`, in the same order.
+    pub paths: Vec<chord::Path>,
 }
 
 /// An application message for `recv`.
@@ -1166,6 +1168,12 @@ impl<L: Link> State<L> {
                     successor: self.node.successor().cloned(),
                     predecessor: self.node.predecessor().cloned(),
                     stats: self.node.stats().clone(),
+                    paths: self
+                        .node
+                        .peers()
+                        .iter()
+                        .map(|n| self.node.path(&n.addr))
+                        .collect(),
                 });
             }
             Command::Leave { reply } => {
@@ -1290,6 +1298,9 @@ impl<L: Link> State<L> {
                 // Recorded first: a caller woken by the answer sees it in
                 // the NAT status.
                 self.view.observed(by.clone(), seen.clone());
+                if let Some(reach) = self.view.reach() {
+                    self.node.set_reach(reach);
+                }
                 let (answered, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.observers)
                     .into_iter()
                     .partition(|(to, _)| *to == by);

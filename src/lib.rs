@@ -53,7 +53,7 @@ pub use cicada_ouroboros as ouroboros;
 pub use traversal;
 
 pub use addr::PeerAddr;
-pub use chord::Hash;
+pub use chord::{Hash, Path};
 pub use config::PeerConfig;
 pub use error::{Error, Operation, Result};
 pub use hooks::Hooks;

@@ -53,6 +53,23 @@ pub enum NatMapping {
     AddressDependent,
 }
 
+impl NatStatus {
+    /// What the status tells the core's hole punching ([`chord::Reach`]):
+    /// a peer behind a NAT that maps per destination cannot be punched.
+    pub(crate) fn reach(&self) -> chord::Reach {
+        match self {
+            NatStatus::Unknown | NatStatus::Named => chord::Reach::Unknown,
+            NatStatus::Public { .. } => chord::Reach::Public,
+            NatStatus::Mapped { .. } => chord::Reach::Mapped,
+            NatStatus::BehindNat {
+                mapping: NatMapping::AddressDependent,
+                ..
+            } => chord::Reach::Symmetric,
+            NatStatus::BehindNat { .. } => chord::Reach::Nat,
+        }
+    }
+}
+
 impl std::fmt::Display for NatStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

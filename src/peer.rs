@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use chord::Hash;
+use chord::{Hash, Path};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -332,7 +332,25 @@ impl SwarmPeer {
             external.is_none() && local.udp().is_some_and(|a| a.ip().is_unspecified());
         let external = external.unwrap_or_else(|| local.clone());
         let me = RemoteNode::new(node_id(&external), external.clone());
-        let view = Arc::new(SelfView::new(me.clone(), provisional));
+        let mut view = SelfView::new(me.clone(), provisional);
+        if let Some(udp) = local.udp() {
+            // The core's hole punching needs to know whether this peer's NAT
+            // maps per destination (it then answers punches "cannot work").
+            let own = if udp.ip().is_unspecified() {
+                crate::nat::own_ips()
+            } else {
+                Vec::new()
+            };
+            let mapped = mapping.as_ref().map(|m| m.external_addr());
+            view = view.with_reach(Box::new(move |observed: &[(PeerAddr, PeerAddr)]| {
+                let observations: Vec<(SocketAddr, SocketAddr)> = observed
+                    .iter()
+                    .filter_map(|(by, seen)| Some((by.udp()?, seen.udp()?)))
+                    .collect();
+                crate::nat::classify(udp, &own, mapped, &observations).reach()
+            }));
+        }
+        let view = Arc::new(view);
         let seed = self.cfg.seed.unwrap_or_else(|| {
             let nanos = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -737,6 +755,16 @@ impl SwarmPeer {
     /// Every peer in this peer's routing state, sorted by id.
     pub async fn peers(&self) -> Result<Vec<RemoteNode>> {
         Ok(self.snapshot().await?.peers)
+    }
+
+    /// Every peer in this peer's routing state, sorted by id, with the
+    /// path this peer reaches it by: [`Path::Direct`] (at the address it
+    /// announces: public, or a port mapped on its gateway) or
+    /// [`Path::Punched`] (through a hole punched in the NATs between them,
+    /// see `docs/nat.md`).
+    pub async fn paths(&self) -> Result<Vec<(RemoteNode, Path)>> {
+        let snap = self.snapshot().await?;
+        Ok(snap.peers.into_iter().zip(snap.paths).collect())
     }
 
     /// The distinct fingers of this peer's routing table, nearest first

@@ -12,7 +12,6 @@ use chord::NodeRef;
 pub(crate) const OBSERVATIONS: usize = 8;
 
 /// A peer's view of itself.
-#[derive(Debug)]
 pub(crate) struct SelfView<A> {
     /// Its identity: the placeholder it was bound with until a provisional
     /// peer learns its address, then the learned one.
@@ -21,6 +20,18 @@ pub(crate) struct SelfView<A> {
     provisional: bool,
     /// Where peers see it: (observer, address seen), latest last.
     observed: Mutex<Vec<(A, A)>>,
+    /// What the observations say of its NAT, for the core's hole punching
+    /// (see `chord::Reach`); `None` where that cannot be worked out.
+    reach: Option<Reacher<A>>,
+}
+
+/// Works out a peer's [`chord::Reach`] from its observations.
+pub(crate) type Reacher<A> = Box<dyn Fn(&[(A, A)]) -> chord::Reach + Send + Sync>;
+
+impl<A> std::fmt::Debug for SelfView<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelfView").finish_non_exhaustive()
+    }
 }
 
 impl<A: Clone + PartialEq> SelfView<A> {
@@ -29,7 +40,20 @@ impl<A: Clone + PartialEq> SelfView<A> {
             me: RwLock::new(me),
             provisional,
             observed: Mutex::new(Vec::new()),
+            reach: None,
         }
+    }
+
+    /// Sets how the peer's [`chord::Reach`] follows from its observations.
+    pub(crate) fn with_reach(mut self, reach: Reacher<A>) -> Self {
+        self.reach = Some(reach);
+        self
+    }
+
+    /// What the observations so far say of the peer's NAT.
+    pub(crate) fn reach(&self) -> Option<chord::Reach> {
+        let f = self.reach.as_ref()?;
+        Some(f(&self.observations()))
     }
 
     pub(crate) fn me(&self) -> NodeRef<A> {

@@ -9,7 +9,7 @@
 //! send-dup N TARGET TEXT    the same with N duplicates
 //! broadcast TEXT
 //! lookup KEY                KEY = 64 hex digits, or any text (hashed)
-//! peers                     the routing state, successor and predecessor
+//! peers                     the routing state (each peer with its path: direct or punched), successor and predecessor
 //! fingers                   the distinct fingers, nearest first
 //! stats                     the counters
 //! nat                       the NAT status (also printed whenever it changes)
@@ -94,6 +94,9 @@ pub struct NodeArgs {
     /// Stabilize period in milliseconds.
     #[arg(long, default_value_t = 1000)]
     stabilize_ms: u64,
+    /// Keepalive interval of punched paths in milliseconds.
+    #[arg(long, default_value_t = 25_000)]
+    keepalive_ms: u64,
     /// Request timeout in milliseconds.
     #[arg(long, default_value_t = 500)]
     request_timeout_ms: u64,
@@ -184,6 +187,7 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
     let mut cfg = PeerConfig::default()
         .stabilize_interval(Duration::from_millis(args.stabilize_ms))
         .request_timeout(Duration::from_millis(args.request_timeout_ms))
+        .keepalive_interval(Duration::from_millis(args.keepalive_ms))
         .lookup_timeout(Duration::from_millis(args.lookup_timeout_ms))
         .send_timeout(Duration::from_millis(args.send_timeout_ms))
         .recv_queue(args.recv_queue);
@@ -639,14 +643,16 @@ async fn execute(
             });
         }
         "peers" => match (
-            peer.peers().await,
+            peer.paths().await,
             peer.successor().await,
             peer.predecessor().await,
         ) {
             (Ok(peers), Ok(succ), Ok(pred)) => {
                 let list: Vec<_> = peers
                     .iter()
-                    .map(|p| json!({"id": p.id.to_string(), "addr": p.addr.to_string()}))
+                    .map(|(p, path)| {
+                        json!({"id": p.id.to_string(), "addr": p.addr.to_string(), "path": path.to_string()})
+                    })
                     .collect();
                 out.emit(json!({
                     "event": "peers", "peers": list,
@@ -723,6 +729,12 @@ async fn execute(
                 "driver_wakeups": s.driver_wakeups,
                 "stale_successor_hints": s.core.stale_successor_hints,
                 "retransmits_held": s.core.retransmits_held,
+                "punches_started": s.core.punches_started,
+                "punches_succeeded": s.core.punches_succeeded,
+                "punches_failed": s.core.punches_failed,
+                "punches_introduced": s.core.punches_introduced,
+                "punches_answered": s.core.punches_answered,
+                "keepalives_sent": s.core.keepalives_sent,
                 "secure": s.secure.map(|k| json!({
                     "sessions": k.sessions,
                     "handshakes_completed": k.handshakes_completed,

@@ -224,7 +224,10 @@ impl<A: Address> LocalNode<A> {
     /// node of the table (or the one a probe is for), a punch may open the
     /// way.
     pub(super) fn punch_on_timeout(&mut self, to: &A, waiting: &Waiting<A>, now: Instant) {
-        if self.phase != Phase::Joined || self.sources.is_verified(to) {
+        // A joining node punches too: its successor may sit behind a NAT,
+        // and the join completes only once that successor answers.
+        let joining = matches!(self.phase, Phase::Joining { .. });
+        if !(self.phase == Phase::Joined || joining) || self.sources.is_verified(to) {
             return;
         }
         let target = match waiting {

@@ -597,3 +597,158 @@ fn demo_over_the_lab_places_peers_and_passes_its_checks() {
         "the demo left namespaces of {prefix}: {left}"
     );
 }
+
+/// The `peers` event of `node` now: each peer's address and path.
+fn paths_of(node: &mut Node) -> Vec<(String, String)> {
+    let mark = node.len();
+    node.cmd("peers");
+    let v = node
+        .wait_for(mark, Duration::from_secs(5), is("peers"))
+        .unwrap_or_else(|| panic!("{}: no peers event", node.addr));
+    v["peers"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|p| {
+                    let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                    (s("addr"), s("path"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `stats` event of `node` now.
+fn stats_of(node: &mut Node) -> Value {
+    let mark = node.len();
+    node.cmd("stats");
+    node.wait_for(mark, Duration::from_secs(5), is("stats"))
+        .unwrap_or_else(|| panic!("{}: no stats event", node.addr))
+}
+
+/// The UDP flows gateway `gw` tracks (its conntrack table), one per line.
+fn flows(lab: &Lab, gw: &str) -> String {
+    let out = lab
+        .exec(gw)
+        .args(["cat", "/proc/net/nf_conntrack"])
+        .output()
+        .expect("read the gateway's conntrack table");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The punchable cells of the NAT matrix. A public bootstrap on pub1, A
+/// behind gw1 and B behind gw2, both endpoint-independent NATs without
+/// any mapping service: B, joining, finds A as its successor and cannot
+/// reach it; the bootstrap introduces them and they punch a direct path
+/// between their NATs' external addresses (seen in gw1's flow table, and
+/// reported `punched` by both), and their sends to each other are
+/// confirmed and arrive once.
+/// Then a public peer on pub2 and a peer behind gw3 with a UPnP mapping
+/// (`--map`) join: all five reach each other, every pair confirmed.
+#[test]
+fn peers_behind_two_eim_nats_punch_a_direct_path() {
+    let _g = heavy();
+    let knobs = [
+        ("NETLAB_PUBLIC", "2"),
+        ("NETLAB_LANS", "3"),
+        ("NETLAB_HOSTS", "1"),
+        ("NETLAB_NAT", "eim"),
+        ("NETLAB_UPNP", "no"),
+        ("NETLAB_NATPMP", "no"),
+        ("NETLAB_GW3_UPNP", "yes"),
+    ];
+    let Some(lab) = Lab::up("punch_eim", &knobs) else {
+        return;
+    };
+    let (pub1, gw1, gw2) = (lab.ip("pub1"), lab.ip("gw1"), lab.ip("gw2"));
+    let first = format!("{pub1}:42001");
+    let mut nodes = vec![start(&lab, "pub1", "0.0.0.0:42001", None, &[])];
+    nodes.push(start(&lab, "lan1-1", "0.0.0.0:42002", Some(&first), &[]));
+    nodes.push(start(&lab, "lan2-1", "0.0.0.0:42003", Some(&first), &[]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[0].all(is("address")).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    for n in nodes.iter_mut() {
+        refresh(n);
+    }
+    let (a, b) = (format!("{gw1}:42002"), format!("{gw2}:42003"));
+    assert_eq!(nodes[1].addr, a, "A announces its NAT's mapping");
+    assert_eq!(nodes[2].addr, b, "B announces its NAT's mapping");
+    let three: Vec<usize> = (0..3).collect();
+    wait_ring(&mut nodes, &three, Duration::from_secs(30)).expect("the ring of three");
+    all_pairs(&mut nodes, &[1, 2], &[1, 2], "eim-eim").expect("A and B reach each other");
+    all_pairs(&mut nodes, &three, &three, "three").expect("all pairs of three");
+
+    // The datagrams between A and B go straight between the NATs: gw1
+    // tracks a flow from A to B's external address that saw answers.
+    let lan11 = lab.ip("lan1-1");
+    let direct = format!("src={lan11} dst={gw2} sport=42002 dport=42003 ");
+    let table = flows(&lab, "gw1");
+    let flow = table.lines().find(|l| l.contains(&direct));
+    assert!(
+        flow.is_some_and(|l| !l.contains("UNREPLIED")),
+        "no answered flow {direct}in gw1's table:\n{table}"
+    );
+    let (pa, pb) = (paths_of(&mut nodes[1]), paths_of(&mut nodes[2]));
+    let (sa, sb) = (stats_of(&mut nodes[1]), stats_of(&mut nodes[2]));
+    eprintln!(
+        "A's paths {pa:?}\nB's paths {pb:?}\nA punches started {} succeeded {} answered {}; B {} {} {}",
+        sa["punches_started"],
+        sa["punches_succeeded"],
+        sa["punches_answered"],
+        sb["punches_started"],
+        sb["punches_succeeded"],
+        sb["punches_answered"]
+    );
+    // B's successor is A (the ids are the hashes of these fixed
+    // addresses): B's joining stabilize to A goes unanswered, so B asks
+    // the bootstrap to introduce it, and both sides report the punch.
+    for (paths, other) in [(&pa, &b), (&pb, &a)] {
+        let path = paths.iter().find(|(addr, _)| addr == other);
+        assert!(
+            path.is_some_and(|(_, p)| p == "punched"),
+            "{other} in {paths:?}"
+        );
+    }
+    assert!(sb["punches_succeeded"].as_u64() >= Some(1), "{sb}");
+    assert!(sa["punches_answered"].as_u64() >= Some(1), "{sa}");
+    for (addr, path) in pa.iter().chain(&pb) {
+        assert!(
+            ["direct", "punched"].contains(&path.as_str()),
+            "{addr}: {path}"
+        );
+    }
+
+    // Public x NAT and UPnP x NAT: a public peer and a mapped one join.
+    let second = format!("{}:42004", lab.ip("pub2"));
+    nodes.push(start(&lab, "pub2", "0.0.0.0:42004", Some(&first), &[]));
+    nodes.push(start(
+        &lab,
+        "lan3-1",
+        "0.0.0.0:42005",
+        Some(&second),
+        &["--map"],
+    ));
+    assert_eq!(ip_of(&nodes[4].addr), lab.ip("gw3"), "the mapped peer");
+    let five: Vec<usize> = (0..5).collect();
+    wait_ring(&mut nodes, &five, Duration::from_secs(30)).expect("the ring of five");
+    all_pairs(&mut nodes, &five, &five, "five").expect("all pairs of five");
+    let mut punched = 0;
+    for node in nodes.iter_mut() {
+        let s = stats_of(node);
+        let n = s["punches_succeeded"].as_u64().unwrap_or(0);
+        punched += n;
+        let paths = paths_of(node);
+        eprintln!(
+            "{}: punches started {} succeeded {n} failed {} introduced {} answered {}; paths {:?}",
+            node.addr,
+            s["punches_started"],
+            s["punches_failed"],
+            s["punches_introduced"],
+            s["punches_answered"],
+            paths
+        );
+    }
+    eprintln!("punches that opened a path: {punched}");
+}
