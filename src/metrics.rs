@@ -80,6 +80,8 @@ pub(crate) struct Inputs<'a, A> {
     pub me: Hash,
     pub core: &'a chord::Stats,
     pub peers: &'a [NodeRef<A>],
+    /// The path to each of `peers`, in the same order.
+    pub paths: &'a [chord::Path],
     pub received: u64,
     pub hooks_dropped: u64,
     pub link_errors: u64,
@@ -201,9 +203,16 @@ pub(crate) fn render<A>(i: Inputs<'_, A>) -> String {
         ring_size_estimate(i.me, i.peers) as i64,
     );
     let neighbours = Family::<Labels, Gauge>::default();
-    neighbours
-        .get_or_create(&vec![("path".to_string(), "direct".to_string())])
-        .set(i.peers.len() as i64);
+    let punched = i
+        .paths
+        .iter()
+        .filter(|p| **p == chord::Path::Punched)
+        .count();
+    for (kind, n) in [("direct", i.peers.len() - punched), ("punched", punched)] {
+        neighbours
+            .get_or_create(&vec![("path".to_string(), kind.to_string())])
+            .set(n as i64);
+    }
     r.register(
         "neighbours",
         "Peers in the routing state, by path kind",
@@ -236,6 +245,26 @@ pub(crate) fn render<A>(i: Inputs<'_, A>) -> String {
             ("datagram", s.datagrams_dropped),
             ("hooks", i.hooks_dropped),
         ],
+    );
+    labelled(
+        &mut r,
+        "punches",
+        "Hole punches, by outcome (docs/nat.md)",
+        "outcome",
+        &[
+            ("started", s.punches_started),
+            ("succeeded", s.punches_succeeded),
+            ("failed", s.punches_failed),
+            ("suppressed", s.punches_suppressed),
+            ("introduced", s.punches_introduced),
+            ("answered", s.punches_answered),
+        ],
+    );
+    counter(
+        &mut r,
+        "keepalives",
+        "Keepalives sent on quiet punched paths",
+        s.keepalives_sent,
     );
     counter(
         &mut r,

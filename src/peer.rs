@@ -807,6 +807,7 @@ impl SwarmPeer {
             me: b.view.me().id,
             core: &snap.stats,
             peers: &snap.peers,
+            paths: &snap.paths,
             received: c.received.load(Ordering::Relaxed),
             hooks_dropped: c.hooks_dropped.load(Ordering::Relaxed),
             link_errors: c.link_errors.load(Ordering::Relaxed),

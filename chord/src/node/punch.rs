@@ -916,4 +916,29 @@ mod tests {
         assert_eq!(net.nodes[a].path(&(t as u32)), Path::Punched);
         assert!(net.nodes[a].fingers().iter().any(|f| f.addr == t as u32));
     }
+
+    /// A node joining finds its successor behind a NAT: the stabilize
+    /// that completes its join goes unanswered until a punch through the
+    /// bootstrap (which relayed the join's answer, and links to the
+    /// successor) opens the way; then it joins.
+    #[test]
+    fn a_joiner_whose_successor_is_behind_a_nat_punches_its_way_in() {
+        let mut net = Net::new();
+        let b = net.add(0x10, false, Config::default(), None);
+        net.run(Duration::from_millis(100));
+        let t = net.add(0x40, true, Config::default(), Some(b as u32));
+        net.run(Duration::from_secs(3));
+        assert!(net.nodes[t].is_joined());
+        // j lies just before t: t is its successor.
+        let j = net.add(0x30, false, Config::default(), Some(b as u32));
+        net.run(Duration::from_secs(3));
+        assert!(
+            net.dropped.iter().any(|&(to, from)| to == t && from == j),
+            "t's NAT never refused j"
+        );
+        assert!(net.nodes[j].is_joined(), "{:?}", net.nodes[j].stats());
+        assert_eq!(net.nodes[j].successor().map(|n| n.addr), Some(t as u32));
+        assert_eq!(net.nodes[j].stats().punches_succeeded, 1);
+        assert_eq!(net.nodes[j].path(&(t as u32)), Path::Punched);
+    }
 }
