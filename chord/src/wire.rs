@@ -446,14 +446,14 @@ pub enum Message<A> {
     Observe(Observe),
     /// Kind 16: reply to [`Message::Observe`].
     Observed(Observed<A>),
-    /// Kind 17.
+    /// Kind 24.
     PunchRequest(PunchRequest<A>),
-    /// Kind 18.
+    /// Kind 25.
     PunchOffer(PunchOffer<A>),
-    /// Kind 19: reply to [`Message::PunchOffer`], relayed as the reply to
+    /// Kind 26: reply to [`Message::PunchOffer`], relayed as the reply to
     /// [`Message::PunchRequest`].
     PunchAnswer(PunchAnswer<A>),
-    /// Kind 20.
+    /// Kind 27.
     PunchSync(PunchSync),
 }
 
@@ -530,10 +530,10 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::Owns(_) => 14,
             Message::Observe(_) => 15,
             Message::Observed(_) => 16,
-            Message::PunchRequest(_) => 17,
-            Message::PunchOffer(_) => 18,
-            Message::PunchAnswer(_) => 19,
-            Message::PunchSync(_) => 20,
+            Message::PunchRequest(_) => 24,
+            Message::PunchOffer(_) => 25,
+            Message::PunchAnswer(_) => 26,
+            Message::PunchSync(_) => 27,
         }
     }
 
@@ -676,10 +676,10 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
                     Message::Observe(m)
                 }
                 16 => Message::Observed(body("Observed", rest)?),
-                17 => Message::PunchRequest(body("PunchRequest", rest)?),
-                18 => Message::PunchOffer(body("PunchOffer", rest)?),
-                19 => Message::PunchAnswer(body("PunchAnswer", rest)?),
-                20 => Message::PunchSync(body("PunchSync", rest)?),
+                24 => Message::PunchRequest(body("PunchRequest", rest)?),
+                25 => Message::PunchOffer(body("PunchOffer", rest)?),
+                26 => Message::PunchAnswer(body("PunchAnswer", rest)?),
+                27 => Message::PunchSync(body("PunchSync", rest)?),
                 other => return Err(DecodeError::UnknownKind(other)),
             };
         Ok(msg)
@@ -823,12 +823,12 @@ mod tests {
                     origin: node(1, 1),
                     target: node(2, 2),
                 }),
-                "c1ca0311 ac02 20 0101010101010101010101010101010101010101010101010101010101010101 01 \
+                "c1ca0318 ac02 20 0101010101010101010101010101010101010101010101010101010101010101 01 \
                  20 0202020202020202020202020202020202020202020202020202020202020202 02",
             ),
             (
                 Message::PunchOffer(PunchOffer { txn: 5, origin: node(1, 1), seen: 300 }),
-                "c1ca0312 05 20 0101010101010101010101010101010101010101010101010101010101010101 01 ac02",
+                "c1ca0319 05 20 0101010101010101010101010101010101010101010101010101010101010101 01 ac02",
             ),
             (
                 Message::PunchAnswer(PunchAnswer {
@@ -837,9 +837,9 @@ mod tests {
                     seen: 9,
                     punchable: true,
                 }),
-                "c1ca0313 05 20 0202020202020202020202020202020202020202020202020202020202020202 02 09 01",
+                "c1ca031a 05 20 0202020202020202020202020202020202020202020202020202020202020202 02 09 01",
             ),
-            (Message::PunchSync(PunchSync { txn: 300 }), "c1ca0314 ac02"),
+            (Message::PunchSync(PunchSync { txn: 300 }), "c1ca031b ac02"),
             (
                 Message::SuccessorHint(SuccessorHint { node: node(0x0b, 300) }),
                 "c1ca0309 20 0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b ac02",
@@ -938,7 +938,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_behind_a_valid_header(kind in 0u8..24, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn decode_never_panics_behind_a_valid_header(kind in 0u8..32, body in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut bytes = vec![0xC1, 0xCA, VERSION, kind];
             bytes.extend(body);
             let _ = Message::<std::net::SocketAddr>::decode(&bytes);

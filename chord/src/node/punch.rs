@@ -842,7 +842,7 @@ mod tests {
         for n in &net.nodes {
             assert_eq!(n.stats().punches_started, 0);
         }
-        assert_eq!(net.sent_kind(17), 0, "a PunchRequest was sent");
+        assert_eq!(net.sent_kind(24), 0, "a PunchRequest was sent");
         assert_eq!(net.nodes[a].path(&(t as u32)), Path::Direct);
         assert!(net.nodes[a].fingers().iter().any(|f| f.addr == t as u32));
     }
@@ -856,7 +856,7 @@ mod tests {
         net.run(Duration::from_secs(2));
         let st = net.nodes[a].stats().clone();
         assert_eq!((st.punches_started, st.punches_failed), (1, 1), "{st:?}");
-        assert_eq!(net.sent(a, 0, 17) + net.sent(a, 2, 17), 1);
+        assert_eq!(net.sent(a, 0, 24) + net.sent(a, 2, 24), 1);
         // Tried again and again: no new punch.
         for _ in 0..20 {
             let target = net.nodes[t].me().clone();
@@ -870,7 +870,7 @@ mod tests {
         let requests = net
             .log
             .iter()
-            .filter(|&&(f, _, k)| f == a && k == 17)
+            .filter(|&&(f, _, k)| f == a && k == 24)
             .count();
         assert_eq!(requests, 1);
         assert_eq!(net.nodes[a].path(&(t as u32)), Path::Direct);
@@ -894,7 +894,7 @@ mod tests {
         let requests = net
             .log
             .iter()
-            .filter(|&&(f, _, k)| f == a && k == 17)
+            .filter(|&&(f, _, k)| f == a && k == 24)
             .count();
         assert!(requests <= super::ATTEMPTS * 2, "{requests} punch requests");
         let _ = Message::<u32>::decode(&[]);
