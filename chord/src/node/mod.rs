@@ -1505,6 +1505,20 @@ impl<A: Address> LocalNode<A> {
         }
         self.stats.lookups_forwarded += 1;
         let mut m = m;
+        if !m.joining && m.via.as_ref() == Some(&self.me.addr) && m.origin.addr == from {
+            // The first hop of an origin behind a NAT, asked to relay.
+            self.relays
+                .retain(|r| r.until > now && r.lookup != m.lookup);
+            if self.relays.len() < JOIN_RELAYS {
+                self.relays.push(Relay {
+                    to: from.clone(),
+                    lookup: m.lookup,
+                    until: now + self.cfg.lookup_timeout,
+                });
+            } else {
+                m.via = None;
+            }
+        }
         if m.joining && m.via.is_none() && m.origin.addr == from && from != self.me.addr {
             // A joiner's first hop: the answer comes back through here,
             // since the joiner may be behind a NAT that lets in only us.
@@ -1723,6 +1737,12 @@ impl<A: Address> LocalNode<A> {
                 let (to, id) = (n.addr.clone(), n.id);
                 let mut msg = msg;
                 msg.hops = msg.hops.saturating_add(1);
+                if self.behind_nat() && msg.origin.id == self.me.id && !msg.joining {
+                    // The answer comes from the key's predecessor, which
+                    // this node's NAT would not let in: the first hop,
+                    // which it sends to, relays it (see `FindSuccessor::via`).
+                    msg.via = Some(to.clone());
+                }
                 self.forward(msg, to, Some(id), exclude, now);
                 return;
             }

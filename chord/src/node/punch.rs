@@ -211,6 +211,13 @@ impl<A: Address> LocalNode<A> {
         self.punch.reach
     }
 
+    /// Whether this node sits behind a NAT without a mapping (as its
+    /// driver said, [`set_reach`](Self::set_reach)): the answers to its
+    /// lookups come back through their first hop.
+    pub(super) fn behind_nat(&self) -> bool {
+        matches!(self.punch.reach, Reach::Nat | Reach::Symmetric)
+    }
+
     /// How this node reaches the peer at `addr`.
     pub fn path(&self, addr: &A) -> Path {
         if self.punch.paths.contains_key(addr) {
@@ -940,5 +947,52 @@ mod tests {
         assert_eq!(net.nodes[j].successor().map(|n| n.addr), Some(t as u32));
         assert_eq!(net.nodes[j].stats().punches_succeeded, 1);
         assert_eq!(net.nodes[j].path(&(t as u32)), Path::Punched);
+    }
+
+    /// A ring of eight that know only their neighbours, o (0x20) behind a
+    /// NAT; o looks up a key just past a node k (0x70) its NAT is closed
+    /// to, so that k answers. Told it is behind a NAT, o has its first hop relay the
+    /// answer; not told, the answer is lost at its NAT. Returns o's events
+    /// and the owner's id.
+    fn far_lookup(reach: Reach) -> (Vec<Event<u32>>, Hash) {
+        let mut net = Net::new();
+        let firsts = [0x10, 0x20, 0x30, 0x50, 0x70, 0x90, 0xb0, 0xd0];
+        net.add(firsts[0], false, quiet(), None);
+        net.run(Duration::from_millis(100));
+        for f in &firsts[1..] {
+            net.add(*f, *f == 0x20, quiet(), Some(0));
+            net.run(Duration::from_secs(2));
+        }
+        net.run(Duration::from_secs(5));
+        let o = 1;
+        net.nodes[o].set_reach(reach);
+        // Its NAT forgets the flows to all but its ring neighbours (idle
+        // for longer than its timeout, say).
+        let near =
+            [net.nodes[o].successor(), net.nodes[o].predecessor()].map(|n| n.map(|n| n.addr));
+        net.opened
+            .retain(|&(i, a)| i != o || near.contains(&Some(a)));
+        let k = 4;
+        assert!(!near.contains(&Some(k as u32)));
+        let mut key = [0u8; 32];
+        key[0] = firsts[k];
+        key[31] = 1;
+        let now = net.now;
+        net.nodes[o].lookup(Hash::from_bytes(key), now);
+        net.run(Duration::from_secs(3));
+        let events = std::iter::from_fn(|| net.nodes[o].poll_event()).collect();
+        (events, id(firsts[k + 1]))
+    }
+
+    #[test]
+    fn lookups_from_behind_a_nat_are_answered_through_their_first_hop() {
+        let done = |(ev, want): &(Vec<Event<u32>>, Hash)| {
+            ev.iter()
+                .any(|e| matches!(e, Event::LookupDone { owner, .. } if owner.id == *want))
+        };
+        let relayed = far_lookup(Reach::Nat);
+        assert!(done(&relayed), "{:?}", relayed.0);
+        let lost = far_lookup(Reach::Unknown);
+        assert!(!done(&lost), "{:?}", lost.0);
     }
 }
