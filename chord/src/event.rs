@@ -299,4 +299,7 @@ pub struct Stats {
     /// Keepalives sent on punched paths that were quiet for
     /// `Config::keepalive_interval`.
     pub keepalives_sent: u64,
+    /// Owners of unconfirmed sends' targets looked up and probed by this
+    /// node behind a NAT, to open its NAT to their confirmations.
+    pub reach_probes: u64,
 }

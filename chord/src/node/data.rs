@@ -936,6 +936,14 @@ impl<A: Address> LocalNode<A> {
                     reason,
                 });
             } else {
+                if self.behind_nat() {
+                    // Unconfirmed: maybe the destination's confirmations
+                    // find this node's NAT closed. Probe it directly.
+                    let key = match o.target {
+                        Target::Key(k) | Target::Node(k) => k,
+                    };
+                    self.reach_out(key, now);
+                }
                 self.send_attempt(id, now);
             }
         }

@@ -176,6 +176,10 @@ enum Purpose {
     User,
     Join,
     Finger(u32),
+    /// The owner of a key an unconfirmed send of this node (behind a
+    /// NAT) goes to: it is probed directly, which opens the NAT to its
+    /// confirmations (see `punch.rs`).
+    Reach,
 }
 
 #[derive(Clone, Debug)]
@@ -503,9 +507,17 @@ impl<A: Address> LocalNode<A> {
                 "maintenance lookups",
                 self.lookups
                     .values()
-                    .filter(|l| l.purpose != Purpose::User)
+                    .filter(|l| !matches!(l.purpose, Purpose::User | Purpose::Reach))
                     .count(),
                 Hash::BITS as usize + 1,
+            ),
+            (
+                "reach lookups",
+                self.lookups
+                    .values()
+                    .filter(|l| l.purpose == Purpose::Reach)
+                    .count(),
+                punch::REACH_LOOKUPS,
             ),
         ];
         for (what, len, max) in bounds {
@@ -1816,6 +1828,7 @@ impl<A: Address> LocalNode<A> {
                 owner,
                 hops,
             }),
+            Purpose::Reach => self.reached(owner, now),
             Purpose::Finger(bucket) => {
                 if !self.is_dead(&owner.id, now) {
                     if self.admissible(&owner) {
@@ -1863,7 +1876,7 @@ impl<A: Address> LocalNode<A> {
                 };
                 self.fail_join(reason);
             }
-            Purpose::Finger(_) => {}
+            Purpose::Finger(_) | Purpose::Reach => {}
         }
     }
 

@@ -49,6 +49,9 @@ const SESSIONS: usize = 16;
 const INTRODUCTIONS: usize = 32;
 /// Failed punches remembered (the oldest is forgotten first).
 const FAILURES: usize = 64;
+/// Lookups of the owners of unconfirmed sends' targets at once (see
+/// [`LocalNode::reach_out`]).
+pub(super) const REACH_LOOKUPS: usize = 8;
 /// Lookup answers remembered as the introducers of the owners they name.
 const INTRODUCERS: usize = 8;
 
@@ -216,6 +219,41 @@ impl<A: Address> LocalNode<A> {
     /// lookups come back through their first hop.
     pub(super) fn behind_nat(&self) -> bool {
         matches!(self.punch.reach, Reach::Nat | Reach::Symmetric)
+    }
+
+    /// A send of this node behind a NAT to `key` went unconfirmed for an
+    /// attempt: the destination's `Delivered` goes straight to this node,
+    /// whose NAT lets in only peers it has sent to, and the message went
+    /// through others. The key's owner is looked up (the answer comes
+    /// through the first hop) and probed, which opens the NAT to it (or,
+    /// if it is behind a NAT too, punches); the next attempt's
+    /// confirmation gets in.
+    pub(super) fn reach_out(&mut self, key: Hash, now: Instant) {
+        if self.phase != Phase::Joined {
+            return;
+        }
+        let mut running = 0;
+        for l in self.lookups.values() {
+            if l.purpose == super::Purpose::Reach {
+                if l.key == key {
+                    return;
+                }
+                running += 1;
+            }
+        }
+        if running >= REACH_LOOKUPS {
+            return;
+        }
+        self.stats.reach_probes += 1;
+        let id = self.start_lookup(key, super::Purpose::Reach, now);
+        self.lookup_attempt(id, now);
+    }
+
+    /// The owner of an unconfirmed send's target: probed.
+    pub(super) fn reached(&mut self, owner: NodeRef<A>, now: Instant) {
+        // Probed even if it answered once: this node's NAT may have
+        // forgotten the flow since.
+        self.admit(owner, super::Role::Finger, now);
     }
 
     /// How this node reaches the peer at `addr`.
@@ -949,12 +987,9 @@ mod tests {
         assert_eq!(net.nodes[j].path(&(t as u32)), Path::Punched);
     }
 
-    /// A ring of eight that know only their neighbours, o (0x20) behind a
-    /// NAT; o looks up a key just past a node k (0x70) its NAT is closed
-    /// to, so that k answers. Told it is behind a NAT, o has its first hop relay the
-    /// answer; not told, the answer is lost at its NAT. Returns o's events
-    /// and the owner's id.
-    fn far_lookup(reach: Reach) -> (Vec<Event<u32>>, Hash) {
+    /// The ring of eight of `far_lookup`, settled, o's NAT closed to all
+    /// but its ring neighbours: the net, o, and the nodes' first id bytes.
+    fn natted_ring(reach: Reach) -> (Net, usize, [u8; 8]) {
         let mut net = Net::new();
         let firsts = [0x10, 0x20, 0x30, 0x50, 0x70, 0x90, 0xb0, 0xd0];
         net.add(firsts[0], false, quiet(), None);
@@ -972,8 +1007,18 @@ mod tests {
             [net.nodes[o].successor(), net.nodes[o].predecessor()].map(|n| n.map(|n| n.addr));
         net.opened
             .retain(|&(i, a)| i != o || near.contains(&Some(a)));
+        assert!(!near.contains(&Some(4)));
+        (net, o, firsts)
+    }
+
+    /// A ring of eight that know only their neighbours, o (0x20) behind a
+    /// NAT; o looks up a key just past a node k (0x70) its NAT is closed
+    /// to, so that k answers. Told it is behind a NAT, o has its first hop relay the
+    /// answer; not told, the answer is lost at its NAT. Returns o's events
+    /// and the owner's id.
+    fn far_lookup(reach: Reach) -> (Vec<Event<u32>>, Hash) {
+        let (mut net, o, firsts) = natted_ring(reach);
         let k = 4;
-        assert!(!near.contains(&Some(k as u32)));
         let mut key = [0u8; 32];
         key[0] = firsts[k];
         key[31] = 1;
@@ -994,5 +1039,36 @@ mod tests {
         assert!(done(&relayed), "{:?}", relayed.0);
         let lost = far_lookup(Reach::Unknown);
         assert!(!done(&lost), "{:?}", lost.0);
+    }
+
+    /// o, behind a NAT, sends to a node its NAT is closed to, through
+    /// others: the confirmation is lost at its NAT until o, told it is
+    /// behind one, looks the destination up and probes it; then a retry is
+    /// confirmed. Not told, the send fails.
+    fn far_send(reach: Reach) -> (Vec<Event<u32>>, u64) {
+        let (mut net, o, firsts) = natted_ring(reach);
+        let now = net.now;
+        net.nodes[o]
+            .send(Target::Node(id(firsts[4])), b"far".to_vec(), 0, now)
+            .unwrap();
+        net.run(Duration::from_secs(12));
+        let events = std::iter::from_fn(|| net.nodes[o].poll_event()).collect();
+        (events, net.nodes[o].stats().reach_probes)
+    }
+
+    #[test]
+    fn sends_from_behind_a_nat_are_confirmed_once_the_destination_is_probed() {
+        let (ev, probes) = far_send(Reach::Nat);
+        assert!(
+            ev.iter().any(|e| matches!(e, Event::Delivered { .. })),
+            "{ev:?}"
+        );
+        assert!(probes >= 1);
+        let (ev, probes) = far_send(Reach::Unknown);
+        assert!(
+            ev.iter().any(|e| matches!(e, Event::SendFailed { .. })),
+            "{ev:?}"
+        );
+        assert_eq!(probes, 0);
     }
 }
