@@ -752,3 +752,70 @@ fn peers_behind_two_eim_nats_punch_a_direct_path() {
     }
     eprintln!("punches that opened a path: {punched}");
 }
+
+/// A swarm of nine over two public hosts (five peers) and four LANs
+/// behind endpoint-independent NATs without mapping (one peer each: two
+/// behind one NAT would need its gateway to hairpin, which it does not),
+/// each joining through a public peer: the ring is correct, all 72 pairs'
+/// sends are confirmed and arrive once, and a broadcast from behind a NAT
+/// reaches every other peer once. Peers that must reach a NATed peer first
+/// punch (through the ring) to do it.
+#[test]
+fn a_swarm_with_peers_behind_eim_nats_is_whole() {
+    let _g = heavy();
+    let knobs = [
+        ("NETLAB_PUBLIC", "2"),
+        ("NETLAB_LANS", "4"),
+        ("NETLAB_HOSTS", "1"),
+        ("NETLAB_NAT", "eim"),
+        ("NETLAB_UPNP", "no"),
+        ("NETLAB_NATPMP", "no"),
+    ];
+    let Some(lab) = Lab::up("punch_swarm", &knobs) else {
+        return;
+    };
+    let (pub1, pub2) = (lab.ip("pub1"), lab.ip("pub2"));
+    let first = format!("{pub1}:43001");
+    let second = format!("{pub2}:43004");
+    let plan: [(&str, &str, Option<&str>); 9] = [
+        ("pub1", "0.0.0.0:43001", None),
+        ("pub1", "0.0.0.0:43002", Some(&first)),
+        ("pub1", "0.0.0.0:43003", Some(&first)),
+        ("pub2", "0.0.0.0:43004", Some(&first)),
+        ("pub2", "0.0.0.0:43005", Some(&second)),
+        ("lan1-1", "0.0.0.0:43006", Some(&first)),
+        ("lan2-1", "0.0.0.0:43007", Some(&second)),
+        ("lan3-1", "0.0.0.0:43008", Some(&first)),
+        ("lan4-1", "0.0.0.0:43009", Some(&second)),
+    ];
+    let mut nodes: Vec<Node> = Vec::new();
+    for (role, bind, join) in plan {
+        nodes.push(start(&lab, role, bind, join, &[]));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[0].all(is("address")).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    for n in nodes.iter_mut() {
+        refresh(n);
+    }
+    for (k, n) in nodes[5..].iter().enumerate() {
+        let gw = format!("gw{}", k + 1);
+        assert_eq!(
+            ip_of(&n.addr),
+            lab.ip(&gw),
+            "{gw}: a NATed peer announces its mapping"
+        );
+    }
+    let all: Vec<usize> = (0..nodes.len()).collect();
+    wait_ring(&mut nodes, &all, Duration::from_secs(40)).expect("the ring of nine");
+    all_pairs(&mut nodes, &all, &all, "swarm").expect("all 72 pairs");
+    broadcast_reaches_all(&mut nodes, &all, 8, "bcast-from-lan4");
+    let mut punched = 0;
+    for node in nodes.iter_mut() {
+        let s = stats_of(node);
+        punched += s["punches_succeeded"].as_u64().unwrap_or(0);
+    }
+    eprintln!("punches that opened a path in the swarm of nine: {punched}");
+    assert!(punched >= 1, "nobody needed a punch");
+}
