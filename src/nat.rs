@@ -28,8 +28,10 @@ pub enum NatStatus {
         external: SocketAddr,
     },
     /// Behind a NAT that maps nothing for it (at least one peer sees it at
-    /// another address than its own): it can reach others, but no peer on
-    /// that side can reach it first (until hole punching or relays).
+    /// another address than its own): it can reach others, and peers on
+    /// that side reach it first only through a hole punched in its NAT
+    /// (which works when the NAT maps endpoint-independently; see
+    /// `docs/nat.md`, "Hole punching").
     BehindNat {
         /// The address the latest observer sees it at (the NAT's mapping
         /// towards that observer).
