@@ -294,6 +294,10 @@ impl<A: Address> LocalNode<A> {
         if target.id == self.me.id || target.addr == self.me.addr {
             return;
         }
+        // A session whose requests were dropped wholesale (a failed join,
+        // a leave) is forgotten once a lookup's time has passed.
+        let stale = self.cfg.lookup_timeout;
+        self.punch.sessions.retain(|s| now < s.asked_at + stale);
         if self.punch.sessions.iter().any(|s| s.target.id == target.id) {
             return;
         }
