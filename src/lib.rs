@@ -42,6 +42,7 @@ mod ouro_link;
 mod peer;
 mod remote;
 pub mod secure;
+pub mod stack;
 mod transport;
 mod view;
 
