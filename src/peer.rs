@@ -20,7 +20,7 @@ use crate::link::{Link, PeerLink, UdpLink};
 use crate::nat::NatStatus;
 use crate::ouro_link::{FlowStats, FlowStatsHandle, OuroborosLink};
 use crate::remote::{node_id, Delivery, RemoteNode, Route, SendTarget};
-use crate::secure::{SecureLink, SecureStats, SecureStatsHandle};
+use crate::secure::SecureStats;
 use crate::transport::Transport;
 use crate::view::SelfView;
 
@@ -83,8 +83,6 @@ struct Bound {
     handle: RwLock<Option<Driver>>,
     inbox: tokio::sync::Mutex<mpsc::Receiver<Incoming<PeerAddr>>>,
     counters: Arc<Counters>,
-    /// The keyed link's counters, with a swarm key.
-    secure: Option<SecureStatsHandle<PeerAddr>>,
     /// The Ouroboros link's counters, over Ouroboros.
     ouroboros: Option<FlowStatsHandle>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -354,18 +352,9 @@ impl SwarmPeer {
             PeerLink::Ouroboros(l) => Some(l.stats_handle()),
             PeerLink::Udp(_) => None,
         };
-        let ((handle, task), secure) = match self.cfg.swarm_key.clone() {
-            Some(key) => {
-                let link = SecureLink::with_config(link, key, self.cfg.secure.clone());
-                let stats = link.stats_handle();
-                let (shared, task) = spawn_driver(link, parts)?;
-                ((Driver::Keyed(shared), task), Some(stats))
-            }
-            None => {
-                let (shared, task) = spawn_driver(link, parts)?;
-                ((Driver::Plain(shared), task), None)
-            }
-        };
+        // Keyed or not, over either link: one driver, whose stack seals
+        // when the configuration holds a swarm key.
+        let (handle, task) = spawn_driver(link, parts)?;
         tracing::debug!(id = %me.id.short(), %local, %external, "bound");
         self.bound = Some(Bound {
             view,
@@ -373,7 +362,6 @@ impl SwarmPeer {
             handle: RwLock::new(Some(handle)),
             inbox: tokio::sync::Mutex::new(in_rx),
             counters,
-            secure,
             ouroboros,
             task: Mutex::new(Some(task)),
             mapped: mapping.as_ref().map(|m| m.external_addr()),
@@ -480,10 +468,10 @@ impl SwarmPeer {
             Ok(r) => r?,
             Err(_) => Err(Error::Timeout),
         };
-        match (&r, &self.bound()?.secure) {
+        match (&r, self.bound()?.handle()) {
             // Say why when the keyed link never got through.
-            (Err(Error::Timeout | Error::Join(chord::JoinError::Unreachable)), Some(s))
-                if !s.has_session(&bootstrap) =>
+            (Err(Error::Timeout | Error::Join(chord::JoinError::Unreachable)), Some(h))
+                if !h.has_session(&bootstrap) =>
             {
                 Err(Error::NoHandshake(bootstrap))
             }
@@ -701,7 +689,7 @@ impl SwarmPeer {
             link_errors: c.link_errors.load(Ordering::Relaxed),
             link_sends: c.link_sends.load(Ordering::Relaxed),
             outcomes: &c.outcomes,
-            secure: b.secure.as_ref().map(SecureStatsHandle::get),
+            secure: snap.secure.clone(),
             flows: b.ouroboros.as_ref().map(FlowStatsHandle::get),
         }))
     }
@@ -777,7 +765,8 @@ impl SwarmPeer {
 
     /// The counters.
     pub async fn stats(&self) -> Result<PeerStats> {
-        let core = self.snapshot().await?.stats;
+        let snap = self.snapshot().await?;
+        let (core, secure) = (snap.stats, snap.secure);
         let c = &self.bound()?.counters;
         Ok(PeerStats {
             recv_overflow: core.dropped_no_room,
@@ -788,7 +777,7 @@ impl SwarmPeer {
             link_sends: c.link_sends.load(Ordering::Relaxed),
             link_parked: c.link_parked.load(Ordering::Relaxed),
             driver_wakeups: c.driver_wakeups.load(Ordering::Relaxed),
-            secure: self.bound()?.secure.as_ref().map(SecureStatsHandle::get),
+            secure,
             ouroboros: self.bound()?.ouroboros.as_ref().map(FlowStatsHandle::get),
         })
     }
@@ -836,67 +825,8 @@ type DriverParts = (
     Arc<Counters>,
 );
 
-/// A peer's driver, over either link it can have. An enum rather than a
-/// trait object, so that the calls that wait (`flush`, `receive_claimed`)
-/// return their futures as they are, not boxed: two heap allocations and
-/// copies of the future's state less on every lone call.
-#[derive(Clone)]
-enum Driver {
-    Plain(Arc<Shared<PeerLink>>),
-    Keyed(Arc<Shared<SecureLink<PeerLink>>>),
-}
-
-/// `$e` with `$d` bound to the driver of either variant.
-macro_rules! either {
-    ($self:expr, $d:ident => $e:expr) => {
-        match $self {
-            Driver::Plain($d) => $e,
-            Driver::Keyed($d) => $e,
-        }
-    };
-}
-
-impl Handle<PeerAddr> for Driver {
-    fn submit(
-        &self,
-        c: Command<PeerAddr>,
-        lone: bool,
-    ) -> std::result::Result<Flush, Command<PeerAddr>> {
-        either!(self, d => d.submit(c, lone))
-    }
-
-    fn queue(&self) -> &mpsc::Sender<Command<PeerAddr>> {
-        either!(self, d => d.queue())
-    }
-
-    fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush> {
-        either!(self, d => d.datagram(target, payload))
-    }
-
-    async fn flush(&self, how: Flush) {
-        either!(self, d => d.flush(how).await)
-    }
-
-    fn claim_receive(&self, cx: &mut std::task::Context<'_>) -> bool {
-        either!(self, d => d.claim_receive(cx))
-    }
-
-    fn release_receive(&self) {
-        either!(self, d => d.release_receive())
-    }
-
-    async fn receive_claimed(&self) {
-        either!(self, d => d.receive_claimed().await)
-    }
-
-    fn close(&self) {
-        either!(self, d => d.close())
-    }
-
-    fn is_closed(&self) -> bool {
-        either!(self, d => d.is_closed())
-    }
-}
+/// A peer's driver, over either link it can have, keyed or not.
+type Driver = Arc<Shared<PeerLink>>;
 
 /// A caller's claim to receive from the link ([`Handle::claim_receive`]),
 /// given up when dropped: the call returned, stopped being lone, or was
@@ -909,11 +839,8 @@ impl Drop for Claimed<'_> {
     }
 }
 
-/// Starts the driver over `link` (keyed or not) on the current runtime.
-fn spawn_driver<L: Link<Addr = PeerAddr>>(
-    link: L,
-    parts: DriverParts,
-) -> Result<(Arc<Shared<L>>, JoinHandle<()>)> {
+/// Starts the driver over `link` on the current runtime.
+fn spawn_driver(link: PeerLink, parts: DriverParts) -> Result<(Driver, JoinHandle<()>)> {
     let (view, cfg, seed, inbox, hooks, counters) = parts;
     let (shared, queue) = Shared::new(link, view, cfg, seed, inbox, hooks, counters)?;
     let shared = Arc::new(shared);
