@@ -230,5 +230,11 @@ fn datagrams_of_one_size_leave_in_runs_and_arrive_whole_keyed_or_not() {
             .filter(|(from, _, d)| *from == a && d.len() > 1_000)
             .count();
         assert!((1..=4).contains(&runs), "{runs} runs for 40 datagrams");
+        // The payload crosses the wire in the clear only without a key.
+        let clear = sim
+            .wire
+            .iter()
+            .any(|(_, _, d)| d.windows(300).any(|w| w == [0x55; 300]));
+        assert_eq!(clear, k.is_none(), "keyed: {}", k.is_some());
     }
 }
