@@ -67,7 +67,8 @@ thread_local! {
 /// is keyed, and the runs waiting to leave (see the module documentation).
 pub struct Stack<A> {
     node: LocalNode<A>,
-    seal: Option<SecureCore<A>>,
+    /// Boxed: an unkeyed peer pays a pointer for it, not the seal's tables.
+    seal: Option<Box<SecureCore<A>>>,
     runs: Runs<A>,
     /// Whether plaintext copies of what leaves are kept for
     /// [`poll_sent`](Self::poll_sent).
@@ -80,7 +81,7 @@ impl<A: Address> Stack<A> {
     pub fn new(node: LocalNode<A>, seal: Option<SecureCore<A>>) -> Self {
         Stack {
             node,
-            seal,
+            seal: seal.map(Box::new),
             runs: Runs::default(),
             watch_sent: false,
             sent: VecDeque::new(),
@@ -105,7 +106,7 @@ impl<A: Address> Stack<A> {
 
     /// The seal's counters, in a keyed swarm.
     pub fn seal_stats(&self) -> Option<SecureStats> {
-        self.seal.as_ref().map(SecureCore::stats)
+        self.seal.as_deref().map(SecureCore::stats)
     }
 
     /// Whether datagrams to and from `peer` are authenticated: a keyed
@@ -204,6 +205,9 @@ impl<A: Address> Stack<A> {
         if let Some(t) = self.runs.pop() {
             return Some(t);
         }
+        if self.queued_transmits() == 0 {
+            return None;
+        }
         self.gather(now, batching);
         self.runs.pop()
     }
@@ -245,7 +249,7 @@ impl<A: Address> Stack<A> {
     pub fn queued_transmits(&self) -> usize {
         self.node.queued_transmits()
             + self.runs.len()
-            + self.seal.as_ref().map_or(0, SecureCore::queued_transmits)
+            + self.seal.as_deref().map_or(0, SecureCore::queued_transmits)
     }
 
     /// Keeps (`true`) or stops keeping a plaintext copy of every datagram
@@ -272,7 +276,7 @@ impl<A: Address> Stack<A> {
     /// When [`handle_timeout`](Self::handle_timeout) wants to run: the
     /// earlier of the node's and the seal's timers.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let seal = self.seal.as_ref().map(SecureCore::poll_timeout);
+        let seal = self.seal.as_deref().map(SecureCore::poll_timeout);
         match (self.node.poll_timeout(), seal) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -10,6 +10,8 @@ use bytes::Bytes;
 /// Most runs gathered at once (distinct destinations and sizes): past it
 /// the oldest leaves as it is.
 const MAX_RUNS: usize = 8;
+/// Runs the ready queue keeps room for between bursts.
+const READY_KEPT: usize = 16;
 
 /// Datagrams of one size to one destination, back to back: what a link
 /// sends in one call (quinn-proto's `Transmit` with its `segment_size`).
@@ -152,9 +154,14 @@ impl<A: PartialEq> Runs<A> {
         }
     }
 
-    /// The next ready run.
+    /// The next ready run. The queue's room goes once it is empty past a
+    /// few runs: an idle peer keeps none of a burst's.
     pub(super) fn pop(&mut self) -> Option<Transmit<A>> {
-        self.ready.pop_front()
+        let t = self.ready.pop_front();
+        if self.ready.is_empty() && self.ready.capacity() > READY_KEPT {
+            self.ready = VecDeque::new();
+        }
+        t
     }
 
     /// Runs ready or still open.
