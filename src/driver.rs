@@ -1,11 +1,11 @@
-//! The driver: the [`LocalNode`] behind a lock, shared by the peer's
+//! The driver: the peer's [`Stack`] behind a lock, shared by the peer's
 //! background task and the application's calls.
 //!
-//! The background task ([`Shared::run`]) feeds the node the datagrams the
-//! link receives and the passing of time. An application call (`send`,
-//! `get_route`, `connect`...) made while at most [`DIRECT_SENDS`] calls are
-//! under way runs on the caller's own task: it takes the lock, hands the
-//! node its command, delivers the events that follow, sends the datagrams
+//! The background task ([`Shared::run`]) feeds the stack the datagrams the
+//! link receives and the passing of time. An application call
+//! ([`Shared::call`]: `send`, `get_route`, `connect`...) made while at most
+//! [`DIRECT_SENDS`] calls are under way runs on the caller's own task: it
+//! takes the lock, hands the stack its command, delivers the events that follow, sends the datagrams
 //! its command made and (over UDP) receives its reply itself, so a lone
 //! send crosses no hand-off to another task (hand-offs are most of a round
 //! trip's cost on loopback). One such caller at a time holds the *claim*
@@ -187,17 +187,12 @@ pub(crate) trait Handle<A>: Send + Sync {
     /// that follow; says who sends the datagrams it made. After
     /// [`close`](Self::close), `c` is dropped (its reply says `Closed`).
     /// Under load (`lone` false: more than [`DIRECT_SENDS`] calls under
-    /// way) `c` comes back: the caller hands it to the background task
-    /// through [`queue`](Self::queue) instead.
+    /// way) `c` comes back: [`Shared::call`] hands it to the background
+    /// task through the command queue instead.
     fn submit(&self, c: Command<A>, lone: bool) -> Result<Flush, Command<A>>;
-    /// The background task's command queue (bounded: callers wait when it
-    /// is full).
-    fn queue(&self) -> &mpsc::Sender<Command<A>>;
     /// Hands the core an unconfirmed datagram
     /// ([`chord::LocalNode::send_datagram`]); says who sends it.
     fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush, Error>;
-    /// Sends what the core has queued, as [`Flush`] says.
-    fn flush(&self, how: Flush) -> impl Future<Output = ()> + Send + '_;
     /// Makes the task of `cx` the one task that receives from the link
     /// ([`Link::claim_receive`]), until
     /// [`release_receive`](Self::release_receive); false when another
@@ -469,6 +464,82 @@ impl<L: Link> Shared<L> {
         Ok((shared, queue))
     }
 
+    /// Runs one application command and waits for its reply: the one
+    /// entry of the API into the driver. `make` builds the command around
+    /// its reply sender.
+    ///
+    /// A call made while at most [`DIRECT_SENDS`] are under way runs on
+    /// the caller's task (see the module documentation): the command goes
+    /// to the stack at once, the caller sends what it made if the flush
+    /// role is free, and a call answered over the network (a send, a
+    /// join, a lookup) takes the link's claim to receive before anything
+    /// leaves and receives its reply itself while it stays lone. Under
+    /// load the command goes through the queue to the background task,
+    /// which batches.
+    pub(crate) async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command<L::Addr>,
+    ) -> Result<T, Error> {
+        let (_call, lone) = Call::start(&self.counters);
+        let (tx, mut rx) = oneshot::channel();
+        let command = make(tx);
+        // Calls answered at once (`peers`, `stats`) take no claim.
+        let networked = matches!(
+            command,
+            Command::Send { .. } | Command::Join { .. } | Command::Lookup { .. }
+        );
+        let claim = if lone && networked {
+            std::future::poll_fn(|cx| Poll::Ready(self.claim_receive(cx)))
+                .await
+                .then(|| Claimed(self))
+        } else {
+            None
+        };
+        let how = match self.submit(command, lone) {
+            Ok(how) => how,
+            Err(c) => {
+                // Under load: to the background task (waiting while its
+                // queue is full), which sends in runs.
+                self.commands.send(c).await.map_err(|_| Error::Closed)?;
+                Flush::No
+            }
+        };
+        // Only a call that sends its own datagrams receives: one that must
+        // wait to send (back-pressure), or left them to the background
+        // task (under load), gives the claim up at once.
+        let claim = claim.filter(|_| how == Flush::Try);
+        self.flush_now(how).await;
+        if claim.is_some() {
+            // Only while the call stays lone: once others are under way,
+            // receiving (and sending what each datagram makes, one at a
+            // time) is left to the background task, which batches.
+            while Call::lone(&self.counters) {
+                // Looked at, never waited on (see `receive_claimed`).
+                match rx.try_recv() {
+                    Ok(r) => return Ok(r),
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                self.receive_claimed().await;
+            }
+        }
+        // Given up before waiting: the background task receives the reply.
+        drop(claim);
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Hands the stack an unconfirmed datagram and sends it as the flush
+    /// role says (see [`call`](Self::call)).
+    pub(crate) async fn send_unconfirmed(
+        &self,
+        target: chord::Target,
+        payload: &[u8],
+    ) -> Result<(), Error> {
+        let how = self.datagram(target, payload)?;
+        self.flush_now(how).await;
+        Ok(())
+    }
+
     /// Whether datagrams to and from `peer` are authenticated: a keyed
     /// handshake with it completed (always true without a key, and false
     /// once closed).
@@ -644,9 +715,9 @@ impl<L: Link> Shared<L> {
     /// core's next deadline before the one the background task sleeps
     /// until (a caller that received it must then wake the task), and
     /// whether datagrams wait to be sent.
-    fn datagram(&self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) -> (bool, bool) {
+    fn handle_received(&self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) -> (bool, bool) {
         self.with(|st| {
-            st.datagram(r, buf, &self.counters);
+            st.handle_and_deliver(r, buf, &self.counters);
             let queued = st.stack.queued_transmits() + st.parked.len() > 0;
             (st.deadline_moved_earlier(), queued)
         })
@@ -796,6 +867,17 @@ impl<L: Link> Shared<L> {
         if made == Some(true) {
             self.wake.notify_one();
         }
+    }
+}
+
+/// A caller's claim to receive from the link ([`Handle::claim_receive`]),
+/// given up when dropped: the call returned, stopped being lone, or was
+/// cancelled.
+struct Claimed<'a, L: Link>(&'a Shared<L>);
+
+impl<L: Link> Drop for Claimed<'_, L> {
+    fn drop(&mut self) {
+        self.0.release_receive();
     }
 }
 
@@ -999,10 +1081,6 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
         Ok(self.after_call(g))
     }
 
-    fn queue(&self) -> &mpsc::Sender<Command<L::Addr>> {
-        &self.commands
-    }
-
     fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush, Error> {
         let mut g = lock(&self.state);
         let Some(st) = g.as_mut() else {
@@ -1010,10 +1088,6 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
         };
         st.stack.send_datagram(target, payload, Instant::now())?;
         Ok(self.after_call(g))
-    }
-
-    fn flush(&self, how: Flush) -> impl Future<Output = ()> + Send + '_ {
-        self.flush_now(how)
     }
 
     fn claim_receive(&self, cx: &mut std::task::Context<'_>) -> bool {
@@ -1045,7 +1119,7 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
         };
         let (earlier, queued) = {
             let _handling = ClaimantHandling::enter();
-            self.datagram(r, &buf.buf)
+            self.handle_received(r, &buf.buf)
         };
         if earlier || self.link.holds_received() {
             // A timer due before the background task's, or the rest of
@@ -1185,7 +1259,12 @@ impl<L: Link> State<L> {
 
     /// Hands a received datagram (or the link's error) to the core and
     /// delivers the events that follow.
-    fn datagram(&mut self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8], counters: &Counters) {
+    fn handle_and_deliver(
+        &mut self,
+        r: std::io::Result<(usize, L::Addr)>,
+        buf: &[u8],
+        counters: &Counters,
+    ) {
         self.handle(r, buf, counters);
         self.events();
     }

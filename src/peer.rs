@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
-use crate::driver::{Call, Command, Counters, Flush, Handle, Incoming, Shared, Snapshot};
+use crate::driver::{Command, Counters, Handle, Incoming, Shared, Snapshot};
 use crate::error::{Error, Result};
 use crate::hooks::{HookQueue, Hooks};
 use crate::link::{Link, PeerLink, UdpLink};
@@ -375,67 +375,14 @@ impl SwarmPeer {
         self.bound.as_ref().ok_or(Error::NotBound)
     }
 
-    /// Hands the core a command on this task, sends the datagrams it made
-    /// when that falls to this task, and waits for the reply.
+    /// Runs a command through the driver and waits for its reply (see
+    /// `Shared::call`).
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command<PeerAddr>,
     ) -> Result<T> {
-        let b = self.bound()?;
-        let handle = b.handle().ok_or(Error::Closed)?;
-        let (_call, lone) = Call::start(&b.counters);
-        let (tx, rx) = oneshot::channel();
-        let command = make(tx);
-        // A lone call whose reply comes over the network receives it
-        // itself (see below); the claim to do so is taken before anything
-        // is sent. Calls answered at once (`peers`, `stats`) take none.
-        let networked = matches!(
-            command,
-            Command::Send { .. } | Command::Join { .. } | Command::Lookup { .. }
-        );
-        let claim = if lone && networked {
-            std::future::poll_fn(|cx| std::task::Poll::Ready(handle.claim_receive(cx)))
-                .await
-                .then(|| Claimed(&handle))
-        } else {
-            None
-        };
-        let how = match handle.submit(command, lone) {
-            Ok(how) => how,
-            Err(c) => {
-                // Under load: to the background task (waiting while its
-                // queue is full), which sends in runs.
-                handle.queue().send(c).await.map_err(|_| Error::Closed)?;
-                Flush::No
-            }
-        };
-        // Only a call that sends its own datagrams receives: one that must
-        // wait to send (back-pressure), or left them to the background
-        // task (under load), gives the claim up at once.
-        let claim = claim.filter(|_| how == Flush::Try);
-        if how != Flush::No {
-            handle.flush(how).await;
-        }
-        let mut rx = rx;
-        if claim.is_some() {
-            // A lone call: its reply is received on this task too, so
-            // that it wakes no other task on the way. Only while the call
-            // stays lone: once others are under way, receiving (and
-            // sending what each datagram makes, one at a time) is left to
-            // the background task, which batches.
-            while Call::lone(&b.counters) {
-                // Looked at, never waited on (see `receive_claimed`).
-                match rx.try_recv() {
-                    Ok(r) => return Ok(r),
-                    Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
-                    Err(oneshot::error::TryRecvError::Empty) => {}
-                }
-                handle.receive_claimed().await;
-            }
-        }
-        // Given up before waiting: the background task receives the reply.
-        drop(claim);
-        rx.await.map_err(|_| Error::Closed)
+        let handle = self.bound()?.handle().ok_or(Error::Closed)?;
+        handle.call(make).await
     }
 
     /// Joins the swarm that the peer at `bootstrap` (a `SocketAddr` or a
@@ -569,11 +516,7 @@ impl SwarmPeer {
     ) -> Result<()> {
         let target = self.target(target.into()).await?;
         let handle = self.bound()?.handle().ok_or(Error::Closed)?;
-        let how = handle.datagram(target, data.as_ref())?;
-        if how != Flush::No {
-            handle.flush(how).await;
-        }
-        Ok(())
+        handle.send_unconfirmed(target, data.as_ref()).await
     }
 
     /// The core's target for `t`: a peer's id (derived from its address),
@@ -827,17 +770,6 @@ type DriverParts = (
 
 /// A peer's driver, over either link it can have, keyed or not.
 type Driver = Arc<Shared<PeerLink>>;
-
-/// A caller's claim to receive from the link ([`Handle::claim_receive`]),
-/// given up when dropped: the call returned, stopped being lone, or was
-/// cancelled.
-struct Claimed<'a>(&'a Driver);
-
-impl Drop for Claimed<'_> {
-    fn drop(&mut self) {
-        self.0.release_receive();
-    }
-}
 
 /// Starts the driver over `link` on the current runtime.
 fn spawn_driver(link: PeerLink, parts: DriverParts) -> Result<(Driver, JoinHandle<()>)> {
