@@ -47,7 +47,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use chord::{Address, Event, Hash, LocalNode, LookupId, MessageId, SendError, Target};
 
-use crate::secure::{SecureCore, SecureStats};
+use crate::secure::{SecureCore, SecureStats, DATA_OVERHEAD, MAX_PLAINTEXT};
 
 use output::Runs;
 pub use output::{Batching, Transmit};
@@ -205,8 +205,24 @@ impl<A: Address> Stack<A> {
         if let Some(t) = self.runs.pop() {
             return Some(t);
         }
-        if self.queued_transmits() == 0 {
-            return None;
+        match self.queued_transmits() {
+            0 => return None,
+            // A lone datagram without a key (a lone call's request, its
+            // acknowledgement): nothing to gather it with, it leaves as
+            // the node made it.
+            1 if self.seal.is_none() => {
+                let t = self.node.poll_transmit()?;
+                if self.watch_sent {
+                    self.sent.push_back(t.clone());
+                }
+                let segment_size = t.bytes.len().max(1);
+                return Some(Transmit {
+                    to: t.to,
+                    segment_size,
+                    bytes: t.bytes,
+                });
+            }
+            _ => {}
         }
         self.gather(now, batching);
         self.runs.pop()
@@ -226,6 +242,15 @@ impl<A: Address> Stack<A> {
                 // Sealed now, or queued while its handshake runs (a
                 // refusal is counted in the seal's statistics; the node
                 // retries what needs it).
+                Some(seal) if seal.can_seal(&t.to) && t.bytes.len() <= MAX_PLAINTEXT => {
+                    // Sealed straight into its run.
+                    let size = t.bytes.len() + DATA_OVERHEAD;
+                    let plain = &t.bytes;
+                    let to = t.to.clone();
+                    self.runs.push_with(t.to, size, b, |out| {
+                        seal.seal_segments(now, &to, plain, plain.len(), out)
+                    });
+                }
                 Some(seal) => {
                     let _ = seal.send(now, &t.to, &t.bytes);
                 }

@@ -133,9 +133,67 @@ impl<A: PartialEq> Runs<A> {
         }
     }
 
+    /// Adds a datagram of `size` bytes for `to` that `write` appends to
+    /// a buffer (false: it wrote nothing), straight into the open run of
+    /// its size and destination: a datagram made for the run (sealed) is
+    /// not copied into it afterwards.
+    pub(super) fn push_with(
+        &mut self,
+        to: A,
+        size: usize,
+        b: Batching,
+        write: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) {
+        if b.max_segments <= 1 || size > b.max_segment_size || size == 0 {
+            let mut bytes = Vec::with_capacity(size);
+            if write(&mut bytes) {
+                self.ready.push_back(Transmit {
+                    to,
+                    segment_size: size.max(1),
+                    bytes: bytes.into(),
+                });
+            }
+            return;
+        }
+        let at = match self.open.iter().position(|r| r.size == size && r.to == to) {
+            Some(at) => {
+                let r = &mut self.open[at];
+                if r.count == 1 && r.bytes.is_empty() {
+                    r.bytes.reserve(size * 2);
+                    r.bytes.extend_from_slice(&r.first);
+                }
+                if !write(&mut r.bytes) {
+                    return;
+                }
+                r.count += 1;
+                at
+            }
+            None => {
+                let mut bytes = Vec::with_capacity(size);
+                if !write(&mut bytes) {
+                    return;
+                }
+                if self.open.len() == MAX_RUNS {
+                    self.close(0);
+                }
+                self.open.push(Open {
+                    to,
+                    size,
+                    count: 1,
+                    first: Bytes::new(),
+                    bytes,
+                });
+                self.open.len() - 1
+            }
+        };
+        if self.open[at].count >= b.max_segments {
+            self.close(at);
+        }
+    }
+
     fn close(&mut self, at: usize) {
         let r = self.open.remove(at);
-        let bytes = if r.count > 1 {
+        let bytes = if r.count > 1 || !r.bytes.is_empty() {
             Bytes::from(r.bytes)
         } else {
             r.first
@@ -216,6 +274,31 @@ mod tests {
         let out = all(&mut r);
         assert_eq!(out.len(), 4);
         assert!(out.iter().all(|(_, size, b)| b.len() == *size));
+    }
+
+    #[test]
+    fn datagrams_written_into_runs_join_those_pushed_whole() {
+        let mut r = Runs::default();
+        r.push(1, Bytes::from_static(b"aa"), GSO);
+        r.push_with(1, 2, GSO, |v| {
+            v.extend_from_slice(b"bb");
+            true
+        });
+        r.push_with(2, 2, GSO, |v| {
+            v.extend_from_slice(b"cc");
+            true
+        });
+        r.push_with(2, 2, GSO, |_| false);
+        r.push_with(3, 200, GSO, |v| {
+            v.resize(200, 7);
+            true
+        });
+        // Past the size limit: ready at once, ahead of the open runs.
+        let out = all(&mut r);
+        assert_eq!((out[0].0, out[0].1, out[0].2.len()), (3, 200, 200));
+        assert_eq!(out[1], (1, 2, b"aabb".to_vec()));
+        assert_eq!(out[2], (2, 2, b"cc".to_vec()));
+        assert_eq!(out.len(), 3);
     }
 
     #[test]
