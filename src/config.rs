@@ -49,7 +49,7 @@ pub struct PeerConfig {
     /// Seed of the core's randomness; `None` draws one from the clock and the id.
     pub seed: Option<u64>,
     /// The key of a private swarm: with it every link is authenticated and
-    /// encrypted ([`crate::secure::SecureLink`]) and peers without it cannot join.
+    /// encrypted (the seal of [`crate::stack::Stack`]) and peers without it cannot join.
     pub swarm_key: Option<SwarmKey>,
     /// The bounds of the keyed link (used with `swarm_key`).
     pub secure: SecureConfig,

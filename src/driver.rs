@@ -1,11 +1,11 @@
-//! The driver: the [`LocalNode`] behind a lock, shared by the peer's
+//! The driver: the peer's [`Stack`] behind a lock, shared by the peer's
 //! background task and the application's calls.
 //!
-//! The background task ([`Shared::run`]) feeds the node the datagrams the
-//! link receives and the passing of time. An application call (`send`,
-//! `get_route`, `connect`...) made while at most [`DIRECT_SENDS`] calls are
-//! under way runs on the caller's own task: it takes the lock, hands the
-//! node its command, delivers the events that follow, sends the datagrams
+//! The background task ([`Shared::run`]) feeds the stack the datagrams the
+//! link receives and the passing of time. An application call
+//! ([`Shared::call`]: `send`, `get_route`, `connect`...) made while at most
+//! [`DIRECT_SENDS`] calls are under way runs on the caller's own task: it
+//! takes the lock, hands the stack its command, delivers the events that follow, sends the datagrams
 //! its command made and (over UDP) receives its reply itself, so a lone
 //! send crosses no hand-off to another task (hand-offs are most of a round
 //! trip's cost on loopback). One such caller at a time holds the *claim*
@@ -29,7 +29,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chord::{Event, Hash, LocalNode, LookupId, NodeRef, Transmit};
+use chord::{Event, Hash, LocalNode, LookupId, NodeRef};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -38,6 +38,8 @@ use crate::error::Error;
 use crate::hooks::{HookQueue, NewPeers};
 use crate::link::{Arrivals, Link, LinkSink};
 use crate::metrics::Outcomes;
+use crate::secure::{SecureCore, SecureStats};
+use crate::stack::{Batching, Stack, Transmit};
 use crate::view::SelfView;
 
 /// How long the driver sleeps when the core asks for no timer at all.
@@ -63,20 +65,6 @@ const FLUSH_ROUNDS: usize = 4;
 /// in runs, instead of every caller contending for the lock and waking the
 /// task for its datagrams.
 const DIRECT_SENDS: usize = 4;
-
-/// Most runs gathered at once in one turn (distinct destinations and sizes).
-const MAX_RUNS: usize = 8;
-
-/// Datagrams of `size` bytes to `to`, back to back: the first as the core
-/// made it (a run of one is sent from it, with no copy), the rest appended
-/// in `bytes` (which then starts with a copy of the first).
-struct Run<A> {
-    to: A,
-    size: usize,
-    count: usize,
-    first: Bytes,
-    bytes: Vec<u8>,
-}
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// The background task's end of the command queue.
@@ -127,6 +115,8 @@ pub(crate) struct Snapshot<A> {
     pub stats: chord::Stats,
     /// The path to each of `peers`, in the same order.
     pub paths: Vec<chord::Path>,
+    /// The seal's counters, in a keyed swarm.
+    pub secure: Option<SecureStats>,
 }
 
 /// An application message for `recv`.
@@ -199,17 +189,12 @@ pub(crate) trait Handle<A>: Send + Sync {
     /// that follow; says who sends the datagrams it made. After
     /// [`close`](Self::close), `c` is dropped (its reply says `Closed`).
     /// Under load (`lone` false: more than [`DIRECT_SENDS`] calls under
-    /// way) `c` comes back: the caller hands it to the background task
-    /// through [`queue`](Self::queue) instead.
+    /// way) `c` comes back: [`Shared::call`] hands it to the background
+    /// task through the command queue instead.
     fn submit(&self, c: Command<A>, lone: bool) -> Result<Flush, Command<A>>;
-    /// The background task's command queue (bounded: callers wait when it
-    /// is full).
-    fn queue(&self) -> &mpsc::Sender<Command<A>>;
     /// Hands the core an unconfirmed datagram
     /// ([`chord::LocalNode::send_datagram`]); says who sends it.
     fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush, Error>;
-    /// Sends what the core has queued, as [`Flush`] says.
-    fn flush(&self, how: Flush) -> impl Future<Output = ()> + Send + '_;
     /// Makes the task of `cx` the one task that receives from the link
     /// ([`Link::claim_receive`]), until
     /// [`release_receive`](Self::release_receive); false when another
@@ -239,7 +224,8 @@ pub(crate) trait Handle<A>: Send + Sync {
 
 /// Everything the lock guards: the core and what waits on it.
 struct State<L: Link> {
-    node: LocalNode<L::Addr>,
+    /// The peer's one state machine: its Chord node and, keyed, its seal.
+    stack: Stack<L::Addr>,
     cfg: PeerConfig,
     seed: u64,
     inbox: mpsc::Sender<Incoming<L::Addr>>,
@@ -401,8 +387,8 @@ impl<L: Link> Shared<L> {
         };
         st.events();
         let earlier = st.deadline_moved_earlier();
-        let queued = st.node.queued_transmits() + st.parked.len();
-        let direct = st.node.sends_in_flight() <= DIRECT_SENDS;
+        let queued = st.stack.queued_transmits() + st.parked.len();
+        let direct = st.stack.node().sends_in_flight() <= DIRECT_SENDS;
         drop(g);
         let how = if queued == 0 {
             Flush::No
@@ -435,12 +421,22 @@ impl<L: Link> Shared<L> {
         }
         // Alone until `connect`: the first member of its own swarm.
         node.create(now);
+        // Keyed: the seal, whose Init timestamps count from the wall clock
+        // so that a restarted peer's are newer than its previous life's.
+        let seal = cfg.swarm_key.clone().map(|key| {
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            SecureCore::new(key, cfg.secure.clone(), wall, now)
+        });
+        let mut stack = Stack::new(node, seal);
+        stack.watch_sent(hooks.wants_send());
         let send_queue = cfg.send_queue;
         let (commands, queue) = mpsc::channel(send_queue);
         let kick = Arc::new(Kick::default());
         let state = State {
             kick: kick.clone(),
-            node,
+            stack,
             cfg,
             seed,
             inbox,
@@ -468,6 +464,89 @@ impl<L: Link> Shared<L> {
             kick,
         };
         Ok((shared, queue))
+    }
+
+    /// Runs one application command and waits for its reply: the one
+    /// entry of the API into the driver. `make` builds the command around
+    /// its reply sender.
+    ///
+    /// A call made while at most [`DIRECT_SENDS`] are under way runs on
+    /// the caller's task (see the module documentation): the command goes
+    /// to the stack at once, the caller sends what it made if the flush
+    /// role is free, and a call answered over the network (a send, a
+    /// join, a lookup) takes the link's claim to receive before anything
+    /// leaves and receives its reply itself while it stays lone. Under
+    /// load the command goes through the queue to the background task,
+    /// which batches.
+    pub(crate) async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command<L::Addr>,
+    ) -> Result<T, Error> {
+        let (_call, lone) = Call::start(&self.counters);
+        let (tx, mut rx) = oneshot::channel();
+        let command = make(tx);
+        // Calls answered at once (`peers`, `stats`) take no claim.
+        let networked = matches!(
+            command,
+            Command::Send { .. } | Command::Join { .. } | Command::Lookup { .. }
+        );
+        let claim = if lone && networked {
+            std::future::poll_fn(|cx| Poll::Ready(self.claim_receive(cx)))
+                .await
+                .then(|| Claimed(self))
+        } else {
+            None
+        };
+        let how = match self.submit(command, lone) {
+            Ok(how) => how,
+            Err(c) => {
+                // Under load: to the background task (waiting while its
+                // queue is full), which sends in runs.
+                self.commands.send(c).await.map_err(|_| Error::Closed)?;
+                Flush::No
+            }
+        };
+        // Only a call that sends its own datagrams receives: one that must
+        // wait to send (back-pressure), or left them to the background
+        // task (under load), gives the claim up at once.
+        let claim = claim.filter(|_| how == Flush::Try);
+        self.flush_now(how).await;
+        if claim.is_some() {
+            // Only while the call stays lone: once others are under way,
+            // receiving (and sending what each datagram makes, one at a
+            // time) is left to the background task, which batches.
+            while Call::lone(&self.counters) {
+                // Looked at, never waited on (see `receive_claimed`).
+                match rx.try_recv() {
+                    Ok(r) => return Ok(r),
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                self.receive_claimed().await;
+            }
+        }
+        // Given up before waiting: the background task receives the reply.
+        drop(claim);
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Hands the stack an unconfirmed datagram and sends it as the flush
+    /// role says (see [`call`](Self::call)).
+    pub(crate) async fn send_unconfirmed(
+        &self,
+        target: chord::Target,
+        payload: &[u8],
+    ) -> Result<(), Error> {
+        let how = self.datagram(target, payload)?;
+        self.flush_now(how).await;
+        Ok(())
+    }
+
+    /// Whether datagrams to and from `peer` are authenticated: a keyed
+    /// handshake with it completed (always true without a key, and false
+    /// once closed).
+    pub(crate) fn has_session(&self, peer: &L::Addr) -> bool {
+        self.with(|st| st.stack.has_session(peer)).unwrap_or(false)
     }
 
     /// `f` on the state under the lock; `None` once closed.
@@ -515,7 +594,7 @@ impl<L: Link> Shared<L> {
                 // that waits in `recv` costs a system call, which a
                 // confirmation should not wait behind.
                 st.events();
-                let wake = match st.node.poll_timeout() {
+                let wake = match st.stack.poll_timeout() {
                     Some(t) => t,
                     None => armed.unwrap_or_else(|| Instant::now() + IDLE_WAKE),
                 };
@@ -538,7 +617,7 @@ impl<L: Link> Shared<L> {
                     armed = None;
                     self.with(|st| {
                         st.armed = None;
-                        st.node.handle_timeout(Instant::now());
+                        st.stack.handle_timeout(Instant::now());
                         st.events();
                     });
                 }
@@ -617,7 +696,7 @@ impl<L: Link> Shared<L> {
             // Read under the lock, so the core's time never goes backwards.
             let now = Instant::now();
             st.sync_room();
-            batch.take_each(|p, from| st.node.handle_datagram(now, from, p));
+            batch.take_each(|p, from| st.stack.handle_datagram(now, from, p));
             st.deadline_moved_earlier()
         };
         if earlier {
@@ -626,7 +705,7 @@ impl<L: Link> Shared<L> {
         complete(self.flush_now(Flush::Try));
         let left = self.with(|st| {
             st.events();
-            st.node.queued_transmits() > 0
+            st.stack.queued_transmits() > 0
         });
         if left == Some(true) {
             // An event's handling queued a datagram (none does today).
@@ -638,10 +717,10 @@ impl<L: Link> Shared<L> {
     /// core's next deadline before the one the background task sleeps
     /// until (a caller that received it must then wake the task), and
     /// whether datagrams wait to be sent.
-    fn datagram(&self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) -> (bool, bool) {
+    fn handle_received(&self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8]) -> (bool, bool) {
         self.with(|st| {
-            st.datagram(r, buf, &self.counters);
-            let queued = st.node.queued_transmits() + st.parked.len() > 0;
+            st.handle_and_deliver(r, buf, &self.counters);
+            let queued = st.stack.queued_transmits() + st.parked.len() > 0;
             (st.deadline_moved_earlier(), queued)
         })
         .unwrap_or((false, false))
@@ -677,16 +756,27 @@ impl<L: Link> Shared<L> {
                     role.give_up();
                     return;
                 };
-                while batch.len() < FLUSH_BATCH {
-                    if let Some(t) = st.parked.pop_front() {
-                        batch.push(t); // its hook ran when it was first taken
-                        continue;
-                    }
-                    let Some(t) = st.node.poll_transmit() else {
+                let batching = self.batching();
+                // Read under the lock, so the stack's time never goes
+                // backwards between callers.
+                let now = Instant::now();
+                let mut taken = 0;
+                while taken < FLUSH_BATCH {
+                    let Some(t) = st
+                        .parked
+                        .pop_front()
+                        .or_else(|| st.stack.poll_transmit(now, batching))
+                    else {
                         break;
                     };
-                    st.sent_hook(&t);
+                    taken += t.segments();
                     batch.push(t);
+                }
+                st.sent_hooks();
+                if st.deadline_moved_earlier() {
+                    // The seal started a handshake, whose retry is due
+                    // before the background task's wake-up.
+                    self.wake.notify_one();
                 }
                 if batch.is_empty() {
                     // Given up while the state is still locked: whoever
@@ -695,10 +785,10 @@ impl<L: Link> Shared<L> {
                     return;
                 }
             }
-            let Some(Scratch { runs, batch }) = role.scratch.as_mut() else {
+            let Some(Scratch { batch }) = role.scratch.as_mut() else {
                 return;
             };
-            if self.send_batch(runs, batch).await {
+            if self.send_batch(batch).await {
                 // Parked: `role`, dropped, wakes the background task.
                 return;
             }
@@ -706,77 +796,44 @@ impl<L: Link> Shared<L> {
         // More is queued: `role` wakes the background task as it goes.
     }
 
-    /// Sends `batch`, gathered into runs per destination and size where
-    /// the link can send a run in one call ([`Link::send_segments`]: up to
-    /// [`Link::max_segments`] datagrams). Consecutive datagrams rarely
-    /// match: ids are variable-length integers on the wire, so two
-    /// messages of one kind often differ by a byte. Datagrams to one
-    /// address may leave in another order than the core made them, which
-    /// UDP allows anyway.
+    /// Sends `batch`, runs the stack gathered per destination and size
+    /// ([`Stack::poll_transmit`]): a run of several in one call
+    /// ([`Link::send_segments`]), a lone datagram with [`Link::send_to`].
     ///
     /// True when the link said [`WouldBlock`](std::io::ErrorKind::WouldBlock)
-    /// (it cannot wait for room on this thread): that datagram and the rest
-    /// of `batch` are parked for the background task, and the caller stops.
-    async fn send_batch(
-        &self,
-        runs: &mut Vec<Run<L::Addr>>,
-        batch: &mut Vec<Transmit<L::Addr>>,
-    ) -> bool {
-        let max = self.link.max_segments();
-        let mut parked = false;
+    /// (it cannot wait for room on this thread): that run and the rest of
+    /// `batch` are parked for the background task, and the caller stops.
+    async fn send_batch(&self, batch: &mut Vec<Transmit<L::Addr>>) -> bool {
         let mut it = batch.drain(..);
         while let Some(t) = it.next() {
-            let size = t.bytes.len();
-            if max <= 1 || size > crate::link::GSO_SEGMENT_MAX {
-                let result = self.link.send_to(&t.bytes, &t.to).await;
-                if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
-                    let rest: Vec<_> = std::iter::once(t).chain(it.by_ref()).collect();
-                    self.counters
-                        .link_parked
-                        .fetch_add(rest.len() as u64, Ordering::Relaxed);
-                    self.park(rest);
-                    parked = true;
-                    break;
-                }
-                self.sent(result, &t.to);
-                continue;
-            }
-            let at = match runs.iter().position(|r| r.size == size && r.to == t.to) {
-                Some(at) => {
-                    let r = &mut runs[at];
-                    if r.count == 1 {
-                        r.bytes = Vec::with_capacity(size * max);
-                        r.bytes.extend_from_slice(&r.first);
-                    }
-                    r.bytes.extend_from_slice(&t.bytes);
-                    r.count += 1;
-                    at
-                }
-                None => {
-                    if runs.len() == MAX_RUNS {
-                        // Too many destinations and sizes at once: the
-                        // oldest run leaves now.
-                        self.send_run(runs, 0).await;
-                    }
-                    runs.push(Run {
-                        to: t.to,
-                        size,
-                        count: 1,
-                        first: t.bytes,
-                        bytes: Vec::new(),
-                    });
-                    runs.len() - 1
-                }
+            let result = if t.segments() > 1 {
+                self.link
+                    .send_segments(&t.bytes, t.segment_size, &t.to)
+                    .await
+            } else {
+                self.link.send_to(&t.bytes, &t.to).await
             };
-            if runs[at].count >= max {
-                self.send_run(runs, at).await;
+            if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                let rest: Vec<_> = std::iter::once(t).chain(it.by_ref()).collect();
+                let datagrams: usize = rest.iter().map(Transmit::segments).sum();
+                self.counters
+                    .link_parked
+                    .fetch_add(datagrams as u64, Ordering::Relaxed);
+                self.park(rest);
+                return true;
             }
+            self.sent(result, &t.to);
         }
-        drop(it);
-        while !runs.is_empty() {
-            self.send_run(runs, 0).await;
+        false
+    }
+
+    /// What the stack's runs may be: as many datagrams as the link sends
+    /// in one call, each no larger than a segmented UDP send carries.
+    fn batching(&self) -> Batching {
+        Batching {
+            max_segments: self.link.max_segments(),
+            max_segment_size: crate::link::GSO_SEGMENT_MAX,
         }
-        parked
     }
 
     /// Puts `rest` (in order) before whatever waits in `parked`.
@@ -789,23 +846,40 @@ impl<L: Link> Shared<L> {
         }
     }
 
-    /// Sends run `at` (one call for all its datagrams) and closes it.
-    async fn send_run(&self, runs: &mut Vec<Run<L::Addr>>, at: usize) {
-        let r = runs.remove(at);
-        let result = if r.count > 1 {
-            self.link.send_segments(&r.bytes, r.size, &r.to).await
-        } else {
-            self.link.send_to(&r.first, &r.to).await
-        };
-        self.sent(result, &r.to);
-    }
-
     fn sent(&self, result: std::io::Result<()>, to: &L::Addr) {
         self.counters.link_sends.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = result {
             self.counters.link_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%to, error = %e, "send error");
+            if unreachable(&e) {
+                self.unreachable(to);
+            }
         }
+    }
+
+    /// A link said `to` cannot be reached: the stack fails it at once
+    /// (see [`Stack::handle_unreachable`]); what that changes is
+    /// delivered now, and the background task sends what it made.
+    fn unreachable(&self, to: &L::Addr) {
+        let made = self.with(|st| {
+            st.stack.handle_unreachable(Instant::now(), to);
+            st.events();
+            st.stack.queued_transmits() > 0 || st.deadline_moved_earlier()
+        });
+        if made == Some(true) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A caller's claim to receive from the link ([`Handle::claim_receive`]),
+/// given up when dropped: the call returned, stopped being lone, or was
+/// cancelled.
+struct Claimed<'a, L: Link>(&'a Shared<L>);
+
+impl<L: Link> Drop for Claimed<'_, L> {
+    fn drop(&mut self) {
+        self.0.release_receive();
     }
 }
 
@@ -826,18 +900,13 @@ struct FlushRole<A> {
 
 /// Buffers of a holder of the flush role.
 struct Scratch<A> {
-    /// Runs gathered for one send each.
-    runs: Vec<Run<A>>,
-    /// Transmits taken from the core for one round.
+    /// Runs taken from the stack for one round.
     batch: Vec<Transmit<A>>,
 }
 
 impl<A> Default for Scratch<A> {
     fn default() -> Self {
-        Scratch {
-            runs: Vec::new(),
-            batch: Vec::new(),
-        }
+        Scratch { batch: Vec::new() }
     }
 }
 
@@ -918,9 +987,8 @@ impl<A> Role<'_, A> {
     /// Puts the buffers back (emptied) and gives the role up.
     fn give_up(&mut self) {
         if let Some(mut scratch) = self.scratch.take() {
-            // Cancelled with a run gathered: it is lost, as a datagram on
+            // Cancelled with runs taken: they are lost, as datagrams on
             // the network may be (the core retries what needs it).
-            scratch.runs.clear();
             scratch.batch.clear();
             *lock(&self.role.scratch) = scratch;
             self.role.release();
@@ -951,6 +1019,17 @@ impl Spare {
         }
         Spare { buf }
     }
+}
+
+/// Whether a send's error says the destination cannot be reached (an
+/// Ouroboros flow that could not be allocated or went down, a network
+/// that refused), rather than that this one datagram was lost.
+fn unreachable(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        NotConnected | ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable
+    )
 }
 
 /// Polls `f` to completion on a thread outside the runtime, for a future
@@ -1004,21 +1083,13 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
         Ok(self.after_call(g))
     }
 
-    fn queue(&self) -> &mpsc::Sender<Command<L::Addr>> {
-        &self.commands
-    }
-
     fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush, Error> {
         let mut g = lock(&self.state);
         let Some(st) = g.as_mut() else {
             return Err(Error::Closed);
         };
-        st.node.send_datagram(target, payload, Instant::now())?;
+        st.stack.send_datagram(target, payload, Instant::now())?;
         Ok(self.after_call(g))
-    }
-
-    fn flush(&self, how: Flush) -> impl Future<Output = ()> + Send + '_ {
-        self.flush_now(how)
     }
 
     fn claim_receive(&self, cx: &mut std::task::Context<'_>) -> bool {
@@ -1050,7 +1121,7 @@ impl<L: Link> Handle<L::Addr> for Shared<L> {
         };
         let (earlier, queued) = {
             let _handling = ClaimantHandling::enter();
-            self.datagram(r, &buf.buf)
+            self.handle_received(r, &buf.buf)
         };
         if earlier || self.link.holds_received() {
             // A timer due before the background task's, or the rest of
@@ -1081,7 +1152,7 @@ impl<L: Link> State<L> {
     /// Whether the core's next deadline lies before the one the background
     /// task sleeps until (which must then be woken to sleep less).
     fn deadline_moved_earlier(&self) -> bool {
-        match (self.node.poll_timeout(), self.armed) {
+        match (self.stack.poll_timeout(), self.armed) {
             (Some(t), Some(armed)) => t < armed,
             _ => false,
         }
@@ -1107,22 +1178,22 @@ impl<L: Link> State<L> {
         let now = Instant::now();
         match c {
             Command::Join { bootstrap, reply } => {
-                if !self.node.peers().is_empty() || self.join_reply.is_some() {
+                if !self.stack.node().peers().is_empty() || self.join_reply.is_some() {
                     let _ = reply.send(Err(Error::AlreadyConnected));
                     return;
                 }
                 // The alone ring made at bind is replaced by a joining node.
                 match Self::node(
                     &self.cfg,
-                    self.node.me().clone(),
+                    self.stack.node().me().clone(),
                     self.seed ^ 0x9e37_79b9_7f4a_7c15,
                     now,
                 ) {
                     Ok(mut n) => {
-                        if self.node.is_provisional() {
+                        if self.stack.node().is_provisional() {
                             n.set_provisional();
                         }
-                        self.node = n;
+                        self.stack.reset_node(n);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -1130,7 +1201,7 @@ impl<L: Link> State<L> {
                     }
                 }
                 self.bootstrap = Some(bootstrap.clone());
-                self.node.join(bootstrap, now);
+                self.stack.join(bootstrap, now);
                 self.join_reply = Some(reply);
             }
             Command::Send {
@@ -1138,7 +1209,7 @@ impl<L: Link> State<L> {
                 payload,
                 duplicates,
                 reply,
-            } => match self.node.send(target, payload, duplicates, now) {
+            } => match self.stack.send(target, payload, duplicates, now) {
                 Ok(id) => {
                     self.sends.insert(id, reply);
                 }
@@ -1150,36 +1221,38 @@ impl<L: Link> State<L> {
             Command::Broadcast { payload, reply } => {
                 // Accepted is all a broadcast promises: it has no single
                 // destination to confirm.
-                let r = self.node.broadcast(payload, now);
+                let r = self.stack.broadcast(payload, now);
                 let _ = reply.send(r.map(|_| ()).map_err(Error::from));
             }
             Command::Lookup { key, reply } => {
-                if !self.node.is_joined() {
+                if !self.stack.node().is_joined() {
                     let _ = reply.send(Err(Error::NotJoined));
                     return;
                 }
-                let id = self.node.lookup(key, now);
+                let id = self.stack.lookup(key, now);
                 self.lookups.insert(id, reply);
             }
             Command::Snapshot { reply } => {
                 let _ = reply.send(Snapshot {
-                    peers: self.node.peers().to_vec(),
-                    fingers: self.node.fingers().to_vec(),
-                    successor: self.node.successor().cloned(),
-                    predecessor: self.node.predecessor().cloned(),
-                    stats: self.node.stats().clone(),
+                    peers: self.stack.node().peers().to_vec(),
+                    fingers: self.stack.node().fingers().to_vec(),
+                    successor: self.stack.node().successor().cloned(),
+                    predecessor: self.stack.node().predecessor().cloned(),
+                    stats: self.stack.node().stats().clone(),
+                    secure: self.stack.seal_stats(),
                     paths: self
-                        .node
+                        .stack
+                        .node()
                         .peers()
                         .iter()
-                        .map(|n| self.node.path(&n.addr))
+                        .map(|n| self.stack.node().path(&n.addr))
                         .collect(),
                 });
             }
             Command::Leave { reply } => {
-                if self.node.is_joined() {
+                if self.stack.node().is_joined() {
                     self.leave_replies.push(reply);
-                    self.node.leave(now);
+                    self.stack.leave(now);
                 } else {
                     let _ = reply.send(());
                 }
@@ -1188,14 +1261,19 @@ impl<L: Link> State<L> {
                 // Callers that gave up waiting are forgotten here.
                 self.observers.retain(|(_, r)| !r.is_closed());
                 self.observers.push((to.clone(), reply));
-                self.node.observe(to, now);
+                self.stack.observe(to, now);
             }
         }
     }
 
     /// Hands a received datagram (or the link's error) to the core and
     /// delivers the events that follow.
-    fn datagram(&mut self, r: std::io::Result<(usize, L::Addr)>, buf: &[u8], counters: &Counters) {
+    fn handle_and_deliver(
+        &mut self,
+        r: std::io::Result<(usize, L::Addr)>,
+        buf: &[u8],
+        counters: &Counters,
+    ) {
         self.handle(r, buf, counters);
         self.events();
     }
@@ -1208,7 +1286,7 @@ impl<L: Link> State<L> {
                 self.sync_room();
                 // The clock is read under the lock, so the core's time
                 // never goes backwards between callers.
-                self.node.handle_datagram(Instant::now(), from, &buf[..n]);
+                self.stack.handle_datagram(Instant::now(), from, &buf[..n]);
             }
             Err(e) => {
                 // Unconnected UDP sockets can report errors of earlier
@@ -1219,29 +1297,20 @@ impl<L: Link> State<L> {
         }
     }
 
-    /// Hands each datagram of a received run ([`Link::try_recv_run`]) to
-    /// the core, in place; says how many there were.
+    /// Hands a received run ([`Link::try_recv_run`]) to the stack, which
+    /// opens it in place when keyed; says how many datagrams it held.
     fn handle_run(
         &mut self,
         r: std::io::Result<(usize, usize, L::Addr)>,
-        buf: &[u8],
+        buf: &mut [u8],
         counters: &Counters,
     ) -> usize {
         match r {
             Ok((len, stride, from)) => {
                 self.sync_room();
                 // Under the lock, as in `handle`.
-                let now = Instant::now();
-                let (data, stride) = (&buf[..len.min(buf.len())], stride.max(1));
-                let (mut at, mut count) = (0, 1);
-                while at + stride < data.len() {
-                    let d = &data[at..at + stride];
-                    self.node.handle_datagram(now, from.clone(), d);
-                    at += stride;
-                    count += 1;
-                }
-                self.node.handle_datagram(now, from, &data[at..]);
-                count
+                self.stack
+                    .handle_run(Instant::now(), from, buf, len, stride)
             }
             Err(e) => {
                 self.handle(Err(e), buf, counters);
@@ -1256,7 +1325,7 @@ impl<L: Link> State<L> {
     /// told to look (a spurious look costs it one turn of its loop).
     fn events(&mut self) {
         let mut any = false;
-        while let Some(e) = self.node.poll_event() {
+        while let Some(e) = self.stack.poll_event() {
             self.event(e);
             any = true;
         }
@@ -1266,28 +1335,28 @@ impl<L: Link> State<L> {
         self.sync_room();
     }
 
-    /// The `send` hook's call for `t`, with its own copy (only when set).
-    fn sent_hook(&self, t: &Transmit<L::Addr>) {
-        if self.hooks.wants_send() {
+    /// The `send` hook's calls for what the node sent (the stack keeps
+    /// copies only when the hook is set).
+    fn sent_hooks(&mut self) {
+        while let Some(t) = self.stack.poll_sent() {
             let id = Hash::of(t.to.to_string());
-            self.hooks
-                .sent(NodeRef::new(id, t.to.clone()), t.bytes.clone());
+            self.hooks.sent(NodeRef::new(id, t.to), t.bytes);
         }
     }
 
     fn event(&mut self, e: Event<L::Addr>) {
         match e {
             Event::Joined { successor } => {
-                tracing::debug!(id = %self.node.id().short(), successor = %successor.addr, "joined");
+                tracing::debug!(id = %self.stack.node().id().short(), successor = %successor.addr, "joined");
                 // Where the bootstrap and the successor see this peer:
                 // whether it is behind a NAT, and how that NAT maps.
                 let now = Instant::now();
                 if let Some(b) = self.bootstrap.take() {
                     if self.view.observations().iter().all(|(by, _)| *by != b) {
-                        self.node.observe(b.clone(), now);
+                        self.stack.observe(b.clone(), now);
                     }
-                    if successor.addr != b && successor.id != self.node.id() {
-                        self.node.observe(successor.addr.clone(), now);
+                    if successor.addr != b && successor.id != self.stack.node().id() {
+                        self.stack.observe(successor.addr.clone(), now);
                     }
                 }
                 if let Some(r) = self.join_reply.take() {
@@ -1299,7 +1368,7 @@ impl<L: Link> State<L> {
                 // the NAT status.
                 self.view.observed(by.clone(), seen.clone());
                 if let Some(reach) = self.view.reach() {
-                    self.node.set_reach(reach);
+                    self.stack.set_reach(reach);
                 }
                 let (answered, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.observers)
                     .into_iter()
@@ -1319,7 +1388,7 @@ impl<L: Link> State<L> {
                     let _ = r.send(Err(reason.into()));
                 }
                 // Back to being the first member of a swarm of one.
-                self.node.create(Instant::now());
+                self.stack.create(Instant::now());
             }
             Event::LookupDone {
                 id, owner, hops, ..
@@ -1390,7 +1459,7 @@ impl<L: Link> State<L> {
     /// are handed to the core and after events are delivered.
     fn sync_room(&mut self) {
         let room = self.inbox.capacity().min(self.hooks.recv_room());
-        self.node.set_receive_room(room);
+        self.stack.set_receive_room(room);
     }
 }
 

@@ -28,7 +28,7 @@
 //! The crate root holds what an application uses; the rest is in modules:
 //! [`addr`] (names and their limits), [`config`] (the defaults behind
 //! [`PeerConfig`]), [`hooks`], [`link`] (the datagram links, usable on
-//! their own), [`nat`], [`secure`] (the keyed link and its tunables).
+//! their own), [`nat`], [`secure`] (the seal of a keyed swarm and its tunables), [`stack`] (the sans-I/O state machine of a peer).
 #![warn(missing_docs)]
 
 pub mod addr;
@@ -44,6 +44,7 @@ mod ouro_link;
 mod peer;
 mod remote;
 pub mod secure;
+pub mod stack;
 mod transport;
 mod view;
 

@@ -765,10 +765,11 @@ impl Shared {
         lock(&self.fresh).push(slot.clone());
         let queued = {
             let mut routes = lock(&self.routes);
+            // What waits behind an allocation to the name leaves on this
+            // flow, whether it is ours or one the peer opened to us first
+            // (both sides allocating at once): the route is replaced below.
             let queued = match routes.get_mut(&peer) {
-                Some(Route::Pending { gen, queue }) if Some(*gen) == pending => {
-                    std::mem::take(queue)
-                }
+                Some(Route::Pending { queue, .. }) => std::mem::take(queue),
                 _ => Vec::new(),
             };
             // The newest flow to a name wins; a flow it replaces is still

@@ -15,14 +15,14 @@ use tokio::task::JoinHandle;
 
 use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
-use crate::driver::{Call, Command, Counters, Flush, Handle, Incoming, Shared, Snapshot};
+use crate::driver::{Command, Counters, Handle, Incoming, Shared, Snapshot};
 use crate::error::{Error, Operation, Result};
 use crate::hooks::{HookQueue, Hooks};
 use crate::link::{Link, PeerLink, UdpLink};
 use crate::nat::NatStatus;
 use crate::ouro_link::{FlowStats, FlowStatsHandle, OuroborosLink};
 use crate::remote::{node_id, Delivery, Received, RemoteNode, Route, SendOptions, SendTarget};
-use crate::secure::{SecureLink, SecureStats, SecureStatsHandle};
+use crate::secure::SecureStats;
 use crate::transport::Transport;
 use crate::view::SelfView;
 
@@ -81,8 +81,6 @@ struct Bound {
     handle: RwLock<Option<Driver>>,
     inbox: tokio::sync::Mutex<mpsc::Receiver<Incoming<PeerAddr>>>,
     counters: Arc<Counters>,
-    /// The keyed link's counters, with a swarm key.
-    secure: Option<SecureStatsHandle<PeerAddr>>,
     /// The Ouroboros link's counters, over Ouroboros.
     ouroboros: Option<FlowStatsHandle>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -370,18 +368,9 @@ impl SwarmPeer {
             PeerLink::Ouroboros(l) => Some(l.stats_handle()),
             PeerLink::Udp(_) => None,
         };
-        let ((handle, task), secure) = match self.cfg.swarm_key.clone() {
-            Some(key) => {
-                let link = SecureLink::with_config(link, key, self.cfg.secure.clone());
-                let stats = link.stats_handle();
-                let (shared, task) = spawn_driver(link, parts)?;
-                ((Driver::Keyed(shared), task), Some(stats))
-            }
-            None => {
-                let (shared, task) = spawn_driver(link, parts)?;
-                ((Driver::Plain(shared), task), None)
-            }
-        };
+        // Keyed or not, over either link: one driver, whose stack seals
+        // when the configuration holds a swarm key.
+        let (handle, task) = spawn_driver(link, parts)?;
         tracing::debug!(id = %me.id.short(), %local, %external, "bound");
         self.bound = Some(Bound {
             view,
@@ -389,7 +378,6 @@ impl SwarmPeer {
             handle: RwLock::new(Some(handle)),
             inbox: tokio::sync::Mutex::new(in_rx),
             counters,
-            secure,
             ouroboros,
             task: Mutex::new(Some(task)),
             mapped: mapping.as_ref().map(|m| m.external_addr()),
@@ -403,67 +391,14 @@ impl SwarmPeer {
         self.bound.as_ref().ok_or(Error::NotBound)
     }
 
-    /// Hands the core a command on this task, sends the datagrams it made
-    /// when that falls to this task, and waits for the reply.
+    /// Runs a command through the driver and waits for its reply (see
+    /// `Shared::call`).
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command<PeerAddr>,
     ) -> Result<T> {
-        let b = self.bound()?;
-        let handle = b.handle().ok_or(Error::Closed)?;
-        let (_call, lone) = Call::start(&b.counters);
-        let (tx, rx) = oneshot::channel();
-        let command = make(tx);
-        // A lone call whose reply comes over the network receives it
-        // itself (see below); the claim to do so is taken before anything
-        // is sent. Calls answered at once (`peers`, `stats`) take none.
-        let networked = matches!(
-            command,
-            Command::Send { .. } | Command::Join { .. } | Command::Lookup { .. }
-        );
-        let claim = if lone && networked {
-            std::future::poll_fn(|cx| std::task::Poll::Ready(handle.claim_receive(cx)))
-                .await
-                .then(|| Claimed(&handle))
-        } else {
-            None
-        };
-        let how = match handle.submit(command, lone) {
-            Ok(how) => how,
-            Err(c) => {
-                // Under load: to the background task (waiting while its
-                // queue is full), which sends in runs.
-                handle.queue().send(c).await.map_err(|_| Error::Closed)?;
-                Flush::No
-            }
-        };
-        // Only a call that sends its own datagrams receives: one that must
-        // wait to send (back-pressure), or left them to the background
-        // task (under load), gives the claim up at once.
-        let claim = claim.filter(|_| how == Flush::Try);
-        if how != Flush::No {
-            handle.flush(how).await;
-        }
-        let mut rx = rx;
-        if claim.is_some() {
-            // A lone call: its reply is received on this task too, so
-            // that it wakes no other task on the way. Only while the call
-            // stays lone: once others are under way, receiving (and
-            // sending what each datagram makes, one at a time) is left to
-            // the background task, which batches.
-            while Call::lone(&b.counters) {
-                // Looked at, never waited on (see `receive_claimed`).
-                match rx.try_recv() {
-                    Ok(r) => return Ok(r),
-                    Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
-                    Err(oneshot::error::TryRecvError::Empty) => {}
-                }
-                handle.receive_claimed().await;
-            }
-        }
-        // Given up before waiting: the background task receives the reply.
-        drop(claim);
-        rx.await.map_err(|_| Error::Closed)
+        let handle = self.bound()?.handle().ok_or(Error::Closed)?;
+        handle.call(make).await
     }
 
     /// Joins the swarm that the peer at `bootstrap` (a `SocketAddr` or a
@@ -500,10 +435,10 @@ impl SwarmPeer {
                 after: timeout,
             }),
         };
-        match (&r, &self.bound()?.secure) {
+        match (&r, self.bound()?.handle()) {
             // Say why when the keyed link never got through.
-            (Err(Error::Timeout { .. } | Error::Join(chord::JoinError::Unreachable)), Some(s))
-                if !s.has_session(&bootstrap) =>
+            (Err(Error::Timeout { .. } | Error::Join(chord::JoinError::Unreachable)), Some(h))
+                if !h.has_session(&bootstrap) =>
             {
                 Err(Error::NoHandshake(bootstrap))
             }
@@ -674,11 +609,7 @@ impl SwarmPeer {
     ) -> Result<()> {
         let target = self.target(target.into()).await?;
         let handle = self.bound()?.handle().ok_or(Error::Closed)?;
-        let how = handle.datagram(target, data.as_ref())?;
-        if how != Flush::No {
-            handle.flush(how).await;
-        }
-        Ok(())
+        handle.send_unconfirmed(target, data.as_ref()).await
     }
 
     /// The core's target for `t`: a peer's id (derived from its address),
@@ -813,7 +744,7 @@ impl SwarmPeer {
             link_errors: c.link_errors.load(Ordering::Relaxed),
             link_sends: c.link_sends.load(Ordering::Relaxed),
             outcomes: &c.outcomes,
-            secure: b.secure.as_ref().map(SecureStatsHandle::get),
+            secure: snap.secure.clone(),
             flows: b.ouroboros.as_ref().map(FlowStatsHandle::get),
         }))
     }
@@ -892,7 +823,8 @@ impl SwarmPeer {
 
     /// The counters.
     pub async fn stats(&self) -> Result<PeerStats> {
-        let core = self.snapshot().await?.stats;
+        let snap = self.snapshot().await?;
+        let (core, secure) = (snap.stats, snap.secure);
         let c = &self.bound()?.counters;
         Ok(PeerStats {
             recv_overflow: core.dropped_no_room,
@@ -903,7 +835,7 @@ impl SwarmPeer {
             link_sends: c.link_sends.load(Ordering::Relaxed),
             link_parked: c.link_parked.load(Ordering::Relaxed),
             driver_wakeups: c.driver_wakeups.load(Ordering::Relaxed),
-            secure: self.bound()?.secure.as_ref().map(SecureStatsHandle::get),
+            secure,
             ouroboros: self.bound()?.ouroboros.as_ref().map(FlowStatsHandle::get),
         })
     }
@@ -951,84 +883,11 @@ type DriverParts = (
     Arc<Counters>,
 );
 
-/// A peer's driver, over either link it can have. An enum rather than a
-/// trait object, so that the calls that wait (`flush`, `receive_claimed`)
-/// return their futures as they are, not boxed: two heap allocations and
-/// copies of the future's state less on every lone call.
-#[derive(Clone)]
-enum Driver {
-    Plain(Arc<Shared<PeerLink>>),
-    Keyed(Arc<Shared<SecureLink<PeerLink>>>),
-}
+/// A peer's driver, over either link it can have, keyed or not.
+type Driver = Arc<Shared<PeerLink>>;
 
-/// `$e` with `$d` bound to the driver of either variant.
-macro_rules! either {
-    ($self:expr, $d:ident => $e:expr) => {
-        match $self {
-            Driver::Plain($d) => $e,
-            Driver::Keyed($d) => $e,
-        }
-    };
-}
-
-impl Handle<PeerAddr> for Driver {
-    fn submit(
-        &self,
-        c: Command<PeerAddr>,
-        lone: bool,
-    ) -> std::result::Result<Flush, Command<PeerAddr>> {
-        either!(self, d => d.submit(c, lone))
-    }
-
-    fn queue(&self) -> &mpsc::Sender<Command<PeerAddr>> {
-        either!(self, d => d.queue())
-    }
-
-    fn datagram(&self, target: chord::Target, payload: &[u8]) -> Result<Flush> {
-        either!(self, d => d.datagram(target, payload))
-    }
-
-    async fn flush(&self, how: Flush) {
-        either!(self, d => d.flush(how).await)
-    }
-
-    fn claim_receive(&self, cx: &mut std::task::Context<'_>) -> bool {
-        either!(self, d => d.claim_receive(cx))
-    }
-
-    fn release_receive(&self) {
-        either!(self, d => d.release_receive())
-    }
-
-    async fn receive_claimed(&self) {
-        either!(self, d => d.receive_claimed().await)
-    }
-
-    fn close(&self) {
-        either!(self, d => d.close())
-    }
-
-    fn is_closed(&self) -> bool {
-        either!(self, d => d.is_closed())
-    }
-}
-
-/// A caller's claim to receive from the link ([`Handle::claim_receive`]),
-/// given up when dropped: the call returned, stopped being lone, or was
-/// cancelled.
-struct Claimed<'a>(&'a Driver);
-
-impl Drop for Claimed<'_> {
-    fn drop(&mut self) {
-        self.0.release_receive();
-    }
-}
-
-/// Starts the driver over `link` (keyed or not) on the current runtime.
-fn spawn_driver<L: Link<Addr = PeerAddr>>(
-    link: L,
-    parts: DriverParts,
-) -> Result<(Arc<Shared<L>>, JoinHandle<()>)> {
+/// Starts the driver over `link` on the current runtime.
+fn spawn_driver(link: PeerLink, parts: DriverParts) -> Result<(Driver, JoinHandle<()>)> {
     let (view, cfg, seed, inbox, hooks, counters) = parts;
     let (shared, queue) = Shared::new(link, view, cfg, seed, inbox, hooks, counters)?;
     let shared = Arc::new(shared);

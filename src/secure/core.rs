@@ -235,6 +235,17 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         self.out.pop_front()
     }
 
+    /// Datagrams waiting for [`poll_transmit`](Self::poll_transmit).
+    pub fn queued_transmits(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether a datagram for `peer` would be sealed at once (a session
+    /// to send with is up), rather than queued for a handshake.
+    pub fn can_seal(&self, peer: &A) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.current.is_some())
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) wants to run.
     pub fn poll_timeout(&self) -> Instant {
         match self.earliest_retry {

@@ -927,6 +927,32 @@ impl<A: Address> LocalNode<A> {
         self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
     }
 
+    /// Handles a link's report that `addr` cannot be reached (a flow gone
+    /// down, a destination the network refused): every peer at `addr` is
+    /// failed now, as one that stopped answering is after its retries,
+    /// instead of when its requests time out. An address the node does
+    /// not know changes nothing.
+    pub fn handle_unreachable(&mut self, now: Instant, addr: &A) {
+        if self.phase == Phase::Left {
+            return;
+        }
+        let mut gone: Vec<NodeRef<A>> = self
+            .table
+            .peers()
+            .filter(|p| p.addr == *addr)
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        gone.sort_by_key(|p| p.id);
+        gone.dedup_by(|a, b| a.id == b.id);
+        for p in &gone {
+            self.peer_failed(p, now);
+        }
+        self.sync_known();
+    }
+
     /// Handles one datagram from `from`. Malformed or unexpected datagrams
     /// are counted and dropped; nothing that arrives can make this panic.
     pub fn handle_datagram(&mut self, now: Instant, from: A, bytes: &[u8]) {

@@ -629,3 +629,52 @@ fn a_paused_peer_does_not_hold_up_sends_to_the_others() {
     }
     drop(nodes);
 }
+
+/// A keyed swarm over Ouroboros flows runs through the same stack as over
+/// UDP: three `cicada node --ouroboros --swarm-key` processes form a
+/// swarm and deliver every message exactly once with sessions up; a
+/// process with another key never joins and exits with the swarm key's
+/// error.
+#[test]
+fn a_keyed_swarm_over_ouroboros_forms_and_keeps_another_key_out() {
+    let test = "a_keyed_swarm_over_ouroboros_forms_and_keeps_another_key_out";
+    if !irmd_or_skip(test) {
+        return;
+    }
+    let _g = heavy();
+    let dir = std::env::temp_dir().join(format!("cicada-ourokey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let (ours, theirs) = (dir.join("ours"), dir.join("theirs"));
+    SwarmKey::generate().unwrap().write_file(&ours).unwrap();
+    SwarmKey::generate().unwrap().write_file(&theirs).unwrap();
+    let (ours_s, theirs_s) = (ours.to_string_lossy(), theirs.to_string_lossy());
+    let keyed = ["--swarm-key", ours_s.as_ref()];
+    let first = start_ouro(&name("keyed", 0), "local_layer", None, &keyed);
+    let mut nodes = vec![first];
+    for i in 1..3 {
+        let join = nodes[0].addr.clone();
+        let n = start_ouro(&name("keyed", i), "local_layer", Some(&join), &keyed);
+        wait_joined(&n, i);
+        nodes.push(n);
+    }
+    all_pairs(&mut nodes, &[0, 1, 2], "keyed");
+    for (i, n) in nodes.iter_mut().enumerate() {
+        let mark = n.len();
+        n.cmd("stats");
+        let s = n
+            .wait_for(mark, Duration::from_secs(5), is("stats"))
+            .expect("stats");
+        assert!(s["secure"]["sessions"].as_u64() >= Some(1), "node {i}: {s}");
+    }
+    let other = ["--swarm-key", theirs_s.as_ref()];
+    let join = nodes[0].addr.clone();
+    let mut c = start_ouro(&name("other", 0), "local_layer", Some(&join), &other);
+    let e = c
+        .wait_for(0, Duration::from_secs(15), is("error"))
+        .expect("an error");
+    let msg = e["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("swarm key"), "{msg}");
+    assert_eq!(c.child().wait().unwrap().code(), Some(1));
+    drop(nodes);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,379 @@
+//! Pure protocol, no I/O: [`Stack`], the one state machine of a peer. It
+//! composes the Chord core ([`chord::LocalNode`]) and, in a keyed swarm,
+//! the seal ([`SecureCore`]: Noise handshakes, sealed datagrams, replay
+//! windows) behind one interface, as str0m composes DTLS, ICE and SCTP
+//! inside one `Rtc`:
+//!
+//! ```text
+//! stack.handle_datagram(now, from, &bytes);  // every datagram that arrives
+//! stack.handle_unreachable(now, &peer);      // a link says a peer is gone
+//! stack.handle_timeout(now);                 // when poll_timeout() has passed
+//! while let Some(t) = stack.poll_transmit(now, batching) { /* send the run t */ }
+//! while let Some(e) = stack.poll_event()    { /* Joined, Delivered, Received … */ }
+//! let wake_at = stack.poll_timeout();        // the one timer, of both machines
+//! ```
+//!
+//! What the node sends goes through the seal (sealed, or queued while a
+//! handshake runs) and then into runs of same-size datagrams per
+//! destination ([`Transmit::segment_size`]), so that a link hands a run to
+//! the system in one call. What arrives goes through the seal (opened,
+//! handshakes answered, replays and strangers dropped and counted) and
+//! the plaintext into the node. Without a key the seal is absent and
+//! datagrams pass as they are.
+//!
+//! ```
+//! # use std::time::Instant;
+//! use cicada::chord::{Config, Hash, LocalNode, NodeRef};
+//! use cicada::stack::{Batching, Stack};
+//! let now = Instant::now();
+//! let me = NodeRef::new(Hash::of("a"), 1u32);
+//! let mut stack = Stack::new(LocalNode::new(Config::default(), me, 7, now).unwrap(), None);
+//! stack.join(2, now);
+//! // The join's first request, on its way to the bootstrap.
+//! let t = stack.poll_transmit(now, Batching::NONE).unwrap();
+//! assert_eq!((t.to, t.segments()), (2, 1));
+//! assert!(stack.poll_timeout().is_some());
+//! ```
+
+mod output;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chord::{Address, Event, Hash, LocalNode, LookupId, MessageId, SendError, Target};
+
+use crate::secure::{SecureCore, SecureStats, DATA_OVERHEAD, MAX_PLAINTEXT};
+
+use output::Runs;
+pub use output::{Batching, Transmit};
+
+/// Most datagrams the node hands over in one gathering of runs: enough to
+/// fill several runs at once, few enough that the first leaves soon.
+const GATHER: usize = 256;
+
+thread_local! {
+    /// Where a keyed stack writes the plaintext of a datagram it opens
+    /// (or sets a run's datagrams aside while opening it in place): one per
+    /// thread, not one per peer, as large as the largest datagram opened.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The state machine of one peer: its Chord node, its seal when the swarm
+/// is keyed, and the runs waiting to leave (see the module documentation).
+pub struct Stack<A> {
+    node: LocalNode<A>,
+    /// Boxed: an unkeyed peer pays a pointer for it, not the seal's tables.
+    seal: Option<Box<SecureCore<A>>>,
+    runs: Runs<A>,
+    /// Whether plaintext copies of what leaves are kept for
+    /// [`poll_sent`](Self::poll_sent).
+    watch_sent: bool,
+    sent: VecDeque<chord::Transmit<A>>,
+}
+
+impl<A: Address> Stack<A> {
+    /// A stack of `node` and, for a keyed swarm, `seal`.
+    pub fn new(node: LocalNode<A>, seal: Option<SecureCore<A>>) -> Self {
+        Stack {
+            node,
+            seal: seal.map(Box::new),
+            runs: Runs::default(),
+            watch_sent: false,
+            sent: VecDeque::new(),
+        }
+    }
+
+    /// The Chord node, to read its tables and counters.
+    pub fn node(&self) -> &LocalNode<A> {
+        &self.node
+    }
+
+    /// Puts a fresh node in place of the current one (a join starts over
+    /// from a node of its own); the seal and its sessions stay.
+    pub fn reset_node(&mut self, node: LocalNode<A>) {
+        self.node = node;
+    }
+
+    /// Whether the swarm is keyed.
+    pub fn is_keyed(&self) -> bool {
+        self.seal.is_some()
+    }
+
+    /// The seal's counters, in a keyed swarm.
+    pub fn seal_stats(&self) -> Option<SecureStats> {
+        self.seal.as_deref().map(SecureCore::stats)
+    }
+
+    /// Whether datagrams to and from `peer` are authenticated: a keyed
+    /// handshake with it completed (always true without a key).
+    pub fn has_session(&self, peer: &A) -> bool {
+        self.seal.as_ref().is_none_or(|s| s.has_session(peer))
+    }
+
+    // ----------------------------------------------------------------- input
+
+    /// Handles one datagram from `from`: opened by the seal (a handshake
+    /// is answered, anything that does not authenticate dropped and
+    /// counted), then handed to the node.
+    pub fn handle_datagram(&mut self, now: Instant, from: A, bytes: &[u8]) {
+        let Some(seal) = &mut self.seal else {
+            self.node.handle_datagram(now, from, bytes);
+            return;
+        };
+        let node = &mut self.node;
+        SCRATCH.with_borrow_mut(|plain| {
+            if plain.len() < bytes.len() {
+                plain.resize(bytes.len(), 0);
+            }
+            if let Some(n) = seal.handle_datagram_into(now, &from, bytes, plain) {
+                node.handle_datagram(now, from, &plain[..n]);
+            }
+        });
+    }
+
+    /// Handles a run received whole from `from`: `len` bytes of `buf`,
+    /// datagrams `stride` bytes apart (the last may be shorter), as a link
+    /// that coalesces receives hands them over. A keyed stack opens them
+    /// in place. Returns how many datagrams the run held.
+    pub fn handle_run(
+        &mut self,
+        now: Instant,
+        from: A,
+        buf: &mut [u8],
+        len: usize,
+        stride: usize,
+    ) -> usize {
+        let len = len.min(buf.len());
+        let stride = stride.max(1);
+        let count = len.div_ceil(stride).max(1);
+        let (len, stride) = match &mut self.seal {
+            None => (len, stride),
+            Some(seal) => {
+                let opened = SCRATCH.with_borrow_mut(|scratch| {
+                    seal.open_run(now, &from, buf, len, stride, scratch)
+                });
+                if opened.0 == 0 {
+                    return count;
+                }
+                opened
+            }
+        };
+        if len == 0 {
+            // An empty datagram: the node counts it as malformed.
+            self.node.handle_datagram(now, from, &[]);
+            return count;
+        }
+        for d in buf[..len].chunks(stride) {
+            self.node.handle_datagram(now, from.clone(), d);
+        }
+        count
+    }
+
+    /// Handles a link's report that `peer` cannot be reached (a flow gone
+    /// down, a destination refused): the node fails it at once (see
+    /// [`LocalNode::handle_unreachable`]). The seal keeps its sessions: a
+    /// peer that comes back at the address needs no new handshake.
+    pub fn handle_unreachable(&mut self, now: Instant, peer: &A) {
+        self.node.handle_unreachable(now, peer);
+    }
+
+    /// Handles the passing of time: the node's and the seal's timers that
+    /// are due (calling it early is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.node.poll_timeout().is_some_and(|t| t <= now) {
+            self.node.handle_timeout(now);
+        }
+        if let Some(seal) = &mut self.seal {
+            if seal.poll_timeout() <= now {
+                seal.handle_timeout(now);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- output
+
+    /// The next run of datagrams to send, shaped for a link that sends as
+    /// `batching` says. Runs are gathered from up to [`GATHER`] datagrams
+    /// of the node at a time, each sealed (or queued for its handshake)
+    /// on the way; the seal's own datagrams (handshakes) go too.
+    pub fn poll_transmit(&mut self, now: Instant, batching: Batching) -> Option<Transmit<A>> {
+        if let Some(t) = self.runs.pop() {
+            return Some(t);
+        }
+        match self.queued_transmits() {
+            0 => return None,
+            // A lone datagram without a key (a lone call's request, its
+            // acknowledgement): nothing to gather it with, it leaves as
+            // the node made it.
+            1 if self.seal.is_none() => {
+                let t = self.node.poll_transmit()?;
+                if self.watch_sent {
+                    self.sent.push_back(t.clone());
+                }
+                let segment_size = t.bytes.len().max(1);
+                return Some(Transmit {
+                    to: t.to,
+                    segment_size,
+                    bytes: t.bytes,
+                });
+            }
+            _ => {}
+        }
+        self.gather(now, batching);
+        self.runs.pop()
+    }
+
+    fn gather(&mut self, now: Instant, b: Batching) {
+        for _ in 0..GATHER {
+            self.drain_seal(b);
+            let Some(t) = self.node.poll_transmit() else {
+                break;
+            };
+            if self.watch_sent {
+                self.sent.push_back(t.clone());
+            }
+            match &mut self.seal {
+                None => self.runs.push(t.to, t.bytes, b),
+                // Sealed now, or queued while its handshake runs (a
+                // refusal is counted in the seal's statistics; the node
+                // retries what needs it).
+                Some(seal) if seal.can_seal(&t.to) && t.bytes.len() <= MAX_PLAINTEXT => {
+                    // Sealed straight into its run.
+                    let size = t.bytes.len() + DATA_OVERHEAD;
+                    let plain = &t.bytes;
+                    let to = t.to.clone();
+                    self.runs.push_with(t.to, size, b, |out| {
+                        seal.seal_segments(now, &to, plain, plain.len(), out)
+                    });
+                }
+                Some(seal) => {
+                    let _ = seal.send(now, &t.to, &t.bytes);
+                }
+            }
+        }
+        self.drain_seal(b);
+        self.runs.close_all();
+    }
+
+    /// Moves what the seal has made (sealed datagrams, handshakes) into runs.
+    fn drain_seal(&mut self, b: Batching) {
+        if let Some(seal) = &mut self.seal {
+            while let Some((to, d)) = seal.poll_transmit() {
+                self.runs.push(to, Bytes::from(d), b);
+            }
+        }
+    }
+
+    /// Datagrams (of the node, the seal, or gathered in runs) waiting for
+    /// [`poll_transmit`](Self::poll_transmit); 0 when it would give none.
+    pub fn queued_transmits(&self) -> usize {
+        self.node.queued_transmits()
+            + self.runs.len()
+            + self.seal.as_deref().map_or(0, SecureCore::queued_transmits)
+    }
+
+    /// Keeps (`true`) or stops keeping a plaintext copy of every datagram
+    /// the node hands to the seal and the runs, for
+    /// [`poll_sent`](Self::poll_sent) (an application's `send` hook).
+    pub fn watch_sent(&mut self, on: bool) {
+        self.watch_sent = on;
+        if !on {
+            self.sent.clear();
+        }
+    }
+
+    /// The next plaintext datagram the node sent, while
+    /// [`watch_sent`](Self::watch_sent) is on.
+    pub fn poll_sent(&mut self) -> Option<chord::Transmit<A>> {
+        self.sent.pop_front()
+    }
+
+    /// The next event of the node.
+    pub fn poll_event(&mut self) -> Option<Event<A>> {
+        self.node.poll_event()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) wants to run: the
+    /// earlier of the node's and the seal's timers.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let seal = self.seal.as_deref().map(SecureCore::poll_timeout);
+        match (self.node.poll_timeout(), seal) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // -------------------------------------------------------------- commands
+
+    /// Starts a swarm of one ([`LocalNode::create`]).
+    pub fn create(&mut self, now: Instant) {
+        self.node.create(now);
+    }
+
+    /// Joins through `bootstrap` ([`LocalNode::join`]).
+    pub fn join(&mut self, bootstrap: A, now: Instant) {
+        self.node.join(bootstrap, now);
+    }
+
+    /// Looks up the owner of `key` ([`LocalNode::lookup`]).
+    pub fn lookup(&mut self, key: Hash, now: Instant) -> LookupId {
+        self.node.lookup(key, now)
+    }
+
+    /// Sends a confirmed message ([`LocalNode::send`]).
+    pub fn send(
+        &mut self,
+        target: Target,
+        payload: impl Into<Bytes>,
+        duplicates: u8,
+        now: Instant,
+    ) -> Result<MessageId, SendError> {
+        self.node.send(target, payload, duplicates, now)
+    }
+
+    /// Sends an unconfirmed datagram ([`LocalNode::send_datagram`]).
+    pub fn send_datagram(
+        &mut self,
+        target: Target,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), SendError> {
+        self.node.send_datagram(target, payload, now)
+    }
+
+    /// Sends to every member ([`LocalNode::broadcast`]).
+    pub fn broadcast(
+        &mut self,
+        payload: impl Into<Bytes>,
+        now: Instant,
+    ) -> Result<MessageId, SendError> {
+        self.node.broadcast(payload, now)
+    }
+
+    /// Leaves the swarm gracefully ([`LocalNode::leave`]).
+    pub fn leave(&mut self, now: Instant) {
+        self.node.leave(now);
+    }
+
+    /// Asks `to` where it sees this peer ([`LocalNode::observe`]).
+    pub fn observe(&mut self, to: A, now: Instant) {
+        self.node.observe(to, now);
+    }
+
+    /// How many more messages the application can take
+    /// ([`LocalNode::set_receive_room`]).
+    pub fn set_receive_room(&mut self, room: usize) {
+        self.node.set_receive_room(room);
+    }
+
+    /// Tells the node how others can reach it (public, mapped, behind a
+    /// NAT), as the driver learns it from its observations.
+    pub fn set_reach(&mut self, reach: chord::Reach) {
+        self.node.set_reach(reach);
+    }
+}
