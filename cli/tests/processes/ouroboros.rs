@@ -668,7 +668,7 @@ fn a_keyed_swarm_over_ouroboros_forms_and_keeps_another_key_out() {
     }
     let other = ["--swarm-key", theirs_s.as_ref()];
     let join = nodes[0].addr.clone();
-    let mut c = start_ouro(&name("other", 0), "local_layer", Some(&join), &other);
+    let c = start_ouro(&name("other", 0), "local_layer", Some(&join), &other);
     let e = c
         .wait_for(0, Duration::from_secs(15), is("error"))
         .expect("an error");
