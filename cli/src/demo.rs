@@ -22,6 +22,12 @@
 //! never sent SIGKILL (a process killed inside the Ouroboros library can
 //! wedge the IRMd); the churn sends SIGTERM, on which they end at once
 //! without leaving, and the final cleanup asks them to `quit`.
+//!
+//! With `--ourolab MEDIUM` (root only, with `--transport ouroboros`) the
+//! Ouroboros peers run on hosts of their own that the demo builds with
+//! `scripts/ourolab` (an IRMd each, joined by an `eth-dix` or `eth-llc`
+//! layer on links with no IP address, or by `udp4`), peer `i` on host
+//! `h(i mod N + 1)`, and tears down at the end.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -81,22 +87,40 @@ pub struct DemoArgs {
     /// directory or one above it.
     #[arg(long)]
     netlab: Option<PathBuf>,
+    /// With `--transport ouroboros`: spread the peers over Ouroboros hosts
+    /// of their own (`scripts/ourolab`, root only), an IRMd each, joined by
+    /// a layer of this medium: `eth-dix` or `eth-llc` (Ethernet, no IP
+    /// address on any host) or `udp4`. The layer is `--layer`.
+    #[arg(long, value_name = "MEDIUM")]
+    ourolab: Option<String>,
+    /// Hosts of `--ourolab` (1-9).
+    #[arg(long, default_value_t = 3)]
+    ourolab_hosts: usize,
+    /// The lab script of `--ourolab`; by default `scripts/ourolab` in the
+    /// current directory or one above it.
+    #[arg(long)]
+    ourolab_script: Option<PathBuf>,
 }
 
 // ------------------------------------------------------------------ the lab
 
-/// The lab of `--lab` while it is up: its script and prefix.
-fn lab_state() -> &'static Mutex<Option<(PathBuf, String)>> {
-    static L: OnceLock<Mutex<Option<(PathBuf, String)>>> = OnceLock::new();
+/// A lab's script and the arguments that tear it down.
+type LabDown = (PathBuf, Vec<String>);
+
+/// The lab of `--lab` or `--ourolab` while it is up: its script and the
+/// arguments that tear it down.
+fn lab_state() -> &'static Mutex<Option<LabDown>> {
+    static L: OnceLock<Mutex<Option<LabDown>>> = OnceLock::new();
     L.get_or_init(|| Mutex::new(None))
 }
 
-/// Tears the lab down (`netlab down --kill-strays`), if one is up.
+/// Tears the lab down (`netlab down P --kill-strays`, `ourolab down P`), if
+/// one is up.
 fn lab_down() {
-    if let Some((script, prefix)) = lock(lab_state()).take() {
+    if let Some((script, down)) = lock(lab_state()).take() {
         let _ = Command::new("bash")
             .arg(&script)
-            .args(["down", &prefix, "--kill-strays"])
+            .args(&down)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -126,23 +150,81 @@ fn is_root() -> bool {
     crate::procfs::status_value("Uid", 1) == Some(0)
 }
 
-/// Finds the lab script: `--netlab`, else `scripts/netlab` here or above.
-fn find_netlab(given: Option<&PathBuf>) -> Result<PathBuf, String> {
+/// Finds a lab script: `given` (`--netlab`, `--ourolab-script`), else
+/// `scripts/NAME` here or above.
+fn find_script(given: Option<&PathBuf>, name: &str, flag: &str) -> Result<PathBuf, String> {
     if let Some(p) = given {
         return if p.is_file() {
             Ok(p.clone())
         } else {
-            Err(format!("--netlab {}: no such file", p.display()))
+            Err(format!("{flag} {}: no such file", p.display()))
         };
     }
     let here = std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?;
     here.ancestors()
-        .map(|d| d.join("scripts/netlab"))
+        .map(|d| d.join("scripts").join(name))
         .find(|p| p.is_file())
         .ok_or_else(|| {
-            "--lab needs the lab script scripts/netlab: run from the repository or give --netlab PATH"
-                .to_string()
+            format!(
+                "the lab script scripts/{name} is missing: run from the repository or give {flag} PATH"
+            )
         })
+}
+
+/// Brings up the Ouroboros hosts of `--ourolab` (`ourolab up`).
+fn ourolab_up(
+    script: &std::path::Path,
+    prefix: &str,
+    medium: &str,
+    hosts: usize,
+    layer: &str,
+) -> Result<(), String> {
+    let check = Command::new("bash")
+        .arg(script)
+        .arg("check")
+        .env("OUROLAB_MEDIUM", medium)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !check.status.success() {
+        return Err(format!(
+            "the Ouroboros lab cannot run here: {}",
+            String::from_utf8_lossy(&check.stdout).trim()
+        ));
+    }
+    *lock(lab_state()) = Some((script.to_path_buf(), vec!["down".into(), prefix.into()]));
+    let up = Command::new("bash")
+        .arg(script)
+        .args(["up", prefix])
+        .env("OUROLAB_MEDIUM", medium)
+        .env("OUROLAB_HOSTS", hosts.to_string())
+        .env("OUROLAB_LAYER", layer)
+        .output()
+        .map_err(|e| format!("cannot run ourolab up: {e}"))?;
+    if !up.status.success() {
+        return Err(format!(
+            "ourolab up {prefix} failed: {}",
+            String::from_utf8_lossy(&up.stderr).trim()
+        ));
+    }
+    say(String::from_utf8_lossy(&up.stdout).trim().to_string());
+    Ok(())
+}
+
+/// Makes `name`, served on `host` of the Ouroboros lab, reachable from
+/// every host (`ourolab name`).
+fn ourolab_name(script: &str, prefix: &str, host: &str, name: &str) -> Result<(), String> {
+    let out = Command::new("bash")
+        .arg(script)
+        .args(["name", host, name, "-p", prefix])
+        .output()
+        .map_err(|e| format!("cannot run ourolab name: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ourolab name {host} {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 /// Brings up the lab `prefix` and returns its variables (`netlab env`).
@@ -158,7 +240,10 @@ fn lab_up(script: &std::path::Path, prefix: &str) -> Result<LabEnv, String> {
             String::from_utf8_lossy(&check.stdout).trim()
         ));
     }
-    *lock(lab_state()) = Some((script.to_path_buf(), prefix.to_string()));
+    *lock(lab_state()) = Some((
+        script.to_path_buf(),
+        vec!["down".into(), prefix.into(), "--kill-strays".into()],
+    ));
     let mut cmd = Command::new("bash");
     cmd.arg(script).args(["up", prefix]);
     for (k, _) in std::env::vars_os() {
@@ -225,6 +310,8 @@ struct Launch {
     wrap: Vec<String>,
     bind: String,
     map: bool,
+    /// More flags for the node.
+    extra: Vec<String>,
 }
 
 // ------------------------------------------------------------------ children
@@ -242,6 +329,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Set when the children run over Ouroboros: they are stopped with
 /// SIGTERM, never SIGKILL.
 static GENTLE: AtomicBool = AtomicBool::new(false);
+
+/// Set when the children run on the hosts of `--ourolab`: their names live
+/// in the lab's IRMds, which go away with the lab.
+static OUROLAB: AtomicBool = AtomicBool::new(false);
 
 /// Stops a child (SIGKILL, or SIGTERM when [`GENTLE`]) and reaps it; a
 /// gentle child still running after 10 s is left alone.
@@ -338,6 +429,7 @@ impl Peer {
         if launch.map {
             cmd.arg("--map");
         }
+        cmd.args(&launch.extra);
         cmd.arg("--json")
             .args(["--stabilize-ms", &stabilize_ms.to_string()])
             .args(["--request-timeout-ms", &request_timeout_ms.to_string()])
@@ -496,7 +588,7 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        if !self.alive && GENTLE.load(Ordering::Relaxed) {
+        if !self.alive && GENTLE.load(Ordering::Relaxed) && !OUROLAB.load(Ordering::Relaxed) {
             // Killed by the churn over Ouroboros: its name is still in the
             // IRMd; remove it (best effort, needs `irm`).
             let _ = Command::new("irm")
@@ -654,7 +746,8 @@ fn run(args: DemoArgs) -> Result<bool, String> {
         "udp" => false,
         "ouroboros" => {
             // A probe only: the demo process itself stays out of Ouroboros.
-            if !cicada::ouroboros::irmd_running() {
+            // The hosts of --ourolab have IRMds of their own.
+            if args.ourolab.is_none() && !cicada::ouroboros::irmd_running() {
                 return Err(format!(
                     "--transport ouroboros needs a running Ouroboros IRMd: none answers on {} \
                      (see docs/ouroboros.md; .ci/ouroboros.sh up starts one with local_layer)",
@@ -675,6 +768,27 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     if args.lab && over_ouroboros {
         return Err("--lab runs the peers over UDP: drop --transport ouroboros".into());
     }
+    if let Some(m) = &args.ourolab {
+        if !over_ouroboros {
+            return Err("--ourolab runs Ouroboros peers: add --transport ouroboros".into());
+        }
+        if args.lab {
+            return Err("--ourolab and --lab are two different labs: choose one".into());
+        }
+        if !matches!(m.as_str(), "eth-dix" | "eth-llc" | "udp4") {
+            return Err(format!("--ourolab {m:?}: want eth-dix, eth-llc or udp4"));
+        }
+        if !(1..=9).contains(&args.ourolab_hosts) {
+            return Err("--ourolab-hosts must be 1 to 9".into());
+        }
+        if !is_root() {
+            return Err(
+                "--ourolab needs root: it builds network and mount namespaces and starts an \
+                 IRMd in each (scripts/ourolab); run it as root"
+                    .into(),
+            );
+        }
+    }
     if args.lab && !is_root() {
         return Err(
             "--lab needs root: it builds the lab's network namespaces (scripts/netlab); \
@@ -687,8 +801,23 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     install_signal_handler(stop.clone())?;
     // The lab, torn down when `_lab` drops (after the peers, declared later).
     let mut lab: Option<(String, String, LabEnv)> = None;
-    let _lab = if args.lab {
-        let script = find_netlab(args.netlab.as_ref())?;
+    // The Ouroboros lab of --ourolab: its script and prefix.
+    let mut ourolab: Option<(String, String)> = None;
+    let _lab = if let Some(medium) = &args.ourolab {
+        let script = find_script(args.ourolab_script.as_ref(), "ourolab", "--ourolab-script")?;
+        let prefix = format!("od{}", std::process::id());
+        say(format!(
+            "bringing up {} Ouroboros hosts {prefix}-h1.. joined by {medium} layer {} ({})",
+            args.ourolab_hosts,
+            args.layer,
+            script.display()
+        ));
+        OUROLAB.store(true, Ordering::Relaxed);
+        ourolab_up(&script, &prefix, medium, args.ourolab_hosts, &args.layer)?;
+        ourolab = Some((script.display().to_string(), prefix));
+        Some(LabGuard)
+    } else if args.lab {
+        let script = find_script(args.netlab.as_ref(), "netlab", "--netlab")?;
         let prefix = format!("demo{}", std::process::id());
         say(format!(
             "bringing up the lab {prefix} ({})",
@@ -716,6 +845,14 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     let bad_lines = Arc::new(AtomicUsize::new(0));
     let n = args.nodes;
     let ring_timeout = Duration::from_secs_f64(args.ring_timeout.max(1.0));
+    // Across Ouroboros hosts a flow takes about 1 s to allocate and 0.23's
+    // layers lose some allocations: requests get 2.5 s at least, and a join
+    // is tried again for 40 s (docs/ouroboros.md, "Across hosts").
+    let (request_timeout_ms, join_wait) = if ourolab.is_some() {
+        (args.request_timeout_ms.max(2500), Duration::from_secs(45))
+    } else {
+        (args.request_timeout_ms, Duration::from_secs(20))
+    };
 
     // ---- joins
     let started = Instant::now();
@@ -734,8 +871,26 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             Some(peers[rng.below(i)].addr.clone())
         };
         let name = format!("cicada-demo-{}-{i}", std::process::id());
-        let launch = match &lab {
-            Some((script, prefix, _)) => {
+        let launch = match (&lab, &ourolab) {
+            (_, Some((script, prefix))) => {
+                let host = format!("h{}", i % args.ourolab_hosts + 1);
+                ourolab_name(script, prefix, &host, &name)?;
+                Launch {
+                    wrap: vec![
+                        "bash".into(),
+                        script.clone(),
+                        "exec".into(),
+                        host.clone(),
+                        prefix.clone(),
+                        "--".into(),
+                    ],
+                    host,
+                    bind: String::new(),
+                    map: false,
+                    extra: vec!["--connect-timeout".into(), "40".into()],
+                }
+            }
+            (Some((script, prefix, _)), None) => {
                 let (host, bind, map) = lab_place(i);
                 Launch {
                     wrap: vec![
@@ -749,13 +904,15 @@ fn run(args: DemoArgs) -> Result<bool, String> {
                     host,
                     bind,
                     map,
+                    extra: Vec::new(),
                 }
             }
-            None => Launch {
+            (None, None) => Launch {
                 host: "local".into(),
                 wrap: Vec::new(),
                 bind: "127.0.0.1:0".into(),
                 map: false,
+                extra: Vec::new(),
             },
         };
         let mut p = Peer::start(
@@ -764,10 +921,10 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             over_ouroboros.then_some((name.as_str(), args.layer.as_str())),
             join.as_deref(),
             args.stabilize_ms,
-            args.request_timeout_ms,
+            request_timeout_ms,
             &bad_lines,
         )?;
-        let joined = p.wait_for(0, Duration::from_secs(20), |v| {
+        let joined = p.wait_for(0, join_wait, |v| {
             v["event"] == "joined" || v["event"] == "error" || v["event"] == "eof"
         });
         match joined {
@@ -895,7 +1052,7 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             .join(", ")
     };
     let (nat_before, nat_after) = (counts(&all), counts(&survivors));
-    if n <= 64 || args.lab {
+    if n <= 64 || args.lab || ourolab.is_some() {
         println!();
         println!("{:>4}  {:<8} {:<24} NAT", "peer", "host", "address");
         println!("{}", "-".repeat(62));
@@ -951,7 +1108,10 @@ fn run(args: DemoArgs) -> Result<bool, String> {
         a_nat(&mut top, &nat_after);
         top.insert(
             "lab".into(),
-            json!(lab.as_ref().map(|(_, prefix, _)| prefix.clone())),
+            json!(lab
+                .as_ref()
+                .map(|(_, prefix, _)| prefix.clone())
+                .or_else(|| ourolab.as_ref().map(|(_, prefix)| prefix.clone()))),
         );
         let list: Vec<Value> = peers
             .iter()

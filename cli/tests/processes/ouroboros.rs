@@ -81,7 +81,12 @@ fn start_ouro(name: &str, layer: &str, join: Option<&str>, extra: &[&str]) -> No
 }
 
 pub(super) fn wait_joined(node: &Node, i: usize) {
-    match node.wait_for(0, Duration::from_secs(15), |v| {
+    wait_joined_within(node, i, Duration::from_secs(15))
+}
+
+/// [`wait_joined`] with a deadline of `within`.
+pub(super) fn wait_joined_within(node: &Node, i: usize, within: Duration) {
+    match node.wait_for(0, within, |v| {
         v["event"] == "joined" || v["event"] == "error"
     }) {
         Some(v) if v["event"] == "joined" => {}
