@@ -793,6 +793,9 @@ mod tests {
     fn flag_values_match_fccntl_h() {
         assert_eq!(FlowProperties::NON_BLOCKING.bits(), 0o3000);
         assert_eq!(FlowProperties::NO_PARTIAL_READ.bits(), 0o10000);
+        // FLOWFWNOPART, as the header has it (a parity difference: see
+        // docs/ouroboros.md).
+        assert_eq!(FlowProperties::NO_PARTIAL_WRITE.bits(), 0o20000);
         assert_eq!(FrctFlags::LINGER.bits(), 4);
     }
 }
