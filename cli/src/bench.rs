@@ -57,6 +57,9 @@ pub struct BenchArgs {
     /// off by default).
     #[arg(long)]
     ouroboros_classes: bool,
+    /// Datagrams a second of the flood of `--ouroboros-classes`.
+    #[arg(long, default_value_t = 40_000)]
+    ouroboros_flood_rate: u64,
     /// Only the row of `--ouroboros-classes`.
     #[arg(long, conflicts_with_all = ["only_ouroboros", "no_ouroboros"])]
     only_ouroboros_classes: bool,
@@ -187,8 +190,13 @@ async fn run(args: &BenchArgs) -> R<Value> {
         .await?;
     }
     if args.only_ouroboros_classes || (args.ouroboros_classes && !args.no_ouroboros) {
-        crate::bench_ouro::classes_row(&args.ouroboros_layer, args.round_trips, &mut report)
-            .await?;
+        crate::bench_ouro::classes_row(
+            &args.ouroboros_layer,
+            args.round_trips,
+            args.ouroboros_flood_rate,
+            &mut report,
+        )
+        .await?;
     }
     if args.markdown {
         println!();

@@ -759,17 +759,22 @@ pub async fn rows(
 
 /// Round trips of the routing (an `Observe` and its answer, as the core's
 /// maintenance and lookups travel) to a peer process, idle and while this
-/// process floods that peer with unconfirmed 1,000-byte datagrams (40,000
-/// a second, in bursts of 256, more than a flow's ring holds): one flow
+/// process floods that peer with unconfirmed 1,000-byte datagrams (`rate` a
+/// second, 40,000 by default, in bursts of 256): one flow
 /// per neighbour (`CICADA_OUROBOROS_CLASSES=1` on both sides) against one
 /// flow per class (the default: maintenance on a low-delay flow, data on a
 /// bandwidth flow). A flood loads the IRMd: off by default
 /// (`--ouroboros-classes`).
-pub async fn classes_row(layer: &str, probes: usize, report: &mut Map<String, Value>) -> R<()> {
+pub async fn classes_row(
+    layer: &str,
+    probes: usize,
+    rate: u64,
+    report: &mut Map<String, Value>,
+) -> R<()> {
     println!();
     println!(
         "{:<34} {:>14} {:>14} {:>8}",
-        format!("routing during a flood ({layer})"),
+        format!("routing during a flood ({layer}, {rate}/s)"),
         "one flow",
         "two classes",
         "ratio"
@@ -782,8 +787,8 @@ pub async fn classes_row(layer: &str, probes: usize, report: &mut Map<String, Va
         report.insert("ouroboros_classes".into(), json!("skipped: no IRMd"));
         return Ok(());
     }
-    let one = classes_turn(layer, false, probes).await?;
-    let two = classes_turn(layer, true, probes).await?;
+    let one = classes_turn(layer, false, probes, rate).await?;
+    let two = classes_turn(layer, true, probes, rate).await?;
     cicada::link::OuroborosLink::set_class_flows(true);
     let rows = [
         ("round trip p50, idle", one.idle.0, two.idle.0),
@@ -832,6 +837,7 @@ pub async fn classes_row(layer: &str, probes: usize, report: &mut Map<String, Va
         );
         report.insert(format!("ouroboros_classes_{tag}_lost"), json!(t.lost));
     }
+    report.insert("ouroboros_classes_flood_rate".into(), json!(rate));
     report.insert(
         "ouroboros_classes_flood_p50_ratio".into(),
         json!(two.busy.0 / one.busy.0),
@@ -843,9 +849,8 @@ pub async fn classes_row(layer: &str, probes: usize, report: &mut Map<String, Va
     Ok(())
 }
 
-/// Datagrams a second of the flood of [`classes_row`], and how many leave
-/// at each tick of its pacing.
-const FLOOD_RATE: u64 = 40_000;
+/// How many datagrams of the flood of [`classes_row`] leave at each tick
+/// of its pacing.
 const FLOOD_BURST: u64 = 256;
 
 /// What one setting of [`classes_row`] measured: (p50, p99) round trips in
@@ -858,7 +863,7 @@ struct ClassesTurn {
     flood_rate: f64,
 }
 
-async fn classes_turn(layer: &str, two: bool, probes: usize) -> R<ClassesTurn> {
+async fn classes_turn(layer: &str, two: bool, probes: usize, rate: u64) -> R<ClassesTurn> {
     let pid = std::process::id();
     let tag = if two { "2" } else { "1" };
     cicada::link::OuroborosLink::set_class_flows(two);
@@ -889,7 +894,7 @@ async fn classes_turn(layer: &str, two: bool, probes: usize) -> R<ClassesTurn> {
         // (a flood as fast as it goes measures the contention for the
         // sender's core, not the flows).
         let mut tick = tokio::time::interval(Duration::from_secs_f64(
-            FLOOD_BURST as f64 / FLOOD_RATE as f64,
+            FLOOD_BURST as f64 / rate.max(1) as f64,
         ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         while !fstop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -907,6 +912,19 @@ async fn classes_turn(layer: &str, two: bool, probes: usize) -> R<ClassesTurn> {
     let (busy, lost) = observes(&a, &to, probes).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flood_rate = flood.await.unwrap_or(0.0);
+    if let Ok(st) = a.stats().await {
+        if let Some(f) = st.ouroboros {
+            eprintln!(
+                "sending peer ({} flow(s) a neighbour): {} datagrams on control flows, {} on bulk flows, {} dropped by the link, {} link errors, {} parked",
+                if two { 2 } else { 1 },
+                f.control_sent,
+                f.bulk_sent,
+                f.dropped,
+                st.link_errors,
+                st.link_parked
+            );
+        }
+    }
     a.close().await;
     receiver.stop();
     if idle.is_empty() || busy.is_empty() {
