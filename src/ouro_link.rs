@@ -123,6 +123,14 @@ impl Class {
         }
     }
 
+    /// The other class.
+    fn other(self) -> Class {
+        match self {
+            Class::Control => Class::Bulk,
+            Class::Bulk => Class::Control,
+        }
+    }
+
     fn byte(self) -> u8 {
         match self {
             Class::Control => 0,
@@ -808,9 +816,10 @@ impl Shared {
         slot.last.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// The flow of `class` to write a datagram to `name` on, or `None` when
-    /// the datagram was queued behind an allocation (started here if
-    /// needed).
+    /// The flow of `class` to write a datagram to `name` on (the other
+    /// class's while this one's is being allocated or backing off), or
+    /// `None` when the datagram was queued behind an allocation (started
+    /// here if needed).
     fn route(
         self: &Arc<Self>,
         name: &str,
@@ -826,8 +835,17 @@ impl Shared {
         }
         let key = (name.to_owned(), class);
         let mut routes = lock(&self.routes);
+        // While this class's flow is being allocated (or cannot be), the
+        // other class's flow to the name carries its datagrams: the first
+        // data to a neighbour does not wait for (or get dropped behind) a
+        // second allocation, which takes a second across hosts.
+        let other = match routes.get(&(name.to_owned(), class.other())) {
+            Some(Route::Ready(slot)) if self.classes => Some(slot.clone()),
+            _ => None,
+        };
         match routes.get_mut(&key) {
             Some(Route::Ready(slot)) => return Ok(Some(slot.clone())),
+            Some(Route::Pending { .. }) if other.is_some() => return Ok(other),
             Some(Route::Pending { queue, .. }) => {
                 if queue.len() >= FLOW_QUEUE {
                     self.drop_one();
@@ -844,6 +862,9 @@ impl Shared {
             let mut backoff = lock(&self.backoff);
             if let Some(t) = backoff.get(name) {
                 if t.elapsed() < ALLOC_BACKOFF {
+                    if other.is_some() {
+                        return Ok(other);
+                    }
                     self.drop_one();
                     return Err(io::ErrorKind::NotConnected.into());
                 }
@@ -859,13 +880,11 @@ impl Shared {
         // Allocation: one per name at a time (the route exists while it
         // runs, so further datagrams queue behind it), never to our own name.
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
-        routes.insert(
-            key.clone(),
-            Route::Pending {
-                gen,
-                queue: vec![Bytes::copy_from_slice(bytes)],
-            },
-        );
+        let queue = match other {
+            Some(_) => Vec::new(),
+            None => vec![Bytes::copy_from_slice(bytes)],
+        };
+        routes.insert(key.clone(), Route::Pending { gen, queue });
         drop(routes);
         self.counters.live.fetch_add(1, Ordering::Relaxed);
         let s = self.clone();
@@ -890,7 +909,7 @@ impl Shared {
                     }
                 }),
         );
-        Ok(None)
+        Ok(other)
     }
 
     /// Makes `flow` (allocated by us for the pending route of generation

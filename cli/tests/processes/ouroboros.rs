@@ -282,6 +282,10 @@ fn ouroboros_traffic_classes_take_their_own_flows_and_mix_with_one_flow_peers() 
     let all: Vec<usize> = (0..3).collect();
     wait_ring(&mut nodes, &all, Duration::from_secs(15)).expect("the ring of 3 converges");
     all_pairs(&mut nodes, &all, "q");
+    // The first data to a neighbour rides its control flow while the bulk
+    // flow is allocated; a second round finds the bulk flows up.
+    std::thread::sleep(Duration::from_millis(500));
+    all_pairs(&mut nodes, &all, "q2");
     broadcast_reaches_all(&mut nodes, &all, 2, "qb");
     for (i, node) in nodes.iter_mut().enumerate() {
         let at = node.len();
