@@ -28,6 +28,15 @@
 //! used from several threads, raw flows read by one thread and written by
 //! another are fine.
 //!
+//! Each neighbour gets two flows, one per traffic class ([`Class`]): the
+//! core's maintenance, lookups and confirmations on a low-delay flow, its
+//! application data (`Data` datagrams) on a bandwidth flow, chosen per
+//! datagram from the kind byte of its header. Both are unreliable (no
+//! FRCT). A flood of data then fills only the bulk flow's ring, and the
+//! reader thread reads what the low-delay flows brought first, so routing
+//! does not queue behind data. [`OuroborosLink::set_class_flows`] (or
+//! `CICADA_OUROBOROS_CLASSES=1`) puts everything on one flow instead.
+//!
 //! The first packet on every flow is a hello carrying the allocator's name:
 //! an accepted flow does not say who allocated it, and the core needs the
 //! sender's address. A flow that goes down, or stays idle for
@@ -76,9 +85,118 @@ pub(crate) const FLOW_QUEUE: usize = 512;
 /// Datagrams from all flows waiting for the driver.
 pub(crate) const INCOMING_QUEUE: usize = 4096;
 
-/// The hello: this magic, one version byte, then the allocator's name.
+/// The hello: this magic, one version byte, then (version 2) the flow's
+/// class, then the allocator's name. Version 1 (no class byte) is a flow
+/// that carries every class.
 const HELLO_MAGIC: &[u8; 8] = b"CICADA-H";
 const HELLO_VERSION: u8 = 1;
+const HELLO_VERSION_CLASS: u8 = 2;
+/// The kind byte (after the magic and the version) of the core's `Data`
+/// datagrams (`chord::wire`): application messages, fragments and
+/// broadcasts. Every other kind is maintenance, lookups or confirmations.
+const DATA_KIND: u8 = 10;
+/// A datagram that is not a plain Cicada one (sealed with a swarm key, its
+/// kind hidden) goes on the bulk flow from this size on.
+const SEALED_BULK: usize = 512;
+
+/// A traffic class: which of a neighbour's flows a datagram takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Class {
+    /// Maintenance, lookups, confirmations (and everything, with one class
+    /// per neighbour): a low-delay flow.
+    Control,
+    /// Application data: a bandwidth flow.
+    Bulk,
+}
+
+impl Class {
+    /// The class of a datagram, from the kind byte of its header.
+    fn of(bytes: &[u8]) -> Class {
+        match bytes {
+            [m0, m1, _version, kind, ..] if [*m0, *m1] == chord::MAGIC => {
+                if *kind == DATA_KIND {
+                    Class::Bulk
+                } else {
+                    Class::Control
+                }
+            }
+            _ if bytes.len() >= SEALED_BULK => Class::Bulk,
+            _ => Class::Control,
+        }
+    }
+
+    /// The other class.
+    fn other(self) -> Class {
+        match self {
+            Class::Control => Class::Bulk,
+            Class::Bulk => Class::Control,
+        }
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            Class::Control => 0,
+            Class::Bulk => 1,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Class> {
+        match b {
+            0 => Some(Class::Control),
+            1 => Some(Class::Bulk),
+            _ => None,
+        }
+    }
+
+    /// The QoS of this class's flows: unreliable (`in_order` off, so the
+    /// library creates no FRCT instance, and `loss` 1, so no
+    /// retransmission even if it did), with the peer timeout of
+    /// [`flow_qos`]. Control asks for 0.23's voice cube (delay 50 ms,
+    /// availability 5, bandwidth and gap within the voice limits), bulk for
+    /// its video cube (unbounded bandwidth); a unicast layer schedules by
+    /// cube, the shim layers (local, udp4, Ethernet) carry the QoS and do
+    /// not act on it.
+    fn qos(self) -> QoSSpec {
+        let raw = flow_qos();
+        match self {
+            Class::Control => QoSSpec {
+                delay: 50,
+                bandwidth: 100_000,
+                availability: 5,
+                max_gap: 50,
+                ..raw
+            },
+            Class::Bulk => QoSSpec {
+                delay: 100,
+                bandwidth: u64::MAX,
+                availability: 3,
+                max_gap: 100,
+                ..raw
+            },
+        }
+    }
+}
+
+/// Whether new links open a flow per class (2, the default) or one flow
+/// per neighbour (1); 0 until read from `CICADA_OUROBOROS_CLASSES`.
+static CLASSES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether links bound from now on use a flow per class.
+fn class_flows() -> bool {
+    match CLASSES.load(Ordering::Relaxed) {
+        0 => {
+            let one = std::env::var("CICADA_OUROBOROS_CLASSES").is_ok_and(|v| v.trim() == "1");
+            let _ = CLASSES.compare_exchange(
+                0,
+                if one { 1 } else { 2 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            CLASSES.load(Ordering::Relaxed) == 2
+        }
+        n => n == 2,
+    }
+}
 /// How often the reader thread checks for idle flows.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// A flow that went down is deallocated once it has been down this long
@@ -195,6 +313,9 @@ struct Counters {
     handed: AtomicU64,
     queued: AtomicU64,
     write_waits: AtomicU64,
+    control_sent: AtomicU64,
+    bulk_sent: AtomicU64,
+    refused: AtomicU64,
     /// Flows open (or being allocated) now.
     live: AtomicUsize,
 }
@@ -220,6 +341,9 @@ impl FlowStatsHandle {
             handed: c.handed.load(Ordering::Relaxed),
             queued: c.queued.load(Ordering::Relaxed),
             write_waits: c.write_waits.load(Ordering::Relaxed),
+            control_sent: c.control_sent.load(Ordering::Relaxed),
+            bulk_sent: c.bulk_sent.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -261,6 +385,14 @@ pub struct FlowStats {
     /// 200 ms in any second, and those that find no room past that are
     /// counted in `dropped`).
     pub write_waits: u64,
+    /// Datagrams written on low-delay flows (maintenance, lookups,
+    /// confirmations); with one flow per neighbour, every datagram.
+    pub control_sent: u64,
+    /// Datagrams written on bulk flows (application data).
+    pub bulk_sent: u64,
+    /// Accepted flows deallocated unread because their allocator asked for
+    /// in-order delivery (an FRCT flow, which Cicada does not use).
+    pub refused: u64,
 }
 
 /// One open flow of the link. Written by the driver, read by the reader
@@ -269,6 +401,8 @@ struct Slot {
     flow: Option<Flow>,
     fd: i32,
     peer: String,
+    /// The route it serves (always `Control` with one flow per neighbour).
+    class: Class,
     gen: u64,
     /// Milliseconds since the link's epoch of the last packet either way.
     last: AtomicU64,
@@ -323,7 +457,9 @@ enum Route {
 struct Shared {
     me: String,
     epoch: Instant,
-    routes: Mutex<HashMap<String, Route>>,
+    /// A flow per class of each neighbour ([`Shared::classes`]), or one.
+    classes: bool,
+    routes: Mutex<HashMap<(String, Class), Route>>,
     /// Every open flow, by descriptor (also flows replaced by a newer one,
     /// still read until idle).
     slots: Mutex<HashMap<i32, Arc<Slot>>>,
@@ -412,6 +548,7 @@ impl OuroborosLink {
         let shared = Arc::new(Shared {
             me: name.to_owned(),
             epoch: Instant::now(),
+            classes: class_flows(),
             routes: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             graveyard: Mutex::new(Vec::new()),
@@ -463,6 +600,22 @@ impl OuroborosLink {
         &self.shared.me
     }
 
+    /// Whether links bound from now on (in this process) open two flows
+    /// per neighbour, a low-delay one for maintenance, lookups and
+    /// confirmations and a bandwidth one for application data (`true`, the
+    /// default), or carry everything on one flow (`false`). The default can
+    /// be set with `CICADA_OUROBOROS_CLASSES=1` (one flow) or `2`. Peers
+    /// of either setting talk to each other.
+    pub fn set_class_flows(two: bool) {
+        CLASSES.store(if two { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
+    /// Whether this link opens a flow per traffic class (see
+    /// [`set_class_flows`](Self::set_class_flows)).
+    pub fn class_flows(&self) -> bool {
+        self.shared.classes
+    }
+
     /// What the link counted so far.
     pub fn stats(&self) -> FlowStats {
         self.stats_handle().get()
@@ -510,7 +663,8 @@ impl Link for OuroborosLink {
                 format!("{to} is not an Ouroboros name"),
             ));
         };
-        let Some(slot) = self.shared.route(name, bytes)? else {
+        let class = self.shared.class_for(bytes);
+        let Some(slot) = self.shared.route(name, class, bytes)? else {
             return Ok(()); // queued behind the allocation
         };
         let mut tries = 0;
@@ -519,6 +673,7 @@ impl Link for OuroborosLink {
             match slot.flow().write(bytes) {
                 Ok(_) => {
                     self.shared.touch(&slot);
+                    self.shared.count_sent(slot.class);
                     return Ok(());
                 }
                 Err(ouro::Error::WouldBlock { .. })
@@ -613,6 +768,33 @@ impl Shared {
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The route class of a datagram: its own class, or `Control` (the one
+    /// flow) with one flow per neighbour.
+    fn class_for(&self, bytes: &[u8]) -> Class {
+        if self.classes {
+            Class::of(bytes)
+        } else {
+            Class::Control
+        }
+    }
+
+    /// The route class of a flow whose hello said `class` (`None`: a
+    /// version-1 hello, a flow for everything).
+    fn route_class(&self, class: Option<Class>) -> Class {
+        match class {
+            Some(c) if self.classes => c,
+            _ => Class::Control,
+        }
+    }
+
+    fn count_sent(&self, class: Class) {
+        let c = match class {
+            Class::Control => &self.counters.control_sent,
+            Class::Bulk => &self.counters.bulk_sent,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -636,9 +818,16 @@ impl Shared {
         slot.last.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// The flow to write a datagram to `name` on, or `None` when the
-    /// datagram was queued behind an allocation (started here if needed).
-    fn route(self: &Arc<Self>, name: &str, bytes: &[u8]) -> io::Result<Option<Arc<Slot>>> {
+    /// The flow of `class` to write a datagram to `name` on (the other
+    /// class's while this one's is being allocated or backing off), or
+    /// `None` when the datagram was queued behind an allocation (started
+    /// here if needed).
+    fn route(
+        self: &Arc<Self>,
+        name: &str,
+        class: Class,
+        bytes: &[u8],
+    ) -> io::Result<Option<Arc<Slot>>> {
         if name == self.me {
             self.drop_one();
             return Err(io::Error::new(
@@ -646,9 +835,19 @@ impl Shared {
                 "no flow to our own name",
             ));
         }
+        let key = (name.to_owned(), class);
         let mut routes = lock(&self.routes);
-        match routes.get_mut(name) {
+        // While this class's flow is being allocated (or cannot be), the
+        // other class's flow to the name carries its datagrams: the first
+        // data to a neighbour does not wait for (or get dropped behind) a
+        // second allocation, which takes a second across hosts.
+        let other = match routes.get(&(name.to_owned(), class.other())) {
+            Some(Route::Ready(slot)) if self.classes => Some(slot.clone()),
+            _ => None,
+        };
+        match routes.get_mut(&key) {
             Some(Route::Ready(slot)) => return Ok(Some(slot.clone())),
+            Some(Route::Pending { .. }) if other.is_some() => return Ok(other),
             Some(Route::Pending { queue, .. }) => {
                 if queue.len() >= FLOW_QUEUE {
                     self.drop_one();
@@ -660,9 +859,14 @@ impl Shared {
             None => {}
         }
         {
+            // One back-off per name: a peer that cannot be reached on one
+            // class cannot be on the other.
             let mut backoff = lock(&self.backoff);
             if let Some(t) = backoff.get(name) {
                 if t.elapsed() < ALLOC_BACKOFF {
+                    if other.is_some() {
+                        return Ok(other);
+                    }
                     self.drop_one();
                     return Err(io::ErrorKind::NotConnected.into());
                 }
@@ -678,64 +882,55 @@ impl Shared {
         // Allocation: one per name at a time (the route exists while it
         // runs, so further datagrams queue behind it), never to our own name.
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
-        routes.insert(
-            name.to_owned(),
-            Route::Pending {
-                gen,
-                queue: vec![Bytes::copy_from_slice(bytes)],
-            },
-        );
+        let queue = match other {
+            Some(_) => Vec::new(),
+            None => vec![Bytes::copy_from_slice(bytes)],
+        };
+        routes.insert(key.clone(), Route::Pending { gen, queue });
         drop(routes);
         self.counters.live.fetch_add(1, Ordering::Relaxed);
         let s = self.clone();
         let peer = name.to_owned();
+        let hello_class = self.classes.then_some(class);
         // Not tracked: an allocation cannot be interrupted; one that ends
         // after the link closed leaves its flow to the library (`register`).
         drop(
             self.runtime
-                .spawn_blocking(move || match allocate(&peer, &s.me) {
+                .spawn_blocking(move || match allocate(&peer, &s.me, hello_class) {
                     Ok(flow) => {
                         s.counters.allocated.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(to = %peer, "flow allocated");
-                        s.register(flow, peer, Some(gen));
+                        tracing::debug!(to = %peer, ?class, "flow allocated");
+                        s.register(flow, peer, class, Some(gen));
                     }
                     Err(e) => {
                         tracing::debug!(to = %peer, error = %e, "flow allocation failed");
                         s.counters.alloc_failed.fetch_add(1, Ordering::Relaxed);
                         lock(&s.backoff).insert(peer.clone(), Instant::now());
-                        let mut routes = lock(&s.routes);
-                        if let Some(Route::Pending { gen: g, queue }) = routes.get(&peer) {
-                            if *g == gen {
-                                s.counters
-                                    .dropped
-                                    .fetch_add(queue.len() as u64, Ordering::Relaxed);
-                                routes.remove(&peer);
-                            }
-                        }
-                        drop(routes);
+                        s.unpend(&peer, class, Some(gen));
                         s.counters.live.fetch_sub(1, Ordering::Relaxed);
                     }
                 }),
         );
-        Ok(None)
+        Ok(other)
     }
 
     /// Makes `flow` (allocated by us for the pending route of generation
-    /// `pending`, or accepted with `None`) the one datagrams to `peer` go
-    /// out on, writes what waited for it, and has the reader thread watch
-    /// it. Blocking: runs off the runtime. `live` already counts it.
-    fn register(self: &Arc<Self>, flow: Flow, peer: String, pending: Option<u64>) {
+    /// `pending`, or accepted with `None`) the one datagrams of `class` to
+    /// `peer` go out on, writes what waited for it, and has the reader
+    /// thread watch it. Blocking: runs off the runtime. `live` already
+    /// counts it.
+    fn register(self: &Arc<Self>, flow: Flow, peer: String, class: Class, pending: Option<u64>) {
         let flags = flow.get_flags().map(|f| f | FlowProperties::NON_BLOCKING);
         if let Err(e) = flags.and_then(|f| flow.set_flags(f)) {
             tracing::debug!(%peer, error = %e, "flow unusable");
             self.counters.leaked.fetch_add(1, Ordering::Relaxed);
             std::mem::forget(flow);
-            self.unpend(&peer, pending);
+            self.unpend(&peer, class, pending);
             self.counters.live.fetch_sub(1, Ordering::Relaxed);
             return;
         }
         let Some(id) = flow.id() else {
-            self.unpend(&peer, pending);
+            self.unpend(&peer, class, pending);
             self.counters.live.fetch_sub(1, Ordering::Relaxed);
             return;
         };
@@ -743,6 +938,7 @@ impl Shared {
             fd: id.raw(),
             flow: Some(flow),
             peer: peer.clone(),
+            class,
             gen: self.next_gen.fetch_add(1, Ordering::Relaxed),
             last: AtomicU64::new(self.now_ms()),
             dealloc: AtomicBool::new(false),
@@ -759,42 +955,46 @@ impl Shared {
         if let Err(e) = self.set.add(slot.flow()) {
             tracing::debug!(%peer, error = %e, "fset_add failed");
             self.close(&slot, false);
-            self.unpend(&peer, pending);
+            self.unpend(&peer, class, pending);
             return;
         }
         lock(&self.fresh).push(slot.clone());
         let queued = {
             let mut routes = lock(&self.routes);
-            // What waits behind an allocation to the name leaves on this
-            // flow, whether it is ours or one the peer opened to us first
-            // (both sides allocating at once): the route is replaced below.
-            let queued = match routes.get_mut(&peer) {
+            // What waits behind an allocation to the name in this class
+            // leaves on this flow, whether it is ours or one the peer opened
+            // to us first (both sides allocating at once): the route is
+            // replaced below.
+            let key = (peer.clone(), class);
+            let queued = match routes.get_mut(&key) {
                 Some(Route::Pending { queue, .. }) => std::mem::take(queue),
                 _ => Vec::new(),
             };
             // The newest flow to a name wins; a flow it replaces is still
             // read until idle.
-            routes.insert(peer.clone(), Route::Ready(slot.clone()));
+            routes.insert(key, Route::Ready(slot.clone()));
             queued
         };
         for b in queued {
-            if slot.flow().write(&b).is_err() {
-                self.drop_one();
+            match slot.flow().write(&b) {
+                Ok(_) => self.count_sent(class),
+                Err(_) => self.drop_one(),
             }
         }
     }
 
-    /// Removes the pending route of generation `gen` (if it is still there)
-    /// and counts what waited in it as dropped.
-    fn unpend(&self, peer: &str, gen: Option<u64>) {
+    /// Removes the pending route of `class` to `peer` of generation `gen`
+    /// (if it is still there) and counts what waited in it as dropped.
+    fn unpend(&self, peer: &str, class: Class, gen: Option<u64>) {
         let Some(gen) = gen else { return };
+        let key = (peer.to_owned(), class);
         let mut routes = lock(&self.routes);
-        if let Some(Route::Pending { gen: g, queue }) = routes.get(peer) {
+        if let Some(Route::Pending { gen: g, queue }) = routes.get(&key) {
             if *g == gen {
                 self.counters
                     .dropped
                     .fetch_add(queue.len() as u64, Ordering::Relaxed);
-                routes.remove(peer);
+                routes.remove(&key);
             }
         }
     }
@@ -811,10 +1011,11 @@ impl Shared {
         };
         let Some(removed) = removed else { return };
         {
+            let key = (slot.peer.clone(), slot.class);
             let mut routes = lock(&self.routes);
-            if let Some(Route::Ready(r)) = routes.get(&slot.peer) {
+            if let Some(Route::Ready(r)) = routes.get(&key) {
                 if r.gen == slot.gen {
-                    routes.remove(&slot.peer);
+                    routes.remove(&key);
                 }
             }
         }
@@ -884,7 +1085,43 @@ impl Shared {
     }
 }
 
-/// What the reader thread has still to do, taken from the library's events.
+/// What the reader thread has still to do, taken from the library's events,
+/// in two queues: what the low-delay flows brought is read first.
+#[derive(Default)]
+struct Todos {
+    control: VecDeque<Todo>,
+    bulk: VecDeque<Todo>,
+}
+
+impl Todos {
+    /// Queues `todo` of a flow behind what that flow had queued before.
+    fn push(&mut self, todo: Todo) {
+        let slot = match &todo {
+            Todo::Read(s) | Todo::Down(s, _) => s,
+        };
+        match slot.class {
+            Class::Control => self.control.push_back(todo),
+            Class::Bulk => self.bulk.push_back(todo),
+        }
+    }
+
+    /// Queues `n` reads of `slot`.
+    fn reads(&mut self, slot: &Arc<Slot>, n: usize) {
+        for _ in 0..n {
+            self.push(Todo::Read(slot.clone()));
+        }
+    }
+
+    fn pop(&mut self) -> Option<Todo> {
+        self.control.pop_front().or_else(|| self.bulk.pop_front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.bulk.is_empty()
+    }
+}
+
+/// One thing the reader thread has to do.
 enum Todo {
     /// Read one packet of the flow.
     Read(Arc<Slot>),
@@ -892,29 +1129,44 @@ enum Todo {
     Down(Arc<Slot>, FEventType),
 }
 
-fn hello(me: &str) -> Vec<u8> {
-    let mut h = Vec::with_capacity(HELLO_MAGIC.len() + 1 + me.len());
+/// The hello of a flow of `class` (version 2), or of a flow for every class
+/// (`None`, version 1).
+fn hello(me: &str, class: Option<Class>) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HELLO_MAGIC.len() + 2 + me.len());
     h.extend_from_slice(HELLO_MAGIC);
-    h.push(HELLO_VERSION);
+    match class {
+        Some(c) => {
+            h.push(HELLO_VERSION_CLASS);
+            h.push(c.byte());
+        }
+        None => h.push(HELLO_VERSION),
+    }
     h.extend_from_slice(me.as_bytes());
     h
 }
 
-/// The name in a hello, if `p` is a valid one.
-fn parse_hello(p: &[u8]) -> Option<String> {
+/// The name and class (`None`: every class) in a hello, if `p` is a valid one.
+fn parse_hello(p: &[u8]) -> Option<(String, Option<Class>)> {
     let rest = p.strip_prefix(HELLO_MAGIC.as_slice())?;
-    let (&v, name) = rest.split_first()?;
-    if v != HELLO_VERSION {
-        return None;
-    }
+    let (&v, rest) = rest.split_first()?;
+    let (class, name) = match v {
+        HELLO_VERSION => (None, rest),
+        HELLO_VERSION_CLASS => {
+            let (&c, name) = rest.split_first()?;
+            (Some(Class::from_byte(c)?), name)
+        }
+        _ => return None,
+    };
     let name = std::str::from_utf8(name).ok()?;
-    valid_name(name).then(|| name.to_owned())
+    valid_name(name).then(|| (name.to_owned(), class))
 }
 
-/// Allocates a flow to `peer` and sends the hello (blocking; run off the runtime).
-fn allocate(peer: &str, me: &str) -> ouro::Result<Flow> {
-    let flow = ouro::flow_alloc(peer, Some(flow_qos()), Some(ALLOC_TIMEOUT))?;
-    if let Err(e) = flow.write(&hello(me)) {
+/// Allocates a flow of `class` (`None`: one for every class) to `peer` and
+/// sends the hello (blocking; run off the runtime).
+fn allocate(peer: &str, me: &str, class: Option<Class>) -> ouro::Result<Flow> {
+    let qos = class.map_or_else(flow_qos, Class::qos);
+    let flow = ouro::flow_alloc(peer, Some(qos), Some(ALLOC_TIMEOUT))?;
+    if let Err(e) = flow.write(&hello(me, class)) {
         // The peer may be gone: not deallocated (see `Slot`).
         std::mem::forget(flow);
         return Err(e);
@@ -944,7 +1196,19 @@ fn accept_loop(s: Arc<Shared>) {
 }
 
 /// Reads the hello of an accepted flow, then registers it (blocking).
+///
+/// A flow whose allocator asked for in-order delivery has an FRCT instance
+/// on this side too (the QoS is the allocator's): it is deallocated unread,
+/// so that nothing of 0.23's FRCT (which can free a pool block twice) runs
+/// in this process.
 fn accepted(s: Arc<Shared>, flow: Flow) {
+    if flow.qos().in_order {
+        tracing::debug!("accepted flow asks for FRCT (in-order delivery): deallocated unread");
+        drop(flow);
+        s.counters.refused.fetch_add(1, Ordering::Relaxed);
+        s.counters.live.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
     let first = flow
         .set_rcv_timeout(Some(HELLO_TIMEOUT))
         .and_then(|_| flow.recv())
@@ -960,7 +1224,7 @@ fn accepted(s: Arc<Shared>, flow: Flow) {
             return;
         }
     };
-    let Some(peer) = parse_hello(&first).filter(|p| *p != s.me) else {
+    let Some((peer, class)) = parse_hello(&first).filter(|(p, _)| *p != s.me) else {
         tracing::debug!("accepted flow without a valid hello: left to the library");
         s.counters.leaked.fetch_add(1, Ordering::Relaxed);
         std::mem::forget(flow);
@@ -968,8 +1232,9 @@ fn accepted(s: Arc<Shared>, flow: Flow) {
         return;
     };
     s.counters.accepted.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(from = %peer, "flow accepted");
-    s.register(flow, peer, None);
+    tracing::debug!(from = %peer, ?class, "flow accepted");
+    let class = s.route_class(class);
+    s.register(flow, peer, class, None);
 }
 
 /// The reader thread: waits on the link's flow set, reads what arrived
@@ -991,7 +1256,7 @@ fn read_loop(s: Arc<Shared>) {
             return;
         }
     };
-    let mut todo: VecDeque<Todo> = VecDeque::new();
+    let mut todo = Todos::default();
     let mut held: Option<(Vec<u8>, String)> = None;
     let mut batch: Arrivals<PeerAddr> = Arrivals::new();
     let mut last_idle_check = Instant::now();
@@ -1015,7 +1280,7 @@ fn read_loop(s: Arc<Shared>) {
         // event; read as many as it holds now.
         for slot in std::mem::take(&mut *lock(&s.fresh)) {
             let waiting = slot.flow().get_rx_queue_len().unwrap_or(0);
-            todo.extend(std::iter::repeat_with(|| Todo::Read(slot.clone())).take(waiting));
+            todo.reads(&slot, waiting);
         }
         let mut events = 0u64;
         for (id, t) in &mut fq {
@@ -1024,13 +1289,13 @@ fn read_loop(s: Arc<Shared>) {
                 continue;
             };
             match t {
-                FEventType::FlowPkt => todo.push_back(Todo::Read(slot)),
+                FEventType::FlowPkt => todo.push(Todo::Read(slot)),
                 FEventType::FlowDown | FEventType::FlowDealloc | FEventType::FlowPeer => {
                     // What arrived before the flow went down still counts;
                     // nothing more can arrive.
                     let waiting = slot.flow().get_rx_queue_len().unwrap_or(0);
-                    todo.extend(std::iter::repeat_with(|| Todo::Read(slot.clone())).take(waiting));
-                    todo.push_back(Todo::Down(slot, t));
+                    todo.reads(&slot, waiting);
+                    todo.push(Todo::Down(slot, t));
                 }
                 FEventType::FlowUp | FEventType::FlowAlloc => {}
             }
@@ -1056,7 +1321,7 @@ fn read_loop(s: Arc<Shared>) {
             if reads == READ_BATCH {
                 break;
             }
-            match todo.pop_front() {
+            match todo.pop() {
                 Some(Todo::Read(slot)) => {
                     reads += 1;
                     if sink.is_some() {
@@ -1113,14 +1378,77 @@ mod tests {
 
     #[test]
     fn hello_round_trip_and_garbage() {
-        assert_eq!(parse_hello(&hello("node-3")).as_deref(), Some("node-3"));
+        assert_eq!(
+            parse_hello(&hello("node-3", None)),
+            Some(("node-3".to_owned(), None))
+        );
+        for c in [Class::Control, Class::Bulk] {
+            assert_eq!(
+                parse_hello(&hello("node-3", Some(c))),
+                Some(("node-3".to_owned(), Some(c)))
+            );
+        }
         assert_eq!(parse_hello(b""), None);
         assert_eq!(parse_hello(b"CICADA-H"), None);
         assert_eq!(parse_hello(b"CICADA-H\x01"), None);
-        assert_eq!(parse_hello(b"CICADA-H\x02abc"), None);
+        assert_eq!(parse_hello(b"CICADA-H\x02"), None);
+        assert_eq!(parse_hello(b"CICADA-H\x02\x00"), None);
+        assert_eq!(parse_hello(b"CICADA-H\x02\x07abc"), None);
+        assert_eq!(parse_hello(b"CICADA-H\x03abc"), None);
         assert_eq!(parse_hello(b"CICADA-H\x01a\0b"), None);
         assert_eq!(parse_hello(b"CICADA-H\x01\xff\xfe"), None);
-        let long = hello(&"x".repeat(300));
+        let long = hello(&"x".repeat(300), None);
         assert_eq!(parse_hello(&long), None);
+    }
+
+    /// The class follows the core's kind byte: `Data` is bulk, every other
+    /// kind (maintenance, lookups, confirmations) is control; a sealed
+    /// datagram (no Cicada header) goes by size.
+    #[test]
+    fn class_of_each_kind() {
+        use chord::wire::{Data, DataHeader, Message, Mode, NodeRef};
+        use chord::Hash;
+        let me = NodeRef::new(Hash::of("a"), PeerAddr::Ouroboros("a".into()));
+        let data = Message::Data(Data {
+            header: DataHeader {
+                txn: 1,
+                msg: 2,
+                origin: me.clone(),
+                target: Hash::of("b"),
+                mode: Mode::Node,
+                limit: Hash::of("b"),
+                hops: 0,
+                last_hop: true,
+                frag: 0,
+                frags: 1,
+            },
+            payload: Bytes::from_static(b"hello"),
+        });
+        assert_eq!(data.kind(), DATA_KIND);
+        assert_eq!(Class::of(&data.encode()), Class::Bulk);
+        let delivered = chord::wire::encode_delivered(&me, &[]);
+        assert_eq!(Class::of(&delivered), Class::Control);
+        for kind in (0u8..=16).filter(|&k| k != DATA_KIND) {
+            let mut d = chord::MAGIC.to_vec();
+            d.extend_from_slice(&[chord::VERSION, kind, 0, 0]);
+            assert_eq!(Class::of(&d), Class::Control, "kind {kind}");
+        }
+        assert_eq!(Class::of(&[0u8; SEALED_BULK - 1]), Class::Control);
+        assert_eq!(Class::of(&[0u8; SEALED_BULK]), Class::Bulk);
+        assert_eq!(Class::of(b""), Class::Control);
+    }
+
+    /// Both classes are unreliable: no FRCT (`in_order` off), no
+    /// retransmission (`loss` not 0), and the peer timeout of every flow.
+    #[test]
+    fn class_qos_is_unreliable() {
+        for c in [Class::Control, Class::Bulk] {
+            let q = c.qos();
+            assert!(!q.in_order, "{c:?}");
+            assert_ne!(q.loss, 0, "{c:?}");
+            assert_eq!(q.timeout, FLOW_PEER_TIMEOUT_MS, "{c:?}");
+        }
+        assert!(Class::Control.qos().delay < Class::Bulk.qos().delay);
+        assert!(Class::Bulk.qos().bandwidth > Class::Control.qos().bandwidth);
     }
 }

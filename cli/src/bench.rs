@@ -54,6 +54,17 @@ pub struct BenchArgs {
     /// share.
     #[arg(long)]
     ouroboros_datagrams: bool,
+    /// Add the Ouroboros row of routing round trips during a data flood,
+    /// one flow per neighbour against one flow per traffic class (a flood:
+    /// off by default).
+    #[arg(long)]
+    ouroboros_classes: bool,
+    /// Datagrams a second of the flood of `--ouroboros-classes`.
+    #[arg(long, default_value_t = 40_000)]
+    ouroboros_flood_rate: u64,
+    /// Only the row of `--ouroboros-classes`.
+    #[arg(long, conflicts_with_all = ["only_ouroboros", "no_ouroboros"])]
+    only_ouroboros_classes: bool,
     /// Run everything (Cicada and the baselines) on a current-thread tokio
     /// runtime instead of the default two worker threads.
     #[arg(long)]
@@ -167,15 +178,24 @@ async fn run(args: &BenchArgs) -> R<Value> {
         "settings".into(),
         Value::Object(settings.into_iter().map(|(k, v)| (k, json!(v))).collect()),
     );
-    if !args.only_ouroboros {
+    if !args.only_ouroboros && !args.only_ouroboros_classes {
         udp_rows(args, &mut report).await?;
     }
-    if !args.no_ouroboros {
+    if !args.no_ouroboros && !args.only_ouroboros_classes {
         crate::bench_ouro::rows(
             args.messages,
             args.round_trips,
             &args.ouroboros_layer,
             args.ouroboros_datagrams,
+            &mut report,
+        )
+        .await?;
+    }
+    if args.only_ouroboros_classes || (args.ouroboros_classes && !args.no_ouroboros) {
+        crate::bench_ouro::classes_row(
+            &args.ouroboros_layer,
+            args.round_trips,
+            args.ouroboros_flood_rate,
             &mut report,
         )
         .await?;

@@ -111,7 +111,8 @@ pub struct NodeArgs {
     /// Deadline of a confirmed send (its retries included) in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     send_timeout_ms: u64,
-    /// Seconds to wait for the join.
+    /// Seconds to wait for the join; a bootstrap that did not answer is
+    /// asked again (a `join_retry` event) until they have passed.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
     /// Capacity of the receive queue.
@@ -225,12 +226,26 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
 
     let successor = match join {
         Some(j) => {
-            let timeout = Duration::from_secs_f64(args.connect_timeout.max(0.0));
-            let s = peer
-                .connect(j.clone(), timeout)
-                .await
-                .map_err(|e| format!("cannot join {j}: {e}"))?;
-            s.addr
+            // A bootstrap that did not answer is asked again while the
+            // join's time lasts: over Ouroboros a lost flow allocation
+            // (0.23's layers drop some, see docs/ouroboros.md) costs seconds,
+            // and the core's tries of one join may all fall in that time.
+            let deadline = Instant::now() + Duration::from_secs_f64(args.connect_timeout.max(0.0));
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match peer.connect(j.clone(), left).await {
+                    Ok(s) => break s.addr,
+                    Err(cicada::Error::Join(cicada::chord::JoinError::Unreachable))
+                        if deadline.saturating_duration_since(Instant::now())
+                            > Duration::from_millis(500) =>
+                    {
+                        out.emit(json!({"event": "join_retry", "bootstrap": j.to_string(),
+                            "reason": "the bootstrap peer did not answer"}));
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => return Err(format!("cannot join {j}: {e}")),
+                }
+            }
         }
         None => me.addr,
     };
@@ -758,6 +773,9 @@ async fn execute(
                     "handed": f.handed,
                     "queued": f.queued,
                     "write_waits": f.write_waits,
+                    "control_sent": f.control_sent,
+                    "bulk_sent": f.bulk_sent,
+                    "refused": f.refused,
                 })),
             })),
             Err(e) => out.error(e),

@@ -78,7 +78,9 @@ fn server(name: &str, layers: &[String]) -> ExitCode {
         if let Err(e) = flow.write(&msg) {
             println!("Failed to write packet: {e}.");
         }
-        // The flow is deallocated here, on drop.
+        // Deallocated once the client has read the echo (left to the
+        // library if it is gone without: 0.23 would wait forever).
+        let _ = flow.dealloc_or_leave(Duration::from_secs(1));
     }
     ExitCode::SUCCESS
 }

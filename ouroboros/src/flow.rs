@@ -345,6 +345,60 @@ impl Flow {
         }
     }
 
+    /// Deallocates the flow once nothing is queued towards its peer,
+    /// waiting up to `wait` for the peer to read what is, and returns
+    /// `true`; or leaves the flow allocated and returns `false`.
+    ///
+    /// In 0.23 `flow_dealloc` waits, without a timeout, until the flow's
+    /// transmit queue is empty, which never happens once the peer is gone
+    /// with packets still queued towards it (a server that ended under a
+    /// flooding client): the process would hang in the deallocation (or in
+    /// the library's destructor) and need a second signal. A flow whose
+    /// queue is still not empty after `wait` is therefore not deallocated:
+    /// the library's destructor releases it at exit without that wait, and
+    /// the IRMd reclaims the flows of a process that ended.
+    ///
+    /// ```no_run
+    /// # fn main() -> cicada_ouroboros::Result<()> {
+    /// use std::time::Duration;
+    /// let flow = cicada_ouroboros::flow_alloc("ocbr", None, None)?;
+    /// flow.write(b"last words")?;
+    /// if !flow.dealloc_or_leave(Duration::from_secs(1)) {
+    ///     eprintln!("the peer did not read what was sent: flow left to the library");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn dealloc_or_leave(mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.get_tx_queue_len() {
+                Ok(n) if n > 0 && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(n) if n > 0 => {
+                    tracing::debug!(
+                        fd = self.fd,
+                        queued = n,
+                        "flow left allocated: its peer does not read"
+                    );
+                    self.state.store(DOWN, Ordering::Release);
+                    if self.fd >= 0 {
+                        crate::event::forget(self.fd);
+                    }
+                    std::mem::forget(self);
+                    return false;
+                }
+                _ => {
+                    if let Err(e) = self.dealloc() {
+                        tracing::debug!("flow_dealloc: {e}");
+                    }
+                    return true;
+                }
+            }
+        }
+    }
+
     /// Whether the flow is allocated.
     pub fn is_allocated(&self) -> bool {
         self.fd >= 0
@@ -739,6 +793,9 @@ mod tests {
     fn flag_values_match_fccntl_h() {
         assert_eq!(FlowProperties::NON_BLOCKING.bits(), 0o3000);
         assert_eq!(FlowProperties::NO_PARTIAL_READ.bits(), 0o10000);
+        // FLOWFWNOPART, as the header has it (a parity difference: see
+        // docs/ouroboros.md).
+        assert_eq!(FlowProperties::NO_PARTIAL_WRITE.bits(), 0o20000);
         assert_eq!(FrctFlags::LINGER.bits(), 4);
     }
 }

@@ -205,7 +205,9 @@ fn read_write_and_std_io_over_a_flow() {
     assert_eq!(f.read(4).unwrap(), b"4567");
     assert_eq!(f.read(100).unwrap(), b"89");
 
-    f.writeline("a line ✓").unwrap();
+    // Every UTF-8 byte goes out (8 characters, 10 bytes): pyOuroboros
+    // 0.23 writes as many bytes as the string has characters.
+    assert_eq!(f.writeline("a line ✓").unwrap(), "a line ✓".len());
     assert_eq!(f.readline(2048).unwrap(), "a line ✓");
 
     // A large packet arrives whole (no partial read, no spurious 0).

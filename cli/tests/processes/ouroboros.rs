@@ -81,7 +81,12 @@ fn start_ouro(name: &str, layer: &str, join: Option<&str>, extra: &[&str]) -> No
 }
 
 pub(super) fn wait_joined(node: &Node, i: usize) {
-    match node.wait_for(0, Duration::from_secs(15), |v| {
+    wait_joined_within(node, i, Duration::from_secs(15))
+}
+
+/// [`wait_joined`] with a deadline of `within`.
+pub(super) fn wait_joined_within(node: &Node, i: usize, within: Duration) {
+    match node.wait_for(0, within, |v| {
         v["event"] == "joined" || v["event"] == "error"
     }) {
         Some(v) if v["event"] == "joined" => {}
@@ -244,6 +249,115 @@ fn ouroboros_swarm_over_a_udp4_layer() {
     wait_ring(&mut nodes, &all, Duration::from_secs(15)).expect("the ring of 4 converges");
     all_pairs(&mut nodes, &all, "u");
     broadcast_reaches_all(&mut nodes, &all, 2, "b-2");
+}
+
+/// Each neighbour gets a low-delay flow for maintenance, lookups and
+/// confirmations and a bulk flow for data; a peer set to one flow
+/// (`CICADA_OUROBOROS_CLASSES=1`) still talks to the others. Checked by the
+/// peers' own counters: data went out on bulk flows, the rest on control
+/// flows, and the one-flow peer wrote nothing on a bulk flow.
+#[test]
+fn ouroboros_traffic_classes_take_their_own_flows_and_mix_with_one_flow_peers() {
+    let test = "ouroboros_traffic_classes_take_their_own_flows_and_mix_with_one_flow_peers";
+    if !irmd_or_skip(test) {
+        return;
+    }
+    let _g = heavy();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..3 {
+        let n = name("qos", i);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cicada"));
+        cmd.args(["node", "--ouroboros", &n, "--layer", "local_layer"])
+            .args(["--transport", "ouroboros"])
+            .args(NODE_FLAGS);
+        if i > 0 {
+            cmd.arg("--join").arg(&nodes[0].addr);
+        }
+        // The last one carries everything on one flow per neighbour.
+        cmd.env("CICADA_OUROBOROS_CLASSES", if i == 2 { "1" } else { "2" });
+        let node = Node::spawn_with(cmd, &n, true);
+        wait_joined(&node, i);
+        nodes.push(node);
+    }
+    let all: Vec<usize> = (0..3).collect();
+    wait_ring(&mut nodes, &all, Duration::from_secs(15)).expect("the ring of 3 converges");
+    all_pairs(&mut nodes, &all, "q");
+    // The first data to a neighbour rides its control flow while the bulk
+    // flow is allocated; a second round finds the bulk flows up.
+    std::thread::sleep(Duration::from_millis(500));
+    all_pairs(&mut nodes, &all, "q2");
+    broadcast_reaches_all(&mut nodes, &all, 2, "qb");
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let at = node.len();
+        node.cmd("stats");
+        let st = node
+            .wait_for(at, Duration::from_secs(5), is("stats"))
+            .expect("stats");
+        let f = &st["ouroboros"];
+        let (control, bulk) = (
+            f["control_sent"].as_u64().expect("control_sent"),
+            f["bulk_sent"].as_u64().expect("bulk_sent"),
+        );
+        eprintln!("node {i}: {control} datagrams on control flows, {bulk} on bulk flows");
+        assert!(control > 0, "node {i} sent no maintenance: {f}");
+        if i == 2 {
+            assert_eq!(bulk, 0, "the one-flow node wrote on a bulk flow: {f}");
+        } else {
+            // 2 sends of its own, the confirmations it forwarded are
+            // control; the broadcast's copies too are data.
+            assert!(bulk >= 2, "node {i} sent its data on control flows: {f}");
+        }
+    }
+}
+
+/// A flow allocated to a peer with in-order delivery (FRCT: the C `oping`
+/// client with `-q best` or `-q data`) is deallocated unread by the peer
+/// and counted as `refused`: no FRCT instance is ever read in a Cicada
+/// process (0.23's FRCT can free a pool block twice). The peer goes on
+/// routing afterwards.
+#[test]
+fn an_frct_flow_to_a_peer_is_refused_unread() {
+    let test = "an_frct_flow_to_a_peer_is_refused_unread";
+    if !irmd_or_skip(test) {
+        return;
+    }
+    let _g = heavy();
+    let a = name("frct", 0);
+    let mut nodes = vec![start_ouro(&a, "local_layer", None, &[])];
+    wait_joined(&nodes[0], 0);
+    let b = name("frct", 1);
+    nodes.push(start_ouro(&b, "local_layer", Some(&a), &[]));
+    wait_joined(&nodes[1], 1);
+    for qos in ["best", "data"] {
+        // Bounded: a client whose flow was deallocated under it gets no
+        // answer and ends after its pings (SIGTERM after 10 s at most).
+        let mut client = Command::new("oping")
+            .args(["-n", &a, "-c", "2", "-i", "100", "-q", qos])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run the C oping client");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(client.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if matches!(client.try_wait(), Ok(None)) {
+            kill(client.id(), "-TERM");
+            let _ = client.wait();
+        }
+    }
+    let at = nodes[0].len();
+    nodes[0].cmd("stats");
+    let st = nodes[0]
+        .wait_for(at, Duration::from_secs(5), is("stats"))
+        .expect("stats");
+    assert_eq!(
+        st["ouroboros"]["refused"].as_u64(),
+        Some(2),
+        "both FRCT flows refused: {st}"
+    );
+    let all: Vec<usize> = vec![0, 1];
+    all_pairs(&mut nodes, &all, "f");
 }
 
 /// A flood of unconfirmed datagrams can crash a receiving process:
