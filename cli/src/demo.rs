@@ -24,6 +24,12 @@
 //! never sent SIGKILL (a process killed inside the Ouroboros library can
 //! wedge the IRMd); the churn sends SIGTERM, on which they end at once
 //! without leaving, and the final cleanup asks them to `quit`.
+//!
+//! With `--ourolab MEDIUM` (root only, with `--transport ouroboros`) the
+//! Ouroboros peers run on hosts of their own that the demo builds with
+//! `scripts/ourolab` (an IRMd each, joined by an `eth-dix` or `eth-llc`
+//! layer on links with no IP address, or by `udp4`), peer `i` on host
+//! `h(i mod N + 1)`, and tears down at the end.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -42,7 +48,10 @@ use crate::svg;
 mod lab;
 mod workload;
 
-use lab::{find_netlab, is_root, lab_down, lab_place, lab_up, LabEnv, LabGuard, Launch};
+use lab::{
+    find_script, is_root, lab_down, lab_place, lab_up, ourolab_name, ourolab_up, LabEnv, LabGuard,
+    Launch,
+};
 use workload::{print_table, sorted, wait_ring, workload, Rng, Workload};
 
 /// Arguments of `cicada demo`.
@@ -89,6 +98,19 @@ pub struct DemoArgs {
     /// directory or one above it.
     #[arg(long)]
     netlab: Option<PathBuf>,
+    /// With `--transport ouroboros`: spread the peers over Ouroboros hosts
+    /// of their own (`scripts/ourolab`, root only), an IRMd each, joined by
+    /// a layer of this medium: `eth-dix` or `eth-llc` (Ethernet, no IP
+    /// address on any host) or `udp4`. The layer is `--layer`.
+    #[arg(long, value_name = "MEDIUM")]
+    ourolab: Option<String>,
+    /// Hosts of `--ourolab` (1-9).
+    #[arg(long, default_value_t = 3)]
+    ourolab_hosts: usize,
+    /// The lab script of `--ourolab`; by default `scripts/ourolab` in the
+    /// current directory or one above it.
+    #[arg(long)]
+    ourolab_script: Option<PathBuf>,
     /// Every peer serves its Prometheus metrics over HTTP on 127.0.0.1
     /// (`cicada node --metrics 127.0.0.1:0`); the table, the JSON and a
     /// line on stderr say where. The survivors stay up after the summary
@@ -116,6 +138,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Set when the children run over Ouroboros: they are stopped with
 /// SIGTERM, never SIGKILL.
 static GENTLE: AtomicBool = AtomicBool::new(false);
+
+/// Set when the children run on the hosts of `--ourolab`: their names live
+/// in the lab's IRMds, which go away with the lab.
+static OUROLAB: AtomicBool = AtomicBool::new(false);
 
 /// Stops a child (SIGKILL, or SIGTERM when [`GENTLE`]) and reaps it; a
 /// gentle child still running after 10 s is left alone.
@@ -188,6 +214,7 @@ impl Peer {
         join: Option<&str>,
         stabilize_ms: u64,
         request_timeout_ms: u64,
+        lookup_timeout_ms: u64,
         metrics: bool,
     ) -> Result<Peer, String> {
         let mut cmd = match launch.wrap.split_first() {
@@ -210,10 +237,11 @@ impl Peer {
         if metrics {
             cmd.args(["--metrics", "127.0.0.1:0"]);
         }
+        cmd.args(&launch.extra);
         cmd.arg("--json")
             .args(["--stabilize-ms", &stabilize_ms.to_string()])
             .args(["--request-timeout-ms", &request_timeout_ms.to_string()])
-            .args(["--lookup-timeout-ms", "4000"])
+            .args(["--lookup-timeout-ms", &lookup_timeout_ms.to_string()])
             .stderr(Stdio::null());
         if let Some(j) = join {
             cmd.args(["--join", j]);
@@ -269,7 +297,7 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        if !self.alive && GENTLE.load(Ordering::Relaxed) {
+        if !self.alive && GENTLE.load(Ordering::Relaxed) && !OUROLAB.load(Ordering::Relaxed) {
             // Killed by the churn over Ouroboros: its name is still in the
             // IRMd; remove it (best effort, needs `irm`).
             let _ = Command::new("irm")
@@ -320,7 +348,8 @@ fn run(args: DemoArgs) -> Result<bool, String> {
         "udp" => false,
         "ouroboros" => {
             // A probe only: the demo process itself stays out of Ouroboros.
-            if !cicada::ouroboros::irmd_running() {
+            // The hosts of --ourolab have IRMds of their own.
+            if args.ourolab.is_none() && !cicada::ouroboros::irmd_running() {
                 return Err(format!(
                     "--transport ouroboros needs a running Ouroboros IRMd: none answers on {} \
                      (see docs/ouroboros.md; .ci/ouroboros.sh up starts one with local_layer)",
@@ -351,6 +380,34 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     if args.lab && over_ouroboros {
         return Err("--lab runs the peers over UDP: drop --transport ouroboros".into());
     }
+    if let Some(m) = &args.ourolab {
+        if !over_ouroboros {
+            return Err("--ourolab runs Ouroboros peers: add --transport ouroboros".into());
+        }
+        if args.lab {
+            return Err("--ourolab and --lab are two different labs: choose one".into());
+        }
+        if args.metrics {
+            return Err(
+                "--metrics serves on each peer's 127.0.0.1, which the Ouroboros lab's hosts do \
+                 not share with this one: drop --ourolab or --metrics"
+                    .into(),
+            );
+        }
+        if !matches!(m.as_str(), "eth-dix" | "eth-llc" | "udp4") {
+            return Err(format!("--ourolab {m:?}: want eth-dix, eth-llc or udp4"));
+        }
+        if !(1..=9).contains(&args.ourolab_hosts) {
+            return Err("--ourolab-hosts must be 1 to 9".into());
+        }
+        if !is_root() {
+            return Err(
+                "--ourolab needs root: it builds network and mount namespaces and starts an \
+                 IRMd in each (scripts/ourolab); run it as root"
+                    .into(),
+            );
+        }
+    }
     if args.lab && !is_root() {
         return Err(
             "--lab needs root: it builds the lab's network namespaces (scripts/netlab); \
@@ -363,8 +420,24 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     install_signal_handler(stop.clone())?;
     // The lab, torn down when `_lab` drops (after the peers, declared later).
     let mut lab: Option<(String, String, LabEnv)> = None;
-    let _lab = if args.lab {
-        let script = find_netlab(args.netlab.as_ref())?;
+    // The Ouroboros lab of --ourolab: its script and prefix.
+    let mut ourolab: Option<(String, String)> = None;
+    let _lab = if let Some(medium) = &args.ourolab {
+        let script = find_script(args.ourolab_script.as_ref(), "ourolab", "--ourolab-script")?;
+        let prefix = format!("od{}", std::process::id());
+        say(format!(
+            "bringing up {} Ouroboros hosts {prefix}-h1.. joined by {medium} layer {} ({})",
+            args.ourolab_hosts,
+            args.layer,
+            script.display()
+        ));
+        OUROLAB.store(true, Ordering::Relaxed);
+        let up = ourolab_up(&script, &prefix, medium, args.ourolab_hosts, &args.layer)?;
+        say(up);
+        ourolab = Some((script.display().to_string(), prefix));
+        Some(LabGuard)
+    } else if args.lab {
+        let script = find_script(args.netlab.as_ref(), "netlab", "--netlab")?;
         let prefix = format!("demo{}", std::process::id());
         say(format!(
             "bringing up the lab {prefix} ({})",
@@ -391,6 +464,19 @@ fn run(args: DemoArgs) -> Result<bool, String> {
     let mut rng = Rng(seed | 1);
     let n = args.nodes;
     let ring_timeout = Duration::from_secs_f64(args.ring_timeout.max(1.0));
+    // Across Ouroboros hosts a flow takes about 1 s to allocate and 0.23's
+    // layers lose some allocations: requests get 2.5 s at least, a lookup
+    // 12 s (a hop to a peer the churn ended costs its request's tries), and
+    // a join is tried again for 40 s (docs/ouroboros.md, "Across hosts").
+    let (request_timeout_ms, lookup_timeout_ms, join_wait) = if ourolab.is_some() {
+        (
+            args.request_timeout_ms.max(2500),
+            12_000,
+            Duration::from_secs(45),
+        )
+    } else {
+        (args.request_timeout_ms, 4000, Duration::from_secs(20))
+    };
 
     // ---- joins
     let started = Instant::now();
@@ -409,8 +495,26 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             Some(peers[rng.below(i)].addr.clone())
         };
         let name = format!("cicada-demo-{}-{i}", std::process::id());
-        let launch = match &lab {
-            Some((script, prefix, _)) => {
+        let launch = match (&lab, &ourolab) {
+            (_, Some((script, prefix))) => {
+                let host = format!("h{}", i % args.ourolab_hosts + 1);
+                ourolab_name(script, prefix, &host, &name)?;
+                Launch {
+                    wrap: vec![
+                        "bash".into(),
+                        script.clone(),
+                        "exec".into(),
+                        host.clone(),
+                        prefix.clone(),
+                        "--".into(),
+                    ],
+                    host,
+                    bind: String::new(),
+                    map: false,
+                    extra: vec!["--connect-timeout".into(), "40".into()],
+                }
+            }
+            (Some((script, prefix, _)), None) => {
                 let (host, bind, map) = lab_place(i);
                 Launch {
                     wrap: vec![
@@ -424,13 +528,15 @@ fn run(args: DemoArgs) -> Result<bool, String> {
                     host,
                     bind,
                     map,
+                    extra: Vec::new(),
                 }
             }
-            None => Launch {
+            (None, None) => Launch {
                 host: "local".into(),
                 wrap: Vec::new(),
                 bind: "127.0.0.1:0".into(),
                 map: false,
+                extra: Vec::new(),
             },
         };
         let mut p = Peer::start(
@@ -439,10 +545,11 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             over_ouroboros.then_some((name.as_str(), args.layer.as_str())),
             join.as_deref(),
             args.stabilize_ms,
-            args.request_timeout_ms,
+            request_timeout_ms,
+            lookup_timeout_ms,
             args.metrics,
         )?;
-        let joined = p.wait_for(0, Duration::from_secs(20), |v| {
+        let joined = p.wait_for(0, join_wait, |v| {
             v["event"] == "joined" || v["event"] == "error" || v["event"] == "eof"
         });
         match joined {
@@ -589,7 +696,7 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             .join(", ")
     };
     let (nat_before, nat_after) = (counts(&all), counts(&survivors));
-    if n <= 64 || args.lab {
+    if n <= 64 || args.lab || ourolab.is_some() {
         println!();
         let head = format!(
             "{:>4}  {:<8} {:<24} {:<26} {:<6}  {}",
@@ -662,7 +769,10 @@ fn run(args: DemoArgs) -> Result<bool, String> {
         a_nat(&mut top, &nat_after);
         top.insert(
             "lab".into(),
-            json!(lab.as_ref().map(|(_, prefix, _)| prefix.clone())),
+            json!(lab
+                .as_ref()
+                .map(|(_, prefix, _)| prefix.clone())
+                .or_else(|| ourolab.as_ref().map(|(_, prefix)| prefix.clone()))),
         );
         let list: Vec<Value> = peers
             .iter()

@@ -1,4 +1,5 @@
-//! I/O: the network lab of `cicada demo --lab`: brought up, torn down, the peers placed in it.
+//! I/O: the labs of `cicada demo --lab` (`scripts/netlab`) and `--ourolab`
+//! (`scripts/ourolab`): brought up, torn down, the peers placed in them.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -6,18 +7,23 @@ use std::sync::{Mutex, OnceLock};
 
 use super::{kill_all, lock};
 
-/// The lab of `--lab` while it is up: its script and prefix.
-pub(super) fn lab_state() -> &'static Mutex<Option<(PathBuf, String)>> {
-    static L: OnceLock<Mutex<Option<(PathBuf, String)>>> = OnceLock::new();
+/// A lab's script and the arguments that tear it down.
+type LabDown = (PathBuf, Vec<String>);
+
+/// The lab of `--lab` or `--ourolab` while it is up: its script and the
+/// arguments that tear it down.
+pub(super) fn lab_state() -> &'static Mutex<Option<LabDown>> {
+    static L: OnceLock<Mutex<Option<LabDown>>> = OnceLock::new();
     L.get_or_init(|| Mutex::new(None))
 }
 
-/// Tears the lab down (`netlab down --kill-strays`), if one is up.
+/// Tears the lab down (`netlab down P --kill-strays`, `ourolab down P`), if
+/// one is up.
 pub(super) fn lab_down() {
-    if let Some((script, prefix)) = lock(lab_state()).take() {
+    if let Some((script, down)) = lock(lab_state()).take() {
         let _ = Command::new("bash")
             .arg(&script)
-            .args(["down", &prefix, "--kill-strays"])
+            .args(&down)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -47,23 +53,90 @@ pub(super) fn is_root() -> bool {
     crate::procfs::status_value("Uid", 1) == Some(0)
 }
 
-/// Finds the lab script: `--netlab`, else `scripts/netlab` here or above.
-pub(super) fn find_netlab(given: Option<&PathBuf>) -> Result<PathBuf, String> {
+/// Finds a lab script: `given` (`--netlab`, `--ourolab-script`), else
+/// `scripts/NAME` here or above.
+pub(super) fn find_script(
+    given: Option<&PathBuf>,
+    name: &str,
+    flag: &str,
+) -> Result<PathBuf, String> {
     if let Some(p) = given {
         return if p.is_file() {
             Ok(p.clone())
         } else {
-            Err(format!("--netlab {}: no such file", p.display()))
+            Err(format!("{flag} {}: no such file", p.display()))
         };
     }
     let here = std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?;
     here.ancestors()
-        .map(|d| d.join("scripts/netlab"))
+        .map(|d| d.join("scripts").join(name))
         .find(|p| p.is_file())
         .ok_or_else(|| {
-            "--lab needs the lab script scripts/netlab: run from the repository or give --netlab PATH"
-                .to_string()
+            format!(
+                "the lab script scripts/{name} is missing: run from the repository or give {flag} PATH"
+            )
         })
+}
+
+/// Brings up the Ouroboros hosts of `--ourolab` (`ourolab up`); returns
+/// what the script printed.
+pub(super) fn ourolab_up(
+    script: &std::path::Path,
+    prefix: &str,
+    medium: &str,
+    hosts: usize,
+    layer: &str,
+) -> Result<String, String> {
+    let check = Command::new("bash")
+        .arg(script)
+        .arg("check")
+        .env("OUROLAB_MEDIUM", medium)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !check.status.success() {
+        return Err(format!(
+            "the Ouroboros lab cannot run here: {}",
+            String::from_utf8_lossy(&check.stdout).trim()
+        ));
+    }
+    *lock(lab_state()) = Some((script.to_path_buf(), vec!["down".into(), prefix.into()]));
+    let up = Command::new("bash")
+        .arg(script)
+        .args(["up", prefix])
+        .env("OUROLAB_MEDIUM", medium)
+        .env("OUROLAB_HOSTS", hosts.to_string())
+        .env("OUROLAB_LAYER", layer)
+        .output()
+        .map_err(|e| format!("cannot run ourolab up: {e}"))?;
+    if !up.status.success() {
+        return Err(format!(
+            "ourolab up {prefix} failed: {}",
+            String::from_utf8_lossy(&up.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&up.stdout).trim().to_string())
+}
+
+/// Makes `name`, served on `host` of the Ouroboros lab, reachable from
+/// every host (`ourolab name`).
+pub(super) fn ourolab_name(
+    script: &str,
+    prefix: &str,
+    host: &str,
+    name: &str,
+) -> Result<(), String> {
+    let out = Command::new("bash")
+        .arg(script)
+        .args(["name", host, name, "-p", prefix])
+        .output()
+        .map_err(|e| format!("cannot run ourolab name: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ourolab name {host} {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 /// Brings up the lab `prefix` and returns its variables (`netlab env`).
@@ -79,7 +152,10 @@ pub(super) fn lab_up(script: &std::path::Path, prefix: &str) -> Result<LabEnv, S
             String::from_utf8_lossy(&check.stdout).trim()
         ));
     }
-    *lock(lab_state()) = Some((script.to_path_buf(), prefix.to_string()));
+    *lock(lab_state()) = Some((
+        script.to_path_buf(),
+        vec!["down".into(), prefix.into(), "--kill-strays".into()],
+    ));
     let mut cmd = Command::new("bash");
     cmd.arg(script).args(["up", prefix]);
     for (k, _) in std::env::vars_os() {
@@ -146,4 +222,6 @@ pub(super) struct Launch {
     pub(super) wrap: Vec<String>,
     pub(super) bind: String,
     pub(super) map: bool,
+    /// More flags for the node.
+    pub(super) extra: Vec<String>,
 }
