@@ -72,6 +72,29 @@ fn script() -> PathBuf {
         .unwrap_or_else(|| here.join("scripts/ourolab"))
 }
 
+/// Whether a lab of `medium` can be built here (`ourolab check`); else
+/// skips `test` through `require` (root and namespaces are `netlab`'s need,
+/// the Ouroboros programs `ouroboros`'s).
+fn lab_can_run(test: &str, medium: Medium) -> bool {
+    let out = Command::new("bash")
+        .arg(script())
+        .arg("check")
+        .env("OUROLAB_MEDIUM", medium.knob())
+        .output();
+    let why = match out {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(e) => format!("cannot run {}: {e}", script().display()),
+    };
+    let need = if why.contains("Ouroboros") {
+        Need::Ouroboros
+    } else {
+        Need::Netlab
+    };
+    require::skip(need, test, format_args!("ourolab: {why}"));
+    false
+}
+
 /// A lab of Ouroboros hosts; torn down on drop (`ourolab down`: SIGTERM to
 /// what still runs in the hosts, then to their IRMds, then the namespaces
 /// are deleted), a failed test included.
@@ -85,23 +108,7 @@ impl OuroLab {
     /// lab cannot run (`ourolab check`: root and namespaces are `netlab`'s
     /// need, the Ouroboros programs `ouroboros`'s).
     fn up(test: &str, hosts: usize, medium: Medium) -> Option<OuroLab> {
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("check")
-            .env("OUROLAB_MEDIUM", medium.knob())
-            .output();
-        let why = match out {
-            Ok(o) if o.status.success() => None,
-            Ok(o) => Some(String::from_utf8_lossy(&o.stdout).trim().to_string()),
-            Err(e) => Some(format!("cannot run {}: {e}", script().display())),
-        };
-        if let Some(why) = why {
-            let need = if why.contains("Ouroboros") {
-                Need::Ouroboros
-            } else {
-                Need::Netlab
-            };
-            require::skip(need, test, format_args!("ourolab: {why}"));
+        if !lab_can_run(test, medium) {
             return None;
         }
         static LABS: AtomicUsize = AtomicUsize::new(0);
@@ -145,24 +152,10 @@ impl OuroLab {
     /// one of Ouroboros 0.23's allocation faults of this lab's layer (see
     /// "Across hosts" in `docs/ouroboros.md`), if any.
     fn layer_fault(&self, hosts: usize) -> Option<String> {
-        let signs: &[&str] = match self.medium {
-            Medium::Udp4 => &[
-                "from wrong source",
-                "Failed to respond to flow request",
-                "IPCP alloc_resp timed out",
-            ],
-            // The reply to an allocation went to 00:00:00:00:00:00 (the
-            // switch drops it) or the IPCP's allocation state hung: the
-            // allocating IRMd times out, the accepting one may say so too.
-            Medium::EthDix => &["IPCP alloc_resp timed out", "Flow allocation timed out"],
-        };
         let rundir = std::env::var("OUROLAB_RUNDIR").unwrap_or_else(|_| "/run".into());
         (1..=hosts).find_map(|k| {
             let log = format!("{rundir}/ourolab-{}/h{k}.irmd.log", self.prefix);
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.lines()
-                .find(|l| signs.iter().any(|s| l.contains(s)))
-                .map(|l| format!("h{k}: {}", plain(l).trim()))
+            fault_in(self.medium, &log).map(|l| format!("h{k}: {l}"))
         })
     }
 
@@ -294,6 +287,172 @@ fn swarm_on_a_lab(test: &str, medium: Medium) {
 }
 
 const HOSTS: usize = 3;
+
+/// The first line of the IRMd log `path` that shows one of Ouroboros
+/// 0.23's allocation faults of `medium`'s layer, if any.
+fn fault_in(medium: Medium, path: &str) -> Option<String> {
+    let signs: &[&str] = match medium {
+        Medium::Udp4 => &[
+            "from wrong source",
+            "Failed to respond to flow request",
+            "IPCP alloc_resp timed out",
+        ],
+        // The reply to an allocation went to 00:00:00:00:00:00 (the
+        // switch drops it) or the IPCP's allocation state hung: the
+        // allocating IRMd times out, the accepting one may say so too.
+        Medium::EthDix => &["IPCP alloc_resp timed out", "Flow allocation timed out"],
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .find(|l| signs.iter().any(|s| l.contains(s)))
+        .map(|l| plain(l).trim().to_string())
+}
+
+/// The IRMds of a lab whose environment holds `mark` (the demo's lab
+/// inherits the test's `OUROLAB_KEEP_LOGS`) still running 30 s after the
+/// demo ended, each given one more SIGTERM then (0.23's IRMd can wait
+/// for a hung Ethernet IPCP after `ourolab down`'s 15 s; see
+/// docs/ouroboros.md): their pids.
+fn lab_irmds_after(mark: &std::path::Path) -> Vec<u32> {
+    let mark = mark.to_string_lossy().into_owned();
+    let running = || -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"));
+                let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                comm.is_ok_and(|c| c.trim() == "irmd")
+                    && String::from_utf8_lossy(&env).contains(&mark)
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let left = running();
+    for pid in &left {
+        eprintln!("an IRMd of the demo's lab, {pid}, still runs: SIGTERM");
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    left
+}
+
+/// `cicada demo --ourolab eth-dix`: the demo builds three Ouroboros hosts
+/// joined by an `eth-dix` layer with no IP address, runs six peers on them
+/// (two a host), checks its ring, sends and broadcasts before and after
+/// the churn, and tears its lab down: its JSON must say so, and no network
+/// namespace of its lab may be left. A run that failed with one of 0.23's
+/// Ethernet allocation faults in an IRMd's log (kept by the demo's
+/// `ourolab down` through `OUROLAB_KEEP_LOGS`) runs again, as the swarm
+/// tests above do.
+#[test]
+fn demo_over_an_ethernet_ourolab_reports_a_correct_ring_and_tears_its_lab_down() {
+    let test = "demo_over_an_ethernet_ourolab_reports_a_correct_ring_and_tears_its_lab_down";
+    if !lab_can_run(test, Medium::EthDix) {
+        return;
+    }
+    let _g = heavy();
+    let logs = std::env::temp_dir().join(format!("cicada-ourolab-demo-{}", std::process::id()));
+    let script = script();
+    let script = script.to_str().expect("a UTF-8 path");
+    for attempt in 1..=FAULT_TRIES {
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs).expect("make the log directory");
+        let (code, out, err) = super::run_demo_env(
+            &[
+                "--transport",
+                "ouroboros",
+                "--layer",
+                Medium::EthDix.layer(),
+                "--ourolab",
+                Medium::EthDix.knob(),
+                "--ourolab-script",
+                script,
+                "--nodes",
+                "6",
+                "--json",
+                "--seed",
+                "11",
+            ],
+            &[("OUROLAB_KEEP_LOGS", logs.to_str().expect("a UTF-8 path"))],
+            Duration::from_secs(400),
+        );
+        // The lab's prefix, from the demo's first line.
+        let prefix = err
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix("-h1.."))
+            .map(str::to_string);
+        let left: Vec<String> = match &prefix {
+            Some(p) => {
+                let ns = Command::new("ip").args(["netns", "list"]).output();
+                let ns = ns.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                ns.unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{p}-")))
+                    .map(str::to_string)
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        if let (Some(p), false) = (&prefix, left.is_empty()) {
+            // Not torn down (the demo failed to, or was killed): do it here.
+            let down = Command::new("bash").arg(script).args(["down", p]).output();
+            eprintln!("the demo left {left:?}; ourolab down {p}: {down:?}");
+        }
+        let irmds = lab_irmds_after(&logs);
+        let check = || {
+            assert_eq!(code, Some(0), "demo failed\nstdout:\n{out}\nstderr:\n{err}");
+            let last = out.lines().last().unwrap_or_default();
+            let v: Value =
+                serde_json::from_str(last).unwrap_or_else(|e| panic!("last line {last:?}: {e}"));
+            let p = prefix.as_deref().expect("the demo names its lab");
+            assert_eq!(v["lab"], p, "{v}");
+            assert_eq!(v["nodes"], 6, "{v}");
+            assert_eq!(v["ok"], true, "{v}");
+            assert_eq!(v["ring_correct"], true, "{v}");
+            assert_eq!(v["send_delivered_rate"], 1.0, "{v}");
+            assert_eq!(v["broadcast_coverage"], 1.0, "{v}");
+            assert_eq!(v["after_churn"]["killed"], 1, "{v}");
+            assert_eq!(v["after_churn"]["ring_correct"], true, "{v}");
+            assert_eq!(v["after_churn"]["send_delivered_rate"], 1.0, "{v}");
+            assert_eq!(v["after_churn"]["broadcast_coverage"], 1.0, "{v}");
+            let peers = v["peers"].as_array().expect("a list of peers");
+            let hosts: Vec<&str> = peers.iter().filter_map(|p| p["host"].as_str()).collect();
+            assert_eq!(hosts, ["h1", "h2", "h3", "h1", "h2", "h3"], "{v}");
+            assert!(left.is_empty(), "the demo left its namespaces: {left:?}");
+            assert!(
+                irmds.is_empty(),
+                "the demo left its IRMds running: {irmds:?}"
+            );
+        };
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+        let Err(panic) = run else {
+            let _ = std::fs::remove_dir_all(&logs);
+            return;
+        };
+        let fault = prefix.as_ref().and_then(|p| {
+            (1..=HOSTS).find_map(|k| {
+                let log = logs.join(format!("{p}-h{k}.irmd.log"));
+                fault_in(Medium::EthDix, log.to_str()?).map(|l| format!("h{k}: {l}"))
+            })
+        });
+        match fault {
+            Some(fault) if attempt < FAULT_TRIES && left.is_empty() => eprintln!(
+                "KNOWN OUROBOROS 0.23 ETH-DIX FAULT (attempt {attempt} of {FAULT_TRIES}): \
+                 {fault}; running the demo again"
+            ),
+            _ => {
+                let _ = std::fs::remove_dir_all(&logs);
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+}
 
 /// `line` without its terminal colour codes (`ESC [ ... m`).
 fn plain(line: &str) -> String {
