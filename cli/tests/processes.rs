@@ -1318,6 +1318,28 @@ fn demo_refuses_what_it_cannot_do() {
         err.contains("--metrics serves on each peer's 127.0.0.1"),
         "{err}"
     );
+    // The Ouroboros lab's hosts do not share 127.0.0.1 either; it runs
+    // Ouroboros peers only, over the media scripts/ourolab builds.
+    let ourolab = ["--transport", "ouroboros", "--ourolab"];
+    for (args, why) in [
+        (
+            &[&ourolab[..], &["eth-dix", "--metrics"]].concat(),
+            "the Ouroboros lab's hosts do not share",
+        ),
+        (&vec!["--ourolab", "eth-dix"], "add --transport ouroboros"),
+        (
+            &[&ourolab[..], &["token-ring"]].concat(),
+            "want eth-dix, eth-llc or udp4",
+        ),
+        (
+            &[&ourolab[..], &["udp4", "--ourolab-hosts", "10"]].concat(),
+            "1 to 9",
+        ),
+    ] {
+        let (code, _, err) = run_demo(args, Duration::from_secs(10));
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
 }
 
 // ---------------------------------------------- a private swarm of processes
