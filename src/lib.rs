@@ -40,7 +40,6 @@ pub mod hooks;
 pub mod link;
 mod metrics;
 pub mod nat;
-mod ouro_link;
 mod peer;
 mod remote;
 pub mod secure;
