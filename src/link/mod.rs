@@ -1,8 +1,14 @@
 //! I/O: none of its own; the link types below do it.
 //!
 //! Links: how datagrams leave and arrive. The driver is generic over
-//! [`Link`]; [`UdpLink`] and [`OuroborosLink`] implement it, and a
-//! `SwarmPeer` runs the one driver over either through `PeerLink`.
+//! `Link`; `UdpLink` and `OuroborosLink` implement it, and a `SwarmPeer`
+//! runs the one driver over either through `PeerLink`.
+//!
+//! The API here is [`FlowStats`] (what [`crate::PeerStats::ouroboros`]
+//! reports). The link types and the `Link` trait are not API: they are
+//! hidden from the documentation and reachable only so that the CLI's
+//! benchmark can measure a bare `UdpLink` as its baseline and the tests can
+//! drive a link on its own; they may change in any release.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -16,17 +22,22 @@ use chord::Hash;
 use tokio::net::UdpSocket;
 
 use crate::addr::PeerAddr;
+
 mod ouroboros;
 mod udp;
 
+pub use ouroboros::FlowStats;
 pub(crate) use ouroboros::FlowStatsHandle;
-pub use ouroboros::{FlowStats, OuroborosLink};
+#[doc(hidden)]
+pub use ouroboros::OuroborosLink;
 pub(crate) use udp::GSO_SEGMENT_MAX;
+#[doc(hidden)]
 pub use udp::{Gro, UdpLink, SOCKET_BUFFER};
 
 /// Where a link that receives on a thread of its own hands datagrams
 /// straight to the driver (see [`Link::deliver_to`]): called with a batch
 /// of datagrams, which it empties.
+#[doc(hidden)]
 pub type LinkSink<A> = Arc<dyn Fn(&mut Arrivals<A>) + Send + Sync>;
 
 /// Datagrams received together, for a [`LinkSink`]: their bytes back to
@@ -44,6 +55,7 @@ pub type LinkSink<A> = Arc<dyn Fn(&mut Arrivals<A>) + Send + Sync>;
 /// assert!(batch.is_empty());
 /// ```
 #[derive(Debug)]
+#[doc(hidden)]
 pub struct Arrivals<A> {
     bytes: Vec<u8>,
     spans: Vec<(usize, A)>,
@@ -110,6 +122,7 @@ impl<A> Arrivals<A> {
 /// `recv_from` must be cancel-safe: the driver waits on it in a `select!`
 /// beside timers and commands, and drops the future when another branch
 /// wins. No datagram may be lost by that.
+#[doc(hidden)]
 pub trait Link: Send + Sync + 'static {
     /// How peers are addressed over this link.
     type Addr: chord::Address + Display + Send + Sync + 'static;

@@ -318,7 +318,8 @@ impl FlowStatsHandle {
     }
 }
 
-/// What an [`OuroborosLink`] counted so far.
+/// What the Ouroboros link of a peer counted so far (see
+/// [`crate::SwarmPeer::bind_ouroboros`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
     /// Flows this peer allocated.
