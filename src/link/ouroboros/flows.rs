@@ -67,10 +67,10 @@ pub(super) struct Shared {
     pub(super) epoch: Instant,
     /// A flow per class of each neighbour ([`Shared::classes`]), or one.
     pub(super) classes: bool,
-    pub(super) routes: Mutex<HashMap<(String, Class), Route>>,
+    pub(super) routes: DashMap<(String, Class), Route>,
     /// Every open flow, by descriptor (also flows replaced by a newer one,
     /// still read until idle).
-    pub(super) slots: Mutex<HashMap<i32, Arc<Slot>>>,
+    pub(super) slots: DashMap<i32, Arc<Slot>>,
     /// Flows that went down, waiting to be released (see [`Shared::bury`]).
     pub(super) graveyard: Mutex<Vec<(Instant, Arc<Slot>)>>,
     /// Flows added to the set since the reader thread last looked: what
@@ -165,28 +165,37 @@ impl Shared {
             ));
         }
         let key = (name.to_owned(), class);
-        let mut routes = lock(&self.routes);
         // While this class's flow is being allocated (or cannot be), the
         // other class's flow to the name carries its datagrams: the first
         // data to a neighbour does not wait for (or get dropped behind) a
-        // second allocation, which takes a second across hosts.
-        let other = match routes.get(&(name.to_owned(), class.other())) {
+        // second allocation, which takes a second across hosts. (Read, and
+        // its shard released, before the entry below locks its own shard:
+        // both keys may share one.)
+        let other = match self
+            .routes
+            .get(&(name.to_owned(), class.other()))
+            .as_deref()
+        {
             Some(Route::Ready(slot)) if self.classes => Some(slot.clone()),
             _ => None,
         };
-        match routes.get_mut(&key) {
-            Some(Route::Ready(slot)) => return Ok(Some(slot.clone())),
-            Some(Route::Pending { .. }) if other.is_some() => return Ok(other),
-            Some(Route::Pending { queue, .. }) => {
-                if queue.len() >= FLOW_QUEUE {
-                    self.drop_one();
-                    return Err(io::ErrorKind::WouldBlock.into());
+        // The entry holds the key's shard until the pending route is in:
+        // one allocation per name and class.
+        let routes = match self.routes.entry(key.clone()) {
+            Entry::Occupied(mut o) => match o.get_mut() {
+                Route::Ready(slot) => return Ok(Some(slot.clone())),
+                Route::Pending { .. } if other.is_some() => return Ok(other),
+                Route::Pending { queue, .. } => {
+                    if queue.len() >= FLOW_QUEUE {
+                        self.drop_one();
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    queue.push(Bytes::copy_from_slice(bytes));
+                    return Ok(None);
                 }
-                queue.push(Bytes::copy_from_slice(bytes));
-                return Ok(None);
-            }
-            None => {}
-        }
+            },
+            Entry::Vacant(v) => v,
+        };
         {
             // One back-off per name: a peer that cannot be reached on one
             // class cannot be on the other.
@@ -215,8 +224,7 @@ impl Shared {
             Some(_) => Vec::new(),
             None => vec![Bytes::copy_from_slice(bytes)],
         };
-        routes.insert(key.clone(), Route::Pending { gen, queue });
-        drop(routes);
+        drop(routes.insert(Route::Pending { gen, queue }));
         self.counters.live.fetch_add(1, Ordering::Relaxed);
         let s = self.clone();
         let peer = name.to_owned();
@@ -286,7 +294,7 @@ impl Shared {
             self.counters.live.fetch_sub(1, Ordering::Relaxed);
             return; // dropped: left to the library
         }
-        lock(&self.slots).insert(slot.fd, slot.clone());
+        self.slots.insert(slot.fd, slot.clone());
         if let Err(e) = self.set.add(slot.flow()) {
             tracing::debug!(%peer, error = %e, "fset_add failed");
             self.close(&slot, false);
@@ -294,21 +302,16 @@ impl Shared {
             return;
         }
         lock(&self.fresh).push(slot.clone());
-        let queued = {
-            let mut routes = lock(&self.routes);
-            // What waits behind an allocation to the name in this class
-            // leaves on this flow, whether it is ours or one the peer opened
-            // to us first (both sides allocating at once): the route is
-            // replaced below.
-            let key = (peer.clone(), class);
-            let queued = match routes.get_mut(&key) {
-                Some(Route::Pending { queue, .. }) => std::mem::take(queue),
-                _ => Vec::new(),
-            };
-            // The newest flow to a name wins; a flow it replaces is still
-            // read until idle.
-            routes.insert(key, Route::Ready(slot.clone()));
-            queued
+        // The newest flow to a name wins; a flow it replaces is still read
+        // until idle. What waited behind an allocation to the name in this
+        // class leaves on this flow, whether it is ours or one the peer
+        // opened to us first (both sides allocating at once).
+        let queued = match self
+            .routes
+            .insert((peer.clone(), class), Route::Ready(slot.clone()))
+        {
+            Some(Route::Pending { queue, .. }) => queue,
+            _ => Vec::new(),
         };
         for b in queued {
             match slot.flow().write(&b) {
@@ -323,37 +326,27 @@ impl Shared {
     pub(super) fn unpend(&self, peer: &str, class: Class, gen: Option<u64>) {
         let Some(gen) = gen else { return };
         let key = (peer.to_owned(), class);
-        let mut routes = lock(&self.routes);
-        if let Some(Route::Pending { gen: g, queue }) = routes.get(&key) {
-            if *g == gen {
-                self.counters
-                    .dropped
-                    .fetch_add(queue.len() as u64, Ordering::Relaxed);
-                routes.remove(&key);
-            }
+        let removed = self.routes.remove_if(
+            &key,
+            |_, r| matches!(r, Route::Pending { gen: g, .. } if *g == gen),
+        );
+        if let Some((_, Route::Pending { queue, .. })) = removed {
+            self.counters
+                .dropped
+                .fetch_add(queue.len() as u64, Ordering::Relaxed);
         }
     }
 
     /// Forgets a flow (down, idle or replaced and idle); it is released
     /// when the last reference goes, deallocated only if `alive`.
     pub(super) fn close(&self, slot: &Arc<Slot>, alive: bool) {
-        let removed = {
-            let mut slots = lock(&self.slots);
-            match slots.get(&slot.fd) {
-                Some(s) if Arc::ptr_eq(s, slot) => slots.remove(&slot.fd),
-                _ => None,
-            }
-        };
-        let Some(removed) = removed else { return };
-        {
-            let key = (slot.peer.clone(), slot.class);
-            let mut routes = lock(&self.routes);
-            if let Some(Route::Ready(r)) = routes.get(&key) {
-                if r.gen == slot.gen {
-                    routes.remove(&key);
-                }
-            }
-        }
+        let removed = self.slots.remove_if(&slot.fd, |_, s| Arc::ptr_eq(s, slot));
+        let Some((_, removed)) = removed else { return };
+        let key = (slot.peer.clone(), slot.class);
+        drop(self.routes.remove_if(
+            &key,
+            |_, r| matches!(r, Route::Ready(r) if r.gen == slot.gen),
+        ));
         removed.dealloc.store(alive, Ordering::Release);
         self.counters.closed.fetch_add(1, Ordering::Relaxed);
         self.counters.live.fetch_sub(1, Ordering::Relaxed);

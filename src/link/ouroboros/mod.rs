@@ -56,6 +56,8 @@ use bytes::Bytes;
 use cicada_ouroboros::{
     self as ouro, FEventQueue, FEventType, Flow, FlowProperties, FlowSet, Name, QoSSpec,
 };
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use crate::addr::{valid_name, PeerAddr};
@@ -431,8 +433,8 @@ impl OuroborosLink {
             me: name.to_owned(),
             epoch: Instant::now(),
             classes: class_flows(),
-            routes: Mutex::new(HashMap::new()),
-            slots: Mutex::new(HashMap::new()),
+            routes: DashMap::new(),
+            slots: DashMap::new(),
             graveyard: Mutex::new(Vec::new()),
             fresh: Mutex::new(Vec::new()),
             set: Arc::new(set),
@@ -522,8 +524,8 @@ impl Drop for OuroborosLink {
                 let _ = t.join();
             }
         }
-        lock(&self.shared.routes).clear();
-        lock(&self.shared.slots).clear();
+        self.shared.routes.clear();
+        self.shared.slots.clear();
         lock(&self.shared.graveyard).clear();
         // Unbind and unregister now, not when the last task lets go.
         drop(lock(&self.name).take());

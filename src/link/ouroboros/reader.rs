@@ -135,7 +135,7 @@ pub(super) fn read_loop(s: Arc<Shared>) {
         let mut events = 0u64;
         for (id, t) in &mut fq {
             events += 1;
-            let Some(slot) = lock(&s.slots).get(&id.raw()).cloned() else {
+            let Some(slot) = s.slots.get(&id.raw()).map(|e| e.value().clone()) else {
                 continue;
             };
             match t {
@@ -204,13 +204,16 @@ pub(super) fn read_loop(s: Arc<Shared>) {
             last_idle_check = Instant::now();
             s.bury();
             let now = s.now_ms();
-            let idle: Vec<Arc<Slot>> = lock(&s.slots)
-                .values()
-                .filter(|sl| {
-                    now.saturating_sub(sl.last.load(Ordering::Relaxed))
+            // Collected first: `close` removes from the table, which the
+            // iteration holds locked shard by shard.
+            let idle: Vec<Arc<Slot>> = s
+                .slots
+                .iter()
+                .filter(|e| {
+                    now.saturating_sub(e.value().last.load(Ordering::Relaxed))
                         > FLOW_IDLE.as_millis() as u64
                 })
-                .cloned()
+                .map(|e| e.value().clone())
                 .collect();
             for slot in idle {
                 // The peer is alive (its keepalives keep the flow up, it would
