@@ -21,7 +21,7 @@ pub const DEFAULT_HOOK_QUEUE: usize = 4096;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive buffer of a peer: 64 KiB, room for the largest datagram the
 /// core accepts ([`chord::MAX_DATAGRAM`]) and for a coalesced receive of a
-/// run of datagrams (UDP GRO, see [`crate::link::UdpLink`]).
+/// run of datagrams (UDP GRO).
 pub const RECV_BUFFER: usize = 65_536;
 
 /// Everything a [`crate::SwarmPeer`] can be tuned with: the Chord core's

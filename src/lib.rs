@@ -20,15 +20,14 @@
 //!
 //! The async API runs on tokio; [`blocking::SwarmPeer`] wraps it for code
 //! without a runtime. Underneath, one driver task owns the sans-I/O
-//! [`chord::LocalNode`] and a [`Link`](link::Link) carries its datagrams:
-//! [`UdpLink`](link::UdpLink), or [`OuroborosLink`](link::OuroborosLink)
-//! over Ouroboros flows (peers addressed by name, see
+//! [`chord::LocalNode`] and a link carries its datagrams: a UDP socket, or
+//! Ouroboros flows (peers addressed by name, see
 //! [`SwarmPeer::bind_ouroboros`] and [`Transport`]).
 //!
 //! The crate root holds what an application uses; the rest is in modules:
 //! [`addr`] (names and their limits), [`config`] (the defaults behind
-//! [`PeerConfig`]), [`hooks`], [`link`] (the datagram links, usable on
-//! their own), [`nat`], [`secure`] (the seal of a keyed swarm and its tunables), [`stack`] (the sans-I/O state machine of a peer).
+//! [`PeerConfig`]), [`hooks`], [`link`] (the links' [`link::FlowStats`]; the
+//! links themselves are internal), [`nat`], [`secure`] (the seal of a keyed swarm and its tunables), [`stack`] (the sans-I/O state machine of a peer).
 #![warn(missing_docs)]
 
 pub mod addr;
@@ -40,7 +39,6 @@ pub mod hooks;
 pub mod link;
 mod metrics;
 pub mod nat;
-mod ouro_link;
 mod peer;
 mod remote;
 pub mod secure;

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::ouro_link::FlowStats;
+use crate::link::FlowStats;
 use crate::secure::SecureStats;
 
 /// Why sends failed, as the `reason` label of `cicada_sends_failed`: one

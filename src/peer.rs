@@ -18,9 +18,9 @@ use crate::config::PeerConfig;
 use crate::driver::{Command, Counters, Handle, Incoming, Shared, Snapshot};
 use crate::error::{Error, Operation, Result};
 use crate::hooks::{HookQueue, Hooks};
+use crate::link::{FlowStats, FlowStatsHandle, OuroborosLink};
 use crate::link::{Link, PeerLink, UdpLink};
 use crate::nat::NatStatus;
-use crate::ouro_link::{FlowStats, FlowStatsHandle, OuroborosLink};
 use crate::remote::{node_id, Delivery, Received, RemoteNode, Route, SendOptions, SendTarget};
 use crate::secure::SecureStats;
 use crate::transport::Transport;
@@ -46,7 +46,7 @@ pub struct PeerStats {
     pub link_errors: u64,
     /// Sends handed to the link: one per datagram, or one per run of
     /// datagrams of one size to one address (a single system call where
-    /// the system segments them, see [`UdpLink`]). Against
+    /// the system segments them, UDP GSO). Against
     /// `core.datagrams_out`, how well sends were batched.
     pub link_sends: u64,
     /// Datagrams the link could not take on the thread that sent them and

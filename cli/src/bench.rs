@@ -315,7 +315,7 @@ async fn settings(args: &BenchArgs) -> R<Vec<(String, String)>> {
 }
 
 /// Datagrams up to this size leave a link in segmented runs; larger ones
-/// one `send_to` each (the link's rule, `GSO_SEGMENT_MAX` in `src/link.rs`).
+/// one `send_to` each (the link's rule, `GSO_SEGMENT_MAX` in `src/link/udp.rs`).
 const GSO_SEGMENT_MAX: usize = 1_452;
 
 /// The receive and send buffers the kernel grants a UDP socket that asks
