@@ -214,6 +214,8 @@ pub struct Sim {
     out_buf: Vec<Transmit<u32>>,
     event_buf: Vec<Event<u32>>,
     seq: u64,
+    /// Events taken from the queue and carried out.
+    dispatched: u64,
     rng: ChaCha8Rng,
     joined: Vec<u32>,
     open: BTreeMap<(u32, LookupId), Hash>,
@@ -242,6 +244,7 @@ impl Sim {
             out_buf: Vec::new(),
             event_buf: Vec::new(),
             seq: 0,
+            dispatched: 0,
             joined: Vec::new(),
             open: BTreeMap::new(),
             join_failures: Vec::new(),
@@ -354,6 +357,12 @@ impl Sim {
                     _ => 0,
                 })
                 .sum::<usize>()
+    }
+
+    /// Events the simulator has carried out: datagrams delivered (or
+    /// dropped at a dead node), timers fired, joins started.
+    pub fn events_processed(&self) -> u64 {
+        self.dispatched
     }
 
     /// Counters of the network.
@@ -482,6 +491,7 @@ impl Sim {
         let end = self.base + elapsed;
         let end_ns = nanos(elapsed);
         while let Some(entry) = self.queue.pop_until(end_ns) {
+            self.dispatched += 1;
             self.now = self.base + Duration::from_nanos(entry.at);
             self.dispatch(entry.action);
         }
