@@ -25,6 +25,7 @@ mod node;
 pub mod routing;
 pub mod sim;
 mod sources;
+mod vecmap;
 pub mod wire;
 
 pub use config::{

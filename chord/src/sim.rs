@@ -21,21 +21,22 @@
 //! ```
 
 mod experiment;
+mod queue;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::config::Config;
-use crate::event::{Event, LookupId, MessageId, SendError, Target};
+use crate::event::{Event, LookupId, MessageId, SendError, Target, Transmit};
 use crate::hash::Hash;
 use crate::node::LocalNode;
 use crate::wire::{HopAck, Message, Mode, NodeRef};
 
 pub use experiment::{run, Params, Report};
+use queue::{Entry, Queue};
 
 /// The virtual network and its nodes' configuration.
 #[derive(Clone, Debug)]
@@ -150,30 +151,6 @@ enum Action {
     },
 }
 
-#[derive(Debug)]
-struct Entry {
-    at: Instant,
-    seq: u64,
-    action: Action,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 /// What happened to application messages, for experiments to check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataEvent {
@@ -232,8 +209,13 @@ pub struct Sim {
     base: Instant,
     now: Instant,
     slots: Vec<Slot>,
-    queue: BinaryHeap<Reverse<Entry>>,
+    queue: Queue<Action>,
+    /// Buffers of [`Sim::after`], kept to be filled again.
+    out_buf: Vec<Transmit<u32>>,
+    event_buf: Vec<Event<u32>>,
     seq: u64,
+    /// Events taken from the queue and carried out.
+    dispatched: u64,
     rng: ChaCha8Rng,
     joined: Vec<u32>,
     open: BTreeMap<(u32, LookupId), Hash>,
@@ -258,8 +240,11 @@ impl Sim {
             base,
             now: base,
             slots: Vec::new(),
-            queue: BinaryHeap::new(),
+            queue: Queue::new(),
+            out_buf: Vec::new(),
+            event_buf: Vec::new(),
             seq: 0,
+            dispatched: 0,
             joined: Vec::new(),
             open: BTreeMap::new(),
             join_failures: Vec::new(),
@@ -363,15 +348,21 @@ impl Sim {
 
     /// Bytes of the event queue: its room, and the datagrams under way.
     pub fn queue_bytes(&self) -> usize {
-        self.queue.capacity() * std::mem::size_of::<Reverse<Entry>>()
+        self.queue.heap_bytes()
             + self
                 .queue
                 .iter()
-                .map(|Reverse(e)| match &e.action {
+                .map(|e| match &e.action {
                     Action::Deliver { bytes, .. } => bytes.len(),
                     _ => 0,
                 })
                 .sum::<usize>()
+    }
+
+    /// Events the simulator has carried out: datagrams delivered (or
+    /// dropped at a dead node), timers fired, joins started.
+    pub fn events_processed(&self) -> u64 {
+        self.dispatched
     }
 
     /// Counters of the network.
@@ -498,14 +489,10 @@ impl Sim {
     /// Runs the network until virtual time `elapsed` since the start.
     pub fn run_until(&mut self, elapsed: Duration) {
         let end = self.base + elapsed;
-        while let Some(Reverse(top)) = self.queue.peek() {
-            if top.at > end {
-                break;
-            }
-            let Some(Reverse(entry)) = self.queue.pop() else {
-                break;
-            };
-            self.now = entry.at;
+        let end_ns = nanos(elapsed);
+        while let Some(entry) = self.queue.pop_until(end_ns) {
+            self.dispatched += 1;
+            self.now = self.base + Duration::from_nanos(entry.at);
             self.dispatch(entry.action);
         }
         self.now = self.now.max(end);
@@ -581,11 +568,11 @@ impl Sim {
 
     fn push(&mut self, at: Instant, action: Action) {
         self.seq += 1;
-        self.queue.push(Reverse(Entry {
-            at,
+        self.queue.push(Entry {
+            at: nanos(at - self.base),
             seq: self.seq,
             action,
-        }));
+        });
     }
 
     fn dispatch(&mut self, action: Action) {
@@ -640,8 +627,8 @@ impl Sim {
 
     /// Carries out what node `addr` asked for after it was called.
     fn after(&mut self, addr: u32) {
-        let mut out = Vec::new();
-        let mut events = Vec::new();
+        let mut out = std::mem::take(&mut self.out_buf);
+        let mut events = std::mem::take(&mut self.event_buf);
         let slot = &mut self.slots[addr as usize];
         while let Some(t) = slot.node.poll_transmit() {
             out.push(t);
@@ -659,7 +646,7 @@ impl Sim {
             }
         }
         if alive {
-            for t in out {
+            for t in out.drain(..) {
                 self.net.datagrams += 1;
                 self.net.bytes += t.bytes.len() as u64;
                 if self
@@ -685,9 +672,12 @@ impl Sim {
                 );
             }
         }
-        for e in events {
+        out.clear();
+        self.out_buf = out;
+        for e in events.drain(..) {
             self.on_event(addr, e);
         }
+        self.event_buf = events;
     }
 
     fn on_event(&mut self, addr: u32, e: Event<u32>) {
@@ -760,4 +750,9 @@ impl Sim {
         };
         Duration::from_nanos(lo + extra)
     }
+}
+
+/// Nanoseconds of a virtual duration (a run of 584 years would overflow).
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().try_into().unwrap_or(u64::MAX)
 }

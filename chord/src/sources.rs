@@ -7,9 +7,10 @@
 //! when the newer one fills half of `max_sources` or has lived
 //! [`GENERATION`]. An address heard again while in the older generation moves
 //! to the newer one, so a source is forgotten only after a whole generation
-//! of silence (or under a flood of newer sources). An entry is 32 bytes
-//! besides its address (4-byte aligned, so 36 with a `u32` address); times
-//! are kept as milliseconds since the table's first use. The older
+//! of silence (or under a flood of newer sources). An entry is 20 bytes
+//! besides its address (4-byte aligned, so 24 with a `u32` address); times
+//! are kept as milliseconds since the table's first use, and the txn of a
+//! deferred request (rare) in a map of its own. The older
 //! generation only loses entries, so it gives its room back as it drains.
 
 use std::collections::HashMap;
@@ -36,98 +37,100 @@ impl BuildHasher for Keyed {
     }
 }
 
-/// No deferred request.
-const DEFER_NONE: u8 = 0;
-/// A deferred `GetNeighbors` without fingers.
-const DEFER_PLAIN: u8 = 1;
-/// A deferred `GetNeighbors` with fingers.
-const DEFER_FINGERS: u8 = 2;
+/// The source has answered a request: it receives at its address.
+const VERIFIED: u8 = 1;
+/// A verification probe went to it (at `probed_at`).
+const PROBED: u8 = 2;
+/// A `GetNeighbors` without fingers waits for its verification.
+const DEFER_PLAIN: u8 = 4;
+/// A `GetNeighbors` with fingers waits for its verification.
+const DEFER_FINGERS: u8 = 8;
+/// Either kind of deferred request.
+const DEFERRED: u8 = DEFER_PLAIN | DEFER_FINGERS;
 
+/// What the table knows of one address: 20 bytes, so that with a `u32`
+/// address an entry is 24 (a deferred request's txn, rare, is kept in a
+/// map of its own).
 #[derive(Clone, Debug)]
 struct Source {
-    /// The `GetNeighbors` txn awaiting verification (see `deferred`), as
-    /// two halves: a `u64` would align the entry to 8 bytes and pad a
-    /// small address's entry by 8 more.
-    deferred_txn: [u32; 2],
     tokens: f32,
-    /// Until the source is verified, the bytes received from it (its
-    /// reply budget); from then on, the bits of an `f32`, the tokens of
-    /// the separate bucket of its Data (full at verification, as it would
-    /// have been: nothing draws on it before). Neither is needed while the
-    /// other is, so they share four bytes.
-    in_or_data: u32,
+    /// Until the source is verified, the bytes received from it minus the
+    /// bytes sent to it (an `i32`, saturating: its reply budget); from
+    /// then on, the bits of an `f32`, the tokens of the separate bucket of
+    /// its Data (full at verification, as it would have been: nothing
+    /// draws on it before). Neither is needed while the other is, so they
+    /// share four bytes.
+    balance_or_data: u32,
     /// Milliseconds since the table's epoch (wrapping; entries never live
     /// long enough for a wrap to matter) of the last refill.
     last: u32,
-    /// When the last verification probe went, same clock; valid if `probed`.
+    /// When the last verification probe went, same clock; valid if `PROBED`.
     probed_at: u32,
-    bytes_out: u32,
-    verified: bool,
-    probed: bool,
+    /// `VERIFIED`, `PROBED`, and `DEFER_PLAIN` or `DEFER_FINGERS`.
+    flags: u8,
     /// Replies larger than their request sent while unverified.
     free_used: u8,
-    /// `DEFER_NONE`, `DEFER_PLAIN` or `DEFER_FINGERS`.
-    deferred: u8,
 }
 
 impl Source {
     /// A source heard for the first time, `ms` after the epoch.
     fn fresh(burst: f32, ms: u32) -> Source {
         Source {
-            deferred_txn: [0; 2],
             tokens: burst,
-            in_or_data: 0,
+            balance_or_data: 0,
             last: ms,
             probed_at: 0,
-            bytes_out: 0,
-            verified: false,
-            probed: false,
+            flags: 0,
             free_used: 0,
-            deferred: DEFER_NONE,
         }
     }
-}
 
-impl Source {
-    fn deferred_txn(&self) -> u64 {
-        u64::from(self.deferred_txn[0]) << 32 | u64::from(self.deferred_txn[1])
+    fn verified(&self) -> bool {
+        self.flags & VERIFIED != 0
     }
 
-    fn set_deferred_txn(&mut self, txn: u64) {
-        self.deferred_txn = [(txn >> 32) as u32, txn as u32];
-    }
-
-    /// Bytes received, counted until the source is verified.
-    fn bytes_in(&self) -> u32 {
-        if self.verified {
+    /// Bytes received minus bytes sent, counted until the source is verified.
+    fn balance(&self) -> i32 {
+        if self.verified() {
             0
         } else {
-            self.in_or_data
+            self.balance_or_data as i32
+        }
+    }
+
+    fn add_balance(&mut self, len: usize, sign: i32) {
+        if !self.verified() {
+            let len = i32::try_from(len).unwrap_or(i32::MAX);
+            let b = (self.balance_or_data as i32).saturating_add(len.saturating_mul(sign));
+            self.balance_or_data = b as u32;
         }
     }
 
     fn add_in(&mut self, len: usize) {
-        if !self.verified {
-            self.in_or_data = self
-                .in_or_data
-                .saturating_add(len.try_into().unwrap_or(u32::MAX));
-        }
+        self.add_balance(len, 1);
+    }
+
+    /// The deferred request's kind, forgotten: whether it wants fingers.
+    fn take_deferred_kind(&mut self) -> Option<bool> {
+        let kind = self.flags & DEFERRED;
+        self.flags &= !DEFERRED;
+        (kind != 0).then_some(kind == DEFER_FINGERS)
     }
 
     /// Marks the source verified; its Data bucket starts full.
     fn verify(&mut self, data_burst: f32) {
-        if !self.verified {
-            self.verified = true;
-            self.in_or_data = data_burst.to_bits();
+        if !self.verified() {
+            self.flags |= VERIFIED;
+            self.balance_or_data = data_burst.to_bits();
         }
     }
 
     /// Takes one token from the Data bucket of a verified source.
     fn take_data(&mut self) -> bool {
-        let mut tokens = f32::from_bits(self.in_or_data);
-        let taken = self.verified && take(&mut tokens);
+        let mut tokens = f32::from_bits(self.balance_or_data);
+        let taken = self.verified() && take(&mut tokens);
         if taken {
-            self.in_or_data = tokens.to_bits();
+            self.balance_or_data = tokens.to_bits();
         }
         taken
     }
@@ -140,9 +143,9 @@ impl Source {
             self.last = ms;
             let secs = elapsed as f32 / 1000.0;
             self.tokens = (self.tokens + secs * r.rate).min(r.burst);
-            if self.verified {
-                let data = f32::from_bits(self.in_or_data);
-                self.in_or_data = (data + secs * r.data_rate).min(r.data_burst).to_bits();
+            if self.verified() {
+                let data = f32::from_bits(self.balance_or_data);
+                self.balance_or_data = (data + secs * r.data_rate).min(r.data_burst).to_bits();
             }
         }
     }
@@ -189,6 +192,9 @@ pub(crate) struct Sources<A> {
     young: HashMap<A, Source, Keyed>,
     /// The previous generation, dropped whole at the next turn.
     old: HashMap<A, Source, Keyed>,
+    /// The txns of deferred requests (see [`Sources::defer`]), of
+    /// addresses in either generation.
+    deferred: HashMap<A, u64, Keyed>,
     /// When the table was first used; all times are relative to it.
     epoch: Option<Instant>,
     /// When `young` was started, relative to `epoch`.
@@ -207,6 +213,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
             cap: cap.max(2),
             young: HashMap::with_hasher(Keyed(key.0, key.1)),
             old: HashMap::with_hasher(Keyed(key.0, key.1)),
+            deferred: HashMap::with_hasher(Keyed(key.0, key.1)),
             epoch: None,
             turned: Duration::ZERO,
             evicted: 0,
@@ -223,10 +230,18 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     fn turn(&mut self, at: Duration) {
         let fresh = HashMap::with_hasher(self.young.hasher().clone());
         let mut young = std::mem::replace(&mut self.young, fresh);
-        self.evicted += self.old.len() as u64;
         // From now on it only loses entries: no room to grow is needed.
         young.shrink_to_fit();
-        self.old = young;
+        let dropped = std::mem::replace(&mut self.old, young);
+        self.evicted += dropped.len() as u64;
+        if !self.deferred.is_empty() {
+            for a in dropped.keys() {
+                self.deferred.remove(a);
+            }
+            if self.deferred.is_empty() {
+                self.deferred.shrink_to_fit();
+            }
+        }
         self.turned = at;
     }
 
@@ -249,6 +264,10 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         let entry = std::mem::size_of::<(A, Source)>();
         crate::memory::hash_table_bytes(self.young.capacity(), entry)
             + crate::memory::hash_table_bytes(self.old.capacity(), entry)
+            + crate::memory::hash_table_bytes(
+                self.deferred.capacity(),
+                std::mem::size_of::<(A, u64)>(),
+            )
     }
 
     /// Applies `f` to the entry of `addr`, created if absent, in the young
@@ -314,7 +333,7 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
             s.add_in(len);
             match kind {
                 Arrival::Reply => true,
-                Arrival::Data if s.verified => {
+                Arrival::Data if s.verified() => {
                     s.refill(ms, rates);
                     s.take_data()
                 }
@@ -379,34 +398,32 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         now: Instant,
     ) -> Option<(u64, bool)> {
         let data_burst = self.data_burst;
-        self.with(addr, now, |s, _| {
+        let fingers = self.with(addr, now, |s, _| {
             s.verify(data_burst);
-            let kind = std::mem::replace(&mut s.deferred, DEFER_NONE);
-            (kind != DEFER_NONE).then_some((s.deferred_txn(), kind == DEFER_FINGERS))
-        })
+            s.take_deferred_kind()
+        })?;
+        Some((self.deferred.remove(addr)?, fingers))
     }
 
     /// Bytes that may still be sent to `addr` in reply: `None` for a
     /// verified address (no limit), otherwise what it sent minus what it got.
     pub(crate) fn budget(&self, addr: &A) -> Option<u64> {
         match self.find(addr) {
-            Some(s) if s.verified => None,
-            Some(s) => Some(u64::from(s.bytes_in().saturating_sub(s.bytes_out))),
+            Some(s) if s.verified() => None,
+            Some(s) => Some(s.balance().max(0) as u64),
             None => Some(0),
         }
     }
 
     /// Whether `addr` has answered a request (and is still remembered).
     pub(crate) fn is_verified(&self, addr: &A) -> bool {
-        self.find(addr).is_some_and(|s| s.verified)
+        self.find(addr).is_some_and(Source::verified)
     }
 
     /// Records `len` bytes sent to `addr` (if it is tracked).
     pub(crate) fn sent(&mut self, addr: &A, len: usize) {
         if let Some(s) = self.find_mut(addr) {
-            s.bytes_out = s
-                .bytes_out
-                .saturating_add(len.try_into().unwrap_or(u32::MAX));
+            s.add_balance(len, -1);
         }
     }
 
@@ -418,10 +435,10 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         let Some(s) = self.find_mut(addr) else {
             return false;
         };
-        if s.verified || (s.probed && ms.wrapping_sub(s.probed_at) < every) {
+        if s.verified() || (s.flags & PROBED != 0 && ms.wrapping_sub(s.probed_at) < every) {
             return false;
         }
-        s.probed = true;
+        s.flags |= PROBED;
         s.probed_at = ms;
         true
     }
@@ -442,21 +459,21 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
     /// verified (one per address: a newer request replaces an older one).
     pub(crate) fn defer(&mut self, addr: &A, txn: u64, want_fingers: bool) {
         if let Some(s) = self.find_mut(addr) {
-            s.set_deferred_txn(txn);
-            s.deferred = if want_fingers {
+            s.flags &= !DEFERRED;
+            s.flags |= if want_fingers {
                 DEFER_FINGERS
             } else {
                 DEFER_PLAIN
             };
+            self.deferred.insert(addr.clone(), txn);
         }
     }
 
     #[cfg(test)]
     /// The request deferred for `addr`, if any, forgetting it.
     pub(crate) fn take_deferred(&mut self, addr: &A) -> Option<(u64, bool)> {
-        let s = self.find_mut(addr)?;
-        let kind = std::mem::replace(&mut s.deferred, DEFER_NONE);
-        (kind != DEFER_NONE).then_some((s.deferred_txn(), kind == DEFER_FINGERS))
+        let fingers = self.find_mut(addr)?.take_deferred_kind()?;
+        Some((self.deferred.remove(addr)?, fingers))
     }
 
     /// Addresses tracked.
@@ -479,6 +496,20 @@ impl<A: Clone + Eq + std::hash::Hash> Sources<A> {
         }
         if self.young.keys().any(|a| self.old.contains_key(a)) {
             return Err("an address is in both generations".into());
+        }
+        let deferring = self
+            .young
+            .values()
+            .chain(self.old.values())
+            .filter(|s| s.flags & DEFERRED != 0)
+            .count();
+        if deferring != self.deferred.len()
+            || self
+                .deferred
+                .keys()
+                .any(|a| self.find(a).is_none_or(|s| s.flags & DEFERRED == 0))
+        {
+            return Err("deferred txns do not match the entries that defer".into());
         }
         Ok(())
     }
@@ -624,9 +655,36 @@ mod tests {
 
     #[test]
     fn entries_stay_small() {
-        assert!(std::mem::size_of::<Source>() <= 32);
+        assert!(std::mem::size_of::<Source>() <= 20);
         assert_eq!(std::mem::align_of::<Source>(), 4);
-        assert!(std::mem::size_of::<(u32, Source)>() <= 36);
+        assert!(std::mem::size_of::<(u32, Source)>() <= 24);
+    }
+
+    #[test]
+    fn deferred_request_lives_and_dies_with_its_entry() {
+        let t0 = Instant::now();
+        let mut s = Sources::<u32>::new(10, 5, 4, (1, 2));
+        s.received(&1, 50, t0);
+        s.defer(&1, 7, true);
+        s.received(&2, 10, t0);
+        // 3 turns the generations; 1 is in the old one, its txn kept.
+        s.received(&3, 10, t0);
+        s.received(&5, 10, t0);
+        s.check().unwrap();
+        // 1 heard again moves to the young generation, which is full: the
+        // generations turn while its entry is in neither.
+        s.received(&1, 10, t0);
+        s.check().unwrap();
+        assert_eq!(s.verify_and_take_deferred(&1, t0), Some((7, true)));
+        // 4 defers, then is forgotten with its generation: so is its txn.
+        s.received(&4, 50, t0);
+        s.defer(&4, 9, false);
+        for a in 10..14 {
+            s.received(&a, 10, t0);
+        }
+        assert_eq!(s.budget(&4), Some(0), "forgotten");
+        s.check().unwrap();
+        assert!(s.deferred.is_empty());
     }
 
     #[test]

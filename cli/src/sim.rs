@@ -92,6 +92,7 @@ pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
     let start = Instant::now();
     let mut report = sim::run(&params);
     report.wall_seconds = start.elapsed().as_secs_f64();
+    report.events_per_s = report.events as f64 / report.wall_seconds.max(f64::MIN_POSITIVE);
     report.peak_rss_bytes = peak_rss_bytes();
     report.peak_rss_bytes_per_node = report.peak_rss_bytes as f64 / report.nodes.max(1) as f64;
 
@@ -135,8 +136,8 @@ pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
         ));
     }
     lines.push(format!(
-        "maintenance {:.2} msgs/node/s ({:.0} B/node/s)   {:.0} virtual s in {:.1} wall s   peak RSS {:.0} MiB",
-        report.messages_per_node_per_s, report.bytes_per_node_per_s, report.sim_seconds, report.wall_seconds, report.peak_rss_bytes as f64 / 1048576.0
+        "maintenance {:.2} msgs/node/s ({:.0} B/node/s)   {:.0} virtual s in {:.1} wall s ({:.0} events/s)   peak RSS {:.0} MiB",
+        report.messages_per_node_per_s, report.bytes_per_node_per_s, report.sim_seconds, report.wall_seconds, report.events_per_s, report.peak_rss_bytes as f64 / 1048576.0
     ));
     lines.push(format!(
         "memory per node: {:.0} B resident at the peak   {:.0} B of node state   {:.0} B of event queue",
@@ -165,6 +166,8 @@ mod tests {
         let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
         assert_eq!(last["nodes"], 20);
         assert_eq!(last["ring_correct"], true);
+        assert!(last["events"].as_u64().unwrap() > last["datagrams"].as_u64().unwrap());
+        assert!(last["events_per_s"].as_f64().unwrap() > 0.0);
     }
 
     #[test]

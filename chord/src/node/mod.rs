@@ -8,7 +8,7 @@ mod tests;
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use crate::event::{Event, JoinError, LookupId, Stats, Transmit};
 use crate::hash::{Hash, Interval};
 use crate::routing::{NextHop, RoutingTable};
 use crate::sources::{Arrival, Sources};
+use crate::vecmap::VecMap;
 pub use punch::{Path, Reach};
 
 use crate::wire::{
@@ -249,7 +250,9 @@ pub struct LocalNode<A> {
     /// addresses this node sent requests to; at most one entry per
     /// destination with a request pending, pruned on each tick.
     backoff: FxHashMap<A, Backoff>,
-    lookups: BTreeMap<u64, Lookup>,
+    /// Few at a time: a sorted vector (a B-tree allocates a node of
+    /// eleven entries for the first).
+    lookups: VecMap<u64, Lookup>,
     known: Vec<NodeRef<A>>,
     known_version: u64,
     dead: VecDeque<(Hash, Instant)>,
@@ -364,7 +367,7 @@ impl<A: Address> LocalNode<A> {
             wake: None,
             pending: FxHashMap::default(),
             backoff: FxHashMap::default(),
-            lookups: BTreeMap::new(),
+            lookups: VecMap::new(),
             known: Vec::new(),
             known_version: 0,
             dead: VecDeque::new(),
@@ -559,7 +562,7 @@ impl<A: Address> LocalNode<A> {
     /// assert!(node.state_bytes() >= std::mem::size_of::<LocalNode<u32>>());
     /// ```
     pub fn state_bytes(&self) -> usize {
-        use crate::memory::{btree_bytes, hash_table_bytes, vec_bytes};
+        use crate::memory::{hash_table_bytes, vec_bytes};
         use std::mem::size_of;
         let pending = hash_table_bytes(self.pending.capacity(), size_of::<(u64, Pending<A>)>())
             + self
@@ -600,7 +603,7 @@ impl<A: Address> LocalNode<A> {
             + self.table.heap_bytes()
             + pending
             + backoff
-            + btree_bytes::<u64, Lookup>(self.lookups.len())
+            + vec_bytes::<(u64, Lookup)>(self.lookups.capacity())
             + vec_bytes::<NodeRef<A>>(self.known.capacity())
             + vec_bytes::<(Hash, Instant)>(self.dead.capacity())
             + vec_bytes::<(Hash, bool)>(self.probed.capacity())

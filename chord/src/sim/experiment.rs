@@ -78,7 +78,7 @@ impl Default for Params {
 }
 
 /// What an experiment measured. Deterministic for a given [`Params`]: the
-/// driver fills in `wall_seconds`, `peak_rss_bytes` and
+/// driver fills in `wall_seconds`, `events_per_s`, `peak_rss_bytes` and
 /// `peak_rss_bytes_per_node`, which are not.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Report {
@@ -160,6 +160,9 @@ pub struct Report {
     pub sim_seconds: f64,
     /// Datagrams the network carried in the whole run.
     pub datagrams: u64,
+    /// Events the simulator carried out in the whole run
+    /// ([`Sim::events_processed`]: deliveries, timers, joins).
+    pub events: u64,
     /// Bytes of node state per node, at the largest of the samples taken
     /// at the end of each phase and every virtual second of the lookups and
     /// sends ([`Sim::node_state_bytes`] over the nodes): the part of the
@@ -170,6 +173,8 @@ pub struct Report {
     pub queue_bytes_per_node: f64,
     /// Wall-clock seconds of the run (set by the driver).
     pub wall_seconds: f64,
+    /// `events` over `wall_seconds` (set by the driver): the simulator's speed.
+    pub events_per_s: f64,
     /// Peak resident memory of the process (set by the driver).
     pub peak_rss_bytes: u64,
     /// `peak_rss_bytes` over `nodes` (set by the driver): everything the
@@ -277,6 +282,7 @@ pub fn run(params: &Params) -> Report {
     }
     report.sim_seconds = sim.elapsed().as_secs_f64();
     report.datagrams = sim.net_stats().datagrams;
+    report.events = sim.events_processed();
     peak.sample(&sim);
     report.node_state_bytes_per_node = peak.state as f64 / n as f64;
     report.queue_bytes_per_node = peak.queue as f64 / n as f64;
