@@ -1354,6 +1354,9 @@ impl<L: Link> State<L> {
                 }
             }
             Event::Received { from, payload, .. } => self.received(from, payload),
+            // The store has no API on `SwarmPeer` yet; a node still holds
+            // and repairs records for others (the core does that alone).
+            Event::Store(_) => {}
         }
     }
 

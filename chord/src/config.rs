@@ -127,6 +127,8 @@ pub struct Config {
     /// starts at one stabilization period and doubles up to this. It
     /// bounds how long after a partition heals the rings start to merge.
     pub past_probe_max: Duration,
+    /// The DHT store's tunables (replicas, quotas, anti-entropy period).
+    pub store: crate::store::StoreConfig,
 }
 
 impl Default for Config {
@@ -153,6 +155,7 @@ impl Default for Config {
             past_peers: 32,
             past_peer_ttl: Duration::from_secs(600),
             past_probe_max: Duration::from_secs(8),
+            store: crate::store::StoreConfig::default(),
         }
     }
 }

@@ -21,6 +21,7 @@
 //! ```
 
 mod experiment;
+pub mod storage;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -243,6 +244,8 @@ pub struct Sim {
     events: Vec<(u32, Event<u32>)>,
     keep_events: bool,
     net: NetStats,
+    /// Store events, kept for `storage` (see `Sim::take_store_events`).
+    store_log: Vec<(u32, crate::event::StoreEvent<u32>)>,
 }
 
 impl Sim {
@@ -268,6 +271,7 @@ impl Sim {
             events: Vec::new(),
             keep_events: false,
             net: NetStats::default(),
+            store_log: Vec::new(),
         }
     }
 
@@ -728,6 +732,7 @@ impl Sim {
                 msg: *id,
                 reason: reason.clone(),
             }),
+            Event::Store(s) => self.store_log.push((addr, s.clone())),
             _ => {}
         }
         if self.keep_events {

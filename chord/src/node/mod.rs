@@ -2,6 +2,7 @@
 
 mod data;
 mod identity;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -169,6 +170,8 @@ enum Purpose {
     User,
     Join,
     Finger(u32),
+    /// Finding the owner for a store operation (its id).
+    Store(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -276,6 +279,8 @@ pub struct LocalNode<A> {
     provisional: bool,
     /// Joiners whose lookup answer this node relays (see `FindSuccessor::via`).
     relays: Vec<Relay<A>>,
+    /// The DHT store, made on first use (see `node/store.rs`).
+    store: Option<Box<store::StoreState<A>>>,
 }
 
 /// A joiner whose lookup's answer comes back through this node.
@@ -373,6 +378,7 @@ impl<A: Address> LocalNode<A> {
             received_queued: 0,
             provisional: false,
             relays: Vec::new(),
+            store: None,
         })
     }
 
@@ -493,7 +499,7 @@ impl<A: Address> LocalNode<A> {
                 "maintenance lookups",
                 self.lookups
                     .values()
-                    .filter(|l| l.purpose != Purpose::User)
+                    .filter(|l| matches!(l.purpose, Purpose::Join | Purpose::Finger(_)))
                     .count(),
                 Hash::BITS as usize + 1,
             ),
@@ -884,7 +890,7 @@ impl<A: Address> LocalNode<A> {
                 continue;
             };
             if l.deadline <= now {
-                self.lookup_failed(id);
+                self.lookup_failed(id, now);
             } else {
                 self.lookup_attempt(id, now);
             }
@@ -943,7 +949,7 @@ impl<A: Address> LocalNode<A> {
         // source's bucket (a verified neighbour's Data has a bucket of its
         // own). Replies only match what this node asked for.
         let kind = match msg {
-            Message::Data(_) => Arrival::Data,
+            Message::Data(_) | Message::Store(_) | Message::StoreFragment(_) => Arrival::Data,
             Message::Ping(_)
             | Message::OwnerCheck(_)
             | Message::GetNeighbors(_)
@@ -1002,6 +1008,8 @@ impl<A: Address> LocalNode<A> {
                 self.reply(from, reply);
             }
             Message::Observed(m) => self.on_observed(m, now),
+            Message::Store(m) => self.on_store(from, m, now),
+            Message::StoreFragment(m) => self.on_store_fragment(from, m, now),
         }
         self.sync_known();
     }
@@ -1523,7 +1531,7 @@ impl<A: Address> LocalNode<A> {
             return;
         }
         let me = m.owner.id == self.me.id && m.owner.addr == self.me.addr;
-        if l.purpose == Purpose::User && !me {
+        if matches!(l.purpose, Purpose::User | Purpose::Store(_)) && !me {
             // The node that answered may not know yet that the owner it
             // names has just died: ask the owner itself first.
             let asking = self.pending.values().any(
@@ -1785,10 +1793,11 @@ impl<A: Address> LocalNode<A> {
                 self.table.set_successors([owner]);
                 self.send_stabilize_with(now, true);
             }
+            Purpose::Store(op) => self.store_owner_found(op, owner, hops, now),
         }
     }
 
-    fn lookup_failed(&mut self, id: u64) {
+    fn lookup_failed(&mut self, id: u64, now: Instant) {
         let Some(l) = self.lookups.remove(&id) else {
             return;
         };
@@ -1810,6 +1819,7 @@ impl<A: Address> LocalNode<A> {
                 self.fail_join(reason);
             }
             Purpose::Finger(_) => {}
+            Purpose::Store(op) => self.store_lookup_failed(op, now),
         }
     }
 
@@ -1863,6 +1873,7 @@ impl<A: Address> LocalNode<A> {
         for _ in 0..self.cfg.fingers_per_tick {
             self.fix_next_finger(now);
         }
+        self.store_tick(now);
     }
 
     fn send_stabilize(&mut self, now: Instant) {
