@@ -50,6 +50,11 @@ pub enum Error {
     /// The call did not complete in the time allowed.
     #[error("timed out")]
     Timeout,
+    /// The owner of a key refused a store operation: over a quota, a bad
+    /// signature, an older sequence number, a failed compare-and-swap, a
+    /// value over 64 KiB (see `docs/storage.md`).
+    #[error("the key's owner refused the operation: {0:?}")]
+    StoreRefused(chord::store::Refused),
     /// A lookup (`get_route`) did not find the key's owner before its deadline.
     #[error("lookup of {0} failed")]
     LookupFailed(Hash),

@@ -209,6 +209,13 @@ impl<A: Address> LocalNode<A> {
             .map_or((0, 0), |s| (s.table.len(), s.table.bytes()))
     }
 
+    /// The keys this node holds records of (as owner or replica).
+    pub fn stored_keys(&self) -> Vec<Hash> {
+        self.store
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.table.keys().copied().collect())
+    }
+
     /// The records this node holds under `key` (as owner or replica).
     pub fn stored(&self, key: &Hash, now: Instant) -> Vec<Record> {
         self.store

@@ -72,7 +72,7 @@ impl Sim {
         std::mem::take(&mut self.store_log)
     }
 
-    /// Whether a live node holds a record under `key`.
+    /// How many live nodes hold a record under `key`.
     pub fn held_by_live(&self, key: &Hash) -> usize {
         let now = self.now;
         self.slots
@@ -336,7 +336,11 @@ pub fn run(params: &Params) -> Report {
     let repair = total_stats(&sim).repair_bytes_out + repair_dead - repair_before;
     let mean_nodes = node_seconds / secs as f64;
     report.repair_bytes_per_node_per_s = repair as f64 / mean_nodes.max(1.0) / elapsed.max(1.0);
-    report.values_lost = stored.iter().filter(|k| sim.held_by_live(k) == 0).count();
+    let held: std::collections::BTreeSet<Hash> = joined_live(&sim)
+        .into_iter()
+        .flat_map(|a| sim.node(a).stored_keys())
+        .collect();
+    report.values_lost = stored.iter().filter(|k| !held.contains(k)).count();
     let live = joined_live(&sim);
     let (mut bytes, mut count) = (0usize, 0usize);
     for a in &live {
