@@ -117,7 +117,7 @@ pub(crate) enum Command<A> {
     },
     /// A store operation; the reply is its outcome.
     Store {
-        call: StoreCall,
+        call: Box<StoreCall>,
         reply: Reply<chord::StoreEvent<A>>,
     },
     /// Listen to a key: each new record goes to `updates` until it closes.
@@ -1196,7 +1196,7 @@ impl<L: Link> State<L> {
                     let _ = reply.send(Err(Error::NotJoined));
                     return;
                 }
-                let op = match call {
+                let op = match *call {
                     StoreCall::Put { key, value, ttl_s } => self.node.put(key, value, ttl_s, now),
                     StoreCall::PutSigned { record, cas } => self.node.put_signed(record, cas, now),
                     StoreCall::Get { key } => self.node.get(key, now),

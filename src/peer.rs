@@ -653,6 +653,7 @@ impl SwarmPeer {
     }
 
     async fn store(&self, call: StoreCall) -> Result<chord::StoreEvent<PeerAddr>> {
+        let call = Box::new(call);
         match self.ask(|reply| Command::Store { call, reply }).await?? {
             chord::StoreEvent::Failed {
                 refused: Some(r), ..
