@@ -481,7 +481,10 @@ impl<A: Address> LocalNode<A> {
                 if differ.is_empty() {
                     return;
                 }
-                let keys = self.store_state().table.key_digests(&range, &differ, now);
+                let mut keys = self.store_state().table.key_digests(&range, &differ, now);
+                // A range larger than any owner's (a confused or hostile
+                // asker) gets the first keys only; later rounds go on.
+                keys.truncate(wire::MAX_STORE_LIST);
                 let msg = StoreMessage::SyncKeys {
                     txn,
                     start,
