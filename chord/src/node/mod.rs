@@ -899,6 +899,7 @@ impl<A: Address> LocalNode<A> {
         if self.next_tick.is_some_and(|t| t <= now) {
             self.tick(now);
         }
+        self.store_neighbours_changed(now);
         self.sync_known();
         self.wake = self.earliest_timer();
     }
@@ -1011,6 +1012,7 @@ impl<A: Address> LocalNode<A> {
             Message::Store(m) => self.on_store(from, m, now),
             Message::StoreFragment(m) => self.on_store_fragment(from, m, now),
         }
+        self.store_neighbours_changed(now);
         self.sync_known();
     }
 

@@ -878,6 +878,35 @@ impl<A: Address> LocalNode<A> {
         self.sync_round(now);
     }
 
+    /// Starts an anti-entropy round at once when the predecessor or the
+    /// first successors changed since the last one (called after every
+    /// datagram and timeout; a tick would be up to a period later, and the
+    /// repair interval bounds what churn can lose).
+    pub(super) fn store_neighbours_changed(&mut self, now: Instant) {
+        let Some(s) = &self.store else {
+            return;
+        };
+        let r = self.cfg.store.replicas.saturating_sub(1);
+        let succ = self
+            .table
+            .successors()
+            .iter()
+            .filter(|n| n.id != self.me.id)
+            .take(r)
+            .map(|n| n.id);
+        let pred = self.table.predecessor().map(|p| p.id);
+        let same = succ.chain(pred).eq(s.synced.iter().copied());
+        if !same && self.phase == Phase::Joined {
+            let mut neighbours: Vec<Hash> = self.replica_set().iter().map(|n| n.id).collect();
+            neighbours.extend(pred);
+            let interval = self.cfg.store.sync_interval;
+            let s = self.store_state();
+            s.synced = neighbours;
+            s.next_sync = Some(now + interval);
+            self.sync_round(now);
+        }
+    }
+
     /// Compares digests of the owned range with each replica.
     fn sync_round(&mut self, now: Instant) {
         let Some(range) = self.owned_range() else {
