@@ -794,6 +794,44 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_are_bounded_per_source() {
+        let mut cfg = SimConfig {
+            seed: 13,
+            ..SimConfig::default()
+        };
+        cfg.node.store.source_listens = 2;
+        let mut sim = Sim::new(cfg);
+        let nodes: Vec<u32> = (0..8).map(|_| sim.add_node()).collect();
+        sim.create(nodes[0]);
+        for (i, a) in nodes.iter().enumerate().skip(1) {
+            sim.schedule_join(*a, Duration::from_millis(100 * i as u64));
+        }
+        sim.run_for(Duration::from_secs(30));
+        let key = Hash::of("watched");
+        let ops: Vec<StoreOp> = (0..3).map(|_| sim.listen(nodes[3], key)).collect();
+        sim.run_for(Duration::from_secs(5));
+        let failed: Vec<StoreOp> = sim
+            .take_store_events()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                StoreEvent::Failed {
+                    op,
+                    refused: Some(Refused::Quota),
+                    ..
+                } => Some(op),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed.len(), 1);
+        assert!(ops.contains(&failed[0]));
+        let counted: u64 = nodes
+            .iter()
+            .map(|a| sim.node(*a).store_stats().listens_refused)
+            .sum();
+        assert_eq!(counted, 1);
+    }
+
+    #[test]
     fn topics_name_the_peers_that_announced() {
         let (mut sim, nodes) = ring(12, 12);
         for a in &nodes[..4] {
