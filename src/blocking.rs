@@ -185,6 +185,46 @@ impl SwarmPeer {
         self.run(|p| p.get_route(key))
     }
 
+    /// See [`crate::SwarmPeer::put`].
+    pub fn put(&self, key: Hash, value: impl Into<Vec<u8>>, ttl: Duration) -> Result<()> {
+        let value = value.into();
+        self.run(|p| p.put(key, value, ttl))
+    }
+
+    /// See [`crate::SwarmPeer::put_signed`].
+    pub fn put_signed(
+        &self,
+        secret: &[u8; 32],
+        salt: &[u8],
+        seq: u64,
+        value: impl Into<Vec<u8>>,
+        cas: Option<u64>,
+    ) -> Result<Hash> {
+        let value = value.into();
+        self.run(|p| p.put_signed(secret, salt, seq, value, cas))
+    }
+
+    /// See [`crate::SwarmPeer::get`].
+    pub fn get(&self, key: Hash) -> Result<Vec<chord::store::Record>> {
+        self.run(|p| p.get(key))
+    }
+
+    /// See [`crate::SwarmPeer::listen`]; read the receiver with
+    /// `blocking_recv`.
+    pub fn listen(&self, key: Hash) -> Result<tokio::sync::mpsc::Receiver<chord::store::Record>> {
+        self.run(|p| p.listen(key))
+    }
+
+    /// See [`crate::SwarmPeer::announce`].
+    pub fn announce(&self, topic: &[u8], ttl: Duration) -> Result<()> {
+        self.run(|p| p.announce(topic, ttl))
+    }
+
+    /// See [`crate::SwarmPeer::find`].
+    pub fn find(&self, topic: &[u8]) -> Result<Vec<RemoteNode>> {
+        self.run(|p| p.find(topic))
+    }
+
     /// See [`crate::SwarmPeer::peers`].
     pub fn peers(&self) -> Result<Vec<RemoteNode>> {
         self.run(|p| p.peers())

@@ -103,6 +103,40 @@ pub(crate) enum Command<A> {
         to: A,
         reply: oneshot::Sender<A>,
     },
+    /// A store operation; the reply is its outcome.
+    Store {
+        call: Box<StoreCall>,
+        reply: Reply<chord::StoreEvent<A>>,
+    },
+    /// Listen to a key: each new record goes to `updates` until it closes.
+    Listen {
+        key: Hash,
+        updates: mpsc::Sender<chord::store::Record>,
+        reply: Reply<()>,
+    },
+}
+
+/// The store operations `SwarmPeer` offers (see `chord::LocalNode::put`).
+pub(crate) enum StoreCall {
+    Put {
+        key: Hash,
+        value: Vec<u8>,
+        ttl_s: u32,
+    },
+    PutSigned {
+        record: chord::store::Record,
+        cas: Option<u64>,
+    },
+    Get {
+        key: Hash,
+    },
+    Announce {
+        topic: Vec<u8>,
+        ttl_s: u32,
+    },
+    Find {
+        topic: Vec<u8>,
+    },
 }
 
 /// The routing state and counters at one moment.
@@ -243,6 +277,10 @@ struct State<L: Link> {
     bootstrap: Option<L::Addr>,
     /// Callers of `observe` waiting for the answer of a peer.
     observers: Vec<(L::Addr, oneshot::Sender<L::Addr>)>,
+    /// Callers waiting for a store operation's outcome.
+    store_ops: FxHashMap<chord::StoreOp, Reply<chord::StoreEvent<L::Addr>>>,
+    /// Listens under way, each with the queue of its listener.
+    listens: FxHashMap<chord::StoreOp, mpsc::Sender<chord::store::Record>>,
     /// The deadline the background task sleeps until (`None` while it is
     /// awake and will read the core's next one anyway): a call that makes
     /// an earlier one wakes it.
@@ -450,6 +488,8 @@ impl<L: Link> Shared<L> {
             view,
             bootstrap: None,
             observers: Vec::new(),
+            store_ops: FxHashMap::default(),
+            listens: FxHashMap::default(),
             armed: None,
             parked: VecDeque::new(),
         };
@@ -488,7 +528,10 @@ impl<L: Link> Shared<L> {
         // Calls answered at once (`peers`, `stats`) take no claim.
         let networked = matches!(
             command,
-            Command::Send { .. } | Command::Join { .. } | Command::Lookup { .. }
+            Command::Send { .. }
+                | Command::Join { .. }
+                | Command::Lookup { .. }
+                | Command::Store { .. }
         );
         let claim = if lone && networked {
             std::future::poll_fn(|cx| Poll::Ready(self.claim_receive(cx)))
@@ -1224,6 +1267,33 @@ impl<L: Link> State<L> {
                 let r = self.stack.broadcast(payload, now);
                 let _ = reply.send(r.map(|_| ()).map_err(Error::from));
             }
+            Command::Store { call, reply } => {
+                if !self.stack.node().is_joined() {
+                    let _ = reply.send(Err(Error::NotJoined));
+                    return;
+                }
+                let op = match *call {
+                    StoreCall::Put { key, value, ttl_s } => self.stack.put(key, value, ttl_s, now),
+                    StoreCall::PutSigned { record, cas } => self.stack.put_signed(record, cas, now),
+                    StoreCall::Get { key } => self.stack.get(key, now),
+                    StoreCall::Announce { topic, ttl_s } => self.stack.announce(&topic, ttl_s, now),
+                    StoreCall::Find { topic } => self.stack.find(&topic, now),
+                };
+                self.store_ops.insert(op, reply);
+            }
+            Command::Listen {
+                key,
+                updates,
+                reply,
+            } => {
+                if !self.stack.node().is_joined() {
+                    let _ = reply.send(Err(Error::NotJoined));
+                    return;
+                }
+                let op = self.stack.listen(key, now);
+                self.listens.insert(op, updates);
+                let _ = reply.send(Ok(()));
+            }
             Command::Lookup { key, reply } => {
                 if !self.stack.node().is_joined() {
                     let _ = reply.send(Err(Error::NotJoined));
@@ -1434,6 +1504,39 @@ impl<L: Link> State<L> {
                 }
             }
             Event::Received { from, payload, .. } => self.received(from, payload),
+            Event::Store(e) => self.store_event(e),
+        }
+    }
+
+    /// Routes a store outcome to its caller, a listened key's news to its
+    /// listener (a listener that went away ends its listen).
+    fn store_event(&mut self, e: chord::StoreEvent<L::Addr>) {
+        use chord::StoreEvent;
+        let op = match &e {
+            StoreEvent::Update { op, record, .. } => {
+                let gone = match self.listens.get(op) {
+                    Some(tx) => matches!(
+                        tx.try_send(record.clone()),
+                        Err(mpsc::error::TrySendError::Closed(_))
+                    ),
+                    None => true,
+                };
+                if gone {
+                    self.listens.remove(op);
+                    self.stack.unlisten(*op);
+                }
+                return;
+            }
+            StoreEvent::Stored { op, .. }
+            | StoreEvent::Got { op, .. }
+            | StoreEvent::Peers { op, .. }
+            | StoreEvent::Failed { op, .. } => *op,
+        };
+        if let Some(r) = self.store_ops.remove(&op) {
+            let _ = r.send(Ok(e));
+        } else if let Some(tx) = self.listens.remove(&op) {
+            // A listen that failed for good: its queue closes.
+            drop(tx);
         }
     }
 

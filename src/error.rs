@@ -62,6 +62,11 @@ pub enum Error {
         /// How long it was allowed.
         after: std::time::Duration,
     },
+    /// The owner of a key refused a store operation: over a quota, a bad
+    /// signature, an older sequence number, a failed compare-and-swap, a
+    /// value over 64 KiB (see `docs/storage.md`).
+    #[error("the key's owner refused the operation: {0:?}")]
+    StoreRefused(chord::store::Refused),
     /// A lookup (`get_route`) did not find the key's owner before its deadline.
     #[error("lookup of {0} failed")]
     LookupFailed(Hash),
@@ -137,6 +142,14 @@ pub enum Operation {
     Recv,
     /// Asking a peer where it sees this one ([`crate::SwarmPeer::observe`]).
     Observe,
+    /// Storing a value ([`crate::SwarmPeer::put`], [`crate::SwarmPeer::put_signed`]).
+    Put,
+    /// Reading a key's values ([`crate::SwarmPeer::get`]).
+    Get,
+    /// Naming this peer under a topic ([`crate::SwarmPeer::announce`]).
+    Announce,
+    /// Finding the peers of a topic ([`crate::SwarmPeer::find`]).
+    Find,
 }
 
 impl std::fmt::Display for Operation {
@@ -146,6 +159,10 @@ impl std::fmt::Display for Operation {
             Operation::Send => "send",
             Operation::Recv => "recv",
             Operation::Observe => "observe",
+            Operation::Put => "put",
+            Operation::Get => "get",
+            Operation::Announce => "announce",
+            Operation::Find => "find",
         })
     }
 }

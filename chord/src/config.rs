@@ -132,6 +132,8 @@ pub struct Config {
     /// open: below the 30 s after which many NATs (Linux's conntrack among
     /// them) forget a UDP mapping that saw no answer.
     pub keepalive_interval: Duration,
+    /// The DHT store's tunables (replicas, quotas, anti-entropy period).
+    pub store: crate::store::StoreConfig,
 }
 
 impl Default for Config {
@@ -159,6 +161,7 @@ impl Default for Config {
             past_peer_ttl: Duration::from_secs(600),
             past_probe_max: Duration::from_secs(8),
             keepalive_interval: Duration::from_secs(25),
+            store: crate::store::StoreConfig::default(),
         }
     }
 }

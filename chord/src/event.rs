@@ -178,6 +178,67 @@ pub enum Event<A> {
         /// Forwarding steps it took to arrive.
         hops: u32,
     },
+    /// What a store operation (put, get, listen, announce, find) did.
+    Store(StoreEvent<A>),
+}
+
+/// The id of a store operation, as `LocalNode::put` and the others return it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreOp(pub u64);
+
+/// The outcome of a store operation, or a listened key's news.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent<A> {
+    /// A put (or announce) was stored by the key's owner, which sends it
+    /// on to the replicas.
+    Stored {
+        /// The operation.
+        op: StoreOp,
+        /// The key.
+        key: Hash,
+    },
+    /// The records of a key (none: the key holds nothing).
+    Got {
+        /// The operation.
+        op: StoreOp,
+        /// The key.
+        key: Hash,
+        /// Its records.
+        records: Vec<crate::store::Record>,
+        /// Forwarding steps the lookup of its owner took.
+        hops: u32,
+    },
+    /// The peers that announced a topic (see `LocalNode::find`).
+    Peers {
+        /// The operation.
+        op: StoreOp,
+        /// The topic's key.
+        key: Hash,
+        /// The peers.
+        peers: Vec<NodeRef<A>>,
+        /// Forwarding steps the lookup of its owner took.
+        hops: u32,
+    },
+    /// A listened key has a record this listener had not seen: each
+    /// (key, record identity, sequence number) is reported once.
+    Update {
+        /// The listen operation.
+        op: StoreOp,
+        /// The key.
+        key: Hash,
+        /// The record.
+        record: crate::store::Record,
+    },
+    /// An operation failed: refused by the owner (`Some`), or no owner
+    /// answered before `StoreConfig::op_timeout` (`None`).
+    Failed {
+        /// The operation.
+        op: StoreOp,
+        /// The key.
+        key: Hash,
+        /// Why the owner refused it, if it did.
+        refused: Option<crate::store::Refused>,
+    },
 }
 
 /// Counters a node keeps; they only grow.

@@ -25,6 +25,7 @@ mod node;
 pub mod routing;
 pub mod sim;
 mod sources;
+pub mod store;
 mod vecmap;
 pub mod wire;
 
@@ -32,7 +33,9 @@ pub use config::{
     Config, ConfigError, MAGIC, MAX_DATAGRAM, MAX_FINGERS_SENT, MAX_HOPS, MAX_LIST_ON_WIRE,
     MAX_PAYLOAD_LIMIT, MAX_SUCCESSOR_LIST, VERSION,
 };
-pub use event::{Event, JoinError, LookupId, MessageId, SendError, Stats, Target, Transmit};
+pub use event::{
+    Event, JoinError, LookupId, MessageId, SendError, Stats, StoreEvent, StoreOp, Target, Transmit,
+};
 pub use hash::{Hash, Interval, ParseHashError};
 pub use node::{Address, LocalNode, Path, Reach};
 pub use wire::{DecodeError, NodeRef};

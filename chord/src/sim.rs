@@ -22,6 +22,7 @@
 
 mod experiment;
 mod queue;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -225,6 +226,8 @@ pub struct Sim {
     events: Vec<(u32, Event<u32>)>,
     keep_events: bool,
     net: NetStats,
+    /// Store events, kept for `storage` (see `Sim::take_store_events`).
+    store_log: Vec<(u32, crate::event::StoreEvent<u32>)>,
 }
 
 impl Sim {
@@ -253,6 +256,7 @@ impl Sim {
             events: Vec::new(),
             keep_events: false,
             net: NetStats::default(),
+            store_log: Vec::new(),
         }
     }
 
@@ -718,6 +722,7 @@ impl Sim {
                 msg: *id,
                 reason: reason.clone(),
             }),
+            Event::Store(s) => self.store_log.push((addr, s.clone())),
             _ => {}
         }
         if self.keep_events {

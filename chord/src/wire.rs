@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{MAGIC, MAX_DATAGRAM, MAX_LIST_ON_WIRE, VERSION};
 use crate::hash::Hash;
+use crate::store::{Record, Refused};
 
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 4;
@@ -409,6 +410,138 @@ pub struct PunchSync {
     pub txn: u64,
 }
 
+/// A storage message (kind 17): puts, gets, replication, anti-entropy and
+/// subscriptions between nodes (see `docs/storage.md`). One larger than a
+/// datagram travels in [`StoreFragment`]s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreMessage<A> {
+    /// Writer to owner: store `record`; with `cas`, only if the signed
+    /// record held has that sequence number (0: none). Answered by `PutAck`.
+    Put {
+        /// Request id, echoed.
+        txn: u64,
+        /// The record (its `writer` is set by the owner).
+        record: Record,
+        /// Compare-and-swap on the held sequence number.
+        cas: Option<u64>,
+    },
+    /// Owner to writer: how the put went.
+    PutAck {
+        /// The put's id.
+        txn: u64,
+        /// `None`: stored (and sent to the replicas); else why not.
+        refused: Option<Refused>,
+    },
+    /// Reader to owner (or, `direct`, to a replica): the records of `key`.
+    /// Answered by `Values`. With `listen`, also subscribes the sender to
+    /// new records of the key (until `StoreConfig::listen_ttl`).
+    Get {
+        /// Request id, echoed.
+        txn: u64,
+        /// The key.
+        key: Hash,
+        /// Sent to a replica, not the owner: no ownership check.
+        direct: bool,
+        /// Subscribe too.
+        listen: bool,
+    },
+    /// The records of a key; a notification of a listened key too.
+    Values {
+        /// The request's (or subscription's) id.
+        txn: u64,
+        /// The key.
+        key: Hash,
+        /// Its records (all of them, or the new one for a notification).
+        records: Vec<Record>,
+        /// An owner that holds nothing for the key names its replicas,
+        /// for the reader to ask them.
+        replicas: Vec<NodeRef<A>>,
+        /// Why the request was not served (`NotOwner`), if it was not.
+        refused: Option<Refused>,
+    },
+    /// Records for the receiver to hold as a replica (replication of a
+    /// put, hand-off, repair, read repair). Not acknowledged: anti-entropy
+    /// finds what was lost.
+    Replicate {
+        /// The records.
+        records: Vec<Record>,
+    },
+    /// Anti-entropy, owner to replica: digests of the owner's range
+    /// `(start, end]`, [`crate::store::DIGEST_BUCKETS`] buckets.
+    SyncDigest {
+        /// Request id, echoed.
+        txn: u64,
+        /// Range start (exclusive): the owner's predecessor.
+        start: Hash,
+        /// Range end (inclusive): the owner.
+        end: Hash,
+        /// One digest per bucket.
+        buckets: Vec<u64>,
+    },
+    /// Anti-entropy, replica to owner: the buckets whose digests differ,
+    /// and the replica's key digests in them.
+    SyncKeys {
+        /// The digest's id.
+        txn: u64,
+        /// Range start, as in the digest.
+        start: Hash,
+        /// Range end, as in the digest.
+        end: Hash,
+        /// Buckets that differ.
+        buckets: Vec<u8>,
+        /// The replica's keys in them, with their digests.
+        keys: Vec<(Hash, u64)>,
+    },
+    /// "Send me your records of these keys" (answered by `Replicate`).
+    Want {
+        /// The keys.
+        keys: Vec<Hash>,
+    },
+}
+
+/// One piece of a [`StoreMessage`] too large for a datagram (kind 18): the
+/// message's postcard body, cut in `frags` pieces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreFragment {
+    /// The sender's id for the message.
+    pub id: u64,
+    /// This piece's index.
+    pub frag: u16,
+    /// Number of pieces.
+    pub frags: u16,
+    /// The piece.
+    pub bytes: Vec<u8>,
+}
+
+/// Most records, keys or nodes a store message may list.
+pub const MAX_STORE_LIST: usize = 4096;
+
+/// Decodes the body of a [`StoreMessage`] (whole, or reassembled from
+/// fragments), checking its lists against [`MAX_STORE_LIST`].
+pub fn decode_store<A: DeserializeOwned>(bytes: &[u8]) -> Result<StoreMessage<A>, DecodeError> {
+    let m: StoreMessage<A> = body("Store", bytes)?;
+    let long = match &m {
+        StoreMessage::Values {
+            records, replicas, ..
+        } => records.len().max(replicas.len()),
+        StoreMessage::Replicate { records } => records.len(),
+        StoreMessage::SyncKeys { keys, buckets, .. } => keys.len().max(buckets.len()),
+        StoreMessage::SyncDigest { buckets, .. } => buckets.len(),
+        StoreMessage::Want { keys } => keys.len(),
+        _ => 0,
+    };
+    if long > MAX_STORE_LIST {
+        return Err(DecodeError::OverLimit("store list longer than the limit"));
+    }
+    Ok(m)
+}
+
+/// Encodes a [`StoreMessage`]'s body (without the header): the bytes
+/// [`StoreFragment`]s carry.
+pub fn encode_store_body<A: Serialize>(m: &StoreMessage<A>) -> Vec<u8> {
+    postcard::to_allocvec(m).unwrap_or_default()
+}
+
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message<A> {
@@ -455,6 +588,10 @@ pub enum Message<A> {
     PunchAnswer(PunchAnswer<A>),
     /// Kind 27.
     PunchSync(PunchSync),
+    /// Kind 17.
+    Store(StoreMessage<A>),
+    /// Kind 18.
+    StoreFragment(StoreFragment),
 }
 
 impl<A> Message<A> {
@@ -472,6 +609,8 @@ impl<A> Message<A> {
             Message::PunchRequest(m) => (Some(&m.origin), [std::slice::from_ref(&m.target), &[]]),
             Message::PunchOffer(m) => (Some(&m.origin), [&[], &[]]),
             Message::PunchAnswer(m) => (Some(&m.target), [&[], &[]]),
+            Message::Store(StoreMessage::Values { replicas, .. }) => (None, [&replicas[..], &[]]),
+            Message::Store(_) | Message::StoreFragment(_) => (None, [&[], &[]]),
             Message::VersionMismatch(_)
             | Message::Ping(_)
             | Message::Pong(_)
@@ -534,6 +673,8 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::PunchOffer(_) => 25,
             Message::PunchAnswer(_) => 26,
             Message::PunchSync(_) => 27,
+            Message::Store(_) => 17,
+            Message::StoreFragment(_) => 18,
         }
     }
 
@@ -585,6 +726,8 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::PunchOffer(m) => append(&mut out, m),
             Message::PunchAnswer(m) => append(&mut out, m),
             Message::PunchSync(m) => append(&mut out, m),
+            Message::Store(m) => append(&mut out, m),
+            Message::StoreFragment(m) => append(&mut out, m),
         };
         // Serializing our own in-memory values into a Vec cannot fail: postcard
         // only fails on sequences of unknown length, which we do not have.
@@ -680,6 +823,14 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
                 25 => Message::PunchOffer(body("PunchOffer", rest)?),
                 26 => Message::PunchAnswer(body("PunchAnswer", rest)?),
                 27 => Message::PunchSync(body("PunchSync", rest)?),
+                17 => Message::Store(decode_store(rest)?),
+                18 => {
+                    let m: StoreFragment = body("StoreFragment", rest)?;
+                    if m.frags == 0 || m.frag >= m.frags {
+                        return Err(DecodeError::OverLimit("fragment index out of range"));
+                    }
+                    Message::StoreFragment(m)
+                }
                 other => return Err(DecodeError::UnknownKind(other)),
             };
         Ok(msg)
@@ -840,6 +991,36 @@ mod tests {
                 "c1ca031a 05 20 0202020202020202020202020202020202020202020202020202020202020202 02 09 01",
             ),
             (Message::PunchSync(PunchSync { txn: 300 }), "c1ca031b ac02"),
+            (
+                Message::Store(StoreMessage::Get {
+                    txn: 5,
+                    key: Hash::from_bytes([0x10; 32]),
+                    direct: true,
+                    listen: false,
+                }),
+                "c1ca0311 02 05 20 1010101010101010101010101010101010101010101010101010101010101010 01 00",
+            ),
+            (
+                Message::Store(StoreMessage::PutAck { txn: 300, refused: Some(Refused::CasMismatch) }),
+                "c1ca0311 01 ac02 01 03",
+            ),
+            (
+                Message::Store(StoreMessage::Replicate {
+                    records: vec![Record {
+                        key: Hash::from_bytes([1; 32]),
+                        kind: crate::store::Kind::Immutable,
+                        value: b"hi".to_vec(),
+                        ttl_s: 60,
+                        writer: Hash::from_bytes([2; 32]),
+                    }],
+                }),
+                "c1ca0311 04 01 20 0101010101010101010101010101010101010101010101010101010101010101 00 02 6869 3c \
+                 20 0202020202020202020202020202020202020202020202020202020202020202",
+            ),
+            (
+                Message::StoreFragment(StoreFragment { id: 7, frag: 1, frags: 3, bytes: vec![0xaa] }),
+                "c1ca0312 07 01 03 01 aa",
+            ),
             (
                 Message::SuccessorHint(SuccessorHint { node: node(0x0b, 300) }),
                 "c1ca0309 20 0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b ac02",

@@ -9,6 +9,13 @@
 //! send-dup N TARGET TEXT    the same with N duplicates
 //! broadcast TEXT
 //! lookup KEY                KEY = 64 hex digits, or any text (hashed)
+//! put KEY TEXT              store TEXT under KEY in the DHT (one hour)
+//! put-signed NAME SEQ TEXT  store version SEQ of the mutable value signed
+//!                           by the key pair whose secret is SHA-256(NAME)
+//! get KEY                   the values stored under KEY
+//! listen KEY                an `update` event for each value stored under KEY
+//! announce TOPIC            name this peer under TOPIC (one hour)
+//! find TOPIC                the peers that announced TOPIC
 //! peers                     the routing state (each peer with its path: direct or punched), successor and predecessor
 //! fingers                   the distinct fingers, nearest first
 //! stats                     the counters
@@ -653,6 +660,98 @@ async fn execute(
                     })),
                     Err(e) => out.emit(json!({
                         "event": "lookup", "key": key.to_string(), "ok": false, "error": e.to_string(),
+                    })),
+                }
+            });
+        }
+        "put" => {
+            let (key, text) = split_word(rest);
+            let (key, text, p) = (parse_key(key), text.to_string(), peer.clone());
+            tokio::spawn(async move {
+                let r = p.put(key, text.as_bytes().to_vec(), Duration::ZERO).await;
+                out.emit(json!({
+                    "event": "put", "key": key.to_string(), "ok": r.is_ok(),
+                    "error": r.err().map(|e| e.to_string()),
+                }));
+            });
+        }
+        "put-signed" => {
+            let (name, rest) = split_word(rest);
+            let (seq, text) = split_word(rest);
+            let Ok(seq) = seq.parse::<u64>() else {
+                out.error(format!("put-signed: want NAME SEQ TEXT, got {rest:?}"));
+                return Flow::Go;
+            };
+            let secret = Hash::of(name).to_bytes();
+            let (text, p) = (text.to_string(), peer.clone());
+            tokio::spawn(async move {
+                let r = p
+                    .put_signed(&secret, b"", seq, text.into_bytes(), None)
+                    .await;
+                out.emit(json!({
+                    "event": "put", "key": r.as_ref().ok().map(|k| k.to_string()), "seq": seq,
+                    "ok": r.is_ok(), "error": r.err().map(|e| e.to_string()),
+                }));
+            });
+        }
+        "get" => {
+            let (key, p) = (parse_key(rest.trim()), peer.clone());
+            tokio::spawn(async move {
+                match p.get(key).await {
+                    Ok(records) => {
+                        let values: Vec<_> = records
+                            .iter()
+                            .map(|r| json!({"value": String::from_utf8_lossy(&r.value), "seq": r.seq()}))
+                            .collect();
+                        out.emit(json!({"event": "get", "key": key.to_string(), "ok": true, "values": values}));
+                    }
+                    Err(e) => out.emit(json!({
+                        "event": "get", "key": key.to_string(), "ok": false, "error": e.to_string(),
+                    })),
+                }
+            });
+        }
+        "listen" => {
+            let (key, p) = (parse_key(rest.trim()), peer.clone());
+            tokio::spawn(async move {
+                match p.listen(key).await {
+                    Ok(mut updates) => {
+                        out.emit(json!({"event": "listen", "key": key.to_string(), "ok": true}));
+                        while let Some(r) = updates.recv().await {
+                            out.emit(json!({
+                                "event": "update", "key": key.to_string(),
+                                "value": String::from_utf8_lossy(&r.value), "seq": r.seq(),
+                            }));
+                        }
+                    }
+                    Err(e) => out.emit(json!({
+                        "event": "listen", "key": key.to_string(), "ok": false, "error": e.to_string(),
+                    })),
+                }
+            });
+        }
+        "announce" => {
+            let (topic, p) = (rest.trim().to_string(), peer.clone());
+            tokio::spawn(async move {
+                let r = p.announce(topic.as_bytes(), Duration::ZERO).await;
+                out.emit(json!({
+                    "event": "announce", "topic": topic, "ok": r.is_ok(),
+                    "error": r.err().map(|e| e.to_string()),
+                }));
+            });
+        }
+        "find" => {
+            let (topic, p) = (rest.trim().to_string(), peer.clone());
+            tokio::spawn(async move {
+                match p.find(topic.as_bytes()).await {
+                    Ok(peers) => {
+                        let list: Vec<_> = peers.iter().map(|n| n.addr.to_string()).collect();
+                        out.emit(
+                            json!({"event": "found", "topic": topic, "ok": true, "peers": list}),
+                        );
+                    }
+                    Err(e) => out.emit(json!({
+                        "event": "found", "topic": topic, "ok": false, "error": e.to_string(),
                     })),
                 }
             });

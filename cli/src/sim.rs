@@ -53,9 +53,85 @@ pub struct SimArgs {
     /// Payload of each send and broadcast, in bytes.
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
+    /// Values put into the DHT: runs the storage experiment instead (puts,
+    /// then churn with `--session-median` or a failure with `--fail`, with
+    /// gets throughout, then a count of the values no live node holds).
+    #[arg(long, default_value_t = 0)]
+    pub puts: usize,
+    /// Storage experiment: gets, spread over the churn or the recovery.
+    #[arg(long, default_value_t = 1000)]
+    pub gets: usize,
+    /// Storage experiment: bytes of each value.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Storage experiment: replicas of each key (the owner included).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+    /// Storage experiment: median session in seconds (exponentially
+    /// distributed; each leave is replaced by a join). 0: no churn.
+    #[arg(long, default_value_t = 0.0)]
+    pub session_median: f64,
+    /// Storage experiment: seconds of churn.
+    #[arg(long, default_value_t = 1800)]
+    pub churn_seconds: u64,
+    /// Storage experiment: seconds given to recovery after the churn or
+    /// failure before values are counted.
+    #[arg(long, default_value_t = 30)]
+    pub settle_seconds: u64,
     /// Print the report as one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The storage experiment (`--puts`).
+fn run_storage(args: &SimArgs) -> Result<Vec<String>, String> {
+    if args.replicas == 0 || args.value_size > cicada::chord::store::MAX_VALUE {
+        return Err("--replicas must be at least 1 and --value-size at most 65536".into());
+    }
+    let mut cfg = SimConfig {
+        seed: args.seed,
+        loss: args.loss,
+        latency_min: Duration::from_millis(args.latency_min_ms),
+        latency_max: Duration::from_millis(args.latency_max_ms.max(args.latency_min_ms)),
+        ..SimConfig::default()
+    };
+    cfg.node.store.replicas = args.replicas;
+    let params = sim::storage::Params {
+        sim: cfg,
+        nodes: args.nodes,
+        puts: args.puts,
+        gets: args.gets,
+        value_size: args.value_size,
+        session_median: (args.session_median > 0.0)
+            .then(|| Duration::from_secs_f64(args.session_median)),
+        churn: Duration::from_secs(args.churn_seconds),
+        fail: args.fail,
+        settle: Duration::from_secs(args.settle_seconds),
+    };
+    let start = Instant::now();
+    let report = sim::storage::run(&params);
+    let wall = start.elapsed().as_secs_f64();
+    let mut lines = vec![
+        format!(
+            "nodes {}   replicas {}   values stored {} (puts failed {})   lost {}",
+            report.nodes, report.replicas, report.values_stored, report.puts_failed, report.values_lost
+        ),
+        format!(
+            "gets {}   success {:.4}   hops mean {:.2}   departures {}   joins {}",
+            report.gets, report.get_success_rate, report.get_hops_mean, report.departures, report.joins
+        ),
+        format!(
+            "repair {:.0} B/node/s   replication {:.0} B/node/s   store {:.0} B and {:.1} values per node   {:.0} virtual s in {:.1} wall s   peak RSS {:.0} MiB",
+            report.repair_bytes_per_node_per_s, report.replication_bytes_per_node_per_s, report.store_bytes_per_node, report.store_values_per_node, report.sim_seconds, wall, peak_rss_bytes() as f64 / 1048576.0
+        ),
+    ];
+    if args.json {
+        let mut v = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+        v["wall_seconds"] = wall.into();
+        v["peak_rss_bytes"] = peak_rss_bytes().into();
+        lines.push(v.to_string());
+    }
+    Ok(lines)
 }
 
 fn peak_rss_bytes() -> u64 {
@@ -68,6 +144,9 @@ pub fn run_sim(args: &SimArgs) -> Result<Vec<String>, String> {
     let fractions = [args.fail, args.loss, args.droppers, args.churn];
     if fractions.iter().any(|f| !(0.0..1.0).contains(f)) {
         return Err("--fail, --loss, --droppers and --churn must be in [0, 1)".into());
+    }
+    if args.puts > 0 {
+        return run_storage(args);
     }
     let params = Params {
         nodes: args.nodes,
@@ -168,6 +247,36 @@ mod tests {
         assert_eq!(last["ring_correct"], true);
         assert!(last["events"].as_u64().unwrap() > last["datagrams"].as_u64().unwrap());
         assert!(last["events_per_s"].as_f64().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn run_sim_runs_the_storage_experiment() {
+        let cli = Cli::parse_from([
+            "sim",
+            "--nodes",
+            "30",
+            "--puts",
+            "100",
+            "--gets",
+            "50",
+            "--session-median",
+            "600",
+            "--churn-seconds",
+            "20",
+            "--json",
+        ]);
+        let lines = super::run_sim(&cli.sim).unwrap();
+        let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        assert_eq!(last["values_stored"], 100);
+        assert_eq!(last["values_lost"], 0);
+        for k in [
+            "get_success_rate",
+            "get_hops_mean",
+            "repair_bytes_per_node_per_s",
+            "store_bytes_per_node",
+        ] {
+            assert!(last[k].is_number(), "{k}");
+        }
     }
 
     #[test]

@@ -45,7 +45,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::Bytes;
-use chord::{Address, Event, Hash, LocalNode, LookupId, MessageId, SendError, Target};
+use chord::store::Record;
+use chord::{Address, Event, Hash, LocalNode, LookupId, MessageId, SendError, StoreOp, Target};
 
 use crate::secure::{SecureCore, SecureStats, DATA_OVERHEAD, MAX_PLAINTEXT};
 
@@ -323,6 +324,41 @@ impl<A: Address> Stack<A> {
     /// Looks up the owner of `key` ([`LocalNode::lookup`]).
     pub fn lookup(&mut self, key: Hash, now: Instant) -> LookupId {
         self.node.lookup(key, now)
+    }
+
+    /// Stores an immutable value ([`LocalNode::put`]).
+    pub fn put(&mut self, key: Hash, value: Vec<u8>, ttl_s: u32, now: Instant) -> StoreOp {
+        self.node.put(key, value, ttl_s, now)
+    }
+
+    /// Stores a signed mutable value ([`LocalNode::put_signed`]).
+    pub fn put_signed(&mut self, record: Record, cas: Option<u64>, now: Instant) -> StoreOp {
+        self.node.put_signed(record, cas, now)
+    }
+
+    /// Reads the values of `key` ([`LocalNode::get`]).
+    pub fn get(&mut self, key: Hash, now: Instant) -> StoreOp {
+        self.node.get(key, now)
+    }
+
+    /// Subscribes to new values of `key` ([`LocalNode::listen`]).
+    pub fn listen(&mut self, key: Hash, now: Instant) -> StoreOp {
+        self.node.listen(key, now)
+    }
+
+    /// Ends a subscription ([`LocalNode::unlisten`]).
+    pub fn unlisten(&mut self, op: StoreOp) {
+        self.node.unlisten(op);
+    }
+
+    /// Names this node under `topic` ([`LocalNode::announce`]).
+    pub fn announce(&mut self, topic: &[u8], ttl_s: u32, now: Instant) -> StoreOp {
+        self.node.announce(topic, ttl_s, now)
+    }
+
+    /// Finds the nodes that announced `topic` ([`LocalNode::find`]).
+    pub fn find(&mut self, topic: &[u8], now: Instant) -> StoreOp {
+        self.node.find(topic, now)
     }
 
     /// Sends a confirmed message ([`LocalNode::send`]).

@@ -345,7 +345,7 @@ impl<A: Address> LocalNode<A> {
 
     /// `Some(true)` if this node owns `key`, `None` when it cannot tell
     /// (no predecessor known yet).
-    fn owns(&self, key: &Hash) -> Option<bool> {
+    pub(super) fn owns(&self, key: &Hash) -> Option<bool> {
         match self.table.predecessor() {
             Some(p) => Some(Interval::open_closed(p.id, self.me.id).contains(key)),
             None if self.table.successor().is_none() => Some(true),

@@ -3,6 +3,7 @@
 mod data;
 mod identity;
 mod punch;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -181,6 +182,8 @@ enum Purpose {
     /// NAT) goes to: it is probed directly, which opens the NAT to its
     /// confirmations (see `punch.rs`).
     Reach,
+    /// Finding the owner for a store operation (its id).
+    Store(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -292,6 +295,8 @@ pub struct LocalNode<A> {
     relays: Vec<Relay<A>>,
     /// Hole punching: punches under way, introductions, punched paths.
     punch: punch::PunchState<A>,
+    /// The DHT store, made on first use (see `node/store.rs`).
+    store: Option<Box<store::StoreState<A>>>,
 }
 
 /// A joiner whose lookup's answer comes back through this node.
@@ -390,6 +395,7 @@ impl<A: Address> LocalNode<A> {
             provisional: false,
             relays: Vec::new(),
             punch: punch::PunchState::default(),
+            store: None,
         })
     }
 
@@ -510,7 +516,7 @@ impl<A: Address> LocalNode<A> {
                 "maintenance lookups",
                 self.lookups
                     .values()
-                    .filter(|l| !matches!(l.purpose, Purpose::User | Purpose::Reach))
+                    .filter(|l| matches!(l.purpose, Purpose::Join | Purpose::Finger(_)))
                     .count(),
                 Hash::BITS as usize + 1,
             ),
@@ -911,7 +917,7 @@ impl<A: Address> LocalNode<A> {
                 continue;
             };
             if l.deadline <= now {
-                self.lookup_failed(id);
+                self.lookup_failed(id, now);
             } else {
                 self.lookup_attempt(id, now);
             }
@@ -921,6 +927,7 @@ impl<A: Address> LocalNode<A> {
         if self.next_tick.is_some_and(|t| t <= now) {
             self.tick(now);
         }
+        self.store_neighbours_changed(now);
         self.sync_known();
         self.wake = self.earliest_timer();
     }
@@ -997,7 +1004,7 @@ impl<A: Address> LocalNode<A> {
         // source's bucket (a verified neighbour's Data has a bucket of its
         // own). Replies only match what this node asked for.
         let kind = match msg {
-            Message::Data(_) => Arrival::Data,
+            Message::Data(_) | Message::Store(_) | Message::StoreFragment(_) => Arrival::Data,
             Message::Ping(_)
             | Message::OwnerCheck(_)
             | Message::GetNeighbors(_)
@@ -1069,7 +1076,10 @@ impl<A: Address> LocalNode<A> {
             Message::PunchOffer(m) => self.on_punch_offer(from, m, now),
             Message::PunchAnswer(m) => self.on_punch_answer(from, m, now),
             Message::PunchSync(m) => self.on_punch_sync(from, m, now),
+            Message::Store(m) => self.on_store(from, m, now),
+            Message::StoreFragment(m) => self.on_store_fragment(from, m, now),
         }
+        self.store_neighbours_changed(now);
         self.sync_known();
     }
 
@@ -1612,7 +1622,7 @@ impl<A: Address> LocalNode<A> {
             return;
         }
         let me = m.owner.id == self.me.id && m.owner.addr == self.me.addr;
-        if l.purpose == Purpose::User && !me {
+        if matches!(l.purpose, Purpose::User | Purpose::Store(_)) && !me {
             // The node that answered may not know yet that the owner it
             // names has just died: ask the owner itself first.
             let asking = self.pending.values().any(
@@ -1881,10 +1891,11 @@ impl<A: Address> LocalNode<A> {
                 self.table.set_successors([owner]);
                 self.send_stabilize_with(now, true);
             }
+            Purpose::Store(op) => self.store_owner_found(op, owner, hops, now),
         }
     }
 
-    fn lookup_failed(&mut self, id: u64) {
+    fn lookup_failed(&mut self, id: u64, now: Instant) {
         let Some(l) = self.lookups.remove(&id) else {
             return;
         };
@@ -1906,6 +1917,7 @@ impl<A: Address> LocalNode<A> {
                 self.fail_join(reason);
             }
             Purpose::Finger(_) | Purpose::Reach => {}
+            Purpose::Store(op) => self.store_lookup_failed(op, now),
         }
     }
 
@@ -1960,6 +1972,7 @@ impl<A: Address> LocalNode<A> {
         for _ in 0..self.cfg.fingers_per_tick {
             self.fix_next_finger(now);
         }
+        self.store_tick(now);
     }
 
     fn send_stabilize(&mut self, now: Instant) {
