@@ -84,6 +84,17 @@ impl PeerConfig {
         self
     }
 
+    /// Sets how many nodes hold each value of the DHT store: the key's
+    /// owner and the next `n - 1` on its successor list (3 by default; at
+    /// least 1, at most the successor list's length plus one). A value
+    /// survives fewer than `n` of its holders failing within one repair
+    /// interval (see `docs/storage.md`).
+    pub fn replicas(mut self, n: usize) -> Self {
+        let most = self.chord.successor_list_len + 1;
+        self.chord.store.replicas = n.clamp(1, most);
+        self
+    }
+
     /// Sets how long a request waits for its reply before it is sent again.
     /// The lookup deadline is kept at least this long.
     pub fn request_timeout(mut self, d: Duration) -> Self {

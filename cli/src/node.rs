@@ -104,6 +104,10 @@ pub struct NodeArgs {
     /// Keepalive interval of punched paths in milliseconds.
     #[arg(long, default_value_t = 25_000)]
     keepalive_ms: u64,
+    /// Nodes that hold each value of the DHT store (the key's owner and
+    /// its next successors).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
     /// Request timeout in milliseconds.
     #[arg(long, default_value_t = 500)]
     request_timeout_ms: u64,
@@ -196,6 +200,7 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
         .stabilize_interval(Duration::from_millis(args.stabilize_ms))
         .request_timeout(Duration::from_millis(args.request_timeout_ms))
         .keepalive_interval(Duration::from_millis(args.keepalive_ms))
+        .replicas(args.replicas)
         .lookup_timeout(Duration::from_millis(args.lookup_timeout_ms))
         .send_timeout(Duration::from_millis(args.send_timeout_ms))
         .recv_queue(args.recv_queue);

@@ -1515,15 +1515,22 @@ fn node_processes_keep_confirmed_sends_with_a_slow_receiver() {
 }
 
 /// The DHT across processes: 16 nodes, 1,000 values put, a quarter of the
-/// nodes killed with SIGKILL, and every value still readable from a
-/// survivor; a listener in another process sees each version of a signed
-/// value exactly once.
+/// nodes killed at once with SIGKILL, and every value still readable from
+/// a survivor; a listener in another process sees each version of a
+/// signed value exactly once. Each value has 5 holders, so 4 failures at
+/// once stay inside the no-loss invariant (fewer failures than holders
+/// within one repair interval, `docs/storage.md`); with the default 3,
+/// four random kills among 16 take three ring neighbours, all holders of
+/// some values, in about one run of ten, which the invariant does not
+/// cover.
 #[test]
 fn sixteen_processes_keep_every_value_while_a_quarter_is_killed() {
     let _g = heavy();
     let mut rng = Lcg::from_env();
     let n = 16;
-    let mut nodes = ring_of(n, Duration::from_secs(15));
+    let mut flags = NODE_FLAGS.to_vec();
+    flags.extend(["--replicas", "5"]);
+    let mut nodes = ring_with(n, Duration::from_secs(15), &flags);
     let values = 1000;
     for v in 0..values {
         let i = v % n;
