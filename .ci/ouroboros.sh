@@ -53,6 +53,16 @@ up() {
       note "removing stale socket $SOCK"
       rm -f "$SOCK"
     fi
+    # No IRMd answers, so no process uses the shared memory an earlier one's
+    # processes left behind: a process that ended with flows open leaves its
+    # ring buffers (/dev/shm/ouroboros.rbuff.PID.FLOW), and a later process
+    # given the same pid (pid_max is often 32768) cannot create its own, so
+    # the IRMd fails its allocations ("Failed to create flow structs").
+    stale=$(find /dev/shm -maxdepth 1 -name 'ouroboros.*' 2>/dev/null | wc -l)
+    if [ "$stale" -gt 0 ]; then
+      note "removing $stale stale Ouroboros files from /dev/shm"
+      find /dev/shm -maxdepth 1 -name 'ouroboros.*' -delete
+    fi
     "$irmd" --stdout >"$STATE_DIR/irmd.log" 2>&1 &
     echo $! >"$STATE_DIR/irmd.pid"
     for _ in $(seq 1 50); do
