@@ -296,14 +296,7 @@ impl<A: Address> LocalNode<A> {
     /// The lookup of an operation's owner failed: look again until the
     /// operation's deadline.
     pub(super) fn store_lookup_failed(&mut self, id: u64, now: Instant) {
-        let Some(op) = self.store.as_ref().and_then(|s| s.ops.get(&id)) else {
-            return;
-        };
-        if now >= op.deadline {
-            self.fail_op(id, None);
-        } else {
-            self.op_lookup(id, now);
-        }
+        self.retry_op(id, now);
     }
 
     fn fail_op(&mut self, id: u64, refused: Option<Refused>) {
@@ -786,6 +779,8 @@ impl<A: Address> LocalNode<A> {
         self.finish_op(txn, event);
     }
 
+    /// Looks the operation's owner up again, or fails the operation past
+    /// its deadline.
     fn retry_op(&mut self, id: u64, now: Instant) {
         let Some(op) = self.store.as_ref().and_then(|s| s.ops.get(&id)) else {
             return;

@@ -406,17 +406,27 @@ mod tests {
 
     /// A joined ring of `n` nodes.
     fn ring(n: usize, seed: u64) -> (Sim, Vec<u32>) {
-        let mut sim = Sim::new(SimConfig {
-            seed,
-            ..SimConfig::default()
-        });
+        let (sim, nodes) = joined(
+            n,
+            SimConfig {
+                seed,
+                ..SimConfig::default()
+            },
+            Duration::from_secs(40),
+        );
+        assert!(sim.ring_check().is_correct());
+        (sim, nodes)
+    }
+
+    /// `n` nodes of `cfg` joined one by one, then run for `settle`.
+    fn joined(n: usize, cfg: SimConfig, settle: Duration) -> (Sim, Vec<u32>) {
+        let mut sim = Sim::new(cfg);
         let nodes: Vec<u32> = (0..n).map(|_| sim.add_node()).collect();
         sim.create(nodes[0]);
         for (i, a) in nodes.iter().enumerate().skip(1) {
             sim.schedule_join(*a, Duration::from_millis(100 * i as u64));
         }
-        sim.run_for(Duration::from_secs(40));
-        assert!(sim.ring_check().is_correct());
+        sim.run_for(settle);
         (sim, nodes)
     }
 
@@ -677,13 +687,7 @@ mod tests {
             ..SimConfig::default()
         };
         cfg.node.store.source_values = 50;
-        let mut sim = Sim::new(cfg);
-        let nodes: Vec<u32> = (0..8).map(|_| sim.add_node()).collect();
-        sim.create(nodes[0]);
-        for (i, a) in nodes.iter().enumerate().skip(1) {
-            sim.schedule_join(*a, Duration::from_millis(100 * i as u64));
-        }
-        sim.run_for(Duration::from_secs(30));
+        let (mut sim, nodes) = joined(8, cfg, Duration::from_secs(30));
         let good: Vec<Hash> = (0..20).map(|i| Hash::of(format!("good{i}"))).collect();
         for k in &good {
             sim.put(nodes[1], *k, b"good".to_vec(), 0);
@@ -800,13 +804,7 @@ mod tests {
             ..SimConfig::default()
         };
         cfg.node.store.source_listens = 2;
-        let mut sim = Sim::new(cfg);
-        let nodes: Vec<u32> = (0..8).map(|_| sim.add_node()).collect();
-        sim.create(nodes[0]);
-        for (i, a) in nodes.iter().enumerate().skip(1) {
-            sim.schedule_join(*a, Duration::from_millis(100 * i as u64));
-        }
-        sim.run_for(Duration::from_secs(30));
+        let (mut sim, nodes) = joined(8, cfg, Duration::from_secs(30));
         let key = Hash::of("watched");
         let ops: Vec<StoreOp> = (0..3).map(|_| sim.listen(nodes[3], key)).collect();
         sim.run_for(Duration::from_secs(5));
