@@ -468,6 +468,12 @@ impl Sim {
         }
     }
 
+    /// Sets the probability that a datagram is lost from now on
+    /// ([`SimConfig::loss`] at the start).
+    pub fn set_loss(&mut self, loss: f64) {
+        self.cfg.loss = loss;
+    }
+
     /// Ends a partition: every node reaches every other again.
     pub fn heal(&mut self) {
         for slot in &mut self.slots {

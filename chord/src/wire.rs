@@ -429,7 +429,8 @@ pub enum StoreMessage<A> {
     PutAck {
         /// The put's id.
         txn: u64,
-        /// `None`: stored (and sent to the replicas); else why not.
+        /// `None`: stored by the owner and confirmed by each of its
+        /// replicas; else why not.
         refused: Option<Refused>,
     },
     /// Reader to owner (or, `direct`, to a replica): the records of `key`.
@@ -459,9 +460,8 @@ pub enum StoreMessage<A> {
         /// Why the request was not served (`NotOwner`), if it was not.
         refused: Option<Refused>,
     },
-    /// Records for the receiver to hold as a replica (replication of a
-    /// put, hand-off, repair, read repair). Not acknowledged: anti-entropy
-    /// finds what was lost.
+    /// Records for the receiver to hold as a replica (hand-off, repair,
+    /// read repair). Not acknowledged: anti-entropy finds what was lost.
     Replicate {
         /// The records.
         records: Vec<Record>,
@@ -497,6 +497,20 @@ pub enum StoreMessage<A> {
         /// The keys.
         keys: Vec<Hash>,
     },
+    /// Owner to replica: a put's records, to hold and confirm with
+    /// `Copied`. The owner acknowledges the put once every replica it
+    /// knows has confirmed.
+    Copy {
+        /// The copy's id, echoed.
+        txn: u64,
+        /// The records.
+        records: Vec<Record>,
+    },
+    /// Replica to owner: the records of `Copy` `txn` are held.
+    Copied {
+        /// The copy's id.
+        txn: u64,
+    },
 }
 
 /// One piece of a [`StoreMessage`] too large for a datagram (kind 18): the
@@ -524,7 +538,7 @@ pub fn decode_store<A: DeserializeOwned>(bytes: &[u8]) -> Result<StoreMessage<A>
         StoreMessage::Values {
             records, replicas, ..
         } => records.len().max(replicas.len()),
-        StoreMessage::Replicate { records } => records.len(),
+        StoreMessage::Replicate { records } | StoreMessage::Copy { records, .. } => records.len(),
         StoreMessage::SyncKeys { keys, buckets, .. } => keys.len().max(buckets.len()),
         StoreMessage::SyncDigest { buckets, .. } => buckets.len(),
         StoreMessage::Want { keys } => keys.len(),

@@ -35,6 +35,9 @@ const BATCH_BYTES: usize = store::MAX_VALUE + 1024;
 const MAX_STORE_FRAGMENTS: u16 = ((BATCH_BYTES + 4096) / 1000 + 1) as u16;
 /// Records a listener remembers having reported, per listen.
 const LISTEN_SEEN: usize = 4096;
+/// Puts an owner holds unacknowledged while their replicas confirm the
+/// copies; past this, puts are refused with [`Refused::RateLimited`].
+const MAX_PENDING_COPIES: usize = 4096;
 
 /// Traffic classes counted in [`StoreStats`].
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -88,12 +91,33 @@ struct Listen<A> {
     until: Instant,
 }
 
+/// A put stored by the owner whose copies not every replica confirmed yet.
+#[derive(Clone, Debug)]
+struct PendingCopy<A> {
+    /// The writer, and its put's id, to acknowledge.
+    writer: A,
+    writer_txn: u64,
+    key: Hash,
+    /// The record's identity (`Record::id`).
+    record: Hash,
+    /// Replicas that confirmed.
+    confirmed: Vec<A>,
+    /// When copies go again to those that did not.
+    resend: Instant,
+    /// Given up (the writer's own deadline has passed by then).
+    deadline: Instant,
+}
+
 /// The store's state on one node; boxed, and made on first use, so that
 /// a node that never stores costs one pointer.
 #[derive(Clone, Debug)]
 pub(super) struct StoreState<A> {
     pub(super) table: Store,
     ops: FxHashMap<u64, Op<A>>,
+    /// Puts waiting for their replicas, by copy id.
+    copies: FxHashMap<u64, PendingCopy<A>>,
+    /// The copy id of a writer's put: (writer's source, its put id).
+    copy_of: FxHashMap<(Hash, u64), u64>,
     listens: Vec<Listen<A>>,
     reassembly: Reassembly,
     next_sync: Option<Instant>,
@@ -116,6 +140,8 @@ impl<A: Address> LocalNode<A> {
             Box::new(StoreState {
                 table: Store::new(cfg),
                 ops: FxHashMap::default(),
+                copies: FxHashMap::default(),
+                copy_of: FxHashMap::default(),
                 listens: Vec::new(),
                 reassembly: Reassembly::new(max_bytes, age).with_max_fragments(MAX_STORE_FRAGMENTS),
                 next_sync: None,
@@ -459,6 +485,16 @@ impl<A: Address> LocalNode<A> {
                     let _ = self.hold(r, now);
                 }
             }
+            StoreMessage::Copy { txn, records } => {
+                // Confirmed even where the table refused a record (its
+                // quota): the replica answered, and holding is best effort
+                // within its bounds.
+                for r in records {
+                    let _ = self.hold(r, now);
+                }
+                self.store_send(from, &StoreMessage::Copied { txn }, Class::Replication);
+            }
+            StoreMessage::Copied { txn } => self.on_copied(from, txn),
             StoreMessage::SyncDigest {
                 txn,
                 start,
@@ -546,7 +582,17 @@ impl<A: Address> LocalNode<A> {
             && postcard::from_bytes::<NodeRef<A>>(&record.value).map_or(true, |n| n.addr != from)
         {
             Some(Refused::Forged)
+        } else if let Some(&copy) = self.store_state().copy_of.get(&(source, txn)) {
+            // The writer asked again while the replicas confirm: copy
+            // again to those that have not.
+            self.send_copies(copy, now);
+            return;
         } else if !self.store_state().table.take_put_token(source, now) {
+            Some(Refused::RateLimited)
+        } else if self.store_state().copies.len() >= MAX_PENDING_COPIES {
+            let s = self.store_state();
+            s.stats.refused += 1;
+            s.stats.refused_quota += 1;
             Some(Refused::RateLimited)
         } else {
             let key = record.key;
@@ -556,21 +602,130 @@ impl<A: Address> LocalNode<A> {
                         self.notify(key, &record, now);
                     }
                     // Copies go to the replicas even for a refresh: one
-                    // that missed the first copy gets it now.
-                    let stored = self.stored(&key, now);
-                    let copy: Vec<Record> = stored
-                        .into_iter()
-                        .filter(|r| r.id() == record.id())
-                        .collect();
-                    for n in self.replica_set() {
-                        self.send_records(&n.addr, copy.clone(), Class::Replication);
+                    // that missed the first copy gets it now. The writer
+                    // hears once every replica holds the record.
+                    if self.replica_set().is_empty() {
+                        None
+                    } else {
+                        let copy = self.rng_u64();
+                        let deadline = now + self.cfg.store.op_timeout;
+                        let s = self.store_state();
+                        s.copy_of.insert((source, txn), copy);
+                        s.copies.insert(
+                            copy,
+                            PendingCopy {
+                                writer: from,
+                                writer_txn: txn,
+                                key,
+                                record: record.id(),
+                                confirmed: Vec::new(),
+                                resend: now,
+                                deadline,
+                            },
+                        );
+                        self.send_copies(copy, now);
+                        return;
                     }
-                    None
                 }
                 Err(e) => Some(e),
             }
         };
         self.store_send(from, &StoreMessage::PutAck { txn, refused }, Class::Client);
+    }
+
+    /// Sends a pending put's record to each replica that has not confirmed
+    /// it, or acknowledges the put when none is left.
+    fn send_copies(&mut self, copy: u64, now: Instant) {
+        let replicas = self.replica_set();
+        let resend = self.cfg.store.request_timeout / 4;
+        let Some(p) = self.store.as_mut().and_then(|s| s.copies.get_mut(&copy)) else {
+            return;
+        };
+        let waiting: Vec<A> = replicas
+            .into_iter()
+            .map(|n| n.addr)
+            .filter(|a| !p.confirmed.contains(a))
+            .collect();
+        let first = p.confirmed.is_empty() && p.resend == now;
+        p.resend = now + resend;
+        let (key, id) = (p.key, p.record);
+        let records: Vec<Record> = self
+            .stored(&key, now)
+            .into_iter()
+            .filter(|r| r.id() == id)
+            .collect();
+        // Nothing left to copy (replaced by a newer version, or gone) is
+        // as done as every replica confirming.
+        if waiting.is_empty() || records.is_empty() {
+            self.finish_copy(copy);
+            return;
+        }
+        if !first {
+            self.store_state().stats.copies_resent += waiting.len() as u64;
+        }
+        for to in waiting {
+            let msg = StoreMessage::Copy {
+                txn: copy,
+                records: records.clone(),
+            };
+            self.store_send(to, &msg, Class::Replication);
+        }
+    }
+
+    /// Acknowledges a put whose replicas all hold its record.
+    fn finish_copy(&mut self, copy: u64) {
+        let Some(s) = self.store.as_mut() else {
+            return;
+        };
+        let Some(p) = s.copies.remove(&copy) else {
+            return;
+        };
+        s.copy_of.remove(&(source_of(&p.writer), p.writer_txn));
+        let msg = StoreMessage::PutAck {
+            txn: p.writer_txn,
+            refused: None,
+        };
+        self.store_send(p.writer, &msg, Class::Client);
+    }
+
+    /// A replica confirmed a copy.
+    fn on_copied(&mut self, from: A, copy: u64) {
+        let replicas = self.replica_set();
+        let Some(p) = self.store.as_mut().and_then(|s| s.copies.get_mut(&copy)) else {
+            return;
+        };
+        if !p.confirmed.contains(&from) {
+            p.confirmed.push(from);
+        }
+        if replicas.iter().all(|n| p.confirmed.contains(&n.addr)) {
+            self.finish_copy(copy);
+        }
+    }
+
+    /// Resends copies not confirmed in time; gives up on those past their
+    /// deadline.
+    fn copies_tick(&mut self, now: Instant) {
+        let Some(s) = &self.store else {
+            return;
+        };
+        let mut due: Vec<(u64, bool)> = s
+            .copies
+            .iter()
+            .filter(|(_, p)| p.resend <= now || p.deadline <= now)
+            .map(|(id, p)| (*id, p.deadline <= now))
+            .collect();
+        due.sort_unstable();
+        for (copy, expired) in due {
+            if expired {
+                let s = self.store_state();
+                if let Some(p) = s.copies.remove(&copy) {
+                    s.copy_of.remove(&(source_of(&p.writer), p.writer_txn));
+                    s.stats.copies_abandoned += 1;
+                }
+            } else {
+                self.send_copies(copy, now);
+            }
+        }
     }
 
     fn on_get(&mut self, from: A, txn: u64, key: Hash, direct: bool, listen: bool, now: Instant) {
@@ -843,6 +998,7 @@ impl<A: Address> LocalNode<A> {
                 OpState::Lookup => {}
             }
         }
+        self.copies_tick(now);
         let mut ids: Vec<u64> = retry.iter().chain(&fail).copied().collect();
         ids.sort_unstable();
         for id in ids {

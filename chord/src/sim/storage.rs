@@ -646,6 +646,34 @@ mod tests {
         }
     }
 
+    /// "Stored" means every replica holds the value, even where the copies
+    /// were lost on the way: the owner acknowledges a put once its
+    /// replicas confirmed, so the owner may die the next moment.
+    #[test]
+    fn stored_means_held_by_every_replica_despite_loss() {
+        let (mut sim, nodes) = ring(16, 21);
+        sim.set_loss(0.05);
+        let mut resent = false;
+        for v in 0..30 {
+            let key = Hash::of(format!("lossy-{v}"));
+            let writer = nodes[v % nodes.len()];
+            let op = sim.put(writer, key, b"v".to_vec(), 0);
+            match outcome(&mut sim, writer, op) {
+                StoreEvent::Stored { .. } => {
+                    let h = holders(&sim, &nodes, &key);
+                    for a in replica_set(&sim, &key, 3) {
+                        assert!(h.contains(&a), "value {v}: replica {a} lacks it");
+                    }
+                }
+                e => panic!("value {v}: {e:?}"),
+            }
+            resent |= nodes
+                .iter()
+                .any(|a| sim.node(*a).store_stats().copies_resent > 0);
+        }
+        assert!(resent, "5% loss lost some copy, and it was sent again");
+    }
+
     #[test]
     fn anti_entropy_repairs_a_replica_that_missed_a_put() {
         let (mut sim, nodes) = ring(12, 8);

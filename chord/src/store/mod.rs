@@ -337,6 +337,12 @@ pub struct StoreStats {
     pub read_repairs: u64,
     /// Digest comparisons started with a replica.
     pub sync_rounds: u64,
+    /// A put's copies sent again to replicas that had not confirmed them.
+    pub copies_resent: u64,
+    /// Puts whose replicas did not all confirm before the writer's
+    /// deadline: held by the owner, never acknowledged (the writer's put
+    /// fails with a timeout; anti-entropy still copies the record).
+    pub copies_abandoned: u64,
 }
 
 #[derive(Clone, Debug)]
