@@ -285,6 +285,7 @@ struct Counters {
     handed: AtomicU64,
     queued: AtomicU64,
     write_waits: AtomicU64,
+    over_budget: AtomicU64,
     control_sent: AtomicU64,
     bulk_sent: AtomicU64,
     refused: AtomicU64,
@@ -313,6 +314,7 @@ impl FlowStatsHandle {
             handed: c.handed.load(Ordering::Relaxed),
             queued: c.queued.load(Ordering::Relaxed),
             write_waits: c.write_waits.load(Ordering::Relaxed),
+            over_budget: c.over_budget.load(Ordering::Relaxed),
             control_sent: c.control_sent.load(Ordering::Relaxed),
             bulk_sent: c.bulk_sent.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
@@ -358,6 +360,9 @@ pub struct FlowStats {
     /// 200 ms in any second, and those that find no room past that are
     /// counted in `dropped`).
     pub write_waits: u64,
+    /// Of `dropped`, writes that found a flow full after the writes to it
+    /// had waited their 200 ms of the current second.
+    pub over_budget: u64,
     /// Datagrams written on low-delay flows (maintenance, lookups,
     /// confirmations); with one flow per neighbour, every datagram.
     pub control_sent: u64,
@@ -578,6 +583,10 @@ impl Link for OuroborosLink {
                 Err(ouro::Error::WouldBlock { .. }) => {
                     if !self.shared.may_wait(&slot) {
                         self.shared.drop_one();
+                        self.shared
+                            .counters
+                            .over_budget
+                            .fetch_add(1, Ordering::Relaxed);
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             format!(
