@@ -487,6 +487,12 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             .progress_chars("=> "),
     );
     pb.set_prefix("joining");
+    // `bash SCRIPT exec HOST PREFIX -- cmd…` runs cmd in a lab host's
+    // namespace (the netlab and ourolab scripts both take it).
+    let lab_exec = |script: &String, host: &String, prefix: &String| -> Vec<String> {
+        let words = ["bash", script, "exec", host, prefix, "--"];
+        words.iter().map(|w| w.to_string()).collect()
+    };
     let mut peers: Vec<Peer> = Vec::with_capacity(n);
     for i in 0..n {
         let join = if i == 0 {
@@ -500,14 +506,7 @@ fn run(args: DemoArgs) -> Result<bool, String> {
                 let host = format!("h{}", i % args.ourolab_hosts + 1);
                 ourolab_name(script, prefix, &host, &name)?;
                 Launch {
-                    wrap: vec![
-                        "bash".into(),
-                        script.clone(),
-                        "exec".into(),
-                        host.clone(),
-                        prefix.clone(),
-                        "--".into(),
-                    ],
+                    wrap: lab_exec(script, &host, prefix),
                     host,
                     bind: String::new(),
                     map: false,
@@ -517,14 +516,7 @@ fn run(args: DemoArgs) -> Result<bool, String> {
             (Some((script, prefix, _)), None) => {
                 let (host, bind, map) = lab_place(i);
                 Launch {
-                    wrap: vec![
-                        "bash".into(),
-                        script.clone(),
-                        "exec".into(),
-                        host.clone(),
-                        prefix.clone(),
-                        "--".into(),
-                    ],
+                    wrap: lab_exec(script, &host, prefix),
                     host,
                     bind,
                     map,
