@@ -356,7 +356,11 @@ impl Flow {
     /// the library's destructor) and need a second signal. A flow whose
     /// queue is still not empty after `wait` is therefore not deallocated:
     /// the library's destructor releases it at exit without that wait, and
-    /// the IRMd reclaims the flows of a process that ended.
+    /// the IRMd reclaims the flows of a process that ended. A reliable
+    /// flow's `LINGER` flag is cleared before the deallocation: 0.23 would
+    /// otherwise keep the flow until the peer acknowledged everything sent,
+    /// without a bound while the peer stays active; what the peer has not
+    /// acknowledged by then is not sent again.
     ///
     /// ```no_run
     /// # fn main() -> cicada_ouroboros::Result<()> {
@@ -390,6 +394,16 @@ impl Flow {
                     return false;
                 }
                 _ => {
+                    // 0.23's `flow_dealloc` of a reliable flow with
+                    // `LINGER` reads until the peer has acknowledged all
+                    // that was sent, with no bound while the peer keeps the
+                    // flow active (a client still pinging a server that
+                    // ends): the wait allowed is over, so no lingering.
+                    if let Ok(f) = self.get_frct_flags() {
+                        if f.contains(FrctFlags::LINGER) {
+                            let _ = self.set_frct_flags(f - FrctFlags::LINGER);
+                        }
+                    }
                     if let Err(e) = self.dealloc() {
                         tracing::debug!("flow_dealloc: {e}");
                     }
