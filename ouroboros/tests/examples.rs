@@ -4,7 +4,10 @@
 //! created). The examples are the ones `cargo test` builds beside this test
 //! (`target/<profile>/examples/`); where they are missing (a run filtered
 //! to this test alone builds none) or no IRMd answers, each test skips
-//! through `tests/support/require.rs` (need `ouroboros`).
+//! through `tests/support/require.rs` (need `ouroboros`). The test with a
+//! reliable (FRCT) flow runs on an IRMd of its own (a one-host
+//! `scripts/ourolab`, need `netlab` too), which 0.23's faults with such
+//! flows may corrupt without harm to the machine's.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -17,8 +20,11 @@ use std::time::{Duration, Instant};
 mod require;
 
 const LAYER: &str = "local_layer";
-/// How long an example may take to end after one signal.
-const END_WITHIN: Duration = Duration::from_secs(5);
+/// How long an example may take to end after one signal: a server stops
+/// within 200 ms, then deallocates its flows, and 0.23's `flow_dealloc`
+/// of a reliable flow keeps reading until the peer has acknowledged what
+/// was sent, which on a loaded machine has taken over 5 s.
+const END_WITHIN: Duration = Duration::from_secs(20);
 
 /// The tests take turns (several servers and flooding clients at once load
 /// a shared IRMd).
@@ -85,17 +91,135 @@ fn names() -> Vec<String> {
     cicada_ouroboros::list_names().expect("irm name list")
 }
 
+/// `scripts/ourolab` of this checkout.
+fn ourolab() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .map(|d| d.join("scripts/ourolab"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| here.join("scripts/ourolab"))
+}
+
+/// An IRMd of the test's own (a one-host `scripts/ourolab`, with a local
+/// IPCP in [`LAYER`]) for a test with reliable flows: 0.23 can corrupt an
+/// IRMd's packet pool with them (blocks freed twice), and every later
+/// process on that IRMd may then block or crash; the machine's IRMd, which
+/// the other tests share, stays out of it. Torn down on drop.
+struct OwnIrmd {
+    prefix: String,
+}
+
+impl OwnIrmd {
+    /// Builds it, or skips `test` where the lab cannot run (root and
+    /// namespaces are `netlab`'s need).
+    fn up(test: &str) -> Option<OwnIrmd> {
+        let check = Command::new("bash").arg(ourolab()).arg("check").output();
+        match check {
+            Ok(o) if o.status.success() => {}
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                require::skip(require::Need::Netlab, test, format_args!("ourolab: {why}"));
+                return None;
+            }
+        }
+        static LABS: AtomicU32 = AtomicU32::new(0);
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let lab = OwnIrmd {
+            prefix: format!("x{}-{n}", std::process::id()),
+        };
+        let up = Command::new("bash")
+            .arg(ourolab())
+            .args(["up", &lab.prefix])
+            .env("OUROLAB_HOSTS", "1")
+            .output()
+            .expect("run ourolab up");
+        assert!(
+            up.status.success(),
+            "ourolab up {}: {}",
+            lab.prefix,
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let boot = lab
+            .exec()
+            .args(["irm", "ipcp", "bootstrap", "type", "local"])
+            .args(["name", "local_ipcp", "layer", LAYER])
+            .output()
+            .expect("run irm ipcp bootstrap");
+        assert!(
+            boot.status.success(),
+            "a local IPCP on lab {}: {}",
+            lab.prefix,
+            String::from_utf8_lossy(&boot.stderr)
+        );
+        Some(lab)
+    }
+
+    /// A command that runs on this IRMd's host.
+    fn exec(&self) -> Command {
+        let mut c = Command::new("bash");
+        c.arg(ourolab()).args(["exec", "h1", &self.prefix, "--"]);
+        c
+    }
+
+    /// The names this IRMd lists (`irm name list`'s table).
+    fn names(&self) -> Vec<String> {
+        let out = self
+            .exec()
+            .args(["irm", "name", "list"])
+            .output()
+            .expect("irm name list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split('|').nth(1))
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty() && n != "name")
+            .collect()
+    }
+}
+
+impl Drop for OwnIrmd {
+    fn drop(&mut self) {
+        let down = Command::new("bash")
+            .arg(ourolab())
+            .args(["down", &self.prefix])
+            .output();
+        match down {
+            Ok(o) if o.status.success() => {}
+            other => eprintln!("ourolab down {} failed: {other:?}", self.prefix),
+        }
+    }
+}
+
 /// An example process; on drop it gets SIGTERM (never SIGKILL) if it still
 /// runs, and is waited for.
 struct Example {
     child: Child,
     out: BufReader<ChildStdout>,
     what: String,
+    /// The kernel log's last line when it started.
+    log_mark: Option<String>,
 }
 
 impl Example {
     fn start(path: &PathBuf, args: &[&str]) -> Example {
-        let mut child = Command::new(path)
+        Example::start_on(None, path, args)
+    }
+
+    /// Starts the example on `lab`'s IRMd (`None`: the machine's). Through
+    /// `ourolab exec`, which execs the program, so the child is the example.
+    fn start_on(lab: Option<&OwnIrmd>, path: &PathBuf, args: &[&str]) -> Example {
+        let mut cmd = match lab {
+            Some(l) => {
+                let mut c = l.exec();
+                c.arg(path);
+                c
+            }
+            None => Command::new(path),
+        };
+        let mut child = cmd
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -103,7 +227,13 @@ impl Example {
             .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
         let out = BufReader::new(child.stdout.take().expect("piped"));
         let what = format!("{} {}", path.display(), args.join(" "));
-        Example { child, out, what }
+        let log_mark = kernel_log().pop();
+        Example {
+            child,
+            out,
+            what,
+            log_mark,
+        }
     }
 
     /// Reads stdout until a line containing `what` (false at its end).
@@ -160,14 +290,91 @@ impl Drop for Example {
     }
 }
 
-/// Ends `ex` with one `sig` and checks it ended by itself, successfully.
-fn ends_once(ex: &mut Example, sig: &str) {
+/// A process killed by 0.23's fault on reliable flows: `flow_read` of an
+/// FRCT flow under load now and then reads a packet buffer the pool does
+/// not hold and the process dies of SIGSEGV in `ssm_pk_buff_head`
+/// (`docs/ouroboros.md`). The evidence is the kernel's log line for that
+/// pid naming `libouroboros`.
+#[derive(Debug)]
+struct KnownFault(String);
+
+/// Lines in the kernel's log now.
+fn kernel_log() -> Vec<String> {
+    Command::new("dmesg")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The kernel names the crashing thread (`oping[TID]`), not the process,
+/// so the evidence is a line, new since the example started, for a
+/// program of its name.
+fn known_fault(ex: &Example, st: std::process::ExitStatus) -> Option<KnownFault> {
+    use std::os::unix::process::ExitStatusExt;
+    if st.signal() != Some(11) {
+        return None;
+    }
+    let program = ex.what.split_whitespace().next()?.rsplit('/').next()?;
+    let needle = format!("{program}[");
+    // The log is a ring: lines after the mark, or all of them once the
+    // mark has gone.
+    let log = kernel_log();
+    let from = ex
+        .log_mark
+        .as_ref()
+        .and_then(|m| log.iter().rposition(|l| l == m))
+        .map_or(0, |i| i + 1);
+    log.into_iter()
+        .skip(from)
+        .find(|l| l.contains(&needle) && l.contains("segfault") && l.contains("libouroboros"))
+        .map(|l| KnownFault(l.trim().to_string()))
+}
+
+/// Ends `ex` with one `sig` and checks it ended by itself, successfully;
+/// `Err` when it died of the known 0.23 fault instead.
+fn ends_once(ex: &mut Example, sig: &str) -> Result<(), KnownFault> {
     match ex.end_on(sig) {
         Some((st, took)) => {
             eprintln!("{} ended {took:?} after {sig}: {st}", ex.what);
+            if let Some(k) = known_fault(ex, st) {
+                return Err(k);
+            }
             assert!(st.success(), "{} ended with {st} after {sig}", ex.what);
+            Ok(())
         }
         None => panic!("{} still runs {END_WITHIN:?} after {sig}", ex.what),
+    }
+}
+
+/// Waits for `ex`'s line `ready`; `Err` when it died of the known fault
+/// before.
+fn started(ex: &mut Example, ready: &str) -> Result<(), KnownFault> {
+    if ex.wait_line(ready) {
+        return Ok(());
+    }
+    let st = ex.child.wait().expect("wait");
+    if let Some(k) = known_fault(ex, st) {
+        return Err(k);
+    }
+    panic!("{} did not start: {st}", ex.what);
+}
+
+/// Runs `scenario` again, up to three times in all, while it fails only
+/// with evidence of the known 0.23 fault.
+fn with_known_faults(test: &str, mut scenario: impl FnMut() -> Result<(), KnownFault>) {
+    for attempt in 1..=3 {
+        match scenario() {
+            Ok(()) => return,
+            Err(KnownFault(line)) if attempt < 3 => {
+                eprintln!("{test}: KNOWN OUROBOROS 0.23 FRCT FAULT ({line}); again");
+            }
+            Err(KnownFault(line)) => panic!("{test}: the known 0.23 fault three times: {line}"),
+        }
     }
 }
 
@@ -179,33 +386,43 @@ fn server_cleans_up(
     example_name: &str,
     ready_line: &str,
     sig: &str,
-    client: impl FnOnce(&PathBuf, &str) -> Vec<Example>,
+    own_irmd: bool,
+    client: impl Fn(Option<&OwnIrmd>, &PathBuf, &str) -> Vec<Example>,
 ) {
     let Some(_turn) = ready(test) else { return };
     let Some(path) = example(test, example_name) else {
         return;
     };
-    let name = unique(example_name);
-    let mut server = Example::start(&path, &["-l", "-n", &name, "--layer", LAYER]);
-    assert!(
-        server.wait_line(ready_line),
-        "{} did not start",
-        server.what
-    );
-    assert!(
-        names().contains(&name),
-        "{name} is not listed while the server runs"
-    );
-    let mut clients = client(&path, &name);
-    ends_once(&mut server, sig);
-    assert!(
-        !names().contains(&name),
-        "{name} is still listed after the server ended"
-    );
-    for c in &mut clients {
-        // The server is gone: the clients see it, or end on one SIGTERM.
-        ends_once(c, "-TERM");
-    }
+    with_known_faults(test, || {
+        let lab = if own_irmd {
+            match OwnIrmd::up(test) {
+                Some(l) => Some(l),
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
+        let lab = lab.as_ref();
+        let listed = || lab.map_or_else(names, OwnIrmd::names);
+        let name = unique(example_name);
+        let mut server = Example::start_on(lab, &path, &["-l", "-n", &name, "--layer", LAYER]);
+        started(&mut server, ready_line)?;
+        assert!(
+            listed().contains(&name),
+            "{name} is not listed while the server runs"
+        );
+        let mut clients = client(lab, &path, &name);
+        ends_once(&mut server, sig)?;
+        assert!(
+            !listed().contains(&name),
+            "{name} is still listed after the server ended"
+        );
+        for c in &mut clients {
+            // The server is gone: the clients see it, or end on one SIGTERM.
+            ends_once(c, "-TERM")?;
+        }
+        Ok(())
+    });
 }
 
 #[test]
@@ -215,7 +432,8 @@ fn oecho_server_ends_on_one_sigterm_and_removes_its_name() {
         "oecho",
         "Starting the server",
         "-TERM",
-        |_, _| Vec::new(),
+        false,
+        |_, _, _| Vec::new(),
     );
 }
 
@@ -226,7 +444,8 @@ fn oecho_server_ends_on_one_sigint_and_removes_its_name() {
         "oecho",
         "Starting the server",
         "-INT",
-        |_, _| Vec::new(),
+        false,
+        |_, _, _| Vec::new(),
     );
 }
 
@@ -240,12 +459,13 @@ fn oping_server_with_raw_and_reliable_clients_ends_on_one_sigterm() {
         "oping",
         "server started",
         "-TERM",
-        |path, name| {
+        true,
+        |lab, path, name| {
             ["raw", "data"]
                 .iter()
                 .map(|qos| {
-                    let mut c =
-                        Example::start(path, &["-n", name, "-c", "100000", "-i", "20", "-q", qos]);
+                    let args = ["-n", name, "-c", "100000", "-i", "20", "-q", qos];
+                    let mut c = Example::start_on(lab, path, &args);
                     assert!(c.wait_line("Pinging"), "{} did not start", c.what);
                     c
                 })
@@ -263,7 +483,8 @@ fn ocbr_server_with_a_flooding_client_ends_on_one_sigterm() {
         "ocbr",
         "started",
         "-TERM",
-        |path, name| {
+        false,
+        |_, path, name| {
             let c = Example::start(path, &["-n", name, "-d", "60", "-f"]);
             std::thread::sleep(Duration::from_millis(500));
             vec![c]
@@ -289,10 +510,17 @@ fn oping_and_ocbr_clients_end_on_one_signal() {
     assert!(pc.wait_line("Pinging"), "{} did not start", pc.what);
     let mut cc = Example::start(&ocbr, &["-n", &cn, "-d", "60", "-f"]);
     std::thread::sleep(Duration::from_millis(500));
-    ends_once(&mut pc, "-INT");
-    ends_once(&mut cc, "-TERM");
-    ends_once(&mut ps, "-TERM");
-    ends_once(&mut cs, "-TERM");
+    // Raw flows only: the known fault is one of reliable flows.
+    for (ex, sig) in [
+        (&mut pc, "-INT"),
+        (&mut cc, "-TERM"),
+        (&mut ps, "-TERM"),
+        (&mut cs, "-TERM"),
+    ] {
+        if let Err(KnownFault(line)) = ends_once(ex, sig) {
+            panic!("{} died on a raw flow: {line}", ex.what);
+        }
+    }
     let left = names();
     assert!(
         !left.contains(&pn) && !left.contains(&cn),

@@ -49,12 +49,12 @@ pub const NEEDS: &[(Need, &str, &str)] = &[
     (
         Need::Ouroboros,
         "ouroboros",
-        "ouroboros/tests/ouroboros.rs (every test), cli/tests/processes/ouroboros.rs (the IRMd ones)",
+        "ouroboros/tests/ouroboros.rs and ouroboros/tests/examples.rs (every test), cli/tests/processes/ouroboros.rs (the IRMd ones)",
     ),
     (
         Need::Netlab,
         "netlab",
-        "traversal/tests/natlab.rs, tests/netlab.rs, the lab tests in cli/tests/processes.rs and cli/tests/processes/lab.rs",
+        "traversal/tests/natlab.rs, tests/netlab.rs, the lab tests in cli/tests/processes.rs and cli/tests/processes/lab.rs, the reliable-flow test of ouroboros/tests/examples.rs (its own IRMd)",
     ),
     (Need::Nft, "nft", "cli/tests/processes.rs (the partition test)"),
     (Need::Gso, "gso", "tests/swarm/link.rs (the batching tests)"),
