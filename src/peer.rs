@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
-use crate::driver::{Command, Counters, Handle, Incoming, Shared, Snapshot, StoreCall};
+use crate::driver::{Command, Counters, Incoming, Shared, Snapshot, StoreCall};
 use crate::error::{Error, Operation, Result};
 use crate::hooks::{HookQueue, Hooks};
 use crate::link::{FlowStats, FlowStatsHandle, OuroborosLink};
