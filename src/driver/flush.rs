@@ -12,7 +12,7 @@ use crate::link::Link;
 use crate::stack::Transmit;
 
 /// Most transmits taken from the core in one round of a flush. Larger than
-/// what one drain makes (a wake-up's datagram, then [`DRAIN_BATCH`] more,
+/// what one drain makes (a wake-up's datagram, then [`DRAIN_BATCH`](super::run::DRAIN_BATCH) more,
 /// each answered), so that a turn's datagrams leave in one round and not
 /// as 64 and a straggler sent alone.
 const FLUSH_BATCH: usize = 256;

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 use super::lock;
 use crate::config::RECV_BUFFER;
 
-/// Receive buffers of callers that receive (see [`Shared::receive_claimed`])
+/// Receive buffers of callers that receive (see [`Shared::receive_claimed`](super::Shared::receive_claimed))
 /// and of background tasks draining a link that waits for readability
-/// ([`Link::waits_readable`]), kept for the next one. One pool for the
+/// ([`Link::waits_readable`](crate::link::Link::waits_readable)), kept for the next one. One pool for the
 /// whole process: a buffer kept per peer would add 64 KiB to every idle
 /// peer.
 static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());

@@ -17,7 +17,7 @@ const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// Most ready datagrams taken after one wake-up before the transmits they
 /// caused go out: large enough to amortise the wake-up, small enough that
 /// replies do not wait behind a long burst.
-const DRAIN_BATCH: usize = 64;
+pub(super) const DRAIN_BATCH: usize = 64;
 
 impl<L: Link> Shared<L> {
     /// The background task: runs until the peer is closed. `queue` is the

@@ -54,7 +54,7 @@ pub(super) struct State<L: Link> {
     /// in order: the next flush sends them before the core's, and the
     /// background task, which can wait, is woken for them.
     pub(super) parked: VecDeque<Transmit<L::Addr>>,
-    /// See [`Shared::kick`].
+    /// See [`Shared::receive_claimed`](super::Shared::receive_claimed).
     pub(super) kick: Arc<Kick>,
 }
 
