@@ -3,7 +3,9 @@
 //! `cicada bench`: Cicada beside raw UDP, measured in the same run on
 //! loopback, reported as ratios (these machines are shared and noisy), plus a
 //! 64-peer swarm in one process, the memory of idle peers, and the
-//! Ouroboros rows beside `ocbr`/`oping` (see `bench_ouro.rs`).
+//! Ouroboros rows beside `ocbr`/`oping` (see `ouroboros/`).
+
+mod ouroboros;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -110,7 +112,7 @@ pub fn main(args: BenchArgs) -> i32 {
         };
     }
     if let Some(name) = &args.ouroboros_serve {
-        return match rt.block_on(crate::bench_ouro::serve(name, &args.ouroboros_layer)) {
+        return match rt.block_on(ouroboros::serve(name, &args.ouroboros_layer)) {
             Ok(()) => 0,
             Err(e) => {
                 println!("error: {e}");
@@ -182,7 +184,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
         udp_rows(args, &mut report).await?;
     }
     if !args.no_ouroboros && !args.only_ouroboros_classes {
-        crate::bench_ouro::rows(
+        ouroboros::rows(
             args.messages,
             args.round_trips,
             &args.ouroboros_layer,
@@ -192,7 +194,7 @@ async fn run(args: &BenchArgs) -> R<Value> {
         .await?;
     }
     if args.only_ouroboros_classes || (args.ouroboros_classes && !args.no_ouroboros) {
-        crate::bench_ouro::classes_row(
+        ouroboros::classes_row(
             &args.ouroboros_layer,
             args.round_trips,
             args.ouroboros_flood_rate,

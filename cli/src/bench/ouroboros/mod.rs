@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use cicada::{Hooks, PeerAddr, PeerConfig, SwarmPeer};
 use serde_json::{json, Map, Value};
 
-use crate::bench::{median, percentiles, pipelined_sends, send_datagrams, R};
+use super::{median, percentiles, pipelined_sends, send_datagrams, R};
 
 /// Seconds the C `ocbr` client floods.
 const OCBR_SECONDS: u32 = 2;
