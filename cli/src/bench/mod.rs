@@ -22,7 +22,6 @@ mod turns;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cicada::link::Link;
 use cicada::{Hooks, PeerConfig, SwarmPeer};
 use clap::Args;
 use serde_json::{json, Value};

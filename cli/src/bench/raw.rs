@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cicada::link::Link;
 use tokio::net::UdpSocket;
 
 use super::{local, R};
