@@ -1,5 +1,6 @@
-//! I/O: a lone caller's claim to receive its reply from the link itself,
-//! and the kick that wakes it for a reply completed anywhere else.
+//! I/O: a lone caller's claim to receive its own reply from the link.
+//!
+//! The kick wakes the claimant for a reply completed anywhere else.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

@@ -1,5 +1,4 @@
-//! Pure: what the API asks of the driver ([`Command`]) and what its replies
-//! carry; values only, no I/O.
+//! Pure: the commands the API hands the driver, and their replies; no I/O.
 
 use bytes::Bytes;
 use chord::{Hash, NodeRef};

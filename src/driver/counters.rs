@@ -1,5 +1,4 @@
-//! Pure: the counters the driver keeps beside the core's, and the count of
-//! the application's calls under way; no I/O.
+//! Pure: the driver's counters and the calls under way; no I/O.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

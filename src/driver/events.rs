@@ -1,5 +1,4 @@
-//! Pure: the stack's events delivered where they are awaited: one-shot
-//! replies, the receive queue, the hooks, listeners; no I/O.
+//! Pure: the stack's events delivered to replies, queues and hooks; no I/O.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;

@@ -1,5 +1,4 @@
-//! I/O: the flush role: one holder at a time (a caller or the background
-//! task) sends what the stack has queued, until the queue is empty.
+//! I/O: the flush role: one holder at a time sends what the stack queued.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;

@@ -1,5 +1,4 @@
-//! I/O: the entry of a link that receives on a thread of its own: the stack
-//! run on that thread, and its flush polled to completion off the runtime.
+//! I/O: the stack run on a link's own receive thread, off the runtime.
 
 use std::future::Future;
 use std::sync::Arc;

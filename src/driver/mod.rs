@@ -1,6 +1,7 @@
-//! I/O: the driver: the peer's [`Stack`] behind a lock, fed by its background task and the application's calls.
+//! I/O: the driver: the peer's [`Stack`] behind a lock, and its one entry.
 //!
-//! The background task ([`Shared::run`]) feeds the stack the datagrams the
+//! The stack is shared by the peer's background task and the application's
+//! calls. The background task ([`Shared::run`]) feeds the stack the datagrams the
 //! link receives and the passing of time. An application call
 //! ([`Shared::call`]: `send`, `get_route`, `connect`...) made while at most
 //! [`DIRECT_SENDS`] calls are under way runs on the caller's own task: it

@@ -1,5 +1,4 @@
-//! Pure: the process's pool of receive buffers, lent to whoever drains a
-//! link; no I/O.
+//! Pure: the process's pool of receive buffers; no I/O.
 
 use std::sync::Mutex;
 

@@ -1,5 +1,4 @@
-//! I/O: the background task: one loop over the link's arrivals, the
-//! stack's one timer and the commands queued under load.
+//! I/O: the background task: link arrivals, the one timer, queued commands.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

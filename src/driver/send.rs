@@ -1,6 +1,6 @@
-//! I/O: the runs of datagrams handed to the link (one call for a run of
-//! several), what the link cannot take now parked for the background task,
-//! and destinations it cannot reach reported to the stack.
+//! I/O: runs handed to the link, parked when it cannot take them now.
+//!
+//! Destinations the link cannot reach are reported to the stack.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;

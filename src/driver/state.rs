@@ -1,5 +1,4 @@
-//! Pure: what the driver's lock guards (the stack and the callers waiting
-//! on it), and commands and received datagrams handed to the stack; no I/O.
+//! Pure: what the driver's lock guards, and commands and datagrams handed in; no I/O.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;

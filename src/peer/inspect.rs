@@ -1,5 +1,4 @@
-//! API: what a peer can tell about itself and its swarm: neighbours, paths,
-//! identity, NAT status, counters and metrics; no protocol state here.
+//! API: what a peer tells of itself and its swarm; no protocol state here.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

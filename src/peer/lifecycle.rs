@@ -1,5 +1,4 @@
-//! API: a peer's life: bind (UDP, a mapped port, Ouroboros), join a swarm,
-//! leave it, close; the driver started and stopped, no protocol state here.
+//! API: bind, connect, disconnect, close; the driver started and stopped.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,5 +1,4 @@
-//! API: messages: confirmed and unconfirmed sends, broadcasts, receives,
-//! routes; commands handed to the driver, no protocol state here.
+//! API: sends, broadcasts, receives, routes; commands handed to the driver.
 
 use std::time::Duration;
 

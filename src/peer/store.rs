@@ -1,5 +1,4 @@
-//! API: the DHT store: put, get, listen, announce, find; commands handed to
-//! the driver, no protocol state here.
+//! API: the DHT store's calls; commands handed to the driver.
 
 use std::time::Duration;
 

@@ -1,5 +1,4 @@
-//! I/O: the raw UDP baselines: cicada's `UdpLink` with no protocol above
-//! it (a flood, a ping-pong) and plain tokio sockets.
+//! I/O: the raw UDP baselines: `UdpLink` alone, and plain tokio sockets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

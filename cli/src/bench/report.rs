@@ -1,5 +1,4 @@
-//! Pure (but for reading the machine's name and date): the report as a
-//! Markdown table.
+//! Pure (but for reading the machine's name and date): the Markdown report.
 
 use serde_json::Value;
 

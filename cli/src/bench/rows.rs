@@ -1,5 +1,4 @@
-//! I/O: the one-hop rows over UDP, plain and keyed: each beside its raw
-//! baseline in the same run, printed as a ratio.
+//! I/O: the one-hop UDP rows, plain and keyed, each beside its baseline.
 
 use serde_json::{json, Value};
 

@@ -1,5 +1,4 @@
-//! I/O: Cicada's side of a row: pairs of peers, floods of datagrams,
-//! confirmed sends pipelined or a task each, confirmed round trips.
+//! I/O: Cicada's side of a row: floods, pipelined sends, round trips.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,4 @@
-//! I/O: the swarm rows (lookups and routed sends among many peers in one
-//! process) and the memory of idle peers.
+//! I/O: the swarm rows and the memory of idle peers, in one process.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,4 @@
-//! I/O: a row's runs taken in turns with its baseline (the machine's
-//! noise falls on both alike), and the medians and percentiles of them.
+//! I/O: a row's runs in turns with its baseline, and their statistics.
 
 use std::sync::Arc;
 

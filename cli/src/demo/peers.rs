@@ -1,5 +1,4 @@
-//! I/O: the demo's peer processes: started, asked, stopped, and all
-//! killed on a signal.
+//! I/O: the demo's peer processes: started, asked, stopped, killed on a signal.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,4 @@
-//! I/O: one line of a node's input carried out: its words parsed, the
-//! peer called, the outcome reported on stdout.
+//! I/O: one input line of a node carried out, its outcome on stdout.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;

@@ -1,5 +1,4 @@
-//! I/O: the tasks beside a node's command loop: the metrics endpoint, the
-//! watch on its own address and NAT status, receiving, input lines, signals.
+//! I/O: the tasks beside a node's input: receiving, metrics, watches, signals.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,5 +1,4 @@
-//! I/O: the traffic-class row: the routing's round trips while a flood
-//! loads the flows, with one flow per neighbour against one flow per class.
+//! I/O: the traffic-class row: round trips through a flood, by flows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

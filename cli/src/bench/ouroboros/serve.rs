@@ -1,5 +1,4 @@
-//! I/O: the receiving peer of the Ouroboros rows, in a process of its own
-//! (`cicada bench --ouroboros-serve NAME`), and the handle that drives it.
+//! I/O: the Ouroboros rows' receiving peer, in a process of its own.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdout, Command, Stdio};

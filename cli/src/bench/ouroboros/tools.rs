@@ -1,5 +1,4 @@
-//! I/O: the Ouroboros C tools run beside the swarm (`ocbr`, `oping`, their
-//! servers bound with `irm`), a raw flow for the floods, and their output read.
+//! I/O: the Ouroboros C tools (`ocbr`, `oping`) and a raw flow.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
