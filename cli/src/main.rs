@@ -6,12 +6,11 @@
 //! - `cicada sim`: the Chord simulator (see `sim.rs`; `examples/sim.rs` too).
 //! - `cicada map`: maps a port on the NAT gateway and holds it (see `map.rs`).
 //! - `cicada bench`: Cicada beside raw UDP and the Ouroboros C tools, as ratios
-//!   (see `bench.rs`, `bench_ouro.rs`).
+//!   (see `bench/`).
 //! - `cicada demo`: a swarm of `cicada node` processes, checked (see `demo.rs`).
 //! - `cicada keygen`: a swarm key for `cicada node --swarm-key FILE` (see `keygen.rs`).
 
 mod bench;
-mod bench_ouro;
 mod demo;
 mod keygen;
 mod map;

@@ -1,14 +1,15 @@
 //! I/O: none of its own; the link types below do it.
 //!
-//! Links: how datagrams leave and arrive. The driver is generic over
-//! `Link`; `UdpLink` and `OuroborosLink` implement it, and a `SwarmPeer`
-//! runs the one driver over either through `PeerLink`.
+//! Links: how datagrams leave and arrive. The driver is generic over the
+//! crate-private `Link` trait; `UdpLink` and `OuroborosLink` implement it,
+//! and a `SwarmPeer` runs the one driver over either through `PeerLink`.
 //!
 //! The API here is [`FlowStats`] (what [`crate::PeerStats::ouroboros`]
-//! reports). The link types and the `Link` trait are not API: they are
-//! hidden from the documentation and reachable only so that the CLI's
-//! benchmark can measure a bare `UdpLink` as its baseline and the tests can
-//! drive a link on its own; they may change in any release.
+//! reports). The link types are not API: they are hidden from the
+//! documentation and reachable only so that the CLI's benchmark can measure
+//! a bare `UdpLink` as its baseline and the tests can drive a link on its
+//! own, through the link types' own methods (binding, sending, receiving);
+//! they may change in any release.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -37,26 +38,13 @@ pub use udp::{Gro, UdpLink, SOCKET_BUFFER};
 /// Where a link that receives on a thread of its own hands datagrams
 /// straight to the driver (see [`Link::deliver_to`]): called with a batch
 /// of datagrams, which it empties.
-#[doc(hidden)]
-pub type LinkSink<A> = Arc<dyn Fn(&mut Arrivals<A>) + Send + Sync>;
+pub(crate) type LinkSink<A> = Arc<dyn Fn(&mut Arrivals<A>) + Send + Sync>;
 
 /// Datagrams received together, for a [`LinkSink`]: their bytes back to
 /// back in one buffer (kept from batch to batch, so that a datagram costs
 /// no allocation of its own), and each one's length and sender.
-///
-/// ```
-/// use cicada::link::Arrivals;
-/// let mut batch = Arrivals::new();
-/// batch.push(b"one", "a");
-/// batch.push(b"three", "b");
-/// let mut seen = Vec::new();
-/// batch.take_each(|d, from| seen.push((d.to_vec(), from)));
-/// assert_eq!(seen, [(b"one".to_vec(), "a"), (b"three".to_vec(), "b")]);
-/// assert!(batch.is_empty());
-/// ```
 #[derive(Debug)]
-#[doc(hidden)]
-pub struct Arrivals<A> {
+pub(crate) struct Arrivals<A> {
     bytes: Vec<u8>,
     spans: Vec<(usize, A)>,
 }
@@ -117,13 +105,28 @@ impl<A> Arrivals<A> {
     }
 }
 
-/// A datagram transport the driver can run a peer over.
+/// A datagram transport the driver can run a peer over: crate-private, the
+/// driver's contract with its links.
+///
+/// What every link has: its address ([`local_addr`](Self::local_addr)),
+/// sending a datagram or a run of them ([`send_to`](Self::send_to),
+/// [`send_segments`](Self::send_segments) up to
+/// [`max_segments`](Self::max_segments)), and receiving
+/// ([`recv_from`](Self::recv_from), and what is ready already with
+/// [`try_recv_run`](Self::try_recv_run)). The rest are the driver's fast
+/// paths, each with a default that leaves it off: a caller's claim to
+/// receive its reply itself ([`claim_receive`](Self::claim_receive),
+/// [`release_receive`](Self::release_receive),
+/// [`poll_recv_claimed`](Self::poll_recv_claimed),
+/// [`holds_received`](Self::holds_received)), waiting for readability
+/// without a buffer ([`waits_readable`](Self::waits_readable),
+/// [`readable`](Self::readable)), and a receive thread that hands its
+/// datagrams straight to the driver ([`deliver_to`](Self::deliver_to)).
 ///
 /// `recv_from` must be cancel-safe: the driver waits on it in a `select!`
 /// beside timers and commands, and drops the future when another branch
 /// wins. No datagram may be lost by that.
-#[doc(hidden)]
-pub trait Link: Send + Sync + 'static {
+pub(crate) trait Link: Send + Sync + 'static {
     /// How peers are addressed over this link.
     type Addr: chord::Address + Display + Send + Sync + 'static;
 
@@ -174,23 +177,17 @@ pub trait Link: Send + Sync + 'static {
         send_each(self, bytes, segment, to)
     }
 
-    /// A datagram that has arrived already, without waiting: `None` when
-    /// none is ready (or the link cannot tell). The driver drains what is
-    /// ready after each wake-up, so a burst costs one wake-up, not one each.
-    fn try_recv_from(&self, buf: &mut [u8]) -> Option<io::Result<(usize, Self::Addr)>> {
+    /// Datagrams that have arrived already, without waiting: `None` when
+    /// none is ready (or the link cannot tell: the default). The driver
+    /// drains what is ready after each wake-up, so a burst costs one
+    /// wake-up, not one each. A link that takes several datagrams from the
+    /// system in one receive (a coalesced run) hands them over together,
+    /// without copying each aside: `(len, stride, from)`, the datagrams back
+    /// to back in `buf[..len]`, each `stride` bytes long but the last (which
+    /// may be shorter), all from `from`; one datagram is `stride` = `len`.
+    fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, Self::Addr)>> {
         let _ = buf;
         None
-    }
-
-    /// Like [`try_recv_from`](Self::try_recv_from), but a link that takes
-    /// several datagrams from the system in one receive (a coalesced run)
-    /// may hand them over together, without copying each aside:
-    /// `(len, stride, from)`, the datagrams back to back in `buf[..len]`,
-    /// each `stride` bytes long but the last (which may be shorter), all
-    /// from `from`. The default hands over one datagram (`stride` = `len`).
-    fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, Self::Addr)>> {
-        self.try_recv_from(buf)
-            .map(|r| r.map(|(n, from)| (n, n.max(1), from)))
     }
 
     /// Whether the link holds datagrams it has taken from the system but
@@ -233,7 +230,7 @@ pub trait Link: Send + Sync + 'static {
     /// Whether [`readable`](Self::readable) waits for datagrams. The
     /// driver then keeps no receive buffer while it waits: it takes one
     /// from a pool shared by the whole process only to drain, with
-    /// [`try_recv_from`](Self::try_recv_from), what has arrived. A buffer
+    /// [`try_recv_run`](Self::try_recv_run), what has arrived. A buffer
     /// kept per peer for the largest datagram (64 KiB) is most of an idle
     /// peer's memory once it has been written. `false` (the default): the
     /// driver waits in [`recv_from`](Self::recv_from) with a buffer of its
@@ -243,7 +240,7 @@ pub trait Link: Send + Sync + 'static {
     }
 
     /// Waits until a datagram is probably ready for
-    /// [`try_recv_from`](Self::try_recv_from) (it may wake for nothing).
+    /// [`try_recv_run`](Self::try_recv_run) (it may wake for nothing).
     /// Only used when [`waits_readable`](Self::waits_readable) says so;
     /// the default never returns.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
@@ -328,15 +325,7 @@ impl Link for PeerLink {
     async fn send_segments(&self, bytes: &[u8], segment: usize, to: &PeerAddr) -> io::Result<()> {
         match (self, to) {
             (PeerLink::Udp(l), PeerAddr::Udp(a)) => l.send_segments(bytes, segment, a).await,
-            _ => {
-                let mut result = Ok(());
-                for d in bytes.chunks(segment.max(1)) {
-                    if let Err(e) = self.send_to(d, to).await {
-                        result = result.and(Err(e));
-                    }
-                }
-                result
-            }
+            _ => send_each(self, bytes, segment, to).await,
         }
     }
 
@@ -395,15 +384,6 @@ impl Link for PeerLink {
         }
     }
 
-    fn try_recv_from(&self, buf: &mut [u8]) -> Option<io::Result<(usize, PeerAddr)>> {
-        match self {
-            PeerLink::Udp(l) => l
-                .try_recv_from(buf)
-                .map(|r| r.map(|(n, a)| (n, PeerAddr::from(a)))),
-            PeerLink::Ouroboros(l) => l.try_recv_from(buf),
-        }
-    }
-
     fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, PeerAddr)>> {
         match self {
             PeerLink::Udp(l) => l
@@ -418,5 +398,24 @@ impl Link for PeerLink {
             PeerLink::Udp(_) => false,
             PeerLink::Ouroboros(l) => l.deliver_to(sink),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Arrivals;
+
+    /// A batch hands its datagrams out in order, each with its sender, and
+    /// is empty afterwards.
+    #[test]
+    fn arrivals_hand_out_each_datagram_in_order() {
+        let mut batch = Arrivals::new();
+        batch.push(b"one", "a");
+        batch.push(b"three", "b");
+        assert_eq!(batch.len(), 2);
+        let mut seen = Vec::new();
+        batch.take_each(|d, from| seen.push((d.to_vec(), from)));
+        assert_eq!(seen, [(b"one".to_vec(), "a"), (b"three".to_vec(), "b")]);
+        assert!(batch.is_empty());
     }
 }

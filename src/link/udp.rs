@@ -9,7 +9,7 @@ use super::*;
 /// retry after `request_timeout`. Memory is only used while datagrams wait.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-/// A [`Link`] over a tokio [`UdpSocket`], IPv4 or IPv6.
+/// A link over a tokio [`UdpSocket`], IPv4 or IPv6.
 ///
 /// On Linux the socket batches both ways through `quinn-udp`:
 /// - datagrams of one size to one address queued together leave in one
@@ -37,7 +37,7 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> std::io::Result<()> {
-/// use cicada::link::{Link, UdpLink};
+/// use cicada::link::UdpLink;
 /// let link = UdpLink::bind("127.0.0.1:0".parse().unwrap()).await?;
 /// assert_ne!(link.local_addr()?.port(), 0);
 /// # Ok(()) }
@@ -443,26 +443,23 @@ impl UdpLink {
     }
 }
 
-impl Link for UdpLink {
-    type Addr = SocketAddr;
-
-    fn identity() -> Option<fn(&SocketAddr) -> Hash> {
-        // The same rule as `node_id`: SHA-256 of "ip:port".
-        Some(|a| Hash::of(a.to_string()))
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
+impl UdpLink {
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
 
-    async fn send_to(&self, bytes: &[u8], to: &SocketAddr) -> io::Result<()> {
+    /// Sends one datagram to `to`.
+    pub async fn send_to(&self, bytes: &[u8], to: &SocketAddr) -> io::Result<()> {
         self.socket
             .send_to(bytes, self.destination(to))
             .await
             .map(|_| ())
     }
 
-    fn max_segments(&self) -> usize {
+    /// Most datagrams [`send_segments`](Self::send_segments) hands to the
+    /// system in one call: 64 with segmentation offload, otherwise 1.
+    pub fn max_segments(&self) -> usize {
         if self.gso.load(Ordering::Relaxed) {
             self.state.max_gso_segments().min(GSO_SEGMENTS)
         } else {
@@ -470,7 +467,16 @@ impl Link for UdpLink {
         }
     }
 
-    async fn send_segments(&self, bytes: &[u8], segment: usize, to: &SocketAddr) -> io::Result<()> {
+    /// Sends the datagrams `bytes` holds back to back, each `segment` bytes
+    /// long (the last may be shorter), to `to`: in one segmented send per
+    /// group where the system takes it (UDP generic segmentation offload),
+    /// one by one otherwise. All are tried; the first error is returned.
+    pub async fn send_segments(
+        &self,
+        bytes: &[u8],
+        segment: usize,
+        to: &SocketAddr,
+    ) -> io::Result<()> {
         let segment = segment.max(1);
         // A segmented send is one UDP datagram to the kernel: at most
         // GSO_BYTES in all, and GSO_SEGMENTS pieces.
@@ -499,7 +505,9 @@ impl Link for UdpLink {
         result
     }
 
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    /// Waits for the next datagram; its length in `buf` and its sender.
+    /// Cancel-safe: a datagram is received whole or not at all.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         // Cancel-safe: the receive itself runs inside one poll, whole or
         // not at all.
         if let Some(r) = self.run().take(buf) {
@@ -510,7 +518,9 @@ impl Link for UdpLink {
             .await
     }
 
-    fn try_recv_from(&self, buf: &mut [u8]) -> Option<io::Result<(usize, SocketAddr)>> {
+    /// A datagram that has arrived already, without waiting; `None` when
+    /// none is ready.
+    pub fn try_recv_from(&self, buf: &mut [u8]) -> Option<io::Result<(usize, SocketAddr)>> {
         match self
             .socket
             .try_io(tokio::io::Interest::READABLE, || self.receive(buf))
@@ -524,7 +534,10 @@ impl Link for UdpLink {
         }
     }
 
-    fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, SocketAddr)>> {
+    /// Like [`try_recv_from`](Self::try_recv_from), but a coalesced run is
+    /// handed over whole: `(len, stride, from)`, the datagrams back to back
+    /// in `buf[..len]`, each `stride` bytes long but the last.
+    pub fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, SocketAddr)>> {
         if buf.len() < RUN_BUFFER {
             return self
                 .try_recv_from(buf)
@@ -552,6 +565,44 @@ impl Link for UdpLink {
         }
     }
 
+    /// Waits until a datagram is probably ready (it may wake for nothing).
+    pub async fn readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await
+    }
+}
+
+impl Link for UdpLink {
+    type Addr = SocketAddr;
+
+    fn identity() -> Option<fn(&SocketAddr) -> Hash> {
+        // The same rule as `node_id`: SHA-256 of "ip:port".
+        Some(|a| Hash::of(a.to_string()))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        UdpLink::local_addr(self)
+    }
+
+    async fn send_to(&self, bytes: &[u8], to: &SocketAddr) -> io::Result<()> {
+        UdpLink::send_to(self, bytes, to).await
+    }
+
+    fn max_segments(&self) -> usize {
+        UdpLink::max_segments(self)
+    }
+
+    async fn send_segments(&self, bytes: &[u8], segment: usize, to: &SocketAddr) -> io::Result<()> {
+        UdpLink::send_segments(self, bytes, segment, to).await
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        UdpLink::recv_from(self, buf).await
+    }
+
+    fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, SocketAddr)>> {
+        UdpLink::try_recv_run(self, buf)
+    }
+
     fn holds_received(&self) -> bool {
         let run = self.run();
         run.at < run.len
@@ -562,7 +613,7 @@ impl Link for UdpLink {
     }
 
     async fn readable(&self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_readable(cx)).await
+        UdpLink::readable(self).await
     }
 
     fn claim_receive(&self, cx: &mut Context<'_>) -> bool {

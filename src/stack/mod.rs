@@ -199,7 +199,7 @@ impl<A: Address> Stack<A> {
     // ---------------------------------------------------------------- output
 
     /// The next run of datagrams to send, shaped for a link that sends as
-    /// `batching` says. Runs are gathered from up to [`GATHER`] datagrams
+    /// `batching` says. Runs are gathered from up to `GATHER` (256) datagrams
     /// of the node at a time, each sealed (or queued for its handshake)
     /// on the way; the seal's own datagrams (handshakes) go too.
     pub fn poll_transmit(&mut self, now: Instant, batching: Batching) -> Option<Transmit<A>> {

@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cicada::link::{Gro, Link, UdpLink};
+use cicada::link::{Gro, UdpLink};
 
 use super::require::{self, Need};
 
 /// Whether `link` sends with segmentation offload (Linux, 64 datagrams a
 /// call); where it does not, `test`'s offload checks are skipped (need `gso`).
-fn offload<L: Link>(link: &L, test: &str) -> bool {
+fn offload(link: &UdpLink, test: &str) -> bool {
     let here = cfg!(target_os = "linux") && link.max_segments() >= 64;
     if !here {
         require::skip(

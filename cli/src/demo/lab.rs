@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use super::{kill_all, lock};
+use super::peers::{kill_all, lock};
 
 /// A lab's script and the arguments that tear it down.
 type LabDown = (PathBuf, Vec<String>);

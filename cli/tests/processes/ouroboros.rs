@@ -458,7 +458,6 @@ fn an_ouroboros_datagram_flood_leaves_the_receiver_alive_and_routing() {
 /// through it sends it a datagram, which arrives from the node's name.
 #[test]
 fn an_ouroboros_link_on_its_own_queues_what_it_reads_for_recv_from() {
-    use cicada::link::Link;
     let test = "an_ouroboros_link_on_its_own_queues_what_it_reads_for_recv_from";
     if !irmd_or_skip(test) {
         return;

@@ -350,9 +350,9 @@ pub struct FlowStats {
     /// this shows how close a run came.
     pub most_events: u64,
     /// Packets the reader thread handed straight to the peer's core
-    /// ([`Link::deliver_to`], the way a `SwarmPeer` runs the link).
+    /// (the driver's sink, the way a `SwarmPeer` runs the link).
     pub handed: u64,
-    /// Packets the reader thread queued for [`Link::recv_from`] (the link
+    /// Packets the reader thread queued for `recv_from` (the link
     /// used on its own).
     pub queued: u64,
     /// Writes that found a flow's ring (or the packet pool) full and waited
@@ -373,14 +373,14 @@ pub struct FlowStats {
     pub refused: u64,
 }
 
-/// A [`Link`] over Ouroboros flows; peers are addressed by name.
+/// A link over Ouroboros flows; peers are addressed by name.
 ///
 /// Made by [`crate::SwarmPeer::bind_ouroboros`]; usable on its own too.
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), cicada::Error> {
-/// use cicada::link::{Link, OuroborosLink};
+/// use cicada::link::OuroborosLink;
 /// use cicada::PeerAddr;
 /// let link = OuroborosLink::bind("alice", "local_layer").await?;
 /// link.send_to(b"hi", &PeerAddr::ouroboros("bob").unwrap()).await?;
@@ -546,6 +546,31 @@ impl Link for OuroborosLink {
     }
 
     async fn send_to(&self, bytes: &[u8], to: &PeerAddr) -> io::Result<()> {
+        OuroborosLink::send_to(self, bytes, to).await
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, PeerAddr)> {
+        OuroborosLink::recv_from(self, buf).await
+    }
+
+    fn try_recv_run(&self, buf: &mut [u8]) -> Option<io::Result<(usize, usize, PeerAddr)>> {
+        self.try_recv_from(buf)
+            .map(|r| r.map(|(n, from)| (n, n.max(1), from)))
+    }
+
+    /// The reader thread hands packets to `sink` from now on, up to
+    /// 64 at a time (`READ_BATCH`). Sends on that thread never wait but for
+    /// a yield (a full pool or ring is retried `WRITE_RETRIES` times,
+    /// then handed back to the driver with `WouldBlock`).
+    fn deliver_to(&self, sink: LinkSink<PeerAddr>) -> bool {
+        self.shared.sink.set(sink).is_ok()
+    }
+}
+
+impl OuroborosLink {
+    /// Sends one datagram to the peer named `to`, on its flow (allocated
+    /// first if there is none: the datagram waits behind the allocation).
+    pub async fn send_to(&self, bytes: &[u8], to: &PeerAddr) -> io::Result<()> {
         let PeerAddr::Ouroboros(name) = to else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -618,7 +643,10 @@ impl Link for OuroborosLink {
         }
     }
 
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, PeerAddr)> {
+    /// Waits for the next datagram the reader thread queued (a link not
+    /// under a driver queues what it reads); its length in `buf` and its
+    /// sender. Cancel-safe.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, PeerAddr)> {
         let mut rx = self.incoming.lock().await;
         loop {
             // Cancel-safe: a datagram is either still in the queue or returned.
@@ -634,6 +662,7 @@ impl Link for OuroborosLink {
         }
     }
 
+    /// A datagram the reader thread queued already, without waiting.
     fn try_recv_from(&self, buf: &mut [u8]) -> Option<io::Result<(usize, PeerAddr)>> {
         let mut rx = self.incoming.try_lock().ok()?;
         loop {
@@ -645,14 +674,6 @@ impl Link for OuroborosLink {
             buf[..data.len()].copy_from_slice(&data);
             return Some(Ok((data.len(), PeerAddr::Ouroboros(from))));
         }
-    }
-
-    /// The reader thread hands packets to `sink` from now on, up to
-    /// 64 at a time (`READ_BATCH`). Sends on that thread never wait but for
-    /// a yield (a full pool or ring is retried `WRITE_RETRIES` times,
-    /// then handed back to the driver with `WouldBlock`).
-    fn deliver_to(&self, sink: LinkSink<PeerAddr>) -> bool {
-        self.shared.sink.set(sink).is_ok()
     }
 }
 
