@@ -203,12 +203,13 @@ pub(crate) fn render<A>(i: Inputs<'_, A>) -> String {
         ring_size_estimate(i.me, i.peers) as i64,
     );
     let neighbours = Family::<Labels, Gauge>::default();
-    let punched = i
-        .paths
-        .iter()
-        .filter(|p| **p == chord::Path::Punched)
-        .count();
-    for (kind, n) in [("direct", i.peers.len() - punched), ("punched", punched)] {
+    let count = |path: chord::Path| i.paths.iter().filter(|p| **p == path).count();
+    let (punched, relayed) = (count(chord::Path::Punched), count(chord::Path::Relayed));
+    for (kind, n) in [
+        ("direct", i.peers.len() - punched - relayed),
+        ("punched", punched),
+        ("relayed", relayed),
+    ] {
         neighbours
             .get_or_create(&vec![("path".to_string(), kind.to_string())])
             .set(n as i64);
