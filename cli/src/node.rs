@@ -16,7 +16,7 @@
 //! listen KEY                an `update` event for each value stored under KEY
 //! announce TOPIC            name this peer under TOPIC (one hour)
 //! find TOPIC                the peers that announced TOPIC
-//! peers                     the routing state (each peer with its path: direct or punched), successor and predecessor
+//! peers                     the routing state (each peer with its path: direct, punched or relayed), successor and predecessor
 //! fingers                   the distinct fingers, nearest first
 //! stats                     the counters
 //! nat                       the NAT status (also printed whenever it changes)
@@ -104,6 +104,16 @@ pub struct NodeArgs {
     /// Keepalive interval of punched paths in milliseconds.
     #[arg(long, default_value_t = 25_000)]
     keepalive_ms: u64,
+    /// Peers this node relays for at once, when reachable first (public
+    /// or mapped).
+    #[arg(long, default_value_t = 32)]
+    relay_peers: usize,
+    /// Bytes per second this node forwards as a relay, in all.
+    #[arg(long, default_value_t = 1 << 20)]
+    relay_rate: u64,
+    /// Relay for nobody.
+    #[arg(long)]
+    no_relay: bool,
     /// Nodes that hold each value of the DHT store (the key's owner and
     /// its next successors).
     #[arg(long, default_value_t = 3)]
@@ -200,6 +210,10 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
         .stabilize_interval(Duration::from_millis(args.stabilize_ms))
         .request_timeout(Duration::from_millis(args.request_timeout_ms))
         .keepalive_interval(Duration::from_millis(args.keepalive_ms))
+        .relay_limits(
+            if args.no_relay { 0 } else { args.relay_peers },
+            args.relay_rate,
+        )
         .replicas(args.replicas)
         .lookup_timeout(Duration::from_millis(args.lookup_timeout_ms))
         .send_timeout(Duration::from_millis(args.send_timeout_ms))
@@ -831,57 +845,60 @@ async fn execute(
             });
         }
         "stats" => match peer.stats().await {
-            Ok(s) => out.emit(json!({
-                "event": "stats",
-                "datagrams_in": s.core.datagrams_in,
-                "datagrams_out": s.core.datagrams_out,
-                "dropped_malformed": s.core.dropped_malformed,
-                "dropped_version": s.core.dropped_version,
-                "dropped_unexpected": s.core.dropped_unexpected,
-                "peers_failed": s.core.peers_failed,
-                "broadcast_sent": s.core.broadcast_sent,
-                "received": s.received,
-                "recv_overflow": s.recv_overflow,
-                "hooks_dropped": s.hooks_dropped,
-                "link_errors": s.link_errors,
-                "link_parked": s.link_parked,
-                "driver_wakeups": s.driver_wakeups,
-                "stale_successor_hints": s.core.stale_successor_hints,
-                "retransmits_held": s.core.retransmits_held,
-                "punches_started": s.core.punches_started,
-                "punches_succeeded": s.core.punches_succeeded,
-                "punches_failed": s.core.punches_failed,
-                "punches_introduced": s.core.punches_introduced,
-                "punches_answered": s.core.punches_answered,
-                "keepalives_sent": s.core.keepalives_sent,
-                "secure": s.secure.map(|k| json!({
-                    "sessions": k.sessions,
-                    "handshakes_completed": k.handshakes_completed,
-                    "handshakes_answered": k.handshakes_answered,
-                    "handshakes_failed": k.handshakes_failed,
-                    "dropped_malformed": k.dropped_malformed,
-                    "dropped_unkeyed": k.dropped_unkeyed,
-                    "dropped_bad_mac": k.dropped_bad_mac,
-                    "dropped_replay": k.dropped_replay,
-                    "dropped_unknown_session": k.dropped_unknown_session,
-                    "dropped_rate_limited": k.dropped_rate_limited,
-                })),
-                "ouroboros": s.ouroboros.map(|f| json!({
-                    "open": f.open,
-                    "allocated": f.allocated,
-                    "accepted": f.accepted,
-                    "alloc_failed": f.alloc_failed,
-                    "dropped": f.dropped,
-                    "closed": f.closed,
-                    "most_events": f.most_events,
-                    "handed": f.handed,
-                    "queued": f.queued,
-                    "write_waits": f.write_waits,
-                    "control_sent": f.control_sent,
-                    "bulk_sent": f.bulk_sent,
-                    "refused": f.refused,
-                })),
-            })),
+            Ok(s) => out.emit(with_relay_stats(
+                &s.core,
+                json!({
+                    "event": "stats",
+                    "datagrams_in": s.core.datagrams_in,
+                    "datagrams_out": s.core.datagrams_out,
+                    "dropped_malformed": s.core.dropped_malformed,
+                    "dropped_version": s.core.dropped_version,
+                    "dropped_unexpected": s.core.dropped_unexpected,
+                    "peers_failed": s.core.peers_failed,
+                    "broadcast_sent": s.core.broadcast_sent,
+                    "received": s.received,
+                    "recv_overflow": s.recv_overflow,
+                    "hooks_dropped": s.hooks_dropped,
+                    "link_errors": s.link_errors,
+                    "link_parked": s.link_parked,
+                    "driver_wakeups": s.driver_wakeups,
+                    "stale_successor_hints": s.core.stale_successor_hints,
+                    "retransmits_held": s.core.retransmits_held,
+                    "punches_started": s.core.punches_started,
+                    "punches_succeeded": s.core.punches_succeeded,
+                    "punches_failed": s.core.punches_failed,
+                    "punches_introduced": s.core.punches_introduced,
+                    "punches_answered": s.core.punches_answered,
+                    "keepalives_sent": s.core.keepalives_sent,
+                    "secure": s.secure.map(|k| json!({
+                        "sessions": k.sessions,
+                        "handshakes_completed": k.handshakes_completed,
+                        "handshakes_answered": k.handshakes_answered,
+                        "handshakes_failed": k.handshakes_failed,
+                        "dropped_malformed": k.dropped_malformed,
+                        "dropped_unkeyed": k.dropped_unkeyed,
+                        "dropped_bad_mac": k.dropped_bad_mac,
+                        "dropped_replay": k.dropped_replay,
+                        "dropped_unknown_session": k.dropped_unknown_session,
+                        "dropped_rate_limited": k.dropped_rate_limited,
+                    })),
+                    "ouroboros": s.ouroboros.map(|f| json!({
+                        "open": f.open,
+                        "allocated": f.allocated,
+                        "accepted": f.accepted,
+                        "alloc_failed": f.alloc_failed,
+                        "dropped": f.dropped,
+                        "closed": f.closed,
+                        "most_events": f.most_events,
+                        "handed": f.handed,
+                        "queued": f.queued,
+                        "write_waits": f.write_waits,
+                        "control_sent": f.control_sent,
+                        "bulk_sent": f.bulk_sent,
+                        "refused": f.refused,
+                    })),
+                }),
+            )),
             Err(e) => out.error(e),
         },
         "wait" | "sleep" => match rest.trim().parse::<f64>() {
@@ -934,4 +951,23 @@ fn spawn_send(peer: &Arc<SwarmPeer>, out: Out, duplicates: u8, rest: &str) {
             })),
         }
     });
+}
+
+/// The relay counters, added to a `stats` event (one `json!` of all the
+/// fields exceeds the macro's recursion limit).
+fn with_relay_stats(c: &cicada::chord::Stats, mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        for (k, n) in [
+            ("punches_relayed", c.punches_relayed),
+            ("relay_reservations", c.relay_reservations),
+            ("relays_lost", c.relays_lost),
+            ("relayed_frames", c.relayed_frames),
+            ("relayed_bytes", c.relayed_bytes),
+            ("relay_dropped", c.relay_dropped),
+            ("relay_refused", c.relay_refused),
+        ] {
+            o.insert(k.to_string(), n.into());
+        }
+    }
+    v
 }

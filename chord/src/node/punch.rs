@@ -271,7 +271,8 @@ impl<A: Address> LocalNode<A> {
         if self.relay_served_src(addr).is_some() {
             // A relayed peer this node relays for: at its NAT's mapping.
             Path::Direct
-        } else if self.relay_route(addr).is_some() {
+        } else if self.relay_route(addr).is_some_and(|r| r != addr) {
+            // (Its own relay a relayed node reaches straight.)
             Path::Relayed
         } else if self.punch.paths.contains_key(addr) {
             Path::Punched
