@@ -846,22 +846,24 @@ fn wait_relay(node: &mut Node, not: Option<&str>, within: Duration) -> Option<St
 }
 
 /// The relayed cells of the NAT matrix: A behind gw1 and B behind gw2,
-/// both symmetric NATs without any mapping service, and three public
-/// peers on pub1 and pub2. A and B learn how their NATs map (by observing
-/// a peer on the other public host), each holds a reservation with a
-/// public peer, the ring of five is correct, and A's and B's sends to
-/// each other (and all pairs') are confirmed and arrive exactly once,
-/// each reporting the other `relayed`. Then A's relay is killed: A holds
-/// a reservation with another public peer, the ring of four heals, and
-/// A's and B's sends to each other are confirmed and arrive once again.
+/// both symmetric NATs without any mapping service, C behind gw3, an
+/// endpoint-independent one, and three public peers on pub1 and pub2. A
+/// and B learn how their NATs map (by observing a peer on the other
+/// public host) and each holds a reservation with a public peer; the ring
+/// of six is correct, and A's, B's and C's sends to each other (and all
+/// pairs') are confirmed and arrive exactly once, A and B reporting each
+/// other `relayed`. Then A's relay is killed: A holds a reservation with
+/// another public peer, the ring of five heals, and all pairs' sends are
+/// confirmed and arrive once again.
 #[test]
 fn peers_behind_symmetric_nats_reach_each_other_through_a_relay() {
     let _g = heavy();
     let knobs = [
         ("NETLAB_PUBLIC", "2"),
-        ("NETLAB_LANS", "2"),
+        ("NETLAB_LANS", "3"),
         ("NETLAB_HOSTS", "1"),
         ("NETLAB_NAT", "symmetric"),
+        ("NETLAB_GW3_NAT", "eim"),
         ("NETLAB_UPNP", "no"),
         ("NETLAB_NATPMP", "no"),
     ];
@@ -896,26 +898,37 @@ fn peers_behind_symmetric_nats_reach_each_other_through_a_relay() {
         );
         nodes.push(n);
     }
+    // C, behind an endpoint-independent NAT.
+    nodes.push(start(&lab, "lan3-1", "0.0.0.0:44006", Some(&second), &[]));
     for n in nodes.iter_mut() {
         refresh(n);
     }
-    let five: Vec<usize> = (0..5).collect();
-    wait_ring(&mut nodes, &five, Duration::from_secs(30)).expect("the ring of five");
+    let six: Vec<usize> = (0..6).collect();
+    wait_ring(&mut nodes, &six, Duration::from_secs(30)).expect("the ring of six");
     all_pairs(&mut nodes, &[3, 4], &[3, 4], "sym-sym").expect("A and B reach each other");
-    all_pairs(&mut nodes, &five, &five, "five").expect("all pairs of five");
+    all_pairs(&mut nodes, &[3, 4, 5], &[3, 4, 5], "sym-eim").expect("A, B and C");
+    all_pairs(&mut nodes, &six, &six, "six").expect("all pairs of six");
     let (a, b) = (nodes[3].addr.clone(), nodes[4].addr.clone());
-    for (i, other) in [(3, &b), (4, &a)] {
-        let paths = paths_of(&mut nodes[i]);
-        let path = paths.iter().find(|(addr, _)| addr == other);
-        assert!(
-            path.is_some_and(|(_, p)| p == "relayed"),
-            "{other} in {paths:?}"
-        );
-    }
+    // A and B reach every peer through a relay but their own, and every
+    // peer but their relay reaches them through one.
     let relays: Vec<String> = [3, 4]
         .iter()
         .map(|&i| relay_of(&mut nodes[i]).expect("a relay"))
         .collect();
+    let mut seen = 0;
+    for i in 0..nodes.len() {
+        let me = nodes[i].addr.clone();
+        for (addr, path) in paths_of(&mut nodes[i]) {
+            for (k, x) in [&a, &b].into_iter().enumerate() {
+                if addr == *x {
+                    seen += 1;
+                    let want = if relays[k] == me { "direct" } else { "relayed" };
+                    assert_eq!(path, want, "{me}'s path to {x}");
+                }
+            }
+        }
+    }
+    assert!(seen >= 2, "nobody holds A or B in its routing state");
     eprintln!(
         "A {a} relayed by {}, B {b} relayed by {}",
         relays[0], relays[1]
@@ -936,10 +949,10 @@ fn peers_behind_symmetric_nats_reach_each_other_through_a_relay() {
         paths_of(&mut nodes[3])
     );
     eprintln!("A moved to {moved:?} {took:?} after its relay was killed");
-    let live: Vec<usize> = five.iter().copied().filter(|&i| i != dead).collect();
-    wait_ring(&mut nodes, &live, Duration::from_secs(30)).expect("the ring of four");
+    let live: Vec<usize> = six.iter().copied().filter(|&i| i != dead).collect();
+    wait_ring(&mut nodes, &live, Duration::from_secs(30)).expect("the ring of five");
     all_pairs(&mut nodes, &[3, 4], &[3, 4], "after").expect("A and B after the kill");
-    all_pairs(&mut nodes, &live, &live, "four").expect("all pairs of four");
+    all_pairs(&mut nodes, &live, &live, "five").expect("all pairs of five");
     for &i in &live {
         let s = stats_of(&mut nodes[i]);
         eprintln!(
