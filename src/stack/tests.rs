@@ -246,9 +246,10 @@ fn datagrams_of_one_size_leave_in_runs_and_arrive_whole_keyed_or_not() {
 /// read nothing in a keyed swarm. Then the relay of 3 dies: 3 holds a
 /// reservation with another within two stabilize periods, the ring heals,
 /// and sends both ways are confirmed and received once again. Twenty
-/// seeds, each a different run.
-fn relayed_peers_recover_when_their_relay_dies(key: Option<&SwarmKey>, seed: u64) {
+/// seeds, each a different run; `loss` of the datagrams lost.
+fn relayed_peers_recover_when_their_relay_dies(key: Option<&SwarmKey>, seed: u64, loss: f64) {
     let mut sim = Sim::new(seed);
+    sim.loss = loss;
     sim.chord.stabilize_interval = Duration::from_millis(500);
     sim.chord.request_timeout = Duration::from_millis(100);
     let first = sim.add(key);
@@ -330,13 +331,20 @@ fn relayed_peers_recover_when_their_relay_dies(key: Option<&SwarmKey>, seed: u64
 #[test]
 fn relayed_peers_recover_when_their_relay_dies_plain() {
     for seed in 1..=20 {
-        relayed_peers_recover_when_their_relay_dies(None, seed);
+        relayed_peers_recover_when_their_relay_dies(None, seed, 0.0);
     }
 }
 
 #[test]
 fn relayed_peers_recover_when_their_relay_dies_keyed() {
     for seed in 1..=20 {
-        relayed_peers_recover_when_their_relay_dies(Some(&key(9)), seed);
+        relayed_peers_recover_when_their_relay_dies(Some(&key(9)), seed, 0.0);
+    }
+}
+
+#[test]
+fn relayed_peers_recover_when_their_relay_dies_over_a_lossy_network() {
+    for seed in 1..=20 {
+        relayed_peers_recover_when_their_relay_dies(None, seed, 0.01);
     }
 }

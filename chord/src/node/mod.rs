@@ -2138,6 +2138,9 @@ impl<A: Address> LocalNode<A> {
         if p.retries_left == self.cfg.request_retries || p.retries_left == 0 {
             self.punch_on_timeout(&p.to, &p.waiting, now);
         }
+        if p.retries_left == 0 {
+            self.forget_relay_route(&p.to, now);
+        }
         if p.retries_left > 0 {
             let first_retry = p.retries_left == self.cfg.request_retries;
             // A broadcast child's arc is re-covered now, once (below, after

@@ -288,11 +288,12 @@ impl<A: Address> LocalNode<A> {
         // A joining node punches too: its successor may sit behind a NAT,
         // and the join completes only once that successor answers.
         let joining = matches!(self.phase, Phase::Joining { .. });
-        // A relay that stopped answering (or, for a relayed node, its own
-        // relay, which may not reach the target): the route is forgotten,
-        // and the target asked (through a rendezvous) for the relay it
-        // holds now.
-        let relayed = self.forget_relay_route(to, now) || self.relay_route(to).is_some();
+        // Through a relay that may have stopped answering (or, for a
+        // relayed node, its own relay, which may not reach the target):
+        // the target is asked (through a rendezvous) for the relay it
+        // holds now. The route itself is forgotten only when the request
+        // runs out of retries.
+        let relayed = self.relay_route(to).is_some();
         if !(self.phase == Phase::Joined || joining) || (self.sources.is_verified(to) && !relayed) {
             return;
         }
@@ -529,6 +530,9 @@ impl<A: Address> LocalNode<A> {
             return;
         }
         let punchable = self.punch.reach != Reach::Symmetric;
+        if !punchable {
+            self.relay_asked(m.origin.addr.clone());
+        }
         self.punch.offered.retain(|o| o.until > now);
         let known = self
             .punch
@@ -635,6 +639,13 @@ impl<A: Address> LocalNode<A> {
         tracing::debug!(me = %self.me.id.short(), target = ?s.target.addr, relay = ?m.relay, "reached through a relay");
         self.relay_learn(s.target.addr.clone(), m.relay, now);
         self.resend_to(&s.target.addr, now);
+    }
+
+    /// Forgets the failed punches to the nodes `ids`.
+    pub(super) fn forget_punch_failures(&mut self, ids: &[Hash]) {
+        if !ids.is_empty() {
+            self.punch.failed.retain(|(id, _)| !ids.contains(id));
+        }
     }
 
     /// Sends the requests waiting for `to` again at once, with a fresh

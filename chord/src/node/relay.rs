@@ -36,6 +36,9 @@ const ROUTES: usize = 1024;
 /// How long a relay that refused or went silent is passed over when a
 /// relayed peer chooses one.
 const AVOID: Duration = Duration::from_secs(30);
+/// Peers that offered a punch before this node had a relay, remembered
+/// to be told where it is reached.
+const ASKERS: usize = 16;
 /// A relayed peer's place at its relay lasts this many request timeouts
 /// after its last reservation or frame.
 const HOLD_TIMEOUTS: u32 = 8;
@@ -75,6 +78,9 @@ pub(super) struct RelayState<A> {
     next: Option<Instant>,
     /// Which relay reaches which announced address.
     routes: FxHashMap<A, Route<A>>,
+    /// Peers that offered a punch while this node had no relay yet: told
+    /// where it is reached once it has one.
+    askers: Vec<A>,
 }
 
 impl<A> Default for RelayState<A> {
@@ -89,6 +95,7 @@ impl<A> Default for RelayState<A> {
             avoid: Vec::new(),
             next: None,
             routes: FxHashMap::default(),
+            askers: Vec::new(),
         }
     }
 }
@@ -114,6 +121,7 @@ impl<A: super::Address> RelayState<A> {
         ) + hash_table_bytes(self.by_src.capacity(), std::mem::size_of::<(A, A)>())
             + hash_table_bytes(self.routes.capacity(), std::mem::size_of::<(A, Route<A>)>())
             + vec_bytes::<(A, Instant)>(self.avoid.capacity())
+            + vec_bytes::<A>(self.askers.capacity())
     }
 }
 
@@ -217,6 +225,16 @@ impl<A: super::Address> LocalNode<A> {
         if peer == relay || peer == self.me.addr || relay == self.me.addr {
             return;
         }
+        if !self.relay.routes.contains_key(&peer) {
+            // A punch to it that failed is forgotten: it is reached now.
+            let ids: Vec<crate::hash::Hash> = self
+                .known
+                .iter()
+                .filter(|n| n.addr == peer)
+                .map(|n| n.id)
+                .collect();
+            self.forget_punch_failures(&ids);
+        }
         if let Some(r) = self.relay.routes.get_mut(&peer) {
             if r.relay == relay {
                 r.heard = now;
@@ -241,9 +259,10 @@ impl<A: super::Address> LocalNode<A> {
         self.relay.routes.contains_key(to)
     }
 
-    /// Forgets the route to `to`, a request to which timed out, unless it
-    /// was learned within the last request timeout (that request may have
-    /// left before, another way). Whether a route was forgotten.
+    /// Forgets the route to `to`, a request to which ran out of retries,
+    /// unless it was learned within the last request timeout (that
+    /// request may have left before, another way). Whether a route was
+    /// forgotten.
     pub(super) fn forget_relay_route(&mut self, to: &A, now: Instant) -> bool {
         let fresh = now.checked_sub(self.cfg.request_timeout);
         match self.relay.routes.get(to) {
@@ -424,6 +443,35 @@ impl<A: super::Address> LocalNode<A> {
             // Whatever waits for an answer goes out again at once, through
             // the new relay.
             self.resend_all(now);
+            self.announce_relay(now);
+        }
+    }
+
+    /// Pings, through the new relay, every peer of the table and every
+    /// peer that tried to punch this node lately: each learns from the
+    /// frame which relay reaches this node (and forgets a punch that
+    /// failed). Silence means nothing.
+    fn announce_relay(&mut self, now: Instant) {
+        let mut to: Vec<A> = self.known.iter().map(|n| n.addr.clone()).collect();
+        for a in std::mem::take(&mut self.relay.askers) {
+            if !to.contains(&a) {
+                to.push(a);
+            }
+        }
+        for a in to {
+            if Some(&a) != self.relay.relay.as_ref() {
+                self.request(a, 0, Waiting::Verify, now, |txn| {
+                    Message::Ping(crate::wire::Ping { txn })
+                });
+            }
+        }
+    }
+
+    /// A peer offered a punch while this node, behind a NAT that maps per
+    /// destination, holds no relay yet: it is told once there is one.
+    pub(super) fn relay_asked(&mut self, peer: A) {
+        if self.relay.askers.len() < ASKERS && !self.relay.askers.contains(&peer) {
+            self.relay.askers.push(peer);
         }
     }
 
