@@ -845,60 +845,58 @@ async fn execute(
             });
         }
         "stats" => match peer.stats().await {
-            Ok(s) => out.emit(with_relay_stats(
-                &s.core,
-                json!({
-                    "event": "stats",
-                    "datagrams_in": s.core.datagrams_in,
-                    "datagrams_out": s.core.datagrams_out,
-                    "dropped_malformed": s.core.dropped_malformed,
-                    "dropped_version": s.core.dropped_version,
-                    "dropped_unexpected": s.core.dropped_unexpected,
-                    "peers_failed": s.core.peers_failed,
-                    "broadcast_sent": s.core.broadcast_sent,
-                    "received": s.received,
-                    "recv_overflow": s.recv_overflow,
-                    "hooks_dropped": s.hooks_dropped,
-                    "link_errors": s.link_errors,
-                    "link_parked": s.link_parked,
-                    "driver_wakeups": s.driver_wakeups,
-                    "stale_successor_hints": s.core.stale_successor_hints,
-                    "retransmits_held": s.core.retransmits_held,
-                    "punches_started": s.core.punches_started,
-                    "punches_succeeded": s.core.punches_succeeded,
-                    "punches_failed": s.core.punches_failed,
-                    "punches_introduced": s.core.punches_introduced,
-                    "punches_answered": s.core.punches_answered,
-                    "keepalives_sent": s.core.keepalives_sent,
-                    "secure": s.secure.map(|k| json!({
-                        "sessions": k.sessions,
-                        "handshakes_completed": k.handshakes_completed,
-                        "handshakes_answered": k.handshakes_answered,
-                        "handshakes_failed": k.handshakes_failed,
-                        "dropped_malformed": k.dropped_malformed,
-                        "dropped_unkeyed": k.dropped_unkeyed,
-                        "dropped_bad_mac": k.dropped_bad_mac,
-                        "dropped_replay": k.dropped_replay,
-                        "dropped_unknown_session": k.dropped_unknown_session,
-                        "dropped_rate_limited": k.dropped_rate_limited,
-                    })),
-                    "ouroboros": s.ouroboros.map(|f| json!({
-                        "open": f.open,
-                        "allocated": f.allocated,
-                        "accepted": f.accepted,
-                        "alloc_failed": f.alloc_failed,
-                        "dropped": f.dropped,
-                        "closed": f.closed,
-                        "most_events": f.most_events,
-                        "handed": f.handed,
-                        "queued": f.queued,
-                        "write_waits": f.write_waits,
-                        "control_sent": f.control_sent,
-                        "bulk_sent": f.bulk_sent,
-                        "refused": f.refused,
-                    })),
-                }),
-            )),
+            Ok(s) => out.emit(json!({
+                "event": "stats",
+                "datagrams_in": s.core.datagrams_in,
+                "datagrams_out": s.core.datagrams_out,
+                "dropped_malformed": s.core.dropped_malformed,
+                "dropped_version": s.core.dropped_version,
+                "dropped_unexpected": s.core.dropped_unexpected,
+                "peers_failed": s.core.peers_failed,
+                "broadcast_sent": s.core.broadcast_sent,
+                "received": s.received,
+                "recv_overflow": s.recv_overflow,
+                "hooks_dropped": s.hooks_dropped,
+                "link_errors": s.link_errors,
+                "link_parked": s.link_parked,
+                "driver_wakeups": s.driver_wakeups,
+                "stale_successor_hints": s.core.stale_successor_hints,
+                "retransmits_held": s.core.retransmits_held,
+                "punches_started": s.core.punches_started,
+                "punches_succeeded": s.core.punches_succeeded,
+                "punches_failed": s.core.punches_failed,
+                "punches_introduced": s.core.punches_introduced,
+                "punches_answered": s.core.punches_answered,
+                "keepalives_sent": s.core.keepalives_sent,
+                "relay": relay_stats(&s.core),
+                "secure": s.secure.map(|k| json!({
+                    "sessions": k.sessions,
+                    "handshakes_completed": k.handshakes_completed,
+                    "handshakes_answered": k.handshakes_answered,
+                    "handshakes_failed": k.handshakes_failed,
+                    "dropped_malformed": k.dropped_malformed,
+                    "dropped_unkeyed": k.dropped_unkeyed,
+                    "dropped_bad_mac": k.dropped_bad_mac,
+                    "dropped_replay": k.dropped_replay,
+                    "dropped_unknown_session": k.dropped_unknown_session,
+                    "dropped_rate_limited": k.dropped_rate_limited,
+                })),
+                "ouroboros": s.ouroboros.map(|f| json!({
+                    "open": f.open,
+                    "allocated": f.allocated,
+                    "accepted": f.accepted,
+                    "alloc_failed": f.alloc_failed,
+                    "dropped": f.dropped,
+                    "closed": f.closed,
+                    "most_events": f.most_events,
+                    "handed": f.handed,
+                    "queued": f.queued,
+                    "write_waits": f.write_waits,
+                    "control_sent": f.control_sent,
+                    "bulk_sent": f.bulk_sent,
+                    "refused": f.refused,
+                })),
+            })),
             Err(e) => out.error(e),
         },
         "wait" | "sleep" => match rest.trim().parse::<f64>() {
@@ -953,21 +951,15 @@ fn spawn_send(peer: &Arc<SwarmPeer>, out: Out, duplicates: u8, rest: &str) {
     });
 }
 
-/// The relay counters, added to a `stats` event (one `json!` of all the
-/// fields exceeds the macro's recursion limit).
-fn with_relay_stats(c: &cicada::chord::Stats, mut v: serde_json::Value) -> serde_json::Value {
-    if let Some(o) = v.as_object_mut() {
-        for (k, n) in [
-            ("punches_relayed", c.punches_relayed),
-            ("relay_reservations", c.relay_reservations),
-            ("relays_lost", c.relays_lost),
-            ("relayed_frames", c.relayed_frames),
-            ("relayed_bytes", c.relayed_bytes),
-            ("relay_dropped", c.relay_dropped),
-            ("relay_refused", c.relay_refused),
-        ] {
-            o.insert(k.to_string(), n.into());
-        }
-    }
-    v
+/// The relay counters of a `stats` event.
+fn relay_stats(c: &cicada::chord::Stats) -> serde_json::Value {
+    json!({
+        "punches_relayed": c.punches_relayed,
+        "reservations": c.relay_reservations,
+        "lost": c.relays_lost,
+        "frames": c.relayed_frames,
+        "bytes": c.relayed_bytes,
+        "dropped": c.relay_dropped,
+        "refused": c.relay_refused,
+    })
 }

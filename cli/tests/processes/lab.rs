@@ -958,13 +958,13 @@ fn peers_behind_symmetric_nats_reach_each_other_through_a_relay() {
         eprintln!(
             "{}: relay reservations {} lost {} frames {} bytes {} dropped {} refused {}; punches relayed {}",
             nodes[i].addr,
-            s["relay_reservations"],
-            s["relays_lost"],
-            s["relayed_frames"],
-            s["relayed_bytes"],
-            s["relay_dropped"],
-            s["relay_refused"],
-            s["punches_relayed"]
+            s["relay"]["reservations"],
+            s["relay"]["lost"],
+            s["relay"]["frames"],
+            s["relay"]["bytes"],
+            s["relay"]["dropped"],
+            s["relay"]["refused"],
+            s["relay"]["punches_relayed"]
         );
     }
 }
