@@ -259,7 +259,27 @@ pub(crate) fn render<A>(i: Inputs<'_, A>) -> String {
             ("suppressed", s.punches_suppressed),
             ("introduced", s.punches_introduced),
             ("answered", s.punches_answered),
+            ("relayed", s.punches_relayed),
         ],
+    );
+    labelled(
+        &mut r,
+        "relay",
+        "Relays (docs/nat.md): reservations held and relays lost as a relayed peer; frames forwarded, dropped and places refused as a relay",
+        "event",
+        &[
+            ("reserved", s.relay_reservations),
+            ("lost", s.relays_lost),
+            ("forwarded", s.relayed_frames),
+            ("dropped", s.relay_dropped),
+            ("refused", s.relay_refused),
+        ],
+    );
+    counter(
+        &mut r,
+        "relayed_bytes",
+        "Bytes forwarded as a relay",
+        s.relayed_bytes,
     );
     counter(
         &mut r,
