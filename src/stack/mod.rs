@@ -135,10 +135,16 @@ impl<A: Address> Stack<A> {
     /// is answered, anything that does not authenticate dropped and
     /// counted), then handed to the node.
     pub fn handle_datagram(&mut self, now: Instant, from: A, bytes: &[u8]) {
-        if !self.node.relay_idle() || is_frame(bytes) {
+        if is_frame(bytes) {
             self.receive(now, from, bytes);
             return;
         }
+        // A relayed peer this stack relays for is known (and sealed for)
+        // by the address it announces.
+        let from = match self.node.relay_served_peer(&from) {
+            Some(peer) => peer.clone(),
+            None => from,
+        };
         let Some(seal) = &mut self.seal else {
             self.node.handle_datagram(now, from, bytes);
             return;
@@ -239,7 +245,8 @@ impl<A: Address> Stack<A> {
         let len = len.min(buf.len());
         let stride = stride.max(1);
         let count = len.div_ceil(stride).max(1);
-        if !self.node.relay_idle() || is_frame(&buf[..len]) {
+        let served = self.node.relay_served_peer(&from).is_some();
+        if served || buf[..len].chunks(stride).any(is_frame) {
             if len == 0 {
                 self.receive(now, from, &[]);
                 return count;

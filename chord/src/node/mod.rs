@@ -1984,6 +1984,7 @@ impl<A: Address> LocalNode<A> {
         self.check_predecessor(now);
         self.probe_past(now);
         self.keepalives(now);
+        self.relay_expire(now);
         for _ in 0..self.cfg.fingers_per_tick {
             self.fix_next_finger(now);
         }

@@ -270,14 +270,14 @@ impl<A: Address> LocalNode<A> {
     pub fn path(&self, addr: &A) -> Path {
         if self.relay_served_src(addr).is_some() {
             // A relayed peer this node relays for: at its NAT's mapping.
-            Path::Direct
-        } else if self.relay_route(addr).is_some_and(|r| r != addr) {
-            // (Its own relay a relayed node reaches straight.)
-            Path::Relayed
-        } else if self.punch.paths.contains_key(addr) {
-            Path::Punched
-        } else {
-            Path::Direct
+            return Path::Direct;
+        }
+        match self.relay_route(addr) {
+            // A relayed node reaches its own relay straight.
+            Some(r) if r == addr => Path::Direct,
+            Some(_) => Path::Relayed,
+            None if self.punch.paths.contains_key(addr) => Path::Punched,
+            None => Path::Direct,
         }
     }
 

@@ -475,6 +475,28 @@ impl<A: super::Address> LocalNode<A> {
         }
     }
 
+    /// Once a period: places past their time and routes not heard from
+    /// for two keepalive intervals are forgotten (a node without either
+    /// takes the stack's fast path again).
+    pub(super) fn relay_expire(&mut self, now: Instant) {
+        let r = &mut self.relay;
+        if !r.served.is_empty() {
+            let by_src = &mut r.by_src;
+            r.served.retain(|_, s| {
+                let keep = s.until > now;
+                if !keep {
+                    by_src.remove(&s.src);
+                }
+                keep
+            });
+        }
+        if !r.routes.is_empty() {
+            let quiet = self.cfg.keepalive_interval * 2;
+            r.routes
+                .retain(|_, route| now.saturating_duration_since(route.heard) < quiet);
+        }
+    }
+
     /// A reservation request to `relay` went unanswered or was refused:
     /// another relay is sought at once.
     pub(super) fn relay_lost(&mut self, relay: A, now: Instant) {

@@ -916,9 +916,9 @@ fn peers_behind_symmetric_nats_reach_each_other_through_a_relay() {
         .map(|&i| relay_of(&mut nodes[i]).expect("a relay"))
         .collect();
     let mut seen = 0;
-    for i in 0..nodes.len() {
-        let me = nodes[i].addr.clone();
-        for (addr, path) in paths_of(&mut nodes[i]) {
+    for node in nodes.iter_mut() {
+        let me = node.addr.clone();
+        for (addr, path) in paths_of(node) {
             for (k, x) in [&a, &b].into_iter().enumerate() {
                 if addr == *x {
                     seen += 1;
