@@ -310,6 +310,13 @@ impl<A: Address> Stack<A> {
         if let Some(t) = self.runs.pop() {
             return Some(t);
         }
+        // A peer reached through a relay now: a handshake with it that
+        // went the old way goes again, the new way.
+        while let Some(peer) = self.node.pop_new_route() {
+            if let Some(seal) = &mut self.seal {
+                seal.retry_handshake_now(now, &peer);
+            }
+        }
         match self.queued_transmits() {
             0 => return None,
             // A lone datagram without a key (a lone call's request, its

@@ -36,6 +36,8 @@ const ROUTES: usize = 1024;
 /// How long a relay that refused or went silent is passed over when a
 /// relayed peer chooses one.
 const AVOID: Duration = Duration::from_secs(30);
+/// New routes kept for the stack to take.
+const NEW_ROUTES: usize = 64;
 /// Peers that offered a punch before this node had a relay, remembered
 /// to be told where it is reached.
 const ASKERS: usize = 16;
@@ -81,6 +83,9 @@ pub(super) struct RelayState<A> {
     /// Peers that offered a punch while this node had no relay yet: told
     /// where it is reached once it has one.
     askers: Vec<A>,
+    /// Peers reached through a relay they were not reached through before,
+    /// for the stack (see [`LocalNode::pop_new_route`]).
+    new_routes: Vec<A>,
 }
 
 impl<A> Default for RelayState<A> {
@@ -96,6 +101,7 @@ impl<A> Default for RelayState<A> {
             next: None,
             routes: FxHashMap::default(),
             askers: Vec::new(),
+            new_routes: Vec::new(),
         }
     }
 }
@@ -121,7 +127,7 @@ impl<A: super::Address> RelayState<A> {
         ) + hash_table_bytes(self.by_src.capacity(), std::mem::size_of::<(A, A)>())
             + hash_table_bytes(self.routes.capacity(), std::mem::size_of::<(A, Route<A>)>())
             + vec_bytes::<(A, Instant)>(self.avoid.capacity())
-            + vec_bytes::<A>(self.askers.capacity())
+            + vec_bytes::<A>(self.askers.capacity() + self.new_routes.capacity())
     }
 }
 
@@ -251,7 +257,17 @@ impl<A: super::Address> LocalNode<A> {
                 self.relay.remove_route(&oldest);
             }
         }
+        if self.relay.new_routes.len() < NEW_ROUTES && !self.relay.new_routes.contains(&peer) {
+            self.relay.new_routes.push(peer.clone());
+        }
         self.relay.insert_route(peer, Route { relay, heard: now });
+    }
+
+    /// A peer reached through a relay it was not reached through before
+    /// (the stack restarts a keyed handshake waiting for it, which went
+    /// the old way).
+    pub fn pop_new_route(&mut self) -> Option<A> {
+        self.relay.new_routes.pop()
     }
 
     /// Whether a route through a relay is known for `to`.
