@@ -346,5 +346,6 @@ fn relayed_peers_recover_when_their_relay_dies_keyed() {
 fn relayed_peers_recover_when_their_relay_dies_over_a_lossy_network() {
     for seed in 1..=20 {
         relayed_peers_recover_when_their_relay_dies(None, seed, 0.01);
+        relayed_peers_recover_when_their_relay_dies(Some(&key(9)), seed, 0.01);
     }
 }
