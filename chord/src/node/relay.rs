@@ -3,12 +3,12 @@
 //!
 //! ```text
 //! relayed peer B              relay R (public)                any peer P
-//!   RelayReserve{peer: X_B} -->                 (every request timeout)
+//!   RelayTo{to: R, from: X_B} + RelayReserve{peer: X_B} -->   (every request timeout)
 //!   <-- RelayReserved{ok}        X_B -> source of B
 //!                                <-- RelayTo{to: X_B} + datagram for B
 //!   <-- RelayFrom{from: P} + datagram
-//!   RelayTo{to: P, from: X_B} -->
-//!                                RelayFrom{from: X_B} + datagram -->
+//!   RelayTo{to: P, from: X_B} + datagram -->
+//!                                RelayFrom{from: X_B, relayed} + datagram -->
 //! ```
 //!
 //! The node keeps the state and makes the decisions; the stack (which
@@ -17,11 +17,13 @@
 //! announced address and where their datagrams come from) and forwards at
 //! most `Config::relay_rate` bytes per second; past either, it refuses and
 //! counts. A frame is forwarded only when its sender or its destination
-//! holds a place: a relay is never an open relay. A peer learns which relay
-//! reaches an address from the frames that arrive through it and from a
-//! punch's target (`PunchRelayed`); a route that stops answering is
-//! forgotten at the first timeout of a request through it, and the next
-//! punch asks for the target's relay again.
+//! holds a place: a relay is never an open relay. A relayed peer sends
+//! everything framed, so that every peer knows it by its announced address
+//! alone. A peer learns which relay reaches an address from the frames
+//! that arrive through it, from a punch's target (`PunchRelayed`), and
+//! from the pings a peer sends through its new relay; a request through a
+//! relay that times out starts a punch that asks the target for its relay
+//! again, and a route whose requests run out of retries is forgotten.
 
 use std::time::{Duration, Instant};
 
