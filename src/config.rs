@@ -84,6 +84,17 @@ impl PeerConfig {
         self
     }
 
+    /// Sets what this peer offers as a relay when it is reachable first
+    /// (public or mapped; see `docs/nat.md`, "Relays"): at most `peers`
+    /// relayed peers at once (32 by default) and `bytes_per_s` forwarded
+    /// in all (1 MiB/s by default). Beyond either it refuses and counts.
+    /// `peers` 0 turns relaying off.
+    pub fn relay_limits(mut self, peers: usize, bytes_per_s: u64) -> Self {
+        self.chord.relay_peers = peers;
+        self.chord.relay_rate = bytes_per_s;
+        self
+    }
+
     /// Sets how many nodes hold each value of the DHT store: the key's
     /// owner and the next `n - 1` on its successor list (3 by default; at
     /// least 1, at most the successor list's length plus one). A value

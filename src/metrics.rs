@@ -203,12 +203,13 @@ pub(crate) fn render<A>(i: Inputs<'_, A>) -> String {
         ring_size_estimate(i.me, i.peers) as i64,
     );
     let neighbours = Family::<Labels, Gauge>::default();
-    let punched = i
-        .paths
-        .iter()
-        .filter(|p| **p == chord::Path::Punched)
-        .count();
-    for (kind, n) in [("direct", i.peers.len() - punched), ("punched", punched)] {
+    let count = |path: chord::Path| i.paths.iter().filter(|p| **p == path).count();
+    let (punched, relayed) = (count(chord::Path::Punched), count(chord::Path::Relayed));
+    for (kind, n) in [
+        ("direct", i.peers.len() - punched - relayed),
+        ("punched", punched),
+        ("relayed", relayed),
+    ] {
         neighbours
             .get_or_create(&vec![("path".to_string(), kind.to_string())])
             .set(n as i64);
@@ -258,7 +259,27 @@ pub(crate) fn render<A>(i: Inputs<'_, A>) -> String {
             ("suppressed", s.punches_suppressed),
             ("introduced", s.punches_introduced),
             ("answered", s.punches_answered),
+            ("relayed", s.punches_relayed),
         ],
+    );
+    labelled(
+        &mut r,
+        "relay",
+        "Relays (docs/nat.md): reservations held and relays lost as a relayed peer; frames forwarded, dropped and places refused as a relay",
+        "event",
+        &[
+            ("reserved", s.relay_reservations),
+            ("lost", s.relays_lost),
+            ("forwarded", s.relayed_frames),
+            ("dropped", s.relay_dropped),
+            ("refused", s.relay_refused),
+        ],
+    );
+    counter(
+        &mut r,
+        "relayed_bytes",
+        "Bytes forwarded as a relay",
+        s.relayed_bytes,
     );
     counter(
         &mut r,

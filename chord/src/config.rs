@@ -132,6 +132,13 @@ pub struct Config {
     /// open: below the 30 s after which many NATs (Linux's conntrack among
     /// them) forget a UDP mapping that saw no answer.
     pub keepalive_interval: Duration,
+    /// Peers this node relays for at once when it is reachable first
+    /// (public or mapped): reservations and the relayed peers' claims
+    /// beyond these are refused and counted. 0: relays for nobody.
+    pub relay_peers: usize,
+    /// Bytes per second this node forwards as a relay, in all (a burst of
+    /// one second's worth); past it frames are dropped and counted.
+    pub relay_rate: u64,
     /// The DHT store's tunables (replicas, quotas, anti-entropy period).
     pub store: crate::store::StoreConfig,
 }
@@ -161,6 +168,8 @@ impl Default for Config {
             past_peer_ttl: Duration::from_secs(600),
             past_probe_max: Duration::from_secs(8),
             keepalive_interval: Duration::from_secs(25),
+            relay_peers: 32,
+            relay_rate: 1 << 20,
             store: crate::store::StoreConfig::default(),
         }
     }

@@ -363,4 +363,22 @@ pub struct Stats {
     /// Owners of unconfirmed sends' targets looked up and probed by this
     /// node behind a NAT, to open its NAT to their confirmations.
     pub reach_probes: u64,
+    /// Reservations this node (behind a NAT that maps per destination)
+    /// obtained from a relay, refreshes not counted.
+    pub relay_reservations: u64,
+    /// Relays this node left because they stopped answering or refused.
+    pub relays_lost: u64,
+    /// Punches whose target answered that it is reached through a relay
+    /// (the initiator then reaches it there).
+    pub punches_relayed: u64,
+    /// As a relay: datagrams forwarded.
+    pub relayed_frames: u64,
+    /// As a relay: bytes forwarded.
+    pub relayed_bytes: u64,
+    /// As a relay: frames dropped (past `relay_rate`, neither end holding
+    /// a reservation, relaying off, or too large).
+    pub relay_dropped: u64,
+    /// As a relay: reservations and claims refused (relaying off, no room
+    /// among `relay_peers`, or the address held by another source).
+    pub relay_refused: u64,
 }

@@ -410,6 +410,75 @@ pub struct PunchSync {
     pub txn: u64,
 }
 
+/// "Relay for me": a peer that cannot be reached first (behind a NAT that
+/// maps per destination) asks a public peer to forward what others send
+/// to `peer`, its announced address, to the address this request came
+/// from. Sent again every request timeout while the reservation is held.
+/// Answered by [`RelayReserved`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayReserve<A> {
+    /// The request's id.
+    pub txn: u64,
+    /// The address the asking peer announces (its id is derived from it).
+    pub peer: A,
+}
+
+/// The answer to a [`RelayReserve`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayReserved {
+    /// The request's id.
+    pub txn: u64,
+    /// Whether the reservation is held (false: this peer does not relay,
+    /// or has no room).
+    pub ok: bool,
+}
+
+/// The target of a [`PunchOffer`] is reached through a relay: its answer,
+/// through the rendezvous, instead of a [`PunchAnswer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchRelayed<A> {
+    /// The initiator's punch id.
+    pub txn: u64,
+    /// The target.
+    pub target: NodeRef<A>,
+    /// The relay that forwards datagrams to the target.
+    pub relay: A,
+}
+
+/// The header of a datagram handed to a relay (kind 30): the datagram to
+/// pass on follows, as raw bytes to the end (sealed for `to` in a keyed
+/// swarm, so that the relay can neither read nor forge it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayToHeader<A> {
+    /// Where the datagram goes (an announced address).
+    pub to: A,
+    /// The sender's announced address, when the sender is itself relayed
+    /// (the relay then forwards answers to it as well); `None` otherwise,
+    /// and the relay names the sender by the address it came from.
+    pub from: Option<A>,
+}
+
+/// The header of a datagram a relay passes on (kind 31): the datagram
+/// follows, as raw bytes to the end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayFromHeader<A> {
+    /// Who sent it, as the relay names it: the sender's announced address
+    /// if it is relayed, else the address it came from.
+    pub from: A,
+    /// Whether the sender holds a place at this relay (it is reached
+    /// through it: the receiver learns so).
+    pub relayed: bool,
+}
+
+/// A datagram to or from a relay, with its header (kinds 30 and 31).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayFrame<H> {
+    /// Where it goes or whom it comes from.
+    pub header: H,
+    /// The datagram carried, whole.
+    pub payload: Bytes,
+}
+
 /// A storage message (kind 17): puts, gets, replication, anti-entropy and
 /// subscriptions between nodes (see `docs/storage.md`). One larger than a
 /// datagram travels in [`StoreFragment`]s.
@@ -602,6 +671,17 @@ pub enum Message<A> {
     PunchAnswer(PunchAnswer<A>),
     /// Kind 27.
     PunchSync(PunchSync),
+    /// Kind 28.
+    RelayReserve(RelayReserve<A>),
+    /// Kind 29: reply to [`Message::RelayReserve`].
+    RelayReserved(RelayReserved),
+    /// Kind 30: a datagram for a relay to pass on.
+    RelayTo(RelayFrame<RelayToHeader<A>>),
+    /// Kind 31: a datagram a relay passes on.
+    RelayFrom(RelayFrame<RelayFromHeader<A>>),
+    /// Kind 32: reply to [`Message::PunchOffer`] from a relayed target,
+    /// passed on as the reply to [`Message::PunchRequest`].
+    PunchRelayed(PunchRelayed<A>),
     /// Kind 17.
     Store(StoreMessage<A>),
     /// Kind 18.
@@ -623,6 +703,7 @@ impl<A> Message<A> {
             Message::PunchRequest(m) => (Some(&m.origin), [std::slice::from_ref(&m.target), &[]]),
             Message::PunchOffer(m) => (Some(&m.origin), [&[], &[]]),
             Message::PunchAnswer(m) => (Some(&m.target), [&[], &[]]),
+            Message::PunchRelayed(m) => (Some(&m.target), [&[], &[]]),
             Message::Store(StoreMessage::Values { replicas, .. }) => (None, [&replicas[..], &[]]),
             Message::Store(_) | Message::StoreFragment(_) => (None, [&[], &[]]),
             Message::VersionMismatch(_)
@@ -634,7 +715,11 @@ impl<A> Message<A> {
             | Message::Owns(_)
             | Message::Observe(_)
             | Message::Observed(_)
-            | Message::PunchSync(_) => (None, [&[], &[]]),
+            | Message::PunchSync(_)
+            | Message::RelayReserve(_)
+            | Message::RelayReserved(_)
+            | Message::RelayTo(_)
+            | Message::RelayFrom(_) => (None, [&[], &[]]),
         };
         one.into_iter().chain(lists.into_iter().flatten())
     }
@@ -687,6 +772,11 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::PunchOffer(_) => 25,
             Message::PunchAnswer(_) => 26,
             Message::PunchSync(_) => 27,
+            Message::RelayReserve(_) => 28,
+            Message::RelayReserved(_) => 29,
+            Message::RelayTo(_) => RELAY_TO,
+            Message::RelayFrom(_) => RELAY_FROM,
+            Message::PunchRelayed(_) => 32,
             Message::Store(_) => 17,
             Message::StoreFragment(_) => 18,
         }
@@ -699,6 +789,8 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
         // reallocation and a copy of the payload per step).
         let room = match self {
             Message::Data(m) => ENCODE_ROOM + m.payload.len(),
+            Message::RelayTo(m) => ENCODE_ROOM + m.payload.len(),
+            Message::RelayFrom(m) => ENCODE_ROOM + m.payload.len(),
             _ => ENCODE_ROOM,
         };
         let mut out = Vec::with_capacity(room);
@@ -740,6 +832,19 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             Message::PunchOffer(m) => append(&mut out, m),
             Message::PunchAnswer(m) => append(&mut out, m),
             Message::PunchSync(m) => append(&mut out, m),
+            Message::RelayReserve(m) => append(&mut out, m),
+            Message::RelayReserved(m) => append(&mut out, m),
+            Message::RelayTo(m) => {
+                let r = append(&mut out, &m.header);
+                out.extend_from_slice(&m.payload);
+                r
+            }
+            Message::RelayFrom(m) => {
+                let r = append(&mut out, &m.header);
+                out.extend_from_slice(&m.payload);
+                r
+            }
+            Message::PunchRelayed(m) => append(&mut out, m),
             Message::Store(m) => append(&mut out, m),
             Message::StoreFragment(m) => append(&mut out, m),
         };
@@ -837,6 +942,11 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
                 25 => Message::PunchOffer(body("PunchOffer", rest)?),
                 26 => Message::PunchAnswer(body("PunchAnswer", rest)?),
                 27 => Message::PunchSync(body("PunchSync", rest)?),
+                28 => Message::RelayReserve(body("RelayReserve", rest)?),
+                29 => Message::RelayReserved(body("RelayReserved", rest)?),
+                RELAY_TO => Message::RelayTo(frame("RelayTo", rest)?),
+                RELAY_FROM => Message::RelayFrom(frame("RelayFrom", rest)?),
+                32 => Message::PunchRelayed(body("PunchRelayed", rest)?),
                 17 => Message::Store(decode_store(rest)?),
                 18 => {
                     let m: StoreFragment = body("StoreFragment", rest)?;
@@ -849,6 +959,45 @@ impl<A: Serialize + DeserializeOwned> Message<A> {
             };
         Ok(msg)
     }
+}
+
+/// A relay frame: its header, then the datagram carried to the end.
+fn frame<H: DeserializeOwned>(
+    kind: &'static str,
+    rest: &[u8],
+) -> Result<RelayFrame<H>, DecodeError> {
+    let (header, payload) =
+        postcard::take_from_bytes::<H>(rest).map_err(|e| DecodeError::Malformed {
+            kind,
+            reason: e.to_string(),
+        })?;
+    Ok(RelayFrame {
+        header,
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+/// The kind byte of [`Message::RelayTo`].
+pub const RELAY_TO: u8 = 30;
+/// The kind byte of [`Message::RelayFrom`].
+pub const RELAY_FROM: u8 = 31;
+
+/// The kind of a datagram with a valid Cicada header of this version.
+pub fn peek_kind(bytes: &[u8]) -> Option<u8> {
+    (bytes.len() >= HEADER_LEN && bytes[0..2] == MAGIC && bytes[2] == VERSION).then(|| bytes[3])
+}
+
+/// Encodes a relay frame of kind `kind` ([`RELAY_TO`] or [`RELAY_FROM`])
+/// with `header` around `payload`, without building a [`Message`].
+pub fn encode_relay_frame<H: Serialize>(kind: u8, header: &H, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENCODE_ROOM + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(kind);
+    let r = append(&mut out, header);
+    debug_assert!(r.is_ok(), "postcard encoding failed: {r:?}");
+    out.extend_from_slice(payload);
+    out
 }
 
 /// Bytes reserved by `encode` besides a Data payload: more than any
@@ -1005,6 +1154,32 @@ mod tests {
                 "c1ca031a 05 20 0202020202020202020202020202020202020202020202020202020202020202 02 09 01",
             ),
             (Message::PunchSync(PunchSync { txn: 300 }), "c1ca031b ac02"),
+            (
+                Message::RelayReserve(RelayReserve { txn: 5, peer: 7 }),
+                "c1ca031c 05 07",
+            ),
+            (
+                Message::RelayReserved(RelayReserved { txn: 300, ok: true }),
+                "c1ca031d ac02 01",
+            ),
+            (
+                Message::RelayTo(RelayFrame {
+                    header: RelayToHeader { to: 7, from: Some(300) },
+                    payload: Bytes::from_static(&[0xaa, 0xbb]),
+                }),
+                "c1ca031e 07 01ac02 aabb",
+            ),
+            (
+                Message::RelayFrom(RelayFrame {
+                    header: RelayFromHeader { from: 7, relayed: true },
+                    payload: Bytes::from_static(&[0xaa]),
+                }),
+                "c1ca031f 07 01 aa",
+            ),
+            (
+                Message::PunchRelayed(PunchRelayed { txn: 5, target: node(2, 2), relay: 9 }),
+                "c1ca0320 05 20 0202020202020202020202020202020202020202020202020202020202020202 02 09",
+            ),
             (
                 Message::Store(StoreMessage::Get {
                     txn: 5,
@@ -1164,6 +1339,11 @@ mod tests {
                 Message::PunchOffer(PunchOffer { txn, origin: origin.clone(), seen: addr }),
                 Message::PunchAnswer(PunchAnswer { txn, target: origin.clone(), seen: addr, punchable: n % 2 == 0 }),
                 Message::PunchSync(PunchSync { txn }),
+                Message::RelayReserve(RelayReserve { txn, peer: addr }),
+                Message::RelayReserved(RelayReserved { txn, ok: n % 2 == 0 }),
+                Message::RelayTo(RelayFrame { header: RelayToHeader { to: addr, from: (n % 2 == 0).then_some(addr) }, payload: vec![7; n * 50].into() }),
+                Message::RelayFrom(RelayFrame { header: RelayFromHeader { from: addr, relayed: n % 2 == 1 }, payload: vec![7; n * 50].into() }),
+                Message::PunchRelayed(PunchRelayed { txn, target: origin.clone(), relay: addr }),
             ];
             for m in msgs {
                 prop_assert_eq!(Message::<u32>::decode(&m.encode()), Ok(m));
@@ -1195,7 +1375,7 @@ mod tests {
                 Message::Found(Found { lookup: txn, key: h, owner: me.clone(), hops: 1 }),
                 Message::Leave(Leave { sender: h, predecessor: None, successors: list }),
                 Message::SuccessorHint(SuccessorHint { node: me.clone() }),
-                Message::Data(Data { header: DataHeader { txn, msg: !txn, origin: me.clone(), target: h, mode: Mode::Key, limit: Hash::ZERO, hops: 0, last_hop: v6, frag: frags - 1, frags }, payload: payload.into() }),
+                Message::Data(Data { header: DataHeader { txn, msg: !txn, origin: me.clone(), target: h, mode: Mode::Key, limit: Hash::ZERO, hops: 0, last_hop: v6, frag: frags - 1, frags }, payload: payload.clone().into() }),
                 Message::Delivered(Delivered { owner: me.clone(), msgs: vec![Confirmed { msg: txn, hops: 9 }] }),
                 Message::Undeliverable(Undeliverable { msg: txn, reason: Refusal::NoSuchNode }),
                 Message::OwnerCheck(OwnerCheck { txn, key: h }),
@@ -1206,6 +1386,11 @@ mod tests {
                 Message::PunchOffer(PunchOffer { txn, origin: me.clone(), seen: addr }),
                 Message::PunchAnswer(PunchAnswer { txn, target: me.clone(), seen: addr, punchable: v6 }),
                 Message::PunchSync(PunchSync { txn }),
+                Message::RelayReserve(RelayReserve { txn, peer: addr }),
+                Message::RelayReserved(RelayReserved { txn, ok: v6 }),
+                Message::RelayTo(RelayFrame { header: RelayToHeader { to: addr, from: v6.then_some(addr) }, payload: payload.clone().into() }),
+                Message::RelayFrom(RelayFrame { header: RelayFromHeader { from: addr, relayed: v6 }, payload: payload.clone().into() }),
+                Message::PunchRelayed(PunchRelayed { txn, target: me.clone(), relay: addr }),
             ];
             for m in msgs {
                 let bytes = m.encode();

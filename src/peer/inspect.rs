@@ -73,9 +73,10 @@ impl SwarmPeer {
 
     /// Every peer in this peer's routing state, sorted by id, with the
     /// path this peer reaches it by: [`Path::Direct`] (at the address it
-    /// announces: public, or a port mapped on its gateway) or
-    /// [`Path::Punched`] (through a hole punched in the NATs between them,
-    /// see `docs/nat.md`).
+    /// announces: public, or a port mapped on its gateway),
+    /// [`Path::Punched`] (through a hole punched in the NATs between them)
+    /// or [`Path::Relayed`] (through a relay: the peer, or this one, sits
+    /// behind a NAT that maps per destination; see `docs/nat.md`).
     pub async fn paths(&self) -> Result<Vec<(RemoteNode, Path)>> {
         let snap = self.snapshot().await?;
         Ok(snap.peers.into_iter().zip(snap.paths).collect())

@@ -425,6 +425,25 @@ impl<A: Clone + Eq + StdHash> SecureCore<A> {
         }
     }
 
+    /// Sends the Init of a handshake with `peer` that waits for an answer
+    /// again now, as one more attempt: the way to the peer changed (a
+    /// relay reaches it now), and the retry timer would leave what waits
+    /// for the handshake queued for a whole retry period.
+    pub fn retry_handshake_now(&mut self, now: Instant, peer: &A) {
+        let Some(attempts) = self
+            .peers
+            .get(peer)
+            .and_then(|p| p.pending.as_ref())
+            .map(|h| h.attempts)
+        else {
+            return;
+        };
+        if attempts < self.cfg.handshake_attempts {
+            self.stats.handshake_retries += 1;
+            self.initiate(now, peer, attempts + 1);
+        }
+    }
+
     /// Retries handshakes, gives up on those out of attempts, forgets idle peers.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.earliest_retry.is_some_and(|r| r <= now) {

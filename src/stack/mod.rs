@@ -46,6 +46,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chord::store::Record;
+use chord::wire::{self, Message, RelayFromHeader, RelayToHeader, RELAY_FROM, RELAY_TO};
 use chord::{Address, Event, Hash, LocalNode, LookupId, MessageId, SendError, StoreOp, Target};
 
 use crate::secure::{SecureCore, SecureStats, DATA_OVERHEAD, MAX_PLAINTEXT};
@@ -56,6 +57,15 @@ pub use output::{Batching, Transmit};
 /// Most datagrams the node hands over in one gathering of runs: enough to
 /// fill several runs at once, few enough that the first leaves soon.
 const GATHER: usize = 256;
+
+/// Frames a relay holds for sending at once: past these, frames are
+/// dropped and counted.
+const FORWARDS: usize = 1024;
+
+/// Whether `bytes` is a relay frame (which travels unsealed, keyed or not).
+fn is_frame(bytes: &[u8]) -> bool {
+    matches!(wire::peek_kind(bytes), Some(RELAY_TO) | Some(RELAY_FROM))
+}
 
 thread_local! {
     /// Where a keyed stack writes the plaintext of a datagram it opens
@@ -75,6 +85,8 @@ pub struct Stack<A> {
     /// [`poll_sent`](Self::poll_sent).
     watch_sent: bool,
     sent: VecDeque<chord::Transmit<A>>,
+    /// Frames this stack, as a relay, passes on, not yet in runs.
+    forwards: VecDeque<(A, Bytes)>,
 }
 
 impl<A: Address> Stack<A> {
@@ -86,6 +98,7 @@ impl<A: Address> Stack<A> {
             runs: Runs::default(),
             watch_sent: false,
             sent: VecDeque::new(),
+            forwards: VecDeque::new(),
         }
     }
 
@@ -122,6 +135,16 @@ impl<A: Address> Stack<A> {
     /// is answered, anything that does not authenticate dropped and
     /// counted), then handed to the node.
     pub fn handle_datagram(&mut self, now: Instant, from: A, bytes: &[u8]) {
+        if is_frame(bytes) {
+            self.receive(now, from, bytes);
+            return;
+        }
+        // A relayed peer this stack relays for is known (and sealed for)
+        // by the address it announces.
+        let from = match self.node.relay_served_peer(&from) {
+            Some(peer) => peer.clone(),
+            None => from,
+        };
         let Some(seal) = &mut self.seal else {
             self.node.handle_datagram(now, from, bytes);
             return;
@@ -135,6 +158,76 @@ impl<A: Address> Stack<A> {
                 node.handle_datagram(now, from, &plain[..n]);
             }
         });
+    }
+
+    /// A datagram from the link address `from`, when relays are in play:
+    /// a relay frame (never sealed itself: it carries a datagram sealed
+    /// end to end) is forwarded, as a relay, or opened, as its receiver;
+    /// anything else is opened (keyed) and handed to the node, named by
+    /// its sender's announced address if that is a relayed peer this
+    /// stack relays for.
+    fn receive(&mut self, now: Instant, from: A, bytes: &[u8]) {
+        match wire::peek_kind(bytes) {
+            Some(RELAY_TO) => {
+                let Ok(Message::RelayTo(f)) = Message::<A>::decode(bytes) else {
+                    self.node.relay_frame_dropped();
+                    return;
+                };
+                if f.header.to == self.node.me().addr {
+                    let name = self.node.relay_arrived(now, &from, f.header.from);
+                    self.deliver(now, name, &f.payload);
+                    return;
+                }
+                let len = f.payload.len();
+                let Some((to, from, relayed)) = self.node.relay_forward(now, &from, f.header, len)
+                else {
+                    return;
+                };
+                let header = RelayFromHeader { from, relayed };
+                let out = wire::encode_relay_frame(RELAY_FROM, &header, &f.payload);
+                if self.forwards.len() < FORWARDS {
+                    self.forwards.push_back((to, out.into()));
+                } else {
+                    self.node.relay_frame_dropped();
+                }
+            }
+            Some(RELAY_FROM) => {
+                let Ok(Message::RelayFrom(f)) = Message::<A>::decode(bytes) else {
+                    self.node.relay_frame_dropped();
+                    return;
+                };
+                if f.header.relayed {
+                    self.node.relay_learn(f.header.from.clone(), from, now);
+                }
+                self.deliver(now, f.header.from, &f.payload);
+            }
+            _ => {
+                let name = self.node.relay_served_peer(&from).cloned().unwrap_or(from);
+                self.deliver(now, name, bytes);
+            }
+        }
+    }
+
+    /// A datagram from the peer named `from` (sealed in a keyed swarm),
+    /// to the node. A frame inside a frame is dropped: one level of
+    /// relaying, never more.
+    fn deliver(&mut self, now: Instant, from: A, bytes: &[u8]) {
+        let opened;
+        let plain = match &mut self.seal {
+            None => bytes,
+            Some(seal) => match seal.handle_datagram(now, &from, bytes) {
+                Some(p) => {
+                    opened = p;
+                    &opened[..]
+                }
+                None => return,
+            },
+        };
+        if is_frame(plain) {
+            self.node.relay_frame_dropped();
+            return;
+        }
+        self.node.handle_datagram(now, from, plain);
     }
 
     /// Handles a run received whole from `from`: `len` bytes of `buf`,
@@ -152,6 +245,17 @@ impl<A: Address> Stack<A> {
         let len = len.min(buf.len());
         let stride = stride.max(1);
         let count = len.div_ceil(stride).max(1);
+        let served = self.node.relay_served_peer(&from).is_some();
+        if served || buf[..len].chunks(stride).any(is_frame) {
+            if len == 0 {
+                self.receive(now, from, &[]);
+                return count;
+            }
+            for d in buf[..len].chunks(stride) {
+                self.receive(now, from.clone(), d);
+            }
+            return count;
+        }
         let (len, stride) = match &mut self.seal {
             None => (len, stride),
             Some(seal) => {
@@ -206,12 +310,19 @@ impl<A: Address> Stack<A> {
         if let Some(t) = self.runs.pop() {
             return Some(t);
         }
+        // A peer reached through a relay now: a handshake with it that
+        // went the old way goes again, the new way.
+        while let Some(peer) = self.node.pop_new_route() {
+            if let Some(seal) = &mut self.seal {
+                seal.retry_handshake_now(now, &peer);
+            }
+        }
         match self.queued_transmits() {
             0 => return None,
             // A lone datagram without a key (a lone call's request, its
             // acknowledgement): nothing to gather it with, it leaves as
             // the node made it.
-            1 if self.seal.is_none() => {
+            1 if self.seal.is_none() && self.forwards.is_empty() && self.node.relay_idle() => {
                 let t = self.node.poll_transmit()?;
                 if self.watch_sent {
                     self.sent.push_back(t.clone());
@@ -230,6 +341,9 @@ impl<A: Address> Stack<A> {
     }
 
     fn gather(&mut self, now: Instant, b: Batching) {
+        while let Some((to, bytes)) = self.forwards.pop_front() {
+            self.runs.push(to, bytes, b);
+        }
         for _ in 0..GATHER {
             self.drain_seal(b);
             let Some(t) = self.node.poll_transmit() else {
@@ -238,34 +352,110 @@ impl<A: Address> Stack<A> {
             if self.watch_sent {
                 self.sent.push_back(t.clone());
             }
-            match &mut self.seal {
-                None => self.runs.push(t.to, t.bytes, b),
-                // Sealed now, or queued while its handshake runs (a
-                // refusal is counted in the seal's statistics; the node
-                // retries what needs it).
-                Some(seal) if seal.can_seal(&t.to) && t.bytes.len() <= MAX_PLAINTEXT => {
-                    // Sealed straight into its run.
-                    let size = t.bytes.len() + DATA_OVERHEAD;
-                    let plain = &t.bytes;
-                    let to = t.to.clone();
-                    self.runs.push_with(t.to, size, b, |out| {
-                        seal.seal_segments(now, &to, plain, plain.len(), out)
-                    });
+            if self.node.relay_idle() {
+                self.push_out(now, t.to, t.bytes, b);
+                continue;
+            }
+            // A relayed peer this node relays for: at its source. One
+            // reached through a relay: framed, to the relay (keyed: sealed
+            // for the peer first, framed as it leaves the seal).
+            if let Some(src) = self.node.relay_served_src(&t.to).cloned() {
+                self.push_served(now, t.to, src, t.bytes, b);
+            } else if let Some(relay) = self.node.relay_route(&t.to).cloned() {
+                match &mut self.seal {
+                    None => {
+                        let framed = self.frame(&t.to, &t.bytes);
+                        self.runs.push(relay, framed.into(), b);
+                    }
+                    Some(seal) => {
+                        let _ = seal.send(now, &t.to, &t.bytes);
+                    }
                 }
-                Some(seal) => {
-                    let _ = seal.send(now, &t.to, &t.bytes);
-                }
+            } else {
+                self.push_out(now, t.to, t.bytes, b);
             }
         }
         self.drain_seal(b);
         self.runs.close_all();
     }
 
-    /// Moves what the seal has made (sealed datagrams, handshakes) into runs.
+    /// A datagram for `to`, framed for the relay that reaches it.
+    fn frame(&self, to: &A, bytes: &[u8]) -> Vec<u8> {
+        let header = RelayToHeader {
+            to: to.clone(),
+            from: self.node.relay_claim().cloned(),
+        };
+        wire::encode_relay_frame(RELAY_TO, &header, bytes)
+    }
+
+    /// A datagram of the node for the relayed peer `peer`, which this
+    /// stack relays for, to its source `src`: sealed (keyed) under the
+    /// peer's announced address.
+    fn push_served(&mut self, now: Instant, peer: A, src: A, bytes: Bytes, b: Batching) {
+        match &mut self.seal {
+            None => self.runs.push(src, bytes, b),
+            Some(seal) if seal.can_seal(&peer) && bytes.len() <= MAX_PLAINTEXT => {
+                let size = bytes.len() + DATA_OVERHEAD;
+                let plain = &bytes;
+                self.runs.push_with(src, size, b, |out| {
+                    seal.seal_segments(now, &peer, plain, plain.len(), out)
+                });
+            }
+            Some(seal) => {
+                let _ = seal.send(now, &peer, &bytes);
+            }
+        }
+    }
+
+    /// A datagram of the node to the link address `to`, sealed on the way
+    /// in a keyed swarm.
+    fn push_out(&mut self, now: Instant, to: A, bytes: Bytes, b: Batching) {
+        match &mut self.seal {
+            None => self.runs.push(to, bytes, b),
+            // Sealed now, or queued while its handshake runs (a
+            // refusal is counted in the seal's statistics; the node
+            // retries what needs it).
+            Some(seal) if seal.can_seal(&to) && bytes.len() <= MAX_PLAINTEXT => {
+                // Sealed straight into its run.
+                let size = bytes.len() + DATA_OVERHEAD;
+                let plain = &bytes;
+                let dest = to.clone();
+                self.runs.push_with(to, size, b, |out| {
+                    seal.seal_segments(now, &dest, plain, plain.len(), out)
+                });
+            }
+            Some(seal) => {
+                let _ = seal.send(now, &to, &bytes);
+            }
+        }
+    }
+
+    /// Moves what the seal has made (sealed datagrams, handshakes) into
+    /// runs; what is for a peer reached through a relay is framed and
+    /// sealed again, for the relay.
     fn drain_seal(&mut self, b: Batching) {
-        if let Some(seal) = &mut self.seal {
-            while let Some((to, d)) = seal.poll_transmit() {
+        let Some(seal) = &mut self.seal else {
+            return;
+        };
+        while let Some((to, d)) = seal.poll_transmit() {
+            if self.node.relay_idle() {
                 self.runs.push(to, Bytes::from(d), b);
+                continue;
+            }
+            if let Some(src) = self.node.relay_served_src(&to) {
+                self.runs.push(src.clone(), Bytes::from(d), b);
+                continue;
+            }
+            match self.node.relay_route(&to).cloned() {
+                None => self.runs.push(to, Bytes::from(d), b),
+                Some(relay) => {
+                    let header = RelayToHeader {
+                        to,
+                        from: self.node.relay_claim().cloned(),
+                    };
+                    let framed = wire::encode_relay_frame(RELAY_TO, &header, &d);
+                    self.runs.push(relay, framed.into(), b);
+                }
             }
         }
     }
@@ -275,6 +465,7 @@ impl<A: Address> Stack<A> {
     pub fn queued_transmits(&self) -> usize {
         self.node.queued_transmits()
             + self.runs.len()
+            + self.forwards.len()
             + self.seal.as_deref().map_or(0, SecureCore::queued_transmits)
     }
 

@@ -15,6 +15,12 @@ use crate::secure::{SecureConfig, SecureCore, SwarmKey};
 /// Picks datagrams to drop: `(from, to, bytes)`, true to lose it.
 pub(super) type Drop = Box<dyn FnMut(u32, u32, &[u8]) -> bool>;
 
+/// Where the NATs of symmetric stacks put their mappings: stack `i`'s
+/// mapping towards address `d` (below 1000) is `MAPPED + i * 1000 + d`,
+/// but towards stack 0 (the bootstrap, which tells it where it is seen)
+/// it is `i`, the address it announces.
+pub(super) const MAPPED: u32 = 1_000_000;
+
 /// A run in flight: due time, order of sending, sender, receiver, bytes,
 /// segment size.
 type Flight = Reverse<(Instant, u64, u32, u32, Vec<u8>, usize)>;
@@ -33,6 +39,12 @@ pub(super) struct Sim {
     pub batching: Batching,
     pub chord: Config,
     pub secure: SecureConfig,
+    /// Stacks behind a NAT that maps per destination and lets in only
+    /// the destination of each mapping: only stack 0 reaches the address
+    /// they announce.
+    pub symmetric: Vec<bool>,
+    /// Stacks that are gone: they send, receive and time out no more.
+    pub dead: Vec<bool>,
     flights: BinaryHeap<Flight>,
     seq: u64,
     rng: u64,
@@ -54,6 +66,8 @@ impl Sim {
                 handshake_retry: Duration::from_millis(100),
                 ..SecureConfig::default()
             },
+            symmetric: Vec::new(),
+            dead: Vec::new(),
             flights: BinaryHeap::new(),
             seq: 0,
             rng: seed,
@@ -90,6 +104,8 @@ impl Sim {
         });
         self.stacks.push(Stack::new(node, seal));
         self.events.push(Vec::new());
+        self.symmetric.push(false);
+        self.dead.push(false);
         addr
     }
 
@@ -111,8 +127,21 @@ impl Sim {
     /// Sends what every stack has to send, and collects their events.
     fn flush(&mut self) {
         for i in 0..self.stacks.len() {
+            if self.dead[i] {
+                continue;
+            }
             while let Some(t) = self.stacks[i].poll_transmit(self.now, self.batching) {
-                let from = i as u32;
+                let mut from = i as u32;
+                if self.symmetric[i] {
+                    // A mapping of its own towards each destination; none
+                    // towards another NAT's mapping.
+                    if t.to >= 1000 {
+                        continue;
+                    }
+                    if t.to != 0 {
+                        from = MAPPED + from * 1000 + t.to;
+                    }
+                }
                 if let Some(drop) = &mut self.drop {
                     if drop(from, t.to, &t.bytes) {
                         continue;
@@ -149,7 +178,13 @@ impl Sim {
         for _ in 0..10_000_000 {
             self.flush();
             let delivery = self.flights.peek().map(|Reverse(f)| f.0);
-            let timer = self.stacks.iter().filter_map(Stack::poll_timeout).min();
+            let timer = self
+                .stacks
+                .iter()
+                .zip(&self.dead)
+                .filter(|(_, dead)| !**dead)
+                .filter_map(|(s, _)| s.poll_timeout())
+                .min();
             let next = match (delivery, timer) {
                 (Some(a), Some(b)) => a.min(b),
                 (a, b) => match a.or(b) {
@@ -169,12 +204,30 @@ impl Sim {
                 let Some(Reverse((_, _, from, to, mut bytes, stride))) = self.flights.pop() else {
                     break;
                 };
-                if let Some(s) = self.stacks.get_mut(to as usize) {
+                let at = if to >= MAPPED {
+                    // Into a NAT's mapping: only from its destination.
+                    let (i, d) = ((to - MAPPED) / 1000, (to - MAPPED) % 1000);
+                    if d != from {
+                        continue;
+                    }
+                    i as usize
+                } else if self.symmetric.get(to as usize) == Some(&true) && from != 0 {
+                    continue;
+                } else {
+                    to as usize
+                };
+                if self.dead.get(at) == Some(&true) {
+                    continue;
+                }
+                if let Some(s) = self.stacks.get_mut(at) {
                     let len = bytes.len();
                     s.handle_run(self.now, from, &mut bytes, len, stride);
                 }
             }
-            for s in &mut self.stacks {
+            for (i, s) in self.stacks.iter_mut().enumerate() {
+                if self.dead[i] {
+                    continue;
+                }
                 if s.poll_timeout().is_some_and(|t| t <= self.now) {
                     s.handle_timeout(self.now);
                 }

@@ -238,3 +238,114 @@ fn datagrams_of_one_size_leave_in_runs_and_arrive_whole_keyed_or_not() {
         assert_eq!(clear, k.is_none(), "keyed: {}", k.is_some());
     }
 }
+
+/// Three public stacks (0 starts the swarm) and two behind NATs that map
+/// per destination (3 and 4, which only 0 reaches at the address they
+/// announce): the two reserve relays, join the ring, and exchange
+/// confirmed sends both ways, each received once, through relays that
+/// read nothing in a keyed swarm. Then the relay of 3 dies: 3 holds a
+/// reservation with another within two stabilize periods, the ring heals,
+/// and sends both ways are confirmed and received once again. Twenty
+/// seeds, each a different run; `loss` of the datagrams lost.
+fn relayed_peers_recover_when_their_relay_dies(key: Option<&SwarmKey>, seed: u64, loss: f64) {
+    let mut sim = Sim::new(seed);
+    sim.loss = loss;
+    sim.chord.stabilize_interval = Duration::from_millis(500);
+    sim.chord.request_timeout = Duration::from_millis(100);
+    let first = sim.add(key);
+    sim.stacks[0].set_reach(chord::Reach::Public);
+    sim.stacks[0].create(sim.now);
+    for _ in 1..5 {
+        let a = sim.add(key);
+        if a >= 3 {
+            sim.symmetric[a as usize] = true;
+            sim.stacks[a as usize].set_reach(chord::Reach::Symmetric);
+        } else {
+            sim.stacks[a as usize].set_reach(chord::Reach::Public);
+        }
+        sim.stacks[a as usize].join(first, sim.now);
+        sim.run_for(Duration::from_secs(2));
+    }
+    sim.run_for(Duration::from_secs(10));
+    let all = [0, 1, 2, 3, 4];
+    for i in [3, 4] {
+        assert!(sim.joined(i), "{i} joined");
+        let relay = sim.stacks[i as usize].node().relay().copied();
+        assert!(relay.is_some_and(|r| r < 3), "{i}'s relay: {relay:?}");
+    }
+    assert_ring(&sim, &all);
+    let path = |sim: &Sim, from: u32, to: u32| sim.stacks[from as usize].node().path(&to);
+    assert_eq!(path(&sim, 3, 4), chord::Path::Relayed);
+    assert_eq!(path(&sim, 4, 3), chord::Path::Relayed);
+    let exchange = |sim: &mut Sim, round: &str| {
+        let a = send(sim, 3, 4, format!("{round} 3 to 4").as_bytes());
+        let b = send(sim, 4, 3, format!("{round} 4 to 3").as_bytes());
+        sim.run_for(Duration::from_secs(5));
+        assert!(delivered(sim, 3, a), "{round}: 3 to 4 confirmed");
+        assert!(delivered(sim, 4, b), "{round}: 4 to 3 confirmed");
+    };
+    exchange(&mut sim, "first");
+    let forwarded: u64 = (0..3)
+        .map(|i| sim.stacks[i].node().stats().relayed_frames)
+        .sum();
+    assert!(forwarded > 0);
+    if key.is_some() {
+        assert!(!sim
+            .wire
+            .iter()
+            .any(|(_, _, d)| d.windows(6).any(|w| w == b"3 to 4" || w == b"4 to 3")));
+    }
+
+    let dead = sim.stacks[3].node().relay().copied().unwrap();
+    sim.dead[dead as usize] = true;
+    let lost = sim.now;
+    let period = sim.chord.stabilize_interval;
+    let mut moved = None;
+    while sim.now < lost + period * 4 {
+        sim.run_for(Duration::from_millis(10));
+        let r = sim.stacks[3].node().relay().copied();
+        if r.is_some_and(|r| r != dead) {
+            moved = Some(sim.now - lost);
+            break;
+        }
+    }
+    let moved = moved.expect("3 found another relay");
+    assert!(
+        moved <= period * 2,
+        "3 moved to another relay after {moved:?}"
+    );
+    assert!(sim.stacks[3].node().stats().relays_lost >= 1);
+    sim.run_for(Duration::from_secs(10));
+    let live: Vec<u32> = all.iter().copied().filter(|&i| i != dead).collect();
+    assert_ring(&sim, &live);
+    exchange(&mut sim, "second");
+    for (i, j) in [(3, 4), (4, 3)] {
+        let got = sim.received(j);
+        for round in ["first", "second"] {
+            let want = format!("{round} {i} to {j}").into_bytes();
+            assert_eq!(got.iter().filter(|p| **p == want).count(), 1, "{got:?}");
+        }
+    }
+}
+
+#[test]
+fn relayed_peers_recover_when_their_relay_dies_plain() {
+    for seed in 1..=20 {
+        relayed_peers_recover_when_their_relay_dies(None, seed, 0.0);
+    }
+}
+
+#[test]
+fn relayed_peers_recover_when_their_relay_dies_keyed() {
+    for seed in 1..=20 {
+        relayed_peers_recover_when_their_relay_dies(Some(&key(9)), seed, 0.0);
+    }
+}
+
+#[test]
+fn relayed_peers_recover_when_their_relay_dies_over_a_lossy_network() {
+    for seed in 1..=20 {
+        relayed_peers_recover_when_their_relay_dies(None, seed, 0.01);
+        relayed_peers_recover_when_their_relay_dies(Some(&key(9)), seed, 0.01);
+    }
+}

@@ -3,6 +3,7 @@
 mod data;
 mod identity;
 mod punch;
+mod relay;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -111,6 +112,8 @@ enum Waiting<A> {
     },
     /// A `PunchRequest` to a rendezvous, for a punch towards `target`.
     PunchRequest { target: Hash },
+    /// A `RelayReserve` to `relay` (see `relay.rs`).
+    Reserve { relay: A },
     /// A punch packet to `peer` (see `punch.rs`).
     PunchPing { peer: NodeRef<A> },
 }
@@ -295,6 +298,7 @@ pub struct LocalNode<A> {
     relays: Vec<Relay<A>>,
     /// Hole punching: punches under way, introductions, punched paths.
     punch: punch::PunchState<A>,
+    relay: relay::RelayState<A>,
     /// The DHT store, made on first use (see `node/store.rs`).
     store: Option<Box<store::StoreState<A>>>,
 }
@@ -395,6 +399,7 @@ impl<A: Address> LocalNode<A> {
             provisional: false,
             relays: Vec::new(),
             punch: punch::PunchState::default(),
+            relay: relay::RelayState::default(),
             store: None,
         })
     }
@@ -624,6 +629,7 @@ impl<A: Address> LocalNode<A> {
                 .map_or(0, |i| size_of::<identity::Identity<A>>() + i.heap_bytes())
             + vec_bytes::<PastPeer<A>>(self.past.capacity())
             + self.punch.heap_bytes()
+            + self.relay.heap_bytes()
             + queues
     }
 
@@ -888,6 +894,7 @@ impl<A: Address> LocalNode<A> {
             .chain(outgoing)
             .chain(self.next_tick)
             .chain(self.punch.next_timer())
+            .chain(self.relay.next_timer())
             .min()
     }
 
@@ -924,6 +931,7 @@ impl<A: Address> LocalNode<A> {
         }
         self.outgoing_timeouts(now);
         self.punch_timers(now);
+        self.relay_timers(now);
         if self.next_tick.is_some_and(|t| t <= now) {
             self.tick(now);
         }
@@ -1014,7 +1022,8 @@ impl<A: Address> LocalNode<A> {
             | Message::Observe(_)
             | Message::PunchRequest(_)
             | Message::PunchOffer(_)
-            | Message::PunchSync(_) => Arrival::Request,
+            | Message::PunchSync(_)
+            | Message::RelayReserve(_) => Arrival::Request,
             _ => Arrival::Reply,
         };
         let allowed = self.sources.arrived(&from, bytes.len(), kind, now);
@@ -1076,6 +1085,12 @@ impl<A: Address> LocalNode<A> {
             Message::PunchOffer(m) => self.on_punch_offer(from, m, now),
             Message::PunchAnswer(m) => self.on_punch_answer(from, m, now),
             Message::PunchSync(m) => self.on_punch_sync(from, m, now),
+            Message::PunchRelayed(m) => self.on_punch_relayed(from, m, now),
+            Message::RelayReserve(m) => self.on_relay_reserve(from, m, now),
+            Message::RelayReserved(m) => self.on_relay_reserved(m, now),
+            // Frames are the stack's: one that reaches the node came
+            // inside another frame, or from a stack that does not relay.
+            Message::RelayTo(_) | Message::RelayFrom(_) => self.stats.relay_dropped += 1,
             Message::Store(m) => self.on_store(from, m, now),
             Message::StoreFragment(m) => self.on_store_fragment(from, m, now),
         }
@@ -1969,6 +1984,7 @@ impl<A: Address> LocalNode<A> {
         self.check_predecessor(now);
         self.probe_past(now);
         self.keepalives(now);
+        self.relay_expire(now);
         for _ in 0..self.cfg.fingers_per_tick {
             self.fix_next_finger(now);
         }
@@ -2123,6 +2139,9 @@ impl<A: Address> LocalNode<A> {
         if p.retries_left == self.cfg.request_retries || p.retries_left == 0 {
             self.punch_on_timeout(&p.to, &p.waiting, now);
         }
+        if p.retries_left == 0 {
+            self.forget_relay_route(&p.to, now);
+        }
         if p.retries_left > 0 {
             let first_retry = p.retries_left == self.cfg.request_retries;
             // A broadcast child's arc is re-covered now, once (below, after
@@ -2179,6 +2198,7 @@ impl<A: Address> LocalNode<A> {
             }
             Waiting::Admit { .. } => self.stats.admissions_failed += 1,
             Waiting::PunchRequest { target } => self.punch_attempt_failed(&target, now),
+            Waiting::Reserve { relay } => self.relay_lost(relay, now),
             Waiting::PunchPing { peer } => self.punch_ping_expired(&peer, now),
             Waiting::Confirm { lookup, owner, .. } => {
                 // The owner named is dead (or unreachable): forget it and

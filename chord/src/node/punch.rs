@@ -34,7 +34,9 @@ use rustc_hash::FxHashMap;
 
 use super::{Address, LocalNode, Phase, Waiting};
 use crate::hash::Hash;
-use crate::wire::{Message, NodeRef, Ping, PunchAnswer, PunchOffer, PunchRequest, PunchSync};
+use crate::wire::{
+    Message, NodeRef, Ping, PunchAnswer, PunchOffer, PunchRelayed, PunchRequest, PunchSync,
+};
 
 /// Rendezvous a punch tries before it fails.
 pub(super) const ATTEMPTS: usize = 2;
@@ -82,6 +84,10 @@ pub enum Path {
     /// Through a hole punched in the NATs between them; kept open by
     /// keepalives.
     Punched,
+    /// Through a relay: the peer sits behind a NAT that maps per
+    /// destination and holds a reservation with a public peer, or this
+    /// node does (see `relay.rs`).
+    Relayed,
 }
 
 impl std::fmt::Display for Path {
@@ -89,6 +95,7 @@ impl std::fmt::Display for Path {
         f.write_str(match self {
             Path::Direct => "direct",
             Path::Punched => "punched",
+            Path::Relayed => "relayed",
         })
     }
 }
@@ -108,6 +115,9 @@ struct Session<A> {
     fire_at: Option<Instant>,
     /// Where the rendezvous sees the target.
     seen: Option<A>,
+    /// The target was reached through a relay that stopped answering: a
+    /// failure is not remembered (its new relay may be known soon).
+    relayed: bool,
 }
 
 /// An introduction this node carries as rendezvous, or waits on as target.
@@ -258,10 +268,16 @@ impl<A: Address> LocalNode<A> {
 
     /// How this node reaches the peer at `addr`.
     pub fn path(&self, addr: &A) -> Path {
-        if self.punch.paths.contains_key(addr) {
-            Path::Punched
-        } else {
-            Path::Direct
+        if self.relay_served_src(addr).is_some() {
+            // A relayed peer this node relays for: at its NAT's mapping.
+            return Path::Direct;
+        }
+        match self.relay_route(addr) {
+            // A relayed node reaches its own relay straight.
+            Some(r) if r == addr => Path::Direct,
+            Some(_) => Path::Relayed,
+            None if self.punch.paths.contains_key(addr) => Path::Punched,
+            None => Path::Direct,
         }
     }
 
@@ -272,7 +288,13 @@ impl<A: Address> LocalNode<A> {
         // A joining node punches too: its successor may sit behind a NAT,
         // and the join completes only once that successor answers.
         let joining = matches!(self.phase, Phase::Joining { .. });
-        if !(self.phase == Phase::Joined || joining) || self.sources.is_verified(to) {
+        // Through a relay that may have stopped answering (or, for a
+        // relayed node, its own relay, which may not reach the target):
+        // the target is asked (through a rendezvous) for the relay it
+        // holds now. The route itself is forgotten only when the request
+        // runs out of retries.
+        let relayed = self.relay_route(to).is_some();
+        if !(self.phase == Phase::Joined || joining) || (self.sources.is_verified(to) && !relayed) {
             return;
         }
         let target = match waiting {
@@ -284,7 +306,20 @@ impl<A: Address> LocalNode<A> {
             _ => None,
         };
         if let Some(target) = target.filter(|t| t.addr == *to) {
+            if relayed {
+                self.punch.failed.retain(|(id, _)| *id != target.id);
+            }
             self.start_punch(target, now);
+            if relayed {
+                if let Some(s) = self
+                    .punch
+                    .sessions
+                    .iter_mut()
+                    .find(|s| s.target.addr == *to)
+                {
+                    s.relayed = true;
+                }
+            }
         }
     }
 
@@ -324,6 +359,7 @@ impl<A: Address> LocalNode<A> {
             asked_at: now,
             fire_at: None,
             seen: None,
+            relayed: false,
         });
         let at = self.punch.sessions.len() - 1;
         self.punch_attempt(at, now);
@@ -397,6 +433,9 @@ impl<A: Address> LocalNode<A> {
         let s = self.punch.sessions.swap_remove(at);
         self.stats.punches_failed += 1;
         tracing::debug!(me = %self.me.id.short(), target = ?s.target.addr, "punch failed");
+        if s.relayed {
+            return;
+        }
         if self.punch.failed.len() >= FAILURES {
             self.punch.failed.remove(0);
         }
@@ -480,7 +519,20 @@ impl<A: Address> LocalNode<A> {
             self.stats.dropped_unexpected += 1;
             return;
         }
+        if let Some(relay) = self.relay().cloned() {
+            // Reached through a relay: the initiator reaches it there.
+            let answer = Message::PunchRelayed(PunchRelayed {
+                txn: m.txn,
+                target: self.me.clone(),
+                relay,
+            });
+            self.reply(from, answer.encode());
+            return;
+        }
         let punchable = self.punch.reach != Reach::Symmetric;
+        if !punchable {
+            self.relay_asked(m.origin.addr.clone());
+        }
         self.punch.offered.retain(|o| o.until > now);
         let known = self
             .punch
@@ -551,6 +603,69 @@ impl<A: Address> LocalNode<A> {
         self.arm(fire);
         let sync = Message::<A>::PunchSync(PunchSync { txn: m.txn }).encode();
         self.push_transmit(pending.to, sync);
+    }
+
+    /// As rendezvous, a relayed target's answer: passed on to the
+    /// initiator. As initiator: the target is reached through its relay
+    /// from now on, and what waits for it goes there at once.
+    pub(super) fn on_punch_relayed(&mut self, from: A, m: PunchRelayed<A>, now: Instant) {
+        if let Some(at) = self
+            .punch
+            .relaying
+            .iter()
+            .position(|r| r.txn == m.txn && r.to == from && r.until > now)
+        {
+            let r = self.punch.relaying.swap_remove(at);
+            self.push_transmit(r.from, Message::PunchRelayed(m).encode());
+            return;
+        }
+        let Some(pending) = self.take_reply(m.txn, |w| matches!(w, Waiting::PunchRequest { .. }))
+        else {
+            return;
+        };
+        self.verified(pending.to, now);
+        let Some(at) = self
+            .punch
+            .sessions
+            .iter()
+            .position(|s| s.txn == m.txn && s.target.id == m.target.id)
+        else {
+            self.stats.dropped_unexpected += 1;
+            return;
+        };
+        let s = self.punch.sessions.swap_remove(at);
+        self.stats.punches_relayed += 1;
+        self.punch.failed.retain(|(id, _)| *id != s.target.id);
+        tracing::debug!(me = %self.me.id.short(), target = ?s.target.addr, relay = ?m.relay, "reached through a relay");
+        self.relay_learn(s.target.addr.clone(), m.relay, now);
+        self.resend_to(&s.target.addr, now);
+    }
+
+    /// Forgets the failed punches to the nodes `ids`.
+    pub(super) fn forget_punch_failures(&mut self, ids: &[Hash]) {
+        if !ids.is_empty() {
+            self.punch.failed.retain(|(id, _)| !ids.contains(id));
+        }
+    }
+
+    /// Sends the requests waiting for `to` again at once, with a fresh
+    /// timeout (a new way there opened).
+    pub(super) fn resend_to(&mut self, to: &A, now: Instant) {
+        let deadline = now + self.cfg.request_timeout;
+        let mut again = Vec::new();
+        for p in self.pending.values_mut() {
+            if p.to == *to && !matches!(p.waiting, Waiting::PunchPing { .. }) {
+                p.deadline = deadline;
+                p.held = false;
+                again.push(p.bytes.clone());
+            }
+        }
+        if !again.is_empty() {
+            self.arm(deadline);
+        }
+        for bytes in again {
+            self.push_transmit(to.clone(), bytes);
+        }
     }
 
     /// As rendezvous: the initiator's sync goes on to the target. As
@@ -634,21 +749,7 @@ impl<A: Address> LocalNode<A> {
             self.stats.punches_answered += 1;
         }
         self.punch.failed.retain(|(id, _)| *id != peer.id);
-        let deadline = now + self.cfg.request_timeout;
-        let mut again = Vec::new();
-        for p in self.pending.values_mut() {
-            if p.to == to && !matches!(p.waiting, Waiting::PunchPing { .. }) {
-                p.deadline = deadline;
-                p.held = false;
-                again.push(p.bytes.clone());
-            }
-        }
-        if !again.is_empty() {
-            self.arm(deadline);
-        }
-        for bytes in again {
-            self.push_transmit(to.clone(), bytes);
-        }
+        self.resend_to(&to, now);
     }
 
     /// Once a period: punched paths to peers of the table that have been

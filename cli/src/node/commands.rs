@@ -343,6 +343,7 @@ pub(super) async fn execute(
                 "punches_introduced": s.core.punches_introduced,
                 "punches_answered": s.core.punches_answered,
                 "keepalives_sent": s.core.keepalives_sent,
+                "relay": relay_stats(&s.core),
                 "secure": s.secure.map(|k| json!({
                     "sessions": k.sessions,
                     "handshakes_completed": k.handshakes_completed,
@@ -423,4 +424,17 @@ fn spawn_send(peer: &Arc<SwarmPeer>, out: Out, duplicates: u8, rest: &str) {
             })),
         }
     });
+}
+
+/// The relay counters of a `stats` event.
+fn relay_stats(c: &cicada::chord::Stats) -> serde_json::Value {
+    json!({
+        "punches_relayed": c.punches_relayed,
+        "reservations": c.relay_reservations,
+        "lost": c.relays_lost,
+        "frames": c.relayed_frames,
+        "bytes": c.relayed_bytes,
+        "dropped": c.relay_dropped,
+        "refused": c.relay_refused,
+    })
 }

@@ -16,7 +16,7 @@
 //! listen KEY                an `update` event for each value stored under KEY
 //! announce TOPIC            name this peer under TOPIC (one hour)
 //! find TOPIC                the peers that announced TOPIC
-//! peers                     the routing state (each peer with its path: direct or punched), successor and predecessor
+//! peers                     the routing state (each peer with its path: direct, punched or relayed), successor and predecessor
 //! fingers                   the distinct fingers, nearest first
 //! stats                     the counters
 //! nat                       the NAT status (also printed whenever it changes)
@@ -104,6 +104,16 @@ pub struct NodeArgs {
     /// Keepalive interval of punched paths in milliseconds.
     #[arg(long, default_value_t = 25_000)]
     keepalive_ms: u64,
+    /// Peers this node relays for at once, when reachable first (public
+    /// or mapped).
+    #[arg(long, default_value_t = 32)]
+    relay_peers: usize,
+    /// Bytes per second this node forwards as a relay, in all.
+    #[arg(long, default_value_t = 1 << 20)]
+    relay_rate: u64,
+    /// Relay for nobody.
+    #[arg(long)]
+    no_relay: bool,
     /// Nodes that hold each value of the DHT store (the key's owner and
     /// its next successors).
     #[arg(long, default_value_t = 3)]
@@ -200,6 +210,10 @@ async fn run(args: NodeArgs, out: Out) -> Result<(), String> {
         .stabilize_interval(Duration::from_millis(args.stabilize_ms))
         .request_timeout(Duration::from_millis(args.request_timeout_ms))
         .keepalive_interval(Duration::from_millis(args.keepalive_ms))
+        .relay_limits(
+            if args.no_relay { 0 } else { args.relay_peers },
+            args.relay_rate,
+        )
         .replicas(args.replicas)
         .lookup_timeout(Duration::from_millis(args.lookup_timeout_ms))
         .send_timeout(Duration::from_millis(args.send_timeout_ms))

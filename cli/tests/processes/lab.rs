@@ -381,10 +381,10 @@ fn a_swarm_over_public_hosts_and_nats_routes_sends_and_knows_where_it_stands() {
     );
     exchange(&mut n, &lone, "from-behind-a-symmetric-nat");
     // A public peer joins between them (its id after the NATed peer's, so
-    // that its successor is the public one: docs/nat.md says why). A send
-    // from the NATed peer to it arrives, but its confirmation goes to the
-    // address the NATed peer announces, which the symmetric NAT opened for
-    // the bootstrap only: the sender reports a failure, not silence.
+    // that its successor is the public one). The NATed peer, which knows
+    // now that its NAT maps per destination, holds a reservation with the
+    // bootstrap and sends through it: the public peer learns that it is
+    // reached there, and its confirmation comes back the same way.
     let (n_id, l_id) = (n.id.clone(), lone.id.clone());
     let between = |id: &str| {
         if n_id < l_id {
@@ -404,23 +404,27 @@ fn a_swarm_over_public_hosts_and_nats_routes_sends_and_knows_where_it_stands() {
         &[],
     );
     let mark = n.len();
-    n.cmd(&format!("send {} unconfirmed-symmetric", x.addr));
+    n.cmd(&format!("send {} relayed-symmetric", x.addr));
     let sent = n.wait_for(mark, Duration::from_secs(10), is("sent"));
     assert!(
         x.wait_for(
             0,
             Duration::from_secs(5),
-            recv_of("unconfirmed-symmetric".into())
+            recv_of("relayed-symmetric".into())
         )
         .is_some(),
         "{} never received the send from behind the symmetric NAT",
         x.addr
     );
-    assert_eq!(x.all(recv_of("unconfirmed-symmetric".into())).len(), 1);
+    assert_eq!(x.all(recv_of("relayed-symmetric".into())).len(), 1);
     assert!(
-        sent.as_ref()
-            .is_some_and(|v| v["ok"] == false && v["error"].is_string()),
+        sent.as_ref().is_some_and(|v| v["ok"] == true),
         "the sender behind a symmetric NAT: {sent:?}"
+    );
+    assert_eq!(
+        relay_of(&mut n).as_deref(),
+        Some(lone.addr.as_str()),
+        "the NATed peer is relayed by its bootstrap"
     );
     drop((n, lone, x));
 
@@ -818,4 +822,177 @@ fn a_swarm_with_peers_behind_eim_nats_is_whole() {
     }
     eprintln!("punches that opened a path in the swarm of nine: {punched}");
     assert!(punched >= 1, "nobody needed a punch");
+}
+
+/// The address of the peer `node` reaches straight while every other one
+/// is relayed: a relayed node's own relay.
+fn relay_of(node: &mut Node) -> Option<String> {
+    let paths = paths_of(node);
+    let direct: Vec<&(String, String)> = paths.iter().filter(|(_, p)| p == "direct").collect();
+    let relayed = paths.iter().filter(|(_, p)| p == "relayed").count();
+    (direct.len() == 1 && relayed + 1 == paths.len()).then(|| direct[0].0.clone())
+}
+
+/// Waits until `node` is reached through a relay other than `not`.
+fn wait_relay(node: &mut Node, not: Option<&str>, within: Duration) -> Option<String> {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if let Some(r) = relay_of(node).filter(|r| Some(r.as_str()) != not) {
+            return Some(r);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// The relayed cells of the NAT matrix: A behind gw1 and B behind gw2,
+/// both symmetric NATs without any mapping service, C behind gw3, an
+/// endpoint-independent one, and three public peers on pub1 and pub2. A
+/// and B learn how their NATs map (by observing a peer on the other
+/// public host) and each holds a reservation with a public peer; the ring
+/// of six is correct, and A's, B's and C's sends to each other (and all
+/// pairs') are confirmed and arrive exactly once, A and B reporting each
+/// other `relayed`. Then A's relay is killed: A holds a reservation with
+/// another public peer, the ring of five heals, and all pairs' sends are
+/// confirmed and arrive once again.
+#[test]
+fn peers_behind_symmetric_nats_reach_each_other_through_a_relay() {
+    relayed_cells("relay_symmetric", None);
+}
+
+/// The same in a keyed swarm: every peer holds the swarm key, and the
+/// relays carry datagrams sealed end to end.
+#[test]
+fn peers_behind_symmetric_nats_reach_each_other_through_a_relay_in_a_keyed_swarm() {
+    let dir = std::env::temp_dir().join(format!("cicada-relay-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key");
+    SwarmKey::generate().unwrap().write_file(&key).unwrap();
+    relayed_cells("relay_keyed", Some(key.to_str().unwrap()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The test of the relayed cells, in a lab named `name`, every peer with
+/// the swarm key file `key` if given.
+fn relayed_cells(name: &str, key: Option<&str>) {
+    let _g = heavy();
+    let extra: Vec<&str> = key.map(|k| vec!["--swarm-key", k]).unwrap_or_default();
+    let extra = &extra[..];
+    let knobs = [
+        ("NETLAB_PUBLIC", "2"),
+        ("NETLAB_LANS", "3"),
+        ("NETLAB_HOSTS", "1"),
+        ("NETLAB_NAT", "symmetric"),
+        ("NETLAB_GW3_NAT", "eim"),
+        ("NETLAB_UPNP", "no"),
+        ("NETLAB_NATPMP", "no"),
+    ];
+    let Some(lab) = Lab::up(name, &knobs) else {
+        return;
+    };
+    let (pub1, pub2) = (lab.ip("pub1"), lab.ip("pub2"));
+    let (gw1, gw2) = (lab.ip("gw1"), lab.ip("gw2"));
+    let first = format!("{pub1}:44001");
+    let second = format!("{pub2}:44002");
+    let mut nodes = vec![start(&lab, "pub1", "0.0.0.0:44001", None, extra)];
+    nodes.push(start(&lab, "pub2", "0.0.0.0:44002", Some(&first), extra));
+    nodes.push(start(&lab, "pub1", "0.0.0.0:44003", Some(&first), extra));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[0].all(is("address")).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    refresh(&mut nodes[0]);
+    // A, then B: each learns that its NAT maps per destination, and holds
+    // a reservation with a public peer.
+    for (role, bind, gw) in [
+        ("lan1-1", "0.0.0.0:44004", &gw1),
+        ("lan2-1", "0.0.0.0:44005", &gw2),
+    ] {
+        let mut n = start(&lab, role, bind, Some(&first), extra);
+        observe_and_expect(&mut n, &second, gw, "address-dependent");
+        let relay = wait_relay(&mut n, None, Duration::from_secs(10));
+        assert!(
+            relay.is_some(),
+            "{role}: no relay; paths {:?}",
+            paths_of(&mut n)
+        );
+        nodes.push(n);
+    }
+    // C, behind an endpoint-independent NAT.
+    nodes.push(start(&lab, "lan3-1", "0.0.0.0:44006", Some(&second), extra));
+    for n in nodes.iter_mut() {
+        refresh(n);
+    }
+    let six: Vec<usize> = (0..6).collect();
+    wait_ring(&mut nodes, &six, Duration::from_secs(30)).expect("the ring of six");
+    all_pairs(&mut nodes, &[3, 4], &[3, 4], "sym-sym").expect("A and B reach each other");
+    all_pairs(&mut nodes, &[3, 4, 5], &[3, 4, 5], "sym-eim").expect("A, B and C");
+    all_pairs(&mut nodes, &six, &six, "six").expect("all pairs of six");
+    let (a, b) = (nodes[3].addr.clone(), nodes[4].addr.clone());
+    // A and B reach every peer through a relay but their own; the NATed
+    // peers reach them through one; a public peer reaches them through
+    // one, or straight where it relays for them (it holds a place for
+    // their relay's reservation, or for a frame they sent through it).
+    let relays: Vec<String> = [3, 4]
+        .iter()
+        .map(|&i| relay_of(&mut nodes[i]).expect("a relay"))
+        .collect();
+    let mut seen = 0;
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let me = node.addr.clone();
+        for (addr, path) in paths_of(node) {
+            for (k, x) in [&a, &b].into_iter().enumerate() {
+                if addr == *x {
+                    seen += 1;
+                    let want: &[&str] = if relays[k] == me {
+                        &["direct"]
+                    } else if i >= 3 {
+                        &["relayed"]
+                    } else {
+                        &["relayed", "direct"]
+                    };
+                    assert!(want.contains(&path.as_str()), "{me}'s path to {x}: {path}");
+                }
+            }
+        }
+    }
+    assert!(seen >= 2, "nobody holds A or B in its routing state");
+    eprintln!(
+        "A {a} relayed by {}, B {b} relayed by {}",
+        relays[0], relays[1]
+    );
+
+    // A's relay goes: A moves to another public peer.
+    let dead = nodes
+        .iter()
+        .position(|n| n.addr == relays[0])
+        .expect("A's relay is a member");
+    nodes[dead].kill();
+    let killed = Instant::now();
+    let moved = wait_relay(&mut nodes[3], Some(&relays[0]), Duration::from_secs(10));
+    let took = killed.elapsed();
+    assert!(
+        moved.is_some(),
+        "A found no other relay: {:?}",
+        paths_of(&mut nodes[3])
+    );
+    eprintln!("A moved to {moved:?} {took:?} after its relay was killed");
+    let live: Vec<usize> = six.iter().copied().filter(|&i| i != dead).collect();
+    wait_ring(&mut nodes, &live, Duration::from_secs(30)).expect("the ring of five");
+    all_pairs(&mut nodes, &[3, 4], &[3, 4], "after").expect("A and B after the kill");
+    all_pairs(&mut nodes, &live, &live, "five").expect("all pairs of five");
+    for &i in &live {
+        let s = stats_of(&mut nodes[i]);
+        eprintln!(
+            "{}: relay reservations {} lost {} frames {} bytes {} dropped {} refused {}; punches relayed {}",
+            nodes[i].addr,
+            s["relay"]["reservations"],
+            s["relay"]["lost"],
+            s["relay"]["frames"],
+            s["relay"]["bytes"],
+            s["relay"]["dropped"],
+            s["relay"]["refused"],
+            s["relay"]["punches_relayed"]
+        );
+    }
 }
