@@ -23,6 +23,8 @@ pub(crate) enum Command<A> {
         target: chord::Target,
         payload: Bytes,
         duplicates: u8,
+        /// Given up after this (at most the send timeout).
+        timeout: Option<std::time::Duration>,
         reply: Reply<Reached<A>>,
     },
     Broadcast {

@@ -117,8 +117,14 @@ impl<L: Link> State<L> {
                 target,
                 payload,
                 duplicates,
+                timeout,
                 reply,
-            } => match self.stack.send(target, payload, duplicates, now) {
+            } => match match timeout {
+                Some(t) => self
+                    .stack
+                    .send_by(target, payload, duplicates, now + t, now),
+                None => self.stack.send(target, payload, duplicates, now),
+            } {
                 Ok(id) => {
                     self.sends.insert(id, reply);
                 }

@@ -57,7 +57,8 @@ impl SwarmPeer {
         target: impl Into<SendTarget>,
         data: impl Into<Bytes>,
     ) -> Result<Delivery> {
-        self.send_confirmed(target.into(), data.into(), 0).await
+        self.send_confirmed(target.into(), data.into(), 0, None)
+            .await
     }
 
     /// Like [`send`](Self::send), with [`SendOptions`]: extra copies
@@ -66,11 +67,11 @@ impl SwarmPeer {
     /// (`timeout`).
     ///
     /// When `timeout` passes before the destination confirmed, the call
-    /// fails with [`Error::Timeout`] ([`Operation::Send`]). The message is
-    /// not withdrawn: the peer goes on trying until its own
-    /// [`send_timeout`](crate::PeerConfig::send_timeout), so it may still arrive,
-    /// as after any lost acknowledgement. A `timeout` longer than
-    /// `send_timeout` does not extend those attempts.
+    /// fails with [`Error::Timeout`] ([`Operation::Send`]) and the message
+    /// is withdrawn: the peer makes no attempt after it. One already under
+    /// way may still arrive, as after any lost acknowledgement. A `timeout`
+    /// longer than [`send_timeout`](crate::PeerConfig::send_timeout) does
+    /// not extend the attempts.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -94,15 +95,21 @@ impl SwarmPeer {
         data: impl Into<Bytes>,
         options: SendOptions,
     ) -> Result<Delivery> {
-        let sent = self.send_confirmed(target.into(), data.into(), options.duplicates);
-        match options.timeout {
-            None => sent.await,
-            Some(after) => tokio::time::timeout(after, sent)
-                .await
-                .unwrap_or(Err(Error::Timeout {
-                    op: Operation::Send,
-                    after,
-                })),
+        let until = options.timeout.map(|t| std::time::Instant::now() + t);
+        let sent = self.send_confirmed(target.into(), data.into(), options.duplicates, until);
+        let timed_out = Error::Timeout {
+            op: Operation::Send,
+            after: options.timeout.unwrap_or_default(),
+        };
+        match (options.timeout, until) {
+            (Some(after), Some(until)) => match tokio::time::timeout(after, sent).await {
+                // The peer gives the message up at the same deadline: its
+                // failure then is this timeout.
+                Ok(Err(_)) if std::time::Instant::now() >= until => Err(timed_out),
+                Ok(r) => r,
+                Err(_) => Err(timed_out),
+            },
+            _ => sent.await,
         }
     }
 
@@ -112,13 +119,16 @@ impl SwarmPeer {
         target: SendTarget,
         payload: Bytes,
         duplicates: u8,
+        until: Option<std::time::Instant>,
     ) -> Result<Delivery> {
         let target = self.target(target).await?;
+        let timeout = until.map(|u| u.saturating_duration_since(std::time::Instant::now()));
         let (to, hops) = self
             .ask(|reply| Command::Send {
                 target,
                 payload,
                 duplicates,
+                timeout,
                 reply,
             })
             .await??;

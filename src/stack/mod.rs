@@ -563,6 +563,20 @@ impl<A: Address> Stack<A> {
         self.node.send(target, payload, duplicates, now)
     }
 
+    /// Sends a confirmed message given up at `deadline`
+    /// ([`LocalNode::send_by`]).
+    pub fn send_by(
+        &mut self,
+        target: Target,
+        payload: impl Into<Bytes>,
+        duplicates: u8,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<MessageId, SendError> {
+        self.node
+            .send_by(target, payload, duplicates, deadline, now)
+    }
+
     /// Sends an unconfirmed datagram ([`LocalNode::send_datagram`]).
     pub fn send_datagram(
         &mut self,

@@ -104,6 +104,27 @@ impl<A: Address> LocalNode<A> {
         duplicates: u8,
         now: Instant,
     ) -> Result<MessageId, SendError> {
+        self.send_by(
+            target,
+            payload,
+            duplicates,
+            now + self.cfg.send_timeout,
+            now,
+        )
+    }
+
+    /// As [`send`](Self::send), but given up at `deadline` when that is
+    /// before the send timeout: no attempt is made after it, and
+    /// [`Event::SendFailed`] reports it then (the message may still have
+    /// arrived, as after any lost confirmation).
+    pub fn send_by(
+        &mut self,
+        target: Target,
+        payload: impl Into<Bytes>,
+        duplicates: u8,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<MessageId, SendError> {
         let payload = payload.into();
         self.check_sendable(payload.len())?;
         if self.outgoing.len() >= self.cfg.max_pending {
@@ -117,7 +138,7 @@ impl<A: Address> LocalNode<A> {
                 payload,
                 duplicates,
                 retry_at: now,
-                deadline: now + self.cfg.send_timeout,
+                deadline: deadline.min(now + self.cfg.send_timeout),
                 avoid: SmallVec::new(),
                 refusals: 0,
                 no_such_node: Verdict::None,

@@ -273,6 +273,40 @@ fn send_between_nodes_is_confirmed_and_delivered_once() {
     );
 }
 
+/// A send given a deadline before the send timeout makes no attempt after
+/// it and fails then.
+#[test]
+fn a_send_by_a_deadline_is_given_up_then() {
+    let (mut nodes, now) = ring_of_three();
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    let target = nodes[2].id();
+    // Node 2 hears nothing from here on: no confirmation comes.
+    let deadline = now + Duration::from_millis(400);
+    let id = nodes[0]
+        .send_by(Target::Node(target), b"x".to_vec(), 0, deadline, now)
+        .unwrap();
+    let now = run(&mut nodes[..2], now, Duration::from_millis(350));
+    assert_eq!(nodes[0].sends_in_flight(), 1);
+    assert!(!events(&mut nodes[0])
+        .iter()
+        .any(|e| matches!(e, Event::SendFailed { .. })));
+    let now = run(&mut nodes[..2], now, Duration::from_millis(100));
+    let ev = events(&mut nodes[0]);
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            Event::SendFailed { id: d, reason: SendError::Timeout } if *d == id
+        )),
+        "{ev:?}"
+    );
+    assert_eq!(nodes[0].sends_in_flight(), 0);
+    // Nothing more for that message: no transmit to node 2 from node 0.
+    run(&mut nodes[..2], now, Duration::from_secs(2));
+    assert_eq!(nodes[0].sends_in_flight(), 0);
+}
+
 /// Regression (fuzz target `node`, crash-0abc4d91): a stabilize request
 /// retried for the first time was out of the pending table while the
 /// backups were probed, so the probes could fill it and the retry went
