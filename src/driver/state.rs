@@ -119,12 +119,10 @@ impl<L: Link> State<L> {
                 duplicates,
                 timeout,
                 reply,
-            } => match match timeout {
-                Some(t) => self
-                    .stack
-                    .send_by(target, payload, duplicates, now + t, now),
-                None => self.stack.send(target, payload, duplicates, now),
-            } {
+            } => match self
+                .stack
+                .send(target, payload, duplicates, timeout.map(|t| now + t), now)
+            {
                 Ok(id) => {
                     self.sends.insert(id, reply);
                 }

@@ -552,29 +552,21 @@ impl<A: Address> Stack<A> {
         self.node.find(topic, now)
     }
 
-    /// Sends a confirmed message ([`LocalNode::send`]).
+    /// Sends a confirmed message ([`LocalNode::send`]), given up at
+    /// `deadline` if that comes before the send timeout
+    /// ([`LocalNode::send_by`]).
     pub fn send(
         &mut self,
         target: Target,
         payload: impl Into<Bytes>,
         duplicates: u8,
+        deadline: Option<Instant>,
         now: Instant,
     ) -> Result<MessageId, SendError> {
-        self.node.send(target, payload, duplicates, now)
-    }
-
-    /// Sends a confirmed message given up at `deadline`
-    /// ([`LocalNode::send_by`]).
-    pub fn send_by(
-        &mut self,
-        target: Target,
-        payload: impl Into<Bytes>,
-        duplicates: u8,
-        deadline: Instant,
-        now: Instant,
-    ) -> Result<MessageId, SendError> {
-        self.node
-            .send_by(target, payload, duplicates, deadline, now)
+        match deadline {
+            Some(d) => self.node.send_by(target, payload, duplicates, d, now),
+            None => self.node.send(target, payload, duplicates, now),
+        }
     }
 
     /// Sends an unconfirmed datagram ([`LocalNode::send_datagram`]).

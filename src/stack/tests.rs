@@ -49,7 +49,7 @@ fn assert_ring(sim: &Sim, members: &[u32]) {
 fn send(sim: &mut Sim, from: u32, to: u32, data: &[u8]) -> MessageId {
     let now = sim.now;
     sim.stacks[from as usize]
-        .send(Target::Node(Sim::id(to)), data.to_vec(), 0, now)
+        .send(Target::Node(Sim::id(to)), data.to_vec(), 0, None, now)
         .expect("accepted")
 }
 
