@@ -130,30 +130,24 @@ impl OwnIrmd {
         let lab = OwnIrmd {
             prefix: format!("x{}-{n}", std::process::id()),
         };
-        let up = Command::new("bash")
-            .arg(ourolab())
+        let ran = |mut cmd: Command, what: &str| {
+            let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+            assert!(
+                out.status.success(),
+                "{what} on lab {}: {}",
+                lab.prefix,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let mut up = Command::new("bash");
+        up.arg(ourolab())
             .args(["up", &lab.prefix])
-            .env("OUROLAB_HOSTS", "1")
-            .output()
-            .expect("run ourolab up");
-        assert!(
-            up.status.success(),
-            "ourolab up {}: {}",
-            lab.prefix,
-            String::from_utf8_lossy(&up.stderr)
-        );
-        let boot = lab
-            .exec()
-            .args(["irm", "ipcp", "bootstrap", "type", "local"])
-            .args(["name", "local_ipcp", "layer", LAYER])
-            .output()
-            .expect("run irm ipcp bootstrap");
-        assert!(
-            boot.status.success(),
-            "a local IPCP on lab {}: {}",
-            lab.prefix,
-            String::from_utf8_lossy(&boot.stderr)
-        );
+            .env("OUROLAB_HOSTS", "1");
+        ran(up, "ourolab up");
+        let mut boot = lab.exec();
+        boot.args(["irm", "ipcp", "bootstrap", "type", "local"])
+            .args(["name", "local_ipcp", "layer", LAYER]);
+        ran(boot, "irm ipcp bootstrap");
         Some(lab)
     }
 

@@ -121,6 +121,18 @@ impl<A: super::Address> RelayState<A> {
         self.routes.remove(peer).is_some()
     }
 
+    /// Forgets the places held past their time.
+    fn drop_expired_places(&mut self, now: Instant) {
+        let by_src = &mut self.by_src;
+        self.served.retain(|_, s| {
+            let keep = s.until > now;
+            if !keep {
+                by_src.remove(&s.src);
+            }
+            keep
+        });
+    }
+
     pub(super) fn heap_bytes(&self) -> usize {
         use crate::memory::{hash_table_bytes, vec_bytes};
         hash_table_bytes(
@@ -389,14 +401,7 @@ impl<A: super::Address> LocalNode<A> {
             return false;
         }
         if r.served.len() >= self.cfg.relay_peers {
-            let by_src = &mut r.by_src;
-            r.served.retain(|_, s| {
-                let keep = s.until > now;
-                if !keep {
-                    by_src.remove(&s.src);
-                }
-                keep
-            });
+            r.drop_expired_places(now);
             if r.served.len() >= self.cfg.relay_peers {
                 self.stats.relay_refused += 1;
                 return false;
@@ -499,14 +504,7 @@ impl<A: super::Address> LocalNode<A> {
     pub(super) fn relay_expire(&mut self, now: Instant) {
         let r = &mut self.relay;
         if !r.served.is_empty() {
-            let by_src = &mut r.by_src;
-            r.served.retain(|_, s| {
-                let keep = s.until > now;
-                if !keep {
-                    by_src.remove(&s.src);
-                }
-                keep
-            });
+            r.drop_expired_places(now);
         }
         if !r.routes.is_empty() {
             let quiet = self.cfg.keepalive_interval * 2;
