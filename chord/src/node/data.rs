@@ -20,18 +20,14 @@ use super::{LocalNode, Phase, Reroute, Waiting};
 use crate::config::MAX_HOPS;
 use smallvec::SmallVec;
 
-use crate::delivery::Assembled;
 use crate::event::{Event, MessageId, SendError, Target};
 use crate::hash::{Hash, Interval};
 use crate::node::Address;
 use crate::routing::NextHop;
-use crate::wire::{
-    Confirmed, Data, DataHeader, Delivered, Message, Mode, NodeRef, Refusal, SuccessorHint,
-    Undeliverable,
-};
+use crate::wire::{Data, DataHeader, Delivered, Message, Mode, NodeRef, Refusal, Undeliverable};
 
 /// Marks the completion of a whole message in the dedup window.
-const WHOLE: u16 = u16::MAX;
+pub(super) const WHOLE: u16 = u16::MAX;
 
 /// A message this node sent and has not yet seen delivered.
 #[derive(Clone, Debug)]
@@ -231,7 +227,7 @@ impl<A: Address> LocalNode<A> {
 
     /// Sends an unconfirmed datagram (message id 0) on to `to`, keeping
     /// nothing: hop id 0 asks for no acknowledgement.
-    fn forward_datagram(&mut self, header: DataHeader<A>, payload: Bytes, to: &A) {
+    pub(super) fn forward_datagram(&mut self, header: DataHeader<A>, payload: Bytes, to: &A) {
         let bytes = Message::Data(Data {
             header: DataHeader { txn: 0, ..header },
             payload,
@@ -240,7 +236,7 @@ impl<A: Address> LocalNode<A> {
         self.push_transmit(to.clone(), bytes);
     }
 
-    fn check_sendable(&self, len: usize) -> Result<(), SendError> {
+    pub(super) fn check_sendable(&self, len: usize) -> Result<(), SendError> {
         match self.phase {
             Phase::Joined => {}
             Phase::Left => return Err(SendError::Left),
@@ -305,7 +301,7 @@ impl<A: Address> LocalNode<A> {
 
     /// Whether a message from here to `target` would be refused for want
     /// of a route when the first hops in `avoid` are excluded.
-    fn no_route_avoiding(&self, target: Hash, mode: Mode, avoid: &[Hash]) -> bool {
+    pub(super) fn no_route_avoiding(&self, target: Hash, mode: Mode, avoid: &[Hash]) -> bool {
         let probe = self.first_header(0, target, mode, 0, 1);
         matches!(
             self.decide(&probe, avoid),
@@ -315,7 +311,7 @@ impl<A: Address> LocalNode<A> {
 
     /// The header of fragment `frag` of `frags` of message `msg` as it
     /// leaves its origin (this node).
-    fn first_header(
+    pub(super) fn first_header(
         &self,
         msg: u64,
         target: Hash,
@@ -338,7 +334,7 @@ impl<A: Address> LocalNode<A> {
     }
 
     /// Moves a message one step; returns the next hop's id if it was sent on.
-    fn route_data(
+    pub(super) fn route_data(
         &mut self,
         mut header: DataHeader<A>,
         payload: Bytes,
@@ -422,7 +418,7 @@ impl<A: Address> LocalNode<A> {
         }
     }
 
-    fn forward_data(
+    pub(super) fn forward_data(
         &mut self,
         header: DataHeader<A>,
         payload: Bytes,
@@ -530,305 +526,6 @@ impl<A: Address> LocalNode<A> {
         }
     }
 
-    /// A `Data` datagram arrived.
-    pub(super) fn on_data(&mut self, from: A, data: Data<A>, now: Instant) {
-        let txn = data.header.txn;
-        self.confirmed_to = None;
-        self.on_data_inner(from.clone(), data, now);
-        // A destination that confirmed the message to the very node that
-        // handed it over (a one-hop send) has proved the hop with that
-        // `Delivered`: no HopAck besides it.
-        // Hop id 0 (an unconfirmed datagram) asks for no acknowledgement.
-        if self.confirmed_to.take().as_ref() != Some(&from) && txn != 0 {
-            let ack = Message::<A>::HopAck(crate::wire::HopAck { txn });
-            self.reply(from, ack.encode());
-        }
-    }
-
-    fn on_data_inner(&mut self, from: A, data: Data<A>, now: Instant) {
-        if self.phase != Phase::Joined {
-            return;
-        }
-        self.stats.data_forwarded += 1;
-        let Data { header, payload } = data;
-        if header.msg == 0 && (header.frags != 1 || header.mode == Mode::Broadcast) {
-            // An unconfirmed datagram is one whole unicast message: without
-            // a message id there is nothing to reassemble or deduplicate by.
-            self.stats.datagrams_dropped += 1;
-            return;
-        }
-        if header.last_hop {
-            let key = header.target;
-            if key == self.me.id && header.mode == Mode::Node {
-                self.data_here(header, payload, now);
-                return;
-            }
-            // The predecessor is cloned only where the message goes to it
-            // (an address may be a name: a clone per message is not free).
-            match (self.table.predecessor(), self.owns(&key)) {
-                (Some(p), _) if p.id == key && header.mode == Mode::Node => {
-                    let p = p.clone();
-                    let mut h = header;
-                    h.hops = h.hops.saturating_add(1);
-                    self.forward_data(h, payload, p, Vec::new(), now);
-                }
-                (_, Some(true)) if header.mode == Mode::Node => {
-                    self.refuse(&header, Refusal::NoSuchNode, now);
-                }
-                (_, Some(true)) => self.data_here(header, payload, now),
-                (Some(p), Some(false)) => {
-                    let p = p.clone();
-                    // The sender's successor list is stale: it took us for
-                    // the key's owner, but the key lies before our
-                    // predecessor. Our fingers could lead straight back to
-                    // the sender, which would send it here again, until
-                    // the hop limit. Going back predecessor by predecessor
-                    // comes strictly nearer the key at each step and stops
-                    // at its owner; the sender learns of the nearer node.
-                    self.hint_stale_successor(from, &p, now);
-                    let mut h = header;
-                    h.hops = h.hops.saturating_add(1);
-                    self.forward_data(h, payload, p, Vec::new(), now);
-                }
-                // No predecessor yet: a node is routed on, a key taken.
-                _ if header.mode == Mode::Node => {
-                    self.route_data(header, payload, Vec::new(), now);
-                }
-                _ => self.data_here(header, payload, now),
-            }
-            return;
-        }
-        self.route_data(header, payload, Vec::new(), now);
-    }
-
-    /// Tells `to`, which sent us a last hop for a key before our
-    /// predecessor `p`, that `p` lies between it and us: it stabilizes with
-    /// `p` now instead of at its next period. One hint per sender per
-    /// stabilization period, however many sends overshoot meanwhile.
-    fn hint_stale_successor(&mut self, to: A, p: &NodeRef<A>, now: Instant) {
-        if to == p.addr || to == self.me.addr {
-            return;
-        }
-        let period = self.cfg.stabilize_interval;
-        if self
-            .hinted
-            .as_ref()
-            .is_some_and(|(a, t)| *a == to && now.saturating_duration_since(*t) < period)
-        {
-            return;
-        }
-        self.hinted = Some((to.clone(), now));
-        self.stats.stale_successor_hints += 1;
-        let hint = Message::SuccessorHint(SuccessorHint { node: p.clone() });
-        self.push_transmit(to, hint.encode());
-    }
-
-    /// This node is the destination (or a broadcast receiver).
-    fn data_here(&mut self, header: DataHeader<A>, payload: Bytes, now: Instant) {
-        let origin = header.origin.id;
-        if header.mode == Mode::Broadcast {
-            if !Interval::closed_open(header.target, header.limit).contains(&self.me.id) {
-                return; // routed to cover an arc with no live node in it
-            }
-            if !self.remember((origin, header.msg, header.frag), now) {
-                self.stats.duplicates_suppressed += 1;
-                return;
-            }
-            self.stats.max_broadcast_hops = self.stats.max_broadcast_hops.max(header.hops as u32);
-            self.fan_out(&header, payload.clone(), now);
-            self.assemble(header, payload, true, now);
-            return;
-        }
-        if header.msg == 0 {
-            // An unconfirmed datagram: whole (checked on arrival), with no
-            // id to deduplicate or confirm by.
-            if !self.has_room() {
-                self.stats.dropped_no_room += 1;
-                return;
-            }
-            self.hand_up(Event::Received {
-                from: header.origin,
-                id: MessageId(0),
-                payload,
-                broadcast: false,
-                hops: header.hops as u32,
-            });
-            return;
-        }
-        // A message in one datagram is marked at once (one fingerprint of
-        // its id, not two). Fragments are not marked one by one:
-        // reassembly ignores a copy of a fragment it holds, and a fragment
-        // it refused (full, or expired) must be accepted from the next
-        // retry, or the message could never complete and never be
-        // confirmed. Only the whole message is marked, once complete.
-        // A message is marked only once it is handed up: one the
-        // application has no room for is refused as busy, unmarked, so
-        // that a retry can be taken once there is room.
-        let whole = (origin, header.msg, WHOLE);
-        let split = header.frags > 1;
-        let fresh = if split || !self.has_room() {
-            !self.seen.contains(&whole)
-        } else {
-            self.remember(whole, now)
-        };
-        if !fresh {
-            self.stats.duplicates_suppressed += 1;
-            self.acknowledge(&header, now);
-            return;
-        }
-        if !split && !self.has_room() {
-            self.refuse_busy(&header, now);
-            return;
-        }
-        self.assemble(header, payload, split, now);
-    }
-
-    /// Records a message (or fragment) id in the dedup window; true if new.
-    fn remember(&mut self, key: crate::delivery::FragmentKey, now: Instant) -> bool {
-        let new = self.seen.insert(key, now);
-        self.stats.dedup_evicted_early = self.seen.evicted_early();
-        new
-    }
-
-    /// Hands the message up once whole; `mark` records it in the dedup
-    /// window then (unless the caller has).
-    fn assemble(&mut self, header: DataHeader<A>, payload: Bytes, mark: bool, now: Instant) {
-        let origin = header.origin.id;
-        match self
-            .reassembly
-            .add(origin, header.msg, header.frag, header.frags, payload, now)
-        {
-            Assembled::Complete(whole) => {
-                let broadcast = header.mode == Mode::Broadcast;
-                if !self.has_room() {
-                    // Reassembled but not handed up: a confirmed message is
-                    // refused (its origin sends every fragment again), a
-                    // broadcast is dropped.
-                    if broadcast {
-                        self.stats.dropped_no_room += 1;
-                    } else {
-                        self.refuse_busy(&header, now);
-                    }
-                    return;
-                }
-                if mark {
-                    self.remember((origin, header.msg, WHOLE), now);
-                }
-                if !broadcast {
-                    self.acknowledge(&header, now);
-                }
-                self.hand_up(Event::Received {
-                    from: header.origin,
-                    id: MessageId(header.msg),
-                    payload: whole,
-                    broadcast,
-                    hops: header.hops as u32,
-                });
-            }
-            Assembled::Incomplete => {}
-            Assembled::Refused => self.stats.reassembly_refused += 1,
-        }
-    }
-
-    /// Confirms a message to its origin. Confirmations to one origin wait
-    /// in `acks` until the next `poll_transmit` and leave together, one
-    /// `Delivered` for all of them: a burst of messages from one origin
-    /// costs a datagram back per drain, not one per message, and no wait
-    /// (the driver drains after every batch it hands in).
-    fn acknowledge(&mut self, header: &DataHeader<A>, now: Instant) {
-        let confirmed = Confirmed {
-            msg: header.msg,
-            hops: header.hops,
-        };
-        if header.origin.id == self.me.id {
-            let ack = Delivered {
-                owner: self.me.clone(),
-                msgs: vec![confirmed],
-            };
-            let me = self.me.addr.clone();
-            self.on_delivered(me, ack, now);
-            return;
-        }
-        let to = &header.origin.addr;
-        self.confirmed_to = Some(to.clone());
-        let at = match self.acks.iter().position(|(a, _)| a == to) {
-            Some(at) => at,
-            None => {
-                let list = self.spare_acks.pop().unwrap_or_default();
-                self.acks.push((to.clone(), list));
-                self.acks.len() - 1
-            }
-        };
-        self.acks[at].1.push(confirmed);
-        if self.acks[at].1.len() >= crate::config::MAX_LIST_ON_WIRE {
-            let (to, msgs) = self.acks.swap_remove(at);
-            self.push_delivered(to, msgs);
-        }
-    }
-
-    /// Queues one `Delivered` for `msgs` to `to`, and keeps the emptied
-    /// list to fill again.
-    pub(super) fn push_delivered(&mut self, to: A, mut msgs: Vec<Confirmed>) {
-        let bytes = crate::wire::encode_delivered(&self.me, &msgs);
-        self.push_transmit(to, bytes);
-        // Small lists only: an idle node keeps at most 4 x 8 entries.
-        if self.spare_acks.len() < super::SPARE_ACK_LISTS && msgs.capacity() <= 8 {
-            msgs.clear();
-            self.spare_acks.push(msgs);
-        }
-    }
-
-    /// Tells the origin of a confirmed message that the application has
-    /// no room for it now.
-    fn refuse_busy(&mut self, header: &DataHeader<A>, now: Instant) {
-        self.stats.refused_busy += 1;
-        self.refuse(header, Refusal::Busy, now);
-    }
-
-    fn refuse(&mut self, header: &DataHeader<A>, reason: Refusal, now: Instant) {
-        if header.mode == Mode::Broadcast {
-            return; // nobody waits for a broadcast
-        }
-        if header.msg == 0 {
-            // Nobody waits for an unconfirmed datagram either.
-            self.stats.datagrams_dropped += 1;
-            return;
-        }
-        self.stats.undeliverable += 1;
-        let msg = Undeliverable {
-            msg: header.msg,
-            reason,
-        };
-        if header.origin.id == self.me.id {
-            self.on_undeliverable(msg, now);
-        } else {
-            self.push_transmit(
-                header.origin.addr.clone(),
-                Message::<A>::Undeliverable(msg).encode(),
-            );
-        }
-    }
-
-    /// Hands a broadcast on to every known node in `(self, header.limit)`.
-    fn fan_out(&mut self, header: &DataHeader<A>, payload: Bytes, now: Instant) {
-        for (child, limit) in self.table.broadcast_children(&header.limit) {
-            let h = DataHeader {
-                txn: 0,
-                msg: header.msg,
-                origin: header.origin.clone(),
-                target: child.id,
-                mode: Mode::Broadcast,
-                limit,
-                hops: header.hops.saturating_add(1),
-                last_hop: true,
-                frag: header.frag,
-                frags: header.frags,
-            };
-            self.stats.broadcast_sent += 1;
-            self.forward_data(h, payload.clone(), child, Vec::new(), now);
-        }
-    }
-
     pub(super) fn on_delivered(&mut self, from: A, m: Delivered<A>, now: Instant) {
         // Sent to the destination itself, the message needs no HopAck: this
         // confirmation proves the hop (and ends its retries).
@@ -909,7 +606,7 @@ impl<A: Address> LocalNode<A> {
     /// answered busy up to `BUSY_RETRY_MAX`, of which a random half: the
     /// messages held back by one full queue come back spread out, not all
     /// at once to find room for a few.
-    fn busy(&mut self, id: u64, now: Instant) {
+    pub(super) fn busy(&mut self, id: u64, now: Instant) {
         use crate::config::{BUSY_RETRY_FIRST, BUSY_RETRY_MAX};
         let draw = self.rng.next_u32();
         let cap = BUSY_RETRY_MAX.min(self.cfg.send_attempt_timeout);

@@ -1,5 +1,6 @@
 //! [`LocalNode`]: one Chord node as a state machine without I/O.
 
+mod arrive;
 mod commands;
 mod data;
 mod handlers;
