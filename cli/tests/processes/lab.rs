@@ -1053,21 +1053,18 @@ fn expected_path(a: Kind, b: Kind) -> &'static str {
 /// The whole NAT matrix in one lab: A and B each public (pub1, pub2),
 /// mapped (behind gw1, gw2, UPnP/NAT-PMP, `--map`), behind an
 /// endpoint-independent NAT without mapping (gw3, gw4) or behind a
-/// symmetric one (gw5, gw6). Each cell is a swarm of four: a public
-/// bootstrap on pub1, a public peer on pub2, A, then B, neither of which
-/// relays (so that a symmetric peer's relay is one of the two public
-/// peers). A's and B's sends to each other are confirmed and arrive
-/// exactly once, and each reports the other's path as `expected_path`
-/// says. Where neither is symmetric the cell is ordered: B's port is
-/// chosen so that A is B's successor, so B needs A first (the 9 ordered
-/// cells of {public, mapped, EIM}: public x EIM and EIM x public differ).
-/// Where one is symmetric, the path is relayed whoever needs whom first,
-/// and the symmetric peer joins first (a symmetric peer that joins before
-/// it knows how its NAT maps, as the successor of a NATed one, cannot
-/// reach it: docs/nat.md); in symmetric x symmetric, B joins through A's
-/// relay (a relay reaches a joiner behind a symmetric NAT only at the
-/// mapping towards its bootstrap). So 13 swarms cover the 16 cells. Every
-/// cell is run and reported before the test fails on any.
+/// symmetric one (gw5, gw6). Each of the 16 ordered cells is a swarm of
+/// four: a public bootstrap on pub1, a public peer on pub2, A, then B,
+/// neither of which relays (so that a symmetric peer's relay is one of
+/// the two public peers). A's and B's sends to each other are confirmed
+/// and arrive exactly once, and each reports the other's path as
+/// `expected_path` says. Where B's address can be told in advance (it is
+/// not behind a symmetric NAT), its port is chosen so that A is its
+/// successor: B needs A first. One cell is run the other way round:
+/// EIM x symmetric, where the symmetric peer joins first (joining second,
+/// before it knows how its NAT maps, it cannot reach an EIM successor,
+/// and its join times out: docs/nat.md). Every cell is run and reported
+/// before the test fails on any.
 #[test]
 fn the_nat_matrix_connects_every_pair_on_the_expected_path() {
     let _g = heavy();
@@ -1092,9 +1089,7 @@ fn the_nat_matrix_connects_every_pair_on_the_expected_path() {
     let mut cells = Vec::new();
     for a in Kind::ALL {
         for b in Kind::ALL {
-            if b != Kind::Symmetric || a == Kind::Symmetric {
-                cells.push((a, b));
-            }
+            cells.push((a, b));
         }
     }
     let mut table = Vec::new();
@@ -1102,11 +1097,18 @@ fn the_nat_matrix_connects_every_pair_on_the_expected_path() {
     for (c, &(a, b)) in cells.iter().enumerate() {
         let t = Instant::now();
         let base = 46000 + 100 * c as u16;
-        let (outcome, ok) = matrix_cell(&lab, a, b, base);
+        // The known limit: the symmetric peer joins first.
+        let swapped = (a, b) == (Kind::Eim, Kind::Symmetric);
+        let (outcome, ok) = if swapped {
+            matrix_cell(&lab, b, a, base)
+        } else {
+            matrix_cell(&lab, a, b, base)
+        };
         let line = format!(
-            "{:>9} x {:<9} {outcome} ({:.1} s)",
+            "{:>9} x {:<9} {}{outcome} ({:.1} s)",
             a.name(),
             b.name(),
+            if swapped { "(B joined first) " } else { "" },
             t.elapsed().as_secs_f64()
         );
         eprintln!("matrix: {line}");
@@ -1196,8 +1198,7 @@ fn matrix_cell(lab: &Lab, a: Kind, b: Kind, base: u16) -> (String, bool) {
     let mut node_a = matrix_peer(lab, a, role_a, base + 2, &first, &second);
     refresh(&mut node_a);
     // B's port: one that makes A its successor, where B's address (and so
-    // its id) can be told in advance; B joins through A's relay if both
-    // are symmetric.
+    // its id) can be told in advance and such a port is found.
     let ids: Vec<String> = [&nodes[0].addr, &nodes[1].addr, &node_a.addr]
         .iter()
         .map(|x| Hash::of(x.as_str()).to_string())
@@ -1217,18 +1218,12 @@ fn matrix_cell(lab: &Lab, a: Kind, b: Kind, base: u16) -> (String, bool) {
             Some(x) => successor_is_a(&Hash::of(&x).to_string()),
             None => true,
         })
+        // With A behind a symmetric NAT its id falls anywhere, and the arc
+        // before it may hold none of these ports; the path is relayed
+        // whoever needs whom first.
+        .or((a == Kind::Symmetric).then_some(base + 10))
         .expect("a port for B whose successor is A");
-    let join_b = if (a, b) == (Kind::Symmetric, Kind::Symmetric) {
-        relay_of(&mut node_a).expect("A's relay")
-    } else {
-        first.clone()
-    };
-    let observer_b = if ip_of(&join_b) == pub2 {
-        first.clone()
-    } else {
-        second.clone()
-    };
-    let node_b = matrix_peer(lab, b, role_b, port_b, &join_b, &observer_b);
+    let node_b = matrix_peer(lab, b, role_b, port_b, &first, &second);
     nodes.push(node_a);
     nodes.push(node_b);
     for n in nodes.iter_mut() {
