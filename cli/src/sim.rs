@@ -117,8 +117,8 @@ fn run_storage(args: &SimArgs) -> Result<Vec<String>, String> {
             report.nodes, report.replicas, report.values_stored, report.puts_failed, report.values_lost
         ),
         format!(
-            "lost within the invariant {}   outside it {} (all {} holders failed within one repair interval, {:.2} s; longest such failure {:.2} s)",
-            report.values_lost_within_invariant, report.values_lost_outside_invariant, report.replicas, report.repair_interval_s, report.lost_holders_span_max_s
+            "lost within the invariant {}   outside it {} (each of the last {} holders died within one repair interval, {:.2} s, of the one before; all within one interval: {}; longest span {:.2} s)",
+            report.values_lost_within_invariant, report.values_lost_outside_invariant, report.replicas, report.repair_interval_s, report.values_lost_at_once, report.lost_holders_span_max_s
         ),
         format!(
             "gets {}   success {:.4}, of held values {:.4} (failed {}, without the value {}, of lost values {}, reader died {})   hops mean {:.2}",
@@ -278,6 +278,7 @@ mod tests {
         assert_eq!(last["values_stored"], 100);
         assert_eq!(last["values_lost"], 0);
         assert_eq!(last["values_lost_within_invariant"], 0);
+        assert_eq!(last["values_lost_at_once"], 0);
         assert!(last["repair_interval_s"].as_f64().unwrap() > 0.0);
         for k in [
             "get_success_rate",

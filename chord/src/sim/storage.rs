@@ -146,11 +146,15 @@ pub struct Report {
     pub puts_failed: usize,
     /// Stored values no live node holds at the end.
     pub values_lost: usize,
-    /// Of them, those whose last `replicas` holders all died within one
-    /// repair interval of each other: outside the invariant, expected.
+    /// Of them, those whose last `replicas` holders died one after
+    /// another, each within one repair interval of the one before: outside
+    /// the invariant, expected.
     pub values_lost_outside_invariant: usize,
-    /// Of them, the others: lost although fewer than `replicas` of their
-    /// holders died within one repair interval. The invariant says none;
+    /// Of those, the ones whose last `replicas` holders all died within
+    /// one repair interval.
+    pub values_lost_at_once: usize,
+    /// Of the values lost, the others: lost although no `replicas` of
+    /// their holders died in such a sequence. The invariant says none;
     /// any is a protocol failure.
     pub values_lost_within_invariant: usize,
     /// The repair interval of the invariant, in seconds (see
@@ -259,8 +263,18 @@ impl Deaths {
     }
 
     /// Whether the loss of `key` is outside the invariant: its last
-    /// `replicas` holders died within one repair interval of each other.
+    /// `replicas` holders died one after another, each within one repair
+    /// interval of the one before (a repair under way starts again when a
+    /// holder fails before it is done).
     fn explained(&self, key: &Hash) -> bool {
+        self.of.get(key).is_some_and(|d| {
+            d.len() == self.replicas && d.windows(2).all(|w| w[1].1 - w[0].1 <= self.window)
+        })
+    }
+
+    /// Whether `key`'s last `replicas` holders all died within one repair
+    /// interval.
+    fn at_once(&self, key: &Hash) -> bool {
         self.span(key).is_some_and(|s| s <= self.window)
     }
 
@@ -475,6 +489,7 @@ pub fn run(params: &Params) -> Report {
         }
         if deaths.explained(k) {
             report.values_lost_outside_invariant += 1;
+            report.values_lost_at_once += usize::from(deaths.at_once(k));
         } else {
             report.values_lost_within_invariant += 1;
             tracing::debug!(?k, deaths = ?deaths.of.get(k), "lost within the invariant");
@@ -1041,14 +1056,20 @@ mod tests {
     }
 
     /// A loss is outside the invariant only if the value's last
-    /// `replicas` holders died within one repair interval: all three at
-    /// once is; three deaths further apart than that (with the holders cut
-    /// off so that no repair could run in between) is not.
+    /// `replicas` holders died one after another, each within one repair
+    /// interval of the one before: all three at once is (and is counted
+    /// "at once"); three deaths 0.75 interval apart is (not at once);
+    /// three deaths further apart than an interval is not. The holders of
+    /// the last two are cut off, so that no repair runs in between.
     #[test]
     fn losses_are_classified_against_the_invariant() {
         let (mut sim, nodes) = ring(16, 14);
-        let (together, apart) = (Hash::of("together"), Hash::of("apart"));
-        for (i, k) in [together, apart].into_iter().enumerate() {
+        let (together, chained, apart) = (
+            Hash::of("together"),
+            Hash::of("chained-0"),
+            Hash::of("apart"),
+        );
+        for (i, k) in [together, chained, apart].into_iter().enumerate() {
             let op = sim.put(nodes[i], k, b"v".to_vec(), 0);
             assert!(matches!(
                 outcome(&mut sim, nodes[i], op),
@@ -1057,7 +1078,7 @@ mod tests {
         }
         sim.run_for(Duration::from_secs(3));
         let interval = repair_interval(&sim.cfg);
-        let mut deaths = Deaths::new(3, interval, [together, apart]);
+        let mut deaths = Deaths::new(3, interval, [together, chained, apart]);
         let set = holders(&sim, &nodes, &together);
         assert_eq!(set, replica_set(&sim, &together, 3));
         for a in set {
@@ -1066,18 +1087,26 @@ mod tests {
         sim.run_for(Duration::from_secs(5));
         assert!(holders(&sim, &nodes, &together).is_empty());
         assert!(deaths.explained(&together), "{:?}", deaths.of[&together]);
+        assert!(deaths.at_once(&together), "{:?}", deaths.of[&together]);
 
-        let set = holders(&sim, &nodes, &apart);
-        assert_eq!(set, replica_set(&sim, &apart, 3));
-        let cut = set.clone();
-        sim.partition(move |a| u8::from(cut.contains(&a)) * (1 + a as u8));
-        for a in set {
-            kill_noting(&mut sim, &mut deaths, a);
-            sim.run_for(interval + Duration::from_secs(1));
+        for (k, gap, explained) in [
+            (chained, interval.mul_f64(0.75), true),
+            (apart, interval + Duration::from_secs(1), false),
+        ] {
+            let set = holders(&sim, &nodes, &k);
+            assert_eq!(set, replica_set(&sim, &k, 3));
+            let cut = set.clone();
+            sim.partition(move |a| u8::from(cut.contains(&a)) * (1 + a as u8));
+            for a in set {
+                kill_noting(&mut sim, &mut deaths, a);
+                sim.run_for(gap);
+            }
+            sim.heal();
+            assert!(holders(&sim, &nodes, &k).is_empty());
+            assert_eq!(deaths.of[&k].len(), 3);
+            assert_eq!(deaths.explained(&k), explained, "{:?}", deaths.of[&k]);
+            assert!(!deaths.at_once(&k), "{:?}", deaths.of[&k]);
         }
-        assert!(holders(&sim, &nodes, &apart).is_empty());
-        assert_eq!(deaths.of[&apart].len(), 3);
-        assert!(!deaths.explained(&apart), "{:?}", deaths.of[&apart]);
     }
 
     /// The invariant's other side: `replicas` holders failing, but never
