@@ -117,8 +117,16 @@ fn run_storage(args: &SimArgs) -> Result<Vec<String>, String> {
             report.nodes, report.replicas, report.values_stored, report.puts_failed, report.values_lost
         ),
         format!(
-            "gets {}   success {:.4}   hops mean {:.2}   departures {}   joins {}",
-            report.gets, report.get_success_rate, report.get_hops_mean, report.departures, report.joins
+            "lost within the invariant {}   outside it {} (each of the last {} holders died within one repair interval, {:.2} s, of the one before; all within one interval: {}; longest span {:.2} s)",
+            report.values_lost_within_invariant, report.values_lost_outside_invariant, report.replicas, report.repair_interval_s, report.values_lost_at_once, report.lost_holders_span_max_s
+        ),
+        format!(
+            "gets {}   success {:.4}, of held values {:.4} (failed {}, without the value {}, of lost values {}, reader died {})   hops mean {:.2}",
+            report.gets, report.get_success_rate, report.get_success_rate_of_held_values, report.gets_failed, report.gets_without_value, report.gets_of_lost_values, report.gets_reader_died, report.get_hops_mean
+        ),
+        format!(
+            "departures {}   joins {}",
+            report.departures, report.joins
         ),
         format!(
             "repair {:.0} B/node/s   replication {:.0} B/node/s   store {:.0} B and {:.1} values per node   {:.0} virtual s in {:.1} wall s   peak RSS {:.0} MiB",
@@ -269,6 +277,9 @@ mod tests {
         let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
         assert_eq!(last["values_stored"], 100);
         assert_eq!(last["values_lost"], 0);
+        assert_eq!(last["values_lost_within_invariant"], 0);
+        assert_eq!(last["values_lost_at_once"], 0);
+        assert!(last["repair_interval_s"].as_f64().unwrap() > 0.0);
         for k in [
             "get_success_rate",
             "get_hops_mean",

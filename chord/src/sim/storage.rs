@@ -146,12 +146,44 @@ pub struct Report {
     pub puts_failed: usize,
     /// Stored values no live node holds at the end.
     pub values_lost: usize,
+    /// Of them, those whose last `replicas` holders died one after
+    /// another, each within one repair interval of the one before: outside
+    /// the invariant, expected.
+    pub values_lost_outside_invariant: usize,
+    /// Of those, the ones whose last `replicas` holders all died within
+    /// one repair interval.
+    pub values_lost_at_once: usize,
+    /// Of the values lost, the others: lost although no `replicas` of
+    /// their holders died in such a sequence. The invariant says none;
+    /// any is a protocol failure.
+    pub values_lost_within_invariant: usize,
+    /// The repair interval of the invariant, in seconds (see
+    /// [`repair_interval`]).
+    pub repair_interval_s: f64,
+    /// Among lost values whose last `replicas` holders died, the longest
+    /// time from the first to the last of those deaths, in seconds: how
+    /// close the losses came to the repair interval.
+    pub lost_holders_span_max_s: f64,
     /// Gets issued.
     pub gets: usize,
     /// Of them, those that returned the value.
     pub get_success_rate: f64,
     /// Mean forwarding steps of the lookups of successful gets.
     pub get_hops_mean: f64,
+    /// Gets that failed (no answer before their deadline) although a live
+    /// node held the value.
+    pub gets_failed: usize,
+    /// Gets answered without the value although a live node held it.
+    pub gets_without_value: usize,
+    /// Gets that failed or were answered without the value when no live
+    /// node held it any more (a lost value).
+    pub gets_of_lost_values: usize,
+    /// Gets whose reader died before the answer (not counted as failed).
+    pub gets_reader_died: usize,
+    /// Of the gets of values a live node held, those that returned the
+    /// value: successful / (successful + `gets_failed` +
+    /// `gets_without_value`).
+    pub get_success_rate_of_held_values: f64,
     /// Nodes that left (churn or failure).
     pub departures: usize,
     /// Nodes that joined to replace them.
@@ -169,6 +201,97 @@ pub struct Report {
     pub refused: u64,
     /// Virtual seconds simulated.
     pub sim_seconds: f64,
+}
+
+/// The repair interval of the invariant under `cfg`: the longest time
+/// from the failure of a node holding a value to the anti-entropy round
+/// that copies the value to a new replica, when no datagram is lost.
+///
+/// - The failed node's neighbour sends it a request at its next tick (at
+///   most `stabilize_interval` × 1.2, ticks being jittered by ±20%) and
+///   declares it dead after `failure_timeout()` (`request_timeout` ×
+///   (`request_retries` + 1)).
+/// - The news travels back one node per stabilize (a tick and a round
+///   trip) to the owner whose replica set changed: `replicas` − 2 hops
+///   for the last replica, at least one (a dead owner's successor learns
+///   its new predecessor from the predecessor's next stabilize).
+/// - The owner's round: digests, key digests, records, three one-way
+///   latencies.
+///
+/// With the defaults: 1.2 + 1.5 + 1.36 + 0.24 = 4.3 s at 3 replicas,
+/// 7.0 s at 5.
+pub fn repair_interval(cfg: &SimConfig) -> Duration {
+    let node = &cfg.node;
+    let tick = node.stabilize_interval.mul_f64(1.2);
+    let hop = tick + cfg.latency_max * 2;
+    let hops = node.store.replicas.saturating_sub(2).max(1) as u32;
+    tick + node.failure_timeout() + hop * hops + cfg.latency_max * 3
+}
+
+/// Which holders of each stored value died and when: the last `replicas`
+/// deaths per value, enough to tell whether a lost value's holders all
+/// failed within one repair interval. Memory: `replicas` entries per
+/// value.
+#[derive(Debug)]
+struct Deaths {
+    replicas: usize,
+    window: Duration,
+    /// Per tracked value: (node, time of death), oldest first.
+    of: BTreeMap<Hash, Vec<(u32, Duration)>>,
+}
+
+impl Deaths {
+    fn new(replicas: usize, window: Duration, values: impl IntoIterator<Item = Hash>) -> Deaths {
+        Deaths {
+            replicas: replicas.max(1),
+            window,
+            of: values.into_iter().map(|k| (k, Vec::new())).collect(),
+        }
+    }
+
+    /// `addr` is about to die at `at`: note it for each value it holds.
+    fn dying(&mut self, sim: &Sim, addr: u32) {
+        let at = sim.elapsed();
+        for key in sim.node(addr).stored_keys() {
+            if let Some(d) = self.of.get_mut(&key) {
+                if d.len() == self.replicas {
+                    d.remove(0);
+                }
+                d.push((addr, at));
+            }
+        }
+    }
+
+    /// Whether the loss of `key` is outside the invariant: its last
+    /// `replicas` holders died one after another, each within one repair
+    /// interval of the one before (a repair under way starts again when a
+    /// holder fails before it is done).
+    fn explained(&self, key: &Hash) -> bool {
+        self.of.get(key).is_some_and(|d| {
+            d.len() == self.replicas && d.windows(2).all(|w| w[1].1 - w[0].1 <= self.window)
+        })
+    }
+
+    /// Whether `key`'s last `replicas` holders all died within one repair
+    /// interval.
+    fn at_once(&self, key: &Hash) -> bool {
+        self.span(key).is_some_and(|s| s <= self.window)
+    }
+
+    /// The time from the first to the last death of `key`'s last
+    /// `replicas` holders, if that many died.
+    fn span(&self, key: &Hash) -> Option<Duration> {
+        self.of
+            .get(key)
+            .filter(|d| d.len() == self.replicas)
+            .map(|d| d[d.len() - 1].1 - d[0].1)
+    }
+}
+
+/// Kills `addr`, noting which values died with it.
+fn kill_noting(sim: &mut Sim, deaths: &mut Deaths, addr: u32) -> crate::store::StoreStats {
+    deaths.dying(sim, addr);
+    sim.kill_and_free(addr)
 }
 
 fn pick(sim: &mut Sim, from: &[u32]) -> u32 {
@@ -254,13 +377,16 @@ pub fn run(params: &Params) -> Report {
     }
     report.puts_failed += put_ops.len();
     report.values_stored = stored.len();
+    let interval = repair_interval(&params.sim);
+    report.repair_interval_s = interval.as_secs_f64();
+    let mut deaths = Deaths::new(report.replicas, interval, stored.iter().copied());
 
     // Churn or failure, with gets spread over it.
     let start = sim.elapsed();
     let repair_before = total_stats(&sim).repair_bytes_out;
     let mut repair_dead = 0u64;
     let mut gets: BTreeMap<(u32, StoreOp), Hash> = BTreeMap::new();
-    let (mut ok, mut hops_sum) = (0usize, 0u64);
+    let mut tally = GetTally::default();
     let mut node_seconds = 0.0;
     if params.fail > 0.0 {
         let mut live = joined_live(&sim);
@@ -268,7 +394,7 @@ pub fn run(params: &Params) -> Report {
         for i in 0..kill {
             let j = i + (sim.random_u64() % (live.len() - i) as u64) as usize;
             live.swap(i, j);
-            repair_dead += sim.kill_and_free(live[i]).repair_bytes_out;
+            repair_dead += kill_noting(&mut sim, &mut deaths, live[i]).repair_bytes_out;
         }
         report.departures = kill;
     }
@@ -292,7 +418,7 @@ pub fn run(params: &Params) -> Report {
                 if (sim.random_u64() >> 11) as f64 / (1u64 << 53) as f64 >= p_die {
                     continue;
                 }
-                repair_dead += sim.kill_and_free(*a).repair_bytes_out;
+                repair_dead += kill_noting(&mut sim, &mut deaths, *a).repair_bytes_out;
                 report.departures += 1;
                 let fresh = sim.add_node();
                 pending_joins.push(fresh);
@@ -323,16 +449,32 @@ pub fn run(params: &Params) -> Report {
             gets.insert((at, op), key);
         }
         sim.run_for(Duration::from_secs(1));
-        tally_gets(&mut sim, &mut gets, &values, &mut ok, &mut hops_sum);
+        tally_gets(&mut sim, &mut gets, &values, &mut tally);
     }
     let elapsed = (sim.elapsed() - start).as_secs_f64();
     if params.session_median.is_some() {
         sim.run_for(params.settle);
     }
     sim.run_for(params.sim.node.store.op_timeout);
-    tally_gets(&mut sim, &mut gets, &values, &mut ok, &mut hops_sum);
-    report.get_success_rate = ok as f64 / params.gets.max(1) as f64;
-    report.get_hops_mean = hops_sum as f64 / ok.max(1) as f64;
+    tally_gets(&mut sim, &mut gets, &values, &mut tally);
+    report.get_success_rate = tally.ok as f64 / params.gets.max(1) as f64;
+    report.get_hops_mean = tally.hops as f64 / tally.ok.max(1) as f64;
+    // A get still open belongs to a reader that died (its state went with
+    // it) or failed to finish in time.
+    for (&(reader, _), key) in &gets {
+        if !sim.is_live(reader) {
+            report.gets_reader_died += 1;
+        } else if sim.held_by_live(key) == 0 {
+            tally.of_lost += 1;
+        } else {
+            tally.failed += 1;
+        }
+    }
+    report.gets_failed = tally.failed;
+    report.gets_without_value = tally.without_value;
+    report.gets_of_lost_values = tally.of_lost;
+    report.get_success_rate_of_held_values =
+        tally.ok as f64 / (tally.ok + tally.failed + tally.without_value).max(1) as f64;
     let repair = total_stats(&sim).repair_bytes_out + repair_dead - repair_before;
     let mean_nodes = node_seconds / secs as f64;
     report.repair_bytes_per_node_per_s = repair as f64 / mean_nodes.max(1.0) / elapsed.max(1.0);
@@ -340,7 +482,19 @@ pub fn run(params: &Params) -> Report {
         .into_iter()
         .flat_map(|a| sim.node(a).stored_keys())
         .collect();
-    report.values_lost = stored.iter().filter(|k| !held.contains(k)).count();
+    for k in stored.iter().filter(|k| !held.contains(k)) {
+        report.values_lost += 1;
+        if let Some(span) = deaths.span(k) {
+            report.lost_holders_span_max_s = report.lost_holders_span_max_s.max(span.as_secs_f64());
+        }
+        if deaths.explained(k) {
+            report.values_lost_outside_invariant += 1;
+            report.values_lost_at_once += usize::from(deaths.at_once(k));
+        } else {
+            report.values_lost_within_invariant += 1;
+            tracing::debug!(?k, deaths = ?deaths.of.get(k), "lost within the invariant");
+        }
+    }
     let live = joined_live(&sim);
     let (mut bytes, mut count) = (0usize, 0usize);
     for a in &live {
@@ -355,12 +509,27 @@ pub fn run(params: &Params) -> Report {
     report
 }
 
+/// Outcomes of the gets so far.
+#[derive(Default)]
+struct GetTally {
+    /// Gets that returned the value.
+    ok: usize,
+    /// Sum of their lookups' hops.
+    hops: u64,
+    /// Gets that failed.
+    failed: usize,
+    /// Gets answered without the value.
+    without_value: usize,
+    /// Gets that failed or were answered without the value when no live
+    /// node held it any more.
+    of_lost: usize,
+}
+
 fn tally_gets(
     sim: &mut Sim,
     gets: &mut BTreeMap<(u32, StoreOp), Hash>,
     values: &BTreeMap<Hash, Vec<u8>>,
-    ok: &mut usize,
-    hops_sum: &mut u64,
+    tally: &mut GetTally,
 ) {
     for (addr, e) in sim.take_store_events() {
         match e {
@@ -369,13 +538,23 @@ fn tally_gets(
             } => {
                 if let Some(key) = gets.remove(&(addr, op)) {
                     if records.iter().any(|r| Some(&r.value) == values.get(&key)) {
-                        *ok += 1;
-                        *hops_sum += hops as u64;
+                        tally.ok += 1;
+                        tally.hops += hops as u64;
+                    } else if sim.held_by_live(&key) == 0 {
+                        tally.of_lost += 1;
+                    } else {
+                        tally.without_value += 1;
                     }
                 }
             }
             StoreEvent::Failed { op, .. } => {
-                gets.remove(&(addr, op));
+                if let Some(key) = gets.remove(&(addr, op)) {
+                    if sim.held_by_live(&key) == 0 {
+                        tally.of_lost += 1;
+                    } else {
+                        tally.failed += 1;
+                    }
+                }
             }
             _ => {}
         }
@@ -873,6 +1052,134 @@ mod tests {
                 assert_eq!(peers[0], me(&sim, peers[0].addr));
             }
             e => panic!("{e:?}"),
+        }
+    }
+
+    /// A loss is outside the invariant only if the value's last
+    /// `replicas` holders died one after another, each within one repair
+    /// interval of the one before: all three at once is (and is counted
+    /// "at once"); three deaths 0.75 interval apart is (not at once);
+    /// three deaths further apart than an interval is not. The holders of
+    /// the last two are cut off, so that no repair runs in between.
+    #[test]
+    fn losses_are_classified_against_the_invariant() {
+        let (mut sim, nodes) = ring(16, 14);
+        let (together, chained, apart) = (
+            Hash::of("together"),
+            Hash::of("chained-0"),
+            Hash::of("apart"),
+        );
+        for (i, k) in [together, chained, apart].into_iter().enumerate() {
+            let op = sim.put(nodes[i], k, b"v".to_vec(), 0);
+            assert!(matches!(
+                outcome(&mut sim, nodes[i], op),
+                StoreEvent::Stored { .. }
+            ));
+        }
+        sim.run_for(Duration::from_secs(3));
+        let interval = repair_interval(&sim.cfg);
+        let mut deaths = Deaths::new(3, interval, [together, chained, apart]);
+        let set = holders(&sim, &nodes, &together);
+        assert_eq!(set, replica_set(&sim, &together, 3));
+        for a in set {
+            kill_noting(&mut sim, &mut deaths, a);
+        }
+        sim.run_for(Duration::from_secs(5));
+        assert!(holders(&sim, &nodes, &together).is_empty());
+        assert!(deaths.explained(&together), "{:?}", deaths.of[&together]);
+        assert!(deaths.at_once(&together), "{:?}", deaths.of[&together]);
+
+        for (k, gap, explained) in [
+            (chained, interval.mul_f64(0.75), true),
+            (apart, interval + Duration::from_secs(1), false),
+        ] {
+            let set = holders(&sim, &nodes, &k);
+            assert_eq!(set, replica_set(&sim, &k, 3));
+            let cut = set.clone();
+            sim.partition(move |a| u8::from(cut.contains(&a)) * (1 + a as u8));
+            for a in set {
+                kill_noting(&mut sim, &mut deaths, a);
+                sim.run_for(gap);
+            }
+            sim.heal();
+            assert!(holders(&sim, &nodes, &k).is_empty());
+            assert_eq!(deaths.of[&k].len(), 3);
+            assert_eq!(deaths.explained(&k), explained, "{:?}", deaths.of[&k]);
+            assert!(!deaths.at_once(&k), "{:?}", deaths.of[&k]);
+        }
+    }
+
+    /// The invariant's other side: `replicas` holders failing, but never
+    /// all within one repair interval, lose nothing. For each value, two of
+    /// its three holders die at once and the third one repair interval
+    /// later, or one first and the other two an interval later, in every
+    /// order.
+    #[test]
+    fn failures_spread_over_the_repair_interval_lose_nothing() {
+        let (mut sim, mut nodes) = ring(40, 15);
+        let interval = repair_interval(&sim.cfg);
+        let mut case = 0;
+        for first in 0..3 {
+            for two_first in [true, false] {
+                let key = Hash::of(format!("spread-{case}"));
+                case += 1;
+                let writer = *nodes.iter().find(|a| sim.is_live(**a)).unwrap();
+                let op = sim.put(writer, key, b"v".to_vec(), 0);
+                assert!(matches!(
+                    outcome(&mut sim, writer, op),
+                    StoreEvent::Stored { .. }
+                ));
+                sim.run_for(Duration::from_secs(3));
+                // Holders in ring order from the owner.
+                let set = {
+                    let truth = sim.truth();
+                    let mut set = Vec::new();
+                    let mut k = key;
+                    for _ in 0..3 {
+                        let o = truth.successor_of(&k).unwrap();
+                        set.push(o);
+                        k = sim.node(o).id().wrapping_add(&Hash::pow2(0));
+                    }
+                    set
+                };
+                let mut h = holders(&sim, &nodes, &key);
+                h.sort();
+                let mut want = set.clone();
+                want.sort();
+                assert_eq!(h, want, "case {case}");
+                let (early, late): (Vec<u32>, Vec<u32>) = if two_first {
+                    let late = set[first];
+                    (
+                        set.iter().copied().filter(|a| *a != late).collect(),
+                        vec![late],
+                    )
+                } else {
+                    let early = set[first];
+                    (
+                        vec![early],
+                        set.iter().copied().filter(|a| *a != early).collect(),
+                    )
+                };
+                for a in early {
+                    sim.kill(a);
+                }
+                sim.run_for(interval);
+                for a in late {
+                    sim.kill(a);
+                }
+                sim.run_for(Duration::from_secs(15));
+                assert!(
+                    !holders(&sim, &nodes, &key).is_empty(),
+                    "case {case}: first {first}, two first {two_first}: lost"
+                );
+                // Replace the dead, so the ring keeps its size.
+                for _ in 0..3 {
+                    let a = sim.add_node();
+                    sim.join(a, writer);
+                    nodes.push(a);
+                }
+                sim.run_for(Duration::from_secs(10));
+            }
         }
     }
 
