@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{Sim, SimConfig};
 use crate::event::{StoreEvent, StoreOp};
-use crate::hash::Hash;
+use crate::hash::{Hash, Interval};
 use crate::node::LocalNode;
 
 impl Sim {
@@ -249,10 +249,29 @@ impl Deaths {
         }
     }
 
-    /// `addr` is about to die at `at`: note it for each value it holds.
+    /// `addr` is about to die at `at`: note it for each value it holds as
+    /// one of the value's `replicas` holders. A copy of a key outside the
+    /// range the node holds for (from its `replicas`-th predecessor to
+    /// itself, by the nodes' own predecessor pointers) is a stale one that
+    /// a join left behind: no repair reads it, so its death is not one of
+    /// the value's holders failing. Where the chain of predecessors is not
+    /// known, every copy counts.
     fn dying(&mut self, sim: &Sim, addr: u32) {
         let at = sim.elapsed();
-        for key in sim.node(addr).stored_keys() {
+        let node = sim.node(addr);
+        let mut start = node.predecessor().map(|p| (p.id, p.addr));
+        for _ in 1..self.replicas {
+            start = start.and_then(|(_, a)| {
+                sim.is_live(a)
+                    .then(|| sim.node(a).predecessor().map(|p| (p.id, p.addr)))
+                    .flatten()
+            });
+        }
+        let range = start.map(|(id, _)| Interval::open_closed(id, node.id()));
+        for key in node.stored_keys() {
+            if range.as_ref().is_some_and(|r| !r.contains(&key)) {
+                continue;
+            }
             if let Some(d) = self.of.get_mut(&key) {
                 if d.len() == self.replicas {
                     d.remove(0);
