@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::super::{percentiles, R};
 use super::serve::Receiver;
-use super::{cfg, observes};
+use super::{cfg, heading_or_skip, observes};
 
 /// Round trips of the routing (an `Observe` and its answer, as the core's
 /// maintenance and lookups travel) to a peer process, idle and while this
@@ -25,19 +25,13 @@ pub async fn classes_row(
     report: &mut Map<String, Value>,
 ) -> R<()> {
     println!();
-    println!(
-        "{:<34} {:>14} {:>14} {:>8}",
-        format!("routing during a flood ({layer}, {rate}/s)"),
-        "one flow",
-        "two classes",
-        "ratio"
-    );
-    if !cicada::ouroboros::irmd_running() {
-        println!(
-            "  SKIPPED: no Ouroboros IRMd answers on {} (docs/ouroboros.md)",
-            cicada::ouroboros::IRM_SOCK_PATH
-        );
-        report.insert("ouroboros_classes".into(), json!("skipped: no IRMd"));
+    let title = format!("routing during a flood ({layer}, {rate}/s)");
+    if !heading_or_skip(
+        &title,
+        ["one flow", "two classes"],
+        "ouroboros_classes",
+        report,
+    ) {
         return Ok(());
     }
     let one = classes_turn(layer, false, probes, rate).await?;

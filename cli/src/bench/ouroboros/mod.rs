@@ -37,6 +37,29 @@ use tools::{
 /// lifted: the row measures the data path between two trusted peers, as
 /// `ocbr` does; with the data limit on, runs longer than its burst of
 /// 20,000 would stall for a retry.
+/// Prints the heading of a table of Ouroboros rows; where no IRMd answers,
+/// says so, marks `key` skipped in the report and returns false.
+fn heading_or_skip(
+    title: &str,
+    columns: [&str; 2],
+    key: &str,
+    report: &mut Map<String, Value>,
+) -> bool {
+    println!(
+        "{:<34} {:>14} {:>14} {:>8}",
+        title, columns[0], columns[1], "ratio"
+    );
+    if cicada::ouroboros::irmd_running() {
+        return true;
+    }
+    println!(
+        "  SKIPPED: no Ouroboros IRMd answers on {} (docs/ouroboros.md)",
+        cicada::ouroboros::IRM_SOCK_PATH
+    );
+    report.insert(key.into(), json!("skipped: no IRMd"));
+    false
+}
+
 fn cfg() -> PeerConfig {
     let mut cfg = PeerConfig::default()
         .stabilize_interval(Duration::from_millis(500))
@@ -58,19 +81,8 @@ pub async fn rows(
     report: &mut Map<String, Value>,
 ) -> R<()> {
     println!();
-    println!(
-        "{:<34} {:>14} {:>14} {:>8}",
-        format!("one hop over Ouroboros ({layer})"),
-        "cicada",
-        "C tool",
-        "ratio"
-    );
-    if !cicada::ouroboros::irmd_running() {
-        println!(
-            "  SKIPPED: no Ouroboros IRMd answers on {} (docs/ouroboros.md)",
-            cicada::ouroboros::IRM_SOCK_PATH
-        );
-        report.insert("ouroboros".into(), json!("skipped: no IRMd"));
+    let title = format!("one hop over Ouroboros ({layer})");
+    if !heading_or_skip(&title, ["cicada", "C tool"], "ouroboros", report) {
         return Ok(());
     }
     let pid = std::process::id();
