@@ -576,18 +576,7 @@ impl<A: Address> LocalNode<A> {
             self.push_transmit(to, answer.encode());
             return;
         }
-        let Some(pending) = self.take_reply(m.txn, |w| matches!(w, Waiting::PunchRequest { .. }))
-        else {
-            return;
-        };
-        self.verified(pending.to.clone(), now);
-        let Some(at) = self
-            .punch
-            .sessions
-            .iter()
-            .position(|s| s.txn == m.txn && s.target.id == m.target.id)
-        else {
-            self.stats.dropped_unexpected += 1;
+        let Some((rendezvous, at)) = self.punch_reply(m.txn, m.target.id, now) else {
             return;
         };
         if !m.punchable {
@@ -602,7 +591,25 @@ impl<A: Address> LocalNode<A> {
         s.seen = Some(m.seen);
         self.arm(fire);
         let sync = Message::<A>::PunchSync(PunchSync { txn: m.txn }).encode();
-        self.push_transmit(pending.to, sync);
+        self.push_transmit(rendezvous, sync);
+    }
+
+    /// The rendezvous's reply to this node's punch request `txn` for
+    /// `target`: the rendezvous (now verified) and the punch session's
+    /// index; `None` for a reply nothing waits for (counted when the
+    /// session is gone).
+    fn punch_reply(&mut self, txn: u64, target: Hash, now: Instant) -> Option<(A, usize)> {
+        let pending = self.take_reply(txn, |w| matches!(w, Waiting::PunchRequest { .. }))?;
+        self.verified(pending.to.clone(), now);
+        let at = self
+            .punch
+            .sessions
+            .iter()
+            .position(|s| s.txn == txn && s.target.id == target);
+        if at.is_none() {
+            self.stats.dropped_unexpected += 1;
+        }
+        Some((pending.to, at?))
     }
 
     /// As rendezvous, a relayed target's answer: passed on to the
@@ -619,18 +626,7 @@ impl<A: Address> LocalNode<A> {
             self.push_transmit(r.from, Message::PunchRelayed(m).encode());
             return;
         }
-        let Some(pending) = self.take_reply(m.txn, |w| matches!(w, Waiting::PunchRequest { .. }))
-        else {
-            return;
-        };
-        self.verified(pending.to, now);
-        let Some(at) = self
-            .punch
-            .sessions
-            .iter()
-            .position(|s| s.txn == m.txn && s.target.id == m.target.id)
-        else {
-            self.stats.dropped_unexpected += 1;
+        let Some((_, at)) = self.punch_reply(m.txn, m.target.id, now) else {
             return;
         };
         let s = self.punch.sessions.swap_remove(at);
